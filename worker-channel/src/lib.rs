@@ -1,0 +1,69 @@
+//! Frames, codecs and the blocking channel that every `exsyst-worker` topology speaks.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use worker_channel::{Channel, Codec};
+//!
+//! #[derive(Serialize, Deserialize, PartialEq, Debug)]
+//! struct Job { id: u32, text: String }
+//!
+//! let mut wire = Vec::new();
+//! Channel::new(std::io::empty(), &mut wire, Codec::MessagePack)
+//!     .send_message(&Job { id: 7, text: "squared".into() })?;
+//!
+//! let mut rx = Channel::new(&wire[..], std::io::sink(), Codec::MessagePack);
+//! assert_eq!(rx.receive_message::<Job>()?, Job { id: 7, text: "squared".into() });
+//! # Ok::<(), worker_channel::Error>(())
+//! ```
+//!
+//! # The frame
+//!
+//! Every message crosses as one frame: a `u32` big-endian payload length, one kind byte
+//! ([`FrameKind`]: data or control), then the payload encoded by the channel's [`Codec`].
+//! The maximum payload length (16 MiB by default) is checked from the header alone, before
+//! anything is allocated.
+//!
+//! The core types:
+//! - [`Channel`], blocking and typed, over any reader and writer;
+//! - [`FrameDecoder`], which splits bytes from anywhere into frames, for event loops;
+//! - [`Codec`], MessagePack (the default) or JSON.
+//!
+//! # Bytes travel as bytes
+//!
+//! serde sees a `Vec<u8>` as a sequence of integers, which MessagePack encodes one integer at a
+//! time (a 1 MiB payload costs hundreds of times more than it should). Wrap binary payloads in
+//! [`serde_bytes::ByteBuf`] (or mark fields `#[serde(with = "serde_bytes")]`), and they cross as
+//! one byte string:
+//!
+//! ```
+//! use worker_channel::{serde_bytes::ByteBuf, Channel, Codec};
+//!
+//! let mut wire = Vec::new();
+//! Channel::new(std::io::empty(), &mut wire, Codec::MessagePack)
+//!     .send_message(&ByteBuf::from(vec![0u8; 1 << 20]))?;
+//! assert!(wire.len() < (1 << 20) + 16);
+//! # Ok::<(), worker_channel::Error>(())
+//! ```
+//!
+//! # Errors
+//!
+//! The clean end of the stream between frames is [`Error::Closed`] (the seed's "master closed
+//! the connection"); a stream that ends inside a frame is [`Error::Truncated`]; an oversized
+//! header is [`Error::FrameTooLarge`]; a payload the codec cannot read is [`Error::Decode`],
+//! naming the codec.
+
+#![forbid(unsafe_code)]
+
+mod channel;
+mod codec;
+mod decoder;
+mod error;
+mod frame;
+
+pub use channel::Channel;
+pub use codec::Codec;
+pub use decoder::{FrameDecoder, FrameRef};
+pub use error::Error;
+pub use frame::{DEFAULT_MAX_FRAME_LEN, FrameKind, HEADER_LEN, encode_frame, encode_raw_frame};
+#[doc(no_inline)]
+pub use serde_bytes;

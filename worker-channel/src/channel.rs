@@ -66,6 +66,18 @@ impl<R: Read, W: Write> Channel<R, W> {
         self.max_frame_len
     }
 
+    /// Switches the codec for the messages that follow; bytes already buffered are kept.
+    pub fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+    }
+
+    /// Changes the maximum frame length for the frames that follow; bytes already buffered are
+    /// kept.
+    pub fn set_max_frame_len(&mut self, max_frame_len: u32) {
+        self.max_frame_len = max_frame_len;
+        self.decoder.set_max_frame_len(max_frame_len);
+    }
+
     /// Sends one message as a data frame.
     pub fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
         self.send(FrameKind::Data, message)

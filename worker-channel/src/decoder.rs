@@ -73,6 +73,11 @@ impl FrameDecoder {
         self.max_frame_len
     }
 
+    /// Changes the largest payload accepted from now on.
+    pub fn set_max_frame_len(&mut self, max_frame_len: u32) {
+        self.max_frame_len = max_frame_len;
+    }
+
     /// Bytes received but not yet taken out as frames.
     pub fn buffered(&self) -> usize {
         self.end - self.start

@@ -1,0 +1,43 @@
+//! Worker traits, the worker-side runtimes, and the event loop of `exsyst-worker`.
+//!
+//! A worker implementation is a type with a stable [`Worker::NAME`], built from serialized
+//! constructor arguments, that implements one of the worker traits:
+//! - [`RawWorker`] runs its own blocking loop over a [`WorkerChannel`] (the seed's
+//!   `RawWorkerImplementationInterface`).
+//!
+//! ```
+//! use worker_core::{BoxError, RawWorker, Worker, WorkerChannel};
+//!
+//! struct Squarer;
+//!
+//! impl Worker for Squarer {
+//!     const NAME: &'static str = "squarer";
+//!     type Args = ();
+//!     fn new((): ()) -> Result<Self, BoxError> {
+//!         Ok(Squarer)
+//!     }
+//! }
+//!
+//! impl RawWorker for Squarer {
+//!     fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+//!         // `None`: the master closed the channel (its handle went out of scope).
+//!         while let Some(n) = channel.next_message::<i64>()? {
+//!             channel.send_message(&format!("{n} squared is {}", n * n))?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! Registering implementations and starting worker processes is `worker-bootstrap`'s job; this
+//! crate is what runs inside the worker.
+
+mod raw;
+mod sys;
+mod worker;
+
+pub use raw::{RawWorker, WorkerChannel};
+pub use sys::take_stdio_channel;
+pub use worker::{BoxError, Worker};
+
+// The evented side (event loop, non-blocking channel, EventedWorker and its runtime).

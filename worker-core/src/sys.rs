@@ -1,0 +1,75 @@
+//! The operating system layer of the worker side: every `unsafe` call of this crate lives here.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::{FromRawFd, OwnedFd, RawFd},
+};
+
+/// Runs a libc call that returns -1 on failure, giving `io::Result` of its value.
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        // SAFETY: the caller of the macro states why the call is sound.
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// Moves the channel to the master off the standard descriptors and returns its two ends
+/// (reading, writing).
+///
+/// Afterwards descriptor 0 reads `/dev/null`, descriptor 1 writes where descriptor 2 does
+/// (so a stray `println!` in worker code lands on standard error instead of corrupting the
+/// channel), and every other descriptor the process inherited is closed: the worker holds
+/// exactly 0, 1, 2 and its channel, both ends close-on-exec.
+///
+/// Call it once, at the start of a worker process, before any other thread exists.
+pub fn take_stdio_channel() -> io::Result<(File, File)> {
+    close_inherited_fds()?;
+    // SAFETY (all fcntl/dup2/open calls below): plain descriptor calls on descriptors this process
+    // owns; errors come back as -1 and are turned into io::Error.
+    let input = syscall!(fcntl(0, libc::F_DUPFD_CLOEXEC, 3))?;
+    // SAFETY: `fcntl` just returned this new descriptor, owned by nobody else.
+    let input = unsafe { OwnedFd::from_raw_fd(input) };
+    let output = syscall!(fcntl(1, libc::F_DUPFD_CLOEXEC, 3))?;
+    // SAFETY: as above.
+    let output = unsafe { OwnedFd::from_raw_fd(output) };
+    let null = syscall!(open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC))?;
+    // SAFETY: `open` just returned this new descriptor.
+    let null = unsafe { OwnedFd::from_raw_fd(null) };
+    redirect(&null, 0)?;
+    syscall!(dup2(2, 1))?;
+    Ok((File::from(input), File::from(output)))
+}
+
+fn redirect(from: &OwnedFd, to: RawFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    syscall!(dup2(from.as_raw_fd(), to))?;
+    Ok(())
+}
+
+/// Closes every descriptor above 2, which the worker inherited by accident (a parent that did
+/// not set close-on-exec).
+fn close_inherited_fds() -> io::Result<()> {
+    // SAFETY: close_range only closes descriptors; nothing in this process refers to the ones
+    // above 2 yet, as this runs before any worker code.
+    let res = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if res == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: list the open descriptors, then close them.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; the descriptor of the directory listing is already closed, and
+        // closing an already closed descriptor only returns EBADF.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}

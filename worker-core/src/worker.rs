@@ -1,0 +1,22 @@
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The error type worker code returns: anything that is an error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What every worker implementation has: a stable name and a constructor.
+///
+/// The name is how a master asks for an implementation across a process boundary, so it must be
+/// unique within an executable and must not change between the master's build and the worker's.
+pub trait Worker: Sized + 'static {
+    /// The implementation's stable name.
+    const NAME: &'static str;
+
+    /// The constructor's arguments, serialized by the master and decoded in the worker.
+    type Args: Serialize + DeserializeOwned;
+
+    /// Builds the implementation inside the worker process.
+    ///
+    /// An error ends the worker before it handles any message; its master sees the worker's exit
+    /// and the error text in the tail of its standard error.
+    fn new(args: Self::Args) -> Result<Self, BoxError>;
+}

@@ -1,0 +1,73 @@
+//! Worker subprocess management: dedicated workers, pools of them, and shared workers.
+//!
+//! `exsyst-worker` runs work in other processes and talks to them with typed messages.
+//! This crate is a facade: it re-exports the crates that do the work, and composes them in
+//! [`WorkerFactory`], the seed's entry point.
+//!
+//! ```rust,standalone_crate
+//! use exsyst_worker::{BoxError, RawWorker, Worker, WorkerChannel, WorkerFactory};
+//!
+//! struct Squarer;
+//!
+//! impl Worker for Squarer {
+//!     const NAME: &'static str = "squarer";
+//!     type Args = ();
+//!     fn new((): ()) -> Result<Self, BoxError> {
+//!         Ok(Squarer)
+//!     }
+//! }
+//!
+//! impl RawWorker for Squarer {
+//!     fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+//!         // `None`: the master dropped its handle.
+//!         while let Some(n) = channel.next_message::<i64>()? {
+//!             channel.send_message(&format!("{n} squared is {}", n * n))?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // First thing in main: in a worker process this runs the implementation and exits.
+//!     exsyst_worker::registry().raw::<Squarer>().run_if_worker();
+//!
+//!     let factory = WorkerFactory::new();
+//!     let mut worker = factory.create_worker::<Squarer>()?;
+//!     for i in 0..3 {
+//!         worker.send_message(&i)?;
+//!         println!("{}", worker.receive_message::<String>()?);
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # The crates
+//!
+//! | module | crate | what it holds |
+//! |---|---|---|
+//! | [`channel`] | `worker-channel` | frames, codecs, the blocking channel |
+//! | [`worker`] | `worker-core` | worker traits and worker-side runtimes |
+//! | [`bootstrap`] | `worker-bootstrap` | profiles, the registry, the spawn path, [`DedicatedWorker`] |
+//! | [`killswitch`] | `worker-killswitch` | the JSON kill switch |
+//!
+//! A program that needs only part of this can depend on those crates alone.
+
+#![forbid(unsafe_code)]
+
+mod factory;
+
+pub use factory::{Addresses, Error, WorkerFactory};
+
+#[doc(inline)]
+pub use worker_bootstrap as bootstrap;
+#[doc(inline)]
+pub use worker_channel as channel;
+#[doc(inline)]
+pub use worker_core as worker;
+#[doc(inline)]
+pub use worker_killswitch as killswitch;
+
+pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
+pub use worker_channel::Codec;
+pub use worker_core::{BoxError, RawWorker, Worker, WorkerChannel};
+pub use worker_killswitch::KillSwitch;

@@ -1,0 +1,151 @@
+use std::{error, fmt, io, path::PathBuf, process::ExitStatus, time::Duration};
+
+/// The error type of `worker-bootstrap`: starting workers and talking to them.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The worker executable could not be started.
+    Spawn {
+        /// The executable.
+        program: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// This process was started as a worker, but `run_if_worker` did not run before it tried to
+    /// start workers of its own: it must be the first thing in `main`.
+    RegistryNotRun,
+    /// The worker process ended (or closed its channel and then ended).
+    WorkerExited {
+        /// The worker's process id.
+        pid: u32,
+        /// The implementation it ran.
+        implementation: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// The last lines it wrote to standard error (empty when its standard error was not
+        /// captured).
+        stderr_tail: String,
+    },
+    /// The worker closed its channel but did not exit within the grace period.
+    ChannelClosed {
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// Nothing arrived within the time given.
+    Timeout {
+        /// The worker's process id.
+        pid: u32,
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// The channel carried something the master could not accept (bad frame, undecodable
+    /// payload), or a message could not be encoded.
+    Channel {
+        /// The worker's process id.
+        pid: u32,
+        /// The channel's error.
+        source: worker_channel::Error,
+    },
+    /// A system call on the worker's pipes or process failed.
+    Io {
+        /// The worker's process id.
+        pid: u32,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The handle was already closed.
+    Closed,
+    /// The profile asks for something impossible.
+    Config(String),
+}
+
+impl Error {
+    /// The worker's exit status, when the error is that the worker ended.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        match self {
+            Error::WorkerExited { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Describes an exit status the way a person reads it: `exited with code 3`,
+/// `killed by signal 9 (SIGKILL)`.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with code {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            let name = match sig {
+                1 => " (SIGHUP)",
+                2 => " (SIGINT)",
+                6 => " (SIGABRT)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                13 => " (SIGPIPE)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            let core = if status.core_dumped() {
+                ", core dumped"
+            } else {
+                ""
+            };
+            format!("killed by signal {sig}{name}{core}")
+        }
+        None => format!("{status}"),
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Spawn { program, .. } => {
+                write!(f, "cannot start worker executable {}", program.display())
+            }
+            Error::RegistryNotRun => f.write_str(
+                "this process is a worker whose main did not call run_if_worker first; \
+                 refusing to start workers from it",
+            ),
+            Error::WorkerExited {
+                pid,
+                implementation,
+                status,
+                stderr_tail,
+            } => {
+                write!(
+                    f,
+                    "worker {implementation} (pid {pid}) {}",
+                    describe_exit(status)
+                )?;
+                let tail = stderr_tail.trim_end();
+                if !tail.is_empty() {
+                    write!(f, "; its stderr ended with:\n{tail}")?;
+                }
+                Ok(())
+            }
+            Error::ChannelClosed { pid } => {
+                write!(f, "worker (pid {pid}) closed its channel but did not exit")
+            }
+            Error::Timeout { pid, waited } => {
+                write!(f, "no message from worker (pid {pid}) within {waited:?}")
+            }
+            Error::Channel { pid, .. } => write!(f, "channel to worker (pid {pid}) failed"),
+            Error::Io { pid, .. } => write!(f, "i/o error with worker (pid {pid})"),
+            Error::Closed => f.write_str("worker handle already closed"),
+            Error::Config(what) => write!(f, "invalid bootstrap profile: {what}"),
+        }
+    }
+}
+
+impl error::Error for Error {
+    fn source(&self) -> Option<&(dyn error::Error + 'static)> {
+        match self {
+            Error::Spawn { source, .. } | Error::Io { source, .. } => Some(source),
+            Error::Channel { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! What the master tells a new worker: the environment variables that mark it as a worker, and
+//! the first frame on its channel.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use worker_channel::Codec;
+
+/// Names the implementation a worker process must run; its presence makes a process a worker.
+pub(crate) const ENV_IMPLEMENTATION: &str = "EXSYST_WORKER_IMPLEMENTATION";
+/// The master's process id, so the worker can tell whether its master died before it armed its
+/// parent-death signal.
+pub(crate) const ENV_PARENT: &str = "EXSYST_WORKER_PARENT";
+
+/// The version of the bootstrap protocol; a worker refuses an init frame of another version.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest init frame a worker accepts (the constructor arguments travel in it).
+pub(crate) const MAX_INIT_FRAME_LEN: u32 = 1 << 30;
+
+/// The first frame on a worker's channel: a control frame, always MessagePack.
+///
+/// Secrets travel here, over the private pipe, never on the command line or in the environment.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerInit {
+    pub(crate) version: u32,
+    pub(crate) implementation: String,
+    pub(crate) codec: Codec,
+    pub(crate) max_frame_len: u32,
+    pub(crate) args: Option<ByteBuf>,
+    pub(crate) umask: Option<u32>,
+    pub(crate) before_hooks: Vec<String>,
+    pub(crate) after_hooks: Vec<String>,
+    /// Settings of layers above this crate (shared workers), by name, each encoded by its owner.
+    #[serde(default)]
+    pub(crate) extensions: BTreeMap<String, ByteBuf>,
+}

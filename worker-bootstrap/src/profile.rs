@@ -1,0 +1,294 @@
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use worker_channel::{Codec, DEFAULT_MAX_FRAME_LEN};
+
+use crate::Error;
+
+/// Where a worker's standard error goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StderrMode {
+    /// Copied to the master's standard error as it arrives, and its last lines kept for the
+    /// error the master gets when the worker dies. The default.
+    #[default]
+    Forward,
+    /// Kept only for that error, not shown.
+    Capture,
+    /// Shared with the master (written straight to the master's standard error); nothing kept.
+    Inherit,
+    /// Discarded.
+    Null,
+}
+
+/// Everything needed to start a worker process: the seed's `WorkerBootstrapProfile`.
+///
+/// Every field has a default, so `BootstrapProfile::default()` starts workers by re-executing the
+/// current executable with MessagePack channels. The profile is serializable, so it can be kept
+/// in configuration files.
+///
+/// | seed (PHP)                        | here                                                    |
+/// |-----------------------------------|---------------------------------------------------------|
+/// | php/hhvm path and arguments       | [`with_program`](Self::with_program), [`with_args`](Self::with_args) |
+/// | stage 1 / 2 / 3 parts             | [`with_env`](Self::with_env), [`with_current_dir`](Self::with_current_dir), [`with_umask`](Self::with_umask), and named hooks ([`with_before_hook`](Self::with_before_hook), [`with_after_hook`](Self::with_after_hook)) |
+/// | constructor arguments             | [`with_constructor_args`](Self::with_constructor_args)  |
+/// | channel factory                   | [`with_codec`](Self::with_codec), [`with_max_frame_len`](Self::with_max_frame_len) |
+/// | precompiled script map            | [`with_executable`](Self::with_executable)              |
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BootstrapProfile {
+    program: Option<PathBuf>,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    current_dir: Option<PathBuf>,
+    umask: Option<u32>,
+    codec: Codec,
+    max_frame_len: u32,
+    constructor_args: Option<ByteBuf>,
+    executables: BTreeMap<String, PathBuf>,
+    before_hooks: Vec<String>,
+    after_hooks: Vec<String>,
+    stderr: StderrMode,
+    kill_switch_path: Option<PathBuf>,
+    #[serde(with = "millis")]
+    close_grace: Duration,
+}
+
+impl Default for BootstrapProfile {
+    fn default() -> Self {
+        BootstrapProfile {
+            program: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            current_dir: None,
+            umask: None,
+            codec: Codec::default(),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            constructor_args: None,
+            executables: BTreeMap::new(),
+            before_hooks: Vec::new(),
+            after_hooks: Vec::new(),
+            stderr: StderrMode::default(),
+            kill_switch_path: None,
+            close_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+impl BootstrapProfile {
+    /// The default profile.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs workers from `program` instead of the current executable. That executable must call
+    /// `run_if_worker` at the top of its `main` and register the implementations it is asked for.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// Arguments given to the worker executable (never put secrets here: they are visible to
+    /// every user of the machine).
+    pub fn with_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets an environment variable for workers (on top of the master's environment).
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Starts workers in `dir`.
+    pub fn with_current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets the workers' file mode creation mask before any of their code runs.
+    pub fn with_umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
+        self
+    }
+
+    /// The codec of the channel to the workers.
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The largest payload either side sends or accepts (16 MiB by default).
+    pub fn with_max_frame_len(mut self, max: u32) -> Self {
+        self.max_frame_len = max;
+        self
+    }
+
+    /// Constructor arguments for workers created without arguments of their own.
+    pub fn with_constructor_args<T: Serialize>(mut self, args: &T) -> Result<Self, Error> {
+        self.constructor_args = Some(encode_args(args)?);
+        Ok(self)
+    }
+
+    /// Runs implementation `implementation` from `program` (the seed's precompiled script map).
+    pub fn with_executable(
+        mut self,
+        implementation: impl Into<String>,
+        program: impl Into<PathBuf>,
+    ) -> Self {
+        self.executables
+            .insert(implementation.into(), program.into());
+        self
+    }
+
+    /// Runs the hook registered under `name` in the worker, before the implementation is
+    /// constructed (the seed's stages 1 and 2). Hooks run in the order they are added.
+    pub fn with_before_hook(mut self, name: impl Into<String>) -> Self {
+        self.before_hooks.push(name.into());
+        self
+    }
+
+    /// Runs the hook registered under `name` in the worker, right after the implementation is
+    /// constructed, with access to it (the seed's stage 3).
+    pub fn with_after_hook(mut self, name: impl Into<String>) -> Self {
+        self.after_hooks.push(name.into());
+        self
+    }
+
+    /// Where workers' standard error goes.
+    pub fn with_stderr(mut self, mode: StderrMode) -> Self {
+        self.stderr = mode;
+        self
+    }
+
+    /// How long closing a worker waits for it to exit by itself before killing it (1 s by
+    /// default).
+    pub fn with_close_grace(mut self, grace: Duration) -> Self {
+        self.close_grace = grace;
+        self
+    }
+
+    /// Uses the kill switch file at `path` (see `worker-killswitch`): shared workers it disables
+    /// are not started.
+    pub fn with_kill_switch_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kill_switch_path = Some(path.into());
+        self
+    }
+
+    /// The kill switch file, if any.
+    pub fn kill_switch_path(&self) -> Option<&std::path::Path> {
+        self.kill_switch_path.as_deref()
+    }
+
+    /// The explicitly configured worker executable, if any.
+    pub fn program(&self) -> Option<&std::path::Path> {
+        self.program.as_deref()
+    }
+
+    /// The arguments given to worker executables.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The extra environment of workers.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    /// The working directory of workers, if set.
+    pub fn current_dir(&self) -> Option<&std::path::Path> {
+        self.current_dir.as_deref()
+    }
+
+    /// The workers' umask, if set.
+    pub fn umask(&self) -> Option<u32> {
+        self.umask
+    }
+
+    /// The channel codec.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// The maximum payload length.
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_frame_len
+    }
+
+    /// The default constructor arguments, MessagePack-encoded.
+    pub fn constructor_args(&self) -> Option<&[u8]> {
+        self.constructor_args.as_ref().map(|b| b.as_slice())
+    }
+
+    /// The executable that runs `implementation`: its entry in the map, else the profile's
+    /// program, else `None` for the current executable.
+    pub fn executable_for(&self, implementation: &str) -> Option<&std::path::Path> {
+        self.executables
+            .get(implementation)
+            .map(PathBuf::as_path)
+            .or(self.program.as_deref())
+    }
+
+    /// The hooks run before construction.
+    pub fn before_hooks(&self) -> &[String] {
+        &self.before_hooks
+    }
+
+    /// The hooks run after construction.
+    pub fn after_hooks(&self) -> &[String] {
+        &self.after_hooks
+    }
+
+    /// Where workers' standard error goes.
+    pub fn stderr(&self) -> StderrMode {
+        self.stderr
+    }
+
+    /// The close grace period.
+    pub fn close_grace(&self) -> Duration {
+        self.close_grace
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.max_frame_len == 0 {
+            return Err(Error::Config("max_frame_len must be at least 1".into()));
+        }
+        if let Some(mask) = self.umask
+            && mask > 0o777
+        {
+            return Err(Error::Config(format!(
+                "umask {mask:o} is not a permission mask"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Constructor arguments always travel as MessagePack, whatever the channel's codec.
+pub(crate) fn encode_args<T: Serialize + ?Sized>(args: &T) -> Result<ByteBuf, Error> {
+    Codec::MessagePack
+        .encode(args)
+        .map(ByteBuf::from)
+        .map_err(|source| Error::Config(format!("cannot encode constructor arguments: {source}")))
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

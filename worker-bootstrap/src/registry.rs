@@ -1,0 +1,294 @@
+use std::{any::Any, collections::HashMap, ffi::OsString, fmt};
+
+use serde::de::DeserializeOwned;
+use worker_channel::{Channel, Codec, FrameKind};
+use worker_core::{BoxError, RawWorker, WorkerChannel};
+
+use crate::{
+    init::{ENV_IMPLEMENTATION, ENV_PARENT, MAX_INIT_FRAME_LEN, PROTOCOL_VERSION, WorkerInit},
+    sys,
+};
+
+/// Exit status of a worker whose implementation, constructor or hook failed.
+pub const EXIT_FAILURE: i32 = 70;
+
+type Runner = Box<dyn FnOnce(WorkerContext) -> Result<(), BoxError>>;
+type BeforeHook = Box<dyn Fn() -> Result<(), BoxError>>;
+type AfterHook = Box<dyn Fn(&mut dyn Any) -> Result<(), BoxError>>;
+
+/// Starts a [`Registry`]: the worker implementations this executable can run.
+///
+/// See [`Registry::run_if_worker`] for where it must be called.
+pub fn registry() -> Registry {
+    Registry::default()
+}
+
+/// The worker implementations an executable can run, and the named setup hooks profiles may ask
+/// for.
+///
+/// The executable that runs workers (by default, the master's own) builds it at the very top of
+/// `main`:
+///
+/// ```no_run
+/// # use worker_core::{BoxError, RawWorker, Worker, WorkerChannel};
+/// # struct Squarer;
+/// # impl Worker for Squarer { const NAME: &'static str = "squarer"; type Args = ();
+/// #     fn new(_: ()) -> Result<Self, BoxError> { Ok(Squarer) } }
+/// # impl RawWorker for Squarer { fn run(&mut self, _: &mut WorkerChannel) -> Result<(), BoxError> { Ok(()) } }
+/// fn main() {
+///     worker_bootstrap::registry()
+///         .raw::<Squarer>()
+///         .before_hook("quiet", || Ok(()))
+///         .run_if_worker(); // in a worker process this runs the implementation and exits
+///     // ... master code ...
+/// }
+/// ```
+#[derive(Default)]
+pub struct Registry {
+    implementations: HashMap<String, Runner>,
+    before_hooks: HashMap<String, BeforeHook>,
+    after_hooks: HashMap<String, AfterHook>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.implementations.keys().collect();
+        names.sort();
+        f.debug_struct("Registry")
+            .field("implementations", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Registers a raw worker implementation under its [`Worker::NAME`](worker_core::Worker::NAME).
+    pub fn raw<W: RawWorker>(self) -> Self {
+        self.implementation(W::NAME, |mut cx| {
+            let mut worker = W::new(cx.args()?)?;
+            cx.after_construct(&mut worker)?;
+            worker.run(cx.channel())
+        })
+    }
+
+    /// Registers a runner under `name`: the general form behind [`Registry::raw`], for other kinds
+    /// of workers (evented, shared) to plug in.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is already registered: two implementations under one name is a programming
+    /// error that would otherwise show up only in the worker.
+    pub fn implementation(
+        mut self,
+        name: &str,
+        runner: impl FnOnce(WorkerContext) -> Result<(), BoxError> + 'static,
+    ) -> Self {
+        let previous = self
+            .implementations
+            .insert(name.to_owned(), Box::new(runner));
+        assert!(
+            previous.is_none(),
+            "worker implementation {name:?} registered twice"
+        );
+        self
+    }
+
+    /// Registers a hook that profiles can ask to run before construction.
+    pub fn before_hook(
+        mut self,
+        name: &str,
+        hook: impl Fn() -> Result<(), BoxError> + 'static,
+    ) -> Self {
+        self.before_hooks.insert(name.to_owned(), Box::new(hook));
+        self
+    }
+
+    /// Registers a hook that profiles can ask to run right after construction; it gets the
+    /// implementation as `&mut dyn Any`, to downcast to the types it knows.
+    pub fn after_hook(
+        mut self,
+        name: &str,
+        hook: impl Fn(&mut dyn Any) -> Result<(), BoxError> + 'static,
+    ) -> Self {
+        self.after_hooks.insert(name.to_owned(), Box::new(hook));
+        self
+    }
+
+    /// Whether this process was started as a worker.
+    pub fn is_worker() -> bool {
+        std::env::var_os(ENV_IMPLEMENTATION).is_some()
+    }
+
+    /// In a worker process, runs the implementation the master asked for and exits; in any other
+    /// process, returns at once.
+    ///
+    /// It must be the first thing in `main`, before any thread is started or any file opened:
+    /// the worker takes its channel off descriptors 0 and 1, closes every other inherited
+    /// descriptor, and clears the variables that marked it as a worker.
+    ///
+    /// The worker exits with status 0 when the implementation returns `Ok`, and with
+    /// [`EXIT_FAILURE`] (the error written to standard error) when the implementation, its
+    /// constructor or a hook fails; a panic exits the way panics do (101).
+    pub fn run_if_worker(self) {
+        let Some(implementation) = std::env::var_os(ENV_IMPLEMENTATION) else {
+            return;
+        };
+        let code = match self.run_worker(implementation) {
+            Ok(()) => 0,
+            Err(e) => {
+                let mut message = format!("exsyst-worker: worker failed: {e}");
+                let mut source = e.source();
+                while let Some(s) = source {
+                    message.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                eprintln!("{message}");
+                EXIT_FAILURE
+            }
+        };
+        std::process::exit(code);
+    }
+
+    fn run_worker(mut self, implementation: OsString) -> Result<(), BoxError> {
+        let parent = std::env::var(ENV_PARENT)
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(parent) = parent
+            && !sys::arm_parent_death_signal(parent)
+        {
+            // The master died before we could ask to follow it: nobody is left to serve.
+            std::process::exit(EXIT_FAILURE);
+        }
+        sys::remove_env(ENV_IMPLEMENTATION);
+        sys::remove_env(ENV_PARENT);
+
+        let (input, output) = worker_core::take_stdio_channel()?;
+        let mut channel =
+            Channel::with_max_frame_len(input, output, Codec::MessagePack, MAX_INIT_FRAME_LEN);
+        let init: WorkerInit = match channel.receive_kind(FrameKind::Control) {
+            Ok(init) => init,
+            // The master let go before it said anything: nothing to do.
+            Err(worker_channel::Error::Closed) => return Ok(()),
+            Err(e) => return Err(format!("cannot read the bootstrap frame: {e}").into()),
+        };
+        if init.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "bootstrap protocol version {} is not {PROTOCOL_VERSION}: master and worker \
+                 executables are from different releases",
+                init.version
+            )
+            .into());
+        }
+        if Some(init.implementation.as_str()) != implementation.to_str() {
+            return Err(
+                "the bootstrap frame names another implementation than the environment".into(),
+            );
+        }
+        channel.set_codec(init.codec);
+        channel.set_max_frame_len(init.max_frame_len);
+        if let Some(mask) = init.umask {
+            sys::set_umask(mask);
+        }
+        for name in &init.before_hooks {
+            let hook = self.before_hooks.get(name).ok_or_else(|| {
+                format!("no before-construction hook named {name:?} is registered")
+            })?;
+            hook().map_err(|e| format!("before-construction hook {name:?} failed: {e}"))?;
+        }
+        let runner = self
+            .implementations
+            .remove(&init.implementation)
+            .ok_or_else(|| {
+                format!(
+                    "no worker implementation named {:?} is registered in this executable",
+                    init.implementation
+                )
+            })?;
+        let after_hooks = init
+            .after_hooks
+            .iter()
+            .map(|name| {
+                self.after_hooks
+                    .remove(name)
+                    .map(|hook| (name.clone(), hook))
+                    .ok_or_else(|| {
+                        format!("no after-construction hook named {name:?} is registered")
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        runner(WorkerContext {
+            implementation: init.implementation,
+            args: init.args.map(|a| a.into_vec()),
+            extensions: init
+                .extensions
+                .into_iter()
+                .map(|(k, v)| (k, v.into_vec()))
+                .collect(),
+            after_hooks,
+            channel,
+        })
+    }
+}
+
+/// What a worker process knows when its implementation starts: what the master sent at spawn
+/// time, and the channel. Runners registered with [`Registry::implementation`] get one.
+pub struct WorkerContext {
+    implementation: String,
+    args: Option<Vec<u8>>,
+    extensions: HashMap<String, Vec<u8>>,
+    after_hooks: Vec<(String, AfterHook)>,
+    channel: WorkerChannel,
+}
+
+impl fmt::Debug for WorkerContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("implementation", &self.implementation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerContext {
+    /// The implementation's name.
+    pub fn implementation(&self) -> &str {
+        &self.implementation
+    }
+
+    /// Decodes the constructor arguments; without any, decodes them from `()`, so
+    /// implementations whose `Args` is `()` (or an `Option`, or a struct of defaults) need none.
+    pub fn args<T: DeserializeOwned>(&self) -> Result<T, BoxError> {
+        const UNIT: &[u8] = &[0xc0]; // MessagePack nil, which is how `()` encodes
+        let bytes = self.args.as_deref().unwrap_or(UNIT);
+        Codec::MessagePack.decode(bytes).map_err(|e| {
+            let what = if self.args.is_some() {
+                "cannot decode the constructor arguments"
+            } else {
+                "this implementation needs constructor arguments and none were given"
+            };
+            format!("{what} of {}: {e}", self.implementation).into()
+        })
+    }
+
+    /// Settings another layer put into the bootstrap frame under `key`.
+    pub fn extension(&self, key: &str) -> Option<&[u8]> {
+        self.extensions.get(key).map(Vec::as_slice)
+    }
+
+    /// Runs the after-construction hooks the profile asked for, on the new implementation.
+    pub fn after_construct(&mut self, worker: &mut dyn Any) -> Result<(), BoxError> {
+        for (name, hook) in &self.after_hooks {
+            hook(worker).map_err(|e| format!("after-construction hook {name:?} failed: {e}"))?;
+        }
+        self.after_hooks.clear();
+        Ok(())
+    }
+
+    /// The channel to the master.
+    pub fn channel(&mut self) -> &mut WorkerChannel {
+        &mut self.channel
+    }
+
+    /// Takes the channel, ending the context.
+    pub fn into_channel(self) -> WorkerChannel {
+        self.channel
+    }
+}

@@ -1,0 +1,96 @@
+//! Draining a worker's standard error: forwarded to the master's, and its tail kept for errors.
+
+use std::{
+    io::{Read, Write},
+    process::ChildStderr,
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+/// How much of a worker's standard error is kept for the error its master gets.
+const TAIL_LEN: usize = 4096;
+
+#[derive(Default)]
+struct Tail {
+    bytes: Vec<u8>,
+    done: bool,
+}
+
+/// The tail of a worker's standard error, filled by a thread that drains the pipe, so a chatty
+/// worker never blocks on a full pipe.
+#[derive(Clone)]
+pub(crate) struct StderrTail {
+    shared: Arc<(Mutex<Tail>, Condvar)>,
+}
+
+impl std::fmt::Debug for StderrTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StderrTail")
+    }
+}
+
+impl StderrTail {
+    /// Starts draining `stderr`, copying it to this process's standard error when `forward`.
+    pub(crate) fn start(mut stderr: ChildStderr, forward: bool, pid: u32) -> std::io::Result<Self> {
+        let tail = StderrTail {
+            shared: Arc::new((Mutex::new(Tail::default()), Condvar::new())),
+        };
+        let shared = Arc::clone(&tail.shared);
+        std::thread::Builder::new()
+            .name(format!("worker-{pid}-stderr"))
+            .spawn(move || {
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = match stderr.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    };
+                    if forward {
+                        // The master's stderr being gone must not stop the draining.
+                        let _ = std::io::stderr().lock().write_all(&buf[..n]);
+                    }
+                    let mut tail = shared.0.lock().unwrap_or_else(|e| e.into_inner());
+                    tail.bytes.extend_from_slice(&buf[..n]);
+                    if tail.bytes.len() > 2 * TAIL_LEN {
+                        let cut = tail.bytes.len() - TAIL_LEN;
+                        tail.bytes.drain(..cut);
+                    }
+                }
+                let mut tail = shared.0.lock().unwrap_or_else(|e| e.into_inner());
+                tail.done = true;
+                shared.1.notify_all();
+            })?;
+        Ok(tail)
+    }
+
+    /// The last lines written, waiting up to `wait` for the worker's last bytes to be drained.
+    pub(crate) fn text(&self, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        let mut tail = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        while !tail.done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tail = self
+                .shared
+                .1
+                .wait_timeout(tail, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let bytes = &tail.bytes[tail.bytes.len().saturating_sub(TAIL_LEN)..];
+        // Start at a line boundary when the tail was cut.
+        let bytes = if tail.bytes.len() > TAIL_LEN {
+            bytes
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes, |i| &bytes[i + 1..])
+        } else {
+            bytes
+        };
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}

@@ -1,0 +1,183 @@
+//! The operating system layer of the bootstrap side: every `unsafe` call of this crate lives here.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+/// Runs a libc call that returns -1 on failure, giving `io::Result` of its value.
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        // SAFETY: the caller of the macro states why the call is sound.
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// Puts a descriptor in non-blocking mode.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller borrows; flags only.
+    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+    // SAFETY: as above.
+    syscall!(fcntl(
+        fd.as_raw_fd(),
+        libc::F_SETFL,
+        flags | libc::O_NONBLOCK
+    ))?;
+    Ok(())
+}
+
+/// What [`poll`] found on one descriptor.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ready {
+    pub(crate) readable: bool,
+    /// Hang-up or error: the other end is gone.
+    pub(crate) hangup: bool,
+}
+
+/// Waits until one of `fds` is ready for what is asked (`(fd, want_read, want_write)`), or until
+/// `deadline`. Returns `Ok(None)` on timeout. Interrupted waits are resumed.
+pub(crate) fn poll(
+    fds: &[(BorrowedFd<'_>, bool, bool)],
+    deadline: Option<Instant>,
+) -> io::Result<Option<Vec<Ready>>> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, r, w)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: (if r { libc::POLLIN } else { 0 }) | (if w { libc::POLLOUT } else { 0 }),
+            revents: 0,
+        })
+        .collect();
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up, so a wait never ends early and spins.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: `pollfds` is a live array of `pollfds.len()` entries.
+        match syscall!(poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout
+        )) {
+            Ok(0) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
+            }
+            Ok(_) => {
+                return Ok(Some(
+                    pollfds
+                        .iter()
+                        .map(|p| Ready {
+                            readable: p.revents & libc::POLLIN != 0,
+                            hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
+                                != 0,
+                        })
+                        .collect(),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits until process `pid` (a child of ours, not yet reaped) has exited, without reaping it,
+/// so its process group id stays reserved until the caller reaps it. Returns whether it exited
+/// before `deadline`.
+pub(crate) fn wait_exited_no_reap(pid: u32, deadline: Instant) -> io::Result<bool> {
+    if let Some(pidfd) = pidfd_open(pid) {
+        return Ok(poll(&[(pidfd.as_fd(), true, false)], Some(deadline))?.is_some());
+    }
+    // Kernels without pidfd: ask, then back off.
+    let mut pause = Duration::from_micros(50);
+    loop {
+        if exited_no_reap(pid)? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just created this descriptor (close-on-exec by default) and it is ours.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether child `pid` has exited, leaving it unreaped.
+fn exited_no_reap(pid: u32) -> io::Result<bool> {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t.
+    syscall!(waitid(
+        libc::P_PID,
+        pid as libc::id_t,
+        &mut info,
+        libc::WEXITED | libc::WNOHANG | libc::WNOWAIT
+    ))?;
+    // SAFETY: waitid filled `info`; si_pid is 0 when the child has not changed state.
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Sends SIGKILL to process group `pgid`; a group that no longer exists is not an error.
+pub(crate) fn kill_group(pgid: u32) -> io::Result<()> {
+    // SAFETY: killpg only sends a signal.
+    match syscall!(killpg(pgid as libc::pid_t, libc::SIGKILL)) {
+        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// This process's id.
+pub(crate) fn getpid() -> u32 {
+    std::process::id()
+}
+
+/// In a worker: asks for SIGKILL when the parent dies, then checks that the parent is still the
+/// process that started us, closing the race where it died before the request.
+/// Returns whether the parent is still there.
+pub(crate) fn arm_parent_death_signal(expected_parent: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only records a signal number for this process.
+        let _ = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    }
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    parent as u32 == expected_parent
+}
+
+/// Sets the process's file mode creation mask.
+pub(crate) fn set_umask(mask: u32) {
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+/// Removes a variable from this process's environment.
+///
+/// Only called at the very start of a worker process, from `run_if_worker`, which the
+/// documentation requires to be the first thing in `main`, before any other thread exists.
+pub(crate) fn remove_env(name: &str) {
+    // SAFETY: single-threaded at this point (see above), so no other thread reads the
+    // environment concurrently.
+    unsafe { std::env::remove_var(name) };
+}

@@ -102,6 +102,20 @@ impl<R: Read, W: Write> Channel<R, W> {
         result.map_err(Error::Io)
     }
 
+    /// Sends one frame whose payload is already encoded (to relay a frame unchanged, say).
+    pub fn send_raw(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), Error> {
+        self.out.clear();
+        crate::encode_raw_frame(kind, payload, self.max_frame_len, &mut self.out)?;
+        let result = self
+            .writer
+            .write_all(&self.out)
+            .and_then(|()| self.writer.flush());
+        if self.out.capacity() > 1 << 20 {
+            self.out = Vec::new();
+        }
+        result.map_err(Error::Io)
+    }
+
     /// Receives one data message, blocking until it arrives.
     ///
     /// The peer closing the channel between frames gives [`Error::Closed`]; a control frame gives

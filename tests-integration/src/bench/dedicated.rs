@@ -1,0 +1,1 @@
+//! Dedicated-worker benchmarks (filled below).

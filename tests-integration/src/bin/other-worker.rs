@@ -1,0 +1,9 @@
+//! A separate worker executable: registers only `echo`, as a program other than the master.
+
+fn main() {
+    exsyst_worker::registry()
+        .raw::<tests_integration::workers::dedicated::Echo>()
+        .run_if_worker();
+    eprintln!("other-worker: only runs as a worker");
+    std::process::exit(2);
+}

@@ -1,0 +1,26 @@
+//! Worker implementations and master scenarios for the black-box tests of `exsyst-worker`.
+//!
+//! The `test-worker` binary registers every implementation here; the tests start it as a worker
+//! executable (through the profile) and as a master of its own (with `master <scenario>`).
+
+pub mod scenarios;
+pub mod workers;
+
+use exsyst_worker::Registry;
+
+/// Every implementation the test binaries can run.
+pub fn registry() -> Registry {
+    workers::dedicated::register(exsyst_worker::registry())
+}
+
+/// Generous timeouts for tests, scaled by `EXSYST_TEST_TIMEOUT_SCALE` (a float, default 1) for
+/// slow machines.
+pub fn timeout(base: std::time::Duration) -> std::time::Duration {
+    let scale = std::env::var("EXSYST_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(1.0);
+    base.mul_f64(scale)
+}
+pub mod bench;

@@ -1,0 +1,110 @@
+//! Master-side scenarios that need a master process of their own (to be killed, or to count
+//! its own descriptors and children without other tests running beside it).
+//!
+//! `test-worker master <scenario> [args]` runs one and prints its findings on standard output,
+//! one `key=value` per line.
+
+use std::time::Duration;
+
+use exsyst_worker::{BootstrapProfile, WorkerFactory};
+
+use crate::workers::dedicated::{Echo, Squarer};
+
+/// Runs the scenario named by `args[0]`.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("cycles") => cycles(args.get(1).map_or(Ok(200), |n| n.parse())?),
+        Some("hold") => hold(args.get(1).map_or(Ok(3), |n| n.parse())?),
+        Some("self-and-map") => self_and_map(args.get(1).expect("other executable")),
+        other => anyhow::bail!("unknown scenario {other:?}"),
+    }
+}
+
+/// Open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Children of this process that are still there (running or zombie), as `(pid, state)`.
+pub fn children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses: fields start after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == me {
+            found.push((pid, state));
+        }
+    }
+    found
+}
+
+/// Creates and drops workers `n` times; reports descriptors and children before and after.
+fn cycles(n: usize) -> anyhow::Result<()> {
+    let factory = WorkerFactory::new();
+    // One cycle first, so lazily opened descriptors of the runtime are counted in "before".
+    drop(factory.create_worker::<Squarer>()?);
+    let before = open_fds();
+    for i in 0..n as i64 {
+        let mut worker = factory.create_worker::<Squarer>()?;
+        if i % 2 == 0 {
+            worker.send_message(&i)?;
+            anyhow::ensure!(
+                worker.receive_message::<String>()? == format!("{i} squared is {}", i * i)
+            );
+        }
+    }
+    println!("fds_before={before}");
+    println!("fds_after={}", open_fds());
+    println!("children={:?}", children());
+    Ok(())
+}
+
+/// Starts `n` workers, prints their pids, then waits for its standard input to close.
+fn hold(n: usize) -> anyhow::Result<()> {
+    let factory = WorkerFactory::new();
+    let mut workers = Vec::new();
+    for i in 0..n as i64 {
+        let mut worker = factory.create_worker::<Squarer>()?;
+        worker.send_message(&i)?;
+        worker.receive_message::<String>()?;
+        println!("pid={}", worker.pid());
+        workers.push(worker);
+    }
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}
+
+/// The same conversation with a self-re-executed worker and with one from another executable
+/// chosen through the profile's map.
+fn self_and_map(other: &str) -> anyhow::Result<()> {
+    let own = WorkerFactory::new();
+    let mapped = WorkerFactory::with_profile(
+        BootstrapProfile::new()
+            .with_executable("echo", other)
+            .with_close_grace(Duration::from_secs(5)),
+    );
+    for (label, factory) in [("self", own), ("map", mapped)] {
+        let mut worker = factory.create_worker::<Echo>()?;
+        worker.send_message(&("ping", 1))?;
+        let reply: (String, i32) = worker.receive_message()?;
+        let exe = std::fs::read_link(format!("/proc/{}/exe", worker.pid()))?;
+        println!("{label}_reply={reply:?}");
+        println!("{label}_exe={}", exe.display());
+        println!("{label}_status={}", worker.close()?);
+    }
+    Ok(())
+}

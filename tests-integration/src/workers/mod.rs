@@ -1,0 +1,3 @@
+//! Worker implementations, one module per topic.
+
+pub mod dedicated;

@@ -1,0 +1,139 @@
+//! What every scenario needs: the helper executables, scaled timeouts, process checks.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub use tests_integration::timeout;
+
+/// The executable that registers every test implementation.
+pub fn test_worker() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_test-worker"))
+}
+
+/// A separate worker executable registering only `echo`.
+pub fn other_worker() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_other-worker"))
+}
+
+/// A profile that starts workers from `test-worker` (the test harness cannot be a worker).
+pub fn profile() -> exsyst_worker::BootstrapProfile {
+    exsyst_worker::BootstrapProfile::new().with_program(test_worker())
+}
+
+/// Whether process `pid` is gone: not running, and not a zombie of ours.
+///
+/// A zombie whose parent is another process (init, after its master died) is dead for our
+/// purpose: reaping it is its new parent's business, which this sandbox's init does lazily.
+pub fn process_gone(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return true;
+    };
+    let mut fields = rest.split(' ');
+    let state = fields.next().and_then(|s| s.chars().next());
+    let ppid: Option<u32> = fields.next().and_then(|p| p.parse().ok());
+    match state {
+        Some('X') => true,
+        Some('Z') => ppid != Some(std::process::id()),
+        _ => false,
+    }
+}
+
+/// Waits until `cond` holds, polling with a short back-off, up to the scaled `limit`.
+/// Returns whether it held in time. Polling here replaces a fixed sleep: it ends as soon as the
+/// condition is true.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout(limit);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::park_timeout(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Runs `test-worker master <args>` and collects its `key=value` lines.
+pub fn run_master(args: &[&str]) -> Vec<(String, String)> {
+    let output = Command::new(test_worker())
+        .arg("master")
+        .args(args)
+        .output()
+        .expect("start test-worker master");
+    assert!(
+        output.status.success(),
+        "master scenario {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_lines(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Splits `key=value` lines.
+pub fn parse_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The value of `key` in scenario output.
+pub fn value<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key} in {lines:?}"))
+}
+
+/// A master process running a long scenario, read line by line.
+pub struct MasterProcess {
+    pub child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl MasterProcess {
+    /// Starts `test-worker master <args>`.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(test_worker())
+            .arg("master")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start test-worker master");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        MasterProcess { child, lines }
+    }
+
+    /// The next line of its output (blocking; the scenario writes it promptly).
+    pub fn next_line(&mut self) -> Option<String> {
+        self.lines.next().map(|l| l.expect("read master output"))
+    }
+}
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGKILL to `pid` with the system's `kill`.
+pub fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -KILL {pid} failed");
+}

@@ -1,0 +1,4 @@
+//! Black-box scenarios: real worker processes, real pipes and sockets, real files.
+
+mod dedicated;
+mod support;

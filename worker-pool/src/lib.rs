@@ -1,0 +1,1 @@
+//! Pools of dedicated workers (work in progress).

@@ -4,6 +4,10 @@
 //! constructor arguments, that implements one of the worker traits:
 //! - [`RawWorker`] runs its own blocking loop over a [`WorkerChannel`] (the seed's
 //!   `RawWorkerImplementationInterface`).
+//! - [`EventedWorker`] reacts to events (connect, message, disconnect) on an [`EventLoop`],
+//!   on which it can also put its own timers and sockets (the seed's
+//!   `EventedWorkerImplementationInterface`); [`run_evented`] serves one over the master's
+//!   channel.
 //!
 //! ```
 //! use worker_core::{BoxError, RawWorker, Worker, WorkerChannel};
@@ -41,3 +45,14 @@ pub use sys::take_stdio_channel;
 pub use worker::{BoxError, Worker};
 
 // The evented side (event loop, non-blocking channel, EventedWorker and its runtime).
+mod event_loop;
+mod evented;
+mod evented_error;
+mod nb_channel;
+
+pub use event_loop::{EventLoop, LoopHandle, Readiness, SourceId, TimerId};
+pub use evented::{
+    Connection, ConnectionId, Connections, EventedWorker, WorkerHost, WorkerLoop, run_evented,
+};
+pub use evented_error::EventedError;
+pub use nb_channel::{DEFAULT_MAX_QUEUED, NbChannel};

@@ -1,0 +1,617 @@
+//! The event loop: mio readiness, a timer heap and a cross-thread waker.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    fmt, io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Interest, Poll, Registry, Token, Waker, event::Source};
+
+use crate::{BoxError, EventedError};
+
+/// The token of the waker; source tokens never reach it (their generation stays below `u32::MAX`
+/// in the high half).
+const WAKER: Token = Token(usize::MAX);
+
+/// Default capacity of the readiness buffer handed to `epoll_wait`.
+const DEFAULT_EVENTS_CAPACITY: usize = 256;
+
+/// Identifies a source registered on an [`EventLoop`].
+///
+/// Ids are never confused with a later registration that reuses the same slot: a stale id makes
+/// [`EventLoop::deregister`] return `false` instead of removing someone else's source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceId {
+    index: u32,
+    generation: u32,
+}
+
+impl SourceId {
+    fn token(self) -> Token {
+        Token(((self.generation as usize) << 32) | self.index as usize)
+    }
+
+    fn from_token(token: Token) -> Self {
+        SourceId {
+            index: token.0 as u32,
+            generation: (token.0 >> 32) as u32,
+        }
+    }
+}
+
+/// Identifies a timer of an [`EventLoop`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerId(u64);
+
+/// What a source is ready for, as one event reported it.
+///
+/// Readiness is edge-triggered: a handler must consume what it can (read or write until the
+/// operation would block) or remember that it did not, because the same readiness is not
+/// reported again until it changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Data can be read, or a read would report end of stream.
+    pub readable: bool,
+    /// Data can be written.
+    pub writable: bool,
+    /// The peer closed its writing side: reads will reach end of stream.
+    pub read_closed: bool,
+    /// The peer closed its reading side: writes will fail.
+    pub write_closed: bool,
+    /// The source reported an error condition.
+    pub error: bool,
+}
+
+impl Readiness {
+    fn from_event(event: &mio::event::Event) -> Self {
+        Readiness {
+            readable: event.is_readable(),
+            writable: event.is_writable(),
+            read_closed: event.is_read_closed(),
+            write_closed: event.is_write_closed(),
+            error: event.is_error(),
+        }
+    }
+}
+
+/// What a timer or posted closure runs: the user state and the loop, mutably.
+type TimerHandler<S> = Box<dyn FnMut(&mut S, &mut EventLoop<S>) -> Result<(), BoxError>>;
+type Posted<S> = Box<dyn FnOnce(&mut S, &mut EventLoop<S>) -> Result<(), BoxError> + Send>;
+
+/// A registered source together with its handler, type-erased.
+trait Entry<S> {
+    fn source(&mut self) -> &mut dyn Source;
+    fn dispatch(
+        &mut self,
+        state: &mut S,
+        event_loop: &mut EventLoop<S>,
+        ready: Readiness,
+    ) -> Result<(), BoxError>;
+}
+
+struct Owned<T, F> {
+    source: T,
+    handler: F,
+}
+
+impl<S, T, F> Entry<S> for Owned<T, F>
+where
+    T: Source,
+    F: FnMut(&mut S, &mut EventLoop<S>, &mut T, Readiness) -> Result<(), BoxError>,
+{
+    fn source(&mut self) -> &mut dyn Source {
+        &mut self.source
+    }
+
+    fn dispatch(
+        &mut self,
+        state: &mut S,
+        event_loop: &mut EventLoop<S>,
+        ready: Readiness,
+    ) -> Result<(), BoxError> {
+        (self.handler)(state, event_loop, &mut self.source, ready)
+    }
+}
+
+struct Slot<S> {
+    generation: u32,
+    /// Registered and not deregistered; the entry may still be out for dispatch.
+    live: bool,
+    /// `None` while vacant or while its handler runs (the entry is out of the slab then, which
+    /// is what lets the handler take `&mut EventLoop` soundly).
+    entry: Option<Box<dyn Entry<S>>>,
+    /// An interest change asked for while the entry was out for dispatch.
+    pending_interest: Option<Interest>,
+}
+
+struct Timer<S> {
+    deadline: Instant,
+    period: Option<Duration>,
+    handler: TimerHandler<S>,
+}
+
+/// A single-threaded event loop on mio: readiness of any [`mio::event::Source`], one-shot and
+/// periodic timers, and closures posted from other threads through a [`LoopHandle`].
+///
+/// The user state `S` lives outside the loop and is lent to [`EventLoop::run`]; every handler
+/// receives `&mut S` and `&mut EventLoop<S>`, so it can change its state, add timers, register
+/// and deregister sources (itself included) and stop the loop.
+///
+/// As in ReactPHP, `run` returns by itself once nothing is registered (no source, no timer;
+/// the waker does not count), so a program that cleans up after itself ends cleanly.
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_core::EventLoop;
+///
+/// let mut event_loop = EventLoop::<Vec<&str>>::new()?;
+/// event_loop.add_timer(Duration::from_millis(2), |log, _| {
+///     log.push("second");
+///     Ok(())
+/// });
+/// event_loop.add_timer(Duration::from_millis(1), |log, _| {
+///     log.push("first");
+///     Ok(())
+/// });
+/// let mut log = Vec::new();
+/// event_loop.run(&mut log)?; // returns once both timers have fired
+/// assert_eq!(log, ["first", "second"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EventLoop<S> {
+    poll: Poll,
+    events: Events,
+    /// Readiness copied out of `events`, so handlers can take the loop mutably while a batch
+    /// is dispatched; reused from turn to turn.
+    ready: Vec<(Token, Readiness)>,
+    slots: Vec<Slot<S>>,
+    free: Vec<u32>,
+    live_sources: usize,
+    timers: HashMap<TimerId, Timer<S>>,
+    /// Deadlines in firing order; entries whose timer was cancelled or re-armed are skipped
+    /// when they come up, rather than searched for at cancel time.
+    heap: BinaryHeap<Reverse<(Instant, TimerId)>>,
+    next_timer: u64,
+    /// The timer whose handler runs now, and whether it was cancelled meanwhile.
+    firing: Option<(TimerId, bool)>,
+    waker: Arc<Waker>,
+    posted_tx: Sender<Posted<S>>,
+    posted_rx: Receiver<Posted<S>>,
+    stopped: bool,
+}
+
+impl<S> fmt::Debug for EventLoop<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("sources", &self.live_sources)
+            .field("timers", &self.timers.len())
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: 'static> EventLoop<S> {
+    /// A new loop.
+    pub fn new() -> Result<Self, EventedError> {
+        Self::with_capacity(DEFAULT_EVENTS_CAPACITY)
+    }
+
+    /// A new loop that takes up to `events_capacity` readiness events per turn.
+    pub fn with_capacity(events_capacity: usize) -> Result<Self, EventedError> {
+        let io = |op| move |source| EventedError::Io { op, source };
+        let poll = Poll::new().map_err(io("create poll"))?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(io("create waker"))?;
+        let (posted_tx, posted_rx) = crossbeam_channel::unbounded();
+        Ok(EventLoop {
+            poll,
+            events: Events::with_capacity(events_capacity.max(1)),
+            ready: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live_sources: 0,
+            timers: HashMap::new(),
+            heap: BinaryHeap::new(),
+            next_timer: 0,
+            firing: None,
+            waker: Arc::new(waker),
+            posted_tx,
+            posted_rx,
+            stopped: false,
+        })
+    }
+
+    /// The mio registry, for sources that must be registered by hand.
+    pub fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    /// Registers `source` for `interest`; the loop owns it from now on and drops it when it is
+    /// deregistered or when the loop is dropped.
+    ///
+    /// `handler` runs on each readiness event with the state, the loop, the source and what it
+    /// is ready for. An error from it stops the loop and is what [`EventLoop::run`] returns.
+    pub fn register<T, F>(
+        &mut self,
+        mut source: T,
+        interest: Interest,
+        handler: F,
+    ) -> Result<SourceId, EventedError>
+    where
+        T: Source + 'static,
+        F: FnMut(&mut S, &mut EventLoop<S>, &mut T, Readiness) -> Result<(), BoxError> + 'static,
+    {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 sources");
+                self.slots.push(Slot {
+                    generation: 0,
+                    live: false,
+                    entry: None,
+                    pending_interest: None,
+                });
+                index
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        let id = SourceId {
+            index,
+            generation: slot.generation,
+        };
+        if let Err(source) = self
+            .poll
+            .registry()
+            .register(&mut source, id.token(), interest)
+        {
+            self.free.push(index);
+            return Err(EventedError::Io {
+                op: "register",
+                source,
+            });
+        }
+        slot.live = true;
+        slot.entry = Some(Box::new(Owned { source, handler }));
+        self.live_sources += 1;
+        Ok(id)
+    }
+
+    /// Changes what a registered source is watched for.
+    ///
+    /// Returns `false` for an id that is no longer registered. A handler may change its own
+    /// source's interest; the change applies when the handler returns.
+    pub fn reregister(&mut self, id: SourceId, interest: Interest) -> Result<bool, EventedError> {
+        let Some(slot) = live_slot(&mut self.slots, id) else {
+            return Ok(false);
+        };
+        match slot.entry.as_mut() {
+            Some(entry) => self
+                .poll
+                .registry()
+                .reregister(entry.source(), id.token(), interest)
+                .map_err(|source| EventedError::Io {
+                    op: "reregister",
+                    source,
+                })?,
+            None => slot.pending_interest = Some(interest),
+        }
+        Ok(true)
+    }
+
+    /// Deregisters a source and drops it (closing its descriptor, for an owned one).
+    ///
+    /// Returns `false` for an id that is no longer registered. A handler may deregister itself
+    /// or any other source; a deregistered source gets no further events, even ones already
+    /// collected in the current turn.
+    pub fn deregister(&mut self, id: SourceId) -> bool {
+        let Some(slot) = live_slot(&mut self.slots, id) else {
+            return false;
+        };
+        slot.live = false;
+        self.live_sources -= 1;
+        if let Some(mut entry) = slot.entry.take() {
+            // The descriptor is dropped right after, which removes it from epoll anyway.
+            let _ = self.poll.registry().deregister(entry.source());
+            self.free_slot(id.index);
+        }
+        // Otherwise the entry is out for dispatch: `dispatch_source` finishes the job.
+        true
+    }
+
+    fn free_slot(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        slot.pending_interest = None;
+        // Skip the waker's generation, so a source token can never equal it.
+        slot.generation = slot.generation.wrapping_add(1) % u32::MAX;
+        self.free.push(index);
+    }
+
+    /// Runs `handler` once, after `delay`.
+    pub fn add_timer<F>(&mut self, delay: Duration, handler: F) -> TimerId
+    where
+        F: FnOnce(&mut S, &mut EventLoop<S>) -> Result<(), BoxError> + 'static,
+    {
+        let mut handler = Some(handler);
+        self.insert_timer(
+            delay,
+            None,
+            Box::new(move |state, event_loop| match handler.take() {
+                Some(handler) => handler(state, event_loop),
+                None => Ok(()),
+            }),
+        )
+    }
+
+    /// Runs `handler` every `interval`, the first time after one interval, until cancelled.
+    ///
+    /// A loop that fell behind does not fire a burst to catch up: the next firing is one
+    /// interval after the late one.
+    pub fn add_periodic_timer<F>(&mut self, interval: Duration, handler: F) -> TimerId
+    where
+        F: FnMut(&mut S, &mut EventLoop<S>) -> Result<(), BoxError> + 'static,
+    {
+        self.insert_timer(interval, Some(interval), Box::new(handler))
+    }
+
+    fn insert_timer(
+        &mut self,
+        delay: Duration,
+        period: Option<Duration>,
+        handler: TimerHandler<S>,
+    ) -> TimerId {
+        let id = TimerId(self.next_timer);
+        self.next_timer += 1;
+        let deadline = Instant::now() + delay;
+        self.heap.push(Reverse((deadline, id)));
+        self.timers.insert(
+            id,
+            Timer {
+                deadline,
+                period,
+                handler,
+            },
+        );
+        id
+    }
+
+    /// Cancels a timer; returns `false` if it already fired (one-shot) or was cancelled.
+    ///
+    /// A timer handler may cancel its own timer, which is how a periodic timer stops itself.
+    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
+        if let Some((firing, cancelled)) = &mut self.firing {
+            if *firing == id && !*cancelled {
+                *cancelled = true;
+                return true;
+            }
+        }
+        let removed = self.timers.remove(&id).is_some();
+        // Cancelled entries stay in the heap until they come up; rebuild it when they would
+        // outnumber the live ones, so cancelling in a loop cannot grow it without bound.
+        if removed && self.heap.len() > 64 + 2 * self.timers.len() {
+            let timers = &self.timers;
+            self.heap.retain(|Reverse((deadline, id))| {
+                timers.get(id).is_some_and(|t| t.deadline == *deadline)
+            });
+        }
+        removed
+    }
+
+    /// A handle that other threads use to run closures on this loop.
+    pub fn handle(&self) -> LoopHandle<S> {
+        LoopHandle {
+            tx: self.posted_tx.clone(),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    /// Makes [`EventLoop::run`] return after the current turn (the events already collected
+    /// are still dispatched, so no edge-triggered readiness is lost).
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Whether nothing is registered: no source and no timer.
+    pub fn is_empty(&self) -> bool {
+        self.live_sources == 0 && self.timers.is_empty() && self.firing.is_none()
+    }
+
+    /// The number of registered sources.
+    pub fn source_count(&self) -> usize {
+        self.live_sources
+    }
+
+    /// The number of pending timers.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len() + usize::from(matches!(self.firing, Some((_, false))))
+    }
+
+    /// Runs the loop until [`EventLoop::stop`] is called, a handler fails, or nothing is
+    /// registered any more.
+    ///
+    /// A handler's error stops the loop at once and is returned; an [`EventedError`] a handler
+    /// returned comes back as it is, any other error as [`EventedError::Handler`]. A panicking
+    /// handler unwinds through `run`.
+    pub fn run(&mut self, state: &mut S) -> Result<(), EventedError> {
+        self.stopped = false;
+        loop {
+            self.run_posted(state)?;
+            if self.stopped || self.is_empty() {
+                return Ok(());
+            }
+            self.turn(state, None)?;
+        }
+    }
+
+    /// Waits for events (at most `max_wait`, or until the next timer), then dispatches them and
+    /// the timers that are due: one iteration of [`EventLoop::run`].
+    pub fn turn(&mut self, state: &mut S, max_wait: Option<Duration>) -> Result<(), EventedError> {
+        let mut timeout = self.next_deadline().map(|deadline| {
+            let now = Instant::now();
+            deadline.saturating_duration_since(now)
+        });
+        if let Some(max_wait) = max_wait {
+            timeout = Some(timeout.map_or(max_wait, |t| t.min(max_wait)));
+        }
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            // A signal: the timers below still run, and the caller's loop polls again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(EventedError::Io { op: "poll", source }),
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(
+            self.events
+                .iter()
+                .map(|event| (event.token(), Readiness::from_event(event))),
+        );
+        let result = self.dispatch_ready(state, &ready);
+        self.ready = ready;
+        result?;
+        self.fire_timers(state)
+    }
+
+    fn dispatch_ready(
+        &mut self,
+        state: &mut S,
+        ready: &[(Token, Readiness)],
+    ) -> Result<(), EventedError> {
+        for &(token, readiness) in ready {
+            if token == WAKER {
+                self.run_posted(state)?;
+            } else {
+                self.dispatch_source(state, SourceId::from_token(token), readiness)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch_source(
+        &mut self,
+        state: &mut S,
+        id: SourceId,
+        readiness: Readiness,
+    ) -> Result<(), EventedError> {
+        // A stale event (its source was deregistered earlier in this turn) finds no entry.
+        let Some(mut entry) = live_slot(&mut self.slots, id).and_then(|slot| slot.entry.take())
+        else {
+            return Ok(());
+        };
+        let result = entry.dispatch(state, self, readiness);
+        let slot = &mut self.slots[id.index as usize];
+        if slot.live {
+            let interest = slot.pending_interest.take();
+            let reregistered = interest.map(|interest| {
+                self.poll
+                    .registry()
+                    .reregister(entry.source(), id.token(), interest)
+            });
+            self.slots[id.index as usize].entry = Some(entry);
+            if let Some(Err(source)) = reregistered {
+                result.map_err(|e| EventedError::from_handler("handler", e))?;
+                return Err(EventedError::Io {
+                    op: "reregister",
+                    source,
+                });
+            }
+        } else {
+            // Deregistered by its own handler (or by one it called).
+            let _ = self.poll.registry().deregister(entry.source());
+            drop(entry);
+            self.free_slot(id.index);
+        }
+        result.map_err(|e| EventedError::from_handler("handler", e))
+    }
+
+    fn run_posted(&mut self, state: &mut S) -> Result<(), EventedError> {
+        while let Ok(posted) = self.posted_rx.try_recv() {
+            posted(state, self).map_err(|e| EventedError::from_handler("posted closure", e))?;
+        }
+        Ok(())
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((deadline, id))) = self.heap.peek() {
+            if self.timers.get(&id).is_some_and(|t| t.deadline == deadline) {
+                return Some(deadline);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    fn fire_timers(&mut self, state: &mut S) -> Result<(), EventedError> {
+        let now = Instant::now();
+        while let Some(deadline) = self.next_deadline() {
+            if deadline > now {
+                break;
+            }
+            let Reverse((_, id)) = self.heap.pop().expect("next_deadline saw it");
+            let mut timer = self.timers.remove(&id).expect("next_deadline checked it");
+            self.firing = Some((id, false));
+            let result = (timer.handler)(state, self);
+            let (_, cancelled) = self.firing.take().expect("set above");
+            if let (Some(period), false) = (timer.period, cancelled) {
+                // Re-armed from `now` at the earliest, so a zero or tiny period fires once per
+                // turn instead of keeping this loop busy forever.
+                timer.deadline =
+                    (timer.deadline + period).max(now + period.max(Duration::from_nanos(1)));
+                self.heap.push(Reverse((timer.deadline, id)));
+                self.timers.insert(id, timer);
+            }
+            result.map_err(|e| EventedError::from_handler("timer", e))?;
+        }
+        Ok(())
+    }
+}
+
+fn live_slot<S>(slots: &mut [Slot<S>], id: SourceId) -> Option<&mut Slot<S>> {
+    slots
+        .get_mut(id.index as usize)
+        .filter(|slot| slot.live && slot.generation == id.generation)
+}
+
+/// A cloneable, thread-safe handle that posts closures to an [`EventLoop`] and wakes it.
+///
+/// Posted closures run on the loop's thread, in posting order, with the state and the loop.
+/// The waker does not keep the loop running: a loop with nothing registered returns from
+/// [`EventLoop::run`] and leaves later posts unrun until it runs again.
+pub struct LoopHandle<S> {
+    tx: Sender<Posted<S>>,
+    waker: Arc<Waker>,
+}
+
+impl<S> Clone for LoopHandle<S> {
+    fn clone(&self) -> Self {
+        LoopHandle {
+            tx: self.tx.clone(),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+}
+
+impl<S> fmt::Debug for LoopHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopHandle").finish_non_exhaustive()
+    }
+}
+
+impl<S> LoopHandle<S> {
+    /// Queues `work` for the loop's thread and wakes the loop.
+    ///
+    /// Fails with [`EventedError::LoopGone`] once the loop has been dropped.
+    pub fn post<F>(&self, work: F) -> Result<(), EventedError>
+    where
+        F: FnOnce(&mut S, &mut EventLoop<S>) -> Result<(), BoxError> + Send + 'static,
+    {
+        self.tx
+            .send(Box::new(work))
+            .map_err(|_| EventedError::LoopGone)?;
+        self.waker
+            .wake()
+            .map_err(|source| EventedError::Io { op: "wake", source })
+    }
+}

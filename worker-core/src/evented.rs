@@ -1,0 +1,419 @@
+//! Evented workers and the runtime that serves them.
+
+use std::{collections::HashMap, fmt, marker::PhantomData};
+
+use serde::{Serialize, de::DeserializeOwned};
+use worker_channel::FrameKind;
+
+use crate::{
+    BoxError, EventLoop, EventedError, NbChannel, Readiness, SourceId, Worker, WorkerChannel,
+};
+
+/// The event loop an [`EventedWorker`] runs on: its state is the worker's [`WorkerHost`].
+pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
+
+/// A worker that reacts to events instead of running its own loop (the seed's
+/// `EventedWorkerImplementationInterface`).
+///
+/// The runtime calls, in this order and each exactly once per worker or per connection:
+/// [`set_loop`](EventedWorker::set_loop), [`initialize`](EventedWorker::initialize), then for
+/// each connection [`on_connect`](EventedWorker::on_connect),
+/// [`on_message`](EventedWorker::on_message) for every message in arrival order, and
+/// [`on_disconnect`](EventedWorker::on_disconnect); and finally
+/// [`terminate`](EventedWorker::terminate).
+///
+/// The seed hands the loop over once, in `setLoop`, for the worker to keep; Rust cannot lend
+/// the loop and the worker to each other for good, so every callback that may want to add a
+/// timer or a socket receives the loop, and handlers registered on it receive the
+/// [`WorkerHost`] (the worker and its connections). The seed's `$peerName` argument is
+/// [`Connection::peer_name`].
+///
+/// An error from a callback, or from a handler the worker registered, ends the runtime with
+/// [`EventedError::Handler`] naming the callback; a panic unwinds out of the runtime.
+pub trait EventedWorker: Worker {
+    /// What the master sends.
+    type Message: DeserializeOwned;
+    /// What the worker sends back.
+    type Reply: Serialize;
+
+    /// The chance to put the worker's own resources (timers, sockets, pipes of its own
+    /// sub-workers) on the loop, before anything else happens.
+    fn set_loop(&mut self, event_loop: &mut WorkerLoop<Self>) -> Result<(), BoxError> {
+        let _ = event_loop;
+        Ok(())
+    }
+
+    /// Runs once the loop is set, before the first connection.
+    fn initialize(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// A master connected (for a dedicated worker: the one master, over standard input and
+    /// output).
+    fn on_connect(
+        &mut self,
+        connection: &mut Connection<Self::Reply>,
+        event_loop: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        let _ = (connection, event_loop);
+        Ok(())
+    }
+
+    /// A message arrived on `connection`; replies go out with [`Connection::send`].
+    fn on_message(
+        &mut self,
+        message: Self::Message,
+        connection: &mut Connection<Self::Reply>,
+        event_loop: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError>;
+
+    /// A master is gone: it closed its end and every message it sent has been handled and
+    /// every reply queued for it written (or it stopped reading, and they were dropped).
+    fn on_disconnect(
+        &mut self,
+        connection: &mut Connection<Self::Reply>,
+        event_loop: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        let _ = (connection, event_loop);
+        Ok(())
+    }
+
+    /// The worker is ending: deregister and cancel what [`EventedWorker::set_loop`] put on the
+    /// loop, since the runtime returns only once nothing is registered.
+    fn terminate(&mut self, event_loop: &mut WorkerLoop<Self>) -> Result<(), BoxError> {
+        let _ = event_loop;
+        Ok(())
+    }
+}
+
+/// Identifies a connection for the lifetime of its worker; never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// One master's channel as an evented worker sees it (the seed's `ChannelInterface`), sending
+/// replies of type `R`.
+pub struct Connection<R> {
+    id: ConnectionId,
+    peer_name: String,
+    channel: NbChannel,
+    source: SourceId,
+    reply: PhantomData<fn(&R)>,
+}
+
+impl<R> fmt::Debug for Connection<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("peer_name", &self.peer_name)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Serialize> Connection<R> {
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Who is on the other end: `master` for a dedicated worker, the peer's address for a
+    /// socket.
+    pub fn peer_name(&self) -> &str {
+        &self.peer_name
+    }
+
+    /// Sends a reply, writing at once when nothing is queued (see [`NbChannel::send`] for the
+    /// queue bound and what happens once the peer is gone).
+    pub fn send(&mut self, reply: &R) -> Result<(), EventedError> {
+        self.channel.send(FrameKind::Data, reply)
+    }
+
+    /// Bytes queued for this peer and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.channel.queued_bytes()
+    }
+
+    /// The underlying channel, for frames of other kinds.
+    pub fn channel_mut(&mut self) -> &mut NbChannel {
+        &mut self.channel
+    }
+}
+
+/// The connections of a worker, by id.
+pub struct Connections<R> {
+    map: HashMap<ConnectionId, Connection<R>>,
+}
+
+impl<R> fmt::Debug for Connections<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.map.values()).finish()
+    }
+}
+
+impl<R> Connections<R> {
+    /// A connection by id, if it is still connected.
+    pub fn get_mut(&mut self, id: ConnectionId) -> Option<&mut Connection<R>> {
+        self.map.get_mut(&id)
+    }
+
+    /// Every connection, in no particular order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Connection<R>> {
+        self.map.values_mut()
+    }
+
+    /// How many connections there are.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// An evented worker together with its connections: the state of its [`WorkerLoop`], which
+/// every handler on that loop receives.
+///
+/// [`run_evented`] builds one for a dedicated worker; a shared-worker server builds one with
+/// [`WorkerHost::shared`], registers its listener on the loop, and hands each accepted stream
+/// to [`WorkerHost::connect`].
+pub struct WorkerHost<W: EventedWorker> {
+    worker: W,
+    connections: Connections<W::Reply>,
+    next_id: u64,
+    /// Terminate when the last connection goes (the dedicated worker's life is its master's).
+    dedicated: bool,
+    started: bool,
+    terminated: bool,
+}
+
+impl<W: EventedWorker + fmt::Debug> fmt::Debug for WorkerHost<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHost")
+            .field("worker", &self.worker)
+            .field("connections", &self.connections)
+            .field("dedicated", &self.dedicated)
+            .field("terminated", &self.terminated)
+            .finish_non_exhaustive()
+    }
+}
+
+fn callback(name: &'static str) -> impl FnOnce(BoxError) -> EventedError {
+    move |source| EventedError::Handler {
+        callback: name,
+        source,
+    }
+}
+
+impl<W: EventedWorker> WorkerHost<W> {
+    /// A host that terminates the worker when its last connection goes, as a dedicated worker
+    /// ends with its master.
+    pub fn dedicated(worker: W) -> Self {
+        Self::new(worker, true)
+    }
+
+    /// A host whose worker lives on without connections until [`WorkerHost::terminate`], as a
+    /// shared worker does until it is stopped.
+    pub fn shared(worker: W) -> Self {
+        Self::new(worker, false)
+    }
+
+    fn new(worker: W, dedicated: bool) -> Self {
+        WorkerHost {
+            worker,
+            connections: Connections {
+                map: HashMap::new(),
+            },
+            next_id: 0,
+            dedicated,
+            started: false,
+            terminated: false,
+        }
+    }
+
+    /// The worker.
+    pub fn worker(&self) -> &W {
+        &self.worker
+    }
+
+    /// The worker, mutably.
+    pub fn worker_mut(&mut self) -> &mut W {
+        &mut self.worker
+    }
+
+    /// The connections.
+    pub fn connections_mut(&mut self) -> &mut Connections<W::Reply> {
+        &mut self.connections
+    }
+
+    /// The worker and its connections at once, for a handler that replies from a timer.
+    pub fn split_mut(&mut self) -> (&mut W, &mut Connections<W::Reply>) {
+        (&mut self.worker, &mut self.connections)
+    }
+
+    /// Calls [`EventedWorker::set_loop`] then [`EventedWorker::initialize`]; only the first
+    /// call does anything.
+    pub fn start(&mut self, event_loop: &mut WorkerLoop<W>) -> Result<(), EventedError> {
+        if std::mem::replace(&mut self.started, true) {
+            return Ok(());
+        }
+        self.worker
+            .set_loop(event_loop)
+            .map_err(callback("set_loop"))?;
+        self.worker.initialize().map_err(callback("initialize"))
+    }
+
+    /// Calls [`EventedWorker::terminate`]; only the first call does anything.
+    pub fn terminate(&mut self, event_loop: &mut WorkerLoop<W>) -> Result<(), EventedError> {
+        if std::mem::replace(&mut self.terminated, true) {
+            return Ok(());
+        }
+        self.worker
+            .terminate(event_loop)
+            .map_err(callback("terminate"))
+    }
+
+    /// Puts a channel on the loop as a new connection, calls [`EventedWorker::on_connect`],
+    /// then handles whatever the channel already holds.
+    pub fn connect(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        channel: NbChannel,
+        peer_name: impl Into<String>,
+    ) -> Result<ConnectionId, EventedError> {
+        let id = ConnectionId(self.next_id);
+        self.next_id += 1;
+        let source = event_loop.register(
+            channel.source(),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+            move |host: &mut WorkerHost<W>, event_loop, _, ready| {
+                host.drive(event_loop, id, ready).map_err(Into::into)
+            },
+        )?;
+        let mut connection = Connection {
+            id,
+            peer_name: peer_name.into(),
+            channel,
+            source,
+            reply: PhantomData,
+        };
+        let connected = self
+            .worker
+            .on_connect(&mut connection, event_loop)
+            .map_err(callback("on_connect"));
+        self.connections.map.insert(id, connection);
+        connected?;
+        // Bytes handed over in the decoder raise no event: handle them now.
+        self.drive(event_loop, id, Readiness::default())?;
+        Ok(id)
+    }
+
+    /// Handles one readiness event of a connection: write what is queued, then receive and
+    /// dispatch every complete frame (unless the queue is at its bound), then disconnect if
+    /// the conversation is over.
+    fn drive(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+        ready: Readiness,
+    ) -> Result<(), EventedError> {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(());
+        };
+        let channel = &mut connection.channel;
+        channel.note_readiness(ready);
+        channel.flush()?;
+        let codec = channel.codec();
+        // Once the peer is gone for writing, nobody is left to reply to.
+        while !connection.channel.is_write_closed() {
+            let message = match connection.channel.receive()? {
+                Some(frame) if frame.kind == FrameKind::Data => codec
+                    .decode::<W::Message>(frame.payload)
+                    .map_err(EventedError::Channel)?,
+                Some(frame) => {
+                    return Err(EventedError::Channel(
+                        worker_channel::Error::UnexpectedFrameKind { kind: frame.kind },
+                    ));
+                }
+                None => break,
+            };
+            self.worker
+                .on_message(message, connection, event_loop)
+                .map_err(callback("on_message"))?;
+        }
+        if connection.channel.is_finished() {
+            self.disconnect(event_loop, id)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a connection: [`EventedWorker::on_disconnect`], then off the loop and closed; for a
+    /// dedicated worker whose last connection this was, [`EventedWorker::terminate`].
+    fn disconnect(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+    ) -> Result<(), EventedError> {
+        let Some(mut connection) = self.connections.map.remove(&id) else {
+            return Ok(());
+        };
+        let result = self
+            .worker
+            .on_disconnect(&mut connection, event_loop)
+            .map_err(callback("on_disconnect"));
+        // Out of epoll while the descriptors are still open; they close when `connection` drops.
+        connection.channel.deregister(event_loop.registry());
+        event_loop.deregister(connection.source);
+        drop(connection);
+        result?;
+        if self.dedicated && self.connections.is_empty() {
+            self.terminate(event_loop)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves one [`EventedWorker`] over the channel to its master, until the master is gone and
+/// nothing remains on the loop.
+///
+/// `channel` is what the bootstrap code received on: the files of
+/// [`take_stdio_channel`](crate::take_stdio_channel) in a blocking
+/// [`Channel`](worker_channel::Channel), whose codec and maximum frame length are kept, as are
+/// the bytes its decoder already holds (frames the bootstrap read ahead are handled first).
+///
+/// The callbacks run in the order [`EventedWorker`] documents. When the master closes its end
+/// the worker handles every complete frame it received, writes every reply it queued (the
+/// master may still be reading), then calls `on_disconnect` and `terminate`; `run_evented`
+/// returns once the worker has taken everything off the loop. A master that dies takes the
+/// same path: its end of the pipe closes as its process ends, and replies it can no longer
+/// read are dropped. A frame cut short by the end of stream is an error
+/// ([`worker_channel::Error::Truncated`] in [`EventedError::Channel`]), and so is a
+/// callback's error ([`EventedError::Handler`]); the runtime ends at once then, without
+/// `terminate`. The returned error is always an [`EventedError`].
+pub fn run_evented<W: EventedWorker>(
+    worker: W,
+    mut channel: WorkerChannel,
+) -> Result<(), BoxError> {
+    let decoder = std::mem::take(channel.decoder_mut());
+    let (codec, max_frame_len) = (channel.codec(), channel.max_frame_len());
+    let (input, output) = channel.into_parts();
+    let channel = NbChannel::from_files(input, output, codec, max_frame_len)
+        .map_err(|source| EventedError::Io {
+            op: "set up channel",
+            source,
+        })?
+        .with_decoder(decoder);
+    let mut event_loop = WorkerLoop::<W>::new()?;
+    let mut host = WorkerHost::dedicated(worker);
+    host.start(&mut event_loop)?;
+    host.connect(&mut event_loop, channel, "master")?;
+    event_loop.run(&mut host)?;
+    Ok(())
+}

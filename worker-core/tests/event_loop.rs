@@ -1,0 +1,243 @@
+//! The event loop on its own: timers, the waker, sources and deregistration during dispatch.
+
+use std::{io::Write, thread, time::Duration};
+
+use mio::{Interest, unix::pipe};
+use worker_core::{EventLoop, EventedError, SourceId};
+
+use crate::common::{timeout, watchdog};
+
+#[test]
+fn timers_fire_in_deadline_order_then_creation_order() {
+    let _w = watchdog("timers_fire_in_deadline_order", 10.0);
+    let mut event_loop = EventLoop::<Vec<u32>>::new().unwrap();
+    for (delay_ms, tag) in [(30, 3), (10, 1), (20, 2), (10, 11)] {
+        event_loop.add_timer(Duration::from_millis(delay_ms), move |log, _| {
+            log.push(tag);
+            Ok(())
+        });
+    }
+    let mut log = Vec::new();
+    event_loop.run(&mut log).unwrap();
+    // 1 and 11 share a deadline only if created in the same instant; either way 1 comes first.
+    assert_eq!(log, [1, 11, 2, 3]);
+    assert!(event_loop.is_empty());
+}
+
+#[test]
+fn cancelled_timer_never_fires() {
+    let _w = watchdog("cancelled_timer_never_fires", 10.0);
+    let mut event_loop = EventLoop::<Vec<&str>>::new().unwrap();
+    let doomed = event_loop.add_timer(Duration::from_millis(5), |log, _| {
+        log.push("cancelled one");
+        Ok(())
+    });
+    event_loop.add_timer(Duration::from_millis(10), |log, _| {
+        log.push("kept");
+        Ok(())
+    });
+    assert!(event_loop.cancel_timer(doomed));
+    assert!(!event_loop.cancel_timer(doomed));
+    let mut log = Vec::new();
+    event_loop.run(&mut log).unwrap();
+    assert_eq!(log, ["kept"]);
+}
+
+#[test]
+fn periodic_timer_fires_until_it_cancels_itself() {
+    let _w = watchdog("periodic_timer_fires", 10.0);
+    let mut event_loop = EventLoop::<Vec<std::time::Instant>>::new().unwrap();
+    let id = std::rc::Rc::new(std::cell::Cell::new(None));
+    let own_id = id.clone();
+    let timer =
+        event_loop.add_periodic_timer(Duration::from_millis(2), move |ticks, event_loop| {
+            ticks.push(std::time::Instant::now());
+            if ticks.len() == 5 {
+                assert!(event_loop.cancel_timer(own_id.get().unwrap()));
+            }
+            Ok(())
+        });
+    id.set(Some(timer));
+    assert_eq!(event_loop.timer_count(), 1);
+    let mut ticks = Vec::new();
+    // Returns by itself: the only timer cancelled itself.
+    event_loop.run(&mut ticks).unwrap();
+    assert_eq!(ticks.len(), 5);
+    assert!(
+        ticks
+            .windows(2)
+            .all(|w| w[1] >= w[0] + Duration::from_millis(2))
+    );
+    assert!(!event_loop.cancel_timer(timer));
+}
+
+#[test]
+fn run_returns_at_once_when_nothing_is_registered() {
+    let mut event_loop = EventLoop::<()>::new().unwrap();
+    // The waker exists (a handle is out) but does not count.
+    let _handle = event_loop.handle();
+    event_loop.run(&mut ()).unwrap();
+    assert!(event_loop.is_empty());
+}
+
+#[test]
+fn source_that_deregisters_itself_ends_the_loop() {
+    let _w = watchdog("source_that_deregisters_itself", 10.0);
+    let (mut tx, rx) = pipe::new().unwrap();
+    let mut event_loop = EventLoop::<Vec<u8>>::new().unwrap();
+    let id = std::rc::Rc::new(std::cell::Cell::new(None::<SourceId>));
+    let own_id = id.clone();
+    id.set(Some(
+        event_loop
+            .register(rx, Interest::READABLE, move |got, event_loop, rx, _| {
+                let mut buf = [0; 16];
+                loop {
+                    match std::io::Read::read(rx, &mut buf) {
+                        Ok(0) => {
+                            assert!(event_loop.deregister(own_id.get().unwrap()));
+                            return Ok(());
+                        }
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            })
+            .unwrap(),
+    ));
+    assert_eq!(event_loop.source_count(), 1);
+    let writer = thread::spawn(move || {
+        tx.set_nonblocking(false).unwrap();
+        tx.write_all(b"bye").unwrap();
+        // Dropping `tx` closes the pipe: end of stream.
+    });
+    let mut got = Vec::new();
+    event_loop.run(&mut got).unwrap();
+    writer.join().unwrap();
+    assert_eq!(got, b"bye");
+    assert_eq!(event_loop.source_count(), 0);
+    assert!(!event_loop.deregister(id.get().unwrap()), "stale id");
+}
+
+#[derive(Default)]
+struct Pair {
+    ids: Vec<SourceId>,
+    calls: u32,
+}
+
+#[test]
+fn handler_deregistering_another_ready_source_suppresses_its_event() {
+    let _w = watchdog("handler_deregistering_another", 10.0);
+    let mut event_loop = EventLoop::<Pair>::new().unwrap();
+    let mut pair = Pair::default();
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let (mut tx, rx) = pipe::new().unwrap();
+        // Both readable before the loop polls, so both events come in one turn.
+        tx.write_all(b"x").unwrap();
+        writers.push(tx);
+        let id = event_loop
+            .register(
+                rx,
+                Interest::READABLE,
+                |pair: &mut Pair, event_loop, _, _| {
+                    pair.calls += 1;
+                    // Whichever runs first removes both, itself included.
+                    for &id in &pair.ids {
+                        event_loop.deregister(id);
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+        pair.ids.push(id);
+    }
+    event_loop.run(&mut pair).unwrap();
+    assert_eq!(
+        pair.calls, 1,
+        "the second event was for a deregistered source"
+    );
+    assert_eq!(event_loop.source_count(), 0);
+}
+
+#[test]
+fn posted_work_runs_on_the_loop_thread() {
+    let _w = watchdog("posted_work_runs", 10.0);
+    let (_tx, rx) = pipe::new().unwrap();
+    let mut event_loop = EventLoop::<Vec<String>>::new().unwrap();
+    // A source that never becomes ready keeps the loop running until posted work removes it.
+    let keepalive = event_loop
+        .register(rx, Interest::READABLE, |_, _, _, _| Ok(()))
+        .unwrap();
+    let handle = event_loop.handle();
+    let loop_thread = thread::current().id();
+    let poster = thread::spawn(move || {
+        for i in 0..3 {
+            handle
+                .clone()
+                .post(move |log: &mut Vec<String>, _| {
+                    assert_eq!(thread::current().id(), loop_thread);
+                    log.push(format!("posted {i}"));
+                    Ok(())
+                })
+                .unwrap();
+        }
+        handle
+            .post(move |_, event_loop| {
+                assert!(event_loop.deregister(keepalive));
+                Ok(())
+            })
+            .unwrap();
+        handle
+    });
+    let mut log = Vec::new();
+    event_loop.run(&mut log).unwrap();
+    assert_eq!(log, ["posted 0", "posted 1", "posted 2"]);
+    let handle = poster.join().unwrap();
+    drop(event_loop);
+    assert!(matches!(
+        handle.post(|_, _| Ok(())),
+        Err(EventedError::LoopGone)
+    ));
+}
+
+#[test]
+fn handler_error_stops_the_loop_with_that_error() {
+    let _w = watchdog("handler_error_stops_the_loop", 10.0);
+    let mut event_loop = EventLoop::<u32>::new().unwrap();
+    event_loop.add_periodic_timer(Duration::from_millis(1), |n, _| {
+        *n += 1;
+        Ok(())
+    });
+    event_loop.add_timer(Duration::from_millis(5), |_, _| Err("boom".into()));
+    let mut n = 0;
+    let err = event_loop.run(&mut n).unwrap_err();
+    match &err {
+        EventedError::Handler { callback, source } => {
+            assert_eq!(*callback, "timer");
+            assert_eq!(source.to_string(), "boom");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert_eq!(err.to_string(), "timer failed");
+    assert_eq!(
+        event_loop.timer_count(),
+        1,
+        "the periodic timer is still there"
+    );
+}
+
+#[test]
+fn stop_returns_from_run_with_timers_left() {
+    let _w = watchdog("stop_returns_from_run", 10.0);
+    let mut event_loop = EventLoop::<()>::new().unwrap();
+    event_loop.add_periodic_timer(Duration::from_millis(1), |_, _| Ok(()));
+    event_loop.add_timer(Duration::from_millis(3), |_, event_loop| {
+        event_loop.stop();
+        Ok(())
+    });
+    let started = std::time::Instant::now();
+    event_loop.run(&mut ()).unwrap();
+    assert!(started.elapsed() < timeout(5.0));
+    assert!(!event_loop.is_empty());
+}

@@ -30,6 +30,74 @@ pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
 ///
 /// An error from a callback, or from a handler the worker registered, ends the runtime with
 /// [`EventedError::Handler`] naming the callback; a panic unwinds out of the runtime.
+///
+/// A worker that squares numbers and, on its own timer, tells its master it is alive; a thread
+/// stands in for the master here:
+///
+/// ```
+/// use std::{fs::File, os::fd::OwnedFd, time::Duration};
+/// use worker_channel::{Channel, Codec};
+/// use worker_core::{BoxError, Connection, EventedWorker, TimerId, Worker, WorkerLoop};
+///
+/// struct Squarer { heartbeat: Option<TimerId> }
+///
+/// impl Worker for Squarer {
+///     const NAME: &'static str = "squarer";
+///     type Args = ();
+///     fn new((): ()) -> Result<Self, BoxError> { Ok(Squarer { heartbeat: None }) }
+/// }
+///
+/// impl EventedWorker for Squarer {
+///     type Message = i64;
+///     type Reply = String;
+///
+///     fn set_loop(&mut self, event_loop: &mut WorkerLoop<Self>) -> Result<(), BoxError> {
+///         let timer = event_loop.add_periodic_timer(Duration::from_secs(1), |host, _| {
+///             for connection in host.connections_mut().iter_mut() {
+///                 connection.send(&"still here".to_owned())?;
+///             }
+///             Ok(())
+///         });
+///         self.heartbeat = Some(timer);
+///         Ok(())
+///     }
+///
+///     fn on_message(
+///         &mut self,
+///         n: i64,
+///         connection: &mut Connection<String>,
+///         _: &mut WorkerLoop<Self>,
+///     ) -> Result<(), BoxError> {
+///         connection.send(&format!("{n} squared is {}", n * n))?;
+///         Ok(())
+///     }
+///
+///     fn terminate(&mut self, event_loop: &mut WorkerLoop<Self>) -> Result<(), BoxError> {
+///         // Without this the timer would keep the worker alive after its master left.
+///         event_loop.cancel_timer(self.heartbeat.take().unwrap());
+///         Ok(())
+///     }
+/// }
+///
+/// fn pipe() -> std::io::Result<(File, File)> {
+///     let (tx, rx) = mio::unix::pipe::new()?;
+///     rx.set_nonblocking(false)?;
+///     tx.set_nonblocking(false)?;
+///     Ok((File::from(OwnedFd::from(rx)), File::from(OwnedFd::from(tx))))
+/// }
+/// let ((worker_in, mut master_out), (mut master_in, worker_out)) = (pipe()?, pipe()?);
+/// let worker = std::thread::spawn(move || {
+///     let channel = Channel::new(worker_in, worker_out, Codec::MessagePack);
+///     worker_core::run_evented(Squarer::new(())?, channel)
+/// });
+/// let mut master = Channel::new(&mut master_in, &mut master_out, Codec::MessagePack);
+/// master.send_message(&7)?;
+/// assert_eq!(master.receive_message::<String>()?, "7 squared is 49");
+/// drop(master);
+/// drop(master_out); // the master leaves: the worker finishes and `run_evented` returns
+/// worker.join().unwrap()?;
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
 pub trait EventedWorker: Worker {
     /// What the master sends.
     type Message: DeserializeOwned;

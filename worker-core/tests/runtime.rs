@@ -14,8 +14,8 @@ use mio::{Interest, net::TcpListener};
 use serde::{Deserialize, Serialize};
 use worker_channel::{Channel, Codec, FrameKind, serde_bytes::ByteBuf};
 use worker_core::{
-    BoxError, Connection, EventedError, EventedWorker, NbChannel, SourceId, TimerId, Worker,
-    WorkerLoop, run_evented,
+    BoxError, Connection, EventedWorker, NbChannel, SourceId, TimerId, Worker, WorkerLoop,
+    run_evented,
 };
 
 use crate::common::{stdio_pair, timeout, watchdog};
@@ -463,5 +463,4 @@ fn frame_cut_short_by_the_master_is_a_truncation_error() {
             wire.len()
         )
     );
-    let _ = EventedError::LoopGone;
 }

@@ -464,3 +464,102 @@ fn frame_cut_short_by_the_master_is_a_truncation_error() {
         )
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// Echoes, and reports when its queue reached the bound and the largest queue it saw.
+struct Backlog {
+    limit: usize,
+    hit: Option<Sender<()>>,
+    max_seen: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Worker for Backlog {
+    const NAME: &'static str = "backlog";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Err("built by the test".into())
+    }
+}
+
+impl EventedWorker for Backlog {
+    type Message = (u32, ByteBuf);
+    type Reply = (u32, ByteBuf);
+
+    fn on_message(
+        &mut self,
+        message: (u32, ByteBuf),
+        connection: &mut Connection<(u32, ByteBuf)>,
+        _: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        connection.send(&message)?;
+        let queued = connection.queued_bytes();
+        self.max_seen
+            .fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
+        if queued >= self.limit {
+            if let Some(hit) = self.hit.take() {
+                hit.send(())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_master_that_does_not_read_pauses_the_worker_instead_of_growing_its_queue() {
+    let _w = watchdog("a_master_that_does_not_read", 60.0);
+    const LIMIT: usize = 64 * 1024;
+    const N: u32 = 20_000;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let channel = NbChannel::from_unix_stream(
+        mio::net::UnixStream::from_std(ours),
+        Codec::MessagePack,
+        1 << 20,
+    )
+    .with_max_queued(LIMIT);
+    let (hit_tx, hit_rx) = crossbeam_channel::bounded(1);
+    let max_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let worker = Backlog {
+        limit: LIMIT,
+        hit: Some(hit_tx),
+        max_seen: max_seen.clone(),
+    };
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let result = (|| {
+            let mut event_loop = WorkerLoop::<Backlog>::new()?;
+            let mut host = worker_core::WorkerHost::dedicated(worker);
+            host.start(&mut event_loop)?;
+            host.connect(&mut event_loop, channel, "peer")?;
+            event_loop.run(&mut host)
+        })();
+        done_tx.send(result.map_err(|e| describe(&e))).unwrap();
+    });
+    let writer_end = theirs.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut tx = Channel::new(std::io::empty(), writer_end, Codec::MessagePack);
+        for n in 0..N {
+            tx.send_message(&(n, ByteBuf::from(vec![n as u8; 1024])))
+                .unwrap();
+        }
+        tx.into_parts()
+            .1
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+    });
+    // Nothing is read until the worker's queue is at its bound.
+    hit_rx.recv_timeout(timeout(30.0)).unwrap();
+    let mut rx = Channel::new(theirs, std::io::sink(), Codec::MessagePack);
+    for n in 0..N {
+        let (m, blob) = rx.receive_message::<(u32, ByteBuf)>().unwrap();
+        assert_eq!((m, blob.len(), blob[0]), (n, 1024, n as u8));
+    }
+    assert!(rx.next_message::<(u32, ByteBuf)>().unwrap().is_none());
+    writer.join().unwrap();
+    // No send was refused (reading paused instead), and the queue stayed within one frame of
+    // its bound while 20 MiB went through.
+    done_rx.recv_timeout(timeout(30.0)).unwrap().unwrap();
+    let max_seen = max_seen.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(max_seen < LIMIT + 1100, "queue grew to {max_seen} bytes");
+}

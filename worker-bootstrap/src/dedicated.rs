@@ -165,7 +165,7 @@ impl DedicatedWorker {
             source,
         })?;
         let result = self.write_out();
-        if self.out.capacity() > 1 << 20 {
+        if self.out.capacity() > 4 << 20 {
             self.out = Vec::new();
         }
         result

@@ -96,7 +96,7 @@ impl<R: Read, W: Write> Channel<R, W> {
             .write_all(&self.out)
             .and_then(|()| self.writer.flush());
         // Do not keep a large frame's buffer around after it is gone.
-        if self.out.capacity() > 1 << 20 {
+        if self.out.capacity() > crate::decoder::RETAIN {
             self.out = Vec::new();
         }
         result.map_err(Error::Io)
@@ -110,7 +110,7 @@ impl<R: Read, W: Write> Channel<R, W> {
             .writer
             .write_all(&self.out)
             .and_then(|()| self.writer.flush());
-        if self.out.capacity() > 1 << 20 {
+        if self.out.capacity() > crate::decoder::RETAIN {
             self.out = Vec::new();
         }
         result.map_err(Error::Io)

@@ -8,6 +8,9 @@ use crate::{
 /// Smallest read the decoder asks of a stream, so small frames arrive in few system calls.
 const MIN_READ: usize = 64 * 1024;
 
+/// Buffer memory kept between frames; more is given back once the large frame is consumed.
+pub(crate) const RETAIN: usize = 4 * 1024 * 1024;
+
 /// A frame taken out of a [`FrameDecoder`], borrowing its payload from the decoder's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameRef<'a> {
@@ -138,8 +141,9 @@ impl FrameDecoder {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            // A past large frame need not pin its memory forever.
-            if self.buf.len() > 4 * MIN_READ && additional <= MIN_READ {
+            // A past very large frame need not pin its memory forever; up to RETAIN is kept, so
+            // a stream of large messages does not pay for allocating and faulting it in each time.
+            if self.buf.len() > RETAIN && additional <= MIN_READ {
                 self.buf = Vec::new();
             }
         }

@@ -1,1 +1,245 @@
-//! Dedicated-worker benchmarks (filled below).
+//! Dedicated-worker benchmarks: round trip, spawn, bandwidth, spawn from a big master.
+//!
+//! The baselines are the same binary started with a bare pipe (no library): a raw ping-pong
+//! peer and a one-byte handshake.
+
+use std::{
+    io::{Read, Write},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use exsyst_worker::{BootstrapProfile, DedicatedWorker, channel::serde_bytes::ByteBuf};
+
+use super::{Config, Line};
+use crate::workers::dedicated::Echo;
+
+/// Set in a baseline peer's environment: `pingpong:<len>` or `submaster:<mib>:<spawns>`.
+const PEER_ENV: &str = "EXSYST_BENCH_PEER";
+
+/// In a process started as a baseline peer, plays that part and exits; otherwise returns.
+pub fn run_baseline_peer_if_asked() {
+    let Ok(role) = std::env::var(PEER_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = role.split(':').collect();
+    let result = match parts.as_slice() {
+        ["pingpong", len] => pingpong_peer(len.parse().expect("length")),
+        ["submaster", mib, spawns] => {
+            submaster(mib.parse().expect("MiB"), spawns.parse().expect("spawns"))
+        }
+        _ => panic!("unknown peer role {role:?}"),
+    };
+    std::process::exit(if result.is_ok() { 0 } else { 1 });
+}
+
+/// Handshake byte, then echo `len`-byte blocks until end of input.
+fn pingpong_peer(len: usize) -> std::io::Result<()> {
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    let mut buf = vec![0u8; len.max(1)];
+    input.read_exact(&mut buf[..1])?;
+    output.write_all(&buf[..1])?;
+    output.flush()?;
+    loop {
+        if input.read_exact(&mut buf[..len]).is_err() {
+            return Ok(());
+        }
+        output.write_all(&buf[..len])?;
+        output.flush()?;
+    }
+}
+
+/// Touches `mib` MiB, then times `spawns` spawns until the first reply; prints the mean in µs.
+fn submaster(mib: usize, spawns: usize) -> std::io::Result<()> {
+    let ballast = vec![1u8; mib << 20];
+    let profile = BootstrapProfile::new();
+    let mut total = Duration::ZERO;
+    for _ in 0..spawns {
+        total += spawn_to_first_reply(&profile);
+    }
+    std::hint::black_box(&ballast);
+    println!("{}", total.as_secs_f64() * 1e6 / spawns as f64);
+    Ok(())
+}
+
+fn spawn_to_first_reply(profile: &BootstrapProfile) -> Duration {
+    let start = Instant::now();
+    let mut w = DedicatedWorker::spawn::<Echo>(profile).expect("spawn");
+    w.send_message(&1u8).expect("send");
+    let _: u8 = w.receive_message().expect("reply");
+    let elapsed = start.elapsed();
+    drop(w);
+    elapsed
+}
+
+fn start_peer(role: &str) -> Child {
+    Command::new(std::env::current_exe().expect("current exe"))
+        .env(PEER_ENV, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start baseline peer")
+}
+
+/// A raw peer after its handshake, with its pipes.
+struct RawPeer {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: std::process::ChildStdout,
+}
+
+impl RawPeer {
+    fn start(len: usize) -> Self {
+        let mut child = start_peer(&format!("pingpong:{len}"));
+        let mut input = child.stdin.take().unwrap();
+        let mut output = child.stdout.take().unwrap();
+        let mut b = [7u8];
+        input.write_all(&b).unwrap();
+        output.read_exact(&mut b).unwrap();
+        RawPeer {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn round_trip(&mut self, buf: &mut [u8]) {
+        self.input.write_all(buf).unwrap();
+        self.output.read_exact(buf).unwrap();
+    }
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the dedicated benchmarks the configuration selects.
+pub fn run(cfg: &Config) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let profile = BootstrapProfile::new();
+    if cfg.wants("dedicated round trip") {
+        lines.push(echo_bench(
+            cfg,
+            &profile,
+            "dedicated round trip",
+            16,
+            3000,
+            |us| us,
+        ));
+    }
+    if cfg.wants("dedicated spawn") && !cfg.wants_only("big master") {
+        let mut line = Line::new(cfg.name("dedicated spawn"), "µs");
+        const N: u32 = 20;
+        for _ in 0..cfg.rounds {
+            let ours = time_each(N, || spawn_to_first_reply(&profile));
+            let base = time_each(N, || {
+                let start = Instant::now();
+                let mut child = start_peer("pingpong:1");
+                let mut b = [7u8];
+                child.stdin.as_mut().unwrap().write_all(&b).unwrap();
+                child.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
+                let elapsed = start.elapsed();
+                drop(child.stdin.take());
+                let _ = child.wait();
+                elapsed
+            });
+            line.rounds.push((ours, base));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("dedicated 1MiB") {
+        // Bandwidth, higher is better: two MiB cross per round trip.
+        lines.push(echo_bench(
+            cfg,
+            &profile,
+            "dedicated 1MiB",
+            1 << 20,
+            40,
+            |us| 2.0 / (us / 1e6),
+        ));
+    }
+    if cfg.wants("dedicated spawn big master") {
+        let mut line = Line::new(cfg.name("dedicated spawn big master"), "µs");
+        for _ in 0..cfg.rounds {
+            let big = run_submaster(512, 10);
+            let small = run_submaster(0, 10);
+            line.rounds.push((big, small));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+/// Round trips of `len`-byte messages through an echo worker against a raw pipe peer.
+///
+/// Where the scheduler puts two ping-ponging processes on this 2-CPU machine changes a round trip
+/// by an order of magnitude, and a process tends to stay where it landed; so each round starts a
+/// fresh worker and a fresh peer, and the median of per-round ratios is over fresh placements.
+fn echo_bench(
+    cfg: &Config,
+    profile: &BootstrapProfile,
+    name: &str,
+    len: usize,
+    n: u32,
+    figure: impl Fn(f64) -> f64,
+) -> Line {
+    let unit = if len > 1024 { "MiB/s" } else { "µs" };
+    let mut line = Line::new(cfg.name(name), unit);
+    let message = ByteBuf::from(vec![5u8; len]);
+    let mut raw = vec![5u8; len];
+    for round in 0..cfg.rounds {
+        let mut w = DedicatedWorker::spawn::<Echo>(profile).expect("spawn");
+        let mut peer = RawPeer::start(len);
+        let mut ours = || {
+            time_per(n, || {
+                w.send_message(&message).unwrap();
+                let _: ByteBuf = w.receive_message().unwrap();
+            })
+        };
+        let mut base = || time_per(n, || peer.round_trip(&mut raw));
+        // Warm both up, then measure in alternating order.
+        ours();
+        base();
+        let (o, b) = if round % 2 == 0 {
+            let o = ours();
+            (o, base())
+        } else {
+            let b = base();
+            (ours(), b)
+        };
+        line.rounds.push((figure(o), figure(b)));
+    }
+    line
+}
+
+fn run_submaster(mib: usize, spawns: usize) -> f64 {
+    let out = Command::new(std::env::current_exe().expect("current exe"))
+        .env(PEER_ENV, format!("submaster:{mib}:{spawns}"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run sub-master");
+    assert!(out.status.success(), "sub-master failed: {}", out.status);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("sub-master prints a number")
+}
+
+/// Mean µs per call of `f` over `n` calls.
+pub fn time_per(n: u32, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+/// Mean µs of the durations `f` reports over `n` calls.
+pub fn time_each(n: u32, mut f: impl FnMut() -> Duration) -> f64 {
+    let total: Duration = (0..n).map(|_| f()).sum();
+    total.as_secs_f64() * 1e6 / f64::from(n)
+}

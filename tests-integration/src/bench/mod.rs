@@ -5,6 +5,8 @@
 //! baseline alternately, several rounds, and reports the median of the per-round ratios.
 
 pub mod dedicated;
+pub mod evented;
+pub mod pool;
 
 /// One benchmark's measurements: per round, ours and the baseline's, in `unit`.
 #[derive(Debug, Clone)]
@@ -87,6 +89,11 @@ impl Config {
     /// Whether the benchmark `name` is selected.
     pub fn wants(&self, name: &str) -> bool {
         self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+
+    /// Whether the filter names `part` (so a broader benchmark can step aside).
+    pub fn wants_only(&self, part: &str) -> bool {
+        self.filter.as_deref().is_some_and(|f| f.contains(part))
     }
 
     /// `name` with the configuration's suffix.

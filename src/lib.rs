@@ -69,5 +69,7 @@ pub use worker_killswitch as killswitch;
 
 pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
 pub use worker_channel::Codec;
-pub use worker_core::{BoxError, RawWorker, Worker, WorkerChannel};
+pub use worker_core::{
+    BoxError, Connection, EventedWorker, RawWorker, Worker, WorkerChannel, WorkerLoop,
+};
 pub use worker_killswitch::KillSwitch;

@@ -10,7 +10,7 @@ use exsyst_worker::Registry;
 
 /// Every implementation the test binaries can run.
 pub fn registry() -> Registry {
-    workers::dedicated::register(exsyst_worker::registry())
+    workers::evented::register(workers::dedicated::register(exsyst_worker::registry()))
 }
 
 /// Generous timeouts for tests, scaled by `EXSYST_TEST_TIMEOUT_SCALE` (a float, default 1) for

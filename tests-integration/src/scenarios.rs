@@ -16,6 +16,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("cycles") => cycles(args.get(1).map_or(Ok(200), |n| n.parse())?),
         Some("hold") => hold(args.get(1).map_or(Ok(3), |n| n.parse())?),
         Some("self-and-map") => self_and_map(args.get(1).expect("other executable")),
+        Some("evented-hold") => evented_hold(args.get(1).expect("log path")),
         other => anyhow::bail!("unknown scenario {other:?}"),
     }
 }
@@ -106,5 +107,22 @@ fn self_and_map(other: &str) -> anyhow::Result<()> {
         println!("{label}_exe={}", exe.display());
         println!("{label}_status={}", worker.close()?);
     }
+    Ok(())
+}
+
+/// Starts a callback-recording evented worker, has three messages answered, prints its pid,
+/// then waits for its standard input to close (the test kills it instead).
+fn evented_hold(log: &str) -> anyhow::Result<()> {
+    let factory = WorkerFactory::new();
+    let mut worker = factory
+        .create_worker_with_args::<crate::workers::evented::CallbackRecorder>(&log.to_owned())?;
+    for i in 0..3u32 {
+        worker.send_message(&i)?;
+        anyhow::ensure!(worker.receive_message::<u32>()? == i);
+    }
+    println!("pid={}", worker.pid());
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
     Ok(())
 }

@@ -1,4 +1,5 @@
 //! Black-box scenarios: real worker processes, real pipes and sockets, real files.
 
 mod dedicated;
+mod evented;
 mod support;

@@ -2,7 +2,7 @@ use std::{any::Any, collections::HashMap, ffi::OsString, fmt};
 
 use serde::de::DeserializeOwned;
 use worker_channel::{Channel, Codec, FrameKind};
-use worker_core::{BoxError, RawWorker, WorkerChannel};
+use worker_core::{BoxError, EventedWorker, RawWorker, WorkerChannel};
 
 use crate::{
     init::{ENV_IMPLEMENTATION, ENV_PARENT, MAX_INIT_FRAME_LEN, PROTOCOL_VERSION, WorkerInit},
@@ -67,6 +67,21 @@ impl Registry {
             let mut worker = W::new(cx.args()?)?;
             cx.after_construct(&mut worker)?;
             worker.run(cx.channel())
+        })
+    }
+
+    /// Registers an evented worker implementation under its
+    /// [`Worker::NAME`](worker_core::Worker::NAME); it is created exactly like a raw one.
+    ///
+    /// An evented worker whose master dies is not killed outright as a raw worker is: it gets
+    /// SIGTERM, sees its channel end, runs `on_disconnect` and `terminate`, and exits; if it is
+    /// still running one second later, SIGALRM ends it.
+    pub fn evented<W: EventedWorker>(self) -> Self {
+        self.implementation(W::NAME, |mut cx| {
+            sys::graceful_parent_death(cx.parent)?;
+            let mut worker = W::new(cx.args()?)?;
+            cx.after_construct(&mut worker)?;
+            worker_core::run_evented(worker, cx.into_channel())
         })
     }
 
@@ -151,10 +166,9 @@ impl Registry {
     fn run_worker(mut self, implementation: OsString) -> Result<(), BoxError> {
         let parent = std::env::var(ENV_PARENT)
             .ok()
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(parent) = parent
-            && !sys::arm_parent_death_signal(parent)
-        {
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        if parent != 0 && !sys::arm_parent_death_signal(parent, libc::SIGKILL) {
             // The master died before we could ask to follow it: nobody is left to serve.
             std::process::exit(EXIT_FAILURE);
         }
@@ -217,6 +231,7 @@ impl Registry {
             .collect::<Result<Vec<_>, _>>()?;
         runner(WorkerContext {
             implementation: init.implementation,
+            parent,
             args: init.args.map(|a| a.into_vec()),
             extensions: init
                 .extensions
@@ -233,6 +248,8 @@ impl Registry {
 /// time, and the channel. Runners registered with [`Registry::implementation`] get one.
 pub struct WorkerContext {
     implementation: String,
+    /// The master's pid (0 when unknown).
+    parent: u32,
     args: Option<Vec<u8>>,
     extensions: HashMap<String, Vec<u8>>,
     after_hooks: Vec<(String, AfterHook)>,
@@ -248,6 +265,11 @@ impl fmt::Debug for WorkerContext {
 }
 
 impl WorkerContext {
+    /// The master's process id, if known.
+    pub fn parent_pid(&self) -> Option<u32> {
+        (self.parent != 0).then_some(self.parent)
+    }
+
     /// The implementation's name.
     pub fn implementation(&self) -> &str {
         &self.implementation

@@ -155,11 +155,11 @@ pub(crate) fn getpid() -> u32 {
 /// In a worker: asks for SIGKILL when the parent dies, then checks that the parent is still the
 /// process that started us, closing the race where it died before the request.
 /// Returns whether the parent is still there.
-pub(crate) fn arm_parent_death_signal(expected_parent: u32) -> bool {
+pub(crate) fn arm_parent_death_signal(expected_parent: u32, signal: libc::c_int) -> bool {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl(PR_SET_PDEATHSIG) only records a signal number for this process.
-        let _ = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+        let _ = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) };
     }
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
@@ -180,4 +180,31 @@ pub(crate) fn remove_env(name: &str) {
     // SAFETY: single-threaded at this point (see above), so no other thread reads the
     // environment concurrently.
     unsafe { std::env::remove_var(name) };
+}
+
+/// How long a worker that got SIGTERM may take to finish before SIGALRM ends it.
+const TERM_GRACE_SECS: libc::c_uint = 1;
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    // SAFETY: alarm is async-signal-safe. The worker's loop notices its master is gone through
+    // the end of its channel; this only bounds how long that may take.
+    unsafe { libc::alarm(TERM_GRACE_SECS) };
+}
+
+/// For workers that can finish on their own: SIGTERM (from the parent-death signal, or anyone)
+/// gives them [`TERM_GRACE_SECS`] to see their channel end and exit, after which SIGALRM's
+/// default action ends them.
+pub(crate) fn graceful_parent_death(expected_parent: u32) -> io::Result<()> {
+    // SAFETY: an all-zero sigaction is a valid value to fill in.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_sigterm as *const () as libc::sighandler_t;
+    action.sa_flags = libc::SA_RESTART;
+    // SAFETY: `action` is initialised, its handler only calls an async-signal-safe function, and
+    // a null old-action pointer is allowed.
+    syscall!(sigaction(libc::SIGTERM, &action, std::ptr::null_mut()))?;
+    if expected_parent != 0 && !arm_parent_death_signal(expected_parent, libc::SIGTERM) {
+        // The master died before the softer signal was armed: behave as if it arrived.
+        on_sigterm(libc::SIGTERM);
+    }
+    Ok(())
 }

@@ -103,11 +103,6 @@ impl RawPeer {
             output,
         }
     }
-
-    fn round_trip(&mut self, buf: &mut [u8]) {
-        self.input.write_all(buf).unwrap();
-        self.output.read_exact(buf).unwrap();
-    }
 }
 
 impl Drop for RawPeer {
@@ -122,12 +117,14 @@ pub fn run(cfg: &Config) -> Vec<Line> {
     let mut lines = Vec::new();
     let profile = BootstrapProfile::new();
     if cfg.wants("dedicated round trip") {
+        let spawn = || DedicatedWorker::spawn::<Echo>(&profile).expect("spawn");
         lines.push(echo_bench(
             cfg,
-            &profile,
+            spawn,
             "dedicated round trip",
             16,
             3000,
+            1,
             |us| us,
         ));
     }
@@ -153,12 +150,15 @@ pub fn run(cfg: &Config) -> Vec<Line> {
     }
     if cfg.wants("dedicated 1MiB") {
         // Bandwidth, higher is better: two MiB cross per round trip.
+        // Bandwidth, higher is better: two MiB cross per round trip.
+        let spawn = || DedicatedWorker::spawn::<Echo>(&profile).expect("spawn");
         lines.push(echo_bench(
             cfg,
-            &profile,
+            spawn,
             "dedicated 1MiB",
             1 << 20,
             40,
+            1,
             |us| 2.0 / (us / 1e6),
         ));
     }
@@ -174,33 +174,52 @@ pub fn run(cfg: &Config) -> Vec<Line> {
     lines
 }
 
-/// Round trips of `len`-byte messages through an echo worker against a raw pipe peer.
+/// Round trips of `len`-byte messages through an echo worker against a raw pipe peer, with
+/// `window` messages in flight (1: ping-pong); `figure` turns µs per message into the unit.
 ///
 /// Where the scheduler puts two ping-ponging processes on this 2-CPU machine changes a round trip
 /// by an order of magnitude, and a process tends to stay where it landed; so each round starts a
 /// fresh worker and a fresh peer, and the median of per-round ratios is over fresh placements.
-fn echo_bench(
+pub(crate) fn echo_bench(
     cfg: &Config,
-    profile: &BootstrapProfile,
+    spawn: impl Fn() -> DedicatedWorker,
     name: &str,
     len: usize,
     n: u32,
+    window: u32,
     figure: impl Fn(f64) -> f64,
 ) -> Line {
-    let unit = if len > 1024 { "MiB/s" } else { "µs" };
+    let unit = if len > 1024 {
+        "MiB/s"
+    } else if window > 1 {
+        "msgs/s"
+    } else {
+        "µs"
+    };
     let mut line = Line::new(cfg.name(name), unit);
     let message = ByteBuf::from(vec![5u8; len]);
     let mut raw = vec![5u8; len];
     for round in 0..cfg.rounds {
-        let mut w = DedicatedWorker::spawn::<Echo>(profile).expect("spawn");
+        let mut w = spawn();
         let mut peer = RawPeer::start(len);
         let mut ours = || {
-            time_per(n, || {
-                w.send_message(&message).unwrap();
-                let _: ByteBuf = w.receive_message().unwrap();
+            time_windowed(n, window, |sending| {
+                if sending {
+                    w.send_message(&message).unwrap();
+                } else {
+                    let _: ByteBuf = w.receive_message().unwrap();
+                }
             })
         };
-        let mut base = || time_per(n, || peer.round_trip(&mut raw));
+        let mut base = || {
+            time_windowed(n, window, |sending| {
+                if sending {
+                    peer.input.write_all(&raw).unwrap();
+                } else {
+                    peer.output.read_exact(&mut raw).unwrap();
+                }
+            })
+        };
         // Warm both up, then measure in alternating order.
         ours();
         base();
@@ -214,6 +233,22 @@ fn echo_bench(
         line.rounds.push((figure(o), figure(b)));
     }
     line
+}
+
+/// Mean µs per message for `n` messages with up to `window` in flight; `op(true)` sends one,
+/// `op(false)` receives one.
+fn time_windowed(n: u32, window: u32, mut op: impl FnMut(bool)) -> f64 {
+    let start = Instant::now();
+    let (mut sent, mut received) = (0, 0);
+    while received < n {
+        while sent < n && sent - received < window {
+            op(true);
+            sent += 1;
+        }
+        op(false);
+        received += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
 }
 
 fn run_submaster(mib: usize, spawns: usize) -> f64 {

@@ -1,3 +1,4 @@
 //! Worker implementations, one module per topic.
 
 pub mod dedicated;
+pub mod evented;

@@ -18,3 +18,45 @@ fn kill_switch_needs_a_path() {
         Err(exsyst_worker::Error::NoKillSwitch)
     ));
 }
+
+#[test]
+fn the_factory_drives_the_kill_switch_with_one_address_or_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let factory = exsyst_worker::WorkerFactory::with_profile(
+        exsyst_worker::BootstrapProfile::new().with_kill_switch_path(dir.path().join("ks.json")),
+    );
+    assert!(!factory.are_shared_workers_disabled_globally().unwrap());
+    factory
+        .disable_shared_worker("unix:///a//b/../c.sock")
+        .unwrap();
+    factory
+        .disable_shared_worker(vec!["tcp://Example.org:80", "unix:///z.sock"])
+        .unwrap();
+    factory
+        .disable_shared_worker(["tcp://localhost:1"])
+        .unwrap();
+    assert_eq!(
+        factory.get_disabled_shared_workers().unwrap(),
+        [
+            "tcp://example.org:80",
+            "tcp://localhost:1",
+            "unix:///a/c.sock",
+            "unix:///z.sock"
+        ]
+    );
+    factory
+        .re_enable_shared_worker(&["unix:///z.sock".to_string()][..])
+        .unwrap();
+    factory.disable_shared_workers_globally().unwrap();
+    assert!(factory.are_shared_workers_disabled_globally().unwrap());
+    factory.re_enable_shared_workers_globally().unwrap();
+    assert_eq!(factory.get_disabled_shared_workers().unwrap().len(), 3);
+    factory.re_enable_all_shared_workers().unwrap();
+    assert!(factory.get_disabled_shared_workers().unwrap().is_empty());
+    match factory.disable_shared_worker("ftp://nope") {
+        Err(exsyst_worker::Error::KillSwitch(
+            exsyst_worker::killswitch::Error::InvalidAddress { address, .. },
+        )) => assert_eq!(address, "ftp://nope"),
+        other => panic!("expected InvalidAddress, got {other:?}"),
+    }
+}

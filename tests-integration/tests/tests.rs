@@ -1,5 +1,8 @@
 //! Black-box scenarios: real worker processes, real pipes and sockets, real files.
 
+// Test harnesses and chores start their helper processes directly (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 mod dedicated;
 mod evented;
 mod support;

@@ -51,6 +51,8 @@ pub(crate) fn spawn(
             source,
         })?,
     };
+    // This is the one sanctioned place (see clippy.toml).
+    #[allow(clippy::disallowed_methods)]
     let mut command = Command::new(&program);
     command
         .args(profile.args())

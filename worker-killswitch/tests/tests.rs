@@ -3,6 +3,9 @@
 //! Other processes are this binary re-executed to run the `helper` test, which plays the role
 //! named in `support::ROLE_VAR` and does nothing in a normal run.
 
+// The tests re-execute themselves as helper processes (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 mod canonical;
 mod concurrency;
 mod crash;

@@ -5,6 +5,9 @@
 //! `FrameDecoder` and `Codec::decode` into typed and untyped targets, and fails on any panic.
 //! The seed is printed so a failure can be replayed with `--seed`.
 
+// Test harnesses and chores start their helper processes directly (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 
 use exsyst_worker::channel::{Codec, FrameDecoder, FrameKind, encode_frame, serde_bytes::ByteBuf};

@@ -1,5 +1,8 @@
 //! A separate worker executable: registers only `echo`, as a program other than the master.
 
+// Test harnesses and chores start their helper processes directly (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 fn main() {
     exsyst_worker::registry()
         .raw::<tests_integration::workers::dedicated::Echo>()

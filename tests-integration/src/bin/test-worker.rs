@@ -1,5 +1,8 @@
 //! Runs the test implementations as a worker, or a master scenario (`master <scenario>`).
 
+// Test harnesses and chores start their helper processes directly (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 fn main() -> anyhow::Result<()> {
     tests_integration::registry().run_if_worker();
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -428,3 +428,24 @@ fn an_unknown_hook_stops_the_worker_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_worker_executable_without_run_if_worker_cannot_start_workers_in_a_loop() {
+    let f = WorkerFactory::with_profile(
+        BootstrapProfile::new()
+            .with_program(env!("CARGO_BIN_EXE_forgetful-master"))
+            .with_stderr(StderrMode::Capture),
+    );
+    let mut w = f.create_worker::<Squarer>().unwrap();
+    match w.receive_message::<String>() {
+        Err(Error::WorkerExited {
+            status,
+            stderr_tail,
+            ..
+        }) => {
+            assert_eq!(status.code(), Some(4), "{stderr_tail}");
+            assert!(stderr_tail.contains("RegistryNotRun"), "{stderr_tail:?}");
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+}

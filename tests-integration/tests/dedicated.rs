@@ -184,17 +184,9 @@ fn a_worker_exiting_with_a_code_is_a_typed_error() {
 #[test]
 fn a_worker_returning_an_error_exits_with_failure_and_says_why() {
     let mut w = failer(Failure::Error("bad input".into()));
-    match w.receive_message::<String>() {
-        Err(Error::WorkerExited {
-            status,
-            stderr_tail,
-            ..
-        }) => {
-            assert_eq!(status.code(), Some(exsyst_worker::bootstrap::EXIT_FAILURE));
-            assert!(stderr_tail.contains("bad input"), "{stderr_tail:?}");
-        }
-        other => panic!("expected WorkerExited, got {other:?}"),
-    }
+    let (status, stderr_tail) = expect_exited(w.receive_message::<String>());
+    assert_eq!(status.code(), Some(exsyst_worker::bootstrap::EXIT_FAILURE));
+    assert!(stderr_tail.contains("bad input"), "{stderr_tail:?}");
 }
 
 #[test]
@@ -203,26 +195,16 @@ fn a_failing_constructor_is_reported_at_the_first_call() {
     let mut w = f
         .create_worker_with_args::<Failer>(&Failure::Constructor("no database".into()))
         .unwrap();
-    match w.receive_message::<String>() {
-        Err(Error::WorkerExited {
-            status,
-            stderr_tail,
-            ..
-        }) => {
-            assert_eq!(status.code(), Some(exsyst_worker::bootstrap::EXIT_FAILURE));
-            assert!(stderr_tail.contains("no database"), "{stderr_tail:?}");
-        }
-        other => panic!("expected WorkerExited, got {other:?}"),
-    }
+    let (status, stderr_tail) = expect_exited(w.receive_message::<String>());
+    assert_eq!(status.code(), Some(exsyst_worker::bootstrap::EXIT_FAILURE));
+    assert!(stderr_tail.contains("no database"), "{stderr_tail:?}");
 }
 
 #[test]
 fn a_worker_killed_mid_conversation_names_the_signal() {
     let mut w = failer(Failure::KillSelf);
-    match w.receive_message::<String>() {
-        Err(Error::WorkerExited { status, .. }) => assert_eq!(status.signal(), Some(9)),
-        other => panic!("expected WorkerExited, got {other:?}"),
-    }
+    let (status, _) = expect_exited(w.receive_message::<String>());
+    assert_eq!(status.signal(), Some(9));
 }
 
 #[test]
@@ -339,20 +321,12 @@ fn a_separate_executable_from_the_profiles_map_works_like_self_reexecution() {
 fn an_unknown_implementation_is_a_typed_error_naming_it() {
     let f = WorkerFactory::with_profile(profile().with_stderr(StderrMode::Capture));
     let mut w = f.create_worker_named::<()>("no-such-worker", None).unwrap();
-    match w.receive_message::<String>() {
-        Err(Error::WorkerExited {
-            status,
-            stderr_tail,
-            ..
-        }) => {
-            assert_eq!(status.code(), Some(exsyst_worker::bootstrap::EXIT_FAILURE));
-            assert!(
-                stderr_tail.contains("\"no-such-worker\""),
-                "{stderr_tail:?}"
-            );
-        }
-        other => panic!("expected WorkerExited, got {other:?}"),
-    }
+    let (status, stderr_tail) = expect_exited(w.receive_message::<String>());
+    assert_eq!(status.code(), Some(exsyst_worker::bootstrap::EXIT_FAILURE));
+    assert!(
+        stderr_tail.contains("\"no-such-worker\""),
+        "{stderr_tail:?}"
+    );
 }
 
 #[test]
@@ -437,15 +411,7 @@ fn a_worker_executable_without_run_if_worker_cannot_start_workers_in_a_loop() {
             .with_stderr(StderrMode::Capture),
     );
     let mut w = f.create_worker::<Squarer>().unwrap();
-    match w.receive_message::<String>() {
-        Err(Error::WorkerExited {
-            status,
-            stderr_tail,
-            ..
-        }) => {
-            assert_eq!(status.code(), Some(4), "{stderr_tail}");
-            assert!(stderr_tail.contains("RegistryNotRun"), "{stderr_tail:?}");
-        }
-        other => panic!("expected WorkerExited, got {other:?}"),
-    }
+    let (status, stderr_tail) = expect_exited(w.receive_message::<String>());
+    assert_eq!(status.code(), Some(4), "{stderr_tail}");
+    assert!(stderr_tail.contains("RegistryNotRun"), "{stderr_tail:?}");
 }

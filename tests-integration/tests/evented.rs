@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use exsyst_worker::{StderrMode, WorkerFactory, bootstrap::Error, channel::serde_bytes::ByteBuf};
+use exsyst_worker::{StderrMode, WorkerFactory, channel::serde_bytes::ByteBuf};
 use tests_integration::workers::evented::{
     CallbackRecorder, EventedEcho, EventedFailer, EventedFailure, EventedSquarer, TimerAndSocket,
     TimerAndSocketEvent,
@@ -168,20 +168,12 @@ fn a_handler_error_ends_the_worker_with_a_typed_error() {
     w.send_message("fine").unwrap();
     assert_eq!(w.receive_message::<String>().unwrap(), "fine");
     w.send_message("fail").unwrap();
-    match w.receive_message::<String>() {
-        Err(Error::WorkerExited {
-            status,
-            stderr_tail,
-            ..
-        }) => {
-            assert_eq!(status.code(), Some(exsyst_worker::bootstrap::EXIT_FAILURE));
-            assert!(
-                stderr_tail.contains("on_message failed: no 3 please"),
-                "{stderr_tail:?}"
-            );
-        }
-        other => panic!("expected WorkerExited, got {other:?}"),
-    }
+    let (status, stderr_tail) = expect_exited(w.receive_message::<String>());
+    assert_eq!(status.code(), Some(exsyst_worker::bootstrap::EXIT_FAILURE));
+    assert!(
+        stderr_tail.contains("on_message failed: no 3 please"),
+        "{stderr_tail:?}"
+    );
 }
 
 #[test]
@@ -191,15 +183,7 @@ fn a_handler_panic_ends_the_worker_with_a_typed_error() {
         .create_worker_with_args::<EventedFailer>(&EventedFailure::Panic("handler broke".into()))
         .unwrap();
     w.send_message("fail").unwrap();
-    match w.receive_message::<String>() {
-        Err(Error::WorkerExited {
-            status,
-            stderr_tail,
-            ..
-        }) => {
-            assert_eq!(status.code(), Some(101));
-            assert!(stderr_tail.contains("handler broke"), "{stderr_tail:?}");
-        }
-        other => panic!("expected WorkerExited, got {other:?}"),
-    }
+    let (status, stderr_tail) = expect_exited(w.receive_message::<String>());
+    assert_eq!(status.code(), Some(101));
+    assert!(stderr_tail.contains("handler broke"), "{stderr_tail:?}");
 }

@@ -137,3 +137,18 @@ pub fn sigkill(pid: u32) {
         .expect("run kill");
     assert!(status.success(), "kill -KILL {pid} failed");
 }
+
+/// The exit status and standard error tail of a worker that died, or a panic naming what came
+/// instead.
+pub fn expect_exited<T: std::fmt::Debug>(
+    result: Result<T, exsyst_worker::bootstrap::Error>,
+) -> (std::process::ExitStatus, String) {
+    match result {
+        Err(exsyst_worker::bootstrap::Error::WorkerExited {
+            status,
+            stderr_tail,
+            ..
+        }) => (status, stderr_tail),
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+}

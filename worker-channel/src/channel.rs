@@ -91,25 +91,23 @@ impl<R: Read, W: Write> Channel<R, W> {
     ) -> Result<(), Error> {
         self.out.clear();
         encode_frame(self.codec, kind, message, self.max_frame_len, &mut self.out)?;
-        let result = self
-            .writer
-            .write_all(&self.out)
-            .and_then(|()| self.writer.flush());
-        // Do not keep a large frame's buffer around after it is gone.
-        if self.out.capacity() > crate::decoder::RETAIN {
-            self.out = Vec::new();
-        }
-        result.map_err(Error::Io)
+        self.write_out()
     }
 
     /// Sends one frame whose payload is already encoded (to relay a frame unchanged, say).
     pub fn send_raw(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), Error> {
         self.out.clear();
         crate::encode_raw_frame(kind, payload, self.max_frame_len, &mut self.out)?;
+        self.write_out()
+    }
+
+    /// Writes the encoded frame in `out` in one go.
+    fn write_out(&mut self) -> Result<(), Error> {
         let result = self
             .writer
             .write_all(&self.out)
             .and_then(|()| self.writer.flush());
+        // Do not keep a very large frame's buffer around after it is gone.
         if self.out.capacity() > crate::decoder::RETAIN {
             self.out = Vec::new();
         }

@@ -1,1 +1,70 @@
-//! Pools of dedicated workers (work in progress).
+//! Pools of dedicated workers: first-ready receive, a task API, and crash recovery.
+//!
+//! ```rust,standalone_crate
+//! use worker_bootstrap::{BootstrapProfile, registry};
+//! use worker_core::{BoxError, Worker};
+//! use worker_pool::{RegistryExt, TaskWorker, WorkerPoolBuilder};
+//!
+//! struct Squarer;
+//!
+//! impl Worker for Squarer {
+//!     const NAME: &'static str = "squarer";
+//!     type Args = ();
+//!     fn new((): ()) -> Result<Self, BoxError> {
+//!         Ok(Squarer)
+//!     }
+//! }
+//!
+//! impl TaskWorker for Squarer {
+//!     type Item = i64;
+//!     type Output = i64;
+//!     fn handle(&mut self, n: i64) -> Result<i64, String> {
+//!         n.checked_mul(n).ok_or_else(|| format!("{n} squared overflows"))
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // First thing in main: in a worker process this runs the implementation and exits.
+//!     registry().task::<Squarer>().run_if_worker();
+//!
+//!     let pool = WorkerPoolBuilder::new()
+//!         .profile(BootstrapProfile::new())
+//!         .size(2)
+//!         .in_flight_per_worker(4)
+//!         .build_tasks::<Squarer>()?;
+//!     let task = pool.submit(12)?;
+//!     assert_eq!(task.wait()?, 144);
+//!     assert_eq!(pool.map(1..=5)?, [1, 4, 9, 16, 25]);
+//!     assert!(matches!(pool.submit(i64::MAX)?.wait(), Err(worker_pool::Error::Task { .. })));
+//!     pool.close()?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The core types:
+//! - [`WorkerPool`]: the seed's pool, for raw workers: send to the worker you choose, and
+//!   receive the first message from any of them with the index of the worker that sent it;
+//! - [`TaskPool`], with [`TaskWorker`] on the worker side: [`TaskPool::submit`] returns a
+//!   [`TaskHandle`]; [`TaskPool::map`] sends items in chunks; a bounded queue holds fast
+//!   producers back; workers that die or overrun the task timeout are replaced within a
+//!   restart limit;
+//! - [`WorkerPoolBuilder`], which builds both and refuses impossible settings with
+//!   [`Error::Config`].
+//!
+//! Neither pool hangs when a worker dies: the tasks or messages it held fail with
+//! [`Error::Worker`], which carries the worker's exit status and the tail of its standard error.
+
+#![forbid(unsafe_code)]
+
+mod builder;
+mod dispatcher;
+mod error;
+mod pool;
+mod task_worker;
+mod tasks;
+
+pub use builder::WorkerPoolBuilder;
+pub use error::{Error, TrySubmitError};
+pub use pool::WorkerPool;
+pub use task_worker::{RegistryExt, TaskWorker, run_task_worker};
+pub use tasks::{MapUnordered, PoolStats, TaskHandle, TaskPool};

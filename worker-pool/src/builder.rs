@@ -1,0 +1,274 @@
+use std::{collections::VecDeque, num::NonZeroUsize, time::Duration, time::Instant};
+
+use worker_bootstrap::{BootstrapProfile, DedicatedWorker};
+use worker_core::Worker;
+
+use crate::{Error, TaskPool, TaskWorker, WorkerPool};
+
+/// Configures a [`WorkerPool`] (the seed's message interface) or a [`TaskPool`] (tasks).
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_pool::{Error, WorkerPoolBuilder};
+///
+/// let builder = WorkerPoolBuilder::new()
+///     .size(4)
+///     .in_flight_per_worker(8)
+///     .queue_bound(1024)
+///     .task_timeout(Duration::from_secs(30))
+///     .max_restarts(5, Duration::from_secs(10));
+/// assert_eq!(builder.pool_size(), 4);
+///
+/// // Impossible settings are refused when the pool is built, before any worker starts.
+/// # struct W; impl worker_core::Worker for W { const NAME: &'static str = "w"; type Args = ();
+/// #     fn new(_: ()) -> Result<Self, worker_core::BoxError> { Ok(W) } }
+/// let err = WorkerPoolBuilder::new().size(0).build::<W>().unwrap_err();
+/// assert!(matches!(err, Error::Config { setting: "size", .. }));
+/// ```
+#[derive(Debug, Clone)]
+pub struct WorkerPoolBuilder {
+    profile: BootstrapProfile,
+    size: Option<usize>,
+    in_flight: usize,
+    queue_bound: usize,
+    task_timeout: Option<Duration>,
+    max_restarts: u32,
+    restart_window: Duration,
+    recycle_after: Option<u64>,
+    chunk_size: Option<usize>,
+    /// The first task-only setting given, to refuse it for a message pool.
+    task_setting: Option<&'static str>,
+}
+
+impl Default for WorkerPoolBuilder {
+    fn default() -> Self {
+        WorkerPoolBuilder {
+            profile: BootstrapProfile::default(),
+            size: None,
+            in_flight: 1,
+            queue_bound: 1024,
+            task_timeout: None,
+            max_restarts: 10,
+            restart_window: Duration::from_secs(10),
+            recycle_after: None,
+            chunk_size: None,
+            task_setting: None,
+        }
+    }
+}
+
+impl WorkerPoolBuilder {
+    /// A builder with the defaults: one worker per CPU this process may use, one task in flight
+    /// per worker, 1024 queued tasks, no task timeout, at most 10 restarts in 10 seconds, no
+    /// recycling, Python's chunk size for `map`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How workers are started.
+    pub fn profile(mut self, profile: BootstrapProfile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// The number of workers (default: [`std::thread::available_parallelism`], which honours
+    /// CPU affinity and cgroup quotas). Zero is refused.
+    pub fn size(mut self, size: usize) -> Self {
+        self.size = Some(size);
+        self
+    }
+
+    /// The number of workers the pool will have.
+    pub fn pool_size(&self) -> usize {
+        self.size.unwrap_or_else(default_size)
+    }
+
+    /// Tasks sent to one worker before its earlier ones are answered (task pools; default 1).
+    ///
+    /// More than one hides the round-trip latency of tiny tasks; a worker answers its tasks in
+    /// order, so a slow task delays those sent behind it.
+    pub fn in_flight_per_worker(mut self, n: usize) -> Self {
+        self.in_flight = n;
+        self.task_only("in_flight_per_worker")
+    }
+
+    /// Tasks that may wait for a worker (task pools; default 1024): past it,
+    /// [`TaskPool::submit`] blocks and [`TaskPool::try_submit`] hands the item back.
+    pub fn queue_bound(mut self, n: usize) -> Self {
+        self.queue_bound = n;
+        self.task_only("queue_bound")
+    }
+
+    /// The longest a task may run (task pools). Past it the worker is killed and replaced: the
+    /// task fails with [`Error::TaskTimeout`], and the worker's other tasks in flight with
+    /// [`Error::Cancelled`]. A task's time starts when its worker starts it (when the reply to
+    /// the task before it arrives), not when it is sent.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self.task_only("task_timeout")
+    }
+
+    /// The Erlang supervisor rule: at most `max` replacements of failed workers within
+    /// `window`; one more and the pool fails ([`Error::PoolFailed`]) instead of looping.
+    pub fn max_restarts(mut self, max: u32, window: Duration) -> Self {
+        self.max_restarts = max;
+        self.restart_window = window;
+        self
+    }
+
+    /// Replaces each worker after it was sent `tasks` tasks (task pools), gracefully: it gets
+    /// no more, finishes those in flight, is closed, and a fresh one takes its place.
+    /// Recycling does not count against the restart limit.
+    pub fn recycle_after(mut self, tasks: u64) -> Self {
+        self.recycle_after = Some(tasks);
+        self.task_only("recycle_after")
+    }
+
+    /// Items per message for [`TaskPool::map`] (default: Python's `Pool.map` rule, the items
+    /// split in about four chunks per worker).
+    pub fn chunk_size(mut self, items: usize) -> Self {
+        self.chunk_size = Some(items);
+        self.task_only("chunk_size")
+    }
+
+    fn task_only(mut self, setting: &'static str) -> Self {
+        self.task_setting.get_or_insert(setting);
+        self
+    }
+
+    fn check(&self) -> Result<usize, Error> {
+        let bad = |setting, problem| Err(Error::Config { setting, problem });
+        let size = self.pool_size();
+        if size == 0 {
+            return bad("size", "must be at least 1");
+        }
+        if self.in_flight == 0 {
+            return bad("in_flight_per_worker", "must be at least 1");
+        }
+        if self.queue_bound == 0 {
+            return bad("queue_bound", "must be at least 1");
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return bad("task_timeout", "must be longer than zero");
+        }
+        if self.restart_window.is_zero() {
+            return bad("max_restarts", "needs a window longer than zero");
+        }
+        if self.recycle_after == Some(0) {
+            return bad("recycle_after", "must be at least 1 task");
+        }
+        if self.chunk_size == Some(0) {
+            return bad("chunk_size", "must be at least 1 item");
+        }
+        Ok(size)
+    }
+
+    /// Starts a pool of workers running `W` for the seed's message interface.
+    ///
+    /// Task-only settings ([`in_flight_per_worker`](Self::in_flight_per_worker) and the
+    /// others so marked) are refused with [`Error::Config`]: a message pool has no tasks.
+    pub fn build<W: Worker>(self) -> Result<WorkerPool, Error> {
+        let size = self.check()?;
+        if let Some(setting) = self.task_setting {
+            return Err(Error::Config {
+                setting,
+                problem: "applies to task pools only (build_tasks)",
+            });
+        }
+        WorkerPool::start(self.spawner(W::NAME), size, self.restart_limit())
+    }
+
+    /// Starts a [`TaskPool`] of workers running `W`, which the worker executable registered
+    /// with [`RegistryExt::task`](crate::RegistryExt::task).
+    pub fn build_tasks<W: TaskWorker>(self) -> Result<TaskPool<W>, Error> {
+        let size = self.check()?;
+        TaskPool::start(TaskConfig {
+            spawner: self.spawner(W::NAME),
+            size,
+            in_flight: self.in_flight,
+            queue_bound: self.queue_bound,
+            task_timeout: self.task_timeout,
+            restarts: self.restart_limit(),
+            recycle_after: self.recycle_after,
+            chunk_size: self.chunk_size,
+        })
+    }
+
+    fn spawner(&self, implementation: &'static str) -> Spawner {
+        Spawner {
+            profile: self.profile.clone(),
+            implementation,
+        }
+    }
+
+    fn restart_limit(&self) -> RestartLimit {
+        RestartLimit {
+            max: self.max_restarts,
+            window: self.restart_window,
+            recent: VecDeque::new(),
+        }
+    }
+}
+
+fn default_size() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+/// What a task pool's dispatcher needs.
+#[derive(Debug)]
+pub(crate) struct TaskConfig {
+    pub spawner: Spawner,
+    pub size: usize,
+    pub in_flight: usize,
+    pub queue_bound: usize,
+    pub task_timeout: Option<Duration>,
+    pub restarts: RestartLimit,
+    pub recycle_after: Option<u64>,
+    pub chunk_size: Option<usize>,
+}
+
+/// Starts the pool's workers, first and replacements alike.
+#[derive(Debug, Clone)]
+pub(crate) struct Spawner {
+    profile: BootstrapProfile,
+    implementation: &'static str,
+}
+
+impl Spawner {
+    pub fn spawn(&self) -> Result<DedicatedWorker, Error> {
+        DedicatedWorker::spawn_named::<()>(&self.profile, self.implementation, None)
+            .map_err(|source| Error::Spawn { source })
+    }
+}
+
+/// At most `max` restarts within any `window`.
+#[derive(Debug)]
+pub(crate) struct RestartLimit {
+    max: u32,
+    window: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartLimit {
+    /// Records a restart if the limit allows it; `Err` with the reason when it does not.
+    pub fn allow(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max as usize {
+            return Err(Error::PoolFailed {
+                reason: format!(
+                    "workers failed more than {} times within {:?}",
+                    self.max, self.window
+                ),
+            });
+        }
+        self.recent.push_back(now);
+        Ok(())
+    }
+}

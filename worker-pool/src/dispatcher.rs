@@ -1,0 +1,492 @@
+//! The task pool's dispatcher thread: owns the workers, feeds them, reads their replies.
+
+use std::{
+    collections::VecDeque,
+    io,
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{Ordering, fence},
+    },
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::{Events, Poll, Token, unix::SourceFd};
+use worker_bootstrap::DedicatedWorker;
+
+use crate::{
+    Error, TaskWorker,
+    builder::{RestartLimit, Spawner, TaskConfig},
+    error::{chain_text, duplicate_bootstrap},
+    pool::register,
+    task_worker::{Reply, Request},
+    tasks::{ChunkDone, Shared},
+};
+
+pub(crate) const WAKE: Token = Token(usize::MAX);
+
+/// A task on its way: what to send and where its result goes.
+pub(crate) struct Job<I, O> {
+    pub request: Request<I>,
+    pub completer: Completer<O>,
+}
+
+impl<I, O> Job<I, O> {
+    pub fn into_item(self) -> I {
+        match self.request {
+            Request::One(item) => item,
+            Request::Chunk(_) => unreachable!("only single tasks are handed back"),
+        }
+    }
+
+    pub fn into_items(self) -> Vec<I> {
+        match self.request {
+            Request::Chunk(items) => items,
+            Request::One(item) => vec![item],
+        }
+    }
+}
+
+pub(crate) enum Completer<O> {
+    One(Sender<Result<O, Error>>),
+    Chunk {
+        start: usize,
+        len: usize,
+        tx: Sender<ChunkDone<O>>,
+    },
+}
+
+impl<O> Completer<O> {
+    fn fail(self, error: Error) {
+        // A receiver that is gone did not want the result.
+        match self {
+            Completer::One(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            Completer::Chunk { start, len, tx } => {
+                let _ = tx.send(ChunkDone {
+                    start,
+                    len,
+                    result: Err(error),
+                });
+            }
+        }
+    }
+}
+
+struct Slot<O> {
+    worker: DedicatedWorker,
+    /// Tasks sent and not answered, in the order the worker answers them.
+    fifo: VecDeque<Completer<O>>,
+    /// When the worker started the task at the head of `fifo`.
+    head_since: Instant,
+    sent: u64,
+    /// Recycling: gets no more tasks, and is replaced once `fifo` is empty.
+    retiring: bool,
+    /// The poller said readable and we have not yet read to the end (it is edge-triggered).
+    ready: bool,
+}
+
+impl<O> Slot<O> {
+    fn new(worker: DedicatedWorker) -> Self {
+        Slot {
+            worker,
+            fifo: VecDeque::new(),
+            head_since: Instant::now(),
+            sent: 0,
+            retiring: false,
+            ready: false,
+        }
+    }
+}
+
+struct Dispatcher<W: TaskWorker> {
+    spawner: Spawner,
+    poll: Poll,
+    events: Events,
+    slots: Vec<Slot<W::Output>>,
+    rx: Receiver<Job<W::Item, W::Output>>,
+    shared: Arc<Shared>,
+    in_flight: usize,
+    task_timeout: Option<Duration>,
+    recycle_after: Option<u64>,
+    restarts: RestartLimit,
+    /// The pool's handle let go of the queue: finish what is left, then end.
+    closing: bool,
+    failed: Option<Error>,
+    next: usize,
+}
+
+/// The dispatcher thread's body. Workers are started here, never on the caller's thread: the
+/// parent-death signal follows the thread that started a worker.
+pub(crate) fn run<W: TaskWorker>(
+    config: TaskConfig,
+    poll: Poll,
+    rx: Receiver<Job<W::Item, W::Output>>,
+    shared: Arc<Shared>,
+    ready: Sender<Result<(), Error>>,
+) {
+    let mut slots = Vec::with_capacity(config.size);
+    for index in 0..config.size {
+        let started = config
+            .spawner
+            .spawn()
+            .and_then(|w| register(&poll, &w, index).map(|()| w));
+        match started {
+            Ok(worker) => slots.push(Slot::new(worker)),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
+    shared.workers.store(slots.len(), Ordering::Relaxed);
+    let _ = ready.send(Ok(()));
+    let mut dispatcher = Dispatcher::<W> {
+        spawner: config.spawner,
+        events: Events::with_capacity(config.size + 8),
+        poll,
+        slots,
+        rx,
+        shared,
+        in_flight: config.in_flight,
+        task_timeout: config.task_timeout,
+        recycle_after: config.recycle_after,
+        restarts: config.restarts,
+        closing: false,
+        failed: None,
+        next: 0,
+    };
+    dispatcher.serve();
+}
+
+impl<W: TaskWorker> Dispatcher<W> {
+    fn serve(&mut self) {
+        loop {
+            if self.shared.abort.load(Ordering::SeqCst) {
+                for slot in &mut self.slots {
+                    let _ = slot.worker.kill();
+                }
+                return;
+            }
+            self.read_replies();
+            self.expire();
+            self.feed();
+            if self.failed.is_some() {
+                return self.fail_forever();
+            }
+            if self.closing && self.slots.iter().all(|s| s.fifo.is_empty()) {
+                for slot in self.slots.drain(..) {
+                    let _ = slot.worker.close();
+                }
+                self.shared.workers.store(0, Ordering::Relaxed);
+                return;
+            }
+            let wants_tasks = !self.closing && self.pick().is_some();
+            if wants_tasks {
+                self.shared.sleeping.store(true, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if !self.rx.is_empty() {
+                    self.shared.sleeping.store(false, Ordering::SeqCst);
+                    continue;
+                }
+            }
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            let polled = self.poll.poll(&mut self.events, timeout);
+            if wants_tasks {
+                self.shared.sleeping.store(false, Ordering::SeqCst);
+            }
+            match polled {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    self.fail_pool(Error::PoolFailed {
+                        reason: format!("cannot wait for workers: {source}"),
+                    });
+                    continue;
+                }
+            }
+            for event in self.events.iter() {
+                if let Some(slot) = self.slots.get_mut(event.token().0) {
+                    slot.ready = true;
+                }
+            }
+        }
+    }
+
+    /// The least loaded worker with room for a task, searching from after the last one used.
+    fn pick(&self) -> Option<usize> {
+        let n = self.slots.len();
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let slot = &self.slots[i];
+            let load = slot.fifo.len();
+            if slot.retiring || load >= self.in_flight {
+                continue;
+            }
+            if load == 0 {
+                return Some(i);
+            }
+            if best.is_none_or(|(_, l)| load < l) {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn feed(&mut self) {
+        while self.failed.is_none() && !self.closing {
+            let Some(index) = self.pick() else { return };
+            match self.rx.try_recv() {
+                Ok(job) => self.send(index, job),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => self.closing = true,
+            }
+        }
+    }
+
+    fn send(&mut self, index: usize, job: Job<W::Item, W::Output>) {
+        self.next = (index + 1) % self.slots.len();
+        let slot = &mut self.slots[index];
+        match slot.worker.send_message(&job.request) {
+            Ok(()) => {
+                if slot.fifo.is_empty() {
+                    slot.head_since = Instant::now();
+                    self.shared.busy.fetch_add(1, Ordering::Relaxed);
+                }
+                slot.fifo.push_back(job.completer);
+                slot.sent += 1;
+                if self.recycle_after.is_some_and(|n| slot.sent >= n) {
+                    slot.retiring = true;
+                }
+                self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            }
+            // Encoding failed before anything was written: only this task is at fault.
+            Err(source @ worker_bootstrap::Error::Channel { .. }) => {
+                let pid = slot.worker.pid();
+                self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+                job.completer.fail(Error::Worker { index, pid, source });
+            }
+            Err(source) => {
+                let pid = slot.worker.pid();
+                self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+                job.completer.fail(Error::Worker {
+                    index,
+                    pid,
+                    source: duplicate_bootstrap(&source),
+                });
+                self.lost(index, Error::Worker { index, pid, source });
+            }
+        }
+    }
+
+    fn read_replies(&mut self) {
+        for index in 0..self.slots.len() {
+            loop {
+                if self.failed.is_some() {
+                    return;
+                }
+                let slot = &mut self.slots[index];
+                if !slot.ready && !slot.worker.has_buffered_message() {
+                    break;
+                }
+                match slot.worker.try_receive_message::<Reply<W::Output>>() {
+                    Ok(Some(reply)) => {
+                        if !self.complete(index, reply) {
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        slot.ready = false;
+                        break;
+                    }
+                    Err(source) => {
+                        let pid = slot.worker.pid();
+                        self.lost(index, Error::Worker { index, pid, source });
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a reply to the task at the head of the worker's queue; `false` when the reply did
+    /// not fit and the worker was replaced.
+    fn complete(&mut self, index: usize, reply: Reply<W::Output>) -> bool {
+        let slot = &mut self.slots[index];
+        let pid = slot.worker.pid();
+        let Some(completer) = slot.fifo.pop_front() else {
+            self.protocol(index, pid, "a reply to no task");
+            return false;
+        };
+        slot.head_since = Instant::now();
+        if slot.fifo.is_empty() {
+            self.shared.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match (completer, reply) {
+            (Completer::One(tx), Reply::One(result)) => {
+                self.shared.completed.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(result.map_err(|message| Error::Task { message }));
+            }
+            (Completer::Chunk { start, len, tx }, Reply::Chunk(results)) if results.len() == len => {
+                self.shared.completed.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(ChunkDone {
+                    start,
+                    len,
+                    result: Ok(results),
+                });
+            }
+            (completer, _) => {
+                let what = "a reply of the wrong shape";
+                self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+                completer.fail(Error::Protocol { index, pid, what });
+                self.protocol(index, pid, what);
+                return false;
+            }
+        }
+        let slot = &self.slots[index];
+        if slot.retiring && slot.fifo.is_empty() {
+            self.recycle(index);
+            return false;
+        }
+        true
+    }
+
+    fn protocol(&mut self, index: usize, pid: u32, what: &'static str) {
+        self.lost(index, Error::Protocol { index, pid, what });
+    }
+
+    /// Kills the worker at the head of whose queue a task ran too long.
+    fn expire(&mut self) {
+        let Some(timeout) = self.task_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            if self.failed.is_some() {
+                return;
+            }
+            let slot = &mut self.slots[index];
+            if slot.fifo.is_empty() || now < slot.head_since + timeout {
+                continue;
+            }
+            let pid = slot.worker.pid();
+            let _ = slot.worker.kill();
+            if let Some(head) = slot.fifo.pop_front() {
+                self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+                if slot.fifo.is_empty() {
+                    self.shared.busy.fetch_sub(1, Ordering::Relaxed);
+                }
+                head.fail(Error::TaskTimeout {
+                    index,
+                    pid,
+                    timeout,
+                });
+            }
+            self.lost(index, Error::Cancelled { index, pid });
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let timeout = self.task_timeout?;
+        self.slots
+            .iter()
+            .filter(|s| !s.fifo.is_empty())
+            .map(|s| s.head_since + timeout)
+            .min()
+    }
+
+    /// Fails every task the worker held with `error` and replaces the worker, within the
+    /// restart limit.
+    fn lost(&mut self, index: usize, error: Error) {
+        self.drain_slot(index, error);
+        let slot = &mut self.slots[index];
+        let fd = slot.worker.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let _ = slot.worker.kill();
+        match self.restarts.allow().and_then(|()| self.respawn(index)) {
+            Ok(()) => {
+                self.shared.restarted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.fail_pool(e),
+        }
+    }
+
+    fn drain_slot(&mut self, index: usize, error: Error) {
+        let slot = &mut self.slots[index];
+        if !slot.fifo.is_empty() {
+            self.shared.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+        let n = slot.fifo.len();
+        self.shared.in_flight.fetch_sub(n, Ordering::Relaxed);
+        self.shared.failed_tasks.fetch_add(n as u64, Ordering::Relaxed);
+        let mut error = Some(error);
+        while let Some(completer) = slot.fifo.pop_front() {
+            let e = if slot.fifo.is_empty() {
+                error.take().expect("taken once")
+            } else {
+                error.as_ref().expect("taken last").duplicate()
+            };
+            completer.fail(e);
+        }
+    }
+
+    /// Closes a worker that served its quota once it has nothing in flight, and starts another.
+    fn recycle(&mut self, index: usize) {
+        let fd = self.slots[index].worker.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        match self.respawn(index) {
+            Ok(()) => {
+                self.shared.recycled.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.fail_pool(e),
+        }
+    }
+
+    /// Puts a fresh worker in `index`; the old one is closed (it is killed already, or it is
+    /// idle and ends on end of input).
+    fn respawn(&mut self, index: usize) -> Result<(), Error> {
+        let worker = self.spawner.spawn()?;
+        register(&self.poll, &worker, index)?;
+        let old = std::mem::replace(&mut self.slots[index], Slot::new(worker));
+        let _ = old.worker.close();
+        Ok(())
+    }
+
+    fn fail_pool(&mut self, error: Error) {
+        let error = match error {
+            e @ Error::PoolFailed { .. } => e,
+            other => Error::PoolFailed {
+                reason: format!("cannot start a replacement worker: {}", chain_text(&other)),
+            },
+        };
+        if let Error::PoolFailed { reason } = &error {
+            *self.shared.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        }
+        for index in 0..self.slots.len() {
+            let _ = self.slots[index].worker.kill();
+            self.drain_slot(index, error.duplicate());
+        }
+        self.shared.workers.store(0, Ordering::Relaxed);
+        self.failed = Some(error);
+    }
+
+    /// A failed pool answers every task with its error until the pool's handle lets go.
+    fn fail_forever(&mut self) {
+        let error = self.failed.take().expect("failed");
+        for slot in &mut self.slots {
+            let _ = slot.worker.kill();
+        }
+        while let Ok(job) = self.rx.recv() {
+            self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+            job.completer.fail(error.duplicate());
+        }
+    }
+}
+

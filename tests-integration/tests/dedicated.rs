@@ -415,3 +415,15 @@ fn a_worker_executable_without_run_if_worker_cannot_start_workers_in_a_loop() {
     assert_eq!(status.code(), Some(4), "{stderr_tail}");
     assert!(stderr_tail.contains("RegistryNotRun"), "{stderr_tail:?}");
 }
+
+#[test]
+fn huge_timeouts_and_grace_periods_mean_wait_not_panic() {
+    let f = WorkerFactory::with_profile(profile().with_close_grace(Duration::MAX));
+    let mut w = f.create_worker::<Echo>().unwrap();
+    w.send_message("forever is fine").unwrap();
+    assert_eq!(
+        w.receive_message_timeout::<String>(Duration::MAX).unwrap(),
+        "forever is fine"
+    );
+    assert_eq!(w.close().unwrap().code(), Some(0));
+}

@@ -184,7 +184,7 @@ impl DedicatedWorker {
         &mut self,
         timeout: Duration,
     ) -> Result<T, Error> {
-        self.receive_until(Some(Instant::now() + timeout))?
+        self.receive_until(sys::deadline_after(timeout))?
             .ok_or(Error::Timeout {
                 pid: self.pid,
                 waited: timeout,
@@ -312,7 +312,7 @@ impl DedicatedWorker {
         if let Some((status, _)) = &self.exited {
             return Ok(Some(*status));
         }
-        if !sys::wait_exited_no_reap(self.pid, Instant::now() + wait)? {
+        if !sys::wait_exited_no_reap(self.pid, sys::deadline_after(wait))? {
             return Ok(None);
         }
         Ok(Some(self.reap()?))
@@ -360,10 +360,10 @@ impl DedicatedWorker {
             return Ok(*status);
         }
         self.stdin = None;
-        let deadline = Instant::now() + self.grace;
+        let deadline = sys::deadline_after(self.grace);
         let mut scratch = [0u8; 16 * 1024];
         while !self.eof {
-            match sys::poll(&[(self.stdout.as_fd(), true, false)], Some(deadline))? {
+            match sys::poll(&[(self.stdout.as_fd(), true, false)], deadline)? {
                 None => break,
                 Some(_) => match self.stdout.read(&mut scratch) {
                     Ok(0) => self.eof = true,

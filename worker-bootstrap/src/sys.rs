@@ -19,6 +19,12 @@ macro_rules! syscall {
     }};
 }
 
+/// The instant `after` from now; `None` (wait for ever) when that is past what `Instant` can
+/// hold, so a huge timeout is never a panic.
+pub(crate) fn deadline_after(after: Duration) -> Option<Instant> {
+    Instant::now().checked_add(after)
+}
+
 /// Puts a descriptor in non-blocking mode.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller borrows; flags only.
@@ -95,9 +101,9 @@ pub(crate) fn poll(
 /// Waits until process `pid` (a child of ours, not yet reaped) has exited, without reaping it,
 /// so its process group id stays reserved until the caller reaps it. Returns whether it exited
 /// before `deadline`.
-pub(crate) fn wait_exited_no_reap(pid: u32, deadline: Instant) -> io::Result<bool> {
+pub(crate) fn wait_exited_no_reap(pid: u32, deadline: Option<Instant>) -> io::Result<bool> {
     if let Some(pidfd) = pidfd_open(pid) {
-        return Ok(poll(&[(pidfd.as_fd(), true, false)], Some(deadline))?.is_some());
+        return Ok(poll(&[(pidfd.as_fd(), true, false)], deadline)?.is_some());
     }
     // Kernels without pidfd: ask, then back off.
     let mut pause = Duration::from_micros(50);
@@ -105,10 +111,11 @@ pub(crate) fn wait_exited_no_reap(pid: u32, deadline: Instant) -> io::Result<boo
         if exited_no_reap(pid)? {
             return Ok(true);
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(false);
         }
-        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
+        std::thread::sleep(pause.min(left));
         pause = (pause * 2).min(Duration::from_millis(10));
     }
 }

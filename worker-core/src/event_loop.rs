@@ -13,6 +13,8 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker, event::Source};
 
 use crate::{BoxError, EventedError};
 
+/// Stands for "never" where a delay is past what `Instant` can hold.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// The token of the waker; source tokens never reach it (their generation stays below `u32::MAX`
 /// in the high half).
 const WAKER: Token = Token(usize::MAX);
@@ -364,7 +366,9 @@ impl<S: 'static> EventLoop<S> {
     ) -> TimerId {
         let id = TimerId(self.next_timer);
         self.next_timer += 1;
-        let deadline = Instant::now() + delay;
+        // A delay past what `Instant` holds means "never": far enough in the future.
+        let now = Instant::now();
+        let deadline = now.checked_add(delay).unwrap_or(now + FAR_FUTURE);
         self.heap.push(Reverse((deadline, id)));
         self.timers.insert(
             id,
@@ -557,8 +561,10 @@ impl<S: 'static> EventLoop<S> {
             if let (Some(period), false) = (timer.period, cancelled) {
                 // Re-armed from `now` at the earliest, so a zero or tiny period fires once per
                 // turn instead of keeping this loop busy forever.
-                timer.deadline =
-                    (timer.deadline + period).max(now + period.max(Duration::from_nanos(1)));
+                let far = now + FAR_FUTURE;
+                let period = period.max(Duration::from_nanos(1));
+                let next = timer.deadline.checked_add(period).unwrap_or(far);
+                timer.deadline = next.max(now.checked_add(period).unwrap_or(far));
                 self.heap.push(Reverse((timer.deadline, id)));
                 self.timers.insert(id, timer);
             }

@@ -5,4 +5,5 @@
 
 mod dedicated;
 mod evented;
+mod protocol;
 mod support;

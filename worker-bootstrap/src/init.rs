@@ -22,17 +22,30 @@ pub(crate) const MAX_INIT_FRAME_LEN: u32 = 1 << 30;
 /// The first frame on a worker's channel: a control frame, always MessagePack.
 ///
 /// Secrets travel here, over the private pipe, never on the command line or in the environment.
+///
+/// Only `version` and `implementation` are required, so a master written in another language
+/// can send a two-key map; see the [`protocol`](crate::protocol) guide.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct WorkerInit {
     pub(crate) version: u32,
     pub(crate) implementation: String,
+    #[serde(default)]
     pub(crate) codec: Codec,
+    #[serde(default = "default_max_frame_len")]
     pub(crate) max_frame_len: u32,
+    #[serde(default)]
     pub(crate) args: Option<ByteBuf>,
+    #[serde(default)]
     pub(crate) umask: Option<u32>,
+    #[serde(default)]
     pub(crate) before_hooks: Vec<String>,
+    #[serde(default)]
     pub(crate) after_hooks: Vec<String>,
     /// Settings of layers above this crate (shared workers), by name, each encoded by its owner.
     #[serde(default)]
     pub(crate) extensions: BTreeMap<String, ByteBuf>,
+}
+
+fn default_max_frame_len() -> u32 {
+    worker_channel::DEFAULT_MAX_FRAME_LEN
 }

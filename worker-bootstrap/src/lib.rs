@@ -49,6 +49,8 @@
 //! command line. It starts in a process group of its own, through `posix_spawn` (never `fork`,
 //! whose cost grows with the master's memory), and asks the kernel to kill it if its master dies.
 //!
+//! The bytes on the wire are described in [`protocol`], for programs in other languages.
+//!
 //! Note on threads: Linux delivers the parent-death signal when the *thread* that started the
 //! worker exits, so start workers from a thread that lives as long as they should.
 
@@ -56,6 +58,7 @@ mod dedicated;
 mod error;
 mod init;
 mod profile;
+pub mod protocol;
 mod registry;
 mod spawn;
 mod stderr;

@@ -1,0 +1,54 @@
+//! The wire protocol of dedicated workers, for masters and workers written in other languages.
+//!
+//! Nothing here is needed to use this crate from Rust; it says exactly what crosses the pipes, so
+//! that another program can start a Rust worker, or be started as one.
+//!
+//! # Frames
+//!
+//! Every message, in both directions, is one frame:
+//!
+//! | bytes | meaning |
+//! |---|---|
+//! | 4 | payload length, unsigned, big-endian (at most the maximum frame length, 16 MiB by default) |
+//! | 1 | kind: `0x00` data (a user message), `0x01` control (the library's own messages) |
+//! | length | the payload, encoded with the channel's codec |
+//!
+//! The codecs are MessagePack (structs as maps with field names, byte strings as `bin`) and
+//! JSON (UTF-8, no trailing characters). A header announcing more than the maximum is refused
+//! before anything is read for it, and the stream is closed.
+//!
+//! # Starting a worker
+//!
+//! The master starts the worker executable with its standard input and output as pipes and two
+//! environment variables:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `EXSYST_WORKER_IMPLEMENTATION` | the registered implementation name, as in [`Worker::NAME`](worker_core::Worker::NAME) |
+//! | `EXSYST_WORKER_PARENT` | the master's process id, in decimal (optional: without it the worker does not arm its parent-death signal) |
+//!
+//! The first frame on the worker's standard input is a control frame, always MessagePack, whose
+//! payload is a map:
+//!
+//! | key | type | default | meaning |
+//! |---|---|---|---|
+//! | `version` | integer | required | the bootstrap protocol version, `1` |
+//! | `implementation` | string | required | the same name as the environment variable |
+//! | `codec` | `"messagepack"` or `"json"` | `"messagepack"` | the codec of every later frame |
+//! | `max_frame_len` | integer | 16777216 | the largest payload either side sends |
+//! | `args` | bin or nil | nil | the constructor arguments, themselves MessagePack-encoded (nil means `()`) |
+//! | `umask` | integer or nil | nil | the worker's file mode creation mask |
+//! | `before_hooks`, `after_hooks` | arrays of strings | empty | named hooks to run |
+//! | `extensions` | map of string to bin | empty | settings of higher layers |
+//!
+//! After it, data frames flow both ways in the chosen codec. Secrets travel only in this frame,
+//! never on the command line or in the environment.
+//!
+//! # Ending
+//!
+//! The master closes the worker's standard input; the worker sees the end of the stream between
+//! two frames, finishes, and exits with status 0. A worker whose implementation, constructor or
+//! hook fails writes the reason to standard error and exits with
+//! [`EXIT_FAILURE`](crate::EXIT_FAILURE) (70); a panic exits with 101. Anything the worker code
+//! prints to standard output goes to standard error instead: the channel lives on descriptors 3
+//! and 4 inside the worker.

@@ -3,6 +3,7 @@ use std::{error, fmt};
 use worker_bootstrap::{BootstrapProfile, DedicatedWorker};
 use worker_core::Worker;
 use worker_killswitch::KillSwitch;
+use worker_pool::{TaskPool, TaskWorker, WorkerPool, WorkerPoolBuilder};
 
 /// Creates workers from one [`BootstrapProfile`] (the seed's `WorkerFactory`).
 ///
@@ -53,6 +54,34 @@ impl WorkerFactory {
             implementation,
             args,
         )?)
+    }
+
+    /// Starts a pool of `size` workers running `W` (default: one per CPU this process may use),
+    /// for the seed's interface: send to a chosen worker, receive from whichever answers first.
+    pub fn create_worker_pool<W: Worker>(&self, size: Option<usize>) -> Result<WorkerPool, Error> {
+        let mut builder = self.create_worker_pool_builder();
+        if let Some(size) = size {
+            builder = builder.size(size);
+        }
+        Ok(builder.build::<W>()?)
+    }
+
+    /// Starts a task pool of `size` workers running `W` (default: one per CPU).
+    pub fn create_task_pool<W: TaskWorker>(
+        &self,
+        size: Option<usize>,
+    ) -> Result<TaskPool<W>, Error> {
+        let mut builder = self.create_worker_pool_builder();
+        if let Some(size) = size {
+            builder = builder.size(size);
+        }
+        Ok(builder.build_tasks::<W>()?)
+    }
+
+    /// A pool builder that starts workers with this factory's profile, for the settings
+    /// [`create_worker_pool`](Self::create_worker_pool) leaves at their defaults.
+    pub fn create_worker_pool_builder(&self) -> WorkerPoolBuilder {
+        WorkerPoolBuilder::new().profile(self.profile.clone())
     }
 
     fn kill_switch(&self) -> Result<KillSwitch, Error> {
@@ -161,6 +190,8 @@ pub enum Error {
     Bootstrap(worker_bootstrap::Error),
     /// Reading or changing the kill switch failed.
     KillSwitch(worker_killswitch::Error),
+    /// Building or running a worker pool failed.
+    Pool(worker_pool::Error),
     /// The profile names no kill switch file, so shared workers cannot be disabled.
     NoKillSwitch,
 }
@@ -170,6 +201,7 @@ impl fmt::Display for Error {
         match self {
             Error::Bootstrap(e) => e.fmt(f),
             Error::KillSwitch(e) => e.fmt(f),
+            Error::Pool(e) => e.fmt(f),
             Error::NoKillSwitch => f.write_str("the bootstrap profile has no kill switch path"),
         }
     }
@@ -180,6 +212,7 @@ impl error::Error for Error {
         match self {
             Error::Bootstrap(e) => e.source(),
             Error::KillSwitch(e) => e.source(),
+            Error::Pool(e) => e.source(),
             Error::NoKillSwitch => None,
         }
     }
@@ -194,5 +227,11 @@ impl From<worker_bootstrap::Error> for Error {
 impl From<worker_killswitch::Error> for Error {
     fn from(e: worker_killswitch::Error) -> Self {
         Error::KillSwitch(e)
+    }
+}
+
+impl From<worker_pool::Error> for Error {
+    fn from(e: worker_pool::Error) -> Self {
+        Error::Pool(e)
     }
 }

@@ -48,6 +48,7 @@
 //! | [`channel`] | `worker-channel` | frames, codecs, the blocking channel |
 //! | [`worker`] | `worker-core` | worker traits and worker-side runtimes |
 //! | [`bootstrap`] | `worker-bootstrap` | profiles, the registry, the spawn path, [`DedicatedWorker`] |
+//! | [`pool`] | `worker-pool` | [`WorkerPool`], task pools, crash recovery |
 //! | [`killswitch`] | `worker-killswitch` | the JSON kill switch |
 //!
 //! A program that needs only part of this can depend on those crates alone.
@@ -66,6 +67,8 @@ pub use worker_channel as channel;
 pub use worker_core as worker;
 #[doc(inline)]
 pub use worker_killswitch as killswitch;
+#[doc(inline)]
+pub use worker_pool as pool;
 
 pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
 pub use worker_channel::Codec;
@@ -73,3 +76,4 @@ pub use worker_core::{
     BoxError, Connection, EventedWorker, RawWorker, Worker, WorkerChannel, WorkerLoop,
 };
 pub use worker_killswitch::KillSwitch;
+pub use worker_pool::WorkerPool;

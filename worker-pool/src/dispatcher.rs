@@ -18,10 +18,10 @@ use worker_bootstrap::DedicatedWorker;
 use crate::{
     Error, TaskWorker,
     builder::{RestartLimit, Spawner, TaskConfig},
-    error::{chain_text, duplicate_bootstrap},
+    error::chain_text,
     pool::register,
     task_worker::{Reply, Request},
-    tasks::{ChunkDone, Shared},
+    tasks::{ChunkDone, Shared, lock},
 };
 
 pub(crate) const WAKE: Token = Token(usize::MAX);
@@ -142,6 +142,10 @@ pub(crate) fn run<W: TaskWorker>(
         }
     }
     shared.workers.store(slots.len(), Ordering::Relaxed);
+    *lock(&shared.pids) = slots
+        .iter()
+        .map(|s: &Slot<W::Output>| s.worker.pid())
+        .collect();
     let _ = ready.send(Ok(()));
     let mut dispatcher = Dispatcher::<W> {
         spawner: config.spawner,
@@ -168,6 +172,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                 for slot in &mut self.slots {
                     let _ = slot.worker.kill();
                 }
+                lock(&self.shared.pids).clear();
                 return;
             }
             self.read_replies();
@@ -181,6 +186,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                     let _ = slot.worker.close();
                 }
                 self.shared.workers.store(0, Ordering::Relaxed);
+                lock(&self.shared.pids).clear();
                 return;
             }
             let wants_tasks = !self.closing && self.pick().is_some();
@@ -274,12 +280,10 @@ impl<W: TaskWorker> Dispatcher<W> {
             Err(source) => {
                 let pid = slot.worker.pid();
                 self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
-                job.completer.fail(Error::Worker {
-                    index,
-                    pid,
-                    source: duplicate_bootstrap(&source),
-                });
-                self.lost(index, Error::Worker { index, pid, source });
+                let error = Error::Worker { index, pid, source };
+                let rest = error.duplicate();
+                self.lost(index, error.duplicate(), rest);
+                job.completer.fail(error);
             }
         }
     }
@@ -306,7 +310,9 @@ impl<W: TaskWorker> Dispatcher<W> {
                     }
                     Err(source) => {
                         let pid = slot.worker.pid();
-                        self.lost(index, Error::Worker { index, pid, source });
+                        let error = Error::Worker { index, pid, source };
+                        let rest = error.duplicate();
+                        self.lost(index, error, rest);
                         break;
                     }
                 }
@@ -333,7 +339,9 @@ impl<W: TaskWorker> Dispatcher<W> {
                 self.shared.completed.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(result.map_err(|message| Error::Task { message }));
             }
-            (Completer::Chunk { start, len, tx }, Reply::Chunk(results)) if results.len() == len => {
+            (Completer::Chunk { start, len, tx }, Reply::Chunk(results))
+                if results.len() == len =>
+            {
                 self.shared.completed.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(ChunkDone {
                     start,
@@ -358,7 +366,8 @@ impl<W: TaskWorker> Dispatcher<W> {
     }
 
     fn protocol(&mut self, index: usize, pid: u32, what: &'static str) {
-        self.lost(index, Error::Protocol { index, pid, what });
+        let error = Error::Protocol { index, pid, what };
+        self.lost(index, error.duplicate(), error);
     }
 
     /// Kills the worker at the head of whose queue a task ran too long.
@@ -376,20 +385,12 @@ impl<W: TaskWorker> Dispatcher<W> {
                 continue;
             }
             let pid = slot.worker.pid();
-            let _ = slot.worker.kill();
-            if let Some(head) = slot.fifo.pop_front() {
-                self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
-                if slot.fifo.is_empty() {
-                    self.shared.busy.fetch_sub(1, Ordering::Relaxed);
-                }
-                head.fail(Error::TaskTimeout {
-                    index,
-                    pid,
-                    timeout,
-                });
-            }
-            self.lost(index, Error::Cancelled { index, pid });
+            let head = Error::TaskTimeout {
+                index,
+                pid,
+                timeout,
+            };
+            self.lost(index, head, Error::Cancelled { index, pid });
         }
     }
 
@@ -402,39 +403,41 @@ impl<W: TaskWorker> Dispatcher<W> {
             .min()
     }
 
-    /// Fails every task the worker held with `error` and replaces the worker, within the
-    /// restart limit.
-    fn lost(&mut self, index: usize, error: Error) {
-        self.drain_slot(index, error);
+    /// Replaces a worker that died or was killed, within the restart limit, then fails the
+    /// tasks it held: the first (the one it was running) with `first`, the others with `rest`.
+    /// Replacing first means that whoever sees a task fail finds the pool whole again.
+    fn lost(&mut self, index: usize, first: Error, rest: Error) {
+        let fifo = self.take_fifo(index);
         let slot = &mut self.slots[index];
         let fd = slot.worker.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         let _ = slot.worker.kill();
-        match self.restarts.allow().and_then(|()| self.respawn(index)) {
-            Ok(()) => {
-                self.shared.restarted.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => self.fail_pool(e),
+        let replaced = self.restarts.allow().and_then(|()| self.respawn(index));
+        if replaced.is_ok() {
+            self.shared.restarted.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut first = Some(first);
+        for completer in fifo {
+            completer.fail(first.take().unwrap_or_else(|| rest.duplicate()));
+        }
+        if let Err(e) = replaced {
+            self.fail_pool(e);
         }
     }
 
-    fn drain_slot(&mut self, index: usize, error: Error) {
-        let slot = &mut self.slots[index];
-        if !slot.fifo.is_empty() {
+    /// Takes the tasks a worker held out of the counters.
+    fn take_fifo(&mut self, index: usize) -> VecDeque<Completer<W::Output>> {
+        let fifo = std::mem::take(&mut self.slots[index].fifo);
+        if !fifo.is_empty() {
             self.shared.busy.fetch_sub(1, Ordering::Relaxed);
         }
-        let n = slot.fifo.len();
-        self.shared.in_flight.fetch_sub(n, Ordering::Relaxed);
-        self.shared.failed_tasks.fetch_add(n as u64, Ordering::Relaxed);
-        let mut error = Some(error);
-        while let Some(completer) = slot.fifo.pop_front() {
-            let e = if slot.fifo.is_empty() {
-                error.take().expect("taken once")
-            } else {
-                error.as_ref().expect("taken last").duplicate()
-            };
-            completer.fail(e);
-        }
+        self.shared
+            .in_flight
+            .fetch_sub(fifo.len(), Ordering::Relaxed);
+        self.shared
+            .failed_tasks
+            .fetch_add(fifo.len() as u64, Ordering::Relaxed);
+        fifo
     }
 
     /// Closes a worker that served its quota once it has nothing in flight, and starts another.
@@ -454,6 +457,9 @@ impl<W: TaskWorker> Dispatcher<W> {
     fn respawn(&mut self, index: usize) -> Result<(), Error> {
         let worker = self.spawner.spawn()?;
         register(&self.poll, &worker, index)?;
+        if let Some(pid) = lock(&self.shared.pids).get_mut(index) {
+            *pid = worker.pid();
+        }
         let old = std::mem::replace(&mut self.slots[index], Slot::new(worker));
         let _ = old.worker.close();
         Ok(())
@@ -467,13 +473,16 @@ impl<W: TaskWorker> Dispatcher<W> {
             },
         };
         if let Error::PoolFailed { reason } = &error {
-            *self.shared.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+            *lock(&self.shared.failed) = Some(reason.clone());
         }
         for index in 0..self.slots.len() {
             let _ = self.slots[index].worker.kill();
-            self.drain_slot(index, error.duplicate());
+            for completer in self.take_fifo(index) {
+                completer.fail(error.duplicate());
+            }
         }
         self.shared.workers.store(0, Ordering::Relaxed);
+        lock(&self.shared.pids).clear();
         self.failed = Some(error);
     }
 
@@ -489,4 +498,3 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 }
-

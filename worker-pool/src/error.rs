@@ -209,7 +209,10 @@ impl fmt::Display for Error {
                  on it timed out"
             ),
             Error::Protocol { index, pid, what } => {
-                write!(f, "pool worker {index} (pid {pid}) broke the task protocol: {what}")
+                write!(
+                    f,
+                    "pool worker {index} (pid {pid}) broke the task protocol: {what}"
+                )
             }
             Error::Timeout { waited } => write!(f, "nothing arrived within {waited:?}"),
             Error::PoolFailed { reason } => write!(f, "the pool failed: {reason}"),

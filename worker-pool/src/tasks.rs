@@ -19,6 +19,8 @@ use crate::{
     task_worker::Request,
 };
 
+type JobOf<W> = Job<<W as TaskWorker>::Item, <W as TaskWorker>::Output>;
+
 /// Dedicated workers serving tasks: submit an item, get a [`TaskHandle`] whose result arrives
 /// later, or [`map`](Self::map) a whole list.
 ///
@@ -50,7 +52,7 @@ use crate::{
 /// Dropping the pool kills and reaps every worker at once; tasks not finished fail with
 /// [`Error::Closed`]. Either way no worker process outlives the call.
 pub struct TaskPool<W: TaskWorker> {
-    tx: Option<Sender<Job<W::Item, W::Output>>>,
+    tx: Option<Sender<JobOf<W>>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     size: usize,
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     /// Drop asked for an immediate end.
     pub abort: AtomicBool,
     pub failed: Mutex<Option<String>>,
+    /// The workers' process ids, in index order.
+    pub pids: Mutex<Vec<u32>>,
     pub workers: AtomicUsize,
     pub busy: AtomicUsize,
     pub in_flight: AtomicUsize,
@@ -87,8 +91,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn failed_error(&self) -> Option<Error> {
-        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        failed.as_ref().map(|reason| Error::PoolFailed {
+        lock(&self.failed).as_ref().map(|reason| Error::PoolFailed {
             reason: reason.clone(),
         })
     }
@@ -133,6 +136,7 @@ impl<W: TaskWorker> TaskPool<W> {
             sleeping: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             failed: Mutex::new(None),
+            pids: Mutex::new(Vec::new()),
             workers: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
@@ -179,6 +183,12 @@ impl<W: TaskWorker> TaskPool<W> {
     /// The most tasks that may wait for a worker.
     pub fn queue_bound(&self) -> usize {
         self.queue_bound
+    }
+
+    /// The process ids of the workers now, in index order (empty once the pool has failed or
+    /// closed).
+    pub fn pids(&self) -> Vec<u32> {
+        lock(&self.shared.pids).clone()
     }
 
     /// The pool's counters now.
@@ -234,20 +244,19 @@ impl<W: TaskWorker> TaskPool<W> {
         }
     }
 
-    fn sender(&self) -> &Sender<Job<W::Item, W::Output>> {
-        self.tx.as_ref().expect("the sender lives until close or drop")
+    fn sender(&self) -> &Sender<JobOf<W>> {
+        self.tx
+            .as_ref()
+            .expect("the sender lives until close or drop")
     }
 
-    fn send(&self, job: Job<W::Item, W::Output>) -> Result<(), Job<W::Item, W::Output>> {
+    fn send(&self, job: JobOf<W>) -> Result<(), JobOf<W>> {
         self.sender().send(job).map_err(|e| e.into_inner())?;
         self.nudge();
         Ok(())
     }
 
-    fn try_send(
-        &self,
-        job: Job<W::Item, W::Output>,
-    ) -> Result<(), TrySendError<Job<W::Item, W::Output>>> {
+    fn try_send(&self, job: JobOf<W>) -> Result<(), TrySendError<JobOf<W>>> {
         self.sender().try_send(job)?;
         self.nudge();
         Ok(())
@@ -474,13 +483,21 @@ impl<W: TaskWorker> Iterator for MapUnordered<'_, W> {
             let done = self.rx.recv().expect("map keeps its own sender");
             self.outstanding -= 1;
             match done.result {
-                Ok(results) => self.ready.extend(results.into_iter().enumerate().map(
-                    |(k, r)| (done.start + k, r.map_err(|message| Error::Task { message })),
-                )),
+                Ok(results) => {
+                    self.ready
+                        .extend(results.into_iter().enumerate().map(|(k, r)| {
+                            (done.start + k, r.map_err(|message| Error::Task { message }))
+                        }))
+                }
                 Err(e) => self
                     .ready
                     .extend((done.start..done.start + done.len).map(|i| (i, Err(e.duplicate())))),
             }
         }
     }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

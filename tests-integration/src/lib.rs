@@ -13,7 +13,9 @@ use exsyst_worker::Registry;
 
 /// Every implementation the test binaries can run.
 pub fn registry() -> Registry {
-    workers::evented::register(workers::dedicated::register(exsyst_worker::registry()))
+    workers::evented::register(workers::pool::register(workers::dedicated::register(
+        exsyst_worker::registry(),
+    )))
 }
 
 /// Generous timeouts for tests, scaled by `EXSYST_TEST_TIMEOUT_SCALE` (a float, default 1) for

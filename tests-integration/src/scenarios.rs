@@ -17,6 +17,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("hold") => hold(args.get(1).map_or(Ok(3), |n| n.parse())?),
         Some("self-and-map") => self_and_map(args.get(1).expect("other executable")),
         Some("evented-hold") => evented_hold(args.get(1).expect("log path")),
+        Some("pool-hold") => pool_hold(args.get(1).map_or(Ok(3), |n| n.parse())?),
+        Some("pool-crash") => pool_crash(),
         other => anyhow::bail!("unknown scenario {other:?}"),
     }
 }
@@ -124,5 +126,53 @@ fn evented_hold(log: &str) -> anyhow::Result<()> {
     println!("ready");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}
+
+/// Starts a task pool of `n` workers with a task running on each, prints their pids, then
+/// waits for its standard input to close (the test kills it instead).
+fn pool_hold(n: usize) -> anyhow::Result<()> {
+    use crate::workers::pool::{Command, Commands};
+    let pool = WorkerFactory::new().create_task_pool::<Commands>(Some(n))?;
+    let _running: Vec<_> = (0..n)
+        .map(|_| pool.submit(Command::Sleep(600_000)))
+        .collect::<Result<_, _>>()?;
+    for pid in pool.pids() {
+        println!("pid={pid}");
+    }
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}
+
+/// Kills one worker of four, waits for the pool to replace it, and reports this process's
+/// children then and after the pool is dropped: no zombie at any point.
+fn pool_crash() -> anyhow::Result<()> {
+    use crate::workers::pool::{Command, Commands};
+    let pool = WorkerFactory::new().create_task_pool::<Commands>(Some(4))?;
+    let victim = pool.pids()[1];
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()?;
+    anyhow::ensure!(killed.success(), "kill -KILL {victim} failed");
+    let deadline = std::time::Instant::now() + crate::timeout(Duration::from_secs(10));
+    while pool.stats().restarted < 1 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no restart");
+        // The dispatcher replaces the worker on its own; the task round trip is the wait.
+        pool.submit(Command::Echo(1))?.wait()?;
+    }
+    let answers: Vec<u64> = (0..8)
+        .map(|_| pool.submit(Command::Pid)?.wait())
+        .collect::<Result<_, _>>()?;
+    println!("victim={victim}");
+    println!("pids={:?}", pool.pids());
+    println!(
+        "answered={}",
+        answers.iter().all(|p| *p != u64::from(victim))
+    );
+    println!("children_running={:?}", children());
+    drop(pool);
+    println!("children_after={:?}", children());
     Ok(())
 }

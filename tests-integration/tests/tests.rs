@@ -5,5 +5,6 @@
 
 mod dedicated;
 mod evented;
+mod pool;
 mod protocol;
 mod support;

@@ -2,3 +2,4 @@
 
 pub mod dedicated;
 pub mod evented;
+pub mod pool;

@@ -1,0 +1,537 @@
+//! Worker pools end to end (issue 4): first-ready receive, tasks, crash recovery, shutdown.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    io::{BufRead, BufReader},
+    os::unix::{net::UnixListener, process::ExitStatusExt},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use exsyst_worker::{
+    WorkerFactory,
+    bootstrap::Error as Bootstrap,
+    pool::{Error, TrySubmitError, WorkerPoolBuilder},
+};
+use tests_integration::workers::pool::{Command, Commands, DoubleReply, PidSquarer, Tiny};
+
+use crate::support::*;
+
+fn builder() -> WorkerPoolBuilder {
+    WorkerFactory::with_profile(profile()).create_worker_pool_builder()
+}
+
+/// A task that runs until the returned stream is dropped, and the pid of the worker it runs on.
+struct Held {
+    listener: UnixListener,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Held {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hold.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        Held {
+            listener,
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn command(&self) -> Command {
+        Command::Hold(self.path.clone())
+    }
+
+    /// Waits for the task to start; returns its worker's pid and the stream that holds it.
+    fn started(&self) -> (u32, std::os::unix::net::UnixStream) {
+        let (stream, _) = self.listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(timeout(Duration::from_secs(10))))
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (line.trim().parse().unwrap(), stream)
+    }
+}
+
+#[test]
+fn the_seeds_pool_example_every_reply_once_from_the_worker_it_names() {
+    let mut pool = WorkerFactory::with_profile(profile())
+        .create_worker_pool::<PidSquarer>(Some(4))
+        .unwrap();
+    assert_eq!(pool.len(), 4);
+    let mut replies = Vec::new();
+    let mut check = |pool: &exsyst_worker::WorkerPool,
+                     (index, reply): (usize, (u32, i64, String))| {
+        assert_eq!(reply.0, pool[index].pid(), "the reply names its worker");
+        assert_eq!(
+            reply.2,
+            format!("{} squared is {}", reply.1, reply.1 * reply.1)
+        );
+        replies.push(reply.1);
+    };
+    let mut i = 0i64;
+    let mut busy = 0;
+    for w in &mut pool {
+        if i >= 10 {
+            break;
+        }
+        w.send_message(&i).unwrap();
+        busy += 1;
+        i += 1;
+    }
+    while i < 10 {
+        let got = pool.receive_message().unwrap();
+        let index = got.0;
+        check(&pool, got);
+        pool.send_message(index, &i).unwrap();
+        i += 1;
+    }
+    while busy > 0 {
+        let got = pool
+            .receive_message_timeout(timeout(Duration::from_secs(10)))
+            .unwrap();
+        check(&pool, got);
+        busy -= 1;
+    }
+    replies.sort();
+    assert_eq!(replies, (0..10).collect::<Vec<_>>());
+    // Nothing more: a receive times out with the typed error.
+    assert!(matches!(
+        pool.receive_message_timeout::<(u32, i64, String)>(Duration::from_millis(50)),
+        Err(Error::Timeout { .. })
+    ));
+}
+
+#[test]
+fn two_replies_in_one_instant_are_both_delivered_without_new_input() {
+    let mut pool = builder().size(2).build::<DoubleReply>().unwrap();
+    pool.send_message(1, &7i64).unwrap();
+    let limit = timeout(Duration::from_secs(10));
+    let first: (usize, (i64, i32)) = pool.receive_message_timeout(limit).unwrap();
+    let second: (usize, (i64, i32)) = pool.receive_message_timeout(limit).unwrap();
+    assert_eq!((first, second), ((1, (7, 1)), (1, (7, 2))));
+}
+
+#[test]
+fn a_dead_worker_of_the_message_pool_is_reported_and_replaced_in_place() {
+    let mut pool = builder().size(2).build::<PidSquarer>().unwrap();
+    let victim = pool[0].pid();
+    sigkill(victim);
+    match pool.receive_message_timeout::<(u32, i64, String)>(timeout(Duration::from_secs(10))) {
+        Err(Error::Worker {
+            index: 0,
+            pid,
+            source: Bootstrap::WorkerExited { status, .. },
+        }) => {
+            assert_eq!(pid, victim);
+            assert_eq!(status.signal(), Some(9));
+        }
+        other => panic!("expected the worker's death, got {other:?}"),
+    }
+    assert_ne!(pool[0].pid(), victim);
+    assert!(process_gone(victim));
+    pool.send_message(0, &3i64).unwrap();
+    let (index, (pid, n, _)): (usize, (u32, i64, String)) = pool.receive_message().unwrap();
+    assert_eq!((index, pid, n), (0, pool[0].pid(), 3));
+    assert_eq!(pool.restarted(), 1);
+}
+
+#[test]
+fn impossible_settings_are_configuration_errors() {
+    assert!(matches!(
+        builder().size(0).build::<PidSquarer>(),
+        Err(Error::Config {
+            setting: "size",
+            ..
+        })
+    ));
+    assert!(matches!(
+        builder()
+            .size(1)
+            .in_flight_per_worker(0)
+            .build_tasks::<Tiny>(),
+        Err(Error::Config {
+            setting: "in_flight_per_worker",
+            ..
+        })
+    ));
+    assert!(matches!(
+        builder()
+            .size(1)
+            .task_timeout(Duration::from_secs(1))
+            .build::<PidSquarer>(),
+        Err(Error::Config {
+            setting: "task_timeout",
+            ..
+        })
+    ));
+    assert!(matches!(
+        WorkerFactory::with_profile(profile()).create_task_pool::<Tiny>(Some(0)),
+        Err(exsyst_worker::Error::Pool(Error::Config {
+            setting: "size",
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn tasks_map_and_errors() {
+    let pool = builder()
+        .size(2)
+        .in_flight_per_worker(4)
+        .build_tasks::<Commands>()
+        .unwrap();
+    assert_eq!(pool.submit(Command::Echo(5)).unwrap().wait().unwrap(), 5);
+    match pool.submit(Command::Fail("no".into())).unwrap().wait() {
+        Err(Error::Task { message }) => assert_eq!(message, "no"),
+        other => panic!("expected the task's error, got {other:?}"),
+    }
+    let handle = pool.submit(Command::Echo(9)).unwrap();
+    assert_eq!(
+        handle
+            .wait_timeout(timeout(Duration::from_secs(10)))
+            .unwrap(),
+        9
+    );
+    assert!(matches!(handle.try_result(), Some(Err(Error::Closed))));
+
+    let items: Vec<Command> = (0..1000).map(Command::Echo).collect();
+    assert_eq!(
+        pool.map(items.clone()).unwrap(),
+        (0..1000).collect::<Vec<_>>()
+    );
+    let mut seen: Vec<usize> = pool
+        .map_unordered(items)
+        .map(|(i, r)| {
+            assert_eq!(r.unwrap(), i as u64);
+            i
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+    let mut failing: Vec<Command> = (0..100).map(Command::Echo).collect();
+    failing[40] = Command::Fail("item 40".into());
+    assert!(matches!(pool.map(failing), Err(Error::Task { message }) if message == "item 40"));
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.workers, stats.in_flight, stats.queued, stats.failed),
+        (2, 0, 0, 0)
+    );
+    pool.close().unwrap();
+}
+
+#[test]
+fn sigkill_of_a_worker_fails_only_its_task_and_the_pool_is_back_to_four() {
+    let pool = builder()
+        .size(4)
+        .max_restarts(3, Duration::from_secs(60))
+        .build_tasks::<Commands>()
+        .unwrap();
+    let held = Held::new();
+    let running = pool.submit(held.command()).unwrap();
+    let (victim, _stream) = held.started();
+    assert!(pool.pids().contains(&victim));
+    let others: Vec<_> = (0..30)
+        .map(|n| pool.submit(Command::Echo(n)).unwrap())
+        .collect();
+    sigkill(victim);
+    match running.wait_timeout(timeout(Duration::from_secs(5))) {
+        Err(Error::Worker {
+            pid,
+            source: Bootstrap::WorkerExited { status, .. },
+            ..
+        }) => {
+            assert_eq!(pid, victim);
+            assert_eq!(status.signal(), Some(9));
+        }
+        other => panic!("expected the worker's death, got {other:?}"),
+    }
+    for (n, h) in others.into_iter().enumerate() {
+        assert_eq!(
+            h.wait_timeout(timeout(Duration::from_secs(10))).unwrap(),
+            n as u64
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || pool
+        .stats()
+        .restarted
+        == 1));
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 4);
+    assert!(!pids.contains(&victim));
+    assert!(process_gone(victim), "the killed worker was reaped");
+    let stats = pool.stats();
+    assert_eq!((stats.workers, stats.failed), (4, 1));
+    // Every worker, the replacement too, serves.
+    let answered: HashSet<u64> = pool
+        .map((0..64).map(|_| Command::Pid))
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(answered.iter().all(|p| pids.contains(&(*p as u32))));
+}
+
+#[test]
+fn a_worker_that_panics_fails_its_task_with_its_stderr_tail() {
+    let pool = builder().size(1).build_tasks::<Commands>().unwrap();
+    match pool
+        .submit(Command::Panic("boom 42".into()))
+        .unwrap()
+        .wait()
+    {
+        Err(Error::Worker {
+            source:
+                Bootstrap::WorkerExited {
+                    status,
+                    stderr_tail,
+                    ..
+                },
+            ..
+        }) => {
+            assert_eq!(status.code(), Some(101));
+            assert!(stderr_tail.contains("boom 42"), "{stderr_tail:?}");
+        }
+        other => panic!("expected the worker's death, got {other:?}"),
+    }
+    assert_eq!(pool.submit(Command::Echo(1)).unwrap().wait().unwrap(), 1);
+}
+
+#[test]
+fn no_master_or_zombie_left_in_a_master_whose_worker_was_killed() {
+    let lines = run_master(&["pool-crash"]);
+    assert_eq!(value(&lines, "answered"), "true");
+    let running = value(&lines, "children_running");
+    assert_eq!(running.matches('(').count(), 4, "{running}");
+    assert!(!running.contains("'Z'"), "{running}");
+    assert_eq!(value(&lines, "children_after"), "[]");
+}
+
+#[test]
+fn a_hundred_thousand_tiny_tasks_each_once_within_the_queue_bound() {
+    const N: u64 = 100_000;
+    const BOUND: usize = 64;
+    let pool = builder()
+        .size(2)
+        .in_flight_per_worker(16)
+        .queue_bound(BOUND)
+        .build_tasks::<Tiny>()
+        .unwrap();
+    let done = AtomicBool::new(false);
+    let max_queued = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                max_queued.fetch_max(pool.stats().queued, Ordering::Relaxed);
+                std::thread::yield_now();
+            }
+        });
+        let mut handles = VecDeque::new();
+        let mut seen = vec![false; N as usize];
+        let mut check = |n: u64, r: u64| {
+            assert_eq!(r, n + 1);
+            assert!(!std::mem::replace(&mut seen[n as usize], true), "{n} twice");
+        };
+        for n in 0..N {
+            handles.push_back((n, pool.submit(n).unwrap()));
+            if handles.len() > 4096 {
+                let (n, h) = handles.pop_front().unwrap();
+                check(n, h.wait().unwrap());
+            }
+            max_queued.fetch_max(pool.stats().queued, Ordering::Relaxed);
+        }
+        for (n, h) in handles {
+            check(n, h.wait().unwrap());
+        }
+        done.store(true, Ordering::Relaxed);
+        assert!(seen.iter().all(|s| *s));
+    });
+    let max = max_queued.load(Ordering::Relaxed);
+    assert!(max <= BOUND, "{max} queued, bound {BOUND}");
+    assert!(max > 0, "the producer outran the workers at least once");
+    let stats = pool.stats();
+    assert_eq!((stats.completed, stats.failed, stats.in_flight), (N, 0, 0));
+}
+
+#[test]
+fn try_submit_hands_the_item_back_when_the_queue_is_full() {
+    let pool = builder()
+        .size(1)
+        .queue_bound(2)
+        .build_tasks::<Commands>()
+        .unwrap();
+    let held = Held::new();
+    let running = pool.submit(held.command()).unwrap();
+    let (_, stream) = held.started();
+    let queued: Vec<_> = (0..2)
+        .map(|n| pool.try_submit(Command::Echo(n)).unwrap())
+        .collect();
+    assert_eq!(pool.stats().queued, 2);
+    match pool.try_submit(Command::Echo(99)) {
+        Err(TrySubmitError::Full(Command::Echo(99))) => {}
+        other => panic!("expected the item back, got {other:?}"),
+    }
+    drop(stream);
+    assert!(running.wait().is_ok());
+    for (n, h) in queued.into_iter().enumerate() {
+        assert_eq!(h.wait().unwrap(), n as u64);
+    }
+}
+
+#[test]
+fn a_task_timeout_kills_only_that_worker_and_the_pool_goes_on() {
+    let pool = builder()
+        .size(2)
+        .task_timeout(Duration::from_millis(300))
+        .build_tasks::<Commands>()
+        .unwrap();
+    let before = pool.pids();
+    let slow = pool.submit(Command::Sleep(600_000)).unwrap();
+    let quick: Vec<_> = (0..10)
+        .map(|n| pool.submit(Command::Echo(n)).unwrap())
+        .collect();
+    let killed = match slow.wait_timeout(timeout(Duration::from_secs(10))) {
+        Err(Error::TaskTimeout { pid, timeout, .. }) => {
+            assert_eq!(timeout, Duration::from_millis(300));
+            pid
+        }
+        other => panic!("expected the task timeout, got {other:?}"),
+    };
+    for (n, h) in quick.into_iter().enumerate() {
+        assert_eq!(h.wait().unwrap(), n as u64);
+    }
+    assert!(process_gone(killed));
+    let after = pool.pids();
+    assert_eq!(after.len(), 2);
+    assert_eq!(
+        before.iter().filter(|p| after.contains(p)).count(),
+        1,
+        "only the worker that timed out was replaced"
+    );
+    assert_eq!(pool.submit(Command::Echo(7)).unwrap().wait().unwrap(), 7);
+    assert_eq!(pool.stats().restarted, 1);
+}
+
+#[test]
+fn repeated_crashes_past_the_restart_limit_fail_the_pool() {
+    let pool = builder()
+        .size(1)
+        .max_restarts(2, Duration::from_secs(60))
+        .build_tasks::<Commands>()
+        .unwrap();
+    for _ in 0..3 {
+        match pool.submit(Command::Exit(3)).unwrap().wait() {
+            Err(Error::Worker {
+                source: Bootstrap::WorkerExited { status, .. },
+                ..
+            }) => assert_eq!(status.code(), Some(3)),
+            other => panic!("expected the worker's exit, got {other:?}"),
+        }
+    }
+    // The third crash was one too many: the pool fails instead of restarting forever.
+    let next = pool.submit(Command::Echo(1)).and_then(|h| h.wait());
+    assert!(matches!(next, Err(Error::PoolFailed { .. })), "{next:?}");
+    assert!(matches!(
+        pool.submit(Command::Echo(1)),
+        Err(Error::PoolFailed { .. })
+    ));
+    assert_eq!(pool.stats().workers, 0);
+    assert!(matches!(pool.close(), Err(Error::PoolFailed { .. })));
+}
+
+#[test]
+fn recycling_replaces_a_worker_after_its_quota() {
+    let pool = builder()
+        .size(1)
+        .recycle_after(3)
+        .build_tasks::<Commands>()
+        .unwrap();
+    let pids: Vec<u64> = (0..9)
+        .map(|_| pool.submit(Command::Pid).unwrap().wait().unwrap())
+        .collect();
+    for chunk in pids.chunks(3) {
+        assert!(chunk.iter().all(|p| *p == chunk[0]), "{pids:?}");
+    }
+    let distinct: HashSet<_> = pids.iter().collect();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+    assert!(wait_until(Duration::from_secs(10), || pool
+        .stats()
+        .recycled
+        == 3));
+    assert_eq!(pool.stats().restarted, 0);
+    assert!(pids.iter().all(|p| process_gone(*p as u32)));
+}
+
+#[test]
+fn close_finishes_queued_and_in_flight_tasks_and_reaps_every_worker() {
+    let pool = builder()
+        .size(2)
+        .in_flight_per_worker(2)
+        .build_tasks::<Commands>()
+        .unwrap();
+    let pids = pool.pids();
+    let handles: Vec<_> = (0..20)
+        .map(|n| {
+            pool.submit(if n % 5 == 0 {
+                Command::Sleep(20)
+            } else {
+                Command::Echo(n)
+            })
+            .unwrap()
+        })
+        .collect();
+    pool.close().unwrap();
+    for (n, h) in handles.into_iter().enumerate() {
+        let expected = if n % 5 == 0 { 0 } else { n as u64 };
+        assert_eq!(h.try_result().unwrap().unwrap(), expected);
+    }
+    assert!(pids.iter().all(|p| process_gone(*p)));
+}
+
+#[test]
+fn dropping_the_pool_while_tasks_run_kills_every_worker_at_once() {
+    let pool = builder().size(2).build_tasks::<Commands>().unwrap();
+    let pids = pool.pids();
+    let handles: Vec<_> = (0..4)
+        .map(|_| pool.submit(Command::Sleep(600_000)).unwrap())
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || pool.stats().busy == 2));
+    let start = std::time::Instant::now();
+    drop(pool);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(pids.iter().all(|p| process_gone(*p)));
+    for h in handles {
+        assert!(matches!(h.wait(), Err(Error::Closed)));
+    }
+}
+
+#[test]
+fn killing_the_master_leaves_no_worker_behind() {
+    let mut master = MasterProcess::start(&["pool-hold", "3"]);
+    let mut pids = Vec::new();
+    loop {
+        let line = master.next_line().expect("scenario output");
+        if line == "ready" {
+            break;
+        }
+        if let Some(pid) = line.strip_prefix("pid=") {
+            pids.push(pid.parse::<u32>().unwrap());
+        }
+    }
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|p| !process_gone(*p)));
+    sigkill(master.child.id());
+    let _ = master.child.wait();
+    assert!(
+        wait_until(Duration::from_secs(1), || pids
+            .iter()
+            .all(|p| process_gone(*p))),
+        "workers {pids:?} outlived their master"
+    );
+}

@@ -86,7 +86,9 @@ impl WorkerPoolBuilder {
     /// Tasks sent to one worker before its earlier ones are answered (task pools; default 1).
     ///
     /// More than one hides the round-trip latency of tiny tasks; a worker answers its tasks in
-    /// order, so a slow task delays those sent behind it.
+    /// order, so a slow task delays those sent behind it. Tasks that wait in the queue together
+    /// travel to a worker together, in one message answered by one message (up to the worker's
+    /// free room), so their results arrive together and a task timeout covers the message.
     pub fn in_flight_per_worker(mut self, n: usize) -> Self {
         self.in_flight = n;
         self.task_only("in_flight_per_worker")
@@ -102,7 +104,9 @@ impl WorkerPoolBuilder {
     /// The longest a task may run (task pools). Past it the worker is killed and replaced: the
     /// task fails with [`Error::TaskTimeout`], and the worker's other tasks in flight with
     /// [`Error::Cancelled`]. A task's time starts when its worker starts it (when the reply to
-    /// the task before it arrives), not when it is sent.
+    /// the message before it arrives), not when it is sent; tasks batched into one message (see
+    /// [`in_flight_per_worker`](Self::in_flight_per_worker)) share one deadline and all fail
+    /// with [`Error::TaskTimeout`].
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self.task_only("task_timeout")

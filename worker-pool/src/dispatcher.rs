@@ -55,9 +55,19 @@ pub(crate) enum Completer<O> {
         len: usize,
         tx: Sender<ChunkDone<O>>,
     },
+    /// Single tasks that waited together and travel in one message (see `feed`).
+    Batch(Vec<Sender<Result<O, Error>>>),
 }
 
 impl<O> Completer<O> {
+    /// Tasks this stands for; a `map` chunk is one task.
+    fn tasks(&self) -> usize {
+        match self {
+            Completer::Batch(txs) => txs.len(),
+            _ => 1,
+        }
+    }
+
     fn fail(self, error: Error) {
         // A receiver that is gone did not want the result.
         match self {
@@ -71,6 +81,11 @@ impl<O> Completer<O> {
                     result: Err(error),
                 });
             }
+            Completer::Batch(txs) => {
+                for tx in txs {
+                    let _ = tx.send(Err(error.duplicate()));
+                }
+            }
         }
     }
 }
@@ -79,6 +94,8 @@ struct Slot<O> {
     worker: DedicatedWorker,
     /// Tasks sent and not answered, in the order the worker answers them.
     fifo: VecDeque<Completer<O>>,
+    /// Tasks in `fifo`.
+    load: usize,
     /// When the worker started the task at the head of `fifo`.
     head_since: Instant,
     sent: u64,
@@ -93,6 +110,7 @@ impl<O> Slot<O> {
         Slot {
             worker,
             fifo: VecDeque::new(),
+            load: 0,
             head_since: Instant::now(),
             sent: 0,
             retiring: false,
@@ -114,6 +132,8 @@ struct Dispatcher<W: TaskWorker> {
     restarts: RestartLimit,
     /// The pool's handle let go of the queue: finish what is left, then end.
     closing: bool,
+    /// A job taken from the queue that could not join the batch being built.
+    held: Option<Job<W::Item, W::Output>>,
     failed: Option<Error>,
     next: usize,
 }
@@ -159,6 +179,7 @@ pub(crate) fn run<W: TaskWorker>(
         recycle_after: config.recycle_after,
         restarts: config.restarts,
         closing: false,
+        held: None,
         failed: None,
         next: 0,
     };
@@ -181,7 +202,7 @@ impl<W: TaskWorker> Dispatcher<W> {
             if self.failed.is_some() {
                 return self.fail_forever();
             }
-            if self.closing && self.slots.iter().all(|s| s.fifo.is_empty()) {
+            if self.closing && self.held.is_none() && self.slots.iter().all(|s| s.load == 0) {
                 for slot in self.slots.drain(..) {
                     let _ = slot.worker.close();
                 }
@@ -230,7 +251,7 @@ impl<W: TaskWorker> Dispatcher<W> {
         for k in 0..n {
             let i = (self.next + k) % n;
             let slot = &self.slots[i];
-            let load = slot.fifo.len();
+            let load = slot.load;
             if slot.retiring || load >= self.in_flight {
                 continue;
             }
@@ -244,42 +265,93 @@ impl<W: TaskWorker> Dispatcher<W> {
         best.map(|(i, _)| i)
     }
 
+    /// Sends waiting tasks to workers with room. Single tasks waiting together go to one worker
+    /// in one message, as many as it has room for: one write and one reply for the lot, which
+    /// is what makes tiny tasks cheap when several are in flight.
     fn feed(&mut self) {
-        while self.failed.is_none() && !self.closing {
+        while self.failed.is_none() {
             let Some(index) = self.pick() else { return };
-            match self.rx.try_recv() {
-                Ok(job) => self.send(index, job),
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => self.closing = true,
+            let job = match self.held.take() {
+                Some(job) => job,
+                None if self.closing => return,
+                None => match self.rx.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => return,
+                    Err(TryRecvError::Disconnected) => {
+                        self.closing = true;
+                        return;
+                    }
+                },
+            };
+            let room = self.in_flight - self.slots[index].load;
+            if room < 2 || !matches!(job.request, Request::One(_)) {
+                self.send(index, job);
+                continue;
             }
+            let mut batch = vec![job];
+            while batch.len() < room && !self.closing {
+                match self.rx.try_recv() {
+                    Ok(job) if matches!(job.request, Request::One(_)) => batch.push(job),
+                    Ok(job) => {
+                        self.held = Some(job);
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => self.closing = true,
+                }
+            }
+            if batch.len() == 1 {
+                let job = batch.pop().expect("one job");
+                self.send(index, job);
+                continue;
+            }
+            let mut items = Vec::with_capacity(batch.len());
+            let mut txs = Vec::with_capacity(batch.len());
+            for job in batch {
+                if let (Request::One(item), Completer::One(tx)) = (job.request, job.completer) {
+                    items.push(item);
+                    txs.push(tx);
+                }
+            }
+            let job = Job {
+                request: Request::Chunk(items),
+                completer: Completer::Batch(txs),
+            };
+            self.send(index, job);
         }
     }
 
     fn send(&mut self, index: usize, job: Job<W::Item, W::Output>) {
         self.next = (index + 1) % self.slots.len();
         let slot = &mut self.slots[index];
+        let tasks = job.completer.tasks();
         match slot.worker.send_message(&job.request) {
             Ok(()) => {
-                if slot.fifo.is_empty() {
+                if slot.load == 0 {
                     slot.head_since = Instant::now();
                     self.shared.busy.fetch_add(1, Ordering::Relaxed);
                 }
                 slot.fifo.push_back(job.completer);
-                slot.sent += 1;
+                slot.load += tasks;
+                slot.sent += tasks as u64;
                 if self.recycle_after.is_some_and(|n| slot.sent >= n) {
                     slot.retiring = true;
                 }
-                self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                self.shared.in_flight.fetch_add(tasks, Ordering::Relaxed);
             }
             // Encoding failed before anything was written: only this task is at fault.
             Err(source @ worker_bootstrap::Error::Channel { .. }) => {
                 let pid = slot.worker.pid();
-                self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .failed_tasks
+                    .fetch_add(tasks as u64, Ordering::Relaxed);
                 job.completer.fail(Error::Worker { index, pid, source });
             }
             Err(source) => {
                 let pid = slot.worker.pid();
-                self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .failed_tasks
+                    .fetch_add(tasks as u64, Ordering::Relaxed);
                 let error = Error::Worker { index, pid, source };
                 let rest = error.duplicate();
                 self.lost(index, error.duplicate(), rest);
@@ -330,10 +402,12 @@ impl<W: TaskWorker> Dispatcher<W> {
             return false;
         };
         slot.head_since = Instant::now();
-        if slot.fifo.is_empty() {
+        let tasks = completer.tasks();
+        slot.load -= tasks;
+        if slot.load == 0 {
             self.shared.busy.fetch_sub(1, Ordering::Relaxed);
         }
-        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_sub(tasks, Ordering::Relaxed);
         match (completer, reply) {
             (Completer::One(tx), Reply::One(result)) => {
                 self.shared.completed.fetch_add(1, Ordering::Relaxed);
@@ -349,9 +423,19 @@ impl<W: TaskWorker> Dispatcher<W> {
                     result: Ok(results),
                 });
             }
+            (Completer::Batch(txs), Reply::Chunk(results)) if results.len() == txs.len() => {
+                self.shared
+                    .completed
+                    .fetch_add(tasks as u64, Ordering::Relaxed);
+                for (tx, result) in txs.into_iter().zip(results) {
+                    let _ = tx.send(result.map_err(|message| Error::Task { message }));
+                }
+            }
             (completer, _) => {
                 let what = "a reply of the wrong shape";
-                self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .failed_tasks
+                    .fetch_add(tasks as u64, Ordering::Relaxed);
                 completer.fail(Error::Protocol { index, pid, what });
                 self.protocol(index, pid, what);
                 return false;
@@ -427,16 +511,16 @@ impl<W: TaskWorker> Dispatcher<W> {
 
     /// Takes the tasks a worker held out of the counters.
     fn take_fifo(&mut self, index: usize) -> VecDeque<Completer<W::Output>> {
-        let fifo = std::mem::take(&mut self.slots[index].fifo);
-        if !fifo.is_empty() {
+        let slot = &mut self.slots[index];
+        let fifo = std::mem::take(&mut slot.fifo);
+        let tasks = std::mem::take(&mut slot.load);
+        if tasks > 0 {
             self.shared.busy.fetch_sub(1, Ordering::Relaxed);
         }
-        self.shared
-            .in_flight
-            .fetch_sub(fifo.len(), Ordering::Relaxed);
+        self.shared.in_flight.fetch_sub(tasks, Ordering::Relaxed);
         self.shared
             .failed_tasks
-            .fetch_add(fifo.len() as u64, Ordering::Relaxed);
+            .fetch_add(tasks as u64, Ordering::Relaxed);
         fifo
     }
 
@@ -489,6 +573,10 @@ impl<W: TaskWorker> Dispatcher<W> {
     /// A failed pool answers every task with its error until the pool's handle lets go.
     fn fail_forever(&mut self) {
         let error = self.failed.take().expect("failed");
+        if let Some(job) = self.held.take() {
+            self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+            job.completer.fail(error.duplicate());
+        }
         for slot in &mut self.slots {
             let _ = slot.worker.kill();
         }

@@ -1,8 +1,197 @@
-//! pool benchmarks.
+//! Pool benchmarks: tiny tasks one by one against raw-pipe workers fed round-robin, and `map`
+//! against Python's `multiprocessing.Pool.map`.
+//!
+//! The raw baseline peers are this binary re-executed with `EXSYST_BENCH_POOL_PEER` set; the
+//! Python baseline is `tests-integration/bench/pool_map.py`, run with `python3`.
+
+use std::{
+    collections::VecDeque,
+    io::{BufReader, Read, Write},
+    process::{Child, Command, Stdio},
+    time::Instant,
+};
+
+use exsyst_worker::{BootstrapProfile, pool::WorkerPoolBuilder};
 
 use super::{Config, Line};
+use crate::workers::pool::Tiny;
+
+/// Set in a raw baseline peer's environment.
+const PEER_ENV: &str = "EXSYST_BENCH_POOL_PEER";
+/// Workers in both benchmarks.
+const WORKERS: usize = 2;
+/// Tasks in flight per worker in `pool tiny tasks`, for ours and the baseline alike.
+const DEPTH: usize = 16;
+
+/// In a process started as a raw baseline peer, answers 8-byte `n` with `n + 1` until end of
+/// input, one write per answer (as our task runner does), and exits; otherwise returns.
+pub fn run_peer_if_asked() {
+    if std::env::var_os(PEER_ENV).is_none() {
+        return;
+    }
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    let mut n = [0u8; 8];
+    while input.read_exact(&mut n).is_ok() {
+        let reply = (u64::from_le_bytes(n) + 1).to_le_bytes();
+        if output
+            .write_all(&reply)
+            .and_then(|()| output.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    std::process::exit(0);
+}
 
 /// Runs the pool benchmarks the configuration selects.
-pub fn run(_cfg: &Config) -> Vec<Line> {
-    Vec::new()
+pub fn run(cfg: &Config) -> Vec<Line> {
+    let mut lines = Vec::new();
+    if cfg.wants("pool tiny tasks") {
+        let mut line = Line::new(cfg.name("pool tiny tasks"), "tasks/s");
+        for _ in 0..cfg.rounds {
+            let ours = tiny_tasks(50_000);
+            let base = raw_round_robin(50_000);
+            line.rounds.push((ours, base));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("map") {
+        let mut line = Line::new(cfg.name("map vs python Pool(2).map"), "tasks/s");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pool_map.py");
+        for _ in 0..cfg.rounds {
+            let ours = map(100_000);
+            let Some(python) = python_map(script, 100_000) else {
+                eprintln!("bench map: python3 {script} did not run; no baseline");
+                break;
+            };
+            line.rounds.push((ours, python));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+fn builder() -> WorkerPoolBuilder {
+    WorkerPoolBuilder::new()
+        .profile(BootstrapProfile::new())
+        .size(WORKERS)
+}
+
+/// Tiny tasks submitted one by one, results awaited oldest first.
+fn tiny_tasks(n: u64) -> f64 {
+    let pool = builder()
+        .in_flight_per_worker(DEPTH)
+        .build_tasks::<Tiny>()
+        .expect("task pool");
+    // Warm up the workers and the dispatcher.
+    pool.map(0..1000).expect("warm-up");
+    let start = Instant::now();
+    let mut handles = VecDeque::new();
+    for i in 0..n {
+        handles.push_back(pool.submit(i).expect("submit"));
+        if handles.len() > 4096 {
+            std::hint::black_box(handles.pop_front().unwrap().wait().expect("result"));
+        }
+    }
+    for h in handles {
+        std::hint::black_box(h.wait().expect("result"));
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `map` over `n` tiny items with the default (Python's) chunking.
+fn map(n: u64) -> f64 {
+    let pool = builder().build_tasks::<Tiny>().expect("task pool");
+    pool.map(0..1000).expect("warm-up");
+    let start = Instant::now();
+    let results = pool.map(0..n).expect("map");
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(results.last(), Some(&n));
+    rate
+}
+
+fn python_map(script: &str, n: u64) -> Option<f64> {
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(n.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+struct Peer {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The hand-written baseline: two raw pipe workers, `DEPTH` tasks in flight each, fed
+/// round-robin: read one answer from a worker (through a buffer), send it the next task.
+fn raw_round_robin(n: u64) -> f64 {
+    let mut peers: Vec<Peer> = (0..WORKERS)
+        .map(|_| {
+            let mut child = Command::new(std::env::current_exe().expect("current exe"))
+                .env(PEER_ENV, "1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start baseline peer");
+            let input = child.stdin.take().unwrap();
+            let output = BufReader::new(child.stdout.take().unwrap());
+            Peer {
+                child,
+                input,
+                output,
+            }
+        })
+        .collect();
+    let mut buf = [0u8; 8];
+    // Warm up: one round trip each.
+    for p in &mut peers {
+        p.input.write_all(&0u64.to_le_bytes()).unwrap();
+        p.output.read_exact(&mut buf).unwrap();
+    }
+    let start = Instant::now();
+    let mut next = 0u64;
+    let mut in_flight = vec![0usize; WORKERS];
+    while next < n && in_flight.iter().any(|f| *f < DEPTH) {
+        for (p, f) in peers.iter_mut().zip(&mut in_flight) {
+            if *f < DEPTH && next < n {
+                p.input.write_all(&next.to_le_bytes()).unwrap();
+                next += 1;
+                *f += 1;
+            }
+        }
+    }
+    let mut done = 0u64;
+    while done < n {
+        for (p, f) in peers.iter_mut().zip(&mut in_flight) {
+            if *f == 0 {
+                continue;
+            }
+            p.output.read_exact(&mut buf).unwrap();
+            std::hint::black_box(u64::from_le_bytes(buf));
+            *f -= 1;
+            done += 1;
+            if next < n {
+                p.input.write_all(&next.to_le_bytes()).unwrap();
+                next += 1;
+                *f += 1;
+            }
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
 }

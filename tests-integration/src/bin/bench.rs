@@ -12,6 +12,7 @@ use tests_integration::bench::{self, Config};
 fn main() -> anyhow::Result<()> {
     tests_integration::registry().run_if_worker();
     bench::dedicated::run_baseline_peer_if_asked();
+    bench::pool::run_peer_if_asked();
 
     let mut cfg = Config {
         rounds: 7,

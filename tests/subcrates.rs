@@ -7,6 +7,7 @@ fn subcrates_are_reexported() {
     let _: Option<exsyst_worker::worker::BoxError> = None;
     let _ = exsyst_worker::bootstrap::BootstrapProfile::default();
     let _ = exsyst_worker::killswitch::KillSwitch::new("/nonexistent/ks.json");
+    let _ = exsyst_worker::pool::WorkerPoolBuilder::new();
     let _ = exsyst_worker::WorkerFactory::new();
 }
 

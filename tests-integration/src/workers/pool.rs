@@ -136,6 +136,7 @@ impl TaskWorker for Commands {
         match command {
             Command::Echo(n) => Ok(n),
             Command::Pid => Ok(pid),
+            // A slow task is the behaviour under test here, not a way to wait for something.
             Command::Sleep(ms) => {
                 std::thread::sleep(Duration::from_millis(ms));
                 Ok(0)

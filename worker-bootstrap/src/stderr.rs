@@ -58,6 +58,9 @@ impl StderrTail {
                         tail.bytes.drain(..cut);
                     }
                 }
+                // Closed before `done` is told, so a master that saw the worker reaped and its
+                // stderr drained holds no descriptor of it any more.
+                drop(stderr);
                 let mut tail = shared.0.lock().unwrap_or_else(|e| e.into_inner());
                 tail.done = true;
                 shared.1.notify_all();

@@ -34,8 +34,19 @@ impl Line {
         median(self.rounds.iter().map(|(o, b)| o / b).collect())
     }
 
-    /// `bench NAME: RATIO x BASELINE (ours X, baseline Y)`.
+    /// `bench NAME: RATIO x BASELINE (ours X, baseline Y)`; with `EXSYST_BENCH_VERBOSE` set, the
+    /// rounds follow on lines of their own.
     pub fn render(&self) -> String {
+        let mut rounds = String::new();
+        if std::env::var_os("EXSYST_BENCH_VERBOSE").is_some() {
+            for (ours, base) in &self.rounds {
+                rounds.push_str(&format!(
+                    "\n  round: ours {}, baseline {}",
+                    fmt_num(*ours),
+                    fmt_num(*base)
+                ));
+            }
+        }
         let ours = median(self.rounds.iter().map(|r| r.0).collect());
         let base = median(self.rounds.iter().map(|r| r.1).collect());
         format!(
@@ -46,7 +57,7 @@ impl Line {
             fmt_num(base),
             self.rounds.len(),
             u = self.unit
-        )
+        ) + &rounds
     }
 }
 

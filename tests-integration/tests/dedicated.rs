@@ -428,3 +428,23 @@ fn huge_timeouts_and_grace_periods_mean_wait_not_panic() {
     );
     assert_eq!(w.close().unwrap().code(), Some(0));
 }
+
+#[test]
+fn a_send_to_a_stuck_worker_times_out_and_a_cut_frame_breaks_the_channel() {
+    let mut w = factory().create_worker::<IgnoresEof>().unwrap();
+    w.send_message("hi").unwrap();
+    assert_eq!(w.receive_message::<String>().unwrap(), "hi");
+    // The worker reads nothing more: 1 MiB cannot fit in its input pipe.
+    let waited = Duration::from_millis(100);
+    match w.send_message_timeout(&ByteBuf::from(vec![0u8; 1 << 20]), waited) {
+        Err(Error::Timeout { pid, waited: d }) => assert_eq!((pid, d), (w.pid(), waited)),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    let pid = w.pid();
+    assert!(matches!(w.send_message("more"), Err(Error::ChannelBroken { pid: p }) if p == pid));
+    assert!(matches!(
+        w.receive_message::<String>(),
+        Err(Error::ChannelBroken { pid: p }) if p == pid
+    ));
+    assert_eq!(w.kill().unwrap().signal(), Some(9));
+}

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use exsyst_worker::channel::serde_bytes::ByteBuf;
 use exsyst_worker::{
     WorkerFactory,
     bootstrap::Error as Bootstrap,
@@ -534,4 +535,38 @@ fn killing_the_master_leaves_no_worker_behind() {
             .all(|p| process_gone(*p))),
         "workers {pids:?} outlived their master"
     );
+}
+
+#[test]
+fn a_worker_too_stuck_to_take_its_input_does_not_hold_the_dispatcher() {
+    // One worker, two tasks in flight: the first never ends, the second is larger than the
+    // worker's input pipe, so sending it blocks until the dispatcher gives up on the worker.
+    let pool = builder()
+        .size(1)
+        .in_flight_per_worker(2)
+        .task_timeout(Duration::from_millis(300))
+        .build_tasks::<Commands>()
+        .unwrap();
+    let before = pool.pids();
+    let stuck = pool.submit(Command::Sleep(600_000)).unwrap();
+    // Sent on its own, not batched with the large one, which the worker would read whole.
+    assert!(wait_until(Duration::from_secs(10), || pool.stats().in_flight == 1));
+    let big = pool
+        .submit(Command::Len(ByteBuf::from(vec![7u8; 4 << 20])))
+        .unwrap();
+    let limit = timeout(Duration::from_secs(10));
+    assert!(stuck.wait_timeout(limit).is_err(), "the stuck task fails");
+    assert!(
+        big.wait_timeout(limit).is_err(),
+        "the task that could not be sent fails"
+    );
+    assert!(wait_until(Duration::from_secs(10), || pool.pids() != before));
+    assert!(process_gone(before[0]));
+    // The replacement serves, large payloads included.
+    let len = pool
+        .submit(Command::Len(ByteBuf::from(vec![7u8; 4 << 20])))
+        .unwrap()
+        .wait_timeout(limit)
+        .unwrap();
+    assert_eq!(len, 4 << 20);
 }

@@ -49,6 +49,8 @@ pub struct DedicatedWorker {
     grace: Duration,
     /// Set once the worker is reaped.
     exited: Option<(ExitStatus, String)>,
+    /// A send gave up half-way through a frame: the stream can no longer be trusted.
+    broken: bool,
 }
 
 impl DedicatedWorker {
@@ -113,6 +115,7 @@ impl DedicatedWorker {
             stderr,
             grace: profile.close_grace(),
             exited: None,
+            broken: false,
         };
         encode_frame(
             Codec::MessagePack,
@@ -125,7 +128,7 @@ impl DedicatedWorker {
             pid: worker.pid,
             source,
         })?;
-        worker.write_out()?;
+        worker.write_out(None)?;
         Ok(worker)
     }
 
@@ -149,7 +152,37 @@ impl DedicatedWorker {
     /// While the worker's input is full, this reads what the worker sends meanwhile (kept for the
     /// next receives), so two large messages crossing each other cannot deadlock.
     pub fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
-        if let Some(e) = self.exited_error() {
+        self.send_until(message, None)
+    }
+
+    /// Sends one message, giving up after `timeout` if the worker does not take it (it is stuck
+    /// and its input is full).
+    ///
+    /// A send that gives up before writing anything returns [`Error::Timeout`] and leaves the
+    /// channel as it was. One that gave up part-way through the message returns
+    /// [`Error::Timeout`] too, but the worker would read a cut frame: every later call then
+    /// fails with [`Error::ChannelBroken`], and the worker should be killed.
+    pub fn send_message_timeout<T: Serialize + ?Sized>(
+        &mut self,
+        message: &T,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.send_until(message, sys::deadline_after(timeout))
+            .map_err(|e| match e {
+                Error::Timeout { pid, .. } => Error::Timeout {
+                    pid,
+                    waited: timeout,
+                },
+                other => other,
+            })
+    }
+
+    fn send_until<T: Serialize + ?Sized>(
+        &mut self,
+        message: &T,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        if let Some(e) = self.unusable() {
             return Err(e);
         }
         self.out.clear();
@@ -164,7 +197,7 @@ impl DedicatedWorker {
             pid: self.pid,
             source,
         })?;
-        let result = self.write_out();
+        let result = self.write_out(deadline);
         if self.out.capacity() > 4 << 20 {
             self.out = Vec::new();
         }
@@ -205,6 +238,9 @@ impl DedicatedWorker {
         &mut self,
         deadline: Option<Instant>,
     ) -> Result<Option<T>, Error> {
+        if self.broken {
+            return Err(Error::ChannelBroken { pid: self.pid });
+        }
         loop {
             let pid = self.pid;
             let channel = |source| Error::Channel { pid, source };
@@ -251,8 +287,8 @@ impl DedicatedWorker {
     }
 
     /// Writes `self.out` whole to the worker's non-blocking input, reading the worker's output
-    /// whenever the input is full.
-    fn write_out(&mut self) -> Result<(), Error> {
+    /// whenever the input is full, until `deadline`.
+    fn write_out(&mut self, deadline: Option<Instant>) -> Result<(), Error> {
         let pid = self.pid;
         let mut written = 0;
         while written < self.out.len() {
@@ -268,9 +304,15 @@ impl DedicatedWorker {
                     if !self.eof {
                         fds.push((self.stdout.as_fd(), true, false));
                     }
-                    let ready = sys::poll(&fds, None)
-                        .map_err(|source| Error::Io { pid, source })?
-                        .expect("no deadline");
+                    let Some(ready) =
+                        sys::poll(&fds, deadline).map_err(|source| Error::Io { pid, source })?
+                    else {
+                        self.broken = written > 0;
+                        return Err(Error::Timeout {
+                            pid,
+                            waited: Duration::ZERO,
+                        });
+                    };
                     if ready.get(1).is_some_and(|r| r.readable || r.hangup) {
                         self.read_once()?;
                     }
@@ -293,6 +335,14 @@ impl DedicatedWorker {
                 source,
             },
         }
+    }
+
+    /// Why nothing can be sent any more, if so.
+    fn unusable(&self) -> Option<Error> {
+        self.exited_error().or_else(|| {
+            self.broken
+                .then_some(Error::ChannelBroken { pid: self.pid })
+        })
     }
 
     fn exited_error(&self) -> Option<Error> {

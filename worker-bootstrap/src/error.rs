@@ -31,7 +31,13 @@ pub enum Error {
         /// The worker's process id.
         pid: u32,
     },
-    /// Nothing arrived within the time given.
+    /// A send gave up part-way through a message, so the worker would read a cut frame: the
+    /// channel cannot be used any more, and the worker should be killed.
+    ChannelBroken {
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// Nothing arrived (or, for a send, the worker took nothing) within the time given.
     Timeout {
         /// The worker's process id.
         pid: u32,
@@ -129,8 +135,15 @@ impl fmt::Display for Error {
             Error::ChannelClosed { pid } => {
                 write!(f, "worker (pid {pid}) closed its channel but did not exit")
             }
+            Error::ChannelBroken { pid } => write!(
+                f,
+                "channel to worker (pid {pid}) broken by a send that gave up part-way"
+            ),
             Error::Timeout { pid, waited } => {
-                write!(f, "no message from worker (pid {pid}) within {waited:?}")
+                write!(
+                    f,
+                    "timed out after {waited:?} waiting on worker (pid {pid})"
+                )
             }
             Error::Channel { pid, .. } => write!(f, "channel to worker (pid {pid}) failed"),
             Error::Io { pid, .. } => write!(f, "i/o error with worker (pid {pid})"),

@@ -325,7 +325,14 @@ impl<W: TaskWorker> Dispatcher<W> {
         self.next = (index + 1) % self.slots.len();
         let slot = &mut self.slots[index];
         let tasks = job.completer.tasks();
-        match slot.worker.send_message(&job.request) {
+        // With a task timeout, a worker too stuck to take its input is a worker past its
+        // timeout: the send gives up, and the worker is replaced like any lost one, instead of
+        // holding the dispatcher (and every other worker) forever.
+        let sent = match self.task_timeout {
+            Some(timeout) => slot.worker.send_message_timeout(&job.request, timeout),
+            None => slot.worker.send_message(&job.request),
+        };
+        match sent {
             Ok(()) => {
                 if slot.load == 0 {
                     slot.head_since = Instant::now();

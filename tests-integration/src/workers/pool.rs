@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use exsyst_worker::channel::serde_bytes::ByteBuf;
 use exsyst_worker::{
     BoxError, RawWorker, Registry, Worker, WorkerChannel,
     channel::{FrameKind, encode_frame},
@@ -114,6 +115,8 @@ pub enum Command {
     Exit(i32),
     /// The worker panics with this text.
     Panic(String),
+    /// Answers the length of a payload (large ones fill the worker's input pipe).
+    Len(ByteBuf),
 }
 
 /// A task worker driven by [`Command`]s.
@@ -151,6 +154,7 @@ impl TaskWorker for Commands {
             Command::Fail(text) => Err(text),
             Command::Exit(code) => std::process::exit(code),
             Command::Panic(text) => panic!("{text}"),
+            Command::Len(bytes) => Ok(bytes.len() as u64),
         }
     }
 }

@@ -106,7 +106,9 @@ impl WorkerPoolBuilder {
     /// [`Error::Cancelled`]. A task's time starts when its worker starts it (when the reply to
     /// the message before it arrives), not when it is sent; tasks batched into one message (see
     /// [`in_flight_per_worker`](Self::in_flight_per_worker)) share one deadline and all fail
-    /// with [`Error::TaskTimeout`].
+    /// with [`Error::TaskTimeout`]. A worker that does not even take a task's message within
+    /// the timeout (it is stuck and its input is full) is replaced the same way, so a stuck
+    /// worker never holds up the others; without a task timeout, that send waits.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self.task_only("task_timeout")

@@ -550,7 +550,10 @@ fn a_worker_too_stuck_to_take_its_input_does_not_hold_the_dispatcher() {
     let before = pool.pids();
     let stuck = pool.submit(Command::Sleep(600_000)).unwrap();
     // Sent on its own, not batched with the large one, which the worker would read whole.
-    assert!(wait_until(Duration::from_secs(10), || pool.stats().in_flight == 1));
+    assert!(wait_until(Duration::from_secs(10), || pool
+        .stats()
+        .in_flight
+        == 1));
     let big = pool
         .submit(Command::Len(ByteBuf::from(vec![7u8; 4 << 20])))
         .unwrap();

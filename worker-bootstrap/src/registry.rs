@@ -150,13 +150,10 @@ impl Registry {
         let code = match self.run_worker(implementation) {
             Ok(()) => 0,
             Err(e) => {
-                let mut message = format!("exsyst-worker: worker failed: {e}");
-                let mut source = e.source();
-                while let Some(s) = source {
-                    message.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                eprintln!("{message}");
+                eprintln!(
+                    "exsyst-worker: worker failed: {}",
+                    worker_core::error_chain(&*e)
+                );
                 EXIT_FAILURE
             }
         };

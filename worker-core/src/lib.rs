@@ -42,7 +42,7 @@ mod worker;
 
 pub use raw::{RawWorker, WorkerChannel};
 pub use sys::take_stdio_channel;
-pub use worker::{BoxError, Worker};
+pub use worker::{BoxError, Worker, error_chain};
 
 // The evented side (event loop, non-blocking channel, EventedWorker and its runtime).
 mod event_loop;

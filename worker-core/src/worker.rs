@@ -20,3 +20,16 @@ pub trait Worker: Sized + 'static {
     /// and the error text in the tail of its standard error.
     fn new(args: Self::Args) -> Result<Self, BoxError>;
 }
+
+/// An error followed by each of its sources, `": "` between them: the whole story in one line,
+/// for standard error and for error messages that cross a process boundary.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -42,14 +42,7 @@ fn spawn<W: EventedWorker + Send>(
 
 /// An error and its sources, for exact assertions.
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    worker_core::error_chain(e)
 }
 
 fn finish(done: &crossbeam_channel::Receiver<Result<(), String>>) -> Result<(), String> {

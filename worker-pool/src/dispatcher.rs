@@ -18,7 +18,6 @@ use worker_bootstrap::DedicatedWorker;
 use crate::{
     Error, TaskWorker,
     builder::{RestartLimit, Spawner, TaskConfig},
-    error::chain_text,
     pool::register,
     task_worker::{Reply, Request},
     tasks::{ChunkDone, Shared, lock},
@@ -560,7 +559,10 @@ impl<W: TaskWorker> Dispatcher<W> {
         let error = match error {
             e @ Error::PoolFailed { .. } => e,
             other => Error::PoolFailed {
-                reason: format!("cannot start a replacement worker: {}", chain_text(&other)),
+                reason: format!(
+                    "cannot start a replacement worker: {}",
+                    worker_core::error_chain(&other)
+                ),
             },
         };
         if let Error::PoolFailed { reason } = &error {

@@ -168,20 +168,9 @@ pub(crate) fn duplicate_bootstrap(e: &worker_bootstrap::Error) -> worker_bootstr
                 B::Channel { pid, .. } => *pid,
                 _ => 0,
             },
-            source: io::Error::other(chain_text(other)),
+            source: io::Error::other(worker_core::error_chain(other)),
         },
     }
-}
-
-pub(crate) fn chain_text(e: &dyn error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 impl fmt::Display for Error {

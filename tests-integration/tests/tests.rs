@@ -5,6 +5,7 @@
 
 mod dedicated;
 mod evented;
+mod fuzz;
 mod pool;
 mod protocol;
 mod support;

@@ -530,7 +530,7 @@ fn killing_the_master_leaves_no_worker_behind() {
     sigkill(master.child.id());
     let _ = master.child.wait();
     assert!(
-        wait_until(Duration::from_secs(1), || pids
+        wait_within(Duration::from_secs(1), || pids
             .iter()
             .all(|p| process_gone(*p))),
         "workers {pids:?} outlived their master"

@@ -45,11 +45,20 @@ pub fn process_gone(pid: u32) -> bool {
     }
 }
 
+/// Waits until `cond` holds, polling with a short back-off, up to `limit` exactly: for bounds
+/// that are the requirement itself ("gone within one second"), which no machine may stretch.
+pub fn wait_within(limit: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_until(Instant::now() + limit, cond)
+}
+
 /// Waits until `cond` holds, polling with a short back-off, up to the scaled `limit`.
 /// Returns whether it held in time. Polling here replaces a fixed sleep: it ends as soon as the
 /// condition is true.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout(limit);
+pub fn wait_until(limit: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_until(Instant::now() + timeout(limit), cond)
+}
+
+fn poll_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
     let mut pause = Duration::from_millis(1);
     loop {
         if cond() {

@@ -300,12 +300,11 @@ impl DedicatedWorker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let stdin = self.stdin.as_ref().expect("checked above").as_fd();
-                    let mut fds = vec![(stdin, false, true)];
-                    if !self.eof {
-                        fds.push((self.stdout.as_fd(), true, false));
-                    }
+                    // Once the worker's output has ended there is nothing to read meanwhile.
+                    let fds = [(stdin, false, true), (self.stdout.as_fd(), true, false)];
+                    let fds = if self.eof { &fds[..1] } else { &fds[..] };
                     let Some(ready) =
-                        sys::poll(&fds, deadline).map_err(|source| Error::Io { pid, source })?
+                        sys::poll(fds, deadline).map_err(|source| Error::Io { pid, source })?
                     else {
                         self.broken = written > 0;
                         return Err(Error::Timeout {
@@ -313,7 +312,7 @@ impl DedicatedWorker {
                             waited: Duration::ZERO,
                         });
                     };
-                    if ready.get(1).is_some_and(|r| r.readable || r.hangup) {
+                    if !self.eof && (ready[1].readable || ready[1].hangup) {
                         self.read_once()?;
                     }
                 }

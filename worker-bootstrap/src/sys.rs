@@ -38,6 +38,9 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// The most descriptors [`poll`] waits on at once: a worker's input and output.
+pub(crate) const MAX_POLL_FDS: usize = 2;
+
 /// What [`poll`] found on one descriptor.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Ready {
@@ -48,18 +51,28 @@ pub(crate) struct Ready {
 
 /// Waits until one of `fds` is ready for what is asked (`(fd, want_read, want_write)`), or until
 /// `deadline`. Returns `Ok(None)` on timeout. Interrupted waits are resumed.
+///
+/// At most [`MAX_POLL_FDS`] descriptors: the arrays live on the stack, as this runs once per
+/// non-blocking receive of a pool's dispatcher.
 pub(crate) fn poll(
     fds: &[(BorrowedFd<'_>, bool, bool)],
     deadline: Option<Instant>,
-) -> io::Result<Option<Vec<Ready>>> {
-    let mut pollfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&(fd, r, w)| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: (if r { libc::POLLIN } else { 0 }) | (if w { libc::POLLOUT } else { 0 }),
-            revents: 0,
-        })
-        .collect();
+) -> io::Result<Option<[Ready; MAX_POLL_FDS]>> {
+    assert!(
+        fds.len() <= MAX_POLL_FDS,
+        "poll takes at most {MAX_POLL_FDS} descriptors"
+    );
+    let unused = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    let mut pollfds = [unused; MAX_POLL_FDS];
+    for (slot, &(fd, r, w)) in pollfds.iter_mut().zip(fds) {
+        slot.fd = fd.as_raw_fd();
+        slot.events = (if r { libc::POLLIN } else { 0 }) | (if w { libc::POLLOUT } else { 0 });
+    }
+    let pollfds = &mut pollfds[..fds.len()];
     loop {
         let timeout = match deadline {
             None => -1,
@@ -81,16 +94,12 @@ pub(crate) fn poll(
                 }
             }
             Ok(_) => {
-                return Ok(Some(
-                    pollfds
-                        .iter()
-                        .map(|p| Ready {
-                            readable: p.revents & libc::POLLIN != 0,
-                            hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
-                                != 0,
-                        })
-                        .collect(),
-                ));
+                let mut ready = [Ready::default(); MAX_POLL_FDS];
+                for (r, p) in ready.iter_mut().zip(pollfds.iter()) {
+                    r.readable = p.revents & libc::POLLIN != 0;
+                    r.hangup = p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+                }
+                return Ok(Some(ready));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

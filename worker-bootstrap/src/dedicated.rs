@@ -167,7 +167,7 @@ impl DedicatedWorker {
         message: &T,
         timeout: Duration,
     ) -> Result<(), Error> {
-        self.send_until(message, sys::deadline_after(timeout))
+        self.send_until(message, worker_core::deadline_after(timeout))
             .map_err(|e| match e {
                 Error::Timeout { pid, .. } => Error::Timeout {
                     pid,
@@ -217,7 +217,7 @@ impl DedicatedWorker {
         &mut self,
         timeout: Duration,
     ) -> Result<T, Error> {
-        self.receive_until(sys::deadline_after(timeout))?
+        self.receive_until(worker_core::deadline_after(timeout))?
             .ok_or(Error::Timeout {
                 pid: self.pid,
                 waited: timeout,
@@ -361,7 +361,7 @@ impl DedicatedWorker {
         if let Some((status, _)) = &self.exited {
             return Ok(Some(*status));
         }
-        if !sys::wait_exited_no_reap(self.pid, sys::deadline_after(wait))? {
+        if !sys::wait_exited_no_reap(self.pid, worker_core::deadline_after(wait))? {
             return Ok(None);
         }
         Ok(Some(self.reap()?))
@@ -409,7 +409,7 @@ impl DedicatedWorker {
             return Ok(*status);
         }
         self.stdin = None;
-        let deadline = sys::deadline_after(self.grace);
+        let deadline = worker_core::deadline_after(self.grace);
         let mut scratch = [0u8; 16 * 1024];
         while !self.eof {
             match sys::poll(&[(self.stdout.as_fd(), true, false)], deadline)? {

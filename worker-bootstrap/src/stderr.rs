@@ -70,7 +70,7 @@ impl StderrTail {
 
     /// The last lines written, waiting up to `wait` for the worker's last bytes to be drained.
     pub(crate) fn text(&self, wait: Duration) -> String {
-        let deadline = Instant::now().checked_add(wait);
+        let deadline = worker_core::deadline_after(wait);
         let mut tail = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
         while !tail.done {
             let left = deadline.map_or(wait, |d| d.saturating_duration_since(Instant::now()));

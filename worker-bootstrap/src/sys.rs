@@ -6,24 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Runs a libc call that returns -1 on failure, giving `io::Result` of its value.
-macro_rules! syscall {
-    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
-        // SAFETY: the caller of the macro states why the call is sound.
-        let res = unsafe { libc::$fn($($arg, )*) };
-        if res == -1 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(res)
-        }
-    }};
-}
-
-/// The instant `after` from now; `None` (wait for ever) when that is past what `Instant` can
-/// hold, so a huge timeout is never a panic.
-pub(crate) fn deadline_after(after: Duration) -> Option<Instant> {
-    Instant::now().checked_add(after)
-}
+use worker_core::syscall;
 
 /// Puts a descriptor in non-blocking mode.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -11,7 +11,7 @@ use std::{
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Registry, Token, Waker, event::Source};
 
-use crate::{BoxError, EventedError};
+use crate::{BoxError, Error};
 
 /// Stands for "never" where a delay is past what `Instant` can hold.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -198,13 +198,13 @@ impl<S> fmt::Debug for EventLoop<S> {
 
 impl<S: 'static> EventLoop<S> {
     /// A new loop.
-    pub fn new() -> Result<Self, EventedError> {
+    pub fn new() -> Result<Self, Error> {
         Self::with_capacity(DEFAULT_EVENTS_CAPACITY)
     }
 
     /// A new loop that takes up to `events_capacity` readiness events per turn.
-    pub fn with_capacity(events_capacity: usize) -> Result<Self, EventedError> {
-        let io = |op| move |source| EventedError::Io { op, source };
+    pub fn with_capacity(events_capacity: usize) -> Result<Self, Error> {
+        let io = |op| move |source| Error::Io { op, source };
         let poll = Poll::new().map_err(io("create poll"))?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(io("create waker"))?;
         let (posted_tx, posted_rx) = crossbeam_channel::unbounded();
@@ -241,7 +241,7 @@ impl<S: 'static> EventLoop<S> {
         mut source: T,
         interest: Interest,
         handler: F,
-    ) -> Result<SourceId, EventedError>
+    ) -> Result<SourceId, Error>
     where
         T: Source + 'static,
         F: FnMut(&mut S, &mut EventLoop<S>, &mut T, Readiness) -> Result<(), BoxError> + 'static,
@@ -270,7 +270,7 @@ impl<S: 'static> EventLoop<S> {
             .register(&mut source, id.token(), interest)
         {
             self.free.push(index);
-            return Err(EventedError::Io {
+            return Err(Error::Io {
                 op: "register",
                 source,
             });
@@ -285,7 +285,7 @@ impl<S: 'static> EventLoop<S> {
     ///
     /// Returns `false` for an id that is no longer registered. A handler may change its own
     /// source's interest; the change applies when the handler returns.
-    pub fn reregister(&mut self, id: SourceId, interest: Interest) -> Result<bool, EventedError> {
+    pub fn reregister(&mut self, id: SourceId, interest: Interest) -> Result<bool, Error> {
         let Some(slot) = live_slot(&mut self.slots, id) else {
             return Ok(false);
         };
@@ -294,7 +294,7 @@ impl<S: 'static> EventLoop<S> {
                 .poll
                 .registry()
                 .reregister(entry.source(), id.token(), interest)
-                .map_err(|source| EventedError::Io {
+                .map_err(|source| Error::Io {
                     op: "reregister",
                     source,
                 })?,
@@ -435,10 +435,10 @@ impl<S: 'static> EventLoop<S> {
     /// Runs the loop until [`EventLoop::stop`] is called, a handler fails, or nothing is
     /// registered any more.
     ///
-    /// A handler's error stops the loop at once and is returned; an [`EventedError`] a handler
-    /// returned comes back as it is, any other error as [`EventedError::Handler`]. A panicking
+    /// A handler's error stops the loop at once and is returned; an [`Error`] a handler
+    /// returned comes back as it is, any other error as [`Error::Handler`]. A panicking
     /// handler unwinds through `run`.
-    pub fn run(&mut self, state: &mut S) -> Result<(), EventedError> {
+    pub fn run(&mut self, state: &mut S) -> Result<(), Error> {
         self.stopped = false;
         loop {
             self.run_posted(state)?;
@@ -451,7 +451,7 @@ impl<S: 'static> EventLoop<S> {
 
     /// Waits for events (at most `max_wait`, or until the next timer), then dispatches them and
     /// the timers that are due: one iteration of [`EventLoop::run`].
-    pub fn turn(&mut self, state: &mut S, max_wait: Option<Duration>) -> Result<(), EventedError> {
+    pub fn turn(&mut self, state: &mut S, max_wait: Option<Duration>) -> Result<(), Error> {
         let mut timeout = self.next_deadline().map(|deadline| {
             let now = Instant::now();
             deadline.saturating_duration_since(now)
@@ -463,7 +463,7 @@ impl<S: 'static> EventLoop<S> {
             Ok(()) => {}
             // A signal: the timers below still run, and the caller's loop polls again.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => return Err(EventedError::Io { op: "poll", source }),
+            Err(source) => return Err(Error::Io { op: "poll", source }),
         }
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
@@ -478,11 +478,7 @@ impl<S: 'static> EventLoop<S> {
         self.fire_timers(state)
     }
 
-    fn dispatch_ready(
-        &mut self,
-        state: &mut S,
-        ready: &[(Token, Readiness)],
-    ) -> Result<(), EventedError> {
+    fn dispatch_ready(&mut self, state: &mut S, ready: &[(Token, Readiness)]) -> Result<(), Error> {
         for &(token, readiness) in ready {
             if token == WAKER {
                 self.run_posted(state)?;
@@ -498,7 +494,7 @@ impl<S: 'static> EventLoop<S> {
         state: &mut S,
         id: SourceId,
         readiness: Readiness,
-    ) -> Result<(), EventedError> {
+    ) -> Result<(), Error> {
         // A stale event (its source was deregistered earlier in this turn) finds no entry.
         let Some(mut entry) = live_slot(&mut self.slots, id).and_then(|slot| slot.entry.take())
         else {
@@ -515,8 +511,8 @@ impl<S: 'static> EventLoop<S> {
             });
             self.slots[id.index as usize].entry = Some(entry);
             if let Some(Err(source)) = reregistered {
-                result.map_err(|e| EventedError::from_handler("handler", e))?;
-                return Err(EventedError::Io {
+                result.map_err(|e| Error::from_handler("handler", e))?;
+                return Err(Error::Io {
                     op: "reregister",
                     source,
                 });
@@ -527,12 +523,12 @@ impl<S: 'static> EventLoop<S> {
             drop(entry);
             self.free_slot(id.index);
         }
-        result.map_err(|e| EventedError::from_handler("handler", e))
+        result.map_err(|e| Error::from_handler("handler", e))
     }
 
-    fn run_posted(&mut self, state: &mut S) -> Result<(), EventedError> {
+    fn run_posted(&mut self, state: &mut S) -> Result<(), Error> {
         while let Ok(posted) = self.posted_rx.try_recv() {
-            posted(state, self).map_err(|e| EventedError::from_handler("posted closure", e))?;
+            posted(state, self).map_err(|e| Error::from_handler("posted closure", e))?;
         }
         Ok(())
     }
@@ -547,7 +543,7 @@ impl<S: 'static> EventLoop<S> {
         None
     }
 
-    fn fire_timers(&mut self, state: &mut S) -> Result<(), EventedError> {
+    fn fire_timers(&mut self, state: &mut S) -> Result<(), Error> {
         let now = Instant::now();
         while let Some(deadline) = self.next_deadline() {
             if deadline > now {
@@ -568,7 +564,7 @@ impl<S: 'static> EventLoop<S> {
                 self.heap.push(Reverse((timer.deadline, id)));
                 self.timers.insert(id, timer);
             }
-            result.map_err(|e| EventedError::from_handler("timer", e))?;
+            result.map_err(|e| Error::from_handler("timer", e))?;
         }
         Ok(())
     }
@@ -608,16 +604,14 @@ impl<S> fmt::Debug for LoopHandle<S> {
 impl<S> LoopHandle<S> {
     /// Queues `work` for the loop's thread and wakes the loop.
     ///
-    /// Fails with [`EventedError::LoopGone`] once the loop has been dropped.
-    pub fn post<F>(&self, work: F) -> Result<(), EventedError>
+    /// Fails with [`Error::LoopGone`] once the loop has been dropped.
+    pub fn post<F>(&self, work: F) -> Result<(), Error>
     where
         F: FnOnce(&mut S, &mut EventLoop<S>) -> Result<(), BoxError> + Send + 'static,
     {
-        self.tx
-            .send(Box::new(work))
-            .map_err(|_| EventedError::LoopGone)?;
+        self.tx.send(Box::new(work)).map_err(|_| Error::LoopGone)?;
         self.waker
             .wake()
-            .map_err(|source| EventedError::Io { op: "wake", source })
+            .map_err(|source| Error::Io { op: "wake", source })
     }
 }

@@ -5,9 +5,7 @@ use std::{collections::HashMap, fmt, marker::PhantomData};
 use serde::{Serialize, de::DeserializeOwned};
 use worker_channel::FrameKind;
 
-use crate::{
-    BoxError, EventLoop, EventedError, NbChannel, Readiness, SourceId, Worker, WorkerChannel,
-};
+use crate::{BoxError, Error, EventLoop, NbChannel, Readiness, SourceId, Worker, WorkerChannel};
 
 /// The event loop an [`EventedWorker`] runs on: its state is the worker's [`WorkerHost`].
 pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
@@ -29,7 +27,7 @@ pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
 /// [`Connection::peer_name`].
 ///
 /// An error from a callback, or from a handler the worker registered, ends the runtime with
-/// [`EventedError::Handler`] naming the callback; a panic unwinds out of the runtime.
+/// [`Error::Handler`] naming the callback; a panic unwinds out of the runtime.
 ///
 /// A worker that squares numbers and, on its own timer, tells its master it is alive; a thread
 /// stands in for the master here:
@@ -198,7 +196,7 @@ impl<R: Serialize> Connection<R> {
 
     /// Sends a reply, writing at once when nothing is queued (see [`NbChannel::send`] for the
     /// queue bound and what happens once the peer is gone).
-    pub fn send(&mut self, reply: &R) -> Result<(), EventedError> {
+    pub fn send(&mut self, reply: &R) -> Result<(), Error> {
         self.channel.send(FrameKind::Data, reply)
     }
 
@@ -273,8 +271,8 @@ impl<W: EventedWorker + fmt::Debug> fmt::Debug for WorkerHost<W> {
     }
 }
 
-fn callback(name: &'static str) -> impl FnOnce(BoxError) -> EventedError {
-    move |source| EventedError::Handler {
+fn callback(name: &'static str) -> impl FnOnce(BoxError) -> Error {
+    move |source| Error::Handler {
         callback: name,
         source,
     }
@@ -328,7 +326,7 @@ impl<W: EventedWorker> WorkerHost<W> {
 
     /// Calls [`EventedWorker::set_loop`] then [`EventedWorker::initialize`]; only the first
     /// call does anything.
-    pub fn start(&mut self, event_loop: &mut WorkerLoop<W>) -> Result<(), EventedError> {
+    pub fn start(&mut self, event_loop: &mut WorkerLoop<W>) -> Result<(), Error> {
         if std::mem::replace(&mut self.started, true) {
             return Ok(());
         }
@@ -339,7 +337,7 @@ impl<W: EventedWorker> WorkerHost<W> {
     }
 
     /// Calls [`EventedWorker::terminate`]; only the first call does anything.
-    pub fn terminate(&mut self, event_loop: &mut WorkerLoop<W>) -> Result<(), EventedError> {
+    pub fn terminate(&mut self, event_loop: &mut WorkerLoop<W>) -> Result<(), Error> {
         if std::mem::replace(&mut self.terminated, true) {
             return Ok(());
         }
@@ -355,7 +353,7 @@ impl<W: EventedWorker> WorkerHost<W> {
         event_loop: &mut WorkerLoop<W>,
         channel: NbChannel,
         peer_name: impl Into<String>,
-    ) -> Result<ConnectionId, EventedError> {
+    ) -> Result<ConnectionId, Error> {
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
         let source = event_loop.register(
@@ -391,7 +389,7 @@ impl<W: EventedWorker> WorkerHost<W> {
         event_loop: &mut WorkerLoop<W>,
         id: ConnectionId,
         ready: Readiness,
-    ) -> Result<(), EventedError> {
+    ) -> Result<(), Error> {
         let Some(connection) = self.connections.map.get_mut(&id) else {
             return Ok(());
         };
@@ -404,11 +402,11 @@ impl<W: EventedWorker> WorkerHost<W> {
             let message = match connection.channel.receive()? {
                 Some(frame) if frame.kind == FrameKind::Data => codec
                     .decode::<W::Message>(frame.payload)
-                    .map_err(EventedError::Channel)?,
+                    .map_err(Error::Channel)?,
                 Some(frame) => {
-                    return Err(EventedError::Channel(
-                        worker_channel::Error::UnexpectedFrameKind { kind: frame.kind },
-                    ));
+                    return Err(Error::Channel(worker_channel::Error::UnexpectedFrameKind {
+                        kind: frame.kind,
+                    }));
                 }
                 None => break,
             };
@@ -428,7 +426,7 @@ impl<W: EventedWorker> WorkerHost<W> {
         &mut self,
         event_loop: &mut WorkerLoop<W>,
         id: ConnectionId,
-    ) -> Result<(), EventedError> {
+    ) -> Result<(), Error> {
         let Some(mut connection) = self.connections.map.remove(&id) else {
             return Ok(());
         };
@@ -462,9 +460,9 @@ impl<W: EventedWorker> WorkerHost<W> {
 /// returns once the worker has taken everything off the loop. A master that dies takes the
 /// same path: its end of the pipe closes as its process ends, and replies it can no longer
 /// read are dropped. A frame cut short by the end of stream is an error
-/// ([`worker_channel::Error::Truncated`] in [`EventedError::Channel`]), and so is a
-/// callback's error ([`EventedError::Handler`]); the runtime ends at once then, without
-/// `terminate`. The returned error is always an [`EventedError`].
+/// ([`worker_channel::Error::Truncated`] in [`Error::Channel`]), and so is a
+/// callback's error ([`Error::Handler`]); the runtime ends at once then, without
+/// `terminate`. The returned error is always an [`Error`].
 pub fn run_evented<W: EventedWorker>(
     worker: W,
     mut channel: WorkerChannel,
@@ -473,7 +471,7 @@ pub fn run_evented<W: EventedWorker>(
     let (codec, max_frame_len) = (channel.codec(), channel.max_frame_len());
     let (input, output) = channel.into_parts();
     let channel = NbChannel::from_files(input, output, codec, max_frame_len)
-        .map_err(|source| EventedError::Io {
+        .map_err(|source| Error::Io {
             op: "set up channel",
             source,
         })?

@@ -36,23 +36,29 @@
 //! Registering implementations and starting worker processes is `worker-bootstrap`'s job; this
 //! crate is what runs inside the worker.
 
+mod deadline;
 mod raw;
-mod sys;
+#[doc(hidden)]
+pub mod sys;
 mod worker;
 
+pub use deadline::{deadline_after, deadline_from, time_left};
+/// The event library the evented side is built on, re-exported so that users name the same
+/// version as this crate ([`mio::Interest`], [`mio::event::Source`], ...).
+pub use mio;
 pub use raw::{RawWorker, WorkerChannel};
 pub use sys::take_stdio_channel;
 pub use worker::{BoxError, Worker, error_chain};
 
 // The evented side (event loop, non-blocking channel, EventedWorker and its runtime).
+mod error;
 mod event_loop;
 mod evented;
-mod evented_error;
 mod nb_channel;
 
+pub use error::Error;
 pub use event_loop::{EventLoop, LoopHandle, Readiness, SourceId, TimerId};
 pub use evented::{
     Connection, ConnectionId, Connections, EventedWorker, WorkerHost, WorkerLoop, run_evented,
 };
-pub use evented_error::EventedError;
 pub use nb_channel::{DEFAULT_MAX_QUEUED, NbChannel};

@@ -19,7 +19,7 @@ use mio::{
 use serde::Serialize;
 use worker_channel::{Codec, FrameDecoder, FrameKind, FrameRef, encode_frame};
 
-use crate::{EventedError, Readiness};
+use crate::{Error, Readiness};
 
 /// The default bound of a channel's outgoing queue: 8 MiB.
 pub const DEFAULT_MAX_QUEUED: usize = 8 * 1024 * 1024;
@@ -117,7 +117,7 @@ impl Source for ChannelSource {
 /// - Sending ([`NbChannel::send`]) writes at once when nothing is queued (no wait for a writable
 ///   event), and queues what the stream does not take.
 /// - Backpressure: a send that finds [`NbChannel::max_queued`] bytes or more already queued is
-///   refused with [`EventedError::QueueFull`], and [`NbChannel::receive`] hands out nothing
+///   refused with [`Error::QueueFull`], and [`NbChannel::receive`] hands out nothing
 ///   while the queue is at its bound, so a peer that sends but never reads cannot make this
 ///   side grow without bound. The queue holds at most the bound plus one frame.
 ///
@@ -281,21 +281,21 @@ impl NbChannel {
 
     /// Sends one message as a frame of `kind`, writing at once when nothing is queued.
     ///
-    /// Refused with [`EventedError::QueueFull`] when the queue is at its bound, and with
-    /// [`EventedError::Channel`] when the message cannot be encoded or is too large; nothing
+    /// Refused with [`Error::QueueFull`] when the queue is at its bound, and with
+    /// [`Error::Channel`] when the message cannot be encoded or is too large; nothing
     /// is queued then. Once the peer is gone ([`NbChannel::is_write_closed`]) sends succeed
     /// and are dropped, as a message in flight when a peer dies would be.
     pub fn send<T: Serialize + ?Sized>(
         &mut self,
         kind: FrameKind,
         message: &T,
-    ) -> Result<(), EventedError> {
+    ) -> Result<(), Error> {
         if self.write_closed {
             return Ok(());
         }
         let queued = self.queued_bytes();
         if queued >= self.max_queued {
-            return Err(EventedError::QueueFull {
+            return Err(Error::QueueFull {
                 queued,
                 limit: self.max_queued,
             });
@@ -306,7 +306,7 @@ impl NbChannel {
             self.out_pos = 0;
         }
         encode_frame(self.codec, kind, message, self.max_frame_len, &mut self.out)
-            .map_err(EventedError::Channel)?;
+            .map_err(Error::Channel)?;
         if queued == 0 {
             self.flush()?;
         }
@@ -318,7 +318,7 @@ impl NbChannel {
     ///
     /// The peer having closed its end is not an error here: the queue is dropped and
     /// [`NbChannel::is_write_closed`] turns true.
-    pub fn flush(&mut self) -> Result<bool, EventedError> {
+    pub fn flush(&mut self) -> Result<bool, Error> {
         while self.out_pos < self.out.len() {
             let pending = &self.out[self.out_pos..];
             match self.transport.write(pending) {
@@ -342,7 +342,7 @@ impl NbChannel {
                     self.out_pos = self.out.len();
                 }
                 Err(source) => {
-                    return Err(EventedError::Io {
+                    return Err(Error::Io {
                         op: "write",
                         source,
                     });
@@ -365,19 +365,19 @@ impl NbChannel {
     /// `Ok(None)` means nothing more can be had now: the stream would block, the queue is at
     /// its bound, or the stream ended ([`NbChannel::is_read_closed`]). A stream that ends
     /// inside a frame gives [`worker_channel::Error::Truncated`] (in
-    /// [`EventedError::Channel`]), one that ends between frames just sets
+    /// [`Error::Channel`]), one that ends between frames just sets
     /// [`NbChannel::is_read_closed`]; a bad header gives its own channel error.
-    pub fn receive(&mut self) -> Result<Option<FrameRef<'_>>, EventedError> {
+    pub fn receive(&mut self) -> Result<Option<FrameRef<'_>>, Error> {
         loop {
             if self.is_backpressured() {
                 return Ok(None);
             }
             if self.decoder.has_frame() {
-                return self.decoder.decode().map_err(EventedError::Channel);
+                return self.decoder.decode().map_err(Error::Channel);
             }
             if self.read_closed {
                 if self.decoder.buffered() != 0 {
-                    return Err(EventedError::Channel(self.decoder.end_of_stream_error()));
+                    return Err(Error::Channel(self.decoder.end_of_stream_error()));
                 }
                 return Ok(None);
             }
@@ -402,7 +402,7 @@ impl NbChannel {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.read_ready = false,
                 // A reset peer is gone as surely as one that closed.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => self.read_closed = true,
-                Err(source) => return Err(EventedError::Io { op: "read", source }),
+                Err(source) => return Err(Error::Io { op: "read", source }),
             }
         }
     }

@@ -6,11 +6,19 @@ use std::{
     os::fd::{FromRawFd, OwnedFd, RawFd},
 };
 
+#[doc(hidden)]
+pub use libc as __libc;
+
 /// Runs a libc call that returns -1 on failure, giving `io::Result` of its value.
+///
+/// The one copy for the whole workspace (worker-bootstrap and worker-shared use it too);
+/// an implementation detail, not part of the public API.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
         // SAFETY: the caller of the macro states why the call is sound.
-        let res = unsafe { libc::$fn($($arg, )*) };
+        let res = unsafe { $crate::sys::__libc::$fn($($arg, )*) };
         if res == -1 {
             Err(std::io::Error::last_os_error())
         } else {

@@ -3,7 +3,7 @@
 use std::{io::Write, thread, time::Duration};
 
 use mio::{Interest, unix::pipe};
-use worker_core::{EventLoop, EventedError, SourceId};
+use worker_core::{Error, EventLoop, SourceId};
 
 use crate::common::{timeout, watchdog};
 
@@ -195,10 +195,7 @@ fn posted_work_runs_on_the_loop_thread() {
     assert_eq!(log, ["posted 0", "posted 1", "posted 2"]);
     let handle = poster.join().unwrap();
     drop(event_loop);
-    assert!(matches!(
-        handle.post(|_, _| Ok(())),
-        Err(EventedError::LoopGone)
-    ));
+    assert!(matches!(handle.post(|_, _| Ok(())), Err(Error::LoopGone)));
 }
 
 #[test]
@@ -213,7 +210,7 @@ fn handler_error_stops_the_loop_with_that_error() {
     let mut n = 0;
     let err = event_loop.run(&mut n).unwrap_err();
     match &err {
-        EventedError::Handler { callback, source } => {
+        Error::Handler { callback, source } => {
             assert_eq!(*callback, "timer");
             assert_eq!(source.to_string(), "boom");
         }

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 
 use mio::net::UnixStream;
 use worker_channel::{Codec, FrameKind, encode_frame};
-use worker_core::{EventedError, NbChannel, Readiness};
+use worker_core::{Error, NbChannel, Readiness};
 
 fn pair() -> (NbChannel, std::os::unix::net::UnixStream) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -40,7 +40,7 @@ fn send_past_the_bound_is_refused_and_nothing_is_received_meanwhile() {
         assert!(sent < 100_000, "the queue never filled");
     };
     match err {
-        EventedError::QueueFull { queued, limit } => {
+        Error::QueueFull { queued, limit } => {
             assert_eq!(limit, 4096);
             assert!((4096..4096 + 1100).contains(&queued), "queued {queued}");
         }
@@ -112,7 +112,7 @@ fn end_of_stream_between_frames_is_a_close_and_inside_one_an_error() {
     drop(peer);
     channel.note_readiness(hung_up);
     match channel.receive() {
-        Err(EventedError::Channel(worker_channel::Error::Truncated { expected, received })) => {
+        Err(Error::Channel(worker_channel::Error::Truncated { expected, received })) => {
             assert_eq!((expected, received), (wire.len(), wire.len() - 1));
         }
         other => panic!("unexpected result {other:?}"),

@@ -6,7 +6,7 @@ use crate::BoxError;
 /// evented runtime.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum EventedError {
+pub enum Error {
     /// A system call of the event loop or of a channel failed.
     Io {
         /// What was being done (`poll`, `register`, `read`, `write`, ...).
@@ -39,39 +39,39 @@ pub enum EventedError {
     LoopGone,
 }
 
-impl EventedError {
-    /// Turns an error a handler returned into the loop's error, keeping an `EventedError` that
+impl Error {
+    /// Turns an error a handler returned into the loop's error, keeping an `Error` that
     /// a nested layer already produced as it is instead of wrapping it twice.
     pub(crate) fn from_handler(callback: &'static str, e: BoxError) -> Self {
-        match e.downcast::<EventedError>() {
+        match e.downcast::<Error>() {
             Ok(e) => *e,
-            Err(source) => EventedError::Handler { callback, source },
+            Err(source) => Error::Handler { callback, source },
         }
     }
 }
 
-impl fmt::Display for EventedError {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EventedError::Io { op, .. } => write!(f, "event loop {op} failed"),
-            EventedError::Channel(_) => f.write_str("channel protocol error"),
-            EventedError::QueueFull { queued, limit } => write!(
+            Error::Io { op, .. } => write!(f, "event loop {op} failed"),
+            Error::Channel(_) => f.write_str("channel protocol error"),
+            Error::QueueFull { queued, limit } => write!(
                 f,
                 "outgoing queue full ({queued} bytes queued, limit {limit} bytes)"
             ),
-            EventedError::Disconnected => f.write_str("peer disconnected"),
-            EventedError::Handler { callback, .. } => write!(f, "{callback} failed"),
-            EventedError::LoopGone => f.write_str("event loop is gone"),
+            Error::Disconnected => f.write_str("peer disconnected"),
+            Error::Handler { callback, .. } => write!(f, "{callback} failed"),
+            Error::LoopGone => f.write_str("event loop is gone"),
         }
     }
 }
 
-impl error::Error for EventedError {
+impl error::Error for Error {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
-            EventedError::Io { source, .. } => Some(source),
-            EventedError::Channel(e) => Some(e),
-            EventedError::Handler { source, .. } => Some(&**source),
+            Error::Io { source, .. } => Some(source),
+            Error::Channel(e) => Some(e),
+            Error::Handler { source, .. } => Some(&**source),
             _ => None,
         }
     }

@@ -13,9 +13,10 @@ use exsyst_worker::Registry;
 
 /// Every implementation the test binaries can run.
 pub fn registry() -> Registry {
-    workers::evented::register(workers::pool::register(workers::dedicated::register(
-        exsyst_worker::registry(),
-    )))
+    let registry = workers::dedicated::register(exsyst_worker::registry());
+    let registry = workers::pool::register(registry);
+    let registry = workers::hostile::register(registry);
+    workers::evented::register(registry)
 }
 
 /// Generous timeouts for tests, scaled by `EXSYST_TEST_TIMEOUT_SCALE` (a float, default 1) for

@@ -2,4 +2,5 @@
 
 pub mod dedicated;
 pub mod evented;
+pub mod hostile;
 pub mod pool;

@@ -1,0 +1,194 @@
+//! A worker that misbehaves on command: the peer every hardening scenario faces.
+//!
+//! The master sends [`Act`]s; the worker does what each one says, to its master's channel.
+//! Acts that write raw bytes bypass the codec on purpose.
+
+use std::{io::Write, os::fd::AsRawFd, time::Duration};
+
+use exsyst_worker::{
+    BoxError, Codec, RawWorker, Registry, Worker, WorkerChannel,
+    channel::{FrameKind, encode_raw_frame},
+};
+use serde::{Deserialize, Serialize};
+
+/// Registers this module's implementations.
+pub fn register(registry: Registry) -> Registry {
+    registry.raw::<Hostile>()
+}
+
+/// A recursive value whose decoding recurses once per level (a newtype enum variant, which
+/// rmp-serde's own depth limit does not count).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// A leaf.
+    Lit(i64),
+    /// One more level.
+    Neg(Box<Expr>),
+}
+
+/// What the [`Hostile`] worker does next.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Act {
+    /// Replies with the text, as a well-behaved worker would.
+    Reply(String),
+    /// Replies with the text twice (one reply too many).
+    ReplyTwice(String),
+    /// Replies with an [`Expr`] nested `depth` levels deep, written without recursion.
+    Nested(u32),
+    /// Writes a raw frame header announcing `len` bytes of kind byte `kind`, and nothing else.
+    Header {
+        /// Announced payload length.
+        len: u32,
+        /// Kind byte.
+        kind: u8,
+    },
+    /// Writes a header announcing 100 bytes, then 10 of them, then waits to be killed.
+    StallMidFrame,
+    /// Points both channel descriptors at `/dev/null` (closing the channel) and lives on for
+    /// `millis`, then exits 0.
+    CloseAndLinger(u64),
+    /// Forks a grandchild that keeps the channel open and sleeps `millis`, then exits with
+    /// `code` at once.
+    ForkAndExit {
+        /// The worker's exit code.
+        code: i32,
+        /// How long the grandchild sleeps holding the channel.
+        millis: u64,
+    },
+    /// Sends `count` messages of `len` bytes each without reading anything (`u64::MAX`: until
+    /// the channel breaks), then waits to be killed.
+    Stream {
+        /// Messages to send.
+        count: u64,
+        /// Bytes in each.
+        len: usize,
+    },
+    /// Stops reading for good: sleeps until killed.
+    StopReading,
+    /// Sleeps `millis`, then replies `done`.
+    Sleep(u64),
+    /// Exits at once with this code.
+    Exit(i32),
+}
+
+/// Does what its master's [`Act`]s say.
+#[derive(Debug)]
+pub struct Hostile;
+
+impl Worker for Hostile {
+    const NAME: &'static str = "hostile";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(Hostile)
+    }
+}
+
+impl RawWorker for Hostile {
+    fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+        while let Some(act) = channel.next_message::<Act>()? {
+            match act {
+                Act::Reply(text) => channel.send_message(&text)?,
+                Act::ReplyTwice(text) => {
+                    channel.send_message(&text)?;
+                    channel.send_message(&text)?;
+                }
+                Act::Nested(depth) => {
+                    let payload = nested_payload(channel.codec(), depth);
+                    channel.send_raw(FrameKind::Data, &payload)?;
+                }
+                Act::Header { len, kind } => {
+                    let mut header = len.to_be_bytes().to_vec();
+                    header.push(kind);
+                    write_raw(channel, &header)?;
+                }
+                Act::StallMidFrame => {
+                    let mut bytes = Vec::new();
+                    encode_raw_frame(FrameKind::Data, &[0xc0; 100], u32::MAX, &mut bytes)?;
+                    write_raw(channel, &bytes[..15])?;
+                    park_forever();
+                }
+                Act::CloseAndLinger(millis) => {
+                    null_out(channel.reader().as_raw_fd())?;
+                    null_out(channel.writer().as_raw_fd())?;
+                    std::thread::sleep(Duration::from_millis(millis));
+                    return Ok(());
+                }
+                Act::ForkAndExit { code, millis } => {
+                    // SAFETY: the worker is single-threaded; the child only sleeps and exits.
+                    let pid = unsafe { libc::fork() };
+                    if pid == 0 {
+                        std::thread::sleep(Duration::from_millis(millis));
+                        // SAFETY: ends the grandchild without running the worker's exit path.
+                        unsafe { libc::_exit(0) };
+                    }
+                    std::process::exit(code);
+                }
+                Act::Stream { count, len } => {
+                    let blob = exsyst_worker::channel::serde_bytes::ByteBuf::from(vec![7u8; len]);
+                    let mut sent = 0u64;
+                    while sent < count {
+                        if channel.send_message(&blob).is_err() {
+                            break;
+                        }
+                        sent += 1;
+                    }
+                    park_forever();
+                }
+                Act::StopReading => park_forever(),
+                Act::Sleep(millis) => {
+                    std::thread::sleep(Duration::from_millis(millis));
+                    channel.send_message("done")?;
+                }
+                Act::Exit(code) => std::process::exit(code),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn write_raw(channel: &mut WorkerChannel, bytes: &[u8]) -> std::io::Result<()> {
+    let writer = channel.writer_mut();
+    writer.write_all(bytes)?;
+    writer.flush()
+}
+
+/// Replaces descriptor `fd` by `/dev/null`, so the channel it held is closed for good.
+fn null_out(fd: i32) -> std::io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto a descriptor this process owns; the old description is released.
+    if unsafe { libc::dup2(null.as_raw_fd(), fd) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The encoding of `Neg(Neg(...Lit(0)))` with `depth` `Neg`s, built iteratively.
+pub fn nested_payload(codec: Codec, depth: u32) -> Vec<u8> {
+    let depth = depth as usize;
+    match codec {
+        Codec::Json => {
+            let mut out = Vec::with_capacity(depth * 8 + 16);
+            for _ in 0..depth {
+                out.extend_from_slice(b"{\"Neg\":");
+            }
+            out.extend_from_slice(b"{\"Lit\":0}");
+            out.extend(std::iter::repeat_n(b'}', depth));
+            out
+        }
+        // Externally tagged enums as one-entry maps, as rmp-serde writes them.
+        _ => {
+            let mut out = Vec::with_capacity(depth * 5 + 8);
+            for _ in 0..depth {
+                out.extend_from_slice(&[0x81, 0xa3, b'N', b'e', b'g']);
+            }
+            out.extend_from_slice(&[0x81, 0xa3, b'L', b'i', b't', 0x00]);
+            out
+        }
+    }
+}

@@ -69,7 +69,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    fn from_event(event: &mio::event::Event) -> Self {
+    pub(crate) fn from_event(event: &mio::event::Event) -> Self {
         Readiness {
             readable: event.is_readable(),
             writable: event.is_writable(),

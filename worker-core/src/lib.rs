@@ -55,6 +55,7 @@ mod error;
 mod event_loop;
 mod evented;
 mod nb_channel;
+mod poller;
 
 pub use error::Error;
 pub use event_loop::{EventLoop, LoopHandle, Readiness, SourceId, TimerId};
@@ -62,3 +63,4 @@ pub use evented::{
     Connection, ConnectionId, Connections, EventedWorker, WorkerHost, WorkerLoop, run_evented,
 };
 pub use nb_channel::{DEFAULT_MAX_QUEUED, NbChannel};
+pub use poller::{Poller, PollerWaker, WAKE_TOKEN};

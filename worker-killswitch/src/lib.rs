@@ -79,7 +79,10 @@
 //!   which is safe: the file is only ever replaced whole, so no reader can see it torn.
 //! - A process killed at any point leaves the old content or the new one.
 //!   The kernel releases its lock when it dies; a temporary file it leaves behind is ignored by
-//!   readers and removed by the next change.
+//!   readers and removed by the next change of the same kill switch.
+//!   A change removes only names of the exact form `.<name>.tmp.<digits>.<digits>` for its own
+//!   `<name>`, so the files of other kill switches in the directory, and their writes in
+//!   progress, are left alone: read from the end, such a name has exactly one owner.
 //!
 //! The PHP original rewrites the file in place, under no lock of ours: do not let both change
 //! the same file at the same time.

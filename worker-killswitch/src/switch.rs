@@ -460,17 +460,20 @@ impl KillSwitch {
     }
 
     /// Removes the temporary files of writers killed before their rename. Only a lock holder
-    /// writes temporary files, so under the exclusive lock every one found is stale.
+    /// writes temporary files, so under the exclusive lock every one of this switch's is stale.
+    ///
+    /// Other switches in the same directory have their own locks, and their writers may be
+    /// between write and rename right now: only names whose owner, as [`temp_file_owner`]
+    /// reads it, is this switch are removed.
     fn remove_stale_temp_files(&self) {
-        let (Ok(prefix), Ok(entries)) = (self.sibling_name(".", ".tmp."), fs::read_dir(self.dir()))
-        else {
+        let (Ok(own), Ok(entries)) = (self.file_name(), fs::read_dir(self.dir())) else {
             // Best effort: a leftover temporary file is harmless, failing a change over one
             // would not be.
             return;
         };
-        let prefix = prefix.as_encoded_bytes();
+        let own = own.as_encoded_bytes();
         for entry in entries.flatten() {
-            if entry.file_name().as_encoded_bytes().starts_with(prefix) {
+            if temp_file_owner(entry.file_name().as_encoded_bytes()) == Some(own) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -506,6 +509,26 @@ impl KillSwitch {
             source,
         }
     }
+}
+
+/// The file name of the switch whose temporary file `name` is, if it is one.
+///
+/// A temporary file is named `.<switch>.tmp.<pid>.<counter>`, with `<pid>` and `<counter>` in
+/// decimal digits. Digits contain no dot, so the last two dots of a temporary file's name are
+/// the ones before `<pid>` and `<counter>`: reading from the end, the owner is found without
+/// ambiguity. Each temporary file therefore belongs to exactly one switch, even when a
+/// switch's own name ends like a temporary file (the temporary files of `ks.tmp.1` are
+/// `.ks.tmp.1.tmp.<pid>.<counter>`, whose owner is `ks.tmp.1`, never `ks`).
+fn temp_file_owner(name: &[u8]) -> Option<&[u8]> {
+    fn digits_after_last_dot(name: &[u8]) -> Option<&[u8]> {
+        let dot = name.iter().rposition(|&b| b == b'.')?;
+        let digits = &name[dot + 1..];
+        (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit)).then_some(&name[..dot])
+    }
+    let rest = digits_after_last_dot(name)?;
+    let rest = digits_after_last_dot(rest)?;
+    let owner = rest.strip_suffix(b".tmp")?.strip_prefix(b".")?;
+    (!owner.is_empty()).then_some(owner)
 }
 
 fn can_read_unlocked(e: &io::Error) -> bool {

@@ -12,6 +12,7 @@ mod crash;
 mod errors;
 mod format;
 mod support;
+mod temp_files;
 
 use std::path::Path;
 

@@ -38,6 +38,15 @@ pub enum Error {
         /// Whether shared workers are disabled globally (otherwise, this address is).
         globally: bool,
     },
+    /// The kill switch's path cannot name a kill switch: it has no file name, or its file name
+    /// is one that another kill switch in the same directory uses for its lock file
+    /// (`<name>.lock`) or its temporary files (`.<name>.tmp.<digits>.<digits>`).
+    InvalidPath {
+        /// The kill switch's path.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// An address is not one a shared worker can listen on, see
     /// [`canonical_address`](crate::canonical_address).
     InvalidAddress {
@@ -73,6 +82,9 @@ impl fmt::Display for Error {
                 address,
                 globally: false,
             } => write!(f, "shared worker {address} may not start: it is disabled"),
+            Error::InvalidPath { path, reason } => {
+                write!(f, "invalid kill switch path {}: {reason}", path.display())
+            }
             Error::InvalidAddress { address, reason } => {
                 write!(f, "invalid shared worker address {address:?}: {reason}")
             }

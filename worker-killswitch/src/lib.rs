@@ -83,6 +83,10 @@
 //!   A change removes only names of the exact form `.<name>.tmp.<digits>.<digits>` for its own
 //!   `<name>`, so the files of other kill switches in the directory, and their writes in
 //!   progress, are left alone: read from the end, such a name has exactly one owner.
+//! - Several kill switches may share a directory, but none may be named like another's own
+//!   files: a kill switch whose file name is `<other>.lock` or `.<other>.tmp.<digits>.<digits>`
+//!   would replace that switch's lock file or be deleted as its stale temporary file, so every
+//!   call on it fails with [`Error::InvalidPath`] (and a start is refused, as for a broken file).
 //!
 //! The PHP original rewrites the file in place, under no lock of ours: do not let both change
 //! the same file at the same time.

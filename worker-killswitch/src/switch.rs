@@ -13,6 +13,9 @@ use crate::{Error, canonical_address, state::State};
 /// may change it.
 const DEFAULT_MODE: u32 = 0o644;
 
+/// What the lock file's name adds to the kill switch's.
+const LOCK_SUFFIX: &str = ".lock";
+
 /// Makes temporary file names unique between the threads of one process; the process id makes
 /// them unique between processes.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -59,9 +62,12 @@ impl KillSwitch {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the kill switch path has no file name (e.g. `/` or `..`).
+    /// [`Error::InvalidPath`] if the kill switch path has no file name (e.g. `/` or `..`), or
+    /// one that another kill switch in the same directory uses for its own files (see the
+    /// [crate documentation](crate#concurrency-and-crashes)).
+    /// Every other method fails the same way for such a path.
     pub fn lock_path(&self) -> Result<PathBuf, Error> {
-        Ok(self.dir().join(self.sibling_name("", ".lock")?))
+        Ok(self.dir().join(self.sibling_name("", LOCK_SUFFIX)?))
     }
 
     /// Reads the global flag and the disabled addresses in one snapshot.
@@ -428,13 +434,13 @@ impl KillSwitch {
     }
 
     fn lock_exclusive(&self) -> Result<File, Error> {
+        let lock_path = self.lock_path()?;
         let dir = self.dir();
         // As the PHP original does, a first change creates the directory.
         fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_owned(),
             source,
         })?;
-        let lock_path = self.lock_path()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -486,14 +492,30 @@ impl KillSwitch {
         }
     }
 
+    /// The kill switch's file name, refused if it is one that another kill switch in the same
+    /// directory uses for its own files: such a file would be deleted by that switch's cleanup,
+    /// or replace its lock file, and in both cases disabled workers could start.
     fn file_name(&self) -> Result<&OsStr, Error> {
-        self.path.file_name().ok_or_else(|| Error::Io {
+        let invalid = |reason| Error::InvalidPath {
             path: self.path.clone(),
-            source: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the kill switch path has no file name",
-            ),
-        })
+            reason,
+        };
+        let name = self
+            .path
+            .file_name()
+            .ok_or_else(|| invalid("the path has no file name"))?;
+        let bytes = name.as_encoded_bytes();
+        if temp_file_owner(bytes).is_some() {
+            return Err(invalid(
+                "the file name is that of another kill switch's temporary file",
+            ));
+        }
+        if bytes.len() > LOCK_SUFFIX.len() && bytes.ends_with(LOCK_SUFFIX.as_bytes()) {
+            return Err(invalid(
+                "the file name is that of another kill switch's lock file",
+            ));
+        }
+        Ok(name)
     }
 
     fn sibling_name(&self, prefix: &str, suffix: &str) -> Result<OsString, Error> {

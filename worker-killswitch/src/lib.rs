@@ -127,6 +127,6 @@ mod error;
 mod state;
 mod switch;
 
-pub use address::canonical_address;
+pub use address::{Address, canonical_address};
 pub use error::Error;
 pub use switch::{KillSwitch, KillSwitchState};

@@ -30,7 +30,11 @@
 //! [`KillSwitch`] is the file: a global flag and a list of disabled addresses.
 //! [`KillSwitch::check_start`] is what a master calls before it starts a shared worker; it fails
 //! closed, refusing the start when the file cannot be understood.
-//! [`canonical_address`] gives the form in which addresses are stored and compared.
+//! A starter that must keep the answer true until its worker listens takes the kill switch's
+//! exclusive lock, a [`KillSwitchLock`], and checks under it with
+//! [`KillSwitchLock::check_start`].
+//! [`Address`] is a shared worker address in canonical form, the form in which addresses are
+//! stored and compared ([`canonical_address`] gives it as a string).
 //! Every failure is an [`Error`].
 //!
 //! Disabling a worker does not stop it.
@@ -74,6 +78,9 @@
 //!   nothing writes nothing.
 //!   The new file has the old file's permission bits, or `0644` for a new file.
 //!   A first change creates the missing directory.
+//! - [`KillSwitch::lock`] and [`KillSwitch::try_lock`] take the exclusive lock a change takes,
+//!   and hold it until the [`KillSwitchLock`] is dropped; that lock reads the file without
+//!   locking again.
 //! - A read takes the shared lock and writes nothing (it may create the empty lock file).
 //!   If the lock file cannot be created (read-only directory), it reads without the lock,
 //!   which is safe: the file is only ever replaced whole, so no reader can see it torn.
@@ -95,7 +102,8 @@
 //! # Addresses
 //!
 //! Shared workers listen on `unix:///absolute/path` or `tcp://host:port`.
-//! [`canonical_address`] normalises the spelling of an address, and nothing more:
+//! [`Address::parse`] (and [`canonical_address`]) normalises the spelling of an address, and
+//! nothing more:
 //!
 //! - The scheme is matched without regard to case and written in lowercase.
 //! - `unix://` paths must be absolute.
@@ -129,4 +137,4 @@ mod switch;
 
 pub use address::{Address, canonical_address};
 pub use error::Error;
-pub use switch::{KillSwitch, KillSwitchState};
+pub use switch::{KillSwitch, KillSwitchLock, KillSwitchState};

@@ -7,7 +7,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use crate::{Error, canonical_address, state::State};
+use crate::{Address, Error, canonical_address, state::State};
 
 /// The mode of a kill switch file created from nothing: anyone may read it, only its owner
 /// may change it.
@@ -77,11 +77,7 @@ impl KillSwitch {
     /// [`Error::Corrupt`] or [`Error::Shape`] if the file cannot be understood, [`Error::Io`] if
     /// it cannot be read.
     pub fn state(&self) -> Result<KillSwitchState, Error> {
-        let state = self.read()?;
-        Ok(KillSwitchState {
-            global: state.global,
-            addresses: state.addresses.into_iter().collect(),
-        })
+        self.read().map(snapshot)
     }
 
     /// Whether shared workers are disabled globally.
@@ -127,15 +123,38 @@ impl KillSwitch {
     /// [`Error::Disabled`] if the worker is disabled (`globally` tells how), and every error of
     /// [`is_disabled`](Self::is_disabled).
     pub fn check_start(&self, address: &str) -> Result<(), Error> {
-        let address = canonical_address(address)?;
-        let state = self.read()?;
-        if state.global || state.addresses.contains(&address) {
-            return Err(Error::Disabled {
-                address,
-                globally: state.global,
-            });
-        }
-        Ok(())
+        let address = Address::parse(address)?;
+        check_start(&self.read()?, &address)
+    }
+
+    /// Takes the kill switch's exclusive lock, waiting for as long as another holder keeps it.
+    ///
+    /// While the returned [`KillSwitchLock`] lives, no change of this kill switch can happen,
+    /// from this process or any other: a shared worker's starter takes it, checks the switch
+    /// with [`KillSwitchLock::check_start`], and keeps it until the worker is listening, so that
+    /// a worker disabled meanwhile cannot start.
+    /// Like a change, it creates the missing directory and lock file, and removes the stale
+    /// temporary files of this kill switch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the lock file cannot be opened or locked, [`Error::InvalidPath`] if the
+    /// path cannot name a kill switch.
+    pub fn lock(&self) -> Result<KillSwitchLock, Error> {
+        self.lock_exclusive(true)
+            .map(|lock| lock.expect("a blocking lock is always taken"))
+    }
+
+    /// Takes the kill switch's exclusive lock if no one holds it, without waiting.
+    ///
+    /// Returns `None` if another holder, in this process or another, has it (or the shared lock
+    /// of a read).
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock`](Self::lock).
+    pub fn try_lock(&self) -> Result<Option<KillSwitchLock>, Error> {
+        self.lock_exclusive(false)
     }
 
     /// Disables all shared workers. Returns whether the file changed.
@@ -268,12 +287,12 @@ impl KillSwitch {
     ///
     /// [`Error::Io`] if the file cannot be read or replaced.
     pub fn reset(&self) -> Result<bool, Error> {
-        let _lock = self.lock_exclusive()?;
+        let lock = self.lock()?;
         match self.read_file() {
             Ok(_) => Ok(false),
             Err(Error::Corrupt { .. } | Error::Shape { .. }) => {
                 let mode = self.current_mode()?;
-                self.replace(&State::default().to_bytes(), mode)?;
+                lock.replace(&State::default().to_bytes(), mode)?;
                 Ok(true)
             }
             Err(e) => Err(e),
@@ -291,7 +310,7 @@ impl KillSwitch {
     /// Reads, changes and, if the change changed anything, replaces the file, all under the
     /// exclusive lock so that no concurrent change is lost.
     fn change(&self, f: impl FnOnce(&mut State) -> Result<(), Error>) -> Result<bool, Error> {
-        let _lock = self.lock_exclusive()?;
+        let lock = self.lock()?;
         let (before, mode) = match self.read_file()? {
             Some((state, mode)) => (state, mode),
             None => (State::default(), DEFAULT_MODE),
@@ -301,7 +320,7 @@ impl KillSwitch {
         if after == before {
             return Ok(false);
         }
-        self.replace(&after.to_bytes(), mode)?;
+        lock.replace(&after.to_bytes(), mode)?;
         Ok(true)
     }
 
@@ -332,8 +351,9 @@ impl KillSwitch {
     }
 
     /// Replaces the file atomically: a reader sees the old content or the new, never a mix, and
-    /// a crash at any point leaves one of them in place.
-    fn replace(&self, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    /// a crash at any point leaves one of them in place. Only under the exclusive lock (see
+    /// [`KillSwitchLock::replace`]): the cleanup of stale temporary files relies on it.
+    fn replace_locked(&self, bytes: &[u8], mode: u32) -> Result<(), Error> {
         let dir = self.dir();
         let (temp_path, mut temp) = loop {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -425,7 +445,7 @@ impl KillSwitch {
         if let Some(file) = &file {
             // Called through the trait: std's inherent `File::lock_shared` (Rust 1.89) would
             // otherwise shadow it, above this workspace's minimum Rust version.
-            fs2::FileExt::lock_shared(file).map_err(|source| Error::Io {
+            retry_interrupted(|| fs2::FileExt::lock_shared(file)).map_err(|source| Error::Io {
                 path: lock_path,
                 source,
             })?;
@@ -433,7 +453,8 @@ impl KillSwitch {
         Ok(file)
     }
 
-    fn lock_exclusive(&self) -> Result<File, Error> {
+    /// Takes the exclusive lock, waiting for it if `wait`; `None` if not waiting and it is held.
+    fn lock_exclusive(&self, wait: bool) -> Result<Option<KillSwitchLock>, Error> {
         let lock_path = self.lock_path()?;
         let dir = self.dir();
         // As the PHP original does, a first change creates the directory.
@@ -457,12 +478,26 @@ impl KillSwitch {
                 path: lock_path.clone(),
                 source,
             })?;
-        fs2::FileExt::lock_exclusive(&file).map_err(|source| Error::Io {
-            path: lock_path,
-            source,
-        })?;
+        let locked = if wait {
+            retry_interrupted(|| fs2::FileExt::lock_exclusive(&file))
+        } else {
+            fs2::FileExt::try_lock_exclusive(&file)
+        };
+        match locked {
+            Ok(()) => {}
+            Err(e) if !wait && e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
         self.remove_stale_temp_files();
-        Ok(file)
+        Ok(Some(KillSwitchLock {
+            switch: self.clone(),
+            _file: file,
+        }))
     }
 
     /// Removes the temporary files of writers killed before their rename. Only a lock holder
@@ -529,6 +564,116 @@ impl KillSwitch {
         Error::Io {
             path: self.path.clone(),
             source,
+        }
+    }
+}
+
+/// The exclusive lock of a kill switch, held until it is dropped.
+///
+/// Taken with [`KillSwitch::lock`] or [`KillSwitch::try_lock`].
+/// It is the lock every change of the kill switch takes, on the lock file `<name>.lock` beside
+/// it: while it is held, the file cannot change, and reads in other processes wait.
+/// The kernel releases it when the holding process dies, however it dies.
+///
+/// Under the lock, read the kill switch through the lock's own methods.
+/// The methods of [`KillSwitch`] take the lock themselves, and `flock(2)` locks belong to open
+/// files, not to processes: called while this lock is held, in this thread, they would wait
+/// for it forever.
+///
+/// # Examples
+///
+/// ```
+/// use worker_killswitch::{Address, Error, KillSwitch};
+///
+/// let dir = tempfile::tempdir()?;
+/// let switch = KillSwitch::new(dir.path().join("kill-switch.json"));
+/// switch.disable_address("unix:///run/app/old.sock")?;
+///
+/// let lock = switch.lock()?;
+/// assert!(switch.try_lock()?.is_none());
+/// lock.check_start(&Address::parse("unix:///run/app/new.sock")?)?;
+/// assert!(matches!(
+///     lock.check_start(&"unix:///run/app/old.sock".parse()?),
+///     Err(Error::Disabled { globally: false, .. })
+/// ));
+/// // ... start the worker, wait until it listens ...
+/// drop(lock);
+/// assert!(switch.try_lock()?.is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as it is dropped"]
+pub struct KillSwitchLock {
+    switch: KillSwitch,
+    /// Holds the `flock`; closing it releases the lock.
+    _file: File,
+}
+
+impl KillSwitchLock {
+    /// The kill switch this lock belongs to.
+    pub fn kill_switch(&self) -> &KillSwitch {
+        &self.switch
+    }
+
+    /// As [`KillSwitch::state`], read under this lock.
+    ///
+    /// # Errors
+    ///
+    /// As for [`KillSwitch::state`].
+    pub fn state(&self) -> Result<KillSwitchState, Error> {
+        self.read().map(snapshot)
+    }
+
+    /// As [`KillSwitch::check_start`], under this lock: the answer holds for as long as the
+    /// lock is kept.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disabled`] if the worker is disabled (`globally` tells how),
+    /// [`Error::Corrupt`] or [`Error::Shape`] if the file cannot be understood, [`Error::Io`] if
+    /// it cannot be read.
+    pub fn check_start(&self, address: &Address) -> Result<(), Error> {
+        check_start(&self.read()?, address)
+    }
+
+    fn read(&self) -> Result<State, Error> {
+        Ok(self
+            .switch
+            .read_file()?
+            .map(|(state, _)| state)
+            .unwrap_or_default())
+    }
+
+    fn replace(&self, bytes: &[u8], mode: u32) -> Result<(), Error> {
+        self.switch.replace_locked(bytes, mode)
+    }
+}
+
+fn snapshot(state: State) -> KillSwitchState {
+    KillSwitchState {
+        global: state.global,
+        addresses: state.addresses.into_iter().collect(),
+    }
+}
+
+/// Whether `state` lets the worker at `address` start.
+fn check_start(state: &State, address: &Address) -> Result<(), Error> {
+    if state.global || state.addresses.contains(address.as_str()) {
+        return Err(Error::Disabled {
+            address: address.to_string(),
+            globally: state.global,
+        });
+    }
+    Ok(())
+}
+
+/// Retries a blocking lock that a signal handler interrupted (one installed without
+/// `SA_RESTART`): the caller asked to wait for the lock, not for the next signal.
+fn retry_interrupted(mut lock: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    loop {
+        match lock() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
         }
     }
 }

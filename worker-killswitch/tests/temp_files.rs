@@ -80,6 +80,8 @@ fn a_change_removes_only_its_own_stale_temporary_files() {
 fn assert_refused(switch: &KillSwitch) {
     let results = [
         switch.lock_path().map(drop),
+        switch.lock().map(drop),
+        switch.try_lock().map(drop),
         switch.state().map(drop),
         switch.is_disabled_globally().map(drop),
         switch.disabled_addresses().map(drop),

@@ -11,6 +11,7 @@ mod concurrency;
 mod crash;
 mod errors;
 mod format;
+mod lock;
 mod support;
 mod temp_files;
 
@@ -31,6 +32,8 @@ fn helper() {
         "hold-lock" => crash::hold_lock_helper(path),
         "check-start" => errors::check_start_helper(path, &arg),
         "disable" => format::disable_helper(path, &arg),
+        "hold-guard" => lock::hold_guard_helper(path),
+        "try-lock" => lock::try_lock_helper(path),
         other => panic!("unknown helper role {other:?}"),
     }
 }

@@ -37,7 +37,7 @@ fn expected_addresses(dir: &Path, writers: usize, count: usize) -> Vec<String> {
 }
 
 /// Parses the raw bytes of the file, without the crate, and checks the shape it must have.
-pub fn check_raw(bytes: &[u8]) -> (bool, Vec<String>) {
+pub(crate) fn check_raw(bytes: &[u8]) -> (bool, Vec<String>) {
     let value: Value = serde_json::from_slice(bytes).unwrap_or_else(|e| {
         panic!(
             "torn or unparsable kill switch ({e}): {:?}",
@@ -60,7 +60,7 @@ pub fn check_raw(bytes: &[u8]) -> (bool, Vec<String>) {
 
 /// Toggles `count` addresses of its own, each with its own transactions, leaving those that
 /// `stays_disabled` disabled. Writer 0 also toggles the global flag.
-pub fn toggle_helper(path: &Path, arg: &str) {
+pub(crate) fn toggle_helper(path: &Path, arg: &str) {
     let (writer, count) = arg.split_once(',').unwrap();
     let (writer, count): (usize, usize) = (writer.parse().unwrap(), count.parse().unwrap());
     let switch = KillSwitch::new(path);
@@ -93,7 +93,7 @@ pub fn toggle_helper(path: &Path, arg: &str) {
 }
 
 /// Reads the file, raw and through the crate, until its stdin closes.
-pub fn reader_helper(path: &Path) {
+pub(crate) fn reader_helper(path: &Path) {
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = Arc::clone(&stop);
     thread::spawn(move || {

@@ -11,7 +11,7 @@ use crate::{
 
 /// Takes the exclusive lock the way a change does, leaves a half-written temporary file as a
 /// writer killed before its rename would, then blocks until killed.
-pub fn hold_lock_helper(path: &Path) {
+pub(crate) fn hold_lock_helper(path: &Path) {
     let switch = KillSwitch::new(path);
     let lock = fs::OpenOptions::new()
         .read(true)

@@ -7,7 +7,7 @@ use worker_killswitch::{Error, KillSwitch};
 use crate::support::{Helper, report, timeout};
 
 /// Reports what `check_start` says in this process: `ok`, or the error variant.
-pub fn check_start_helper(path: &Path, address: &str) {
+pub(crate) fn check_start_helper(path: &Path, address: &str) {
     let outcome = match KillSwitch::new(path).check_start(address) {
         Ok(()) => "ok".to_owned(),
         Err(Error::Corrupt { .. }) => "corrupt".to_owned(),

@@ -12,7 +12,7 @@ use worker_killswitch::KillSwitch;
 
 use crate::support::{Helper, report, timeout};
 
-pub fn disable_helper(path: &Path, address: &str) {
+pub(crate) fn disable_helper(path: &Path, address: &str) {
     let changed = KillSwitch::new(path).disable_address(address).unwrap();
     report(&format!("changed {changed}"));
 }

@@ -10,15 +10,15 @@ use std::{
 };
 
 /// Tells the `helper` test which role to play; absent in a normal test run.
-pub const ROLE_VAR: &str = "EXSYST_KILLSWITCH_TEST_HELPER";
-pub const PATH_VAR: &str = "EXSYST_KILLSWITCH_TEST_PATH";
-pub const ARG_VAR: &str = "EXSYST_KILLSWITCH_TEST_ARG";
+pub(crate) const ROLE_VAR: &str = "EXSYST_KILLSWITCH_TEST_HELPER";
+pub(crate) const PATH_VAR: &str = "EXSYST_KILLSWITCH_TEST_PATH";
+pub(crate) const ARG_VAR: &str = "EXSYST_KILLSWITCH_TEST_ARG";
 /// Helpers prefix their reports with this, because libtest shares their stdout (with
 /// `--nocapture` it may print `test helper ... ` on the same line).
-pub const MARKER: &str = "@@killswitch@@ ";
+pub(crate) const MARKER: &str = "@@killswitch@@ ";
 
 /// `secs`, multiplied by `EXSYST_TEST_TIMEOUT_SCALE` for slow machines.
-pub fn timeout(secs: u64) -> Duration {
+pub(crate) fn timeout(secs: u64) -> Duration {
     let scale = std::env::var("EXSYST_TEST_TIMEOUT_SCALE")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -28,13 +28,13 @@ pub fn timeout(secs: u64) -> Duration {
 }
 
 /// Prints a report for the parent to wait on.
-pub fn report(line: &str) {
+pub(crate) fn report(line: &str) {
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n{MARKER}{line}").unwrap();
     out.flush().unwrap();
 }
 
-pub struct Helper {
+pub(crate) struct Helper {
     role: String,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
@@ -43,7 +43,7 @@ pub struct Helper {
 
 impl Helper {
     /// Starts the test binary as a helper playing `role` on the kill switch at `path`.
-    pub fn spawn(role: &str, path: &Path, arg: &str) -> Helper {
+    pub(crate) fn spawn(role: &str, path: &Path, arg: &str) -> Helper {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "helper", "--nocapture", "--test-threads=1"])
             .env(ROLE_VAR, role)
@@ -75,7 +75,7 @@ impl Helper {
     }
 
     /// Waits for the next report, which must start with `word`; returns the rest of it.
-    pub fn expect(&self, word: &str, within: Duration) -> String {
+    pub(crate) fn expect(&self, word: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         let line = match self
             .reports
@@ -99,14 +99,14 @@ impl Helper {
     }
 
     /// Sends one line to the helper's stdin.
-    pub fn send(&mut self, line: &str) {
+    pub(crate) fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
     }
 
     /// Kills the helper with SIGKILL and reaps it.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         let status = child.wait().unwrap();
@@ -120,7 +120,7 @@ impl Helper {
 
     /// Closes the helper's stdin (its cue to stop, for the roles that wait), waits for it to
     /// exit successfully, and returns the reports it has not been asked for.
-    pub fn finish(mut self, within: Duration) -> Vec<String> {
+    pub(crate) fn finish(mut self, within: Duration) -> Vec<String> {
         drop(self.stdin.take());
         let mut child = self.child.take().unwrap();
         let (tx, rx) = mpsc::channel();

@@ -1,0 +1,3 @@
+//! The integration tests of worker-shared, in one binary.
+
+mod cookie;

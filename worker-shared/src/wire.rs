@@ -181,6 +181,19 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8], known: &[&str]) -> Inb
     }
 }
 
+/// The `version` of a hello too new (or too old) to read as this version's: a future version
+/// may change the hello's other keys, but never its `type` and `version`.
+pub(crate) fn hello_version(payload: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[serde(rename = "type")]
+        kind: String,
+        version: u32,
+    }
+    let hello: Versioned = CONTROL_CODEC.decode(payload).ok()?;
+    (hello.kind == "hello").then_some(hello.version)
+}
+
 /// Encodes a control message's payload.
 pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, worker_channel::Error> {
     CONTROL_CODEC.encode(message)
@@ -327,6 +340,32 @@ mod tests {
                 Inbound::Malformed(_)
             ));
         }
+    }
+
+    #[test]
+    fn a_future_hello_still_tells_its_version() {
+        #[derive(Serialize)]
+        struct FutureHello {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            version: u32,
+            nonce: &'static str,
+        }
+        let future = encode(&FutureHello {
+            kind: "hello",
+            version: 2,
+            nonce: "a string now",
+        })
+        .unwrap();
+        assert!(matches!(
+            decode::<ServerMessage>(&future, ServerMessage::TYPES),
+            Inbound::Malformed(_)
+        ));
+        assert_eq!(hello_version(&future), Some(2));
+        assert_eq!(
+            hello_version(&encode(&ServerMessage::Stopping).unwrap()),
+            None
+        );
     }
 
     #[test]

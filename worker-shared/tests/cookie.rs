@@ -2,7 +2,9 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use worker_shared::{AdminCookie, Error};
+use worker_shared::{AdminCookie, Error, SharedWorker};
+
+use crate::support::{Config, Server, Transport};
 
 fn write(path: &Path, content: &[u8], mode: u32) {
     fs::write(path, content).unwrap();
@@ -25,6 +27,32 @@ fn a_cookie_file_others_can_access_is_refused() {
             }
             other => panic!("mode {mode:o}: expected a refusal, got {other:?}"),
         }
+    }
+}
+
+#[test]
+fn a_private_cookie_file_is_read_without_its_line_end() {
+    let server = Server::start(
+        Transport::Unix,
+        Config {
+            cookie: Some(b"s3cret".to_vec()),
+            ..Config::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in [
+        ("lf", &b"s3cret\n"[..]),
+        ("crlf", b"s3cret\r\n"),
+        ("bare", b"s3cret"),
+    ] {
+        let path = dir.path().join(name);
+        write(&path, content, 0o600);
+        let cookie = AdminCookie::from_file(&path).unwrap();
+        let mut worker = SharedWorker::connect(&server.address).unwrap();
+        assert!(
+            worker.query_privileged(&cookie).unwrap().privileged,
+            "{name}"
+        );
     }
 }
 

@@ -27,8 +27,8 @@ pub const DEFAULT_CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// fails with [`Error::Backlog`] rather than filling memory.
 const MAX_BACKLOG: usize = 64 * 1024 * 1024;
 
-/// The answer to a query.
-#[derive(Clone, Debug, PartialEq)]
+/// The answer to a query; it serializes as the `status` reply's keys, for tools that print it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct StatusReply {
     /// Whether this is the privileged answer (the connection proved it knows the admin
@@ -85,6 +85,8 @@ impl SharedWorker {
     /// becomes the [control timeout](SharedWorker::set_control_timeout).
     ///
     /// A worker that accepts the connection but never says hello gives [`Error::Timeout`].
+    /// Resolving a host name goes through the system's resolver, which this timeout does not
+    /// bound; addresses given as IP literals need no resolution.
     pub fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
         let deadline = deadline_after(timeout);
         let parsed = Address::parse(address)?;

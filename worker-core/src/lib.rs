@@ -38,6 +38,7 @@
 
 mod deadline;
 mod raw;
+mod status;
 #[doc(hidden)]
 pub mod sys;
 mod worker;
@@ -47,6 +48,7 @@ pub use deadline::{deadline_after, deadline_from, time_left};
 /// version as this crate ([`mio::Interest`], [`mio::event::Source`], ...).
 pub use mio;
 pub use raw::{RawWorker, WorkerChannel};
+pub use status::{Counter, Threshold, ThresholdError, WorkerStatus};
 pub use sys::take_stdio_channel;
 pub use worker::{BoxError, Worker, error_chain};
 

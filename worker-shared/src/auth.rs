@@ -1,0 +1,275 @@
+//! Admin authentication: HMAC-SHA256 challenge-response over both sides' nonces, in both
+//! directions.
+//!
+//! Each side sends a fresh random nonce (the server in its hello, the client with its proof).
+//! The client proves it knows the cookie with `HMAC(cookie, CLIENT_LABEL ‖ 0 ‖ Ns ‖ Nc)`; the
+//! server answers with `HMAC(cookie, SERVER_LABEL ‖ 0 ‖ Ns ‖ Nc)`.
+//!
+//! - The cookie never crosses the wire, only MACs of fresh nonces.
+//! - A proof is bound to its connection by the server's nonce, fresh for every connection, so
+//!   a proof captured on one connection is worthless on another.
+//! - The labels make the two directions different messages, so the server's proof can never be
+//!   reflected back as a client's.
+//! - The client speaks first, so a stranger who connects learns nothing: only a server the
+//!   client chose to talk to sees a client proof (and it sees no more than a MAC).
+//! - Proofs are compared in constant time (`hmac`'s `verify_slice`).
+//!
+//! Everything here is pure: nonces come in as arguments, so tests can fix them.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::{AdminCookie, wire::NONCE_LEN};
+
+/// Domain separation of the client's proof; the protocol version is part of it.
+const CLIENT_LABEL: &[u8] = b"exsyst-worker admin v1 client";
+/// Domain separation of the server's proof.
+const SERVER_LABEL: &[u8] = b"exsyst-worker admin v1 server";
+
+/// A nonce: 32 random bytes, fresh for each connection and each authentication.
+pub(crate) type Nonce = [u8; NONCE_LEN];
+
+/// Draws a nonce from the operating system's random number generator.
+pub(crate) fn fresh_nonce() -> Result<Nonce, getrandom::Error> {
+    let mut nonce = [0; NONCE_LEN];
+    getrandom::fill(&mut nonce)?;
+    Ok(nonce)
+}
+
+/// Why an authentication failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthError {
+    /// This side has no cookie, so it cannot take part at all.
+    NoCookie,
+    /// The client's proof is wrong: it does not know the server's cookie.
+    Unauthorized,
+    /// The server's proof is wrong: it does not know the client's cookie.
+    ServerNotAuthenticated,
+    /// A nonce is not [`NONCE_LEN`] bytes long.
+    BadNonce,
+}
+
+fn mac(
+    cookie: &AdminCookie,
+    label: &[u8],
+    server_nonce: &Nonce,
+    client_nonce: &Nonce,
+) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cookie.expose())
+        .expect("HMAC takes keys of any length");
+    mac.update(label);
+    // The labels are of different lengths; the zero keeps a label from running into the nonces.
+    mac.update(&[0]);
+    mac.update(server_nonce);
+    mac.update(client_nonce);
+    mac
+}
+
+fn nonce(bytes: &[u8]) -> Result<Nonce, AuthError> {
+    bytes.try_into().map_err(|_| AuthError::BadNonce)
+}
+
+/// The client's side of one authentication.
+#[derive(Debug)]
+pub(crate) struct ClientAuth<'c> {
+    cookie: &'c AdminCookie,
+    server_nonce: Nonce,
+    client_nonce: Nonce,
+}
+
+impl<'c> ClientAuth<'c> {
+    /// Starts an authentication on a connection whose hello carried `server_nonce`.
+    ///
+    /// Without a cookie this fails with [`AuthError::NoCookie`] before anything is produced to
+    /// send.
+    pub(crate) fn start(
+        cookie: Option<&'c AdminCookie>,
+        server_nonce: &[u8],
+        client_nonce: Nonce,
+    ) -> Result<Self, AuthError> {
+        let cookie = cookie.ok_or(AuthError::NoCookie)?;
+        Ok(ClientAuth {
+            cookie,
+            server_nonce: nonce(server_nonce)?,
+            client_nonce,
+        })
+    }
+
+    /// The client's nonce, to send.
+    pub(crate) fn client_nonce(&self) -> &Nonce {
+        &self.client_nonce
+    }
+
+    /// The client's proof, to send.
+    pub(crate) fn proof(&self) -> Vec<u8> {
+        mac(
+            self.cookie,
+            CLIENT_LABEL,
+            &self.server_nonce,
+            &self.client_nonce,
+        )
+        .finalize()
+        .into_bytes()
+        .to_vec()
+    }
+
+    /// Checks the server's proof, in constant time.
+    pub(crate) fn verify_server(&self, proof: &[u8]) -> Result<(), AuthError> {
+        mac(
+            self.cookie,
+            SERVER_LABEL,
+            &self.server_nonce,
+            &self.client_nonce,
+        )
+        .verify_slice(proof)
+        .map_err(|_| AuthError::ServerNotAuthenticated)
+    }
+}
+
+/// The server's side: checks a client's proof (in constant time) and, when it is right, gives
+/// the server's proof to send back.
+pub(crate) fn verify_client(
+    cookie: Option<&AdminCookie>,
+    server_nonce: &Nonce,
+    client_nonce: &[u8],
+    proof: &[u8],
+) -> Result<Vec<u8>, AuthError> {
+    let cookie = cookie.ok_or(AuthError::NoCookie)?;
+    let client_nonce = nonce(client_nonce)?;
+    mac(cookie, CLIENT_LABEL, server_nonce, &client_nonce)
+        .verify_slice(proof)
+        .map_err(|_| AuthError::Unauthorized)?;
+    Ok(mac(cookie, SERVER_LABEL, server_nonce, &client_nonce)
+        .finalize()
+        .into_bytes()
+        .to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookie(text: &str) -> AdminCookie {
+        AdminCookie::new(text).unwrap()
+    }
+
+    const NS: Nonce = [0x11; NONCE_LEN];
+    const NC: Nonce = [0x22; NONCE_LEN];
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn the_right_cookie_authenticates_both_sides() {
+        let c = cookie("s3cret");
+        let client = ClientAuth::start(Some(&c), &NS, NC).unwrap();
+        let server_proof = verify_client(Some(&c), &NS, client.client_nonce(), &client.proof())
+            .expect("the server accepts");
+        assert_eq!(client.verify_server(&server_proof), Ok(()));
+    }
+
+    #[test]
+    fn a_wrong_cookie_is_unauthorized() {
+        let client_cookie = cookie("guess");
+        let client = ClientAuth::start(Some(&client_cookie), &NS, NC).unwrap();
+        assert_eq!(
+            verify_client(Some(&cookie("s3cret")), &NS, &NC, &client.proof()),
+            Err(AuthError::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn a_proof_is_bound_to_its_connection() {
+        let c = cookie("s3cret");
+        let captured = ClientAuth::start(Some(&c), &NS, NC).unwrap().proof();
+        // A new connection has a new server nonce: the captured proof is refused there.
+        let other_connection: Nonce = [0x33; NONCE_LEN];
+        assert_eq!(
+            verify_client(Some(&c), &other_connection, &NC, &captured),
+            Err(AuthError::Unauthorized)
+        );
+        // And it is bound to the client's nonce too.
+        assert_eq!(
+            verify_client(Some(&c), &NS, &[0x44; NONCE_LEN], &captured),
+            Err(AuthError::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn a_server_that_does_not_know_the_cookie_is_detected() {
+        let c = cookie("s3cret");
+        let client = ClientAuth::start(Some(&c), &NS, NC).unwrap();
+        // An impostor can only guess, or reflect the client's own proof.
+        for forged in [vec![0; 32], client.proof(), vec![], vec![1; 31]] {
+            assert_eq!(
+                client.verify_server(&forged),
+                Err(AuthError::ServerNotAuthenticated)
+            );
+        }
+        // A server with another cookie produces a proof that does not verify either.
+        let other = verify_client(
+            Some(&cookie("other")),
+            &NS,
+            &NC,
+            &ClientAuth::start(Some(&cookie("other")), &NS, NC)
+                .unwrap()
+                .proof(),
+        )
+        .unwrap();
+        assert_eq!(
+            client.verify_server(&other),
+            Err(AuthError::ServerNotAuthenticated)
+        );
+    }
+
+    #[test]
+    fn without_a_cookie_nothing_starts() {
+        assert_eq!(
+            ClientAuth::start(None, &NS, NC).map(|_| ()),
+            Err(AuthError::NoCookie)
+        );
+        assert_eq!(
+            verify_client(None, &NS, &NC, &[0; 32]),
+            Err(AuthError::NoCookie)
+        );
+    }
+
+    #[test]
+    fn nonces_of_the_wrong_length_are_refused() {
+        let c = cookie("s3cret");
+        assert_eq!(
+            ClientAuth::start(Some(&c), &NS[..31], NC).map(|_| ()),
+            Err(AuthError::BadNonce)
+        );
+        assert_eq!(
+            verify_client(Some(&c), &NS, &NC[..16], &[0; 32]),
+            Err(AuthError::BadNonce)
+        );
+    }
+
+    #[test]
+    fn fresh_nonces_differ() {
+        assert_ne!(fresh_nonce().unwrap(), fresh_nonce().unwrap());
+    }
+
+    /// The test vector of the protocol guide, for implementations in other languages (Python's
+    /// `hmac` module gives the same two values from the formula in the guide).
+    #[test]
+    fn the_documented_test_vector_holds() {
+        let c = cookie("correct horse battery staple");
+        let ns: Nonce = std::array::from_fn(|i| i as u8);
+        let nc: Nonce = std::array::from_fn(|i| 0x20 + i as u8);
+        let client = ClientAuth::start(Some(&c), &ns, nc).unwrap();
+        let server_proof = verify_client(Some(&c), &ns, &nc, &client.proof()).unwrap();
+        assert_eq!(hex(&client.proof()), DOC_CLIENT_PROOF);
+        assert_eq!(hex(&server_proof), DOC_SERVER_PROOF);
+        let guide = include_str!("protocol.rs");
+        assert!(guide.contains(DOC_CLIENT_PROOF) && guide.contains(DOC_SERVER_PROOF));
+    }
+
+    const DOC_CLIENT_PROOF: &str =
+        "5b6e35b4b639d9f6791e3bb104a7cf35fbd99e882d76e7d9209e658d296785d3";
+    const DOC_SERVER_PROOF: &str =
+        "09ef7281443d464b6973f87b60bb01acf8c2992cb33dff4b2046ce6d6faf33d3";
+}

@@ -1,0 +1,290 @@
+use std::{error, fmt, io, path::PathBuf, time::Duration};
+
+/// The error type of `worker-shared`: addresses, connections, the admin plane and cookies.
+///
+/// Errors about a connection name the worker's address, and its pid once its hello told it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The address is not `unix:///absolute/path` or `tcp://host:port`.
+    InvalidAddress {
+        /// The address as it was given.
+        address: String,
+        /// Why it was refused.
+        source: worker_killswitch::Error,
+    },
+    /// Connecting failed: nothing listens there (refused, or no socket file), or the host is
+    /// unreachable.
+    Connect {
+        /// The worker's address, in canonical form.
+        address: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The worker did not answer in time: no hello after connecting, no reply to a query or a
+    /// stop, or no message for a receive with a timeout.
+    ///
+    /// The connection stays usable: part of a frame that did arrive is kept.
+    Timeout {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid, when its hello arrived.
+        pid: Option<u32>,
+        /// What was awaited: `hello`, `query`, `authentication`, `stop` or `message`.
+        operation: &'static str,
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// The worker closed the connection.
+    Closed {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid, when its hello arrived.
+        pid: Option<u32>,
+    },
+    /// A frame could not be encoded or decoded, or the stream broke the frame protocol (a
+    /// truncated or oversized frame, an unknown frame kind).
+    Channel {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid, when its hello arrived.
+        pid: Option<u32>,
+        /// The channel's error.
+        source: worker_channel::Error,
+    },
+    /// Reading from or writing to the connection failed.
+    Io {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid, when its hello arrived.
+        pid: Option<u32>,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// An earlier send failed, perhaps part-way through a frame, so the worker could read a cut
+    /// frame: the connection cannot be used any more.
+    Broken {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+    },
+    /// The worker sent a control message that breaks the admin protocol (no hello first, a
+    /// reply to nothing, a malformed message).
+    Protocol {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid, when its hello arrived.
+        pid: Option<u32>,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The worker speaks a version of the admin protocol this client does not.
+    UnsupportedVersion {
+        /// The worker's address.
+        address: String,
+        /// The version its hello announced.
+        version: u32,
+    },
+    /// More data arrived while waiting for a control reply than a client keeps for later.
+    Backlog {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+        /// The bound, in bytes.
+        limit: usize,
+    },
+    /// The worker refused the admin cookie: it is not the one the worker was started with.
+    Unauthorized {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+    },
+    /// The worker accepted the client's proof but could not prove that it knows the cookie
+    /// itself: whatever listens there is not the worker it claims to be.
+    ServerNotAuthenticated {
+        /// The worker's address.
+        address: String,
+        /// The pid its hello announced.
+        pid: u32,
+    },
+    /// No admin cookie is configured on this side, so nothing privileged can be asked; nothing
+    /// was sent.
+    NoCookie {
+        /// The worker's address.
+        address: String,
+    },
+    /// The worker was started without an admin cookie, so it cannot be stopped, or queried with
+    /// privilege, through its socket.
+    ServerHasNoCookie {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+    },
+    /// The worker refused a request for a reason this client has no variant for.
+    Rejected {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+        /// The error code of its reply (see the [`protocol`](crate::protocol) guide).
+        code: String,
+        /// The text of its reply.
+        message: String,
+    },
+    /// The system's random number generator failed to give a nonce.
+    Random(getrandom::Error),
+    /// An admin cookie file could not be read, or is not a regular file.
+    CookieFile {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// An admin cookie file is accessible to its group or to others: a secret there is no
+    /// secret.
+    CookieFileMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// An admin cookie that cannot be one (empty, say).
+    InvalidCookie {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// ` (pid N)` when the pid is known.
+struct Pid(Option<u32>);
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, " (pid {pid})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidAddress { address, .. } => {
+                write!(f, "invalid shared worker address {address:?}")
+            }
+            Error::Connect { address, .. } => {
+                write!(f, "cannot connect to shared worker at {address}")
+            }
+            Error::Timeout {
+                address,
+                pid,
+                operation,
+                waited,
+            } => write!(
+                f,
+                "timed out after {waited:?} waiting for {operation} from shared worker at \
+                 {address}{}",
+                Pid(*pid)
+            ),
+            Error::Closed { address, pid } => write!(
+                f,
+                "shared worker at {address}{} closed the connection",
+                Pid(*pid)
+            ),
+            Error::Channel { address, pid, .. } => write!(
+                f,
+                "channel to shared worker at {address}{} failed",
+                Pid(*pid)
+            ),
+            Error::Io { address, pid, .. } => {
+                write!(f, "i/o error with shared worker at {address}{}", Pid(*pid))
+            }
+            Error::Broken { address, pid } => write!(
+                f,
+                "connection to shared worker at {address} (pid {pid}) is broken by an earlier \
+                 failed send"
+            ),
+            Error::Protocol {
+                address,
+                pid,
+                reason,
+            } => write!(
+                f,
+                "shared worker at {address}{} broke the admin protocol: {reason}",
+                Pid(*pid)
+            ),
+            Error::UnsupportedVersion { address, version } => write!(
+                f,
+                "shared worker at {address} speaks admin protocol version {version}, this client \
+                 speaks version {}",
+                crate::wire::PROTOCOL_VERSION
+            ),
+            Error::Backlog {
+                address,
+                pid,
+                limit,
+            } => write!(
+                f,
+                "more than {limit} bytes of messages from shared worker at {address} (pid {pid}) \
+                 arrived while waiting for a control reply"
+            ),
+            Error::Unauthorized { address, pid } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) refused the admin cookie"
+            ),
+            Error::ServerNotAuthenticated { address, pid } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) could not prove it knows the admin cookie"
+            ),
+            Error::NoCookie { address } => write!(
+                f,
+                "no admin cookie configured: cannot authenticate to shared worker at {address}"
+            ),
+            Error::ServerHasNoCookie { address, pid } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) has no admin cookie configured, so it \
+                 cannot be stopped or queried with privilege through its socket"
+            ),
+            Error::Rejected {
+                address,
+                pid,
+                code,
+                message,
+            } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) refused the request: {code}: {message}"
+            ),
+            Error::Random(_) => f.write_str("cannot draw a random nonce"),
+            Error::CookieFile { path, .. } => {
+                write!(f, "cannot read admin cookie file {}", path.display())
+            }
+            Error::CookieFileMode { path, mode } => write!(
+                f,
+                "admin cookie file {} is accessible to group or others (mode {:04o}); \
+                 allow its owner only (chmod 600)",
+                path.display(),
+                mode & 0o7777
+            ),
+            Error::InvalidCookie { reason } => write!(f, "invalid admin cookie: {reason}"),
+        }
+    }
+}
+
+impl error::Error for Error {
+    fn source(&self) -> Option<&(dyn error::Error + 'static)> {
+        match self {
+            Error::InvalidAddress { source, .. } => Some(source),
+            Error::Connect { source, .. }
+            | Error::Io { source, .. }
+            | Error::CookieFile { source, .. } => Some(source),
+            Error::Channel { source, .. } => Some(source),
+            Error::Random(source) => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -42,6 +42,15 @@ pub enum Error {
         /// What the codec said.
         source: Box<dyn error::Error + Send + Sync>,
     },
+    /// A payload nests arrays, maps or enum variants deeper than the decoding limit.
+    ///
+    /// Refused before decoding starts, so no input can exhaust the decoding thread's stack.
+    TooDeep {
+        /// The codec of the payload.
+        codec: Codec,
+        /// The limit it went past.
+        max_depth: u32,
+    },
     /// A value could not be encoded with the channel's codec.
     Encode {
         /// The codec that failed.
@@ -74,6 +83,9 @@ impl fmt::Display for Error {
             Error::UnknownFrameKind(kind) => write!(f, "unknown frame kind {kind:#04x}"),
             Error::UnexpectedFrameKind { kind } => write!(f, "unexpected {kind} frame"),
             Error::Decode { codec, .. } => write!(f, "cannot decode {codec} payload"),
+            Error::TooDeep { codec, max_depth } => {
+                write!(f, "{codec} payload nested deeper than {max_depth} levels")
+            }
             Error::Encode { codec, .. } => write!(f, "cannot encode {codec} payload"),
             Error::Io(_) => f.write_str("channel i/o error"),
         }

@@ -51,17 +51,25 @@
 //! the connection"); a stream that ends inside a frame is [`Error::Truncated`]; an oversized
 //! header is [`Error::FrameTooLarge`]; a payload the codec cannot read is [`Error::Decode`],
 //! naming the codec.
+//!
+//! # Untrusted payloads
+//!
+//! Decoding is bounded: a payload nested deeper than [`DEFAULT_MAX_DEPTH`] (128) arrays, maps
+//! and enum variants is refused with [`Error::TooDeep`] before the codec recurses into it, so a
+//! peer cannot overflow the stack of the thread that decodes its messages
+//! ([`Codec::decode_with_max_depth`] sets another limit).
 
 #![forbid(unsafe_code)]
 
 mod channel;
 mod codec;
 mod decoder;
+mod depth;
 mod error;
 mod frame;
 
 pub use channel::Channel;
-pub use codec::Codec;
+pub use codec::{Codec, DEFAULT_MAX_DEPTH};
 pub use decoder::{FrameDecoder, FrameRef};
 pub use error::Error;
 pub use frame::{DEFAULT_MAX_FRAME_LEN, FrameKind, HEADER_LEN, encode_frame, encode_raw_frame};

@@ -1,5 +1,6 @@
 //! The frame format, both codecs and the blocking channel, on in-memory streams and real pipes.
 
+mod connection;
 mod depth;
 
 use std::{collections::BTreeMap, io::Write};

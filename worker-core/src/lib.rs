@@ -60,7 +60,8 @@ mod poller;
 pub use error::Error;
 pub use event_loop::{EventLoop, LoopHandle, Readiness, SourceId, TimerId};
 pub use evented::{
-    Connection, ConnectionId, Connections, EventedWorker, WorkerHost, WorkerLoop, run_evented,
+    Connection, ConnectionId, Connections, ControlHandler, EventedWorker, WorkerHost, WorkerLoop,
+    run_evented,
 };
-pub use nb_channel::{DEFAULT_MAX_QUEUED, NbChannel};
+pub use nb_channel::NbChannel;
 pub use poller::{Poller, PollerWaker, WAKE_TOKEN};

@@ -416,6 +416,18 @@ impl<T: Read + Write> FramedConnection<T> {
         Ok(true)
     }
 
+    /// Drops what is queued and not yet written, returning how many bytes that was: a send
+    /// that gives up before its frame left takes it back this way.
+    ///
+    /// A frame already partly written stays cut: the peer would read garbage after it, so the
+    /// stream cannot be trusted any more (compare [`queued_bytes`](Self::queued_bytes) before
+    /// and after a [`flush`](Self::flush) to know).
+    pub fn discard_queued(&mut self) -> usize {
+        let dropped = self.queued_bytes();
+        self.clear_out();
+        dropped
+    }
+
     // ---- the non-blocking face: reading --------------------------------------------------
 
     /// Reads once into the buffer, at most `max` bytes, retrying interrupted reads.

@@ -83,7 +83,7 @@ pub(crate) fn msgpack_within(bytes: &[u8], max_depth: u32) -> bool {
         let (children, skip): (Option<u64>, usize) = match marker {
             0x80..=0x8f => (Some(2 * u64::from(marker & 0x0f)), 0),
             0x90..=0x9f => (Some(u64::from(marker & 0x0f)), 0),
-            0xdc | 0xdd | 0xde | 0xdf => {
+            0xdc..=0xdf => {
                 let width = if marker & 1 == 0 { 2 } else { 4 };
                 let Some(n) = read_len(bytes, pos, width) else {
                     return true;

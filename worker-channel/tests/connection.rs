@@ -135,6 +135,21 @@ fn a_full_queue_refuses_the_next_frame_and_keeps_nothing_of_it() {
 }
 
 #[test]
+fn a_frame_taken_back_before_it_left_never_reaches_the_peer() {
+    let (mut conn, peer) = pair();
+    conn.queue(FrameKind::Data, &1u32).unwrap();
+    let queued = conn.queued_bytes();
+    assert_eq!(conn.discard_queued(), queued);
+    assert_eq!(conn.queued_bytes(), 0);
+    conn.queue(FrameKind::Data, &2u32).unwrap();
+    assert!(conn.flush().unwrap());
+    drop(conn);
+    let mut rx = Channel::new(&peer, std::io::sink(), Codec::MessagePack);
+    assert_eq!(rx.receive_message::<u32>().unwrap(), 2);
+    assert!(rx.next_message::<u32>().unwrap().is_none());
+}
+
+#[test]
 fn a_peer_that_streams_while_a_send_waits_is_capped_with_a_typed_error() {
     let (mut conn, peer) = pair();
     // The peer writes 64 KiB frames and never reads.

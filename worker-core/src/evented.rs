@@ -203,6 +203,12 @@ impl<R: Serialize> Connection<R> {
         self.channel.send(FrameKind::Data, reply)
     }
 
+    /// Decodes a payload with this connection's codec and depth limit (a control frame's, in a
+    /// [`ControlHandler`]).
+    pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Error> {
+        Ok(self.channel.connection().decode(payload)?)
+    }
+
     /// Sends a message of the library's own protocol as a control frame (a reply to what a
     /// [`ControlHandler`] received, say).
     pub fn send_control<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
@@ -271,7 +277,7 @@ impl<R> Connections<R> {
 
 /// What a [`WorkerHost`] does with a control frame: the worker, the connection it came on, the
 /// loop, and the frame's payload, still encoded with the connection's codec (decode it with
-/// `connection.channel_mut().connection().decode(payload)` or [`worker_channel::Codec`]).
+/// [`Connection::decode`]).
 ///
 /// An error from it ends the host as a callback's would ([`Error::Handler`] naming
 /// `control`); to refuse one peer only, [`Connection::close`] it instead.

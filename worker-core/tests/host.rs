@@ -64,6 +64,13 @@ impl EventedWorker for Hub {
 
 type Handle = LoopHandle<WorkerHost<Hub>>;
 
+/// What [`serve`] hands back: the peers' ends, the loop's handle, the host thread's outcome.
+type Served = (
+    Vec<Channel<UnixStream, UnixStream>>,
+    Handle,
+    thread::JoinHandle<Result<(), String>>,
+);
+
 /// Serves a shared host on a thread with one connection per peer name; the host's loop ends
 /// once every connection is gone. Returns the peers' blocking ends, the loop's handle and the
 /// thread's outcome.
@@ -71,11 +78,7 @@ fn serve(
     log: &Log,
     peers: &[&'static str],
     control: Option<fn() -> ControlHandler<Hub>>,
-) -> (
-    Vec<Channel<UnixStream, UnixStream>>,
-    Handle,
-    thread::JoinHandle<Result<(), String>>,
-) {
+) -> Served {
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for &name in peers {
@@ -111,7 +114,7 @@ fn serve(
 /// Answers `hello` control frames with a control frame naming the peer.
 fn greeter() -> ControlHandler<Hub> {
     Box::new(|worker: &mut Hub, connection, _, payload| {
-        let text: String = connection.channel_mut().connection().decode(payload)?;
+        let text: String = connection.decode(payload)?;
         let entry = format!("control {} {text}", connection.peer_name());
         worker.log.lock().unwrap().push(entry);
         let reply = format!("{text}, {}", connection.peer_name());

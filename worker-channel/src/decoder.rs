@@ -96,11 +96,6 @@ impl FrameDecoder {
         self.end - self.start
     }
 
-    /// Whether part of a frame has arrived and the rest has not.
-    pub fn is_mid_frame(&self) -> bool {
-        self.buffered() != 0
-    }
-
     /// Whether a complete frame is waiting, so that [`FrameDecoder::decode`] returns one
     /// (or the error that the waiting header deserves) without more input.
     pub fn has_frame(&self) -> bool {

@@ -239,11 +239,6 @@ impl<S: 'static> EventLoop<S> {
         })
     }
 
-    /// The mio registry underneath.
-    pub fn registry(&self) -> &Registry {
-        self.poller.registry()
-    }
-
     /// Registers `source` for `interest`; the loop owns it from now on and drops it when it is
     /// deregistered or when the loop is dropped.
     ///

@@ -2,7 +2,6 @@
 
 use std::{
     fmt,
-    fs::File,
     io::{self, Read, Write},
     os::fd::OwnedFd,
 };
@@ -243,19 +242,6 @@ impl NbChannel {
             codec,
             max_frame_len,
         ))
-    }
-
-    /// A channel over the two files of [`take_stdio_channel`](crate::take_stdio_channel)
-    /// (pipes or sockets, not regular files, which epoll refuses).
-    pub fn from_files(
-        input: File,
-        output: File,
-        codec: Codec,
-        max_frame_len: u32,
-    ) -> io::Result<Self> {
-        let rx = Receiver::from(OwnedFd::from(input));
-        let tx = Sender::from(OwnedFd::from(output));
-        Self::from_pipes(rx, tx, codec, max_frame_len)
     }
 
     /// The same connection as a blocking [`WorkerChannel`](crate::WorkerChannel) over the two

@@ -614,6 +614,10 @@ impl<S: 'static> EventLoop<S> {
     }
 
     fn fire_timers(&mut self, state: &mut S) -> Result<(), Error> {
+        // No clock read on the turns of a loop without timers.
+        if self.heap.is_empty() {
+            return Ok(());
+        }
         let now = Instant::now();
         while let Some(deadline) = self.next_deadline() {
             if deadline > now {

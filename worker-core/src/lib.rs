@@ -35,6 +35,12 @@
 //!
 //! Registering implementations and starting worker processes is `worker-bootstrap`'s job; this
 //! crate is what runs inside the worker.
+//!
+//! Underneath the evented side: the [`Poller`], the one readiness layer (the event loop and
+//! the pools wait on it), and the [`NbChannel`], the event loop's face of the one framed
+//! connection ([`worker_channel::FramedConnection`]), which is itself the mio source of its
+//! descriptors. A [`WorkerHost`] serves an [`EventedWorker`] over any number of connections,
+//! hands control frames to a handler of the host's own, and can end one connection on purpose.
 
 mod deadline;
 mod raw;

@@ -220,13 +220,17 @@ impl<R: Serialize> Connection<R> {
         self.channel.queued_bytes()
     }
 
-    /// Ends this connection on purpose, leaving the others as they are.
+    /// Ends this connection on purpose once the current callback returns, leaving the others
+    /// as they are.
     ///
     /// No frame received after this call reaches the worker. What is queued for the peer
     /// (a goodbye sent just before, say) is still written; then, as for a peer that left,
     /// [`EventedWorker::on_disconnect`] runs and the connection's descriptors close, so the
     /// peer sees the end of the stream. A peer that never reads what is queued keeps the
     /// connection until it does or goes; [`WorkerHost::disconnect`] ends one at once.
+    ///
+    /// This is for the connection's own callbacks (`on_message`, `on_connect`, a
+    /// [`ControlHandler`]); from a timer or a posted closure, use [`WorkerHost::close`].
     pub fn close(&mut self) {
         self.closing = true;
     }
@@ -297,7 +301,7 @@ pub type ControlHandler<W> = Box<
 /// [`WorkerHost::shared`], registers its listener on the loop, hands each accepted stream to
 /// [`WorkerHost::connect`], handles the control frames of its protocol (hello, query, stop)
 /// with [`WorkerHost::set_control_handler`], and ends one connection on purpose with
-/// [`Connection::close`] or [`WorkerHost::disconnect`].
+/// [`Connection::close`], [`WorkerHost::close`] or [`WorkerHost::disconnect`].
 pub struct WorkerHost<W: EventedWorker> {
     worker: W,
     connections: Connections<W::Reply>,
@@ -496,6 +500,24 @@ impl<W: EventedWorker> WorkerHost<W> {
             self.disconnect(event_loop, id)?;
         }
         Ok(())
+    }
+
+    /// Ends connection `id` gracefully, as [`Connection::close`] does, from outside its own
+    /// callbacks (a timer, a posted closure): what is queued for the peer is written first.
+    ///
+    /// Returns `Ok(false)` for a connection that is already gone.
+    pub fn close(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+    ) -> Result<bool, Error> {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(false);
+        };
+        connection.closing = true;
+        // Nothing else may wake this connection up: see now whether its queue is written.
+        self.drive(event_loop, id, Readiness::default())?;
+        Ok(true)
     }
 
     /// Ends connection `id` at once, leaving the others as they are: as for a peer that left,

@@ -212,7 +212,24 @@ fn one_connection_ends_on_purpose_and_the_others_go_on() {
     assert!(b.next_message::<String>().unwrap().is_none(), "closed");
     c.send_message("still c").unwrap();
     assert_eq!(c.receive_message::<String>().unwrap(), "still c");
-    drop(c);
+
+    // And `c` gracefully, from outside its callbacks: a last word first, then the end.
+    handle
+        .post(|host: &mut WorkerHost<Hub>, event_loop| {
+            let connection = host
+                .connections_mut()
+                .iter_mut()
+                .find(|c| c.peer_name() == "c")
+                .ok_or("c is gone")?;
+            connection.send(&"see you".to_owned())?;
+            let id = connection.id();
+            assert!(host.close(event_loop, id)?);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(c.receive_message::<String>().unwrap(), "see you");
+    assert!(c.next_message::<String>().unwrap().is_none(), "closed");
+    // The host had nothing left on its loop: it returned by itself.
     finish(server).unwrap();
     let log = log.lock().unwrap();
     assert!(!log.contains(&"message a after".to_owned()), "{log:?}");

@@ -57,7 +57,11 @@ pub const DEFAULT_MAX_QUEUED: usize = 8 * 1024 * 1024;
 ///
 /// This is the shape of a dedicated-worker handle: a blocking send that reads what the worker
 /// sends meanwhile (up to a cap), and a receive that waits for readiness between attempts.
-/// mio stands in for the handle's own `poll(2)` on the socket and the worker's pidfd.
+/// mio stands in for the handle's own `poll(2)` on the socket and the worker's pidfd; with
+/// level-triggered `poll(2)` the calls are the same. A send with a deadline that passes takes
+/// its frame back with [`discard_queued`](Self::discard_queued) when none of it left
+/// ([`queued_bytes`](Self::queued_bytes) still equals what [`queue`](Self::queue) added), and
+/// otherwise leaves a cut frame behind: the stream is broken then.
 ///
 /// ```
 /// use std::{os::unix::net::UnixStream, time::Duration};

@@ -2,7 +2,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::Error;
+use crate::{Error, depth};
+
+/// How deep a payload may nest arrays, maps and enum variants by default: 128 levels.
+pub const DEFAULT_MAX_DEPTH: u32 = 128;
 
 /// How a payload is encoded inside a frame.
 ///
@@ -49,18 +52,72 @@ impl Codec {
         Ok(out)
     }
 
-    /// Decodes one value from `bytes`.
+    /// Decodes one value from `bytes`, refusing payloads nested deeper than
+    /// [`DEFAULT_MAX_DEPTH`] levels with [`Error::TooDeep`].
     ///
     /// JSON refuses trailing characters after the value; MessagePack ignores trailing bytes.
+    ///
+    /// Every nested array, map and enum variant is one level, whatever the type asks for, so
+    /// no payload can make decoding recurse deeper than the limit (see
+    /// [`Codec::decode_with_max_depth`]).
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, Error> {
+        self.decode_with_max_depth(bytes, DEFAULT_MAX_DEPTH)
+    }
+
+    /// Decodes one value from `bytes`, refusing payloads nested deeper than `max_depth` levels
+    /// with [`Error::TooDeep`].
+    ///
+    /// The nesting is measured before decoding, without recursion, so a hostile payload cannot
+    /// exhaust the stack of the thread that decodes it; byte strings and strings are skipped in
+    /// one step, so the check costs little next to decoding. A decoder recurses a few stack
+    /// frames per level: keep `max_depth` within what the decoding threads' stacks hold
+    /// (128 levels of a recursive enum take well under 1 MiB, even unoptimised).
+    ///
+    /// ```
+    /// use worker_channel::{Codec, Error};
+    ///
+    /// let deep = "[".repeat(200) + &"]".repeat(200);
+    /// assert!(matches!(
+    ///     Codec::Json.decode::<serde_json::Value>(deep.as_bytes()),
+    ///     Err(Error::TooDeep { codec: Codec::Json, max_depth: 128 })
+    /// ));
+    /// assert!(Codec::Json.decode_with_max_depth::<serde_json::Value>(deep.as_bytes(), 200).is_ok());
+    /// ```
+    pub fn decode_with_max_depth<T: DeserializeOwned>(
+        self,
+        bytes: &[u8],
+        max_depth: u32,
+    ) -> Result<T, Error> {
         let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Decode {
             codec: self,
             source: e,
         };
+        let within = match self {
+            Codec::MessagePack => depth::msgpack_within(bytes, max_depth),
+            Codec::Json => depth::json_within(bytes, max_depth),
+        };
+        if !within {
+            return Err(Error::TooDeep {
+                codec: self,
+                max_depth,
+            });
+        }
         match self {
-            // Borrowing from the slice lets byte strings be copied once, straight into the value.
-            Codec::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| err(Box::new(e))),
-            Codec::Json => serde_json::from_slice(bytes).map_err(|e| err(Box::new(e))),
+            Codec::MessagePack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                // The scan above is the limit; rmp-serde's own (1024 containers, enum
+                // variants not counted) must not refuse what it let through.
+                de.set_max_depth(usize::MAX);
+                T::deserialize(&mut de).map_err(|e| err(Box::new(e)))
+            }
+            Codec::Json => {
+                let mut de = serde_json::Deserializer::from_slice(bytes);
+                // As above: serde_json's own limit (127 levels) would cut a larger one short.
+                de.disable_recursion_limit();
+                T::deserialize(&mut de)
+                    .and_then(|value| de.end().map(|()| value))
+                    .map_err(|e| err(Box::new(e)))
+            }
         }
     }
 

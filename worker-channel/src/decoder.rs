@@ -8,8 +8,18 @@ use crate::{
 /// Smallest read the decoder asks of a stream, so small frames arrive in few system calls.
 const MIN_READ: usize = 64 * 1024;
 
-/// Buffer memory kept between frames; more is given back once the large frame is consumed.
-pub(crate) const RETAIN: usize = 4 * 1024 * 1024;
+/// Buffer memory kept between frames, for reading and for writing alike; more is given back
+/// once the large frame that needed it is gone.
+const RETAIN: usize = 4 * 1024 * 1024;
+
+/// The one shrink rule of both buffers of a connection, applied once a buffer is empty: a past
+/// very large frame need not pin its memory forever, while up to [`RETAIN`] is kept, so a stream
+/// of large messages does not pay for allocating and faulting it in each time.
+pub(crate) fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > RETAIN {
+        *buf = Vec::new();
+    }
+}
 
 /// A frame taken out of a [`FrameDecoder`], borrowing its payload from the decoder's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +96,6 @@ impl FrameDecoder {
         self.end - self.start
     }
 
-    /// Whether part of a frame has arrived and the rest has not.
-    pub fn is_mid_frame(&self) -> bool {
-        self.buffered() != 0
-    }
-
     /// Whether a complete frame is waiting, so that [`FrameDecoder::decode`] returns one
     /// (or the error that the waiting header deserves) without more input.
     pub fn has_frame(&self) -> bool {
@@ -124,16 +129,27 @@ impl FrameDecoder {
     /// When the pending header announces a large frame, the buffer grows to hold all of it,
     /// so a big payload arrives in big reads; never beyond the maximum frame length.
     pub fn read_from<R: Read + ?Sized>(&mut self, reader: &mut R) -> io::Result<usize> {
+        self.read_from_limited(reader, usize::MAX).map(|(n, _)| n)
+    }
+
+    /// As [`FrameDecoder::read_from`], offering the read at most `max` bytes (at least one);
+    /// returns the bytes read and the room the read was offered, so a short read is recognised.
+    pub(crate) fn read_from_limited<R: Read + ?Sized>(
+        &mut self,
+        reader: &mut R,
+        max: usize,
+    ) -> io::Result<(usize, usize)> {
         let want = match self.peek_header() {
             Some((len, _)) if len <= self.max_frame_len as usize => (HEADER_LEN + len)
                 .saturating_sub(self.buffered())
                 .max(MIN_READ),
             _ => MIN_READ,
         };
-        self.reserve(want);
-        let n = reader.read(&mut self.buf[self.end..])?;
+        self.reserve(want.min(max.max(1)));
+        let room = (self.buf.len() - self.end).min(max.max(1));
+        let n = reader.read(&mut self.buf[self.end..self.end + room])?;
         self.end += n;
-        Ok(n)
+        Ok((n, room))
     }
 
     /// Makes room for `additional` bytes after `end`, moving pending bytes to the front first.
@@ -141,10 +157,8 @@ impl FrameDecoder {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            // A past very large frame need not pin its memory forever; up to RETAIN is kept, so
-            // a stream of large messages does not pay for allocating and faulting it in each time.
-            if self.buf.len() > RETAIN && additional <= MIN_READ {
-                self.buf = Vec::new();
+            if additional <= MIN_READ {
+                release_if_large(&mut self.buf);
             }
         }
         if self.buf.len() - self.end >= additional {

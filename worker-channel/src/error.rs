@@ -42,6 +42,15 @@ pub enum Error {
         /// What the codec said.
         source: Box<dyn error::Error + Send + Sync>,
     },
+    /// A payload nests arrays, maps or enum variants deeper than the decoding limit.
+    ///
+    /// Refused before decoding starts, so no input can exhaust the decoding thread's stack.
+    TooDeep {
+        /// The codec of the payload.
+        codec: Codec,
+        /// The limit it went past.
+        max_depth: u32,
+    },
     /// A value could not be encoded with the channel's codec.
     Encode {
         /// The codec that failed.
@@ -49,7 +58,26 @@ pub enum Error {
         /// What the codec said.
         source: Box<dyn error::Error + Send + Sync>,
     },
-    /// The underlying stream failed.
+    /// A frame was refused because the outgoing queue holds `limit` bytes or more already:
+    /// the peer does not read fast enough. Nothing was queued; queue again once it drained.
+    QueueFull {
+        /// Bytes waiting to be written.
+        queued: usize,
+        /// The bound of the queue.
+        limit: usize,
+    },
+    /// The peer sent more than `limit` bytes while this side waited to write
+    /// ([`FramedConnection::read_ahead`](crate::FramedConnection::read_ahead)).
+    ///
+    /// What was read stays buffered and the connection usable.
+    ReceiveBufferFull {
+        /// Bytes buffered and not yet received.
+        buffered: usize,
+        /// The cap.
+        limit: usize,
+    },
+    /// The underlying stream failed (a peer that is gone is a `BrokenPipe` or `ConnectionReset`
+    /// here, when sending).
     Io(io::Error),
 }
 
@@ -74,7 +102,18 @@ impl fmt::Display for Error {
             Error::UnknownFrameKind(kind) => write!(f, "unknown frame kind {kind:#04x}"),
             Error::UnexpectedFrameKind { kind } => write!(f, "unexpected {kind} frame"),
             Error::Decode { codec, .. } => write!(f, "cannot decode {codec} payload"),
+            Error::TooDeep { codec, max_depth } => {
+                write!(f, "{codec} payload nested deeper than {max_depth} levels")
+            }
             Error::Encode { codec, .. } => write!(f, "cannot encode {codec} payload"),
+            Error::QueueFull { queued, limit } => write!(
+                f,
+                "outgoing queue full ({queued} bytes queued, limit {limit} bytes)"
+            ),
+            Error::ReceiveBufferFull { buffered, limit } => write!(
+                f,
+                "peer sent more than {limit} bytes while a send waited ({buffered} bytes buffered)"
+            ),
             Error::Io(_) => f.write_str("channel i/o error"),
         }
     }

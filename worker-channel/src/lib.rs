@@ -24,9 +24,15 @@
 //! anything is allocated.
 //!
 //! The core types:
-//! - [`Channel`], blocking and typed, over any reader and writer;
-//! - [`FrameDecoder`], which splits bytes from anywhere into frames, for event loops;
+//! - [`FramedConnection`], the one framed connection: a transport, its read buffer and frame
+//!   decoder, its outgoing buffer, the codec and the limits, with a blocking face and a
+//!   non-blocking face (for callers that wait for readiness themselves: event loops, pools,
+//!   dedicated-worker handles);
+//! - [`Channel`], its blocking face over any reader and writer;
 //! - [`Codec`], MessagePack (the default) or JSON.
+//!
+//! [`FrameDecoder`] splits bytes from anywhere into frames, for those who bring their own
+//! buffer.
 //!
 //! # Bytes travel as bytes
 //!
@@ -50,18 +56,29 @@
 //! The clean end of the stream between frames is [`Error::Closed`] (the seed's "master closed
 //! the connection"); a stream that ends inside a frame is [`Error::Truncated`]; an oversized
 //! header is [`Error::FrameTooLarge`]; a payload the codec cannot read is [`Error::Decode`],
-//! naming the codec.
+//! naming the codec. The bounds of a non-blocking connection are [`Error::QueueFull`] (sending)
+//! and [`Error::ReceiveBufferFull`] (reading ahead while a send waits).
+//!
+//! # Untrusted payloads
+//!
+//! Decoding is bounded: a payload nested deeper than [`DEFAULT_MAX_DEPTH`] (128) arrays, maps
+//! and enum variants is refused with [`Error::TooDeep`] before the codec recurses into it, so a
+//! peer cannot overflow the stack of the thread that decodes its messages
+//! ([`Codec::decode_with_max_depth`] sets another limit).
 
 #![forbid(unsafe_code)]
 
 mod channel;
 mod codec;
+mod connection;
 mod decoder;
+mod depth;
 mod error;
 mod frame;
 
 pub use channel::Channel;
-pub use codec::Codec;
+pub use codec::{Codec, DEFAULT_MAX_DEPTH};
+pub use connection::{DEFAULT_MAX_QUEUED, Duplex, FramedConnection};
 pub use decoder::{FrameDecoder, FrameRef};
 pub use error::Error;
 pub use frame::{DEFAULT_MAX_FRAME_LEN, FrameKind, HEADER_LEN, encode_frame, encode_raw_frame};

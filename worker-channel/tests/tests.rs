@@ -1,5 +1,8 @@
 //! The frame format, both codecs and the blocking channel, on in-memory streams and real pipes.
 
+mod connection;
+mod depth;
+
 use std::{collections::BTreeMap, io::Write};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};

@@ -14,20 +14,11 @@ pub enum Error {
         /// What the system said.
         source: io::Error,
     },
-    /// A frame could not be encoded or decoded, or the stream broke the frame protocol
-    /// (a truncated or oversized frame, an unknown or unexpected frame kind).
+    /// A channel's error: a frame could not be encoded or decoded, the stream broke the frame
+    /// protocol (a truncated or oversized frame, an unknown or unexpected frame kind, a payload
+    /// nested too deep), a send found the outgoing queue at its bound
+    /// ([`worker_channel::Error::QueueFull`]), or reading or writing the stream failed.
     Channel(worker_channel::Error),
-    /// A send found the outgoing queue at its bound: the peer does not read fast enough.
-    ///
-    /// Nothing was queued; send again once the queue has drained.
-    QueueFull {
-        /// Bytes waiting to be written.
-        queued: usize,
-        /// The bound of the queue.
-        limit: usize,
-    },
-    /// A send found the peer gone (its end of the stream is closed).
-    Disconnected,
     /// A callback or a handler returned an error.
     Handler {
         /// Which callback (`initialize`, `on_message`, ...) or `handler` for loop handlers.
@@ -54,12 +45,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { op, .. } => write!(f, "event loop {op} failed"),
-            Error::Channel(_) => f.write_str("channel protocol error"),
-            Error::QueueFull { queued, limit } => write!(
-                f,
-                "outgoing queue full ({queued} bytes queued, limit {limit} bytes)"
-            ),
-            Error::Disconnected => f.write_str("peer disconnected"),
+            Error::Channel(_) => f.write_str("channel error"),
             Error::Handler { callback, .. } => write!(f, "{callback} failed"),
             Error::LoopGone => f.write_str("event loop is gone"),
         }
@@ -74,5 +60,11 @@ impl error::Error for Error {
             Error::Handler { source, .. } => Some(&**source),
             _ => None,
         }
+    }
+}
+
+impl From<worker_channel::Error> for Error {
+    fn from(e: worker_channel::Error) -> Self {
+        Error::Channel(e)
     }
 }

@@ -1,26 +1,19 @@
-//! The event loop: mio readiness, a timer heap and a cross-thread waker.
+//! The event loop: readiness from the [`Poller`], a timer heap and posted closures.
 
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
-    fmt, io,
-    sync::Arc,
+    fmt,
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use mio::{Events, Interest, Poll, Registry, Token, Waker, event::Source};
+use mio::{Interest, Registry, Token, event::Source};
 
-use crate::{BoxError, Error};
-
-/// Stands for "never" where a delay is past what `Instant` can hold.
-const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
-/// The token of the waker; source tokens never reach it (their generation stays below `u32::MAX`
-/// in the high half).
-const WAKER: Token = Token(usize::MAX);
-
-/// Default capacity of the readiness buffer handed to `epoll_wait`.
-const DEFAULT_EVENTS_CAPACITY: usize = 256;
+use crate::{
+    BoxError, Error, Poller, PollerWaker, WAKE_TOKEN, deadline_after, deadline_from,
+    poller::DEFAULT_EVENTS_CAPACITY, time_left,
+};
 
 /// Identifies a source registered on an [`EventLoop`].
 ///
@@ -84,9 +77,10 @@ impl Readiness {
 type TimerHandler<S> = Box<dyn FnMut(&mut S, &mut EventLoop<S>) -> Result<(), BoxError>>;
 type Posted<S> = Box<dyn FnOnce(&mut S, &mut EventLoop<S>) -> Result<(), BoxError> + Send>;
 
-/// A registered source together with its handler, type-erased.
+/// A registered source together with its handler, type-erased; a source registered with
+/// [`EventLoop::register_ref`] stays with its owner, and its entry holds only the handler.
 trait Entry<S> {
-    fn source(&mut self) -> &mut dyn Source;
+    fn source(&mut self) -> Option<&mut dyn Source>;
     fn dispatch(
         &mut self,
         state: &mut S,
@@ -105,8 +99,8 @@ where
     T: Source,
     F: FnMut(&mut S, &mut EventLoop<S>, &mut T, Readiness) -> Result<(), BoxError>,
 {
-    fn source(&mut self) -> &mut dyn Source {
-        &mut self.source
+    fn source(&mut self) -> Option<&mut dyn Source> {
+        Some(&mut self.source)
     }
 
     fn dispatch(
@@ -116,6 +110,27 @@ where
         ready: Readiness,
     ) -> Result<(), BoxError> {
         (self.handler)(state, event_loop, &mut self.source, ready)
+    }
+}
+
+/// The handler of a source its owner keeps.
+struct Borrowed<F>(F);
+
+impl<S, F> Entry<S> for Borrowed<F>
+where
+    F: FnMut(&mut S, &mut EventLoop<S>, Readiness) -> Result<(), BoxError>,
+{
+    fn source(&mut self) -> Option<&mut dyn Source> {
+        None
+    }
+
+    fn dispatch(
+        &mut self,
+        state: &mut S,
+        event_loop: &mut EventLoop<S>,
+        ready: Readiness,
+    ) -> Result<(), BoxError> {
+        (self.0)(state, event_loop, ready)
     }
 }
 
@@ -131,7 +146,8 @@ struct Slot<S> {
 }
 
 struct Timer<S> {
-    deadline: Instant,
+    /// `None`: never (a delay past what `Instant` holds); the timer stays until cancelled.
+    deadline: Option<Instant>,
     period: Option<Duration>,
     handler: TimerHandler<S>,
 }
@@ -165,9 +181,8 @@ struct Timer<S> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct EventLoop<S> {
-    poll: Poll,
-    events: Events,
-    /// Readiness copied out of `events`, so handlers can take the loop mutably while a batch
+    poller: Poller,
+    /// Readiness copied out of the poller, so handlers can take the loop mutably while a batch
     /// is dispatched; reused from turn to turn.
     ready: Vec<(Token, Readiness)>,
     slots: Vec<Slot<S>>,
@@ -180,7 +195,7 @@ pub struct EventLoop<S> {
     next_timer: u64,
     /// The timer whose handler runs now, and whether it was cancelled meanwhile.
     firing: Option<(TimerId, bool)>,
-    waker: Arc<Waker>,
+    waker: PollerWaker,
     posted_tx: Sender<Posted<S>>,
     posted_rx: Receiver<Posted<S>>,
     stopped: bool,
@@ -204,13 +219,11 @@ impl<S: 'static> EventLoop<S> {
 
     /// A new loop that takes up to `events_capacity` readiness events per turn.
     pub fn with_capacity(events_capacity: usize) -> Result<Self, Error> {
-        let io = |op| move |source| Error::Io { op, source };
-        let poll = Poll::new().map_err(io("create poll"))?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(io("create waker"))?;
+        let poller = Poller::with_capacity(events_capacity)?;
+        let waker = poller.waker();
         let (posted_tx, posted_rx) = crossbeam_channel::unbounded();
         Ok(EventLoop {
-            poll,
-            events: Events::with_capacity(events_capacity.max(1)),
+            poller,
             ready: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -219,16 +232,11 @@ impl<S: 'static> EventLoop<S> {
             heap: BinaryHeap::new(),
             next_timer: 0,
             firing: None,
-            waker: Arc::new(waker),
+            waker,
             posted_tx,
             posted_rx,
             stopped: false,
         })
-    }
-
-    /// The mio registry, for sources that must be registered by hand.
-    pub fn registry(&self) -> &Registry {
-        self.poll.registry()
     }
 
     /// Registers `source` for `interest`; the loop owns it from now on and drops it when it is
@@ -246,6 +254,43 @@ impl<S: 'static> EventLoop<S> {
         T: Source + 'static,
         F: FnMut(&mut S, &mut EventLoop<S>, &mut T, Readiness) -> Result<(), BoxError> + 'static,
     {
+        let id = self.reserve_slot();
+        if let Err(e) = self.poller.register(&mut source, id.token(), interest) {
+            self.free.push(id.index);
+            return Err(e);
+        }
+        self.fill_slot(id, Box::new(Owned { source, handler }));
+        Ok(id)
+    }
+
+    /// Registers `source`, which its caller keeps (inside its own state, say), for `interest`.
+    ///
+    /// `handler` runs on each readiness event with the state, the loop and what the source is
+    /// ready for. The source registers its own descriptors (it is a mio [`Source`], as an
+    /// [`NbChannel`](crate::NbChannel) is), so it must leave the loop through
+    /// [`EventLoop::deregister_ref`] while it is still open; dropping it without does no harm
+    /// to other sources (closing its descriptors removes them from epoll), but its id stays
+    /// taken until [`EventLoop::deregister`].
+    pub fn register_ref<T, F>(
+        &mut self,
+        source: &mut T,
+        interest: Interest,
+        handler: F,
+    ) -> Result<SourceId, Error>
+    where
+        T: Source + ?Sized,
+        F: FnMut(&mut S, &mut EventLoop<S>, Readiness) -> Result<(), BoxError> + 'static,
+    {
+        let id = self.reserve_slot();
+        if let Err(e) = self.poller.register(source, id.token(), interest) {
+            self.free.push(id.index);
+            return Err(e);
+        }
+        self.fill_slot(id, Box::new(Borrowed(handler)));
+        Ok(id)
+    }
+
+    fn reserve_slot(&mut self) -> SourceId {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -259,26 +304,17 @@ impl<S: 'static> EventLoop<S> {
                 index
             }
         };
-        let slot = &mut self.slots[index as usize];
-        let id = SourceId {
+        SourceId {
             index,
-            generation: slot.generation,
-        };
-        if let Err(source) = self
-            .poll
-            .registry()
-            .register(&mut source, id.token(), interest)
-        {
-            self.free.push(index);
-            return Err(Error::Io {
-                op: "register",
-                source,
-            });
+            generation: self.slots[index as usize].generation,
         }
+    }
+
+    fn fill_slot(&mut self, id: SourceId, entry: Box<dyn Entry<S>>) {
+        let slot = &mut self.slots[id.index as usize];
         slot.live = true;
-        slot.entry = Some(Box::new(Owned { source, handler }));
+        slot.entry = Some(entry);
         self.live_sources += 1;
-        Ok(id)
     }
 
     /// Changes what a registered source is watched for.
@@ -290,16 +326,29 @@ impl<S: 'static> EventLoop<S> {
             return Ok(false);
         };
         match slot.entry.as_mut() {
-            Some(entry) => self
-                .poll
-                .registry()
-                .reregister(entry.source(), id.token(), interest)
-                .map_err(|source| Error::Io {
-                    op: "reregister",
-                    source,
-                })?,
+            Some(entry) => {
+                if let Some(source) = entry.source() {
+                    reregister(self.poller.registry(), source, id, interest)?;
+                }
+            }
             None => slot.pending_interest = Some(interest),
         }
+        Ok(true)
+    }
+
+    /// Changes what a source registered with [`EventLoop::register_ref`] is watched for.
+    ///
+    /// Returns `false` for an id that is no longer registered.
+    pub fn reregister_ref<T: Source + ?Sized>(
+        &mut self,
+        id: SourceId,
+        source: &mut T,
+        interest: Interest,
+    ) -> Result<bool, Error> {
+        if live_slot(&mut self.slots, id).is_none() {
+            return Ok(false);
+        }
+        reregister(self.poller.registry(), source, id, interest)?;
         Ok(true)
     }
 
@@ -307,7 +356,9 @@ impl<S: 'static> EventLoop<S> {
     ///
     /// Returns `false` for an id that is no longer registered. A handler may deregister itself
     /// or any other source; a deregistered source gets no further events, even ones already
-    /// collected in the current turn.
+    /// collected in the current turn. A source registered with [`EventLoop::register_ref`]
+    /// should leave through [`EventLoop::deregister_ref`] instead, which takes its descriptors
+    /// out of the poller.
     pub fn deregister(&mut self, id: SourceId) -> bool {
         let Some(slot) = live_slot(&mut self.slots, id) else {
             return false;
@@ -315,12 +366,26 @@ impl<S: 'static> EventLoop<S> {
         slot.live = false;
         self.live_sources -= 1;
         if let Some(mut entry) = slot.entry.take() {
-            // The descriptor is dropped right after, which removes it from epoll anyway.
-            let _ = self.poll.registry().deregister(entry.source());
+            if let Some(source) = entry.source() {
+                self.poller.deregister(source);
+            }
             self.free_slot(id.index);
         }
         // Otherwise the entry is out for dispatch: `dispatch_source` finishes the job.
         true
+    }
+
+    /// Deregisters a source registered with [`EventLoop::register_ref`]: its descriptors leave
+    /// the poller while still open, and its handler is dropped.
+    ///
+    /// Returns `false` (and leaves `source` alone) for an id that is no longer registered.
+    /// A handler may do this to its own source or any other, as with [`EventLoop::deregister`].
+    pub fn deregister_ref<T: Source + ?Sized>(&mut self, id: SourceId, source: &mut T) -> bool {
+        if live_slot(&mut self.slots, id).is_none() {
+            return false;
+        }
+        self.poller.deregister(source);
+        self.deregister(id)
     }
 
     fn free_slot(&mut self, index: u32) {
@@ -366,10 +431,11 @@ impl<S: 'static> EventLoop<S> {
     ) -> TimerId {
         let id = TimerId(self.next_timer);
         self.next_timer += 1;
-        // A delay past what `Instant` holds means "never": far enough in the future.
-        let now = Instant::now();
-        let deadline = now.checked_add(delay).unwrap_or(now + FAR_FUTURE);
-        self.heap.push(Reverse((deadline, id)));
+        // A delay past what `Instant` holds means "never": the timer waits to be cancelled.
+        let deadline = deadline_after(delay);
+        if let Some(deadline) = deadline {
+            self.heap.push(Reverse((deadline, id)));
+        }
         self.timers.insert(
             id,
             Timer {
@@ -397,7 +463,9 @@ impl<S: 'static> EventLoop<S> {
         if removed && self.heap.len() > 64 + 2 * self.timers.len() {
             let timers = &self.timers;
             self.heap.retain(|Reverse((deadline, id))| {
-                timers.get(id).is_some_and(|t| t.deadline == *deadline)
+                timers
+                    .get(id)
+                    .is_some_and(|t| t.deadline == Some(*deadline))
             });
         }
         removed
@@ -407,7 +475,7 @@ impl<S: 'static> EventLoop<S> {
     pub fn handle(&self) -> LoopHandle<S> {
         LoopHandle {
             tx: self.posted_tx.clone(),
-            waker: Arc::clone(&self.waker),
+            waker: self.waker.clone(),
         }
     }
 
@@ -451,28 +519,26 @@ impl<S: 'static> EventLoop<S> {
 
     /// Waits for events (at most `max_wait`, or until the next timer), then dispatches them and
     /// the timers that are due: one iteration of [`EventLoop::run`].
+    ///
+    /// `None`, like a `max_wait` past what the clock holds (`Duration::MAX`), waits for the next
+    /// event or timer however far; so does a turn with nothing registered, until a
+    /// [`LoopHandle`] posts.
     pub fn turn(&mut self, state: &mut S, max_wait: Option<Duration>) -> Result<(), Error> {
-        let mut timeout = self.next_deadline().map(|deadline| {
-            let now = Instant::now();
-            deadline.saturating_duration_since(now)
-        });
-        if let Some(max_wait) = max_wait {
-            timeout = Some(timeout.map_or(max_wait, |t| t.min(max_wait)));
-        }
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            // A signal: the timers below still run, and the caller's loop polls again.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => return Err(Error::Io { op: "poll", source }),
-        }
+        let next_timer = self.next_deadline();
+        let until = match max_wait.and_then(deadline_after) {
+            Some(limit) => Some(next_timer.map_or(limit, |t| t.min(limit))),
+            None => next_timer,
+        };
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
-        ready.extend(
-            self.events
-                .iter()
-                .map(|event| (event.token(), Readiness::from_event(event))),
-        );
-        let result = self.dispatch_ready(state, &ready);
+        // An interrupted wait returns no event, as a timeout does: the timers below still run,
+        // and the caller's loop waits again.
+        let waited = self
+            .poller
+            .wait_timeout(time_left(until), |token, readiness| {
+                ready.push((token, readiness));
+            });
+        let result = waited.and_then(|_| self.dispatch_ready(state, &ready));
         self.ready = ready;
         result?;
         self.fire_timers(state)
@@ -480,7 +546,7 @@ impl<S: 'static> EventLoop<S> {
 
     fn dispatch_ready(&mut self, state: &mut S, ready: &[(Token, Readiness)]) -> Result<(), Error> {
         for &(token, readiness) in ready {
-            if token == WAKER {
+            if token == WAKE_TOKEN {
                 self.run_posted(state)?;
             } else {
                 self.dispatch_source(state, SourceId::from_token(token), readiness)?;
@@ -504,22 +570,22 @@ impl<S: 'static> EventLoop<S> {
         let slot = &mut self.slots[id.index as usize];
         if slot.live {
             let interest = slot.pending_interest.take();
-            let reregistered = interest.map(|interest| {
-                self.poll
-                    .registry()
-                    .reregister(entry.source(), id.token(), interest)
-            });
+            let reregistered = match (interest, entry.source()) {
+                (Some(interest), Some(source)) => {
+                    reregister(self.poller.registry(), source, id, interest)
+                }
+                _ => Ok(()),
+            };
             self.slots[id.index as usize].entry = Some(entry);
-            if let Some(Err(source)) = reregistered {
+            if let Err(e) = reregistered {
                 result.map_err(|e| Error::from_handler("handler", e))?;
-                return Err(Error::Io {
-                    op: "reregister",
-                    source,
-                });
+                return Err(e);
             }
         } else {
             // Deregistered by its own handler (or by one it called).
-            let _ = self.poll.registry().deregister(entry.source());
+            if let Some(source) = entry.source() {
+                self.poller.deregister(source);
+            }
             drop(entry);
             self.free_slot(id.index);
         }
@@ -535,7 +601,11 @@ impl<S: 'static> EventLoop<S> {
 
     fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(&Reverse((deadline, id))) = self.heap.peek() {
-            if self.timers.get(&id).is_some_and(|t| t.deadline == deadline) {
+            if self
+                .timers
+                .get(&id)
+                .is_some_and(|t| t.deadline == Some(deadline))
+            {
                 return Some(deadline);
             }
             self.heap.pop();
@@ -544,6 +614,10 @@ impl<S: 'static> EventLoop<S> {
     }
 
     fn fire_timers(&mut self, state: &mut S) -> Result<(), Error> {
+        // No clock read on the turns of a loop without timers.
+        if self.heap.is_empty() {
+            return Ok(());
+        }
         let now = Instant::now();
         while let Some(deadline) = self.next_deadline() {
             if deadline > now {
@@ -556,18 +630,35 @@ impl<S: 'static> EventLoop<S> {
             let (_, cancelled) = self.firing.take().expect("set above");
             if let (Some(period), false) = (timer.period, cancelled) {
                 // Re-armed from `now` at the earliest, so a zero or tiny period fires once per
-                // turn instead of keeping this loop busy forever.
-                let far = now + FAR_FUTURE;
+                // turn instead of keeping this loop busy forever; past what the clock holds,
+                // never again.
                 let period = period.max(Duration::from_nanos(1));
-                let next = timer.deadline.checked_add(period).unwrap_or(far);
-                timer.deadline = next.max(now.checked_add(period).unwrap_or(far));
-                self.heap.push(Reverse((timer.deadline, id)));
+                timer.deadline = deadline_from(deadline, period)
+                    .zip(deadline_from(now, period))
+                    .map(|(next, earliest)| next.max(earliest));
+                if let Some(next) = timer.deadline {
+                    self.heap.push(Reverse((next, id)));
+                }
                 self.timers.insert(id, timer);
             }
             result.map_err(|e| Error::from_handler("timer", e))?;
         }
         Ok(())
     }
+}
+
+fn reregister<T: Source + ?Sized>(
+    registry: &Registry,
+    source: &mut T,
+    id: SourceId,
+    interest: Interest,
+) -> Result<(), Error> {
+    registry
+        .reregister(source, id.token(), interest)
+        .map_err(|source| Error::Io {
+            op: "reregister",
+            source,
+        })
 }
 
 fn live_slot<S>(slots: &mut [Slot<S>], id: SourceId) -> Option<&mut Slot<S>> {
@@ -583,14 +674,14 @@ fn live_slot<S>(slots: &mut [Slot<S>], id: SourceId) -> Option<&mut Slot<S>> {
 /// [`EventLoop::run`] and leaves later posts unrun until it runs again.
 pub struct LoopHandle<S> {
     tx: Sender<Posted<S>>,
-    waker: Arc<Waker>,
+    waker: PollerWaker,
 }
 
 impl<S> Clone for LoopHandle<S> {
     fn clone(&self) -> Self {
         LoopHandle {
             tx: self.tx.clone(),
-            waker: Arc::clone(&self.waker),
+            waker: self.waker.clone(),
         }
     }
 }

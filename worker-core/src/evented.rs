@@ -169,6 +169,9 @@ pub struct Connection<R> {
     peer_name: String,
     channel: NbChannel,
     source: SourceId,
+    /// [`Connection::close`] was called: no more frames are handed out, and the connection
+    /// ends once its queue is written.
+    closing: bool,
     reply: PhantomData<fn(&R)>,
 }
 
@@ -200,9 +203,41 @@ impl<R: Serialize> Connection<R> {
         self.channel.send(FrameKind::Data, reply)
     }
 
+    /// Decodes a payload with this connection's codec and depth limit (a control frame's, in a
+    /// [`ControlHandler`]).
+    pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Error> {
+        Ok(self.channel.connection().decode(payload)?)
+    }
+
+    /// Sends a message of the library's own protocol as a control frame (a reply to what a
+    /// [`ControlHandler`] received, say).
+    pub fn send_control<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
+        self.channel.send(FrameKind::Control, message)
+    }
+
     /// Bytes queued for this peer and not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.channel.queued_bytes()
+    }
+
+    /// Ends this connection on purpose once the current callback returns, leaving the others
+    /// as they are.
+    ///
+    /// No frame received after this call reaches the worker. What is queued for the peer
+    /// (a goodbye sent just before, say) is still written; then, as for a peer that left,
+    /// [`EventedWorker::on_disconnect`] runs and the connection's descriptors close, so the
+    /// peer sees the end of the stream. A peer that never reads what is queued keeps the
+    /// connection until it does or goes; [`WorkerHost::disconnect`] ends one at once.
+    ///
+    /// This is for the connection's own callbacks (`on_message`, `on_connect`, a
+    /// [`ControlHandler`]); from a timer or a posted closure, use [`WorkerHost::close`].
+    pub fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// Whether [`Connection::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
     }
 
     /// The underlying channel, for frames of other kinds.
@@ -244,15 +279,36 @@ impl<R> Connections<R> {
     }
 }
 
+/// What a [`WorkerHost`] does with a control frame: the worker, the connection it came on, the
+/// loop, and the frame's payload, still encoded with the connection's codec (decode it with
+/// [`Connection::decode`]).
+///
+/// An error from it ends the host as a callback's would ([`Error::Handler`] naming
+/// `control`); to refuse one peer only, [`Connection::close`] it instead.
+pub type ControlHandler<W> = Box<
+    dyn FnMut(
+        &mut W,
+        &mut Connection<<W as EventedWorker>::Reply>,
+        &mut WorkerLoop<W>,
+        &[u8],
+    ) -> Result<(), BoxError>,
+>;
+
 /// An evented worker together with its connections: the state of its [`WorkerLoop`], which
 /// every handler on that loop receives.
 ///
 /// [`run_evented`] builds one for a dedicated worker; a shared-worker server builds one with
-/// [`WorkerHost::shared`], registers its listener on the loop, and hands each accepted stream
-/// to [`WorkerHost::connect`].
+/// [`WorkerHost::shared`], registers its listener on the loop, hands each accepted stream to
+/// [`WorkerHost::connect`], handles the control frames of its protocol (hello, query, stop)
+/// with [`WorkerHost::set_control_handler`], and ends one connection on purpose with
+/// [`Connection::close`], [`WorkerHost::close`] or [`WorkerHost::disconnect`].
 pub struct WorkerHost<W: EventedWorker> {
     worker: W,
     connections: Connections<W::Reply>,
+    control: Option<ControlHandler<W>>,
+    /// A control frame's payload, copied out of its channel so the handler can take the
+    /// connection mutably; reused.
+    control_payload: Vec<u8>,
     next_id: u64,
     /// Terminate when the last connection goes (the dedicated worker's life is its master's).
     dedicated: bool,
@@ -297,11 +353,23 @@ impl<W: EventedWorker> WorkerHost<W> {
             connections: Connections {
                 map: HashMap::new(),
             },
+            control: None,
+            control_payload: Vec::new(),
             next_id: 0,
             dedicated,
             started: false,
             terminated: false,
         }
+    }
+
+    /// Hands every control frame that reaches a connection to `handler`, in arrival order
+    /// with the data frames around it.
+    ///
+    /// Without a handler a control frame is a protocol error
+    /// ([`worker_channel::Error::UnexpectedFrameKind`] in [`Error::Channel`]) that ends the
+    /// host, as for a dedicated worker, whose master sends none.
+    pub fn set_control_handler(&mut self, handler: ControlHandler<W>) {
+        self.control = Some(handler);
     }
 
     /// The worker.
@@ -351,15 +419,15 @@ impl<W: EventedWorker> WorkerHost<W> {
     pub fn connect(
         &mut self,
         event_loop: &mut WorkerLoop<W>,
-        channel: NbChannel,
+        mut channel: NbChannel,
         peer_name: impl Into<String>,
     ) -> Result<ConnectionId, Error> {
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
-        let source = event_loop.register(
-            channel.source(),
+        let source = event_loop.register_ref(
+            &mut channel,
             mio::Interest::READABLE | mio::Interest::WRITABLE,
-            move |host: &mut WorkerHost<W>, event_loop, _, ready| {
+            move |host: &mut WorkerHost<W>, event_loop, ready| {
                 host.drive(event_loop, id, ready).map_err(Into::into)
             },
         )?;
@@ -368,6 +436,7 @@ impl<W: EventedWorker> WorkerHost<W> {
             peer_name: peer_name.into(),
             channel,
             source,
+            closing: false,
             reply: PhantomData,
         };
         let connected = self
@@ -382,8 +451,8 @@ impl<W: EventedWorker> WorkerHost<W> {
     }
 
     /// Handles one readiness event of a connection: write what is queued, then receive and
-    /// dispatch every complete frame (unless the queue is at its bound), then disconnect if
-    /// the conversation is over.
+    /// dispatch every complete frame (unless the queue is at its bound, or the connection is
+    /// closing), then disconnect if the conversation is over.
     fn drive(
         &mut self,
         event_loop: &mut WorkerLoop<W>,
@@ -393,20 +462,32 @@ impl<W: EventedWorker> WorkerHost<W> {
         let Some(connection) = self.connections.map.get_mut(&id) else {
             return Ok(());
         };
-        let channel = &mut connection.channel;
-        channel.note_readiness(ready);
-        channel.flush()?;
-        let codec = channel.codec();
+        connection.channel.note_readiness(ready);
+        connection.channel.flush()?;
         // Once the peer is gone for writing, nobody is left to reply to.
-        while !connection.channel.is_write_closed() {
-            let message = match connection.channel.receive()? {
-                Some(frame) if frame.kind == FrameKind::Data => codec
-                    .decode::<W::Message>(frame.payload)
-                    .map_err(Error::Channel)?,
+        while !connection.closing && !connection.channel.is_write_closed() {
+            let channel = &mut connection.channel;
+            let (codec, max_depth) = (channel.codec(), channel.connection().max_depth());
+            let message = match channel.receive()? {
+                Some(frame) if frame.kind == FrameKind::Data => {
+                    codec.decode_with_max_depth::<W::Message>(frame.payload, max_depth)?
+                }
                 Some(frame) => {
-                    return Err(Error::Channel(worker_channel::Error::UnexpectedFrameKind {
-                        kind: frame.kind,
-                    }));
+                    let Some(control) = self.control.as_mut() else {
+                        return Err(Error::Channel(worker_channel::Error::UnexpectedFrameKind {
+                            kind: frame.kind,
+                        }));
+                    };
+                    self.control_payload.clear();
+                    self.control_payload.extend_from_slice(frame.payload);
+                    control(
+                        &mut self.worker,
+                        connection,
+                        event_loop,
+                        &self.control_payload,
+                    )
+                    .map_err(callback("control"))?;
+                    continue;
                 }
                 None => break,
             };
@@ -414,35 +495,59 @@ impl<W: EventedWorker> WorkerHost<W> {
                 .on_message(message, connection, event_loop)
                 .map_err(callback("on_message"))?;
         }
-        if connection.channel.is_finished() {
+        let channel = &mut connection.channel;
+        if channel.is_finished() || (connection.closing && channel.flush()?) {
             self.disconnect(event_loop, id)?;
         }
         Ok(())
     }
 
-    /// Ends a connection: [`EventedWorker::on_disconnect`], then off the loop and closed; for a
-    /// dedicated worker whose last connection this was, [`EventedWorker::terminate`].
-    fn disconnect(
+    /// Ends connection `id` gracefully, as [`Connection::close`] does, from outside its own
+    /// callbacks (a timer, a posted closure): what is queued for the peer is written first.
+    ///
+    /// Returns `Ok(false)` for a connection that is already gone.
+    pub fn close(
         &mut self,
         event_loop: &mut WorkerLoop<W>,
         id: ConnectionId,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(false);
+        };
+        connection.closing = true;
+        // Nothing else may wake this connection up: see now whether its queue is written.
+        self.drive(event_loop, id, Readiness::default())?;
+        Ok(true)
+    }
+
+    /// Ends connection `id` at once, leaving the others as they are: as for a peer that left,
+    /// [`EventedWorker::on_disconnect`] runs, then the connection leaves the loop and its
+    /// descriptors close (what was still queued for the peer is dropped); for a dedicated
+    /// worker whose last connection this was, [`EventedWorker::terminate`] follows.
+    ///
+    /// Returns `Ok(false)` for a connection that is already gone. A timer or a posted closure
+    /// can call this; a callback of the connection itself uses [`Connection::close`].
+    pub fn disconnect(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+    ) -> Result<bool, Error> {
         let Some(mut connection) = self.connections.map.remove(&id) else {
-            return Ok(());
+            return Ok(false);
         };
         let result = self
             .worker
             .on_disconnect(&mut connection, event_loop)
             .map_err(callback("on_disconnect"));
-        // Out of epoll while the descriptors are still open; they close when `connection` drops.
-        connection.channel.deregister(event_loop.registry());
-        event_loop.deregister(connection.source);
+        // Out of the poller while the descriptors are still open; they close when `connection`
+        // drops.
+        event_loop.deregister_ref(connection.source, &mut connection.channel);
         drop(connection);
         result?;
         if self.dedicated && self.connections.is_empty() {
             self.terminate(event_loop)?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -463,19 +568,11 @@ impl<W: EventedWorker> WorkerHost<W> {
 /// ([`worker_channel::Error::Truncated`] in [`Error::Channel`]), and so is a
 /// callback's error ([`Error::Handler`]); the runtime ends at once then, without
 /// `terminate`. The returned error is always an [`Error`].
-pub fn run_evented<W: EventedWorker>(
-    worker: W,
-    mut channel: WorkerChannel,
-) -> Result<(), BoxError> {
-    let decoder = std::mem::take(channel.decoder_mut());
-    let (codec, max_frame_len) = (channel.codec(), channel.max_frame_len());
-    let (input, output) = channel.into_parts();
-    let channel = NbChannel::from_files(input, output, codec, max_frame_len)
-        .map_err(|source| Error::Io {
-            op: "set up channel",
-            source,
-        })?
-        .with_decoder(decoder);
+pub fn run_evented<W: EventedWorker>(worker: W, channel: WorkerChannel) -> Result<(), BoxError> {
+    let channel = NbChannel::from_channel(channel).map_err(|source| Error::Io {
+        op: "set up channel",
+        source,
+    })?;
     let mut event_loop = WorkerLoop::<W>::new()?;
     let mut host = WorkerHost::dedicated(worker);
     host.start(&mut event_loop)?;

@@ -35,6 +35,12 @@
 //!
 //! Registering implementations and starting worker processes is `worker-bootstrap`'s job; this
 //! crate is what runs inside the worker.
+//!
+//! Underneath the evented side: the [`Poller`], the one readiness layer (the event loop and
+//! the pools wait on it), and the [`NbChannel`], the event loop's face of the one framed
+//! connection ([`worker_channel::FramedConnection`]), which is itself the mio source of its
+//! descriptors. A [`WorkerHost`] serves an [`EventedWorker`] over any number of connections,
+//! hands control frames to a handler of the host's own, and can end one connection on purpose.
 
 mod deadline;
 mod raw;
@@ -62,7 +68,8 @@ mod poller;
 pub use error::Error;
 pub use event_loop::{EventLoop, LoopHandle, Readiness, SourceId, TimerId};
 pub use evented::{
-    Connection, ConnectionId, Connections, EventedWorker, WorkerHost, WorkerLoop, run_evented,
+    Connection, ConnectionId, Connections, ControlHandler, EventedWorker, WorkerHost, WorkerLoop,
+    run_evented,
 };
-pub use nb_channel::{DEFAULT_MAX_QUEUED, NbChannel};
+pub use nb_channel::NbChannel;
 pub use poller::{Poller, PollerWaker, WAKE_TOKEN};

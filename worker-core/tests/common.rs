@@ -7,7 +7,7 @@ use worker_channel::{Channel, Codec};
 use worker_core::WorkerChannel;
 
 /// `secs` seconds, times `EXSYST_TEST_TIMEOUT_SCALE` (default 1) for slow machines.
-pub fn timeout(secs: f64) -> Duration {
+pub(crate) fn timeout(secs: f64) -> Duration {
     let scale = std::env::var("EXSYST_TEST_TIMEOUT_SCALE")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -18,9 +18,9 @@ pub fn timeout(secs: f64) -> Duration {
 
 /// Aborts the test binary if it is still alive after the timeout, so a hang is a failure
 /// instead of a stuck CI job; disarmed on drop.
-pub struct Watchdog(#[allow(dead_code)] Sender<()>);
+pub(crate) struct Watchdog(#[allow(dead_code)] Sender<()>);
 
-pub fn watchdog(what: &'static str, secs: f64) -> Watchdog {
+pub(crate) fn watchdog(what: &'static str, secs: f64) -> Watchdog {
     let (tx, rx) = bounded::<()>(0);
     let limit = timeout(secs);
     thread::spawn(move || {
@@ -33,7 +33,7 @@ pub fn watchdog(what: &'static str, secs: f64) -> Watchdog {
 }
 
 /// A blocking pipe: (reading end, writing end).
-pub fn pipe() -> (File, File) {
+pub(crate) fn pipe() -> (File, File) {
     let (tx, rx) = mio::unix::pipe::new().expect("pipe");
     tx.set_nonblocking(false).expect("blocking");
     rx.set_nonblocking(false).expect("blocking");
@@ -42,7 +42,7 @@ pub fn pipe() -> (File, File) {
 
 /// The two ends of a dedicated worker's stdio channel: the worker's (as `take_stdio_channel`
 /// would give it) and the master's.
-pub fn stdio_pair(codec: Codec) -> (WorkerChannel, Channel<File, File>) {
+pub(crate) fn stdio_pair(codec: Codec) -> (WorkerChannel, Channel<File, File>) {
     let (worker_in, master_out) = pipe();
     let (master_in, worker_out) = pipe();
     (

@@ -238,3 +238,107 @@ fn stop_returns_from_run_with_timers_left() {
     assert!(started.elapsed() < timeout(5.0));
     assert!(!event_loop.is_empty());
 }
+
+#[test]
+fn huge_delays_and_waits_mean_never_not_a_panic() {
+    let _w = watchdog("huge_delays_and_waits", 10.0);
+    let mut event_loop = EventLoop::<Vec<&str>>::new().unwrap();
+    let never = event_loop.add_timer(Duration::MAX, |log, _| {
+        log.push("never");
+        Ok(())
+    });
+    let never_periodic = event_loop.add_periodic_timer(Duration::MAX, |log, _| {
+        log.push("never periodic");
+        Ok(())
+    });
+    // Past what the clock holds once added to a period's first firing.
+    let far = event_loop.add_periodic_timer(Duration::from_secs(u64::MAX / 2), |log, _| {
+        log.push("far");
+        Ok(())
+    });
+    assert_eq!(event_loop.timer_count(), 3);
+    // A turn that may wait for ever returns for a posted closure; the timers stay unfired.
+    let handle = event_loop.handle();
+    handle
+        .post(|log, _| {
+            log.push("posted");
+            Ok(())
+        })
+        .unwrap();
+    let mut log = Vec::new();
+    event_loop.turn(&mut log, Some(Duration::MAX)).unwrap();
+    assert_eq!(log, ["posted"]);
+    event_loop.add_timer(Duration::from_millis(1), |log, _| {
+        log.push("soon");
+        Ok(())
+    });
+    while log.len() < 2 {
+        event_loop.turn(&mut log, Some(Duration::MAX)).unwrap();
+    }
+    assert_eq!(log, ["posted", "soon"]);
+    for id in [never, never_periodic, far] {
+        assert!(event_loop.cancel_timer(id));
+    }
+    event_loop.run(&mut log).unwrap();
+    assert!(event_loop.is_empty());
+}
+
+/// A source the test keeps, registered by reference: its descriptors leave the poller through
+/// it, so it can be registered again right away (epoll refuses a descriptor it still holds).
+#[test]
+fn a_source_kept_by_its_owner_registers_and_leaves_through_itself() {
+    use worker_channel::Codec;
+    use worker_core::{NbChannel, Readiness};
+
+    let _w = watchdog("a_source_kept_by_its_owner", 10.0);
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut channel =
+        NbChannel::from_unix_stream(mio::net::UnixStream::from_std(ours), Codec::Json, 1 << 10);
+    let mut event_loop = EventLoop::<Vec<Readiness>>::new().unwrap();
+    let record = |seen: &mut Vec<Readiness>, _: &mut EventLoop<_>, ready| {
+        seen.push(ready);
+        Ok(())
+    };
+    let id = event_loop
+        .register_ref(&mut channel, Interest::READABLE, record)
+        .unwrap();
+    assert!(event_loop.deregister_ref(id, &mut channel));
+    assert!(!event_loop.deregister_ref(id, &mut channel), "stale id");
+    assert_eq!(event_loop.source_count(), 0);
+    // Registered again under a new id: the descriptor had left epoll.
+    let id = event_loop
+        .register_ref(&mut channel, Interest::READABLE, record)
+        .unwrap();
+    theirs.write_all(b"x").unwrap();
+    let mut seen = Vec::new();
+    while seen.is_empty() {
+        event_loop.turn(&mut seen, Some(timeout(5.0))).unwrap();
+    }
+    assert!(seen[0].readable);
+    assert!(event_loop.deregister_ref(id, &mut channel));
+    assert!(event_loop.is_empty());
+
+    // A pair of pipes: each half joins and leaves with the interest that concerns it.
+    let (master_tx, worker_rx) = pipe::new().unwrap();
+    let (worker_tx, master_rx) = pipe::new().unwrap();
+    let mut pipes = NbChannel::from_pipes(worker_rx, worker_tx, Codec::Json, 1 << 10).unwrap();
+    let id = event_loop
+        .register_ref(&mut pipes, Interest::READABLE, record)
+        .unwrap();
+    let both = Interest::READABLE | Interest::WRITABLE;
+    assert!(event_loop.reregister_ref(id, &mut pipes, both).unwrap());
+    let mut seen = Vec::new();
+    while !seen.iter().any(|r: &Readiness| r.writable) {
+        event_loop.turn(&mut seen, Some(timeout(5.0))).unwrap();
+    }
+    assert!(
+        event_loop
+            .reregister_ref(id, &mut pipes, Interest::READABLE)
+            .unwrap()
+    );
+    assert!(event_loop.deregister_ref(id, &mut pipes));
+    let id = event_loop.register_ref(&mut pipes, both, record).unwrap();
+    assert!(event_loop.deregister_ref(id, &mut pipes));
+    drop((master_tx, master_rx));
+}

@@ -40,7 +40,7 @@ fn send_past_the_bound_is_refused_and_nothing_is_received_meanwhile() {
         assert!(sent < 100_000, "the queue never filled");
     };
     match err {
-        Error::QueueFull { queued, limit } => {
+        Error::Channel(worker_channel::Error::QueueFull { queued, limit }) => {
             assert_eq!(limit, 4096);
             assert!((4096..4096 + 1100).contains(&queued), "queued {queued}");
         }

@@ -131,8 +131,8 @@ fn callbacks_run_in_order_each_exactly_once() {
         // first.
         master.send_message(&1u32).unwrap();
         master.send_message(&2u32).unwrap();
-        while worker_end.decoder_mut().buffered() < 2 * 6 {
-            worker_end.read_available().unwrap();
+        while worker_end.connection().buffered_bytes() < 2 * 6 {
+            worker_end.connection_mut().read_ahead(1 << 20).unwrap();
         }
     });
     master.send_message(&3u32).unwrap();
@@ -451,7 +451,7 @@ fn frame_cut_short_by_the_master_is_a_truncation_error() {
     assert_eq!(
         err,
         format!(
-            "channel protocol error: stream ended inside a frame ({} of {} bytes received)",
+            "channel error: stream ended inside a frame ({} of {} bytes received)",
             wire.len() - 1,
             wire.len()
         )

@@ -3,5 +3,6 @@
 
 mod common;
 mod event_loop;
+mod host;
 mod nb_channel;
 mod runtime;

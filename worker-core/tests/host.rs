@@ -1,0 +1,241 @@
+//! The evented host as a shared-worker server will use it: several connections, control frames
+//! handed to the host's handler, and one connection ended on purpose while the others go on.
+
+use std::{
+    os::unix::net::UnixStream,
+    sync::{Arc, Mutex},
+    thread,
+};
+
+use worker_channel::{Channel, Codec, FrameKind};
+use worker_core::{
+    BoxError, Connection, ControlHandler, Error, EventedWorker, LoopHandle, NbChannel, Worker,
+    WorkerHost, WorkerLoop,
+};
+
+use crate::common::{timeout, watchdog};
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// Echoes text; `bye` makes it say goodbye and close that connection.
+struct Hub {
+    log: Log,
+}
+
+impl Worker for Hub {
+    const NAME: &'static str = "hub";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Err("built by the test".into())
+    }
+}
+
+impl EventedWorker for Hub {
+    type Message = String;
+    type Reply = String;
+
+    fn on_message(
+        &mut self,
+        text: String,
+        connection: &mut Connection<String>,
+        _: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        let entry = format!("message {} {text}", connection.peer_name());
+        self.log.lock().unwrap().push(entry);
+        if text == "bye" {
+            connection.send(&"goodbye".to_owned())?;
+            connection.close();
+        } else {
+            connection.send(&text)?;
+        }
+        Ok(())
+    }
+
+    fn on_disconnect(
+        &mut self,
+        connection: &mut Connection<String>,
+        _: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        let entry = format!("disconnect {}", connection.peer_name());
+        self.log.lock().unwrap().push(entry);
+        Ok(())
+    }
+}
+
+type Handle = LoopHandle<WorkerHost<Hub>>;
+
+/// What [`serve`] hands back: the peers' ends, the loop's handle, the host thread's outcome.
+type Served = (
+    Vec<Channel<UnixStream, UnixStream>>,
+    Handle,
+    thread::JoinHandle<Result<(), String>>,
+);
+
+/// Serves a shared host on a thread with one connection per peer name; the host's loop ends
+/// once every connection is gone. Returns the peers' blocking ends, the loop's handle and the
+/// thread's outcome.
+fn serve(
+    log: &Log,
+    peers: &[&'static str],
+    control: Option<fn() -> ControlHandler<Hub>>,
+) -> Served {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for &name in peers {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        ours.push((a, name));
+        theirs.push(Channel::new(b.try_clone().unwrap(), b, Codec::MessagePack));
+    }
+    let (handle_tx, handle_rx) = crossbeam_channel::bounded(1);
+    let log = log.clone();
+    let server = thread::spawn(move || {
+        let run = || -> Result<(), Error> {
+            let mut event_loop = WorkerLoop::<Hub>::new()?;
+            handle_tx.send(event_loop.handle()).unwrap();
+            let mut host = WorkerHost::shared(Hub { log });
+            if let Some(control) = control {
+                host.set_control_handler(control());
+            }
+            host.start(&mut event_loop)?;
+            for (stream, name) in ours {
+                let stream = mio::net::UnixStream::from_std(stream);
+                let channel = NbChannel::from_unix_stream(stream, Codec::MessagePack, 1 << 20);
+                host.connect(&mut event_loop, channel, name)?;
+            }
+            event_loop.run(&mut host)
+        };
+        run().map_err(|e| worker_core::error_chain(&e))
+    });
+    let handle = handle_rx.recv_timeout(timeout(10.0)).unwrap();
+    (theirs, handle, server)
+}
+
+/// Answers `hello` control frames with a control frame naming the peer.
+fn greeter() -> ControlHandler<Hub> {
+    Box::new(|worker: &mut Hub, connection, _, payload| {
+        let text: String = connection.decode(payload)?;
+        let entry = format!("control {} {text}", connection.peer_name());
+        worker.log.lock().unwrap().push(entry);
+        let reply = format!("{text}, {}", connection.peer_name());
+        connection.send_control(&reply)?;
+        Ok(())
+    })
+}
+
+fn finish(server: thread::JoinHandle<Result<(), String>>) -> Result<(), String> {
+    server.join().expect("the host's thread panicked")
+}
+
+#[test]
+fn control_frames_reach_the_host_handler_in_order_with_the_data_around_them() {
+    let _w = watchdog("control_frames_reach_the_host_handler", 30.0);
+    let log = Log::default();
+    let (mut peers, _handle, server) = serve(&log, &["a", "b"], Some(greeter));
+    for (peer, name) in peers.iter_mut().zip(["a", "b"]) {
+        peer.send_message("one").unwrap();
+        peer.send(FrameKind::Control, "hello").unwrap();
+        peer.send_message("two").unwrap();
+        assert_eq!(peer.receive_message::<String>().unwrap(), "one");
+        let greeting: String = peer.receive_kind(FrameKind::Control).unwrap();
+        assert_eq!(greeting, format!("hello, {name}"));
+        assert_eq!(peer.receive_message::<String>().unwrap(), "two");
+    }
+    drop(peers);
+    finish(server).unwrap();
+    let log = log.lock().unwrap();
+    for name in ["a", "b"] {
+        let mine: Vec<&str> = log
+            .iter()
+            .filter(|e| e.split(' ').nth(1) == Some(name))
+            .map(String::as_str)
+            .collect();
+        let expected = [
+            format!("message {name} one"),
+            format!("control {name} hello"),
+            format!("message {name} two"),
+            format!("disconnect {name}"),
+        ];
+        assert_eq!(mine, expected);
+    }
+}
+
+#[test]
+fn without_a_handler_a_control_frame_is_a_protocol_error() {
+    let _w = watchdog("without_a_handler", 30.0);
+    let log = Log::default();
+    let (mut peers, _handle, server) = serve(&log, &["a"], None);
+    peers[0].send(FrameKind::Control, "hello").unwrap();
+    assert_eq!(
+        finish(server),
+        Err("channel error: unexpected control frame".to_owned())
+    );
+}
+
+#[test]
+fn one_connection_ends_on_purpose_and_the_others_go_on() {
+    let _w = watchdog("one_connection_ends_on_purpose", 30.0);
+    let log = Log::default();
+    let (mut peers, handle, server) = serve(&log, &["a", "b", "c"], None);
+    let mut c = peers.pop().unwrap();
+    let mut b = peers.pop().unwrap();
+    let mut a = peers.pop().unwrap();
+
+    // `a` says bye and, in the same breath, something else: the worker closes that connection
+    // from its callback; the goodbye is delivered, what came after it is not handed out.
+    a.send_message("bye").unwrap();
+    a.send_message("after").unwrap();
+    assert_eq!(a.receive_message::<String>().unwrap(), "goodbye");
+    assert!(a.next_message::<String>().unwrap().is_none(), "closed");
+    assert!(log.lock().unwrap().contains(&"disconnect a".to_owned()));
+
+    // The others are untouched.
+    for (peer, text) in [(&mut b, "still b"), (&mut c, "still c")] {
+        peer.send_message(text).unwrap();
+        assert_eq!(peer.receive_message::<String>().unwrap(), text);
+    }
+
+    // The server ends `b` at once, from outside any callback of it.
+    handle
+        .post(|host: &mut WorkerHost<Hub>, event_loop| {
+            let id = host
+                .connections_mut()
+                .iter_mut()
+                .find(|c| c.peer_name() == "b")
+                .map(|c| c.id())
+                .ok_or("b is gone")?;
+            assert!(host.disconnect(event_loop, id)?);
+            assert!(!host.disconnect(event_loop, id)?, "already gone");
+            Ok(())
+        })
+        .unwrap();
+    assert!(b.next_message::<String>().unwrap().is_none(), "closed");
+    c.send_message("still c").unwrap();
+    assert_eq!(c.receive_message::<String>().unwrap(), "still c");
+
+    // And `c` gracefully, from outside its callbacks: a last word first, then the end.
+    handle
+        .post(|host: &mut WorkerHost<Hub>, event_loop| {
+            let connection = host
+                .connections_mut()
+                .iter_mut()
+                .find(|c| c.peer_name() == "c")
+                .ok_or("c is gone")?;
+            connection.send(&"see you".to_owned())?;
+            let id = connection.id();
+            assert!(host.close(event_loop, id)?);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(c.receive_message::<String>().unwrap(), "see you");
+    assert!(c.next_message::<String>().unwrap().is_none(), "closed");
+    // The host had nothing left on its loop: it returned by itself.
+    finish(server).unwrap();
+    let log = log.lock().unwrap();
+    assert!(!log.contains(&"message a after".to_owned()), "{log:?}");
+    let disconnects: Vec<&String> = log.iter().filter(|e| e.starts_with("disconnect")).collect();
+    assert_eq!(
+        disconnects,
+        ["disconnect a", "disconnect b", "disconnect c"]
+    );
+}

@@ -23,6 +23,9 @@ use crate::{
 /// its reply, unless told otherwise.
 pub const DEFAULT_CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most bytes buffered while a frame is incomplete: one whole frame always fits.
+const READ_AHEAD_LIMIT: usize = 2 * DEFAULT_MAX_FRAME_LEN as usize;
+
 /// Data messages kept for later while waiting for a control reply, in bytes; past it the wait
 /// fails with [`Error::Backlog`] rather than filling memory.
 const MAX_BACKLOG: usize = 64 * 1024 * 1024;
@@ -186,8 +189,8 @@ impl SharedWorker {
         let frame = self
             .link
             .channel
-            .decoder_mut()
-            .decode()
+            .connection_mut()
+            .try_receive_frame()
             .map_err(|e| channel_error(&self.link.address, Some(self.hello.pid), e))?
             .expect("fill promised a frame");
         if frame.kind == FrameKind::Data {
@@ -424,33 +427,33 @@ impl Link {
     /// decoder, so a timeout never cuts a frame.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
         loop {
-            if self.channel.decoder_mut().has_frame() {
+            let connection = self.channel.connection_mut();
+            if connection.has_buffered_frame() {
                 return Ok(true);
+            }
+            if connection.is_read_closed() {
+                let end = match connection.try_receive_frame() {
+                    Err(e) => e,
+                    Ok(_) => worker_channel::Error::Closed,
+                };
+                return Err(match end {
+                    worker_channel::Error::Closed => Error::Closed {
+                        address: self.address.clone(),
+                        pid: self.pid,
+                    },
+                    e => self.channel_error(e),
+                });
             }
             let left = time_left(deadline);
             if left.is_some_and(|left| left.is_zero()) {
                 return Ok(false);
             }
             self.set_read_timeout(left)?;
-            match self.channel.read_available() {
-                Ok(0) => {
-                    return Err(match self.channel.decoder_mut().end_of_stream_error() {
-                        worker_channel::Error::Closed => Error::Closed {
-                            address: self.address.clone(),
-                            pid: self.pid,
-                        },
-                        e => self.channel_error(e),
-                    });
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(self.io_error(e)),
+            let connection = self.channel.connection_mut();
+            // The socket blocks up to the read timeout: a read that times out is a would-block.
+            connection.note_readable();
+            if let Err(e) = connection.read_ahead(READ_AHEAD_LIMIT) {
+                return Err(self.channel_error(e));
             }
         }
     }
@@ -459,8 +462,8 @@ impl Link {
     fn take_frame(&mut self) -> Result<(FrameKind, Vec<u8>), Error> {
         let frame = self
             .channel
-            .decoder_mut()
-            .decode()
+            .connection_mut()
+            .try_receive_frame()
             .map_err(|e| channel_error(&self.address, self.pid, e))?
             .expect("fill promised a frame");
         Ok((frame.kind, frame.payload.to_vec()))

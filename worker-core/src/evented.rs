@@ -85,7 +85,7 @@ pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
 /// }
 /// let ((worker_in, mut master_out), (mut master_in, worker_out)) = (pipe()?, pipe()?);
 /// let worker = std::thread::spawn(move || {
-///     let channel = Channel::new(worker_in, worker_out, Codec::MessagePack);
+///     let channel = Channel::new(worker_in, worker_out.into(), Codec::MessagePack);
 ///     worker_core::run_evented(Squarer::new(())?, channel)
 /// });
 /// let mut master = Channel::new(&mut master_in, &mut master_out, Codec::MessagePack);
@@ -470,7 +470,7 @@ pub fn run_evented<W: EventedWorker>(
     let decoder = std::mem::take(channel.decoder_mut());
     let (codec, max_frame_len) = (channel.codec(), channel.max_frame_len());
     let (input, output) = channel.into_parts();
-    let channel = NbChannel::from_files(input, output, codec, max_frame_len)
+    let channel = NbChannel::from_files(input, output.into(), codec, max_frame_len)
         .map_err(|source| Error::Io {
             op: "set up channel",
             source,

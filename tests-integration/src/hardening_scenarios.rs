@@ -33,6 +33,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("reaper-thread") => reaper_thread(),
         Some("deleted-exe") => deleted_exe(),
         Some("stubborn-hold") => stubborn_hold(),
+        Some("detach") => detach(args.get(1).context("usage: detach <socket path>")?),
         other => anyhow::bail!("unknown scenario {other:?}"),
     }
 }
@@ -222,6 +223,21 @@ fn stubborn_hold() -> anyhow::Result<()> {
     worker.send_message(&7u32)?;
     anyhow::ensure!(worker.receive_message::<u32>()? == 7);
     println!("pid={}", worker.pid());
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}
+
+/// Starts a [`Daemon`](crate::workers::hardening::Daemon) detached, listening on `socket`;
+/// prints its pid and this process's children, then waits for its standard input to close (the
+/// test kills it instead).
+fn detach(socket: &str) -> anyhow::Result<()> {
+    let profile = BootstrapProfile::new().with_constructor_args(&socket.to_owned())?;
+    let pid =
+        exsyst_worker::bootstrap::spawn_detached(&profile, "daemon", None, Default::default())?;
+    println!("daemon={pid}");
+    println!("children={:?}", crate::scenarios::children());
     println!("ready");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;

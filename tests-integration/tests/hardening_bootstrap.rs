@@ -11,7 +11,13 @@ use std::{
 };
 
 use exsyst_worker::{
-    BootstrapProfile, DedicatedWorker, bootstrap::Error, channel::serde_bytes::ByteBuf,
+    BootstrapProfile, DedicatedWorker,
+    bootstrap::Error,
+    channel::serde_bytes::ByteBuf,
+    worker::{
+        Poller,
+        mio::{Interest, Token},
+    },
 };
 use tests_integration::{
     hardening_scenarios::variant,
@@ -238,7 +244,22 @@ fn a8_a_send_to_a_worker_that_streams_and_never_reads_buffers_a_bounded_amount()
     let error = worker
         .send_message_timeout(&big, timeout(Duration::from_secs(1)))
         .unwrap_err();
-    assert_eq!(variant(&error), "ReceiveBufferFull", "{error:?}");
+    // The bound: twice the maximum frame length; one read may go past it.
+    let bound = 2 * (max_frame_len as usize + 5);
+    match error {
+        Error::ReceiveBufferFull {
+            pid,
+            buffered,
+            limit,
+        } => {
+            assert_eq!((pid, limit), (worker.pid(), bound));
+            assert!(
+                buffered >= limit && buffered < limit + (1 << 20),
+                "{buffered}"
+            );
+        }
+        other => panic!("expected ReceiveBufferFull, got {other:?}"),
+    }
     worker.kill().unwrap();
 }
 
@@ -343,5 +364,225 @@ fn a14_an_evented_worker_ignoring_sigterm_ends_within_a_bound_after_its_master_i
     assert!(
         wait_within(Duration::from_secs(2), || process_gone(pid)),
         "evented worker {pid} outlived its master"
+    );
+}
+
+// B8: a detached daemon.
+
+#[test]
+fn b8_a_detached_worker_outlives_its_starter_in_a_session_of_its_own_holding_none_of_its_pipes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("daemon.sock");
+    let mut master = Command::new(hardening_master())
+        .args(["detach", socket.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(master.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "master ended"
+        );
+        if line.trim() == "ready" {
+            break;
+        }
+        lines.extend(parse_lines(&line));
+    }
+    let daemon: u32 = value(&lines, "daemon").parse().unwrap();
+    // The process that detached was reaped by the starter: no child, not even a zombie.
+    assert_eq!(value(&lines, "children"), "[]");
+    let starter = master.id();
+    sigkill(starter);
+    master.wait().unwrap();
+    // It answers on its own socket after its starter's death.
+    let ask = |line: &str| -> Option<String> {
+        let mut stream = UnixStream::connect(&socket).ok()?;
+        let mut reply = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut reply).ok()?;
+        stream.write_all(line.as_bytes()).ok()?;
+        Some(reply.trim().to_owned())
+    };
+    let mut reply = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            reply = ask("hello\n");
+            reply.is_some()
+        }),
+        "the daemon never answered"
+    );
+    assert_eq!(reply.unwrap(), format!("pid={daemon}"));
+    let stat = stat_fields(daemon);
+    // Fields after the name: state ppid pgrp session.
+    let (ppid, session): (u32, u32) = (stat[1].parse().unwrap(), stat[3].parse().unwrap());
+    // SAFETY: getsid(0) only reads this process's session id.
+    let our_session = unsafe { libc::getsid(0) } as u32;
+    assert_ne!(ppid, starter);
+    assert_ne!(
+        session, our_session,
+        "the daemon is still in the starter's session"
+    );
+    assert_ne!(session, daemon, "a session leader could acquire a terminal");
+    let fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{daemon}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                target.display().to_string(),
+            )
+        })
+        .collect();
+    for (fd, target) in &fds {
+        assert!(
+            !target.starts_with("pipe:"),
+            "the daemon holds a pipe: {fds:?}"
+        );
+        if ["0", "1", "2"].contains(&fd.as_str()) {
+            assert_eq!(target, "/dev/null", "{fds:?}");
+        }
+    }
+    assert!(ask("stop\n").is_some());
+    assert!(
+        wait_until(Duration::from_secs(10), || process_gone(daemon)),
+        "the daemon did not stop"
+    );
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').map(str::to_owned).collect()
+}
+
+// The non-blocking face the pools build on.
+
+/// Waits for an event on `token`, up to the scaled `limit`.
+fn wait_event(poller: &mut Poller, token: Token, limit: Duration) {
+    let deadline = Instant::now() + timeout(limit);
+    loop {
+        let mut seen = false;
+        poller
+            .wait(Some(deadline), |t, _| seen |= t == token)
+            .unwrap();
+        if seen {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no event on {token:?}");
+    }
+}
+
+#[test]
+fn nb_a_dedicated_worker_is_a_mio_source_for_its_replies_and_for_its_death() {
+    let mut poller = Poller::new().unwrap();
+    let mut worker = hostile(&profile());
+    let token = Token(7);
+    poller
+        .register(&mut worker, token, Interest::READABLE)
+        .unwrap();
+    worker.queue_message(&Act::Reply("one".into())).unwrap();
+    assert_eq!(worker.queued_bytes(), 0);
+    let reply = loop {
+        wait_event(&mut poller, token, Duration::from_secs(10));
+        if let Some(reply) = worker.try_receive_message::<String>().unwrap() {
+            break reply;
+        }
+    };
+    assert_eq!(reply, "one");
+    assert!(worker.try_wait().unwrap().is_none());
+    // A death no end of stream shows (a grandchild holds the channel): the pidfd's event.
+    worker
+        .queue_message(&Act::ForkAndExit {
+            code: 9,
+            millis: 600_000,
+        })
+        .unwrap();
+    let status = loop {
+        wait_event(&mut poller, token, Duration::from_secs(10));
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+    };
+    assert_eq!(status.code(), Some(9));
+    let (status, _) = expect_exited(worker.try_receive_message::<String>());
+    assert_eq!(status.code(), Some(9));
+    poller.deregister(&mut worker);
+}
+
+#[test]
+fn nb_try_receive_and_try_wait_never_wait() {
+    let mut worker = hostile(&profile());
+    let start = Instant::now();
+    assert!(worker.try_receive_message::<String>().unwrap().is_none());
+    assert!(worker.try_wait().unwrap().is_none());
+    assert!(start.elapsed() < Duration::from_secs(1));
+    worker.send_message(&Act::Exit(3)).unwrap();
+    let mut status = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        status = worker.try_wait().unwrap();
+        status.is_some()
+    }));
+    assert_eq!(status.unwrap().code(), Some(3));
+    // Reaped by try_wait: the handle keeps the status for every later call.
+    let (status, _) = expect_exited(worker.receive_message::<String>());
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(worker.kill().unwrap().code(), Some(3));
+}
+
+#[test]
+fn nb_queue_message_and_flush_never_wait_and_the_queue_is_bounded() {
+    let max_frame_len = 1 << 20;
+    let profile = profile()
+        .with_max_frame_len(max_frame_len)
+        .with_close_grace(Duration::from_millis(200));
+    let mut worker = hostile(&profile);
+    worker.send_message(&Act::StopReading).unwrap();
+    let blob = ByteBuf::from(vec![0u8; 256 << 10]);
+    let bound = 2 * (max_frame_len as usize + 5);
+    let mut refused = None;
+    for _ in 0..1000 {
+        let start = Instant::now();
+        let result = worker.queue_message(&blob);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "queue_message waited"
+        );
+        if let Err(e) = result {
+            refused = Some(e);
+            break;
+        }
+    }
+    match refused {
+        Some(Error::QueueFull { pid, queued, limit }) => {
+            assert_eq!((pid, limit), (worker.pid(), bound));
+            assert!(
+                queued >= limit && queued < limit + blob.len() + 64,
+                "{queued}"
+            );
+            assert_eq!(worker.queued_bytes(), queued);
+        }
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    let start = Instant::now();
+    assert!(!worker.flush().unwrap());
+    assert!(start.elapsed() < Duration::from_secs(1), "flush waited");
+    // Ended without the caller waiting for the grace period, the kill and the reaping.
+    let pid = worker.pid();
+    let start = Instant::now();
+    worker.close_in_background();
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "close_in_background took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || process_gone(pid)),
+        "worker {pid} was not reaped in the background"
     );
 }

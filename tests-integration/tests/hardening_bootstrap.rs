@@ -281,7 +281,12 @@ fn a9_with_sigchld_ignored_errors_say_that_the_exit_status_was_lost() {
 fn a9_a_handle_whose_worker_another_thread_reaped_spares_the_process_that_got_its_pid() {
     let lines = scenario(&["reaper-thread"]);
     assert_eq!(value(&lines, "receive"), "ExitStatusLost", "{lines:?}");
-    assert_eq!(value(&lines, "decoy_alive"), "true", "{lines:?}");
+    // Giving the decoy the reaped worker's pid takes writing `ns_last_pid` (CAP_SYS_ADMIN or
+    // CAP_CHECKPOINT_RESTORE); without it the scenario says so and the rest still holds.
+    match lines.iter().find(|(k, _)| k == "decoy") {
+        Some((_, why)) => eprintln!("pid reuse not forced: {why}"),
+        None => assert_eq!(value(&lines, "decoy_alive"), "true", "{lines:?}"),
+    }
 }
 
 // A10: a deleted executable.

@@ -258,7 +258,7 @@ pub(crate) enum ChildId<'a> {
 /// What [`wait_child`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ChildState {
-    /// Still running (only without `reap`... or with `WNOHANG`).
+    /// Still running.
     Running,
     /// Exited with this status (reaped if asked to, else still a zombie).
     Exited(ExitStatus),

@@ -6,6 +6,7 @@
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+pub mod hardening_scenarios;
 pub mod scenarios;
 pub mod workers;
 
@@ -16,6 +17,7 @@ pub fn registry() -> Registry {
     let registry = workers::dedicated::register(exsyst_worker::registry());
     let registry = workers::pool::register(registry);
     let registry = workers::hostile::register(registry);
+    let registry = workers::hardening::register(registry);
     workers::evented::register(registry)
 }
 

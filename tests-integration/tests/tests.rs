@@ -6,6 +6,7 @@
 mod dedicated;
 mod evented;
 mod fuzz;
+mod hardening_bootstrap;
 mod hardening_channel;
 mod pool;
 mod protocol;

@@ -1,56 +1,115 @@
 use std::{
     collections::BTreeMap,
-    io::{self, Read, Write},
+    io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
-    process::{Child, ChildStdin, ChildStdout, ExitStatus},
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
 use serde::{Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 use worker_channel::{Codec, FrameDecoder, FrameKind, encode_frame};
-use worker_core::Worker;
+use worker_core::{
+    Worker,
+    mio::{Interest, Registry, Token, event::Source, unix::SourceFd},
+};
 
 use crate::{
     BootstrapProfile, Error,
     init::MAX_INIT_FRAME_LEN,
+    process::{EXITING_WAIT, Fate, Process},
     profile::encode_args,
-    spawn::{self, Spawned},
+    reaper,
+    spawn::{self, Mode, Spawned},
     stderr::StderrTail,
-    sys,
+    sys::{self, Pipes},
 };
 
 /// How long the master waits for a dead worker's last standard error bytes.
 const STDERR_DRAIN_WAIT: Duration = Duration::from_millis(500);
 
+/// How often a blocking wait checks for the worker's exit on kernels without pidfd.
+const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
+
+/// The bound of what is buffered in either direction beyond what the caller asked for: received
+/// bytes during a send, queued bytes of [`DedicatedWorker::queue_message`]. Twice the maximum
+/// frame length, so two large messages can always cross, and at least 1 MiB.
+fn buffer_bound(max_frame_len: u32) -> usize {
+    (2 * (max_frame_len as usize + worker_channel::HEADER_LEN)).max(1 << 20)
+}
+
 /// A worker process with one master: this handle (the seed's dedicated `Worker`).
 ///
-/// Messages go to the worker's standard input and come back from its standard output, one frame
-/// each. Dropping the handle closes the worker's input, so it sees the end of its channel and
+/// Messages cross the worker's standard input and output, two pipes, one frame each.
+/// Dropping the handle closes the worker's input, so it sees the end of its channel and
 /// finishes; after a grace period ([`BootstrapProfile::with_close_grace`]) its whole process
 /// group is killed, and it is always reaped: no zombie, no orphan.
+/// [`DedicatedWorker::close_in_background`] does the same without making the caller wait.
 ///
-/// A worker that dies turns every later call into [`Error::WorkerExited`], which names its exit
-/// status or signal and carries the tail of its standard error.
+/// The process is tracked through a pidfd taken at spawn: its death is seen even while a
+/// grandchild it forked still holds the channel, and signals never reach another process that
+/// reused its pid. A worker that dies turns every later call into [`Error::WorkerExited`],
+/// which names its exit status or signal and carries the tail of its standard error
+/// (or [`Error::ExitStatusLost`] when another part of the program reaped it first); messages it
+/// sent before dying are delivered first. Writes never raise SIGPIPE, whatever the program did
+/// with that signal.
+///
+/// Besides the blocking calls, the handle has a non-blocking face for event loops: it is a
+/// [`mio::event::Source`](worker_core::mio::event::Source) (the channel's pipes and the pidfd,
+/// under one token), with [`try_receive_message`](Self::try_receive_message),
+/// [`queue_message`](Self::queue_message), [`flush`](Self::flush) and
+/// [`try_wait`](Self::try_wait).
 #[derive(Debug)]
 pub struct DedicatedWorker {
     implementation: String,
     pid: u32,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: ChildStdout,
+    process: Process,
+    pipes: Pipes,
+    /// Whether the worker's input is registered in a `mio` registry (see the `Source` impl).
+    input_registered: bool,
+    stderr: Option<StderrTail>,
+    grace: Duration,
+    /// Set once the worker is reaped (or found reaped by someone else).
+    exited: Option<Exited>,
+    /// The bound of received bytes buffered during a send, and of queued bytes.
+    buffer_bound: usize,
+    // The framing: a decoder for what comes in, one buffer for what goes out.
     decoder: FrameDecoder,
-    /// The worker closed its standard output.
+    /// The worker closed its end of the channel (end of stream read).
     eof: bool,
     codec: Codec,
     max_frame_len: u32,
     out: Vec<u8>,
-    stderr: Option<StderrTail>,
-    grace: Duration,
-    /// Set once the worker is reaped.
-    exited: Option<(ExitStatus, String)>,
+    /// Bytes of `out` already written.
+    out_pos: usize,
     /// A send gave up half-way through a frame: the stream can no longer be trusted.
     broken: bool,
+}
+
+/// How a reaped worker ended, with the tail of its standard error.
+#[derive(Debug)]
+enum Exited {
+    Status(ExitStatus, String),
+    Lost(String),
+}
+
+/// What a wait on the channel and the process found.
+enum Wait {
+    /// The channel is readable (data, or its end).
+    Readable,
+    /// The channel is writable.
+    Writable,
+    /// The process exited.
+    Exited,
+    /// The deadline passed.
+    Timeout,
+}
+
+/// What one read from the channel gave.
+enum Read {
+    Data,
+    End,
+    Nothing,
 }
 
 impl DedicatedWorker {
@@ -94,28 +153,44 @@ impl DedicatedWorker {
         args: Option<ByteBuf>,
         extensions: BTreeMap<String, ByteBuf>,
     ) -> Result<Self, Error> {
+        Self::launch(profile, implementation, args, extensions, Mode::Dedicated)
+    }
+
+    /// Starts a worker process and sends it its init frame.
+    pub(crate) fn launch(
+        profile: &BootstrapProfile,
+        implementation: &str,
+        args: Option<ByteBuf>,
+        extensions: BTreeMap<String, ByteBuf>,
+        mode: Mode,
+    ) -> Result<Self, Error> {
         let Spawned {
-            child,
-            stdin,
-            stdout,
+            process,
+            pipes,
             stderr,
             init,
-        } = spawn::spawn(profile, implementation, args, extensions)?;
+        } = spawn::spawn(profile, implementation, args, extensions, mode)?;
         let mut worker = DedicatedWorker {
             implementation: implementation.to_owned(),
-            pid: child.id(),
-            child,
-            stdin: Some(stdin),
-            stdout,
+            pid: process.pid(),
+            process,
+            pipes,
+            input_registered: false,
+            stderr,
+            grace: profile.close_grace(),
+            exited: None,
+            buffer_bound: buffer_bound(profile.max_frame_len()),
             decoder: FrameDecoder::new(profile.max_frame_len()),
             eof: false,
             codec: profile.codec(),
             max_frame_len: profile.max_frame_len(),
             out: Vec::new(),
-            stderr,
-            grace: profile.close_grace(),
-            exited: None,
+            out_pos: 0,
             broken: false,
+        };
+        let channel = |source| Error::Channel {
+            pid: worker.pid,
+            source,
         };
         encode_frame(
             Codec::MessagePack,
@@ -124,11 +199,8 @@ impl DedicatedWorker {
             MAX_INIT_FRAME_LEN,
             &mut worker.out,
         )
-        .map_err(|source| Error::Channel {
-            pid: worker.pid,
-            source,
-        })?;
-        worker.write_out(None)?;
+        .map_err(channel)?;
+        worker.write_out(None, 0)?;
         Ok(worker)
     }
 
@@ -150,7 +222,9 @@ impl DedicatedWorker {
     /// Sends one message.
     ///
     /// While the worker's input is full, this reads what the worker sends meanwhile (kept for the
-    /// next receives), so two large messages crossing each other cannot deadlock.
+    /// next receives), so two large messages crossing each other cannot deadlock; but no more
+    /// than twice the maximum frame length: a worker that streams and never reads gets
+    /// [`Error::ReceiveBufferFull`] instead of the master's memory.
     pub fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
         self.send_until(message, None)
     }
@@ -185,28 +259,64 @@ impl DedicatedWorker {
         if let Some(e) = self.unusable() {
             return Err(e);
         }
-        self.out.clear();
-        encode_frame(
-            self.codec,
-            FrameKind::Data,
-            message,
-            self.max_frame_len,
-            &mut self.out,
-        )
-        .map_err(|source| Error::Channel {
-            pid: self.pid,
-            source,
-        })?;
-        let result = self.write_out(deadline);
-        if self.out.capacity() > 4 << 20 {
-            self.out = Vec::new();
+        let frame_start = self.encode(message)?;
+        self.write_out(deadline, frame_start)
+    }
+
+    /// Queues one message and writes what the channel takes now, without waiting.
+    ///
+    /// The rest is written by later calls to [`flush`](Self::flush) (or by any blocking send).
+    /// Refused with [`Error::QueueFull`] when the queue already holds twice the maximum frame
+    /// length (at least 1 MiB), and with [`Error::Channel`] when the message cannot be encoded;
+    /// nothing is queued then.
+    pub fn queue_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
+        if let Some(e) = self.unusable() {
+            return Err(e);
         }
-        result
+        let queued = self.queued_bytes();
+        if queued >= self.buffer_bound {
+            return Err(Error::QueueFull {
+                pid: self.pid,
+                queued,
+                limit: self.buffer_bound,
+            });
+        }
+        self.encode(message)?;
+        self.flush().map(drop)
+    }
+
+    /// Writes queued bytes until none is left or the channel would block; returns whether the
+    /// queue is empty. Never waits.
+    pub fn flush(&mut self) -> Result<bool, Error> {
+        if let Some(e) = self.unusable() {
+            return Err(e);
+        }
+        while self.out_pos < self.out.len() {
+            match self.pipes.write(&self.out[self.out_pos..]) {
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if is_peer_gone(&e) => return Err(self.ended()),
+                Err(source) => {
+                    return Err(Error::Io {
+                        pid: self.pid,
+                        source,
+                    });
+                }
+            }
+        }
+        self.sent_all();
+        Ok(true)
+    }
+
+    /// Bytes queued by [`queue_message`](Self::queue_message) and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len() - self.out_pos
     }
 
     /// Receives one message, blocking until it arrives or the worker ends.
     pub fn receive_message<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
-        self.receive_until(None)?
+        self.receive_until(None, FrameKind::Data)?
             .ok_or_else(|| unreachable_timeout(self.pid))
     }
 
@@ -217,16 +327,22 @@ impl DedicatedWorker {
         &mut self,
         timeout: Duration,
     ) -> Result<T, Error> {
-        self.receive_until(worker_core::deadline_after(timeout))?
+        self.receive_until(worker_core::deadline_after(timeout), FrameKind::Data)?
             .ok_or(Error::Timeout {
                 pid: self.pid,
                 waited: timeout,
             })
     }
 
-    /// Receives one message if one is already buffered or readable without waiting.
+    /// Receives one message if one is already buffered or readable, without waiting.
+    ///
+    /// The end of the channel is an error at once: [`Error::WorkerExited`] (or
+    /// [`Error::ExitStatusLost`]) when the worker has exited, [`Error::ChannelClosed`] when it
+    /// closed its channel and lives on. A worker the kernel is already tearing down (it
+    /// closed its channel by exiting, a moment before it can be reaped) is given up to 100 ms to
+    /// finish, so its exit status can be reported; a living one is never waited for.
     pub fn try_receive_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
-        self.receive_until(Some(Instant::now()))
+        self.receive_until(Some(Instant::now()), FrameKind::Data)
     }
 
     /// Whether a whole message is already buffered, so the next receive returns without reading.
@@ -234,105 +350,359 @@ impl DedicatedWorker {
         self.decoder.has_frame()
     }
 
-    fn receive_until<T: DeserializeOwned>(
+    /// How the worker exited, if it has, without waiting: it is reaped then (its remaining
+    /// messages can still be received). [`Error::ExitStatusLost`] when another part of the
+    /// program reaped it first.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
+        if self.exited.is_none() {
+            let exited = self.process.has_exited().map_err(|source| Error::Io {
+                pid: self.pid,
+                source,
+            })?;
+            if !exited {
+                return Ok(None);
+            }
+            let _ = self.died();
+        }
+        match &self.exited {
+            Some(Exited::Status(status, _)) => Ok(Some(*status)),
+            _ => Err(self
+                .exited_error()
+                .unwrap_or(Error::ChannelClosed { pid: self.pid })),
+        }
+    }
+
+    /// Receives one frame of `kind`, until `deadline`.
+    pub(crate) fn receive_until<T: DeserializeOwned>(
         &mut self,
         deadline: Option<Instant>,
+        kind: FrameKind,
     ) -> Result<Option<T>, Error> {
         if self.broken {
             return Err(Error::ChannelBroken { pid: self.pid });
         }
         loop {
-            let pid = self.pid;
-            let channel = |source| Error::Channel { pid, source };
-            if let Some(frame) = self.decoder.decode().map_err(channel)? {
-                if frame.kind != FrameKind::Data {
-                    return Err(channel(worker_channel::Error::UnexpectedFrameKind {
-                        kind: frame.kind,
-                    }));
-                }
-                return self.codec.decode(frame.payload).map(Some).map_err(channel);
+            if let Some(message) = self.decode(kind)? {
+                return Ok(Some(message));
             }
-            if self.eof {
+            if self.eof || self.exited.is_some() {
+                // A dead worker's last bytes (or a grandchild's) are read without waiting.
+                if !self.eof && matches!(self.read_once()?, Read::Data | Read::End) {
+                    continue;
+                }
                 return Err(self.ended());
             }
-            if let Some(deadline) = deadline {
-                let ready = sys::poll(&[(self.stdout.as_fd(), true, false)], Some(deadline))
-                    .map_err(|source| Error::Io { pid, source })?;
-                if ready.is_none() {
-                    return Ok(None);
+            match self.wait(deadline, false)? {
+                Wait::Readable => {
+                    self.read_once()?;
                 }
-            }
-            self.read_once()?;
-        }
-    }
-
-    /// Reads once from the worker's output (which must be readable or blocking is fine).
-    fn read_once(&mut self) -> Result<(), Error> {
-        loop {
-            match self.decoder.read_from(&mut self.stdout) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(());
+                Wait::Exited => {
+                    self.died();
                 }
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Error::Io {
-                        pid: self.pid,
-                        source,
-                    });
-                }
+                Wait::Timeout => return Ok(None),
+                Wait::Writable => unreachable!("not asked for"),
             }
         }
     }
 
-    /// Writes `self.out` whole to the worker's non-blocking input, reading the worker's output
-    /// whenever the input is full, until `deadline`.
-    fn write_out(&mut self, deadline: Option<Instant>) -> Result<(), Error> {
+    /// Kills the worker and its process group at once and reaps it.
+    pub fn kill(&mut self) -> Result<ExitStatus, Error> {
+        if self.exited.is_none() {
+            let fate = self.process.kill_and_reap().map_err(|source| Error::Io {
+                pid: self.pid,
+                source,
+            })?;
+            self.record(fate);
+        }
+        self.exit_status()
+    }
+
+    /// Closes the channel and waits for the worker to finish, returning how it exited.
+    ///
+    /// Queued messages are written first, within the grace period. Messages the worker still
+    /// sends are read and discarded, so it cannot block on a full channel. A worker still
+    /// running after the grace period is killed (`Ok` with the signal status).
+    pub fn close(mut self) -> Result<ExitStatus, Error> {
+        self.shutdown()
+    }
+
+    /// Ends the worker without making the caller wait: a process-wide reaper thread closes its
+    /// channel, gives it the grace period, kills its process group if it is still running and
+    /// reaps it, for as many workers at once as are handed to it.
+    ///
+    /// Queued messages not yet written are dropped. Returns at once, so a pool's `Drop` can end
+    /// all of its workers in well under a second whatever state they are in.
+    pub fn close_in_background(mut self) {
+        if self.exited.is_some() {
+            return;
+        }
+        let deadline = worker_core::deadline_after(self.grace);
+        match self.pipes.try_clone() {
+            Ok(pipes) => reaper::hand_over(self.process.hand_over(), pipes, deadline),
+            // Without a descriptor to spare, end it here, at once.
+            Err(_) => {
+                let _ = self.process.kill_and_reap();
+            }
+        }
+    }
+
+    fn encode<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<usize, Error> {
+        // Keep the queue's unsent part at the front once most of it is sent, so it cannot creep.
+        if self.out_pos > 0 && self.out_pos >= self.out.len() / 2 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        let frame_start = self.out.len();
+        encode_frame(
+            self.codec,
+            FrameKind::Data,
+            message,
+            self.max_frame_len,
+            &mut self.out,
+        )
+        .map_err(|source| {
+            self.out.truncate(frame_start);
+            Error::Channel {
+                pid: self.pid,
+                source,
+            }
+        })?;
+        Ok(frame_start)
+    }
+
+    /// Everything queued was written: the buffer is reset, and a very large one given back.
+    fn sent_all(&mut self) {
+        self.out.clear();
+        self.out_pos = 0;
+        if self.out.capacity() > 4 << 20 {
+            self.out = Vec::new();
+        }
+    }
+
+    /// Writes `self.out` whole, reading the worker's output whenever the channel is full (up to
+    /// the buffer bound), until `deadline`. `frame_start` is where the message of this call
+    /// begins in `out`: giving up before any of it was written takes it back out, whole.
+    fn write_out(&mut self, deadline: Option<Instant>, frame_start: usize) -> Result<(), Error> {
         let pid = self.pid;
-        let mut written = 0;
-        while written < self.out.len() {
-            let Some(stdin) = self.stdin.as_mut() else {
-                return Err(Error::Closed);
-            };
-            match stdin.write(&self.out[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let stdin = self.stdin.as_ref().expect("checked above").as_fd();
-                    // Once the worker's output has ended there is nothing to read meanwhile.
-                    let fds = [(stdin, false, true), (self.stdout.as_fd(), true, false)];
-                    let fds = if self.eof { &fds[..1] } else { &fds[..] };
-                    let Some(ready) =
-                        sys::poll(fds, deadline).map_err(|source| Error::Io { pid, source })?
-                    else {
-                        self.broken = written > 0;
-                        return Err(Error::Timeout {
-                            pid,
-                            waited: Duration::ZERO,
-                        });
-                    };
-                    if !self.eof && (ready[1].readable || ready[1].hangup) {
-                        self.read_once()?;
-                    }
+        while self.out_pos < self.out.len() {
+            match self.pipes.write(&self.out[self.out_pos..]) {
+                Ok(n) => {
+                    self.out_pos += n;
+                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(self.ended()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if is_peer_gone(&e) => return Err(self.ended()),
                 Err(source) => return Err(Error::Io { pid, source }),
             }
+            let buffered = self.decoder.buffered();
+            let failure = if self.eof {
+                // Its output ended and it takes no input: it is done (or exiting).
+                Some(self.ended())
+            } else if buffered >= self.buffer_bound {
+                Some(Error::ReceiveBufferFull {
+                    pid,
+                    buffered,
+                    limit: self.buffer_bound,
+                })
+            } else {
+                match self.wait(deadline, true)? {
+                    Wait::Writable => None,
+                    Wait::Readable => {
+                        self.read_once_within(self.buffer_bound)?;
+                        None
+                    }
+                    // A dead worker reads nothing more: what it sent stays for the receives.
+                    Wait::Exited => Some(self.died()),
+                    Wait::Timeout => Some(Error::Timeout {
+                        pid,
+                        waited: Duration::ZERO,
+                    }),
+                }
+            };
+            if let Some(error) = failure {
+                if self.out_pos <= frame_start {
+                    self.out.truncate(frame_start);
+                } else {
+                    self.broken = true;
+                }
+                return Err(error);
+            }
         }
+        self.sent_all();
         Ok(())
     }
 
-    /// The error for a worker whose channel ended: it exited (the usual case), or it closed its
-    /// output and lingers.
+    /// Waits until the channel is readable (or, with `write`, writable), the process exits, or
+    /// `deadline` passes. Once the worker's output has ended, or the receive buffer is at its
+    /// bound during a send, only writability and exit are waited for.
+    fn wait(&mut self, deadline: Option<Instant>, write: bool) -> Result<Wait, Error> {
+        let pid = self.pid;
+        let full = write && self.decoder.buffered() >= self.buffer_bound;
+        let read = !(self.eof || full);
+        let mut fds = [(self.pipes.output(), false, false); sys::MAX_POLL_FDS];
+        let mut n = 0;
+        let mut slot = |fd, r, w| {
+            fds[n] = (fd, r, w);
+            n += 1;
+            n - 1
+        };
+        let output = read.then(|| slot(self.pipes.output(), true, false));
+        let input = match self.pipes.input() {
+            Some(input) if write => Some(slot(input, false, true)),
+            _ => None,
+        };
+        let pidfd = match self.process.pidfd() {
+            Some(pidfd) if self.exited.is_none() => Some(slot(pidfd, true, false)),
+            _ => None,
+        };
+        // Without a pidfd (old kernels), wake up now and then to ask whether it exited.
+        let polling = pidfd.is_none() && self.exited.is_none() && self.process.needs_polling();
+        loop {
+            let until = match (polling, deadline) {
+                (false, d) => d,
+                (true, Some(d)) => Some(d.min(Instant::now() + EXIT_POLL_TICK)),
+                (true, None) => worker_core::deadline_after(EXIT_POLL_TICK),
+            };
+            let ready = sys::poll(&fds[..n], until).map_err(|source| Error::Io { pid, source })?;
+            let Some(ready) = ready else {
+                if polling && self.process.has_exited().unwrap_or(false) {
+                    return Ok(Wait::Exited);
+                }
+                if polling && deadline.is_none_or(|d| Instant::now() < d) {
+                    continue;
+                }
+                return Ok(Wait::Timeout);
+            };
+            // Data first: what the worker sent before it died is delivered before its death.
+            if let Some(i) = input
+                && (ready[i].writable || ready[i].hangup)
+            {
+                return Ok(Wait::Writable);
+            }
+            if let Some(i) = output
+                && ready[i].can_read()
+            {
+                return Ok(Wait::Readable);
+            }
+            if let Some(i) = pidfd
+                && ready[i].readable
+            {
+                return Ok(Wait::Exited);
+            }
+            if n == 0 || input.is_none() && write {
+                // Nothing left to wait for: the worker's input is closed.
+                return Ok(Wait::Writable);
+            }
+        }
+    }
+
+    /// Reads once from the channel, without waiting.
+    fn read_once(&mut self) -> Result<Read, Error> {
+        self.read_once_within(usize::MAX)
+    }
+
+    /// Reads once from the channel, without waiting, keeping what the decoder holds within
+    /// `bound` bytes.
+    fn read_once_within(&mut self, bound: usize) -> Result<Read, Error> {
+        let room = bound.saturating_sub(self.decoder.buffered()).max(1);
+        loop {
+            let mut reader = Limited(&mut self.pipes, room);
+            return match self.decoder.read_from(&mut reader) {
+                Ok(0) => {
+                    self.eof = true;
+                    Ok(Read::End)
+                }
+                Ok(_) => Ok(Read::Data),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Read::Nothing),
+                // The worker closed its end with our bytes unread: an end all the same.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    self.eof = true;
+                    Ok(Read::End)
+                }
+                Err(source) => Err(Error::Io {
+                    pid: self.pid,
+                    source,
+                }),
+            };
+        }
+    }
+
+    /// Takes the next message out of the decoder, if a whole one is there.
+    fn decode<T: DeserializeOwned>(&mut self, kind: FrameKind) -> Result<Option<T>, Error> {
+        let pid = self.pid;
+        let channel = |source| Error::Channel { pid, source };
+        let Some(frame) = self.decoder.decode().map_err(channel)? else {
+            return Ok(None);
+        };
+        if frame.kind != kind {
+            return Err(channel(worker_channel::Error::UnexpectedFrameKind {
+                kind: frame.kind,
+            }));
+        }
+        self.codec.decode(frame.payload).map(Some).map_err(channel)
+    }
+
+    /// The process exited (its pidfd said so): reaps it and returns the error that says how it
+    /// ended, which every later call returns too once the messages it sent are received.
+    fn died(&mut self) -> Error {
+        if self.exited.is_none() {
+            match self.process.try_reap() {
+                Ok(Some(fate)) => self.record(fate),
+                Ok(None) => return Error::ChannelClosed { pid: self.pid },
+                Err(source) => {
+                    return Error::Io {
+                        pid: self.pid,
+                        source,
+                    };
+                }
+            }
+        }
+        self.exited_error().expect("just recorded")
+    }
+
+    /// The error for a worker whose channel ended (end of stream, or it stopped reading): how it
+    /// exited when it has, or is exiting; [`Error::ChannelClosed`] at once when it lives on.
     fn ended(&mut self) -> Error {
-        match self.wait_exit(self.grace) {
-            Ok(Some(_)) => self.exited_error().expect("just reaped"),
-            Ok(None) => Error::ChannelClosed { pid: self.pid },
-            Err(source) => Error::Io {
-                pid: self.pid,
-                source,
-            },
+        if let Some(e) = self.exited_error() {
+            return e;
+        }
+        let exited = self.process.has_exited().unwrap_or(false)
+            || (self.process.is_exiting()
+                && self
+                    .process
+                    .wait_exited(worker_core::deadline_after(EXITING_WAIT))
+                    .unwrap_or(false));
+        if exited {
+            self.died()
+        } else {
+            Error::ChannelClosed { pid: self.pid }
+        }
+    }
+
+    /// Records how the reaped process ended, with the tail of its standard error.
+    fn record(&mut self, fate: Fate) {
+        let tail = || {
+            self.stderr
+                .as_ref()
+                .map(|t| t.text(STDERR_DRAIN_WAIT))
+                .unwrap_or_default()
+        };
+        self.exited = match fate {
+            Fate::Reaped(status) => Some(Exited::Status(status, tail())),
+            Fate::Lost => Some(Exited::Lost(tail())),
+            Fate::Unreaped => return,
+        };
+    }
+
+    /// The recorded exit status, or the error that says it was lost.
+    fn exit_status(&self) -> Result<ExitStatus, Error> {
+        match &self.exited {
+            Some(Exited::Status(status, _)) => Ok(*status),
+            _ => Err(self
+                .exited_error()
+                .unwrap_or(Error::ChannelClosed { pid: self.pid })),
         }
     }
 
@@ -345,88 +715,81 @@ impl DedicatedWorker {
     }
 
     fn exited_error(&self) -> Option<Error> {
-        self.exited
-            .as_ref()
-            .map(|(status, stderr_tail)| Error::WorkerExited {
-                pid: self.pid,
-                implementation: self.implementation.clone(),
+        let pid = self.pid;
+        let implementation = self.implementation.clone();
+        match self.exited.as_ref()? {
+            Exited::Status(status, stderr_tail) => Some(Error::WorkerExited {
+                pid,
+                implementation,
                 status: *status,
                 stderr_tail: stderr_tail.clone(),
-            })
-    }
-
-    /// Waits up to `wait` for the worker to exit; then kills what is left of its process group and
-    /// reaps it. `None` when it is still running.
-    fn wait_exit(&mut self, wait: Duration) -> io::Result<Option<ExitStatus>> {
-        if let Some((status, _)) = &self.exited {
-            return Ok(Some(*status));
+            }),
+            Exited::Lost(stderr_tail) => Some(Error::ExitStatusLost {
+                pid,
+                implementation,
+                stderr_tail: stderr_tail.clone(),
+            }),
         }
-        if !sys::wait_exited_no_reap(self.pid, worker_core::deadline_after(wait))? {
-            return Ok(None);
+    }
+
+    fn shutdown(&mut self) -> Result<ExitStatus, Error> {
+        if self.exited.is_some() || self.process.fate() != Fate::Unreaped {
+            return self.exit_status();
         }
-        Ok(Some(self.reap()?))
-    }
-
-    /// Kills the process group (the unreaped leader keeps its id reserved, so this cannot hit
-    /// another group), then reaps the worker.
-    fn reap(&mut self) -> io::Result<ExitStatus> {
-        let _ = sys::kill_group(self.pid);
-        let status = self.child.wait()?;
-        let tail = self
-            .stderr
-            .as_ref()
-            .map(|t| t.text(STDERR_DRAIN_WAIT))
-            .unwrap_or_default();
-        self.exited = Some((status, tail));
-        Ok(status)
-    }
-
-    /// Kills the worker and its process group at once and reaps it.
-    pub fn kill(&mut self) -> Result<ExitStatus, Error> {
-        if let Some((status, _)) = &self.exited {
-            return Ok(*status);
-        }
-        self.stdin = None;
-        self.reap().map_err(|source| Error::Io {
-            pid: self.pid,
-            source,
-        })
-    }
-
-    /// Closes the channel and waits for the worker to finish, returning how it exited.
-    ///
-    /// Messages the worker still sends are read and discarded, so it cannot block on a full pipe.
-    /// A worker still running after the grace period is killed (`Ok` with the signal status).
-    pub fn close(mut self) -> Result<ExitStatus, Error> {
-        self.shutdown().map_err(|source| Error::Io {
-            pid: self.pid,
-            source,
-        })
-    }
-
-    fn shutdown(&mut self) -> io::Result<ExitStatus> {
-        if let Some((status, _)) = &self.exited {
-            return Ok(*status);
-        }
-        self.stdin = None;
+        let pid = self.pid;
+        let io = |source| Error::Io { pid, source };
         let deadline = worker_core::deadline_after(self.grace);
+        if self.queued_bytes() > 0 && !self.broken {
+            let _ = self.write_out(deadline, self.out.len());
+        }
+        self.pipes.close_input();
+        // Read and drop what the worker still sends, until it exits or the grace period ends.
         let mut scratch = [0u8; 16 * 1024];
-        while !self.eof {
-            match sys::poll(&[(self.stdout.as_fd(), true, false)], deadline)? {
-                None => break,
-                Some(_) => match self.stdout.read(&mut scratch) {
+        loop {
+            if self.eof {
+                self.process.wait_exited(deadline).map_err(io)?;
+                break;
+            }
+            match self.wait(deadline, false)? {
+                Wait::Readable => match io::Read::read(&mut self.pipes, &mut scratch) {
                     Ok(0) => self.eof = true,
                     Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => self.eof = true,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                        ) => {}
+                    Err(e) => return Err(io(e)),
                 },
+                Wait::Exited | Wait::Timeout => break,
+                Wait::Writable => unreachable!("not asked for"),
             }
         }
-        if !sys::wait_exited_no_reap(self.pid, deadline)? {
-            sys::kill_group(self.pid)?;
-        }
-        self.reap()
+        // Exited or not, it is killed now: with its process group, which also ends what a worker
+        // that exited left behind (its grandchildren).
+        let fate = self.process.kill_and_reap().map_err(io)?;
+        self.record(fate);
+        self.exit_status()
     }
+}
+
+/// A reader that reads at most so many bytes at once.
+struct Limited<'a>(&'a mut Pipes, usize);
+
+impl io::Read for Limited<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len().min(self.1);
+        self.0.read(&mut buf[..len])
+    }
+}
+
+/// Whether a write error means the worker no longer reads its channel.
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 fn unreachable_timeout(pid: u32) -> Error {
@@ -436,17 +799,106 @@ fn unreachable_timeout(pid: u32) -> Error {
     }
 }
 
+/// The channel and the process under one token: the worker's output as readable, its input as
+/// writable when the interests ask for it (and it is not closed), and the pidfd (when the kernel
+/// has pidfds) as readable once the worker has exited. On any event, call
+/// [`try_receive_message`](DedicatedWorker::try_receive_message) until it returns `Ok(None)`,
+/// [`flush`](DedicatedWorker::flush) when something is queued, and
+/// [`try_wait`](DedicatedWorker::try_wait) to learn of an exit. The handle owns the
+/// descriptors, which stay open (and registered) until it is closed or dropped.
+impl Source for DedicatedWorker {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        let output = self.pipes.output().as_raw_fd();
+        SourceFd(&output).register(registry, token, Interest::READABLE)?;
+        let mut rest = || -> io::Result<()> {
+            if let Some(pidfd) = self.process.pidfd() {
+                SourceFd(&pidfd.as_raw_fd()).register(registry, token, Interest::READABLE)?;
+            }
+            if let Some(input) = self.pipes.input().filter(|_| interests.is_writable()) {
+                let registered =
+                    SourceFd(&input.as_raw_fd()).register(registry, token, Interest::WRITABLE);
+                if let Err(e) = registered {
+                    if let Some(pidfd) = self.process.pidfd() {
+                        let _ = SourceFd(&pidfd.as_raw_fd()).deregister(registry);
+                    }
+                    return Err(e);
+                }
+                self.input_registered = true;
+            }
+            Ok(())
+        };
+        rest().inspect_err(|_| {
+            let _ = SourceFd(&output).deregister(registry);
+        })
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        SourceFd(&self.pipes.output().as_raw_fd()).reregister(
+            registry,
+            token,
+            Interest::READABLE,
+        )?;
+        if let Some(pidfd) = self.process.pidfd() {
+            SourceFd(&pidfd.as_raw_fd()).reregister(registry, token, Interest::READABLE)?;
+        }
+        match self.pipes.input() {
+            Some(input) if interests.is_writable() => {
+                let mut input = SourceFd(&input.as_raw_fd());
+                if self.input_registered {
+                    input.reregister(registry, token, Interest::WRITABLE)?;
+                } else {
+                    input.register(registry, token, Interest::WRITABLE)?;
+                    self.input_registered = true;
+                }
+            }
+            Some(input) if self.input_registered => {
+                SourceFd(&input.as_raw_fd()).deregister(registry)?;
+                self.input_registered = false;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        let output = SourceFd(&self.pipes.output().as_raw_fd()).deregister(registry);
+        let pidfd = match self.process.pidfd() {
+            Some(pidfd) => SourceFd(&pidfd.as_raw_fd()).deregister(registry),
+            None => Ok(()),
+        };
+        let input = match self.pipes.input() {
+            Some(input) if self.input_registered => {
+                SourceFd(&input.as_raw_fd()).deregister(registry)
+            }
+            _ => Ok(()),
+        };
+        self.input_registered = false;
+        output.and(pidfd).and(input)
+    }
+}
+
 impl AsFd for DedicatedWorker {
-    /// The worker's output, for waiting on several workers at once; read only through the
-    /// handle's methods.
+    /// The worker's output, for waiting on several workers at once; read it only through the
+    /// handle's methods. Registering the handle itself as a
+    /// [`Source`](worker_core::mio::event::Source) also watches the process's death.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.stdout.as_fd()
+        self.pipes.output()
     }
 }
 
 impl AsRawFd for DedicatedWorker {
     fn as_raw_fd(&self) -> RawFd {
-        self.stdout.as_raw_fd()
+        self.pipes.output().as_raw_fd()
     }
 }
 

@@ -26,7 +26,20 @@ pub enum Error {
         /// captured).
         stderr_tail: String,
     },
-    /// The worker closed its channel but did not exit within the grace period.
+    /// The worker process ended, but its exit status was lost: another part of this program
+    /// reaped it (a `waitpid(-1)` of its own, or SIGCHLD set to be ignored, which makes the
+    /// kernel reap children at once).
+    ExitStatusLost {
+        /// The worker's process id.
+        pid: u32,
+        /// The implementation it ran.
+        implementation: String,
+        /// The last lines it wrote to standard error (empty when its standard error was not
+        /// captured).
+        stderr_tail: String,
+    },
+    /// The worker closed its channel and is still running (it has not exited, nor is it
+    /// exiting): nothing more can come from it. Closing or dropping the handle ends it.
     ChannelClosed {
         /// The worker's process id.
         pid: u32,
@@ -36,6 +49,29 @@ pub enum Error {
     ChannelBroken {
         /// The worker's process id.
         pid: u32,
+    },
+    /// While a send waited for the worker to take its input, the worker sent more than the
+    /// master buffers meanwhile (twice the maximum frame length, at least 1 MiB): it streams and
+    /// does not read. If part of the message was written, the channel is broken
+    /// ([`Error::ChannelBroken`] from then on).
+    ReceiveBufferFull {
+        /// The worker's process id.
+        pid: u32,
+        /// Bytes received and buffered.
+        buffered: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// [`DedicatedWorker::queue_message`](crate::DedicatedWorker::queue_message) found the
+    /// outgoing queue at its bound (twice the maximum frame length, at least 1 MiB): nothing was
+    /// queued; flush and try again.
+    QueueFull {
+        /// The worker's process id.
+        pid: u32,
+        /// Bytes queued and not yet written.
+        queued: usize,
+        /// The bound.
+        limit: usize,
     },
     /// Nothing arrived (or, for a send, the worker took nothing) within the time given.
     Timeout {
@@ -52,7 +88,15 @@ pub enum Error {
         /// The channel's error.
         source: worker_channel::Error,
     },
-    /// A system call on the worker's pipes or process failed.
+    /// A detached worker could not be started: the process that was to become the daemon said
+    /// why before it exited.
+    Detach {
+        /// The implementation it was to run.
+        implementation: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A system call on the worker's channel or process failed.
     Io {
         /// The worker's process id.
         pid: u32,
@@ -132,9 +176,39 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::ExitStatusLost {
+                pid,
+                implementation,
+                stderr_tail,
+            } => {
+                write!(
+                    f,
+                    "worker {implementation} (pid {pid}) ended, but its exit status was lost: \
+                     another part of this program reaped it (SIGCHLD ignored, or a waitpid(-1))"
+                )?;
+                let tail = stderr_tail.trim_end();
+                if !tail.is_empty() {
+                    write!(f, "; its stderr ended with:\n{tail}")?;
+                }
+                Ok(())
+            }
             Error::ChannelClosed { pid } => {
                 write!(f, "worker (pid {pid}) closed its channel but did not exit")
             }
+            Error::ReceiveBufferFull {
+                pid,
+                buffered,
+                limit,
+            } => write!(
+                f,
+                "worker (pid {pid}) sent {buffered} bytes while a send waited for it to read, \
+                 past the limit of {limit} bytes"
+            ),
+            Error::QueueFull { pid, queued, limit } => write!(
+                f,
+                "outgoing queue to worker (pid {pid}) full ({queued} bytes queued, limit {limit} \
+                 bytes)"
+            ),
             Error::ChannelBroken { pid } => write!(
                 f,
                 "channel to worker (pid {pid}) broken by a send that gave up part-way"
@@ -147,6 +221,10 @@ impl fmt::Display for Error {
             }
             Error::Channel { pid, .. } => write!(f, "channel to worker (pid {pid}) failed"),
             Error::Io { pid, .. } => write!(f, "i/o error with worker (pid {pid})"),
+            Error::Detach {
+                implementation,
+                reason,
+            } => write!(f, "cannot start detached worker {implementation}: {reason}"),
             Error::Closed => f.write_str("worker handle already closed"),
             Error::Config(what) => write!(f, "invalid bootstrap profile: {what}"),
         }

@@ -12,6 +12,9 @@ pub(crate) const ENV_IMPLEMENTATION: &str = "EXSYST_WORKER_IMPLEMENTATION";
 /// The master's process id, so the worker can tell whether its master died before it armed its
 /// parent-death signal.
 pub(crate) const ENV_PARENT: &str = "EXSYST_WORKER_PARENT";
+/// Present (`1`) when the worker must detach from its starter: leave for a session of its own,
+/// without parent-death signal, holding none of the starter's descriptors.
+pub(crate) const ENV_DETACHED: &str = "EXSYST_WORKER_DETACHED";
 
 /// The version of the bootstrap protocol; a worker refuses an init frame of another version.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;

@@ -38,33 +38,49 @@
 //! - [`BootstrapProfile`]: everything needed to start a worker (the seed's profile);
 //! - [`Registry`], from [`registry()`]: the implementations an executable runs, and
 //!   [`Registry::run_if_worker`], which must be the first thing in `main`;
-//! - [`DedicatedWorker`]: a worker with one master.
+//! - [`DedicatedWorker`]: a worker with one master;
+//! - [`spawn_detached`]: a daemon that outlives its starter (what shared workers start).
 //!
 //! # How a worker process starts
 //!
-//! By default the master re-executes its own binary ([`std::env::current_exe`]); a profile can
-//! name another executable, for all implementations or per implementation. The child learns
-//! which implementation to run from its environment, and everything else (codec, constructor
-//! arguments, hooks, secrets) from a first control frame on its standard input, never from its
-//! command line. It starts in a process group of its own, through `posix_spawn` (never `fork`,
-//! whose cost grows with the master's memory), and asks the kernel to kill it if its master dies.
+//! By default the master re-executes its own running image (`/proc/self/exe`, which still works
+//! after the file on disk was deleted or replaced by a deploy, and is the one guaranteed to
+//! speak the same protocol); a profile can name another executable, for all implementations or
+//! per implementation. The child learns which implementation to run from its environment, and
+//! everything else (codec, constructor arguments, hooks, secrets) from a first control frame on
+//! its channel, never from its command line. Its channel is two pipes, its standard input and
+//! output. It starts in a process group of its own, through `posix_spawn` (never
+//! `fork`, whose cost grows with the master's memory), and asks the kernel to kill it if its
+//! master dies.
+//!
+//! Every spawn runs on one long-lived thread of the process: Linux delivers the parent-death
+//! signal when the *thread* that started a worker exits, so a worker started from a short-lived
+//! thread would otherwise die with it. Workers live as long as their handles, whichever thread
+//! created them.
+//!
+//! The master tracks each worker through a pidfd taken at spawn: it sees the worker's death even
+//! while a grandchild still holds the channel, and never signals another process that reused
+//! its pid. On kernels before 5.3 (no pidfd) death is polled for, and signals go by pid, only
+//! while the worker is known unreaped.
 //!
 //! The bytes on the wire are described in [`protocol`], for programs in other languages.
-//!
-//! Note on threads: Linux delivers the parent-death signal when the *thread* that started the
-//! worker exits, so start workers from a thread that lives as long as they should.
 
 mod dedicated;
+mod detached;
 mod error;
 mod init;
+mod process;
 mod profile;
 pub mod protocol;
+mod reaper;
 mod registry;
 mod spawn;
+mod spawner;
 mod stderr;
 mod sys;
 
 pub use dedicated::DedicatedWorker;
+pub use detached::spawn_detached;
 pub use error::{Error, describe_exit};
 pub use profile::{BootstrapProfile, StderrMode};
 pub use registry::{EXIT_FAILURE, Registry, WorkerContext, registry};

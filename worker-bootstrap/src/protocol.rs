@@ -1,6 +1,6 @@
 //! The wire protocol of dedicated workers, for masters and workers written in other languages.
 //!
-//! Nothing here is needed to use this crate from Rust; it says exactly what crosses the pipes, so
+//! Nothing here is needed to use this crate from Rust; it says exactly what crosses the channel, so
 //! that another program can start a Rust worker, or be started as one.
 //!
 //! # Frames
@@ -19,13 +19,15 @@
 //!
 //! # Starting a worker
 //!
-//! The master starts the worker executable with its standard input and output as pipes and two
+//! The master starts the worker executable with its standard input and output as its channel
+//! (two pipes, as this crate's masters give it, or one Unix stream socket on both) and two
 //! environment variables:
 //!
 //! | variable | value |
 //! |---|---|
 //! | `EXSYST_WORKER_IMPLEMENTATION` | the registered implementation name, as in [`Worker::NAME`](worker_core::Worker::NAME) |
 //! | `EXSYST_WORKER_PARENT` | the master's process id, in decimal (optional: without it the worker does not arm its parent-death signal) |
+//! | `EXSYST_WORKER_DETACHED` | `1` to start a daemon instead (optional; see [`spawn_detached`](crate::spawn_detached)): after the init frame the worker answers with one control frame, `{"Ok": daemon_pid}` or `{"Err": reason}`, and exits |
 //!
 //! The first frame on the worker's standard input is a control frame, always MessagePack, whose
 //! payload is a map:
@@ -46,8 +48,10 @@
 //!
 //! # Ending
 //!
-//! The master closes the worker's standard input; the worker sees the end of the stream between
-//! two frames, finishes, and exits with status 0. A worker whose implementation, constructor or
+//! The master closes the worker's standard input (with a socket: shuts down its writing side);
+//! the worker sees the end of the stream between two frames, finishes, and exits with status 0.
+//! The worker's side of the channel stays open until it exits, so the master sees the end of
+//! the worker's output together with its exit. A worker whose implementation, constructor or
 //! hook fails writes the reason to standard error and exits with
 //! [`EXIT_FAILURE`](crate::EXIT_FAILURE) (70); a panic exits with 101. Anything the worker code
 //! prints to standard output goes to standard error instead: the channel lives on descriptors 3

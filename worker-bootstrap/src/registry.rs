@@ -1,11 +1,14 @@
-use std::{any::Any, collections::HashMap, ffi::OsString, fmt};
+use std::{any::Any, collections::HashMap, ffi::OsString, fmt, os::fd::AsRawFd};
 
 use serde::de::DeserializeOwned;
 use worker_channel::{Channel, Codec, FrameKind};
-use worker_core::{BoxError, EventedWorker, RawWorker, WorkerChannel};
+use worker_core::{BoxError, ChannelOutput, EventedWorker, RawWorker, WorkerChannel};
 
 use crate::{
-    init::{ENV_IMPLEMENTATION, ENV_PARENT, MAX_INIT_FRAME_LEN, PROTOCOL_VERSION, WorkerInit},
+    init::{
+        ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, MAX_INIT_FRAME_LEN, PROTOCOL_VERSION,
+        WorkerInit,
+    },
     sys,
 };
 
@@ -74,11 +77,15 @@ impl Registry {
     /// [`Worker::NAME`](worker_core::Worker::NAME); it is created exactly like a raw one.
     ///
     /// An evented worker whose master dies is not killed outright as a raw worker is: it gets
-    /// SIGTERM, sees its channel end, runs `on_disconnect` and `terminate`, and exits; if it is
-    /// still running one second later, SIGALRM ends it.
+    /// SIGTERM, sees its channel end, runs `on_disconnect` and `terminate`, and exits. One second
+    /// after its master died it is killed in any case, whatever it did with its signals (a
+    /// watchdog thread waits on the master's pidfd), so it cannot outlive its master for good.
     pub fn evented<W: EventedWorker>(self) -> Self {
         self.implementation(W::NAME, |mut cx| {
             sys::graceful_parent_death(cx.parent)?;
+            if cx.parent != 0 {
+                sys::kill_after_parent_death(cx.parent, sys::PARENT_DEATH_GRACE)?;
+            }
             let mut worker = W::new(cx.args()?)?;
             cx.after_construct(&mut worker)?;
             worker_core::run_evented(worker, cx.into_channel())
@@ -161,9 +168,11 @@ impl Registry {
     }
 
     fn run_worker(mut self, implementation: OsString) -> Result<(), BoxError> {
+        let detached = std::env::var_os(ENV_DETACHED).is_some();
         let parent = std::env::var(ENV_PARENT)
             .ok()
             .and_then(|p| p.parse::<u32>().ok())
+            .filter(|_| !detached)
             .unwrap_or(0);
         if parent != 0 && !sys::arm_parent_death_signal(parent, libc::SIGKILL) {
             // The master died before we could ask to follow it: nobody is left to serve.
@@ -171,6 +180,7 @@ impl Registry {
         }
         sys::remove_env(ENV_IMPLEMENTATION);
         sys::remove_env(ENV_PARENT);
+        sys::remove_env(ENV_DETACHED);
 
         let (input, output) = worker_core::take_stdio_channel()?;
         let mut channel =
@@ -181,6 +191,43 @@ impl Registry {
             Err(worker_channel::Error::Closed) => return Ok(()),
             Err(e) => return Err(format!("cannot read the bootstrap frame: {e}").into()),
         };
+        let prepared = self.prepare(&init, &implementation, &mut channel);
+        let (runner, after_hooks) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                if detached {
+                    // The starter's standard error is not the daemon's: say it on the channel.
+                    let report: Result<u32, String> = Err(worker_core::error_chain(&*e));
+                    let _ = channel.send(FrameKind::Control, &report);
+                }
+                return Err(e);
+            }
+        };
+        if detached {
+            channel = detach(channel)?;
+        }
+        runner(WorkerContext {
+            implementation: init.implementation,
+            parent,
+            args: init.args.map(|a| a.into_vec()),
+            extensions: init
+                .extensions
+                .into_iter()
+                .map(|(k, v)| (k, v.into_vec()))
+                .collect(),
+            after_hooks,
+            channel,
+        })
+    }
+
+    /// Checks the init frame and runs what comes before construction; returns the runner and
+    /// the after-construction hooks.
+    fn prepare(
+        &mut self,
+        init: &WorkerInit,
+        implementation: &OsString,
+        channel: &mut WorkerChannel,
+    ) -> Result<(Runner, Vec<(String, AfterHook)>), BoxError> {
         if init.version != PROTOCOL_VERSION {
             return Err(format!(
                 "bootstrap protocol version {} is not {PROTOCOL_VERSION}: master and worker \
@@ -226,18 +273,49 @@ impl Registry {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        runner(WorkerContext {
-            implementation: init.implementation,
-            parent,
-            args: init.args.map(|a| a.into_vec()),
-            extensions: init
-                .extensions
-                .into_iter()
-                .map(|(k, v)| (k, v.into_vec()))
-                .collect(),
-            after_hooks,
-            channel,
-        })
+        Ok((runner, after_hooks))
+    }
+}
+
+/// Leaves the starter for good (see [`spawn_detached`](crate::spawn_detached)): a session of its
+/// own, then a fork whose parent reports the daemon's pid over the channel and exits. Returns
+/// in the daemon, with a channel that reads nothing and writes nowhere: the daemon holds none
+/// of its starter's descriptors.
+fn detach(channel: WorkerChannel) -> Result<WorkerChannel, BoxError> {
+    let (codec, max_frame_len) = (channel.codec(), channel.max_frame_len());
+    let mut channel = channel;
+    match sys::detach() {
+        Ok(sys::Detached::Daemon) => {
+            let (input, output) = channel.into_parts();
+            let output_fd = output.as_raw_fd();
+            drop(input);
+            // The writing end is kept open until exit by design; this is no worker's channel
+            // any more, so it is closed here, by hand.
+            drop(output);
+            sys::close(output_fd);
+            let null = || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+            };
+            Ok(Channel::with_max_frame_len(
+                null()?,
+                ChannelOutput::new(null()?),
+                codec,
+                max_frame_len,
+            ))
+        }
+        Ok(sys::Detached::Starter(daemon)) => {
+            let report: Result<u32, String> = Ok(daemon);
+            channel.send(FrameKind::Control, &report)?;
+            std::process::exit(0);
+        }
+        Err(e) => {
+            let report: Result<u32, String> = Err(format!("cannot detach: {e}"));
+            let _ = channel.send(FrameKind::Control, &report);
+            Err(e.into())
+        }
     }
 }
 

@@ -1,42 +1,62 @@
 //! The one spawn path: every worker process starts here.
 
 use std::{
-    os::{fd::AsFd, unix::process::CommandExt},
-    path::PathBuf,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    collections::BTreeMap,
+    ffi::OsString,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{ChildStderr, Command, Stdio},
 };
 
 use serde_bytes::ByteBuf;
 
 use crate::{
     BootstrapProfile, Error, StderrMode,
-    init::{ENV_IMPLEMENTATION, ENV_PARENT, PROTOCOL_VERSION, WorkerInit},
+    init::{ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, PROTOCOL_VERSION, WorkerInit},
+    process::Process,
+    spawner,
     stderr::StderrTail,
-    sys,
+    sys::{self, Pipes},
 };
 
-/// A worker process just started, with its pipes.
+/// The running image of this process, which stays executable after the file on disk was
+/// deleted or replaced (a deploy that upgrades the binary in place).
+const SELF_EXE: &str = "/proc/self/exe";
+
+/// A worker process just started, with its channel.
 #[derive(Debug)]
 pub(crate) struct Spawned {
-    pub(crate) child: Child,
-    pub(crate) stdin: ChildStdin,
-    pub(crate) stdout: ChildStdout,
+    pub(crate) process: Process,
+    pub(crate) pipes: Pipes,
     pub(crate) stderr: Option<StderrTail>,
     pub(crate) init: WorkerInit,
+}
+
+/// How a worker is started: dedicated to its master, or detached from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// In a process group of its own, following its master's death.
+    Dedicated,
+    /// In the master's process group, which it leaves for a session of its own.
+    Detached,
 }
 
 /// Starts a worker process running `implementation`.
 ///
 /// The child is started with `posix_spawn` (std's `Command` without `pre_exec`, which would
-/// make it fall back to `fork`: a master holding 512 MiB would pay 40 times more per spawn),
-/// in a process group of its own so it can be killed with everything it started, with its pipes
-/// close-on-exec on our side. The child arms its own parent-death signal first thing in
+/// make it fall back to `fork`: a master holding 512 MiB would pay 40 times more per spawn), on
+/// the process's one spawner thread (see [`spawner`]), in a process group of its own so it can be
+/// killed with everything it started. Its channel is two pipes on its standard input and output
+/// (see [`Pipes`] for why writes to them never raise SIGPIPE); our ends are close-on-exec and
+/// non-blocking. A pidfd is taken at once,
+/// before anyone can reap the child. The child arms its own parent-death signal first thing in
 /// `run_if_worker`. Secrets never go on its command line: they travel in the init frame.
 pub(crate) fn spawn(
     profile: &BootstrapProfile,
     implementation: &str,
     args: Option<ByteBuf>,
-    extensions: std::collections::BTreeMap<String, ByteBuf>,
+    extensions: BTreeMap<String, ByteBuf>,
+    mode: Mode,
 ) -> Result<Spawned, Error> {
     profile.validate()?;
     if std::env::var_os(ENV_IMPLEMENTATION).is_some() {
@@ -44,58 +64,71 @@ pub(crate) fn spawn(
         // start workers, without end.
         return Err(Error::RegistryNotRun);
     }
-    let program = match profile.executable_for(implementation) {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe().map_err(|source| Error::Spawn {
-            program: PathBuf::from("<current executable>"),
-            source,
-        })?,
+    let (program, argv0) = program_for(profile, implementation)?;
+    let spawn_error = |source| Error::Spawn {
+        program: program.clone(),
+        source,
     };
+    let (pipes, theirs) = Pipes::new().map_err(spawn_error)?;
     // This is the one sanctioned place (see clippy.toml).
     #[allow(clippy::disallowed_methods)]
     let mut command = Command::new(&program);
+    if let Some(argv0) = argv0 {
+        command.arg0(argv0);
+    }
     command
         .args(profile.args())
         .envs(profile.env())
         .env(ENV_IMPLEMENTATION, implementation)
-        .env(ENV_PARENT, sys::getpid().to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(match profile.stderr() {
-            StderrMode::Forward | StderrMode::Capture => Stdio::piped(),
-            StderrMode::Inherit => Stdio::inherit(),
-            StderrMode::Null => Stdio::null(),
-        })
-        .process_group(0);
+        .stdin(Stdio::from(theirs.stdin))
+        .stdout(Stdio::from(theirs.stdout))
+        .stderr(match (mode, profile.stderr()) {
+            (Mode::Detached, _) => Stdio::null(),
+            (_, StderrMode::Forward | StderrMode::Capture) => Stdio::piped(),
+            (_, StderrMode::Inherit) => Stdio::inherit(),
+            (_, StderrMode::Null) => Stdio::null(),
+        });
+    match mode {
+        Mode::Dedicated => {
+            command
+                .env(ENV_PARENT, sys::getpid().to_string())
+                .env_remove(ENV_DETACHED)
+                .process_group(0);
+        }
+        // setsid() fails in a process group leader: the child stays in ours until it leaves
+        // for a session of its own.
+        Mode::Detached => {
+            command.env(ENV_DETACHED, "1").env_remove(ENV_PARENT);
+        }
+    }
     if let Some(dir) = profile.current_dir() {
         command.current_dir(dir);
     }
-    let mut child = command.spawn().map_err(|source| Error::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    let pid = child.id();
-    let stdin = child.stdin.take().expect("stdin was piped");
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let stderr = match child.stderr.take() {
+    let group = mode == Mode::Dedicated;
+    let started = spawner::run(move || -> std::io::Result<(Process, Option<ChildStderr>)> {
+        let mut child = command.spawn()?;
+        // Before anything else: nobody can have reaped the child yet, so the pidfd is its own.
+        let process = Process::track(child.id(), group);
+        // `command` is dropped with this closure, closing the child's ends in this process.
+        Ok((process, child.stderr.take()))
+    })
+    .and_then(|started| started)
+    .map_err(spawn_error)?;
+    let (mut process, stderr) = started;
+    let pid = process.pid();
+    let stderr = match stderr {
         Some(stderr) => {
             let forward = profile.stderr() == StderrMode::Forward;
             match StderrTail::start(stderr, forward, pid) {
                 Ok(tail) => Some(tail),
                 Err(source) => {
-                    kill_and_reap(&mut child);
+                    let _ = process.kill_and_reap();
                     return Err(Error::Io { pid, source });
                 }
             }
         }
         None => None,
     };
-    // Our end of the worker's stdin never blocks: a send that cannot go on reads what the worker
-    // sends meanwhile, so two large messages crossing cannot deadlock.
-    if let Err(source) = sys::set_nonblocking(stdin.as_fd()) {
-        kill_and_reap(&mut child);
-        return Err(Error::Io { pid, source });
-    }
     let init = WorkerInit {
         version: PROTOCOL_VERSION,
         implementation: implementation.to_owned(),
@@ -112,17 +145,34 @@ pub(crate) fn spawn(
         extensions,
     };
     Ok(Spawned {
-        child,
-        stdin,
-        stdout,
+        process,
+        pipes,
         stderr,
         init,
     })
 }
 
-/// Kills a child's whole process group and reaps it; for failures half-way through a spawn.
-pub(crate) fn kill_and_reap(child: &mut Child) {
-    let _ = sys::kill_group(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+/// The executable to start for `implementation`, and the `argv[0]` to give it.
+///
+/// By default the running image itself (`/proc/self/exe`), which is the one guaranteed to speak
+/// the same protocol and still works after the file was deleted or replaced; its `argv[0]` is
+/// this process's own, so the worker looks like its master in `ps`. Without `/proc` (no procfs
+/// mounted), the current executable's path.
+fn program_for(
+    profile: &BootstrapProfile,
+    implementation: &str,
+) -> Result<(PathBuf, Option<OsString>), Error> {
+    if let Some(program) = profile.executable_for(implementation) {
+        return Ok((program.to_path_buf(), None));
+    }
+    let argv0 = std::env::args_os().next();
+    if Path::new(SELF_EXE).exists() {
+        let argv0 = argv0.or_else(|| std::env::current_exe().ok().map(Into::into));
+        return Ok((PathBuf::from(SELF_EXE), argv0));
+    }
+    let program = std::env::current_exe().map_err(|source| Error::Spawn {
+        program: PathBuf::from("<current executable>"),
+        source,
+    })?;
+    Ok((program, argv0))
 }

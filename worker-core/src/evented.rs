@@ -85,7 +85,7 @@ pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
 /// }
 /// let ((worker_in, mut master_out), (mut master_in, worker_out)) = (pipe()?, pipe()?);
 /// let worker = std::thread::spawn(move || {
-///     let channel = Channel::new(worker_in, worker_out, Codec::MessagePack);
+///     let channel = Channel::new(worker_in, worker_out.into(), Codec::MessagePack);
 ///     worker_core::run_evented(Squarer::new(())?, channel)
 /// });
 /// let mut master = Channel::new(&mut master_in, &mut master_out, Codec::MessagePack);

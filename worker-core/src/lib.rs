@@ -53,7 +53,7 @@ pub use deadline::{deadline_after, deadline_from, time_left};
 /// The event library the evented side is built on, re-exported so that users name the same
 /// version as this crate ([`mio::Interest`], [`mio::event::Source`], ...).
 pub use mio;
-pub use raw::{RawWorker, WorkerChannel};
+pub use raw::{ChannelOutput, RawWorker, WorkerChannel};
 pub use status::{Counter, Threshold, ThresholdError, WorkerStatus};
 pub use sys::take_stdio_channel;
 pub use worker::{BoxError, Worker, error_chain};

@@ -1,12 +1,139 @@
-use std::fs::File;
+use std::{
+    fs::File,
+    io::{self, Write},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
+};
 
 use worker_channel::Channel;
 
-use crate::{BoxError, Worker};
+use crate::{BoxError, Worker, sys};
 
 /// The channel a worker has to its master: the master's end of the child's standard input and
 /// output, moved off descriptors 0 and 1.
-pub type WorkerChannel = Channel<File, File>;
+pub type WorkerChannel = Channel<File, ChannelOutput>;
+
+/// The writing end of a worker's channel to its master: a socket (what this crate's masters
+/// give their workers) or a pipe (what masters in other languages may give).
+///
+/// Writes to a socket go through `send(MSG_NOSIGNAL)`: a master that went away is an
+/// [`io::ErrorKind::BrokenPipe`] error, never a SIGPIPE death, whatever the worker did with
+/// SIGPIPE's disposition. A pipe has no such flag; with a pipe the disposition decides (Rust
+/// programs ignore SIGPIPE unless they restore it).
+///
+/// The one [`take_stdio_channel`](crate::take_stdio_channel) returns stays open until the
+/// process exits, even once dropped: the master sees the end of the channel together with the
+/// worker's exit, so it can report how the worker ended instead of a channel closed by a worker
+/// still finishing (dropping its state, writing its error). A worker that must close its channel
+/// before it exits closes the descriptor itself.
+#[derive(Debug)]
+pub struct ChannelOutput {
+    /// Always `Some` but while it is converted or dropped.
+    file: Option<File>,
+    is_socket: bool,
+    open_until_exit: bool,
+}
+
+impl ChannelOutput {
+    /// Wraps a descriptor, finding out whether it is a socket; dropping it closes the
+    /// descriptor.
+    pub fn new(fd: impl Into<OwnedFd>) -> Self {
+        let fd = fd.into();
+        let is_socket = sys::is_socket(fd.as_fd());
+        ChannelOutput {
+            file: Some(File::from(fd)),
+            is_socket,
+            open_until_exit: false,
+        }
+    }
+
+    /// Keeps the descriptor open until the process exits, even once this value is dropped
+    /// (see the type's documentation).
+    pub fn open_until_exit(mut self) -> Self {
+        self.open_until_exit = true;
+        self
+    }
+
+    /// Whether writes go to a socket (and never raise SIGPIPE).
+    pub fn is_socket(&self) -> bool {
+        self.is_socket
+    }
+
+    fn file(&self) -> &File {
+        self.file.as_ref().expect("present until dropped")
+    }
+
+    /// The file, and no obligation left to this value: when the descriptor must stay open until
+    /// exit, the file returned is a copy of it, and the original is kept open for good.
+    fn into_file(mut self) -> File {
+        let file = self.file.take().expect("present until dropped");
+        if !self.open_until_exit {
+            return file;
+        }
+        match file.try_clone() {
+            Ok(copy) => {
+                std::mem::forget(file);
+                copy
+            }
+            // No descriptor to spare: the channel closes with the copy after all.
+            Err(_) => file,
+        }
+    }
+}
+
+impl Drop for ChannelOutput {
+    fn drop(&mut self) {
+        if self.open_until_exit
+            && let Some(file) = self.file.take()
+        {
+            // Closed by the kernel when the process exits.
+            std::mem::forget(file);
+        }
+    }
+}
+
+impl From<File> for ChannelOutput {
+    fn from(file: File) -> Self {
+        ChannelOutput::new(file)
+    }
+}
+
+impl From<ChannelOutput> for File {
+    fn from(output: ChannelOutput) -> Self {
+        output.into_file()
+    }
+}
+
+impl From<ChannelOutput> for OwnedFd {
+    fn from(output: ChannelOutput) -> Self {
+        output.into_file().into()
+    }
+}
+
+impl Write for ChannelOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.is_socket {
+            sys::send_nosignal(self.file().as_fd(), buf)
+        } else {
+            self.file().write(buf)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for ChannelOutput {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file().as_fd()
+    }
+}
+
+impl AsRawFd for ChannelOutput {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file().as_raw_fd()
+    }
+}
 
 /// A worker that runs its own blocking loop (the seed's `RawWorkerImplementationInterface`).
 ///

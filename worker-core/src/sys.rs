@@ -3,8 +3,10 @@
 use std::{
     fs::File,
     io,
-    os::fd::{FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
+
+use crate::ChannelOutput;
 
 #[doc(hidden)]
 pub use libc as __libc;
@@ -35,8 +37,12 @@ macro_rules! syscall {
 /// channel), and every other descriptor the process inherited is closed: the worker holds
 /// exactly 0, 1, 2 and its channel, both ends close-on-exec.
 ///
+/// The channel may be two pipes or one socket (on both descriptors, as this crate's masters
+/// give it); writes to a socket never raise SIGPIPE, and the writing end stays open until the
+/// process exits (see [`ChannelOutput`]).
+///
 /// Call it once, at the start of a worker process, before any other thread exists.
-pub fn take_stdio_channel() -> io::Result<(File, File)> {
+pub fn take_stdio_channel() -> io::Result<(File, ChannelOutput)> {
     close_inherited_fds()?;
     // SAFETY (all fcntl/dup2/open calls below): plain descriptor calls on descriptors this process
     // owns; errors come back as -1 and are turned into io::Error.
@@ -51,13 +57,41 @@ pub fn take_stdio_channel() -> io::Result<(File, File)> {
     let null = unsafe { OwnedFd::from_raw_fd(null) };
     redirect(&null, 0)?;
     syscall!(dup2(2, 1))?;
-    Ok((File::from(input), File::from(output)))
+    Ok((
+        File::from(input),
+        ChannelOutput::new(output).open_until_exit(),
+    ))
 }
 
 fn redirect(from: &OwnedFd, to: RawFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     syscall!(dup2(from.as_raw_fd(), to))?;
     Ok(())
+}
+
+/// Whether `fd` is a socket.
+pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: an all-zero stat is a valid value for fstat to fill.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into a live, writable stat.
+    syscall!(fstat(fd.as_raw_fd(), &mut stat)).is_ok()
+        && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
+}
+
+/// Writes to a socket without ever raising SIGPIPE: a peer that went away is `EPIPE`.
+pub(crate) fn send_nosignal(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a live slice of `buf.len()` bytes; send only reads it.
+        match syscall!(send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL
+        )) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Closes every descriptor above 2, which the worker inherited by accident (a parent that did

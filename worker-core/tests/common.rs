@@ -46,7 +46,7 @@ pub(crate) fn stdio_pair(codec: Codec) -> (WorkerChannel, Channel<File, File>) {
     let (worker_in, master_out) = pipe();
     let (master_in, worker_out) = pipe();
     (
-        Channel::new(worker_in, worker_out, codec),
+        Channel::new(worker_in, worker_out.into(), codec),
         Channel::new(master_in, master_out, codec),
     )
 }

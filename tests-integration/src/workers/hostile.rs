@@ -69,6 +69,10 @@ pub enum Act {
     Sleep(u64),
     /// Exits at once with this code.
     Exit(i32),
+    /// Restores the default action of SIGPIPE (death), then sends 1 KiB messages until a send
+    /// fails, and returns that error (so the worker exits with its failure status, unless a
+    /// signal killed it first).
+    StreamWithDefaultSigpipe,
 }
 
 /// Does what its master's [`Act`]s say.
@@ -140,6 +144,14 @@ impl RawWorker for Hostile {
                     channel.send_message("done")?;
                 }
                 Act::Exit(code) => std::process::exit(code),
+                Act::StreamWithDefaultSigpipe => {
+                    // SAFETY: restores a default disposition; installs no handler.
+                    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+                    let blob = exsyst_worker::channel::serde_bytes::ByteBuf::from(vec![7u8; 1024]);
+                    loop {
+                        channel.send_message(&blob)?;
+                    }
+                }
             }
         }
         Ok(())

@@ -2,5 +2,6 @@
 
 pub mod dedicated;
 pub mod evented;
+pub mod hardening;
 pub mod hostile;
 pub mod pool;

@@ -1,0 +1,245 @@
+//! Master scenarios of the bootstrap hardening tests, in a process of their own because they
+//! change process-wide settings (signal dispositions, a reaper thread, a deleted executable)
+//! or are killed.
+//!
+//! `hardening-master <scenario> [args]` runs one and prints its findings on standard output,
+//! one `key=value` per line.
+
+use std::{
+    io::Write,
+    os::unix::process::CommandExt,
+    process::Command,
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use exsyst_worker::{BootstrapProfile, DedicatedWorker, WorkerFactory, bootstrap::Error};
+
+use crate::{
+    timeout,
+    workers::{
+        dedicated::Squarer,
+        hardening::Stubborn,
+        hostile::{Act, Hostile},
+    },
+};
+
+/// Runs the scenario named by `args[0]`.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("sigpipe-default") => sigpipe_default(),
+        Some("sigchld-ignored") => sigchld_ignored(),
+        Some("reaper-thread") => reaper_thread(),
+        Some("deleted-exe") => deleted_exe(),
+        Some("stubborn-hold") => stubborn_hold(),
+        Some("detach") => detach(args.get(1).context("usage: detach <socket path>")?),
+        other => anyhow::bail!("unknown scenario {other:?}"),
+    }
+}
+
+/// The name of an error's variant (`WorkerExited`, `ChannelClosed`, ...).
+pub fn variant(e: &Error) -> String {
+    let debug = format!("{e:?}");
+    let end = debug.find([' ', '{', '(']).unwrap_or(debug.len());
+    debug[..end].to_owned()
+}
+
+fn hostile(profile: &BootstrapProfile) -> anyhow::Result<DedicatedWorker> {
+    let mut worker = DedicatedWorker::spawn::<Hostile>(profile)?;
+    worker.send_message(&Act::Reply("hello".into()))?;
+    anyhow::ensure!(worker.receive_message::<String>()? == "hello");
+    Ok(worker)
+}
+
+/// With SIGPIPE's default action restored (death), keeps sending to a worker that exited until
+/// a send fails; the process must live to print the error.
+fn sigpipe_default() -> anyhow::Result<()> {
+    // SAFETY: restores a default disposition; installs no handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let mut worker = hostile(&BootstrapProfile::new())?;
+    worker.send_message(&Act::Exit(3))?;
+    let deadline = Instant::now() + timeout(Duration::from_secs(10));
+    let error = loop {
+        match worker.send_message(&Act::Reply("more".into())) {
+            Ok(()) => anyhow::ensure!(Instant::now() < deadline, "sends never failed"),
+            Err(e) => break e,
+        }
+    };
+    println!("error={}", variant(&error));
+    println!("status={:?}", error.exit_status().and_then(|s| s.code()));
+    Ok(())
+}
+
+/// With SIGCHLD ignored (children are reaped by the kernel), what the handle says when its
+/// worker exits, is closed, or is killed.
+fn sigchld_ignored() -> anyhow::Result<()> {
+    // SAFETY: sets a disposition; installs no handler.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let profile = BootstrapProfile::new().with_close_grace(Duration::from_secs(5));
+    let mut worker = hostile(&profile)?;
+    worker.send_message(&Act::Exit(5))?;
+    let received = worker.receive_message::<String>();
+    println!(
+        "receive={}",
+        received.as_ref().map_or_else(variant, |_| "Ok".into())
+    );
+    if let Err(e) = &received {
+        println!("receive_message={e}");
+    }
+    let mut worker = hostile(&profile)?;
+    worker.send_message(&Act::Exit(6))?;
+    let closed = worker.close();
+    println!(
+        "close={}",
+        closed.as_ref().map_or_else(variant, |_| "Ok".into())
+    );
+    let mut worker = hostile(&profile)?;
+    let killed = worker.kill();
+    println!(
+        "kill={}",
+        killed.as_ref().map_or_else(variant, |_| "Ok".into())
+    );
+    Ok(())
+}
+
+/// Another thread reaps every child with `waitpid(-1)`. A worker exits and is reaped there; a
+/// new process group leader then gets the worker's pid (forced through `ns_last_pid`). The
+/// handle must report the lost exit status, and dropping it must not touch the newcomer.
+fn reaper_thread() -> anyhow::Result<()> {
+    let reaped = Arc::new((Mutex::new(Vec::<i32>::new()), Condvar::new()));
+    let shared = Arc::clone(&reaped);
+    std::thread::spawn(move || {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into a live integer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid > 0 {
+                shared.0.lock().unwrap().push(pid);
+                shared.1.notify_all();
+            } else {
+                // No child right now: this stands for a program's SIGCHLD handler, idle.
+                std::thread::park_timeout(Duration::from_millis(2));
+            }
+        }
+    });
+    let profile = BootstrapProfile::new().with_close_grace(Duration::from_millis(300));
+    for attempt in 0..10 {
+        let mut worker = hostile(&profile)?;
+        let pid = worker.pid() as i32;
+        worker.send_message(&Act::Exit(4))?;
+        {
+            let deadline = Instant::now() + timeout(Duration::from_secs(10));
+            let mut done = reaped.0.lock().unwrap();
+            while !done.contains(&pid) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                anyhow::ensure!(!left.is_zero(), "the reaper thread never reaped {pid}");
+                done = reaped.1.wait_timeout(done, left).unwrap().0;
+            }
+        }
+        let decoy = match spawn_with_pid(pid) {
+            Ok(Some(decoy)) => Some(decoy),
+            // Another process took the pid first: try again with a new worker.
+            Ok(None) => continue,
+            Err(e) => {
+                println!("decoy=unsupported ({e})");
+                None
+            }
+        };
+        let received = worker.receive_message::<String>();
+        println!(
+            "receive={}",
+            received.as_ref().map_or_else(variant, |_| "Ok".into())
+        );
+        drop(worker);
+        if let Some(decoy) = decoy {
+            println!("attempt={attempt}");
+            println!("decoy_alive={}", is_alive_sleeper(decoy));
+            // SAFETY: kill only sends a signal, to our own unreaped child.
+            unsafe { libc::kill(decoy, libc::SIGKILL) };
+        }
+        return Ok(());
+    }
+    anyhow::bail!("could not give a decoy the pid of a reaped worker in ten attempts")
+}
+
+/// Starts `sleep` as a process group leader with pid `pid`; `None` when another process took
+/// that pid first.
+fn spawn_with_pid(pid: i32) -> anyhow::Result<Option<i32>> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/kernel/ns_last_pid")
+        .and_then(|mut f| f.write_all((pid - 1).to_string().as_bytes()))
+        .context("write ns_last_pid")?;
+    let child = Command::new("sleep")
+        .arg("600")
+        .process_group(0)
+        .spawn()
+        .context("start sleep")?;
+    let got = child.id() as i32;
+    if got == pid {
+        return Ok(Some(got));
+    }
+    // SAFETY: kill only sends a signal, to our own child (the reaper thread reaps it).
+    unsafe { libc::kill(got, libc::SIGKILL) };
+    Ok(None)
+}
+
+/// Whether `pid` is still a running `sleep`.
+fn is_alive_sleeper(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 2..].chars().next())
+        .unwrap_or('?');
+    stat.contains("(sleep)") && !matches!(state, 'Z' | 'X')
+}
+
+/// Deletes this process's own executable, then starts a worker with the default profile
+/// (re-executing the running image) and talks to it.
+fn deleted_exe() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    std::fs::remove_file(&exe)?;
+    println!(
+        "current_exe_after_delete={}",
+        std::env::current_exe()?.display()
+    );
+    let mut worker = WorkerFactory::new().create_worker::<Squarer>()?;
+    worker.send_message(&7)?;
+    println!("reply={}", worker.receive_message::<String>()?);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", worker.pid()))?;
+    let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    println!("argv0={}", String::from_utf8_lossy(argv0));
+    println!("status={}", worker.close()?);
+    Ok(())
+}
+
+/// Starts a [`Stubborn`] evented worker, has one message answered, prints its pid, then waits
+/// for its standard input to close (the test kills it instead).
+fn stubborn_hold() -> anyhow::Result<()> {
+    let mut worker = WorkerFactory::new().create_worker::<Stubborn>()?;
+    worker.send_message(&7u32)?;
+    anyhow::ensure!(worker.receive_message::<u32>()? == 7);
+    println!("pid={}", worker.pid());
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}
+
+/// Starts a [`Daemon`](crate::workers::hardening::Daemon) detached, listening on `socket`;
+/// prints its pid and this process's children, then waits for its standard input to close (the
+/// test kills it instead).
+fn detach(socket: &str) -> anyhow::Result<()> {
+    let profile = BootstrapProfile::new().with_constructor_args(&socket.to_owned())?;
+    let pid =
+        exsyst_worker::bootstrap::spawn_detached(&profile, "daemon", None, Default::default())?;
+    println!("daemon={pid}");
+    println!("children={:?}", crate::scenarios::children());
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}

@@ -16,6 +16,7 @@ pub fn registry() -> Registry {
     let registry = workers::dedicated::register(exsyst_worker::registry());
     let registry = workers::pool::register(registry);
     let registry = workers::hostile::register(registry);
+    let registry = workers::hostile_tasks::register(registry);
     workers::evented::register(registry)
 }
 

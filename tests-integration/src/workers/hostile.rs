@@ -7,7 +7,7 @@ use std::{io::Write, os::fd::AsRawFd, time::Duration};
 
 use exsyst_worker::{
     BoxError, Codec, RawWorker, Registry, Worker, WorkerChannel,
-    channel::{FrameKind, encode_raw_frame},
+    channel::{FrameKind, encode_frame, encode_raw_frame},
 };
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +69,14 @@ pub enum Act {
     Sleep(u64),
     /// Exits at once with this code.
     Exit(i32),
+    /// Writes `count` replies in one system call, so that they arrive together: the text, or
+    /// with `None` the number `count`, which a receive of text cannot decode.
+    Burst {
+        /// Replies to write.
+        count: u32,
+        /// What each carries.
+        text: Option<String>,
+    },
 }
 
 /// Does what its master's [`Act`]s say.
@@ -140,6 +148,17 @@ impl RawWorker for Hostile {
                     channel.send_message("done")?;
                 }
                 Act::Exit(code) => std::process::exit(code),
+                Act::Burst { count, text } => {
+                    let (codec, max) = (channel.codec(), channel.max_frame_len());
+                    let mut out = Vec::new();
+                    for _ in 0..count {
+                        match &text {
+                            Some(text) => encode_frame(codec, FrameKind::Data, text, max, &mut out)?,
+                            None => encode_frame(codec, FrameKind::Data, &count, max, &mut out)?,
+                        }
+                    }
+                    write_raw(channel, &out)?;
+                }
             }
         }
         Ok(())

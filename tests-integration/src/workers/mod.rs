@@ -3,4 +3,5 @@
 pub mod dedicated;
 pub mod evented;
 pub mod hostile;
+pub mod hostile_tasks;
 pub mod pool;

@@ -6,6 +6,7 @@
 mod dedicated;
 mod evented;
 mod fuzz;
+mod hardening_pool;
 mod pool;
 mod protocol;
 mod support;

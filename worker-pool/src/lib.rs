@@ -59,7 +59,11 @@
 mod builder;
 mod dispatcher;
 mod error;
+mod job;
 mod pool;
+mod protocol;
+mod readiness;
+mod supervisor;
 mod task_worker;
 mod tasks;
 

@@ -153,7 +153,9 @@ impl RawWorker for Hostile {
                     let mut out = Vec::new();
                     for _ in 0..count {
                         match &text {
-                            Some(text) => encode_frame(codec, FrameKind::Data, text, max, &mut out)?,
+                            Some(text) => {
+                                encode_frame(codec, FrameKind::Data, text, max, &mut out)?
+                            }
                             None => encode_frame(codec, FrameKind::Data, &count, max, &mut out)?,
                         }
                     }

@@ -5,11 +5,12 @@
 //! protocol looks like on the wire, the relay can send a genuine reply twice, or a stale one.
 
 use std::{
+    collections::VecDeque,
     fs::File,
     io::{Read, Write},
     os::{fd::OwnedFd, unix::net::UnixStream},
     path::PathBuf,
-    sync::atomic::{AtomicU8, Ordering},
+    sync::Mutex,
 };
 
 use exsyst_worker::{
@@ -21,10 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Registers this module's implementations.
 pub fn register(registry: Registry) -> Registry {
-    registry
-        .raw::<Pranks>()
-        .task::<Blob>()
-        .task::<Fragile>()
+    registry.raw::<Pranks>().task::<Blob>().task::<Fragile>()
 }
 
 /// What the relay does to a [`Trick`]'s reply.
@@ -79,9 +77,10 @@ impl Trick {
     }
 }
 
-/// What the relay does to the next reply; set by the handler, which runs before the runner
-/// writes the reply the relay then reads.
-static NEXT_REPLY: AtomicU8 = AtomicU8::new(Prank::AsIs as u8);
+/// Pranks played and not yet applied, oldest first: the handler queues its prank before the
+/// runner writes the reply, and the relay applies it to the next reply it reads. (Tests wait
+/// for earlier replies before they submit a prank, so that "next" is the prank's own.)
+static PRANKS: Mutex<VecDeque<Prank>> = Mutex::new(VecDeque::new());
 
 /// A task worker whose replies pass through a relay that plays [`Trick`]s on its master.
 ///
@@ -107,7 +106,12 @@ impl TaskWorker for Pranks {
             let mut rest = Vec::new();
             stream.read_to_end(&mut rest).map_err(|e| e.to_string())?;
         }
-        NEXT_REPLY.store(trick.prank as u8, Ordering::SeqCst);
+        if trick.prank != Prank::AsIs {
+            PRANKS
+                .lock()
+                .map_err(|e| e.to_string())?
+                .push_back(trick.prank);
+        }
         Ok(trick.n)
     }
 }
@@ -141,20 +145,25 @@ impl RawWorker for Pranks {
                 let send = |replies: &mut Channel<_, _>, payload: &[u8]| {
                     replies.send_raw(kind, payload).map_err(|e| e.to_string())
                 };
-                let prank = NEXT_REPLY.swap(Prank::AsIs as u8, Ordering::SeqCst);
-                if prank == Prank::Twice as u8 {
-                    send(&mut replies, &payload)?;
-                    send(&mut replies, &payload)?;
-                } else if prank == Prank::Stale as u8 {
-                    send(&mut replies, previous.as_deref().unwrap_or(&payload))?;
-                } else if prank == Prank::BadHeader as u8 {
-                    let writer = replies.writer_mut();
-                    writer
-                        .write_all(&[0xff, 0xff, 0xff, 0xff, 0])
-                        .and_then(|()| writer.flush())
-                        .map_err(|e| e.to_string())?;
-                } else {
-                    send(&mut replies, &payload)?;
+                let prank = PRANKS
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .pop_front()
+                    .unwrap_or(Prank::AsIs);
+                match prank {
+                    Prank::AsIs => send(&mut replies, &payload)?,
+                    Prank::Twice => {
+                        send(&mut replies, &payload)?;
+                        send(&mut replies, &payload)?;
+                    }
+                    Prank::Stale => send(&mut replies, previous.as_deref().unwrap_or(&payload))?,
+                    Prank::BadHeader => {
+                        let writer = replies.writer_mut();
+                        writer
+                            .write_all(&[0xff, 0xff, 0xff, 0xff, 0])
+                            .and_then(|()| writer.flush())
+                            .map_err(|e| e.to_string())?;
+                    }
                 }
                 previous = Some(payload);
             }

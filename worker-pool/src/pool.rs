@@ -30,9 +30,10 @@ use crate::{
 /// that does not decode leaves the channel in step: the call returns [`Error::Worker`] and the
 /// worker stays. Past the restart limit every call returns [`Error::PoolFailed`].
 ///
-/// Workers are started (and restarted) by the thread that calls into the pool. Dropping the
-/// pool drops every worker, which closes their input, waits the profile's grace period, kills
-/// what is left and reaps them.
+/// Workers are started (and restarted) by the thread that calls into the pool; on Linux a
+/// worker's parent-death signal follows the *thread* that started it, so keep the pool on a
+/// thread that lives as long as it. Dropping the pool drops every worker, which closes their
+/// input, waits the profile's grace period, kills what is left and reaps them.
 #[derive(Debug)]
 pub struct WorkerPool {
     workers: Vec<DedicatedWorker>,

@@ -13,13 +13,12 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use worker_bootstrap::DedicatedWorker;
-use worker_channel::Codec;
 use worker_core::PollerWaker;
 
 use crate::{
     Error, TaskWorker,
     job::{Items, Job, Sink},
-    protocol::{Outcome, ReceivedReply, Request},
+    protocol::{ReceivedReply, Request},
     readiness::ReadySet,
     supervisor::{RestartLimit, Spawner},
 };
@@ -561,9 +560,8 @@ impl<W: TaskWorker> Dispatcher<W> {
             return false;
         }
         head.left -= outcomes.len();
-        let results = outcomes.into_iter().map(|o| into_result(o, codec));
         if head.left > 0 {
-            head.sink.deliver(results);
+            head.sink.deliver(outcomes, codec);
             return true;
         }
         // Counted before the results go, so that whoever has them sees the counters agree.
@@ -579,7 +577,7 @@ impl<W: TaskWorker> Dispatcher<W> {
         self.shared
             .completed
             .fetch_add(done.tasks as u64, Ordering::Relaxed);
-        done.sink.deliver(results);
+        done.sink.deliver(outcomes, codec);
         drop(done);
         if slot.retiring && slot.fifo.is_empty() {
             self.recycle(index);
@@ -746,24 +744,5 @@ impl<W: TaskWorker> Dispatcher<W> {
             .failed_tasks
             .fetch_add(tasks as u64, Ordering::Relaxed);
         job.sink.fail(job.items.as_slice().len(), error.clone());
-    }
-}
-
-/// The result of one item, as the worker's outcome says.
-fn into_result<O>(outcome: Outcome<O>, codec: Codec) -> Result<O, Error> {
-    let unsent = |source| Error::Encode {
-        what: "result",
-        source: Arc::new(source),
-    };
-    match outcome {
-        Outcome::Ok(output) => Ok(output),
-        Outcome::Err(message) => Err(Error::Task { message }),
-        Outcome::TooLarge { len, max } => {
-            Err(unsent(worker_channel::Error::FrameTooLarge { len, max }))
-        }
-        Outcome::Unencodable(text) => Err(unsent(worker_channel::Error::Encode {
-            codec,
-            source: text.into(),
-        })),
     }
 }

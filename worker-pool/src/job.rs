@@ -4,8 +4,9 @@
 use std::collections::VecDeque;
 
 use crossbeam_channel::Sender;
+use worker_channel::Codec;
 
-use crate::Error;
+use crate::{Error, protocol::Outcome};
 
 /// What the pool's handle queues for the dispatcher.
 #[derive(Debug)]
@@ -63,11 +64,30 @@ pub(crate) enum Sink<O> {
     },
 }
 
-/// Results of a `map`'s items `start..start + results.len()`.
+/// Results of a `map`'s items from `start` on, as the worker gave them (turned into results on
+/// the caller's thread, not the dispatcher's).
 #[derive(Debug)]
 pub(crate) struct ChunkDone<O> {
     pub(crate) start: usize,
-    pub(crate) results: Vec<Result<O, Error>>,
+    pub(crate) results: ChunkResults<O>,
+}
+
+/// What a [`ChunkDone`] carries.
+#[derive(Debug)]
+pub(crate) enum ChunkResults<O> {
+    /// The outcomes of the next items, with the channel's codec.
+    Outcomes(Vec<Outcome<O>>, Codec),
+    /// The next `len` items failed with `error`.
+    Failed { len: usize, error: Error },
+}
+
+impl<O> ChunkResults<O> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ChunkResults::Outcomes(outcomes, _) => outcomes.len(),
+            ChunkResults::Failed { len, .. } => *len,
+        }
+    }
 }
 
 impl<O> Sink<O> {
@@ -79,27 +99,24 @@ impl<O> Sink<O> {
         }
     }
 
-    /// Hands over the results of the next items. A receiver that is gone did not want them.
-    pub(crate) fn deliver(&mut self, results: impl ExactSizeIterator<Item = Result<O, Error>>) {
+    /// Hands over the outcomes of the next items. A receiver that is gone did not want them.
+    pub(crate) fn deliver(&mut self, outcomes: Vec<Outcome<O>>, codec: Codec) {
         match self {
             Sink::One(tx) => {
-                for result in results {
-                    let _ = tx.send(result);
+                for outcome in outcomes {
+                    let _ = tx.send(outcome.into_result(codec));
                 }
             }
             Sink::Batch(txs) => {
-                for result in results {
-                    if let Some(tx) = txs.pop_front() {
-                        let _ = tx.send(result);
-                    }
+                for (tx, outcome) in txs.drain(..outcomes.len()).zip(outcomes) {
+                    let _ = tx.send(outcome.into_result(codec));
                 }
             }
             Sink::Map { start, tx } => {
-                let results: Vec<_> = results.collect();
-                let len = results.len();
+                let len = outcomes.len();
                 let _ = tx.send(ChunkDone {
                     start: *start,
-                    results,
+                    results: ChunkResults::Outcomes(outcomes, codec),
                 });
                 *start += len;
             }
@@ -107,8 +124,23 @@ impl<O> Sink<O> {
     }
 
     /// Fails the `items` items not yet answered with `error`.
-    pub(crate) fn fail(mut self, items: usize, error: Error) {
-        self.deliver((0..items).map(|_| Err(error.clone())));
+    pub(crate) fn fail(self, items: usize, error: Error) {
+        match self {
+            Sink::One(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            Sink::Batch(txs) => {
+                for tx in txs {
+                    let _ = tx.send(Err(error.clone()));
+                }
+            }
+            Sink::Map { start, tx } => {
+                let _ = tx.send(ChunkDone {
+                    start,
+                    results: ChunkResults::Failed { len: items, error },
+                });
+            }
+        }
     }
 
     /// Splits off the sink of the items from `at` on (`at` within the items).

@@ -6,7 +6,12 @@
 //! the oldest request unanswered, or that carries more outcomes than that request has items
 //! left, breaks the protocol: the pool replaces the worker.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use worker_channel::Codec;
+
+use crate::Error;
 
 /// A request as the pool sends it: the task id and its items, borrowed.
 #[derive(Serialize, Debug)]
@@ -43,6 +48,27 @@ impl<O> From<Result<O, String>> for Outcome<O> {
         match result {
             Ok(output) => Outcome::Ok(output),
             Err(message) => Outcome::Err(message),
+        }
+    }
+}
+
+impl<O> Outcome<O> {
+    /// The task's result; `codec` is the channel's, for a result the codec refused.
+    pub(crate) fn into_result(self, codec: Codec) -> Result<O, Error> {
+        let unsent = |source| Error::Encode {
+            what: "result",
+            source: Arc::new(source),
+        };
+        match self {
+            Outcome::Ok(output) => Ok(output),
+            Outcome::Err(message) => Err(Error::Task { message }),
+            Outcome::TooLarge { len, max } => {
+                Err(unsent(worker_channel::Error::FrameTooLarge { len, max }))
+            }
+            Outcome::Unencodable(text) => Err(unsent(worker_channel::Error::Encode {
+                codec,
+                source: text.into(),
+            })),
         }
     }
 }

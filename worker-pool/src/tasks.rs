@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use crate::{
     Error, TaskWorker, TrySubmitError,
     dispatcher::{self, JobOf, Shared, Started, TaskConfig},
-    job::{ChunkDone, Items, Job, Sink},
+    job::{ChunkDone, ChunkResults, Items, Job, Sink},
 };
 
 /// How long dropping a pool waits for its dispatcher to kill the workers and end.
@@ -527,8 +527,17 @@ impl<W: TaskWorker> Iterator for MapUnordered<'_, W> {
                 continue;
             };
             self.outstanding = self.outstanding.saturating_sub(done.results.len());
-            for (k, result) in done.results.into_iter().enumerate() {
-                self.answer(done.start + k, result);
+            match done.results {
+                ChunkResults::Outcomes(outcomes, codec) => {
+                    for (k, outcome) in outcomes.into_iter().enumerate() {
+                        self.answer(done.start + k, outcome.into_result(codec));
+                    }
+                }
+                ChunkResults::Failed { len, error } => {
+                    for i in done.start..done.start + len {
+                        self.answer(i, Err(error.clone()));
+                    }
+                }
             }
         }
     }

@@ -238,6 +238,13 @@ fn duration_max_is_no_deadline_and_zero_is_no_wait_in_the_message_pool() {
             waited: Duration::ZERO
         })
     ));
+    // Zero takes what is there.
+    pool.send_message(0, &2i64).unwrap();
+    assert!(wait_readable(pool[0].as_fd()));
+    let (index, (_, n, _)): (usize, (u32, i64, String)) =
+        pool.receive_message_timeout(Duration::ZERO).unwrap();
+    assert_eq!((index, n), (0, 2));
+    // The longest timeout there is waits as long as it takes.
     pool.send_message(0, &3i64).unwrap();
     let (index, (_, n, _)): (usize, (u32, i64, String)) =
         within(timeout(Duration::from_secs(10)), move || {

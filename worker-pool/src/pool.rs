@@ -155,6 +155,9 @@ impl WorkerPool {
     ) -> Result<(usize, T), Error> {
         self.check_failed()?;
         let n = self.workers.len();
+        // Even a deadline that has passed gets one look at the poller: zero takes what is
+        // there.
+        let mut looked = false;
         loop {
             for k in 0..n {
                 let i = (self.next + k) % n;
@@ -173,10 +176,11 @@ impl WorkerPool {
                     }
                 }
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if looked && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout { waited });
             }
             self.ready.wait(deadline)?;
+            looked = true;
         }
     }
 

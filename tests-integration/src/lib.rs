@@ -18,6 +18,7 @@ pub fn registry() -> Registry {
     let registry = workers::pool::register(registry);
     let registry = workers::hostile::register(registry);
     let registry = workers::hardening::register(registry);
+    let registry = workers::hostile_tasks::register(registry);
     workers::evented::register(registry)
 }
 

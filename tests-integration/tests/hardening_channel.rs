@@ -67,10 +67,11 @@ fn a_pool_receive_of_a_nested_reply_is_a_typed_error_and_the_pool_goes_on() {
         pool.send_message(1, &Act::Nested(DEPTH)).unwrap();
         match pool.receive_message::<Expr>() {
             Err(PoolError::Worker {
-                index: 1,
-                source: Bootstrap::Channel { source, .. },
-                ..
-            }) => assert_too_deep(&source, codec),
+                index: 1, source, ..
+            }) => match &*source {
+                Bootstrap::Channel { source, .. } => assert_too_deep(source, codec),
+                other => panic!("{codec}: expected a channel error from worker 1, got {other:?}"),
+            },
             other => panic!("{codec}: expected a channel error from worker 1, got {other:?}"),
         }
         for index in [0, 1] {

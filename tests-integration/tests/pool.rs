@@ -125,11 +125,14 @@ fn a_dead_worker_of_the_message_pool_is_reported_and_replaced_in_place() {
         Err(Error::Worker {
             index: 0,
             pid,
-            source: Bootstrap::WorkerExited { status, .. },
-        }) => {
-            assert_eq!(pid, victim);
-            assert_eq!(status.signal(), Some(9));
-        }
+            source,
+        }) => match &*source {
+            Bootstrap::WorkerExited { status, .. } => {
+                assert_eq!(pid, victim);
+                assert_eq!(status.signal(), Some(9));
+            }
+            other => panic!("expected the worker's death, got {other:?}"),
+        },
         other => panic!("expected the worker's death, got {other:?}"),
     }
     assert_ne!(pool[0].pid(), victim);
@@ -144,10 +147,7 @@ fn a_dead_worker_of_the_message_pool_is_reported_and_replaced_in_place() {
 fn impossible_settings_are_configuration_errors() {
     assert!(matches!(
         builder().size(0).build::<PidSquarer>(),
-        Err(Error::Config {
-            setting: "size",
-            ..
-        })
+        Err(Error::Config { what: "size", .. })
     ));
     assert!(matches!(
         builder()
@@ -155,7 +155,7 @@ fn impossible_settings_are_configuration_errors() {
             .in_flight_per_worker(0)
             .build_tasks::<Tiny>(),
         Err(Error::Config {
-            setting: "in_flight_per_worker",
+            what: "in_flight_per_worker",
             ..
         })
     ));
@@ -165,14 +165,14 @@ fn impossible_settings_are_configuration_errors() {
             .task_timeout(Duration::from_secs(1))
             .build::<PidSquarer>(),
         Err(Error::Config {
-            setting: "task_timeout",
+            what: "task_timeout",
             ..
         })
     ));
     assert!(matches!(
         WorkerFactory::with_profile(profile()).create_task_pool::<Tiny>(Some(0)),
         Err(exsyst_worker::Error::Pool(Error::Config {
-            setting: "size",
+            what: "size",
             ..
         }))
     ));
@@ -240,14 +240,13 @@ fn sigkill_of_a_worker_fails_only_its_task_and_the_pool_is_back_to_four() {
         .collect();
     sigkill(victim);
     match running.wait_timeout(timeout(Duration::from_secs(5))) {
-        Err(Error::Worker {
-            pid,
-            source: Bootstrap::WorkerExited { status, .. },
-            ..
-        }) => {
-            assert_eq!(pid, victim);
-            assert_eq!(status.signal(), Some(9));
-        }
+        Err(Error::Worker { pid, source, .. }) => match &*source {
+            Bootstrap::WorkerExited { status, .. } => {
+                assert_eq!(pid, victim);
+                assert_eq!(status.signal(), Some(9));
+            }
+            other => panic!("expected the worker's death, got {other:?}"),
+        },
         other => panic!("expected the worker's death, got {other:?}"),
     }
     for (n, h) in others.into_iter().enumerate() {
@@ -283,18 +282,17 @@ fn a_worker_that_panics_fails_its_task_with_its_stderr_tail() {
         .unwrap()
         .wait()
     {
-        Err(Error::Worker {
-            source:
-                Bootstrap::WorkerExited {
-                    status,
-                    stderr_tail,
-                    ..
-                },
-            ..
-        }) => {
-            assert_eq!(status.code(), Some(101));
-            assert!(stderr_tail.contains("boom 42"), "{stderr_tail:?}");
-        }
+        Err(Error::Worker { source, .. }) => match &*source {
+            Bootstrap::WorkerExited {
+                status,
+                stderr_tail,
+                ..
+            } => {
+                assert_eq!(status.code(), Some(101));
+                assert!(stderr_tail.contains("boom 42"), "{stderr_tail:?}");
+            }
+            other => panic!("expected the worker's death, got {other:?}"),
+        },
         other => panic!("expected the worker's death, got {other:?}"),
     }
     assert_eq!(pool.submit(Command::Echo(1)).unwrap().wait().unwrap(), 1);
@@ -424,10 +422,10 @@ fn repeated_crashes_past_the_restart_limit_fail_the_pool() {
         .unwrap();
     for _ in 0..3 {
         match pool.submit(Command::Exit(3)).unwrap().wait() {
-            Err(Error::Worker {
-                source: Bootstrap::WorkerExited { status, .. },
-                ..
-            }) => assert_eq!(status.code(), Some(3)),
+            Err(Error::Worker { source, .. }) => match &*source {
+                Bootstrap::WorkerExited { status, .. } => assert_eq!(status.code(), Some(3)),
+                other => panic!("expected the worker's exit, got {other:?}"),
+            },
             other => panic!("expected the worker's exit, got {other:?}"),
         }
     }

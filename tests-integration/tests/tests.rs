@@ -8,6 +8,7 @@ mod evented;
 mod fuzz;
 mod hardening_bootstrap;
 mod hardening_channel;
+mod hardening_pool;
 mod pool;
 mod protocol;
 mod support;

@@ -1,9 +1,13 @@
-use std::{collections::VecDeque, num::NonZeroUsize, time::Duration, time::Instant};
+use std::{num::NonZeroUsize, time::Duration};
 
-use worker_bootstrap::{BootstrapProfile, DedicatedWorker};
+use worker_bootstrap::BootstrapProfile;
 use worker_core::Worker;
 
-use crate::{Error, TaskPool, TaskWorker, WorkerPool};
+use crate::{
+    Error, TaskPool, TaskWorker, WorkerPool,
+    dispatcher::TaskConfig,
+    supervisor::{RestartLimit, Spawner},
+};
 
 /// Configures a [`WorkerPool`] (the seed's message interface) or a [`TaskPool`] (tasks).
 ///
@@ -23,7 +27,7 @@ use crate::{Error, TaskPool, TaskWorker, WorkerPool};
 /// # struct W; impl worker_core::Worker for W { const NAME: &'static str = "w"; type Args = ();
 /// #     fn new(_: ()) -> Result<Self, worker_core::BoxError> { Ok(W) } }
 /// let err = WorkerPoolBuilder::new().size(0).build::<W>().unwrap_err();
-/// assert!(matches!(err, Error::Config { setting: "size", .. }));
+/// assert!(matches!(err, Error::Config { what: "size", .. }));
 /// ```
 #[derive(Debug, Clone)]
 pub struct WorkerPoolBuilder {
@@ -58,6 +62,13 @@ impl Default for WorkerPoolBuilder {
 }
 
 impl WorkerPoolBuilder {
+    /// The most workers a pool may have.
+    pub const MAX_SIZE: usize = 4096;
+
+    /// The largest [`queue_bound`](Self::queue_bound): the queue's room is allocated when the
+    /// pool starts.
+    pub const MAX_QUEUE_BOUND: usize = 1 << 16;
+
     /// A builder with the defaults: one worker per CPU this process may use, one task in flight
     /// per worker, 1024 queued tasks, no task timeout, at most 10 restarts in 10 seconds, no
     /// recycling, Python's chunk size for `map`.
@@ -72,7 +83,8 @@ impl WorkerPoolBuilder {
     }
 
     /// The number of workers (default: [`std::thread::available_parallelism`], which honours
-    /// CPU affinity and cgroup quotas). Zero is refused.
+    /// CPU affinity and cgroup quotas). Zero is refused, and so is more than
+    /// [`MAX_SIZE`](Self::MAX_SIZE).
     pub fn size(mut self, size: usize) -> Self {
         self.size = Some(size);
         self
@@ -94,8 +106,9 @@ impl WorkerPoolBuilder {
         self.task_only("in_flight_per_worker")
     }
 
-    /// Tasks that may wait for a worker (task pools; default 1024): past it,
-    /// [`TaskPool::submit`] blocks and [`TaskPool::try_submit`] hands the item back.
+    /// Tasks that may wait for a worker (task pools; default 1024, at most
+    /// [`MAX_QUEUE_BOUND`](Self::MAX_QUEUE_BOUND)): past it, [`TaskPool::submit`] blocks and
+    /// [`TaskPool::try_submit`] hands the item back.
     pub fn queue_bound(mut self, n: usize) -> Self {
         self.queue_bound = n;
         self.task_only("queue_bound")
@@ -109,6 +122,9 @@ impl WorkerPoolBuilder {
     /// with [`Error::TaskTimeout`]. A worker that does not even take a task's message within
     /// the timeout (it is stuck and its input is full) is replaced the same way, so a stuck
     /// worker never holds up the others; without a task timeout, that send waits.
+    ///
+    /// [`Duration::MAX`] (or any timeout too long to reach) is the same as none; zero is
+    /// refused.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self.task_only("task_timeout")
@@ -116,6 +132,8 @@ impl WorkerPoolBuilder {
 
     /// The Erlang supervisor rule: at most `max` replacements of failed workers within
     /// `window`; one more and the pool fails ([`Error::PoolFailed`]) instead of looping.
+    ///
+    /// `max` zero allows no replacement at all; a zero `window` is refused.
     pub fn max_restarts(mut self, max: u32, window: Duration) -> Self {
         self.max_restarts = max;
         self.restart_window = window;
@@ -143,16 +161,25 @@ impl WorkerPoolBuilder {
     }
 
     fn check(&self) -> Result<usize, Error> {
-        let bad = |setting, problem| Err(Error::Config { setting, problem });
+        let bad = |what, why: &str| Err(Error::config(what, why));
         let size = self.pool_size();
         if size == 0 {
             return bad("size", "must be at least 1");
+        }
+        if size > Self::MAX_SIZE {
+            return bad("size", &format!("must be at most {}", Self::MAX_SIZE));
         }
         if self.in_flight == 0 {
             return bad("in_flight_per_worker", "must be at least 1");
         }
         if self.queue_bound == 0 {
             return bad("queue_bound", "must be at least 1");
+        }
+        if self.queue_bound > Self::MAX_QUEUE_BOUND {
+            return bad(
+                "queue_bound",
+                &format!("must be at most {}", Self::MAX_QUEUE_BOUND),
+            );
         }
         if self.task_timeout == Some(Duration::ZERO) {
             return bad("task_timeout", "must be longer than zero");
@@ -175,11 +202,11 @@ impl WorkerPoolBuilder {
     /// others so marked) are refused with [`Error::Config`]: a message pool has no tasks.
     pub fn build<W: Worker>(self) -> Result<WorkerPool, Error> {
         let size = self.check()?;
-        if let Some(setting) = self.task_setting {
-            return Err(Error::Config {
-                setting,
-                problem: "applies to task pools only (build_tasks)",
-            });
+        if let Some(what) = self.task_setting {
+            return Err(Error::config(
+                what,
+                "applies to task pools only (build_tasks)",
+            ));
         }
         WorkerPool::start(self.spawner(W::NAME), size, self.restart_limit())
     }
@@ -188,93 +215,26 @@ impl WorkerPoolBuilder {
     /// with [`RegistryExt::task`](crate::RegistryExt::task).
     pub fn build_tasks<W: TaskWorker>(self) -> Result<TaskPool<W>, Error> {
         let size = self.check()?;
-        TaskPool::start(TaskConfig {
+        let config = TaskConfig {
             spawner: self.spawner(W::NAME),
             size,
             in_flight: self.in_flight,
-            queue_bound: self.queue_bound,
             task_timeout: self.task_timeout,
             restarts: self.restart_limit(),
             recycle_after: self.recycle_after,
-            chunk_size: self.chunk_size,
-        })
+        };
+        TaskPool::start(config, self.queue_bound, self.chunk_size)
     }
 
     fn spawner(&self, implementation: &'static str) -> Spawner {
-        Spawner {
-            profile: self.profile.clone(),
-            implementation,
-        }
+        Spawner::new(self.profile.clone(), implementation)
     }
 
     fn restart_limit(&self) -> RestartLimit {
-        RestartLimit {
-            max: self.max_restarts,
-            window: self.restart_window,
-            recent: VecDeque::new(),
-        }
+        RestartLimit::new(self.max_restarts, self.restart_window)
     }
 }
 
 fn default_size() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
-}
-
-/// What a task pool's dispatcher needs.
-#[derive(Debug)]
-pub(crate) struct TaskConfig {
-    pub spawner: Spawner,
-    pub size: usize,
-    pub in_flight: usize,
-    pub queue_bound: usize,
-    pub task_timeout: Option<Duration>,
-    pub restarts: RestartLimit,
-    pub recycle_after: Option<u64>,
-    pub chunk_size: Option<usize>,
-}
-
-/// Starts the pool's workers, first and replacements alike.
-#[derive(Debug, Clone)]
-pub(crate) struct Spawner {
-    profile: BootstrapProfile,
-    implementation: &'static str,
-}
-
-impl Spawner {
-    pub fn spawn(&self) -> Result<DedicatedWorker, Error> {
-        DedicatedWorker::spawn_named::<()>(&self.profile, self.implementation, None)
-            .map_err(|source| Error::Spawn { source })
-    }
-}
-
-/// At most `max` restarts within any `window`.
-#[derive(Debug)]
-pub(crate) struct RestartLimit {
-    max: u32,
-    window: Duration,
-    recent: VecDeque<Instant>,
-}
-
-impl RestartLimit {
-    /// Records a restart if the limit allows it; `Err` with the reason when it does not.
-    pub fn allow(&mut self) -> Result<(), Error> {
-        let now = Instant::now();
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            self.recent.pop_front();
-        }
-        if self.recent.len() >= self.max as usize {
-            return Err(Error::PoolFailed {
-                reason: format!(
-                    "workers failed more than {} times within {:?}",
-                    self.max, self.window
-                ),
-            });
-        }
-        self.recent.push_back(now);
-        Ok(())
-    }
 }

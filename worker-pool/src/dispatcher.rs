@@ -1,107 +1,181 @@
 //! The task pool's dispatcher thread: owns the workers, feeds them, reads their replies.
 
 use std::{
+    any::Any,
     collections::VecDeque,
-    io,
-    os::fd::AsRawFd,
+    panic::{self, AssertUnwindSafe},
     sync::{
-        Arc,
-        atomic::{Ordering, fence},
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
     },
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use mio::{Events, Poll, Token, unix::SourceFd};
 use worker_bootstrap::DedicatedWorker;
+use worker_core::PollerWaker;
 
 use crate::{
     Error, TaskWorker,
-    builder::{RestartLimit, Spawner, TaskConfig},
-    pool::register,
-    task_worker::{Reply, Request},
-    tasks::{ChunkDone, Shared, lock},
+    job::{Items, Job, Sink},
+    protocol::{ReceivedReply, Request},
+    readiness::ReadySet,
+    supervisor::{RestartLimit, Spawner},
 };
 
-pub(crate) const WAKE: Token = Token(usize::MAX);
-
-/// A task on its way: what to send and where its result goes.
-pub(crate) struct Job<I, O> {
-    pub request: Request<I>,
-    pub completer: Completer<O>,
+/// What a task pool's dispatcher needs.
+#[derive(Debug)]
+pub(crate) struct TaskConfig {
+    pub(crate) spawner: Spawner,
+    pub(crate) size: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) restarts: RestartLimit,
+    pub(crate) recycle_after: Option<u64>,
 }
 
-impl<I, O> Job<I, O> {
-    pub fn into_item(self) -> I {
-        match self.request {
-            Request::One(item) => item,
-            Request::Chunk(_) => unreachable!("only single tasks are handed back"),
+/// State the dispatcher shares with the pool's handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    waker: PollerWaker,
+    /// The dispatcher waits with room for more tasks: a submitter must wake it.
+    sleeping: AtomicBool,
+    /// Drop asked for an immediate end.
+    abort: AtomicBool,
+    failed: Mutex<Option<String>>,
+    /// The workers' process ids, in index order.
+    pids: Mutex<Vec<u32>>,
+    pub(crate) workers: AtomicUsize,
+    pub(crate) busy: AtomicUsize,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed_tasks: AtomicU64,
+    pub(crate) restarted: AtomicU64,
+    pub(crate) recycled: AtomicU64,
+}
+
+impl Shared {
+    /// The pool's failure, once it failed.
+    pub(crate) fn failed_error(&self) -> Option<Error> {
+        lock(&self.failed).as_ref().map(|reason| Error::PoolFailed {
+            reason: reason.clone(),
+        })
+    }
+
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        lock(&self.pids).clone()
+    }
+
+    pub(crate) fn wake(&self) {
+        // A wake that fails leaves the dispatcher to its next event; nothing better to do.
+        let _ = self.waker.wake();
+    }
+
+    /// Wakes the dispatcher if it waits for tasks; a dispatcher that is busy finds the task
+    /// itself, which saves a system call per task under load.
+    pub(crate) fn nudge(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            self.wake();
         }
     }
 
-    pub fn into_items(self) -> Vec<I> {
-        match self.request {
-            Request::Chunk(items) => items,
-            Request::One(item) => vec![item],
+    /// Asks the dispatcher to kill every worker and end now.
+    pub(crate) fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the pool's handle keeps of a dispatcher it started.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
+    /// Disconnected once the dispatcher thread has ended, however it ended.
+    pub(crate) alive: Receiver<()>,
+}
+
+/// Starts the dispatcher thread of a pool of `W` workers taking jobs from `rx`, and waits
+/// until its workers are up.
+pub(crate) fn start<W: TaskWorker>(
+    config: TaskConfig,
+    rx: Receiver<JobOf<W>>,
+) -> Result<Started, Error> {
+    let ready = ReadySet::new(config.size)?;
+    let shared = Arc::new(Shared {
+        waker: ready.waker(),
+        sleeping: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
+        failed: Mutex::new(None),
+        pids: Mutex::new(Vec::new()),
+        workers: AtomicUsize::new(0),
+        busy: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        completed: AtomicU64::new(0),
+        failed_tasks: AtomicU64::new(0),
+        restarted: AtomicU64::new(0),
+        recycled: AtomicU64::new(0),
+    });
+    let (started_tx, started_rx) = crossbeam_channel::bounded(1);
+    let (alive_tx, alive) = crossbeam_channel::bounded::<()>(0);
+    let thread = std::thread::Builder::new()
+        .name(format!("worker-pool {}", W::NAME))
+        .spawn({
+            let shared = shared.clone();
+            move || {
+                let _alive = alive_tx;
+                run::<W>(config, ready, rx, shared, started_tx);
+            }
+        })
+        .map_err(|e| Error::system("start the dispatcher thread", e))?;
+    match started_rx.recv() {
+        Ok(Ok(())) => Ok(Started {
+            shared,
+            thread,
+            alive,
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(Error::PoolFailed {
+                reason: "the dispatcher thread ended while starting the workers".into(),
+            })
         }
     }
 }
 
-pub(crate) enum Completer<O> {
-    One(Sender<Result<O, Error>>),
-    Chunk {
-        start: usize,
-        len: usize,
-        tx: Sender<ChunkDone<O>>,
-    },
-    /// Single tasks that waited together and travel in one message (see `feed`).
-    Batch(Vec<Sender<Result<O, Error>>>),
-}
+pub(crate) type JobOf<W> = Job<<W as TaskWorker>::Item, <W as TaskWorker>::Output>;
 
-impl<O> Completer<O> {
-    /// Tasks this stands for; a `map` chunk is one task.
-    fn tasks(&self) -> usize {
-        match self {
-            Completer::Batch(txs) => txs.len(),
-            _ => 1,
-        }
-    }
-
-    fn fail(self, error: Error) {
-        // A receiver that is gone did not want the result.
-        match self {
-            Completer::One(tx) => {
-                let _ = tx.send(Err(error));
-            }
-            Completer::Chunk { start, len, tx } => {
-                let _ = tx.send(ChunkDone {
-                    start,
-                    len,
-                    result: Err(error),
-                });
-            }
-            Completer::Batch(txs) => {
-                for tx in txs {
-                    let _ = tx.send(Err(error.duplicate()));
-                }
-            }
-        }
-    }
+/// A request sent and not fully answered.
+struct Pending<O> {
+    id: u64,
+    /// Items not answered yet.
+    left: usize,
+    sink: Sink<O>,
+    /// Tasks it counts for.
+    tasks: usize,
 }
 
 struct Slot<O> {
     worker: DedicatedWorker,
-    /// Tasks sent and not answered, in the order the worker answers them.
-    fifo: VecDeque<Completer<O>>,
+    /// Requests sent and not answered, in the order the worker answers them.
+    fifo: VecDeque<Pending<O>>,
     /// Tasks in `fifo`.
     load: usize,
-    /// When the worker started the task at the head of `fifo`.
+    /// When the worker started the request at the head of `fifo`.
     head_since: Instant,
     sent: u64,
     /// Recycling: gets no more tasks, and is replaced once `fifo` is empty.
     retiring: bool,
-    /// The poller said readable and we have not yet read to the end (it is edge-triggered).
-    ready: bool,
 }
 
 impl<O> Slot<O> {
@@ -113,17 +187,15 @@ impl<O> Slot<O> {
             head_since: Instant::now(),
             sent: 0,
             retiring: false,
-            ready: false,
         }
     }
 }
 
 struct Dispatcher<W: TaskWorker> {
     spawner: Spawner,
-    poll: Poll,
-    events: Events,
+    ready: ReadySet,
     slots: Vec<Slot<W::Output>>,
-    rx: Receiver<Job<W::Item, W::Output>>,
+    rx: Receiver<JobOf<W>>,
     shared: Arc<Shared>,
     in_flight: usize,
     task_timeout: Option<Duration>,
@@ -132,30 +204,33 @@ struct Dispatcher<W: TaskWorker> {
     /// The pool's handle let go of the queue: finish what is left, then end.
     closing: bool,
     /// A job taken from the queue that could not join the batch being built.
-    held: Option<Job<W::Item, W::Output>>,
+    held: Option<JobOf<W>>,
     failed: Option<Error>,
+    /// Where the search for a worker starts, after the last one used.
     next: usize,
+    /// The id of the next request.
+    next_id: u64,
 }
 
 /// The dispatcher thread's body. Workers are started here, never on the caller's thread: the
 /// parent-death signal follows the thread that started a worker.
-pub(crate) fn run<W: TaskWorker>(
+fn run<W: TaskWorker>(
     config: TaskConfig,
-    poll: Poll,
-    rx: Receiver<Job<W::Item, W::Output>>,
+    mut ready: ReadySet,
+    rx: Receiver<JobOf<W>>,
     shared: Arc<Shared>,
-    ready: Sender<Result<(), Error>>,
+    started: Sender<Result<(), Error>>,
 ) {
     let mut slots = Vec::with_capacity(config.size);
     for index in 0..config.size {
-        let started = config
+        let worker = config
             .spawner
             .spawn()
-            .and_then(|w| register(&poll, &w, index).map(|()| w));
-        match started {
+            .and_then(|w| ready.watch(index, &w).map(|()| w));
+        match worker {
             Ok(worker) => slots.push(Slot::new(worker)),
             Err(e) => {
-                let _ = ready.send(Err(e));
+                let _ = started.send(Err(e));
                 return;
             }
         }
@@ -165,11 +240,10 @@ pub(crate) fn run<W: TaskWorker>(
         .iter()
         .map(|s: &Slot<W::Output>| s.worker.pid())
         .collect();
-    let _ = ready.send(Ok(()));
+    let _ = started.send(Ok(()));
     let mut dispatcher = Dispatcher::<W> {
         spawner: config.spawner,
-        events: Events::with_capacity(config.size + 8),
-        poll,
+        ready,
         slots,
         rx,
         shared,
@@ -181,8 +255,23 @@ pub(crate) fn run<W: TaskWorker>(
         held: None,
         failed: None,
         next: 0,
+        next_id: 0,
     };
-    dispatcher.serve();
+    // User code runs here (the items' `Serialize`, the outputs' `Deserialize`): if it panics,
+    // the pool fails as a whole, at once, instead of leaving its callers waiting.
+    let served = panic::catch_unwind(AssertUnwindSafe(|| dispatcher.serve()));
+    if let Err(panic) = served {
+        dispatcher.panicked(&*panic);
+        dispatcher.fail_forever();
+    }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without text")
 }
 
 impl<W: TaskWorker> Dispatcher<W> {
@@ -218,27 +307,14 @@ impl<W: TaskWorker> Dispatcher<W> {
                     continue;
                 }
             }
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            let polled = self.poll.poll(&mut self.events, timeout);
+            let waited = self.ready.wait(self.next_deadline());
             if wants_tasks {
                 self.shared.sleeping.store(false, Ordering::SeqCst);
             }
-            match polled {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    self.fail_pool(Error::PoolFailed {
-                        reason: format!("cannot wait for workers: {source}"),
-                    });
-                    continue;
-                }
-            }
-            for event in self.events.iter() {
-                if let Some(slot) = self.slots.get_mut(event.token().0) {
-                    slot.ready = true;
-                }
+            if let Err(e) = waited {
+                self.fail_pool(Error::PoolFailed {
+                    reason: format!("cannot wait for workers: {}", worker_core::error_chain(&e)),
+                });
             }
         }
     }
@@ -283,14 +359,14 @@ impl<W: TaskWorker> Dispatcher<W> {
                 },
             };
             let room = self.in_flight - self.slots[index].load;
-            if room < 2 || !matches!(job.request, Request::One(_)) {
+            if room < 2 || !matches!(job.sink, Sink::One(_)) {
                 self.send(index, job);
                 continue;
             }
             let mut batch = vec![job];
             while batch.len() < room && !self.closing {
                 match self.rx.try_recv() {
-                    Ok(job) if matches!(job.request, Request::One(_)) => batch.push(job),
+                    Ok(job) if matches!(job.sink, Sink::One(_)) => batch.push(job),
                     Ok(job) => {
                         self.held = Some(job);
                         break;
@@ -305,39 +381,66 @@ impl<W: TaskWorker> Dispatcher<W> {
                 continue;
             }
             let mut items = Vec::with_capacity(batch.len());
-            let mut txs = Vec::with_capacity(batch.len());
+            let mut txs = VecDeque::with_capacity(batch.len());
             for job in batch {
-                if let (Request::One(item), Completer::One(tx)) = (job.request, job.completer) {
+                if let (Items::One(item), Sink::One(tx)) = (job.items, job.sink) {
                     items.push(item);
-                    txs.push(tx);
+                    txs.push_back(tx);
                 }
             }
-            let job = Job {
-                request: Request::Chunk(items),
-                completer: Completer::Batch(txs),
-            };
-            self.send(index, job);
+            self.send(
+                index,
+                Job {
+                    items: Items::Many(items),
+                    sink: Sink::Batch(txs),
+                },
+            );
         }
     }
 
-    fn send(&mut self, index: usize, job: Job<W::Item, W::Output>) {
+    fn send(&mut self, index: usize, job: JobOf<W>) {
         self.next = (index + 1) % self.slots.len();
-        let slot = &mut self.slots[index];
-        let tasks = job.completer.tasks();
-        // With a task timeout, a worker too stuck to take its input is a worker past its
-        // timeout: the send gives up, and the worker is replaced like any lost one, instead of
-        // holding the dispatcher (and every other worker) forever.
-        let sent = match self.task_timeout {
-            Some(timeout) => slot.worker.send_message_timeout(&job.request, timeout),
-            None => slot.worker.send_message(&job.request),
+        self.send_items(index, job.items.as_slice(), job.sink);
+    }
+
+    /// Sends `items` to worker `index` as one request. Items that cannot travel together
+    /// (their message is over the frame limit, or one of them does not encode) are sent in
+    /// halves, so that only an item that cannot travel on its own fails, with
+    /// [`Error::Encode`]; its worker is not at fault.
+    fn send_items(&mut self, index: usize, items: &[W::Item], mut sink: Sink<W::Output>) {
+        if self.failed.is_some() || items.is_empty() {
+            self.shared
+                .failed_tasks
+                .fetch_add(sink.tasks() as u64, Ordering::Relaxed);
+            return sink.fail(items.len(), self.gone());
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        // The items' `Serialize` is user code: a panic fails the pool (see `run`), these tasks
+        // included.
+        let written =
+            panic::catch_unwind(AssertUnwindSafe(|| self.write_request(index, id, items)));
+        let written = match written {
+            Ok(written) => written,
+            Err(panic) => {
+                self.panicked(&*panic);
+                return self.send_items(index, items, sink);
+            }
         };
-        match sent {
+        match written {
             Ok(()) => {
+                let slot = &mut self.slots[index];
+                let tasks = sink.tasks();
                 if slot.load == 0 {
                     slot.head_since = Instant::now();
                     self.shared.busy.fetch_add(1, Ordering::Relaxed);
                 }
-                slot.fifo.push_back(job.completer);
+                slot.fifo.push_back(Pending {
+                    id,
+                    left: items.len(),
+                    sink,
+                    tasks,
+                });
                 slot.load += tasks;
                 slot.sent += tasks as u64;
                 if self.recycle_after.is_some_and(|n| slot.sent >= n) {
@@ -345,24 +448,59 @@ impl<W: TaskWorker> Dispatcher<W> {
                 }
                 self.shared.in_flight.fetch_add(tasks, Ordering::Relaxed);
             }
-            // Encoding failed before anything was written: only this task is at fault.
-            Err(source @ worker_bootstrap::Error::Channel { .. }) => {
-                let pid = slot.worker.pid();
-                self.shared
-                    .failed_tasks
-                    .fetch_add(tasks as u64, Ordering::Relaxed);
-                job.completer.fail(Error::Worker { index, pid, source });
+            // Encoding failed before anything was written.
+            Err(worker_bootstrap::Error::Channel {
+                source:
+                    source @ (worker_channel::Error::FrameTooLarge { .. }
+                    | worker_channel::Error::Encode { .. }),
+                ..
+            }) => {
+                if let [_] = items {
+                    self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
+                    return sink.fail(
+                        1,
+                        Error::Encode {
+                            what: "item",
+                            source: Arc::new(source),
+                        },
+                    );
+                }
+                let (first, rest) = items.split_at(items.len() / 2);
+                let rest_sink = sink.split_off(first.len());
+                self.send_items(index, first, sink);
+                self.send_items(index, rest, rest_sink);
             }
             Err(source) => {
-                let pid = slot.worker.pid();
+                let pid = self.slots[index].worker.pid();
+                let error = Error::worker(index, pid, source);
                 self.shared
                     .failed_tasks
-                    .fetch_add(tasks as u64, Ordering::Relaxed);
-                let error = Error::Worker { index, pid, source };
-                let rest = error.duplicate();
-                self.lost(index, error.duplicate(), rest);
-                job.completer.fail(error);
+                    .fetch_add(sink.tasks() as u64, Ordering::Relaxed);
+                self.lost(index, error.clone(), error.clone());
+                sink.fail(items.len(), error);
             }
+        }
+    }
+
+    /// The one place a request is written to a worker.
+    ///
+    /// With a task timeout, a worker too stuck to take its input is a worker past its timeout:
+    /// the send gives up, and the worker is replaced like any lost one, instead of holding the
+    /// dispatcher (and every other worker) forever. Without one, the send waits for the
+    /// worker; the pool's `Drop` does not wait for it (see `TaskPool`'s `Drop`).
+    // TO BE REPLACED by the worker's non-blocking face (queue the frame, flush it as the
+    // worker's input becomes writable), so that no send ever holds the dispatcher.
+    fn write_request(
+        &mut self,
+        index: usize,
+        id: u64,
+        items: &[W::Item],
+    ) -> Result<(), worker_bootstrap::Error> {
+        let worker = &mut self.slots[index].worker;
+        let request = Request(id, items);
+        match self.task_timeout {
+            Some(timeout) => worker.send_message_timeout(&request, timeout),
+            None => worker.send_message(&request),
         }
     }
 
@@ -373,24 +511,26 @@ impl<W: TaskWorker> Dispatcher<W> {
                     return;
                 }
                 let slot = &mut self.slots[index];
-                if !slot.ready && !slot.worker.has_buffered_message() {
+                if !self.ready.is_ready(index) && !slot.worker.has_buffered_message() {
                     break;
                 }
-                match slot.worker.try_receive_message::<Reply<W::Output>>() {
+                match slot
+                    .worker
+                    .try_receive_message::<ReceivedReply<W::Output>>()
+                {
                     Ok(Some(reply)) => {
                         if !self.complete(index, reply) {
                             break;
                         }
                     }
                     Ok(None) => {
-                        slot.ready = false;
+                        self.ready.drained(index);
                         break;
                     }
                     Err(source) => {
                         let pid = slot.worker.pid();
-                        let error = Error::Worker { index, pid, source };
-                        let rest = error.duplicate();
-                        self.lost(index, error, rest);
+                        let error = Error::worker(index, pid, source);
+                        self.lost(index, error.clone(), error);
                         break;
                     }
                 }
@@ -398,56 +538,47 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
-    /// Hands a reply to the task at the head of the worker's queue; `false` when the reply did
-    /// not fit and the worker was replaced.
-    fn complete(&mut self, index: usize, reply: Reply<W::Output>) -> bool {
+    /// Hands a reply to the request at the head of the worker's queue; `false` when the reply
+    /// did not fit and the worker was replaced, or the worker retired.
+    fn complete(
+        &mut self,
+        index: usize,
+        ReceivedReply(id, outcomes): ReceivedReply<W::Output>,
+    ) -> bool {
         let slot = &mut self.slots[index];
-        let pid = slot.worker.pid();
-        let Some(completer) = slot.fifo.pop_front() else {
-            self.protocol(index, pid, "a reply to no task");
+        let codec = slot.worker.codec();
+        let Some(head) = slot.fifo.front_mut() else {
+            self.protocol(index, "a reply to no task");
             return false;
         };
+        if id != head.id {
+            self.protocol(index, "a reply to another task than the one it runs");
+            return false;
+        }
+        if outcomes.is_empty() || outcomes.len() > head.left {
+            self.protocol(index, "a reply with more results than the task has items");
+            return false;
+        }
+        head.left -= outcomes.len();
+        if head.left > 0 {
+            head.sink.deliver(outcomes, codec);
+            return true;
+        }
+        // Counted before the results go, so that whoever has them sees the counters agree.
+        let mut done = slot.fifo.pop_front().expect("the head");
         slot.head_since = Instant::now();
-        let tasks = completer.tasks();
-        slot.load -= tasks;
+        slot.load -= done.tasks;
         if slot.load == 0 {
             self.shared.busy.fetch_sub(1, Ordering::Relaxed);
         }
-        self.shared.in_flight.fetch_sub(tasks, Ordering::Relaxed);
-        match (completer, reply) {
-            (Completer::One(tx), Reply::One(result)) => {
-                self.shared.completed.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(result.map_err(|message| Error::Task { message }));
-            }
-            (Completer::Chunk { start, len, tx }, Reply::Chunk(results))
-                if results.len() == len =>
-            {
-                self.shared.completed.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(ChunkDone {
-                    start,
-                    len,
-                    result: Ok(results),
-                });
-            }
-            (Completer::Batch(txs), Reply::Chunk(results)) if results.len() == txs.len() => {
-                self.shared
-                    .completed
-                    .fetch_add(tasks as u64, Ordering::Relaxed);
-                for (tx, result) in txs.into_iter().zip(results) {
-                    let _ = tx.send(result.map_err(|message| Error::Task { message }));
-                }
-            }
-            (completer, _) => {
-                let what = "a reply of the wrong shape";
-                self.shared
-                    .failed_tasks
-                    .fetch_add(tasks as u64, Ordering::Relaxed);
-                completer.fail(Error::Protocol { index, pid, what });
-                self.protocol(index, pid, what);
-                return false;
-            }
-        }
-        let slot = &self.slots[index];
+        self.shared
+            .in_flight
+            .fetch_sub(done.tasks, Ordering::Relaxed);
+        self.shared
+            .completed
+            .fetch_add(done.tasks as u64, Ordering::Relaxed);
+        done.sink.deliver(outcomes, codec);
+        drop(done);
         if slot.retiring && slot.fifo.is_empty() {
             self.recycle(index);
             return false;
@@ -455,12 +586,13 @@ impl<W: TaskWorker> Dispatcher<W> {
         true
     }
 
-    fn protocol(&mut self, index: usize, pid: u32, what: &'static str) {
+    fn protocol(&mut self, index: usize, what: &'static str) {
+        let pid = self.slots[index].worker.pid();
         let error = Error::Protocol { index, pid, what };
-        self.lost(index, error.duplicate(), error);
+        self.lost(index, error.clone(), error);
     }
 
-    /// Kills the worker at the head of whose queue a task ran too long.
+    /// Kills the workers at the head of whose queue a task ran too long.
     fn expire(&mut self) {
         let Some(timeout) = self.task_timeout else {
             return;
@@ -470,8 +602,9 @@ impl<W: TaskWorker> Dispatcher<W> {
             if self.failed.is_some() {
                 return;
             }
-            let slot = &mut self.slots[index];
-            if slot.fifo.is_empty() || now < slot.head_since + timeout {
+            let slot = &self.slots[index];
+            let due = worker_core::deadline_from(slot.head_since, timeout);
+            if slot.fifo.is_empty() || due.is_none_or(|due| now < due) {
                 continue;
             }
             let pid = slot.worker.pid();
@@ -484,12 +617,13 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
+    /// When the next task times out, if one can.
     fn next_deadline(&self) -> Option<Instant> {
         let timeout = self.task_timeout?;
         self.slots
             .iter()
             .filter(|s| !s.fifo.is_empty())
-            .map(|s| s.head_since + timeout)
+            .filter_map(|s| worker_core::deadline_from(s.head_since, timeout))
             .min()
     }
 
@@ -499,24 +633,24 @@ impl<W: TaskWorker> Dispatcher<W> {
     fn lost(&mut self, index: usize, first: Error, rest: Error) {
         let fifo = self.take_fifo(index);
         let slot = &mut self.slots[index];
-        let fd = slot.worker.as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.ready.unwatch(index, &slot.worker);
         let _ = slot.worker.kill();
         let replaced = self.restarts.allow().and_then(|()| self.respawn(index));
         if replaced.is_ok() {
             self.shared.restarted.fetch_add(1, Ordering::Relaxed);
         }
         let mut first = Some(first);
-        for completer in fifo {
-            completer.fail(first.take().unwrap_or_else(|| rest.duplicate()));
+        for pending in fifo {
+            let error = first.take().unwrap_or_else(|| rest.clone());
+            pending.sink.fail(pending.left, error);
         }
         if let Err(e) = replaced {
             self.fail_pool(e);
         }
     }
 
-    /// Takes the tasks a worker held out of the counters.
-    fn take_fifo(&mut self, index: usize) -> VecDeque<Completer<W::Output>> {
+    /// Takes the requests a worker held out of the counters.
+    fn take_fifo(&mut self, index: usize) -> VecDeque<Pending<W::Output>> {
         let slot = &mut self.slots[index];
         let fifo = std::mem::take(&mut slot.fifo);
         let tasks = std::mem::take(&mut slot.load);
@@ -532,8 +666,7 @@ impl<W: TaskWorker> Dispatcher<W> {
 
     /// Closes a worker that served its quota once it has nothing in flight, and starts another.
     fn recycle(&mut self, index: usize) {
-        let fd = self.slots[index].worker.as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.ready.unwatch(index, &self.slots[index].worker);
         match self.respawn(index) {
             Ok(()) => {
                 self.shared.recycled.fetch_add(1, Ordering::Relaxed);
@@ -546,13 +679,25 @@ impl<W: TaskWorker> Dispatcher<W> {
     /// idle and ends on end of input).
     fn respawn(&mut self, index: usize) -> Result<(), Error> {
         let worker = self.spawner.spawn()?;
-        register(&self.poll, &worker, index)?;
+        self.ready.watch(index, &worker)?;
         if let Some(pid) = lock(&self.shared.pids).get_mut(index) {
             *pid = worker.pid();
         }
         let old = std::mem::replace(&mut self.slots[index], Slot::new(worker));
         let _ = old.worker.close();
         Ok(())
+    }
+
+    /// Fails the pool after a panic on this thread.
+    fn panicked(&mut self, panic: &(dyn Any + Send)) {
+        self.fail_pool(Error::PoolFailed {
+            reason: format!("its dispatcher thread panicked: {}", panic_text(panic)),
+        });
+    }
+
+    /// Why a task cannot be sent: the pool failed.
+    fn gone(&self) -> Error {
+        self.failed.clone().unwrap_or(Error::Closed)
     }
 
     fn fail_pool(&mut self, error: Error) {
@@ -570,8 +715,8 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
         for index in 0..self.slots.len() {
             let _ = self.slots[index].worker.kill();
-            for completer in self.take_fifo(index) {
-                completer.fail(error.duplicate());
+            for pending in self.take_fifo(index) {
+                pending.sink.fail(pending.left, error.clone());
             }
         }
         self.shared.workers.store(0, Ordering::Relaxed);
@@ -581,17 +726,23 @@ impl<W: TaskWorker> Dispatcher<W> {
 
     /// A failed pool answers every task with its error until the pool's handle lets go.
     fn fail_forever(&mut self) {
-        let error = self.failed.take().expect("failed");
+        let error = self.failed.clone().expect("failed");
         if let Some(job) = self.held.take() {
-            self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
-            job.completer.fail(error.duplicate());
+            self.fail_job(job, &error);
         }
         for slot in &mut self.slots {
             let _ = slot.worker.kill();
         }
         while let Ok(job) = self.rx.recv() {
-            self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
-            job.completer.fail(error.duplicate());
+            self.fail_job(job, &error);
         }
+    }
+
+    fn fail_job(&self, job: JobOf<W>, error: &Error) {
+        let tasks = job.sink.tasks();
+        self.shared
+            .failed_tasks
+            .fetch_add(tasks as u64, Ordering::Relaxed);
+        job.sink.fail(job.items.as_slice().len(), error.clone());
     }
 }

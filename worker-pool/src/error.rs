@@ -1,40 +1,55 @@
-use std::{error, fmt, io, time::Duration};
+use std::{error, fmt, io, sync::Arc, time::Duration};
 
 /// The error type of `worker-pool`.
 ///
 /// Errors that name a worker give its `index` in the pool (stable across replacements) and the
-/// `pid` of the process that failed.
-#[derive(Debug)]
+/// `pid` of the process that failed. Errors of the layers below are kept whole, as the
+/// [`source`](error::Error::source), behind an [`Arc`]: one failure often fails several
+/// tasks, and each gets the same error, which is why this type is [`Clone`].
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
-    /// The builder was asked for something impossible.
+    /// The builder was asked for something impossible; nothing was started.
     Config {
-        /// The setting at fault.
-        setting: &'static str,
+        /// The setting at fault, as the builder's method names it.
+        what: &'static str,
         /// What is wrong with it.
-        problem: &'static str,
+        why: String,
     },
     /// A worker could not be started.
     Spawn {
         /// Why.
-        source: worker_bootstrap::Error,
+        source: Arc<worker_bootstrap::Error>,
     },
-    /// A worker failed: it exited (`source` is [`worker_bootstrap::Error::WorkerExited`], with its
-    /// exit status or signal and the tail of its standard error), or its channel broke.
+    /// A worker failed: it exited (`source` is [`worker_bootstrap::Error::WorkerExited`], with
+    /// its exit status or signal and the tail of its standard error), or its channel broke (a
+    /// frame header the channel cannot accept, say).
     ///
-    /// The pool has replaced it; the tasks or messages it held are lost.
+    /// The pool has replaced it, except when the channel is still in step (a message that did
+    /// not decode, in a [`WorkerPool`](crate::WorkerPool)); the tasks or messages it held are
+    /// lost.
     Worker {
         /// The worker's place in the pool.
         index: usize,
         /// The process that failed.
         pid: u32,
         /// What the worker's handle reported.
-        source: worker_bootstrap::Error,
+        source: Arc<worker_bootstrap::Error>,
     },
     /// The worker's task handler returned an error; the worker goes on.
     Task {
         /// The handler's error text.
         message: String,
+    },
+    /// A task's item or result, or a message, could not be encoded into one frame: it is
+    /// larger than the profile's frame limit, or the codec refused it. Only this task (or
+    /// message) failed; its worker is healthy and goes on.
+    Encode {
+        /// What could not travel: `item`, `result` or `message`.
+        what: &'static str,
+        /// The channel's error ([`worker_channel::Error::FrameTooLarge`], or
+        /// [`worker_channel::Error::Encode`] with the codec's text).
+        source: Arc<worker_channel::Error>,
     },
     /// The task ran longer than the pool's task timeout; its worker was killed and replaced.
     TaskTimeout {
@@ -52,8 +67,9 @@ pub enum Error {
         /// The process that was killed.
         pid: u32,
     },
-    /// A worker answered something that does not fit the task protocol (a runner other than
-    /// the task runner, or a reply nobody asked for); it was killed and replaced.
+    /// A worker answered something that does not fit the task protocol (a reply to no task,
+    /// or to another task than the one it was running); it was killed and replaced, and the
+    /// tasks it held fail with this error.
     Protocol {
         /// The worker's place in the pool.
         index: usize,
@@ -67,8 +83,9 @@ pub enum Error {
         /// How long the call waited.
         waited: Duration,
     },
-    /// The pool gave up: workers failed more often than its restart limit allows, or a
-    /// replacement could not be started. Every task still queued or in flight fails with this.
+    /// The pool gave up: workers failed more often than its restart limit allows, a
+    /// replacement could not be started, or its dispatcher thread panicked. Every task still
+    /// queued or in flight fails with this, and so does every later call.
     PoolFailed {
         /// Why.
         reason: String,
@@ -80,110 +97,46 @@ pub enum Error {
         /// What the pool was doing.
         what: &'static str,
         /// What the system said.
-        source: io::Error,
+        source: Arc<io::Error>,
     },
 }
 
 impl Error {
-    /// A copy for the second and later tasks that fail for one cause (the bootstrap error
-    /// holds an `io::Error`, which is not `Clone`).
-    pub(crate) fn duplicate(&self) -> Error {
-        match self {
-            Error::Config { setting, problem } => Error::Config { setting, problem },
-            Error::Spawn { source } => Error::Spawn {
-                source: duplicate_bootstrap(source),
-            },
-            Error::Worker { index, pid, source } => Error::Worker {
-                index: *index,
-                pid: *pid,
-                source: duplicate_bootstrap(source),
-            },
-            Error::Task { message } => Error::Task {
-                message: message.clone(),
-            },
-            Error::TaskTimeout {
-                index,
-                pid,
-                timeout,
-            } => Error::TaskTimeout {
-                index: *index,
-                pid: *pid,
-                timeout: *timeout,
-            },
-            Error::Cancelled { index, pid } => Error::Cancelled {
-                index: *index,
-                pid: *pid,
-            },
-            Error::Protocol { index, pid, what } => Error::Protocol {
-                index: *index,
-                pid: *pid,
-                what,
-            },
-            Error::Timeout { waited } => Error::Timeout { waited: *waited },
-            Error::PoolFailed { reason } => Error::PoolFailed {
-                reason: reason.clone(),
-            },
-            Error::Closed => Error::Closed,
-            Error::System { what, source } => Error::System {
-                what,
-                source: io::Error::new(source.kind(), source.to_string()),
-            },
+    pub(crate) fn config(what: &'static str, why: impl Into<String>) -> Self {
+        Error::Config {
+            what,
+            why: why.into(),
         }
     }
-}
 
-pub(crate) fn duplicate_bootstrap(e: &worker_bootstrap::Error) -> worker_bootstrap::Error {
-    use worker_bootstrap::Error as B;
-    match e {
-        B::WorkerExited {
+    pub(crate) fn worker(index: usize, pid: u32, source: worker_bootstrap::Error) -> Self {
+        Error::Worker {
+            index,
             pid,
-            implementation,
-            status,
-            stderr_tail,
-        } => B::WorkerExited {
-            pid: *pid,
-            implementation: implementation.clone(),
-            status: *status,
-            stderr_tail: stderr_tail.clone(),
-        },
-        B::ChannelClosed { pid } => B::ChannelClosed { pid: *pid },
-        B::Timeout { pid, waited } => B::Timeout {
-            pid: *pid,
-            waited: *waited,
-        },
-        B::Io { pid, source } => B::Io {
-            pid: *pid,
-            source: io::Error::new(source.kind(), source.to_string()),
-        },
-        B::Spawn { program, source } => B::Spawn {
-            program: program.clone(),
-            source: io::Error::new(source.kind(), source.to_string()),
-        },
-        B::RegistryNotRun => B::RegistryNotRun,
-        B::Closed => B::Closed,
-        B::Config(what) => B::Config(what.clone()),
-        // The rest (channel errors) hold boxed errors: keep their text.
-        other => B::Io {
-            pid: match other {
-                B::Channel { pid, .. } => *pid,
-                _ => 0,
-            },
-            source: io::Error::other(worker_core::error_chain(other)),
-        },
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn system(what: &'static str, source: io::Error) -> Self {
+        Error::System {
+            what,
+            source: Arc::new(source),
+        }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config { setting, problem } => {
-                write!(f, "invalid pool configuration: {setting} {problem}")
+            Error::Config { what, why } => {
+                write!(f, "invalid pool configuration: {what} {why}")
             }
             Error::Spawn { .. } => f.write_str("cannot start a pool worker"),
             Error::Worker { index, pid, .. } => {
                 write!(f, "pool worker {index} (pid {pid}) failed")
             }
             Error::Task { message } => write!(f, "task failed: {message}"),
+            Error::Encode { what, .. } => write!(f, "cannot send the {what}"),
             Error::TaskTimeout {
                 index,
                 pid,
@@ -214,8 +167,9 @@ impl fmt::Display for Error {
 impl error::Error for Error {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
-            Error::Spawn { source } | Error::Worker { source, .. } => Some(source),
-            Error::System { source, .. } => Some(source),
+            Error::Spawn { source } | Error::Worker { source, .. } => Some(&**source),
+            Error::Encode { source, .. } => Some(&**source),
+            Error::System { source, .. } => Some(&**source),
             _ => None,
         }
     }
@@ -244,6 +198,7 @@ impl<T: fmt::Debug> error::Error for TrySubmitError<T> {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
             TrySubmitError::Full(_) => None,
+            // Transparent: the display is the pool error's own.
             TrySubmitError::Pool(e) => e.source(),
         }
     }

@@ -53,13 +53,23 @@
 //!
 //! Neither pool hangs when a worker dies: the tasks or messages it held fail with
 //! [`Error::Worker`], which carries the worker's exit status and the tail of its standard error.
+//! Nor when a worker misbehaves: a frame header the channel cannot accept breaks only that
+//! worker's channel and the worker is replaced; a task reply with the wrong id is
+//! [`Error::Protocol`] and the worker is replaced; an item or result too large for a frame fails
+//! alone with [`Error::Encode`]. Timeouts saturate ([`Duration::MAX`](std::time::Duration::MAX)
+//! is no timeout), and dropping a task pool returns within half a second whatever its workers
+//! do.
 
 #![forbid(unsafe_code)]
 
 mod builder;
 mod dispatcher;
 mod error;
+mod job;
 mod pool;
+mod protocol;
+mod readiness;
+mod supervisor;
 mod task_worker;
 mod tasks;
 

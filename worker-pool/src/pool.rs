@@ -1,17 +1,16 @@
 use std::{
-    io,
     ops::{Index, IndexMut},
-    os::fd::AsRawFd,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use serde::{Serialize, de::DeserializeOwned};
 use worker_bootstrap::DedicatedWorker;
 
 use crate::{
     Error,
-    builder::{RestartLimit, Spawner},
+    readiness::ReadySet,
+    supervisor::{RestartLimit, Spawner},
 };
 
 /// Dedicated workers of one implementation, with a receive that returns the first reply from
@@ -22,11 +21,14 @@ use crate::{
 /// with the index of the worker that sent it. Replies already buffered are delivered before
 /// the pool waits again, so two replies that arrived together are both delivered without new
 /// input. Waiting is driven by readiness (one `epoll` over every worker's output), not by
-/// polling each worker in turn.
+/// polling each worker in turn, and receives are fair: the search for the next message starts
+/// after the worker that last returned one, or an error.
 ///
-/// A worker that dies is replaced in the same place (same index), within the pool's restart
-/// limit, and the call that found it dead returns [`Error::Worker`]: the messages it held are
-/// lost. Past the restart limit every call returns [`Error::PoolFailed`].
+/// A worker that dies, or whose channel breaks (it sent a frame header the channel cannot
+/// accept), is replaced in the same place (same index), within the pool's restart limit, and
+/// the call that found it returns [`Error::Worker`]: the messages it held are lost. A message
+/// that does not decode leaves the channel in step: the call returns [`Error::Worker`] and the
+/// worker stays. Past the restart limit every call returns [`Error::PoolFailed`].
 ///
 /// Workers are started (and restarted) by the thread that calls into the pool; on Linux a
 /// worker's parent-death signal follows the *thread* that started it, so keep the pool on a
@@ -35,10 +37,7 @@ use crate::{
 #[derive(Debug)]
 pub struct WorkerPool {
     workers: Vec<DedicatedWorker>,
-    /// Readiness seen by the poller and not yet read to the end (the poller is edge-triggered).
-    ready: Vec<bool>,
-    poll: Poll,
-    events: Events,
+    ready: ReadySet,
     /// Where the next search for a message starts, so no worker is starved.
     next: usize,
     spawner: Spawner,
@@ -53,24 +52,18 @@ impl WorkerPool {
         size: usize,
         restarts: RestartLimit,
     ) -> Result<Self, Error> {
-        let poll = Poll::new().map_err(|source| Error::System {
-            what: "create a poller",
-            source,
-        })?;
         let mut pool = WorkerPool {
             workers: Vec::with_capacity(size),
-            ready: vec![false; size],
-            poll,
-            events: Events::with_capacity(size.max(8)),
+            ready: ReadySet::new(size)?,
             next: 0,
             spawner,
             restarts,
             restarted: 0,
             failed: None,
         };
-        for i in 0..size {
+        for index in 0..size {
             let worker = pool.spawner.spawn()?;
-            register(&pool.poll, &worker, i)?;
+            pool.ready.watch(index, &worker)?;
             pool.workers.push(worker);
         }
         Ok(pool)
@@ -109,7 +102,10 @@ impl WorkerPool {
         self.restarted
     }
 
-    /// Sends `message` to worker `index`; a dead worker is replaced and reported as
+    /// Sends `message` to worker `index`.
+    ///
+    /// A message that cannot be encoded (over the frame limit, say) is [`Error::Encode`] and
+    /// leaves the worker as it was; a dead worker is replaced and reported as
     /// [`Error::Worker`].
     ///
     /// # Panics
@@ -123,34 +119,49 @@ impl WorkerPool {
         self.check_failed()?;
         match self.workers[index].send_message(message) {
             Ok(()) => Ok(()),
+            Err(worker_bootstrap::Error::Channel {
+                source:
+                    source @ (worker_channel::Error::Encode { .. }
+                    | worker_channel::Error::FrameTooLarge { .. }),
+                ..
+            }) => Err(Error::Encode {
+                what: "message",
+                source: Arc::new(source),
+            }),
             Err(e) => Err(self.worker_failed(index, e)),
         }
     }
 
     /// Receives the first message from any worker, with the index of the worker that sent it.
     pub fn receive_message<T: DeserializeOwned>(&mut self) -> Result<(usize, T), Error> {
-        self.receive_until(None)
+        self.receive_until(None, Duration::MAX)
     }
 
     /// As [`receive_message`](Self::receive_message), waiting at most `timeout`
     /// ([`Error::Timeout`] when nothing came; what was partly read is kept).
+    ///
+    /// [`Duration::ZERO`] takes only what is there already; [`Duration::MAX`] waits for ever.
     pub fn receive_message_timeout<T: DeserializeOwned>(
         &mut self,
         timeout: Duration,
     ) -> Result<(usize, T), Error> {
-        self.receive_until(Some((Instant::now() + timeout, timeout)))
+        self.receive_until(worker_core::deadline_after(timeout), timeout)
     }
 
     fn receive_until<T: DeserializeOwned>(
         &mut self,
-        deadline: Option<(Instant, Duration)>,
+        deadline: Option<Instant>,
+        waited: Duration,
     ) -> Result<(usize, T), Error> {
         self.check_failed()?;
         let n = self.workers.len();
+        // Even a deadline that has passed gets one look at the poller: zero takes what is
+        // there.
+        let mut looked = false;
         loop {
             for k in 0..n {
                 let i = (self.next + k) % n;
-                if !self.ready[i] && !self.workers[i].has_buffered_message() {
+                if !self.ready.is_ready(i) && !self.workers[i].has_buffered_message() {
                     continue;
                 }
                 match self.workers[i].try_receive_message::<T>() {
@@ -158,35 +169,18 @@ impl WorkerPool {
                         self.next = (i + 1) % n;
                         return Ok((i, message));
                     }
-                    Ok(None) => self.ready[i] = false,
-                    Err(e) => return Err(self.worker_failed(i, e)),
-                }
-            }
-            let timeout = match deadline {
-                None => None,
-                Some((at, waited)) => {
-                    let now = Instant::now();
-                    if now >= at {
-                        return Err(Error::Timeout { waited });
+                    Ok(None) => self.ready.drained(i),
+                    Err(e) => {
+                        self.next = (i + 1) % n;
+                        return Err(self.worker_failed(i, e));
                     }
-                    Some(at - now)
-                }
-            };
-            match self.poll.poll(&mut self.events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Error::System {
-                        what: "wait for workers",
-                        source,
-                    });
                 }
             }
-            for event in self.events.iter() {
-                if let Some(r) = self.ready.get_mut(event.token().0) {
-                    *r = true;
-                }
+            if looked && deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout { waited });
             }
+            self.ready.wait(deadline)?;
+            looked = true;
         }
     }
 
@@ -199,27 +193,28 @@ impl WorkerPool {
         }
     }
 
-    /// Turns a worker's error into the pool's, replacing the worker when it is gone.
+    /// Turns a worker's error into the pool's, replacing the worker unless its channel is
+    /// still in step.
     fn worker_failed(&mut self, index: usize, source: worker_bootstrap::Error) -> Error {
         let pid = self.workers[index].pid();
-        // An undecodable message leaves the worker and its channel in step: keep it.
-        if matches!(source, worker_bootstrap::Error::Channel { .. }) {
-            return Error::Worker { index, pid, source };
+        let error = Error::worker(index, pid, source);
+        if let Error::Worker { source, .. } = &error {
+            if in_step(source) {
+                return error;
+            }
         }
-        if let Err(e) = self.replace(index) {
-            return e;
+        match self.replace(index) {
+            Ok(()) => error,
+            Err(e) => e,
         }
-        Error::Worker { index, pid, source }
     }
 
     fn replace(&mut self, index: usize) -> Result<(), Error> {
-        let fd = self.workers[index].as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.ready.unwatch(index, &self.workers[index]);
         let _ = self.workers[index].kill();
-        self.ready[index] = false;
         let result = self.restarts.allow().and_then(|()| {
             let worker = self.spawner.spawn()?;
-            register(&self.poll, &worker, index)?;
+            self.ready.watch(index, &worker)?;
             Ok(worker)
         });
         match result {
@@ -231,7 +226,10 @@ impl WorkerPool {
             Err(e) => {
                 let reason = match &e {
                     Error::PoolFailed { reason } => reason.clone(),
-                    other => format!("cannot start a replacement worker: {other}"),
+                    other => format!(
+                        "cannot start a replacement worker: {}",
+                        worker_core::error_chain(other)
+                    ),
                 };
                 self.failed = Some(reason.clone());
                 for w in &mut self.workers {
@@ -243,17 +241,17 @@ impl WorkerPool {
     }
 }
 
-pub(crate) fn register(poll: &Poll, worker: &DedicatedWorker, index: usize) -> Result<(), Error> {
-    poll.registry()
-        .register(
-            &mut SourceFd(&worker.as_raw_fd()),
-            Token(index),
-            Interest::READABLE,
-        )
-        .map_err(|source| Error::System {
-            what: "watch a worker's output",
-            source,
-        })
+/// Whether a receive error left the worker's channel in step: the frame was read whole and
+/// only its content was refused, so the next frame can be read.
+fn in_step(e: &worker_bootstrap::Error) -> bool {
+    matches!(
+        e,
+        worker_bootstrap::Error::Channel {
+            source: worker_channel::Error::Decode { .. }
+                | worker_channel::Error::UnexpectedFrameKind { .. },
+            ..
+        }
+    )
 }
 
 impl Index<usize> for WorkerPool {

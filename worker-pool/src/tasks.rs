@@ -2,24 +2,26 @@ use std::{
     collections::VecDeque,
     fmt,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
-use mio::{Poll, Waker};
 
 use crate::{
     Error, TaskWorker, TrySubmitError,
-    builder::TaskConfig,
-    dispatcher::{self, Completer, Job, WAKE},
-    task_worker::Request,
+    dispatcher::{self, JobOf, Shared, Started, TaskConfig},
+    job::{ChunkDone, ChunkResults, Items, Job, Sink},
 };
 
-type JobOf<W> = Job<<W as TaskWorker>::Item, <W as TaskWorker>::Output>;
+/// How long dropping a pool waits for its dispatcher to kill the workers and end.
+///
+/// The dispatcher ends at once unless it is in a send to a worker that takes no input (no task
+/// timeout bounds such a send); `Drop` does not wait for that past this bound.
+const DROP_WAIT: Duration = Duration::from_millis(500);
 
 /// Dedicated workers serving tasks: submit an item, get a [`TaskHandle`] whose result arrives
 /// later, or [`map`](Self::map) a whole list.
@@ -42,19 +44,33 @@ type JobOf<W> = Job<<W as TaskWorker>::Item, <W as TaskWorker>::Output>;
 ///
 /// A worker that dies fails only the tasks it held ([`Error::Worker`], carrying
 /// [`worker_bootstrap::Error::WorkerExited`] with its exit status or signal and the tail of its
-/// standard error); it is replaced and the others go on. Past the restart limit
+/// standard error); it is replaced and the others go on. So is a worker that breaks the task
+/// protocol ([`Error::Protocol`]): every request and reply carries an id, and a reply that
+/// answers no task, or another task than the one its worker runs, is never handed to a task.
+/// An item, or a result, that cannot be encoded into one frame fails alone
+/// ([`Error::Encode`]), even when it travels with others. Past the restart limit
 /// ([`max_restarts`](crate::WorkerPoolBuilder::max_restarts)) the pool fails: every task
-/// queued, in flight or submitted later fails with [`Error::PoolFailed`].
+/// queued, in flight or submitted later fails with [`Error::PoolFailed`]. So does every task
+/// when user code on the dispatcher thread (the items' `Serialize`, the outputs'
+/// `Deserialize`) panics.
 ///
 /// # Shutdown
 ///
 /// [`close`](Self::close) lets the queued and in-flight tasks finish, then closes every worker.
 /// Dropping the pool kills and reaps every worker at once; tasks not finished fail with
-/// [`Error::Closed`]. Either way no worker process outlives the call.
+/// [`Error::Closed`]. Drop returns within half a second whatever the workers do; a worker that
+/// takes no input while a task without a timeout is being sent to it is killed once that send
+/// ends.
 pub struct TaskPool<W: TaskWorker> {
     tx: Option<Sender<JobOf<W>>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected once the dispatcher thread has ended.
+    alive: Receiver<()>,
+    /// Dropped with the pool, which ends every handle's wait.
+    on_drop: Option<Sender<()>>,
+    /// Disconnected once the pool was dropped.
+    dropped: Receiver<()>,
     size: usize,
     queue_bound: usize,
     chunk_size: Option<usize>,
@@ -66,39 +82,6 @@ impl<W: TaskWorker> fmt::Debug for TaskPool<W> {
             .field("implementation", &W::NAME)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
-    }
-}
-
-/// State the dispatcher shares with the pool's handle.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub waker: Waker,
-    /// The dispatcher waits with room for more tasks: a submitter must wake it.
-    pub sleeping: AtomicBool,
-    /// Drop asked for an immediate end.
-    pub abort: AtomicBool,
-    pub failed: Mutex<Option<String>>,
-    /// The workers' process ids, in index order.
-    pub pids: Mutex<Vec<u32>>,
-    pub workers: AtomicUsize,
-    pub busy: AtomicUsize,
-    pub in_flight: AtomicUsize,
-    pub completed: AtomicU64,
-    pub failed_tasks: AtomicU64,
-    pub restarted: AtomicU64,
-    pub recycled: AtomicU64,
-}
-
-impl Shared {
-    pub fn failed_error(&self) -> Option<Error> {
-        lock(&self.failed).as_ref().map(|reason| Error::PoolFailed {
-            reason: reason.clone(),
-        })
-    }
-
-    fn wake(&self) {
-        // A wake that fails leaves the dispatcher to its next event; nothing better to do.
-        let _ = self.waker.wake();
     }
 }
 
@@ -118,7 +101,8 @@ pub struct PoolStats {
     pub in_flight: usize,
     /// Tasks answered (including those whose handler returned an error).
     pub completed: u64,
-    /// Tasks that got no answer: their worker died or was killed, or the pool failed.
+    /// Tasks that got no answer: their worker died or was killed, the pool failed, or the
+    /// item could not be sent.
     pub failed: u64,
     /// Workers replaced after they died or a task timed out.
     pub restarted: u64,
@@ -127,52 +111,30 @@ pub struct PoolStats {
 }
 
 impl<W: TaskWorker> TaskPool<W> {
-    pub(crate) fn start(config: TaskConfig) -> Result<Self, Error> {
-        let system = |what| move |source| Error::System { what, source };
-        let poll = Poll::new().map_err(system("create a poller"))?;
-        let waker = Waker::new(poll.registry(), WAKE).map_err(system("create a waker"))?;
-        let shared = Arc::new(Shared {
-            waker,
-            sleeping: AtomicBool::new(false),
-            abort: AtomicBool::new(false),
-            failed: Mutex::new(None),
-            pids: Mutex::new(Vec::new()),
-            workers: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            completed: AtomicU64::new(0),
-            failed_tasks: AtomicU64::new(0),
-            restarted: AtomicU64::new(0),
-            recycled: AtomicU64::new(0),
-        });
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_bound);
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let (size, queue_bound, chunk_size) = (config.size, config.queue_bound, config.chunk_size);
-        let thread = std::thread::Builder::new()
-            .name(format!("worker-pool {}", W::NAME))
-            .spawn({
-                let shared = shared.clone();
-                move || dispatcher::run::<W>(config, poll, rx, shared, ready_tx)
-            })
-            .map_err(system("start the dispatcher thread"))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(TaskPool {
-                tx: Some(tx),
-                shared,
-                thread: Some(thread),
-                size,
-                queue_bound,
-                chunk_size,
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(Error::Closed)
-            }
-        }
+    pub(crate) fn start(
+        config: TaskConfig,
+        queue_bound: usize,
+        chunk_size: Option<usize>,
+    ) -> Result<Self, Error> {
+        let size = config.size;
+        let (tx, rx) = crossbeam_channel::bounded(queue_bound);
+        let Started {
+            shared,
+            thread,
+            alive,
+        } = dispatcher::start::<W>(config, rx)?;
+        let (on_drop, dropped) = crossbeam_channel::bounded(0);
+        Ok(TaskPool {
+            tx: Some(tx),
+            shared,
+            thread: Some(thread),
+            alive,
+            on_drop: Some(on_drop),
+            dropped,
+            size,
+            queue_bound,
+            chunk_size,
+        })
     }
 
     /// The number of workers.
@@ -188,7 +150,7 @@ impl<W: TaskWorker> TaskPool<W> {
     /// The process ids of the workers now, in index order (empty once the pool has failed or
     /// closed).
     pub fn pids(&self) -> Vec<u32> {
-        lock(&self.shared.pids).clone()
+        self.shared.pids()
     }
 
     /// The pool's counters now.
@@ -215,12 +177,8 @@ impl<W: TaskWorker> TaskPool<W> {
             return Err(e);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let job = Job {
-            request: Request::One(item),
-            completer: Completer::One(tx),
-        };
-        self.send(job).map_err(|_| self.gone())?;
-        Ok(TaskHandle { rx })
+        self.send(Job::one(item, tx)).map_err(|_| self.gone())?;
+        Ok(self.handle(rx))
     }
 
     /// Submits one task if the queue has room; otherwise hands the item back
@@ -233,14 +191,20 @@ impl<W: TaskWorker> TaskPool<W> {
             return Err(TrySubmitError::Pool(e));
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let job = Job {
-            request: Request::One(item),
-            completer: Completer::One(tx),
-        };
-        match self.try_send(job) {
-            Ok(()) => Ok(TaskHandle { rx }),
-            Err(TrySendError::Full(job)) => Err(TrySubmitError::Full(job.into_item())),
+        match self.try_send(Job::one(item, tx)) {
+            Ok(()) => Ok(self.handle(rx)),
+            Err(TrySendError::Full(job)) => Err(TrySubmitError::Full(
+                job.into_items().pop().expect("a single task's item"),
+            )),
             Err(TrySendError::Disconnected(_)) => Err(TrySubmitError::Pool(self.gone())),
+        }
+    }
+
+    fn handle(&self, rx: Receiver<Result<W::Output, Error>>) -> TaskHandle<W::Output> {
+        TaskHandle {
+            rx,
+            dropped: self.dropped.clone(),
+            taken: AtomicBool::new(false),
         }
     }
 
@@ -262,15 +226,8 @@ impl<W: TaskWorker> TaskPool<W> {
         Ok(())
     }
 
-    /// Wakes the dispatcher if it waits for tasks; a dispatcher that is busy finds the task
-    /// itself, which saves a system call per task under load.
     fn nudge(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.shared.sleeping.load(Ordering::SeqCst)
-            && self.shared.sleeping.swap(false, Ordering::SeqCst)
-        {
-            self.shared.wake();
-        }
+        self.shared.nudge();
     }
 
     fn gone(&self) -> Error {
@@ -280,7 +237,8 @@ impl<W: TaskWorker> TaskPool<W> {
     fn chunks(&self, items: Vec<W::Item>) -> Vec<(usize, Vec<W::Item>)> {
         let per = self.chunk_size.unwrap_or_else(|| {
             // Python's Pool.map: about four chunks per worker.
-            let (size, extra) = (items.len() / (self.size * 4), items.len() % (self.size * 4));
+            let chunks = self.size.saturating_mul(4);
+            let (size, extra) = (items.len() / chunks, items.len() % chunks);
             size + usize::from(extra > 0)
         });
         let per = per.max(1);
@@ -324,14 +282,17 @@ impl<W: TaskWorker> TaskPool<W> {
     where
         I: IntoIterator<Item = W::Item>,
     {
-        let chunks = self.chunks(items.into_iter().collect());
+        let items: Vec<_> = items.into_iter().collect();
+        let answered = vec![false; items.len()];
+        let chunks = self.chunks(items);
         let (tx, rx) = crossbeam_channel::unbounded();
         MapUnordered {
             pool: self,
             chunks: chunks.into_iter(),
             held: None,
             outstanding: 0,
-            tx,
+            answered,
+            tx: Some(tx),
             rx,
             ready: VecDeque::new(),
         }
@@ -355,55 +316,98 @@ impl<W: TaskWorker> TaskPool<W> {
 
 impl<W: TaskWorker> Drop for TaskPool<W> {
     fn drop(&mut self) {
-        self.shared.abort.store(true, Ordering::SeqCst);
+        self.shared.abort();
         self.tx = None;
-        self.shared.wake();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // The dispatcher kills the workers and ends at once, unless it is in a send
+            // without a timeout to a worker that takes no input: then it is left to end when
+            // that send does, and the handles stop waiting for it now.
+            if let Err(RecvTimeoutError::Disconnected) = self.alive.recv_timeout(DROP_WAIT) {
+                let _ = thread.join();
+            }
         }
+        self.on_drop = None;
     }
 }
 
 /// The result of one submitted task, to wait for.
 ///
 /// A result is delivered once: after a call returned it, later calls return
-/// [`Error::Closed`].
+/// [`Error::Closed`], as do calls once the pool was dropped without the task's result.
 #[derive(Debug)]
 pub struct TaskHandle<O> {
     rx: Receiver<Result<O, Error>>,
+    /// Disconnected once the pool was dropped.
+    dropped: Receiver<()>,
+    /// A call returned the result.
+    taken: AtomicBool,
 }
 
 impl<O> TaskHandle<O> {
     /// Waits for the result.
     pub fn wait(self) -> Result<O, Error> {
-        self.rx.recv().unwrap_or(Err(Error::Closed))
+        self.wait_until(None)
     }
 
     /// Waits at most `timeout` ([`Error::Timeout`] leaves the task running and the handle
-    /// usable).
+    /// usable; [`Duration::MAX`] waits for ever).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<O, Error> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout { waited: timeout }),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
-        }
+        self.wait_until(worker_core::deadline_after(timeout))
+            .map_err(|e| match e {
+                Error::Timeout { .. } => Error::Timeout { waited: timeout },
+                other => other,
+            })
     }
 
     /// The result if it is there, without waiting.
     pub fn try_result(&self) -> Option<Result<O, Error>> {
+        let result = self.poll();
+        if result.is_some() {
+            self.taken.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll(&self) -> Option<Result<O, Error>> {
+        if self.taken.load(Ordering::Relaxed) {
+            return Some(Err(Error::Closed));
+        }
         match self.rx.try_recv() {
             Ok(result) => Some(result),
-            Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => Some(Err(Error::Closed)),
+            Err(TryRecvError::Empty) => match self.dropped.try_recv() {
+                Err(TryRecvError::Disconnected) => Some(Err(Error::Closed)),
+                _ => None,
+            },
         }
     }
-}
 
-/// A chunk's results, or why it has none.
-pub(crate) struct ChunkDone<O> {
-    pub start: usize,
-    pub len: usize,
-    pub result: Result<Vec<Result<O, String>>, Error>,
+    fn wait_until(&self, deadline: Option<std::time::Instant>) -> Result<O, Error> {
+        let result = self.wait_for_result(deadline);
+        if !matches!(result, Err(Error::Timeout { .. })) {
+            self.taken.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn wait_for_result(&self, deadline: Option<std::time::Instant>) -> Result<O, Error> {
+        // Most results are there already: no need to watch the pool for them.
+        if let Some(result) = self.poll() {
+            return result;
+        }
+        let timeout = match deadline {
+            Some(deadline) => crossbeam_channel::at(deadline),
+            None => crossbeam_channel::never(),
+        };
+        crossbeam_channel::select! {
+            recv(self.rx) -> result => result.unwrap_or(Err(Error::Closed)),
+            recv(self.dropped) -> _ => self.rx.try_recv().unwrap_or(Err(Error::Closed)),
+            recv(timeout) -> _ => match self.poll() {
+                Some(result) => result,
+                None => Err(Error::Timeout { waited: Duration::ZERO }),
+            },
+        }
+    }
 }
 
 /// The iterator of [`TaskPool::map_unordered`]: submits chunks as the queue takes them and
@@ -413,8 +417,13 @@ pub struct MapUnordered<'a, W: TaskWorker> {
     chunks: std::vec::IntoIter<(usize, Vec<W::Item>)>,
     /// A chunk the queue had no room for.
     held: Option<(usize, Vec<W::Item>)>,
+    /// Items submitted and not answered.
     outstanding: usize,
-    tx: Sender<ChunkDone<W::Output>>,
+    /// Which items were answered, to answer the others if the dispatcher is gone.
+    answered: Vec<bool>,
+    /// Cloned into each chunk's job; dropped once every chunk is submitted, so that results
+    /// the dispatcher can no longer give end the wait.
+    tx: Option<Sender<ChunkDone<W::Output>>>,
     rx: Receiver<ChunkDone<W::Output>>,
     ready: VecDeque<(usize, Result<W::Output, Error>)>,
 }
@@ -431,14 +440,11 @@ impl<W: TaskWorker> MapUnordered<'_, W> {
     /// Submits what the queue takes without waiting, and at least one chunk when none is out.
     fn feed(&mut self) {
         while let Some((start, items)) = self.held.take().or_else(|| self.chunks.next()) {
+            let Some(tx) = self.tx.clone() else { return };
             let len = items.len();
             let job = Job {
-                request: Request::Chunk(items),
-                completer: Completer::Chunk {
-                    start,
-                    len,
-                    tx: self.tx.clone(),
-                },
+                items: Items::Many(items),
+                sink: Sink::Map { start, tx },
             };
             let sent = if self.outstanding == 0 {
                 self.pool.send(job).map_err(|job| (job, false))
@@ -449,16 +455,47 @@ impl<W: TaskWorker> MapUnordered<'_, W> {
                 })
             };
             match sent {
-                Ok(()) => self.outstanding += 1,
+                Ok(()) => self.outstanding += len,
                 Err((job, true)) => {
                     self.held = Some((start, job.into_items()));
                     return;
                 }
                 Err((_, false)) => {
                     let e = self.pool.gone();
-                    self.ready
-                        .extend((start..start + len).map(|i| (i, Err(e.duplicate()))));
+                    for i in start..start + len {
+                        self.answer(i, Err(e.clone()));
+                    }
                 }
+            }
+        }
+        self.tx = None;
+    }
+
+    fn answer(&mut self, index: usize, result: Result<W::Output, Error>) {
+        if let Some(answered) = self.answered.get_mut(index) {
+            *answered = true;
+        }
+        self.ready.push_back((index, result));
+    }
+
+    /// The dispatcher will not answer: every item submitted and not answered fails.
+    fn abandon(&mut self) {
+        let e = self.pool.gone();
+        self.outstanding = 0;
+        let missing: Vec<usize> = self
+            .answered
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !**a)
+            .map(|(i, _)| i)
+            .collect();
+        let unsent = self.held.iter().map(|(s, i)| (*s, i.len()));
+        let unsent: Vec<_> = unsent
+            .chain(self.chunks.as_slice().iter().map(|(s, i)| (*s, i.len())))
+            .collect();
+        for i in missing {
+            if !unsent.iter().any(|(s, l)| (*s..s + l).contains(&i)) {
+                self.answer(i, Err(e.clone()));
             }
         }
     }
@@ -479,25 +516,29 @@ impl<W: TaskWorker> Iterator for MapUnordered<'_, W> {
             if self.outstanding == 0 {
                 return None;
             }
-            // We hold a sender, so this only ends when the dispatcher answers.
-            let done = self.rx.recv().expect("map keeps its own sender");
-            self.outstanding -= 1;
-            match done.result {
-                Ok(results) => {
-                    self.ready
-                        .extend(results.into_iter().enumerate().map(|(k, r)| {
-                            (done.start + k, r.map_err(|message| Error::Task { message }))
-                        }))
+            // The results come through `rx`, unless the dispatcher thread is gone and cannot
+            // give them any more.
+            let done = crossbeam_channel::select! {
+                recv(self.rx) -> done => done.ok(),
+                recv(self.pool.alive) -> _ => self.rx.try_recv().ok(),
+            };
+            let Some(done) = done else {
+                self.abandon();
+                continue;
+            };
+            self.outstanding = self.outstanding.saturating_sub(done.results.len());
+            match done.results {
+                ChunkResults::Outcomes(outcomes, codec) => {
+                    for (k, outcome) in outcomes.into_iter().enumerate() {
+                        self.answer(done.start + k, outcome.into_result(codec));
+                    }
                 }
-                Err(e) => self
-                    .ready
-                    .extend((done.start..done.start + done.len).map(|i| (i, Err(e.duplicate())))),
+                ChunkResults::Failed { len, error } => {
+                    for i in done.start..done.start + len {
+                        self.answer(i, Err(error.clone()));
+                    }
+                }
             }
         }
     }
-}
-
-/// Locks a mutex whose data stays valid even if a holder panicked.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -7,7 +7,7 @@ use std::{io::Write, os::fd::AsRawFd, time::Duration};
 
 use exsyst_worker::{
     BoxError, Codec, RawWorker, Registry, Worker, WorkerChannel,
-    channel::{FrameKind, encode_raw_frame},
+    channel::{FrameKind, encode_frame, encode_raw_frame},
 };
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,14 @@ pub enum Act {
     /// fails, and returns that error (so the worker exits with its failure status, unless a
     /// signal killed it first).
     StreamWithDefaultSigpipe,
+    /// Writes `count` replies in one system call, so that they arrive together: the text, or
+    /// with `None` the number `count`, which a receive of text cannot decode.
+    Burst {
+        /// Replies to write.
+        count: u32,
+        /// What each carries.
+        text: Option<String>,
+    },
 }
 
 /// Does what its master's [`Act`]s say.
@@ -151,6 +159,19 @@ impl RawWorker for Hostile {
                     loop {
                         channel.send_message(&blob)?;
                     }
+                }
+                Act::Burst { count, text } => {
+                    let (codec, max) = (channel.codec(), channel.max_frame_len());
+                    let mut out = Vec::new();
+                    for _ in 0..count {
+                        match &text {
+                            Some(text) => {
+                                encode_frame(codec, FrameKind::Data, text, max, &mut out)?
+                            }
+                            None => encode_frame(codec, FrameKind::Data, &count, max, &mut out)?,
+                        }
+                    }
+                    write_raw(channel, &out)?;
                 }
             }
         }

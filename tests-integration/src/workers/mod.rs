@@ -4,4 +4,5 @@ pub mod dedicated;
 pub mod evented;
 pub mod hardening;
 pub mod hostile;
+pub mod hostile_tasks;
 pub mod pool;

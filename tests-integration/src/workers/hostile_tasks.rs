@@ -1,0 +1,259 @@
+//! Task workers that break the task protocol, or push it to its limits, on command: the peers
+//! of the task pool's hardening scenarios.
+//!
+//! [`Pranks`] runs the real task runner behind a relay in its own process, so whatever the
+//! protocol looks like on the wire, the relay can send a genuine reply twice, or a stale one.
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    io::{Read, Write},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::net::UnixStream,
+    },
+    path::PathBuf,
+    sync::Mutex,
+};
+
+use exsyst_worker::{
+    BoxError, RawWorker, Registry, Worker, WorkerChannel,
+    channel::{Channel, Error as ChannelError, encode_raw_frame, serde_bytes::ByteBuf},
+    pool::{RegistryExt, TaskWorker, run_task_worker},
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Registers this module's implementations.
+pub fn register(registry: Registry) -> Registry {
+    registry.raw::<Pranks>().task::<Blob>().task::<Fragile>()
+}
+
+/// What the relay does to a [`Trick`]'s reply.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub enum Prank {
+    /// Passes it on, as a well-behaved worker would.
+    AsIs,
+    /// Sends it twice.
+    Twice,
+    /// Sends the reply before it again instead (an answer to another task).
+    Stale,
+    /// Sends a frame header announcing 4 GiB instead.
+    BadHeader,
+}
+
+/// What a [`Pranks`] task does: answers `n`, after holding if asked, and plays `prank` with
+/// the reply.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Trick {
+    /// The answer.
+    pub n: u64,
+    /// What becomes of the reply.
+    pub prank: Prank,
+    /// Connect to the Unix socket at this path, write the worker's pid as one line and wait
+    /// for the other end to close before answering: a task that runs until told.
+    pub hold: Option<PathBuf>,
+    /// Bytes that only add weight to the task.
+    pub padding: ByteBuf,
+}
+
+impl Trick {
+    /// Answers `n` with `prank` played on the reply.
+    pub fn new(n: u64, prank: Prank) -> Self {
+        Trick {
+            n,
+            prank,
+            hold: None,
+            padding: ByteBuf::new(),
+        }
+    }
+
+    /// The same, `bytes` heavier.
+    pub fn padded(mut self, bytes: usize) -> Self {
+        self.padding = ByteBuf::from(vec![0u8; bytes]);
+        self
+    }
+
+    /// The same, once the socket at `path` lets it go.
+    pub fn held(mut self, path: PathBuf) -> Self {
+        self.hold = Some(path);
+        self
+    }
+}
+
+/// Pranks played and not yet applied, oldest first: the handler queues its prank before the
+/// runner writes the reply, and the relay applies it to the next reply it reads. (Tests wait
+/// for earlier replies before they submit a prank, so that "next" is the prank's own.)
+static PRANKS: Mutex<VecDeque<Prank>> = Mutex::new(VecDeque::new());
+
+/// A task worker whose replies pass through a relay that plays [`Trick`]s on its master.
+///
+/// Registered as a raw worker (the relay); the task runner serves behind it on a thread.
+#[derive(Debug)]
+pub struct Pranks;
+
+impl Worker for Pranks {
+    const NAME: &'static str = "pool-pranks";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(Pranks)
+    }
+}
+
+impl TaskWorker for Pranks {
+    type Item = Trick;
+    type Output = u64;
+    fn handle(&mut self, trick: Trick) -> Result<u64, String> {
+        if let Some(path) = trick.hold {
+            let mut stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
+            writeln!(stream, "{}", std::process::id()).map_err(|e| e.to_string())?;
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+        }
+        if trick.prank != Prank::AsIs {
+            PRANKS
+                .lock()
+                .map_err(|e| e.to_string())?
+                .push_back(trick.prank);
+        }
+        Ok(trick.n)
+    }
+}
+
+impl RawWorker for Pranks {
+    fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+        let (codec, max) = (channel.codec(), channel.max_frame_len());
+        let (mut relay, runner_end) = UnixStream::pair()?;
+        let runner = std::thread::spawn(move || -> Result<(), String> {
+            let reader = File::from(OwnedFd::from(
+                runner_end.try_clone().map_err(|e| e.to_string())?,
+            ));
+            let writer = exsyst_worker::worker::ChannelOutput::new(runner_end);
+            let mut inner = Channel::with_max_frame_len(reader, writer, codec, max);
+            run_task_worker(&mut Pranks, &mut inner).map_err(|e| e.to_string())
+        });
+        let mut replies = Channel::with_max_frame_len(
+            relay.try_clone()?,
+            File::from(channel.writer().as_fd().try_clone_to_owned()?),
+            codec,
+            max,
+        );
+        let relay_replies = std::thread::spawn(move || -> Result<(), String> {
+            let mut previous: Option<Vec<u8>> = None;
+            loop {
+                let (kind, payload) = match replies.receive_frame() {
+                    Ok(frame) => frame,
+                    Err(ChannelError::Closed) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let send = |replies: &mut Channel<_, _>, payload: &[u8]| {
+                    replies.send_raw(kind, payload).map_err(|e| e.to_string())
+                };
+                let prank = PRANKS
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .pop_front()
+                    .unwrap_or(Prank::AsIs);
+                match prank {
+                    Prank::AsIs => send(&mut replies, &payload)?,
+                    Prank::Twice => {
+                        send(&mut replies, &payload)?;
+                        send(&mut replies, &payload)?;
+                    }
+                    Prank::Stale => send(&mut replies, previous.as_deref().unwrap_or(&payload))?,
+                    Prank::BadHeader => {
+                        let writer = replies.writer_mut();
+                        writer
+                            .write_all(&[0xff, 0xff, 0xff, 0xff, 0])
+                            .and_then(|()| writer.flush())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                previous = Some(payload);
+            }
+        });
+        // Requests go to the runner unchanged.
+        let mut frame = Vec::new();
+        loop {
+            let (kind, payload) = match channel.receive_frame() {
+                Ok(frame) => frame,
+                Err(ChannelError::Closed) => break,
+                Err(e) => return Err(e.into()),
+            };
+            frame.clear();
+            encode_raw_frame(kind, &payload, max, &mut frame)?;
+            relay.write_all(&frame)?;
+        }
+        relay.shutdown(std::net::Shutdown::Write)?;
+        runner.join().map_err(|_| "the runner panicked")??;
+        relay_replies.join().map_err(|_| "the relay panicked")??;
+        Ok(())
+    }
+}
+
+/// Answers `n` with `n` bytes: results as large as asked, to cross the frame limit.
+#[derive(Debug)]
+pub struct Blob;
+
+impl Worker for Blob {
+    const NAME: &'static str = "pool-blob";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(Blob)
+    }
+}
+
+impl TaskWorker for Blob {
+    type Item = u32;
+    type Output = ByteBuf;
+    fn handle(&mut self, n: u32) -> Result<ByteBuf, String> {
+        Ok(ByteBuf::from(vec![7u8; n as usize]))
+    }
+}
+
+/// An item that travels as a number, except [`Item::Boom`], whose `Serialize` panics: user
+/// code that fails on the master's side of the channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// Travels as `n`.
+    Fine(u64),
+    /// Panics when serialized.
+    Boom,
+}
+
+impl Serialize for Item {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Item::Fine(n) => n.serialize(serializer),
+            Item::Boom => panic!("Item::Boom refuses to be serialized"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        u64::deserialize(deserializer).map(Item::Fine)
+    }
+}
+
+/// Answers [`Item::Fine`]`(n)` with `n`.
+#[derive(Debug)]
+pub struct Fragile;
+
+impl Worker for Fragile {
+    const NAME: &'static str = "pool-fragile";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(Fragile)
+    }
+}
+
+impl TaskWorker for Fragile {
+    type Item = Item;
+    type Output = u64;
+    fn handle(&mut self, item: Item) -> Result<u64, String> {
+        match item {
+            Item::Fine(n) => Ok(n),
+            Item::Boom => Err("a Boom arrived".into()),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Starting the pools' workers, and the restart limit that keeps a pool from restarting
+//! failing workers forever (the Erlang supervisor's intensity and period).
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use worker_bootstrap::{BootstrapProfile, DedicatedWorker};
+
+use crate::Error;
+
+/// Starts a pool's workers, first and replacements alike.
+#[derive(Debug, Clone)]
+pub(crate) struct Spawner {
+    profile: BootstrapProfile,
+    implementation: &'static str,
+}
+
+impl Spawner {
+    pub(crate) fn new(profile: BootstrapProfile, implementation: &'static str) -> Self {
+        Spawner {
+            profile,
+            implementation,
+        }
+    }
+
+    pub(crate) fn spawn(&self) -> Result<DedicatedWorker, Error> {
+        DedicatedWorker::spawn_named::<()>(&self.profile, self.implementation, None).map_err(
+            |source| Error::Spawn {
+                source: Arc::new(source),
+            },
+        )
+    }
+}
+
+/// At most `max` restarts within any `window`.
+#[derive(Debug)]
+pub(crate) struct RestartLimit {
+    max: u32,
+    window: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartLimit {
+    pub(crate) fn new(max: u32, window: Duration) -> Self {
+        RestartLimit {
+            max,
+            window,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Records a restart if the limit allows it; [`Error::PoolFailed`] with the reason when it
+    /// does not.
+    pub(crate) fn allow(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max as usize {
+            return Err(Error::PoolFailed {
+                reason: format!(
+                    "workers failed more than {} times within {:?}",
+                    self.max, self.window
+                ),
+            });
+        }
+        self.recent.push_back(now);
+        Ok(())
+    }
+}

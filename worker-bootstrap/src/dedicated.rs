@@ -163,6 +163,7 @@ impl DedicatedWorker {
         // limit apply to every frame after it.
         let connection = FramedConnection::new(pipes, Codec::MessagePack)
             .with_max_frame_len(MAX_INIT_FRAME_LEN)
+            .with_max_depth(profile.max_depth())
             .with_max_queued(buffer_bound);
         // Built before anything can fail, so that a failure ends and reaps the process.
         let mut worker = DedicatedWorker {

@@ -13,7 +13,7 @@ use std::{
 use exsyst_worker::{
     BootstrapProfile, DedicatedWorker,
     bootstrap::Error,
-    channel::serde_bytes::ByteBuf,
+    channel::{FrameKind, serde_bytes::ByteBuf},
     worker::{
         Poller,
         mio::{Interest, Token},
@@ -85,37 +85,9 @@ fn a1_a_master_with_default_sigpipe_survives_writing_to_a_dead_worker() {
 /// must be an error it can report (exit status 70), not a death by signal 13.
 #[test]
 fn a1_a_worker_with_default_sigpipe_survives_writing_to_a_master_that_left() {
-    let (master, child_end) = UnixStream::pair().unwrap();
-    let child_out = child_end.try_clone().unwrap();
-    let child = Command::new(support_test_worker())
-        .env("EXSYST_WORKER_IMPLEMENTATION", "hostile")
-        .stdin(Stdio::from(OwnedFd::from(child_end)))
-        .stdout(Stdio::from(OwnedFd::from(child_out)))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut master = master;
-    let mut init = Vec::new();
-    exsyst_worker::channel::encode_frame(
-        exsyst_worker::Codec::MessagePack,
-        exsyst_worker::channel::FrameKind::Control,
-        &InitFrame {
-            version: 1,
-            implementation: "hostile",
-        },
-        1 << 20,
-        &mut init,
-    )
-    .unwrap();
-    exsyst_worker::channel::encode_frame(
-        exsyst_worker::Codec::MessagePack,
-        exsyst_worker::channel::FrameKind::Data,
-        &Act::StreamWithDefaultSigpipe,
-        1 << 20,
-        &mut init,
-    )
-    .unwrap();
-    master.write_all(&init).unwrap();
+    let (mut master, child) = start_on_socket_pair("hostile");
+    let act = frame(FrameKind::Data, &Act::StreamWithDefaultSigpipe);
+    master.write_all(&act).unwrap();
     // The worker is streaming once its first bytes arrive; then the master stops reading (a
     // plain close would reset the connection, as unread bytes are left: no SIGPIPE then).
     let mut first = [0u8; 64];
@@ -129,6 +101,67 @@ fn a1_a_worker_with_default_sigpipe_survives_writing_to_a_master_that_left() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The same for an evented worker, whose replies go out through the event loop's non-blocking
+/// channel: the master stops reading, then asks for one more reply. Writing it must be an error
+/// the worker handles (its master is gone: it ends with status 0), not a death by signal 13.
+#[test]
+fn a1_an_evented_worker_with_default_sigpipe_survives_replying_to_a_master_that_left() {
+    let (mut master, child) = start_on_socket_pair("default-sigpipe");
+    master.write_all(&frame(FrameKind::Data, &1u32)).unwrap();
+    // The worker answers: it runs, with SIGPIPE's default action.
+    let reply = frame(FrameKind::Data, &1u32);
+    let mut got = vec![0u8; reply.len()];
+    master.read_exact(&mut got).unwrap();
+    assert_eq!(got, reply);
+    // The master stops reading (its writing side stays open, so the worker sees no end of its
+    // input), then asks again: the reply meets a reader that is gone.
+    master.shutdown(std::net::Shutdown::Read).unwrap();
+    master.write_all(&frame(FrameKind::Data, &2u32)).unwrap();
+    let output = child.wait_with_output().unwrap();
+    drop(master);
+    assert_eq!(
+        (output.status.signal(), output.status.code()),
+        (None, Some(0)),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Starts `implementation` as a hand-written master would, over a socket pair (what a foreign
+/// master may give its workers), and sends its init frame; returns the master's end.
+fn start_on_socket_pair(implementation: &'static str) -> (UnixStream, std::process::Child) {
+    let (mut master, child_end) = UnixStream::pair().unwrap();
+    let child_out = child_end.try_clone().unwrap();
+    let child = Command::new(support_test_worker())
+        .env("EXSYST_WORKER_IMPLEMENTATION", implementation)
+        .stdin(Stdio::from(OwnedFd::from(child_end)))
+        .stdout(Stdio::from(OwnedFd::from(child_out)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let init = InitFrame {
+        version: 1,
+        implementation,
+    };
+    let init = frame(FrameKind::Control, &init);
+    master.write_all(&init).unwrap();
+    (master, child)
+}
+
+/// One MessagePack frame of `kind` carrying `message`, as a hand-written master writes it.
+fn frame<T: serde::Serialize>(kind: FrameKind, message: &T) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    exsyst_worker::channel::encode_frame(
+        exsyst_worker::Codec::MessagePack,
+        kind,
+        message,
+        1 << 20,
+        &mut bytes,
+    )
+    .unwrap();
+    bytes
 }
 
 #[derive(serde::Serialize)]

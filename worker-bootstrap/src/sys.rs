@@ -10,20 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use worker_core::syscall;
-
-/// Puts a descriptor in non-blocking mode.
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor the caller borrows; flags only.
-    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-    // SAFETY: as above.
-    syscall!(fcntl(
-        fd.as_raw_fd(),
-        libc::F_SETFL,
-        flags | libc::O_NONBLOCK
-    ))?;
-    Ok(())
-}
+use worker_core::{sys, syscall};
 
 /// The most descriptors [`poll`] waits on at once: a worker's output, input and pidfd.
 pub(crate) const MAX_POLL_FDS: usize = 3;
@@ -157,8 +144,8 @@ impl Pipes {
     pub(crate) fn new() -> io::Result<(Pipes, ChildEnds)> {
         let (stdin, input) = pipe()?;
         let (output, stdout) = pipe()?;
-        set_nonblocking(input.as_fd())?;
-        set_nonblocking(output.as_fd())?;
+        sys::set_nonblocking(input.as_fd(), true)?;
+        sys::set_nonblocking(output.as_fd(), true)?;
         let pipes = Pipes {
             output,
             input: Some(input),

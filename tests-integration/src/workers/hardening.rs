@@ -1,5 +1,5 @@
 //! Workers for the bootstrap hardening scenarios: an evented worker that will not take a hint,
-//! and a daemon started detached.
+//! one that dies of SIGPIPE if it can, and a daemon started detached.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -14,7 +14,10 @@ use exsyst_worker::{
 
 /// Registers this module's implementations.
 pub fn register(registry: Registry) -> Registry {
-    registry.evented::<Stubborn>().raw::<Daemon>()
+    registry
+        .evented::<Stubborn>()
+        .evented::<DefaultSigpipe>()
+        .raw::<Daemon>()
 }
 
 /// An evented worker that ignores SIGTERM and SIGALRM (as servers that drain gracefully often
@@ -47,6 +50,38 @@ impl EventedWorker for Stubborn {
         self.timer = Some(event_loop.add_periodic_timer(Duration::from_millis(50), |_, _| Ok(())));
         Ok(())
     }
+
+    fn on_message(
+        &mut self,
+        n: u32,
+        connection: &mut Connection<u32>,
+        _: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        connection.send(&n)?;
+        Ok(())
+    }
+}
+
+/// An evented worker that restores the default action of SIGPIPE (death), as a program that
+/// pipes into `head` does, then echoes every number.
+#[derive(Debug)]
+pub struct DefaultSigpipe;
+
+impl Worker for DefaultSigpipe {
+    const NAME: &'static str = "default-sigpipe";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        // SAFETY: restores a default disposition; installs no handler.
+        if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(DefaultSigpipe)
+    }
+}
+
+impl EventedWorker for DefaultSigpipe {
+    type Message = u32;
+    type Reply = u32;
 
     fn on_message(
         &mut self,

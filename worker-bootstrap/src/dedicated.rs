@@ -637,8 +637,10 @@ impl DedicatedWorker {
 
     fn exited_error(&self) -> Option<Error> {
         let pid = self.pid;
+        // Checked on every send: nothing is allocated while the worker lives.
+        let exited = self.exited.as_ref()?;
         let implementation = self.implementation.clone();
-        match self.exited.as_ref()? {
+        match exited {
             Exited::Status(status, stderr_tail) => Some(Error::WorkerExited {
                 pid,
                 implementation,

@@ -1,5 +1,5 @@
 //! Workers for the bootstrap hardening scenarios: an evented worker that will not take a hint,
-//! one that dies of SIGPIPE if it can, and a daemon started detached.
+//! a daemon started detached, and a hook that gives SIGPIPE its default action back.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -16,8 +16,21 @@ use exsyst_worker::{
 pub fn register(registry: Registry) -> Registry {
     registry
         .evented::<Stubborn>()
-        .evented::<DefaultSigpipe>()
         .raw::<Daemon>()
+        .before_hook(DEFAULT_SIGPIPE, default_sigpipe)
+}
+
+/// The before-construction hook that restores the default action of SIGPIPE (death), as a
+/// program that pipes into `head` does: a worker run with it dies of any write that raises
+/// SIGPIPE.
+pub const DEFAULT_SIGPIPE: &str = "default-sigpipe";
+
+fn default_sigpipe() -> Result<(), BoxError> {
+    // SAFETY: restores a default disposition; installs no handler.
+    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 /// An evented worker that ignores SIGTERM and SIGALRM (as servers that drain gracefully often
@@ -50,38 +63,6 @@ impl EventedWorker for Stubborn {
         self.timer = Some(event_loop.add_periodic_timer(Duration::from_millis(50), |_, _| Ok(())));
         Ok(())
     }
-
-    fn on_message(
-        &mut self,
-        n: u32,
-        connection: &mut Connection<u32>,
-        _: &mut WorkerLoop<Self>,
-    ) -> Result<(), BoxError> {
-        connection.send(&n)?;
-        Ok(())
-    }
-}
-
-/// An evented worker that restores the default action of SIGPIPE (death), as a program that
-/// pipes into `head` does, then echoes every number.
-#[derive(Debug)]
-pub struct DefaultSigpipe;
-
-impl Worker for DefaultSigpipe {
-    const NAME: &'static str = "default-sigpipe";
-    type Args = ();
-    fn new((): ()) -> Result<Self, BoxError> {
-        // SAFETY: restores a default disposition; installs no handler.
-        if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(DefaultSigpipe)
-    }
-}
-
-impl EventedWorker for DefaultSigpipe {
-    type Message = u32;
-    type Reply = u32;
 
     fn on_message(
         &mut self,

@@ -13,7 +13,7 @@ use std::{
 use exsyst_worker::{
     BootstrapProfile, DedicatedWorker,
     bootstrap::Error,
-    channel::serde_bytes::ByteBuf,
+    channel::{FrameKind, serde_bytes::ByteBuf},
     worker::{
         Poller,
         mio::{Interest, Token},
@@ -23,6 +23,7 @@ use tests_integration::{
     hardening_scenarios::variant,
     workers::{
         dedicated::Squarer,
+        hardening::DEFAULT_SIGPIPE,
         hostile::{Act, Hostile},
     },
 };
@@ -85,60 +86,97 @@ fn a1_a_master_with_default_sigpipe_survives_writing_to_a_dead_worker() {
 /// must be an error it can report (exit status 70), not a death by signal 13.
 #[test]
 fn a1_a_worker_with_default_sigpipe_survives_writing_to_a_master_that_left() {
-    let (master, child_end) = UnixStream::pair().unwrap();
-    let child_out = child_end.try_clone().unwrap();
-    let child = Command::new(support_test_worker())
-        .env("EXSYST_WORKER_IMPLEMENTATION", "hostile")
-        .stdin(Stdio::from(OwnedFd::from(child_end)))
-        .stdout(Stdio::from(OwnedFd::from(child_out)))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut master = master;
-    let mut init = Vec::new();
-    exsyst_worker::channel::encode_frame(
-        exsyst_worker::Codec::MessagePack,
-        exsyst_worker::channel::FrameKind::Control,
-        &InitFrame {
-            version: 1,
-            implementation: "hostile",
-        },
-        1 << 20,
-        &mut init,
-    )
-    .unwrap();
-    exsyst_worker::channel::encode_frame(
-        exsyst_worker::Codec::MessagePack,
-        exsyst_worker::channel::FrameKind::Data,
-        &Act::StreamWithDefaultSigpipe,
-        1 << 20,
-        &mut init,
-    )
-    .unwrap();
-    master.write_all(&init).unwrap();
+    let (mut master, child) = start_on_socket_pair(InitFrame {
+        version: 1,
+        implementation: "hostile",
+        args: None,
+        before_hooks: Vec::new(),
+    });
+    let act = frame(FrameKind::Data, &Act::StreamWithDefaultSigpipe);
+    master.write_all(&act).unwrap();
     // The worker is streaming once its first bytes arrive; then the master stops reading (a
     // plain close would reset the connection, as unread bytes are left: no SIGPIPE then).
     let mut first = [0u8; 64];
     master.read_exact(&mut first).unwrap();
     master.shutdown(std::net::Shutdown::Read).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let (exit, stderr) = signal_and_code(child);
     drop(master);
-    assert_eq!(
-        (output.status.signal(), output.status.code()),
-        (None, Some(70)),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(exit, (None, Some(70)), "{stderr}");
 }
 
+/// The same for an evented worker, whose replies go out through the event loop's non-blocking
+/// channel: the master stops reading, then asks for one more reply. Writing it must be an error
+/// the worker handles (its master is gone: it ends with status 0), not a death by signal 13.
+#[test]
+fn a1_an_evented_worker_with_default_sigpipe_survives_replying_to_a_master_that_left() {
+    let (mut master, child) = start_on_socket_pair(InitFrame {
+        version: 1,
+        implementation: "evented-echo",
+        // Nothing sent before the first message.
+        args: Some(ByteBuf::from(
+            exsyst_worker::Codec::MessagePack.encode(&0usize).unwrap(),
+        )),
+        before_hooks: vec![DEFAULT_SIGPIPE],
+    });
+    let request = frame(FrameKind::Data, &ByteBuf::from(vec![1u8; 16]));
+    master.write_all(&request).unwrap();
+    // The worker answers: it runs, with SIGPIPE's default action.
+    let mut reply = vec![0u8; request.len()];
+    master.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, request);
+    // The master stops reading (its writing side stays open, so the worker sees no end of its
+    // input), then asks again: the reply meets a reader that is gone.
+    master.shutdown(std::net::Shutdown::Read).unwrap();
+    master.write_all(&request).unwrap();
+    let (exit, stderr) = signal_and_code(child);
+    drop(master);
+    assert_eq!(exit, (None, Some(0)), "{stderr}");
+}
+
+/// Starts a worker as a hand-written master would, over a socket pair (what a foreign master may
+/// give its workers), and sends it `init`; returns the master's end.
+fn start_on_socket_pair(init: InitFrame) -> (UnixStream, std::process::Child) {
+    let (mut master, child_end) = UnixStream::pair().unwrap();
+    let child_out = child_end.try_clone().unwrap();
+    let child = Command::new(test_worker())
+        .env("EXSYST_WORKER_IMPLEMENTATION", init.implementation)
+        .stdin(Stdio::from(OwnedFd::from(child_end)))
+        .stdout(Stdio::from(OwnedFd::from(child_out)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    master.write_all(&frame(FrameKind::Control, &init)).unwrap();
+    (master, child)
+}
+
+/// Waits for `child` to end: (signal, exit code), and its standard error.
+fn signal_and_code(child: std::process::Child) -> ((Option<i32>, Option<i32>), String) {
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ((output.status.signal(), output.status.code()), stderr)
+}
+
+/// One MessagePack frame of `kind` carrying `message`, as a hand-written master writes it.
+fn frame<T: serde::Serialize>(kind: FrameKind, message: &T) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    exsyst_worker::channel::encode_frame(
+        exsyst_worker::Codec::MessagePack,
+        kind,
+        message,
+        1 << 20,
+        &mut bytes,
+    )
+    .unwrap();
+    bytes
+}
+
+/// The init frame of the protocol guide, with what these tests need of it.
 #[derive(serde::Serialize)]
 struct InitFrame {
     version: u32,
     implementation: &'static str,
-}
-
-fn support_test_worker() -> PathBuf {
-    test_worker()
+    args: Option<ByteBuf>,
+    before_hooks: Vec<&'static str>,
 }
 
 // A3: a worker that closes its channel and lingers.

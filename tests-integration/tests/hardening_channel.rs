@@ -1,9 +1,10 @@
 //! Issue 8 (A2): a reply nested far deeper than any real message is a typed error for the
-//! master, which lives on, with both codecs, through a dedicated worker and through a pool.
+//! master, which lives on, with both codecs, through a dedicated worker and through a pool; the
+//! profile's depth limit holds on both sides.
 
 use exsyst_worker::{
-    Codec, WorkerFactory,
-    bootstrap::Error as Bootstrap,
+    BootstrapProfile, Codec, DedicatedWorker, StderrMode, WorkerFactory,
+    bootstrap::{EXIT_FAILURE, Error as Bootstrap},
     channel::{DEFAULT_MAX_DEPTH, Error as ChannelError},
     pool::Error as PoolError,
 };
@@ -82,4 +83,73 @@ fn a_pool_receive_of_a_nested_reply_is_a_typed_error_and_the_pool_goes_on() {
             assert_eq!((from, text), (index, format!("worker {index}")));
         }
     }
+}
+
+/// The profile's depth limit, not the default one, on both sides of the channel.
+const SHALLOW: u32 = 8;
+
+#[test]
+fn the_profiles_depth_limit_holds_in_the_master() {
+    let profile = profile().with_max_depth(SHALLOW);
+    for codec in [Codec::MessagePack, Codec::Json] {
+        let mut w = DedicatedWorker::spawn::<Hostile>(&profile.clone().with_codec(codec)).unwrap();
+        // Far below the default limit, above this one.
+        w.send_message(&Act::Nested(100)).unwrap();
+        match w.receive_message::<Expr>() {
+            Err(Bootstrap::Channel {
+                source:
+                    ChannelError::TooDeep {
+                        codec: c,
+                        max_depth,
+                    },
+                ..
+            }) => assert_eq!((c, max_depth), (codec, SHALLOW)),
+            other => panic!("{codec}: expected TooDeep, got {other:?}"),
+        }
+        w.send_message(&Act::Nested(SHALLOW - 2)).unwrap();
+        assert!(matches!(w.receive_message::<Expr>(), Ok(Expr::Neg(_))));
+        assert_eq!(w.close().unwrap().code(), Some(0), "{codec}");
+    }
+}
+
+#[test]
+fn the_profiles_depth_limit_holds_in_the_worker() {
+    let profile = profile()
+        .with_max_depth(SHALLOW)
+        .with_stderr(StderrMode::Capture);
+    for codec in [Codec::MessagePack, Codec::Json] {
+        let mut w = DedicatedWorker::spawn::<Hostile>(&profile.clone().with_codec(codec)).unwrap();
+        let mut deep = Expr::Lit(0);
+        for _ in 0..100 {
+            deep = Expr::Neg(Box::new(deep));
+        }
+        // Not an `Act`: with the default limit the worker would fail to decode it; with this
+        // one it refuses it for its depth before decoding.
+        w.send_message(&deep).unwrap();
+        match w.receive_message::<String>() {
+            Err(Bootstrap::WorkerExited {
+                status,
+                stderr_tail,
+                ..
+            }) => {
+                assert_eq!(status.code(), Some(EXIT_FAILURE), "{stderr_tail}");
+                let said = format!("{codec} payload nested deeper than {SHALLOW} levels");
+                assert!(stderr_tail.contains(&said), "{codec}: {stderr_tail}");
+            }
+            other => panic!("{codec}: expected WorkerExited, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_depth_limit_of_zero_is_a_configuration_error_and_the_default_is_kept_by_old_profiles() {
+    match DedicatedWorker::spawn::<Hostile>(&profile().with_max_depth(0)) {
+        Err(Bootstrap::Config(what)) => assert!(what.contains("max_depth"), "{what}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    let old: BootstrapProfile = serde_json::from_str(r#"{"max_frame_len": 1024}"#).unwrap();
+    assert_eq!(
+        (old.max_frame_len(), old.max_depth()),
+        (1024, DEFAULT_MAX_DEPTH)
+    );
 }

@@ -8,7 +8,7 @@ use std::{
 
 use serde::{Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
-use worker_channel::{Codec, FrameDecoder, FrameKind, encode_frame};
+use worker_channel::{Codec, FrameKind, FramedConnection};
 use worker_core::{
     Worker,
     mio::{Interest, Registry, Token, event::Source, unix::SourceFd},
@@ -32,8 +32,9 @@ const STDERR_DRAIN_WAIT: Duration = Duration::from_millis(500);
 const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
 
 /// The bound of what is buffered in either direction beyond what the caller asked for: received
-/// bytes during a send, queued bytes of [`DedicatedWorker::queue_message`]. Twice the maximum
-/// frame length, so two large messages can always cross, and at least 1 MiB.
+/// bytes during a send, queued bytes of [`DedicatedWorker::queue_message`] (the connection's
+/// queue bound). Twice the maximum frame length, so two large messages can always cross, and at
+/// least 1 MiB.
 fn buffer_bound(max_frame_len: u32) -> usize {
     (2 * (max_frame_len as usize + worker_channel::HEADER_LEN)).max(1 << 20)
 }
@@ -64,24 +65,18 @@ pub struct DedicatedWorker {
     implementation: String,
     pid: u32,
     process: Process,
-    pipes: Pipes,
+    /// The framing, over the channel's pipes: the one read buffer and decoder, the one queue,
+    /// the codec and the limits. The blocking calls wait for readiness with `poll(2)` (on the
+    /// pipes and the pidfd) between its non-blocking calls.
+    connection: FramedConnection<Pipes>,
     /// Whether the worker's input is registered in a `mio` registry (see the `Source` impl).
     input_registered: bool,
     stderr: Option<StderrTail>,
     grace: Duration,
     /// Set once the worker is reaped (or found reaped by someone else).
     exited: Option<Exited>,
-    /// The bound of received bytes buffered during a send, and of queued bytes.
+    /// The bound of received bytes buffered during a send (the queue's bound is the same).
     buffer_bound: usize,
-    // The framing: a decoder for what comes in, one buffer for what goes out.
-    decoder: FrameDecoder,
-    /// The worker closed its end of the channel (end of stream read).
-    eof: bool,
-    codec: Codec,
-    max_frame_len: u32,
-    out: Vec<u8>,
-    /// Bytes of `out` already written.
-    out_pos: usize,
     /// A send gave up half-way through a frame: the stream can no longer be trusted.
     broken: bool,
 }
@@ -103,13 +98,6 @@ enum Wait {
     Exited,
     /// The deadline passed.
     Timeout,
-}
-
-/// What one read from the channel gave.
-enum Read {
-    Data,
-    End,
-    Nothing,
 }
 
 impl DedicatedWorker {
@@ -170,37 +158,30 @@ impl DedicatedWorker {
             stderr,
             init,
         } = spawn::spawn(profile, implementation, args, extensions, mode)?;
+        let buffer_bound = buffer_bound(profile.max_frame_len());
+        // The init frame is always MessagePack, within its own limit; the profile's codec and
+        // limit apply to every frame after it.
+        let connection = FramedConnection::new(pipes, Codec::MessagePack)
+            .with_max_frame_len(MAX_INIT_FRAME_LEN)
+            .with_max_depth(profile.max_depth())
+            .with_max_queued(buffer_bound);
+        // Built before anything can fail, so that a failure ends and reaps the process.
         let mut worker = DedicatedWorker {
             implementation: implementation.to_owned(),
             pid: process.pid(),
             process,
-            pipes,
+            connection,
             input_registered: false,
             stderr,
             grace: profile.close_grace(),
             exited: None,
-            buffer_bound: buffer_bound(profile.max_frame_len()),
-            decoder: FrameDecoder::new(profile.max_frame_len()),
-            eof: false,
-            codec: profile.codec(),
-            max_frame_len: profile.max_frame_len(),
-            out: Vec::new(),
-            out_pos: 0,
+            buffer_bound,
             broken: false,
         };
-        let channel = |source| Error::Channel {
-            pid: worker.pid,
-            source,
-        };
-        encode_frame(
-            Codec::MessagePack,
-            FrameKind::Control,
-            &init,
-            MAX_INIT_FRAME_LEN,
-            &mut worker.out,
-        )
-        .map_err(channel)?;
-        worker.write_out(None, 0)?;
+        worker.queue(FrameKind::Control, &init)?;
+        worker.connection.set_codec(profile.codec());
+        worker.connection.set_max_frame_len(profile.max_frame_len());
+        worker.write_out(None, true)?;
         Ok(worker)
     }
 
@@ -216,7 +197,7 @@ impl DedicatedWorker {
 
     /// The channel's codec.
     pub fn codec(&self) -> Codec {
-        self.codec
+        self.connection.codec()
     }
 
     /// Sends one message.
@@ -259,8 +240,13 @@ impl DedicatedWorker {
         if let Some(e) = self.unusable() {
             return Err(e);
         }
-        let frame_start = self.encode(message)?;
-        self.write_out(deadline, frame_start)
+        // What `queue_message` left goes first, so the frame of this call is all that is queued
+        // when it is written, and a send that gives up before writing any of it takes it back.
+        if self.connection.queued_bytes() > 0 {
+            self.write_out(deadline, false)?;
+        }
+        self.queue(FrameKind::Data, message)?;
+        self.write_out(deadline, true)
     }
 
     /// Queues one message and writes what the channel takes now, without waiting.
@@ -273,15 +259,7 @@ impl DedicatedWorker {
         if let Some(e) = self.unusable() {
             return Err(e);
         }
-        let queued = self.queued_bytes();
-        if queued >= self.buffer_bound {
-            return Err(Error::QueueFull {
-                pid: self.pid,
-                queued,
-                limit: self.buffer_bound,
-            });
-        }
-        self.encode(message)?;
+        self.queue(FrameKind::Data, message)?;
         self.flush().map(drop)
     }
 
@@ -291,27 +269,16 @@ impl DedicatedWorker {
         if let Some(e) = self.unusable() {
             return Err(e);
         }
-        while self.out_pos < self.out.len() {
-            match self.pipes.write(&self.out[self.out_pos..]) {
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if is_peer_gone(&e) => return Err(self.ended()),
-                Err(source) => {
-                    return Err(Error::Io {
-                        pid: self.pid,
-                        source,
-                    });
-                }
-            }
+        let empty = self.connection.flush().map_err(|e| error(self.pid, e))?;
+        if self.connection.is_write_closed() {
+            return Err(self.ended());
         }
-        self.sent_all();
-        Ok(true)
+        Ok(empty)
     }
 
     /// Bytes queued by [`queue_message`](Self::queue_message) and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.connection.queued_bytes()
     }
 
     /// Receives one message, blocking until it arrives or the worker ends.
@@ -347,7 +314,7 @@ impl DedicatedWorker {
 
     /// Whether a whole message is already buffered, so the next receive returns without reading.
     pub fn has_buffered_message(&self) -> bool {
-        self.decoder.has_frame()
+        self.connection.has_buffered_frame()
     }
 
     /// How the worker exited, if it has, without waiting: it is reaped then (its remaining
@@ -382,26 +349,47 @@ impl DedicatedWorker {
             return Err(Error::ChannelBroken { pid: self.pid });
         }
         loop {
-            if let Some(message) = self.decode(kind)? {
+            if self.exited.is_some() {
+                // A dead worker's last bytes (or a grandchild's) are read without waiting.
+                self.connection.note_readable();
+            }
+            if let Some(message) = self.try_receive(kind)? {
                 return Ok(Some(message));
             }
-            if self.eof || self.exited.is_some() {
-                // A dead worker's last bytes (or a grandchild's) are read without waiting.
-                if !self.eof && matches!(self.read_once()?, Read::Data | Read::End) {
-                    continue;
-                }
+            if self.exited.is_some() {
                 return Err(self.ended());
             }
             match self.wait(deadline, false)? {
-                Wait::Readable => {
-                    self.read_once()?;
-                }
+                Wait::Readable => self.connection.note_readable(),
                 Wait::Exited => {
                     self.died();
                 }
                 Wait::Timeout => return Ok(None),
                 Wait::Writable => unreachable!("not asked for"),
             }
+        }
+    }
+
+    /// The next message of `kind`: one already buffered, or one the channel gives without
+    /// waiting. The end of the worker's output is the error that says how its channel ended.
+    fn try_receive<T: DeserializeOwned>(&mut self, kind: FrameKind) -> Result<Option<T>, Error> {
+        let pid = self.pid;
+        let (codec, max_depth) = (self.connection.codec(), self.connection.max_depth());
+        match self.connection.try_receive_frame() {
+            Ok(Some(frame)) if frame.kind == kind => codec
+                .decode_with_max_depth(frame.payload, max_depth)
+                .map(Some)
+                .map_err(|source| Error::Channel { pid, source }),
+            Ok(Some(frame)) => Err(Error::Channel {
+                pid,
+                source: worker_channel::Error::UnexpectedFrameKind { kind: frame.kind },
+            }),
+            Ok(None) => Ok(None),
+            // Between frames or inside one: the worker is done with its channel either way.
+            Err(worker_channel::Error::Closed | worker_channel::Error::Truncated { .. }) => {
+                Err(self.ended())
+            }
+            Err(e) => Err(error(pid, e)),
         }
     }
 
@@ -437,7 +425,7 @@ impl DedicatedWorker {
             return;
         }
         let deadline = worker_core::deadline_after(self.grace);
-        match self.pipes.try_clone() {
+        match self.connection.transport().try_clone() {
             Ok(pipes) => reaper::hand_over(self.process.hand_over(), pipes, deadline),
             // Without a descriptor to spare, end it here, at once.
             Err(_) => {
@@ -446,57 +434,33 @@ impl DedicatedWorker {
         }
     }
 
-    fn encode<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<usize, Error> {
-        // Keep the queue's unsent part at the front once most of it is sent, so it cannot creep.
-        if self.out_pos > 0 && self.out_pos >= self.out.len() / 2 {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
+    /// Queues one frame; nothing is queued when it is refused.
+    fn queue<T: Serialize + ?Sized>(&mut self, kind: FrameKind, message: &T) -> Result<(), Error> {
+        if self.connection.is_write_closed() {
+            return Err(self.ended());
         }
-        let frame_start = self.out.len();
-        encode_frame(
-            self.codec,
-            FrameKind::Data,
-            message,
-            self.max_frame_len,
-            &mut self.out,
-        )
-        .map_err(|source| {
-            self.out.truncate(frame_start);
-            Error::Channel {
-                pid: self.pid,
-                source,
-            }
-        })?;
-        Ok(frame_start)
+        self.connection
+            .queue(kind, message)
+            .map_err(|e| error(self.pid, e))
     }
 
-    /// Everything queued was written: the buffer is reset, and a very large one given back.
-    fn sent_all(&mut self) {
-        self.out.clear();
-        self.out_pos = 0;
-        if self.out.capacity() > 4 << 20 {
-            self.out = Vec::new();
-        }
-    }
-
-    /// Writes `self.out` whole, reading the worker's output whenever the channel is full (up to
-    /// the buffer bound), until `deadline`. `frame_start` is where the message of this call
-    /// begins in `out`: giving up before any of it was written takes it back out, whole.
-    fn write_out(&mut self, deadline: Option<Instant>, frame_start: usize) -> Result<(), Error> {
+    /// Writes the queue whole, reading the worker's output whenever the channel is full (up to
+    /// the buffer bound), until `deadline`. With `own_frame`, the queue is one frame of this
+    /// call: giving up before any of it was written takes it back, whole, and giving up
+    /// part-way through it breaks the channel.
+    fn write_out(&mut self, deadline: Option<Instant>, own_frame: bool) -> Result<(), Error> {
         let pid = self.pid;
-        while self.out_pos < self.out.len() {
-            match self.pipes.write(&self.out[self.out_pos..]) {
-                Ok(n) => {
-                    self.out_pos += n;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if is_peer_gone(&e) => return Err(self.ended()),
-                Err(source) => return Err(Error::Io { pid, source }),
+        let frame_len = self.connection.queued_bytes();
+        loop {
+            let empty = self.connection.flush().map_err(|e| error(pid, e))?;
+            if self.connection.is_write_closed() {
+                return Err(self.ended());
             }
-            let buffered = self.decoder.buffered();
-            let failure = if self.eof {
+            if empty {
+                return Ok(());
+            }
+            let buffered = self.connection.buffered_bytes();
+            let failure = if self.connection.is_read_closed() {
                 // Its output ended and it takes no input: it is done (or exiting).
                 Some(self.ended())
             } else if buffered >= self.buffer_bound {
@@ -508,10 +472,13 @@ impl DedicatedWorker {
             } else {
                 match self.wait(deadline, true)? {
                     Wait::Writable => None,
-                    Wait::Readable => {
-                        self.read_once_within(self.buffer_bound)?;
-                        None
-                    }
+                    Wait::Readable => match self.connection.read_ahead(self.buffer_bound) {
+                        Ok(_) => None,
+                        Err(e @ worker_channel::Error::ReceiveBufferFull { .. }) => {
+                            Some(error(pid, e))
+                        }
+                        Err(e) => return Err(error(pid, e)),
+                    },
                     // A dead worker reads nothing more: what it sent stays for the receives.
                     Wait::Exited => Some(self.died()),
                     Wait::Timeout => Some(Error::Timeout {
@@ -520,35 +487,36 @@ impl DedicatedWorker {
                     }),
                 }
             };
-            if let Some(error) = failure {
-                if self.out_pos <= frame_start {
-                    self.out.truncate(frame_start);
-                } else {
-                    self.broken = true;
+            if let Some(failure) = failure {
+                if own_frame {
+                    if self.connection.queued_bytes() == frame_len {
+                        self.connection.discard_queued();
+                    } else {
+                        self.broken = true;
+                    }
                 }
-                return Err(error);
+                return Err(failure);
             }
         }
-        self.sent_all();
-        Ok(())
     }
 
     /// Waits until the channel is readable (or, with `write`, writable), the process exits, or
     /// `deadline` passes. Once the worker's output has ended, or the receive buffer is at its
     /// bound during a send, only writability and exit are waited for.
-    fn wait(&mut self, deadline: Option<Instant>, write: bool) -> Result<Wait, Error> {
+    fn wait(&self, deadline: Option<Instant>, write: bool) -> Result<Wait, Error> {
         let pid = self.pid;
-        let full = write && self.decoder.buffered() >= self.buffer_bound;
-        let read = !(self.eof || full);
-        let mut fds = [(self.pipes.output(), false, false); sys::MAX_POLL_FDS];
+        let pipes = self.connection.transport();
+        let full = write && self.connection.buffered_bytes() >= self.buffer_bound;
+        let read = !(self.connection.is_read_closed() || full);
+        let mut fds = [(pipes.output(), false, false); sys::MAX_POLL_FDS];
         let mut n = 0;
         let mut slot = |fd, r, w| {
             fds[n] = (fd, r, w);
             n += 1;
             n - 1
         };
-        let output = read.then(|| slot(self.pipes.output(), true, false));
-        let input = match self.pipes.input() {
+        let output = read.then(|| slot(pipes.output(), true, false));
+        let input = match pipes.input() {
             Some(input) if write => Some(slot(input, false, true)),
             _ => None,
         };
@@ -595,53 +563,6 @@ impl DedicatedWorker {
                 return Ok(Wait::Writable);
             }
         }
-    }
-
-    /// Reads once from the channel, without waiting.
-    fn read_once(&mut self) -> Result<Read, Error> {
-        self.read_once_within(usize::MAX)
-    }
-
-    /// Reads once from the channel, without waiting, keeping what the decoder holds within
-    /// `bound` bytes.
-    fn read_once_within(&mut self, bound: usize) -> Result<Read, Error> {
-        let room = bound.saturating_sub(self.decoder.buffered()).max(1);
-        loop {
-            let mut reader = Limited(&mut self.pipes, room);
-            return match self.decoder.read_from(&mut reader) {
-                Ok(0) => {
-                    self.eof = true;
-                    Ok(Read::End)
-                }
-                Ok(_) => Ok(Read::Data),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Read::Nothing),
-                // The worker closed its end with our bytes unread: an end all the same.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    self.eof = true;
-                    Ok(Read::End)
-                }
-                Err(source) => Err(Error::Io {
-                    pid: self.pid,
-                    source,
-                }),
-            };
-        }
-    }
-
-    /// Takes the next message out of the decoder, if a whole one is there.
-    fn decode<T: DeserializeOwned>(&mut self, kind: FrameKind) -> Result<Option<T>, Error> {
-        let pid = self.pid;
-        let channel = |source| Error::Channel { pid, source };
-        let Some(frame) = self.decoder.decode().map_err(channel)? else {
-            return Ok(None);
-        };
-        if frame.kind != kind {
-            return Err(channel(worker_channel::Error::UnexpectedFrameKind {
-                kind: frame.kind,
-            }));
-        }
-        self.codec.decode(frame.payload).map(Some).map_err(channel)
     }
 
     /// The process exited (its pidfd said so): reaps it and returns the error that says how it
@@ -716,8 +637,10 @@ impl DedicatedWorker {
 
     fn exited_error(&self) -> Option<Error> {
         let pid = self.pid;
+        // Checked on every send: nothing is allocated while the worker lives.
+        let exited = self.exited.as_ref()?;
         let implementation = self.implementation.clone();
-        match self.exited.as_ref()? {
+        match exited {
             Exited::Status(status, stderr_tail) => Some(Error::WorkerExited {
                 pid,
                 implementation,
@@ -739,29 +662,25 @@ impl DedicatedWorker {
         let pid = self.pid;
         let io = |source| Error::Io { pid, source };
         let deadline = worker_core::deadline_after(self.grace);
-        if self.queued_bytes() > 0 && !self.broken {
-            let _ = self.write_out(deadline, self.out.len());
+        if self.connection.queued_bytes() > 0 && !self.broken {
+            let _ = self.write_out(deadline, false);
         }
-        self.pipes.close_input();
+        self.connection.transport_mut().close_input();
         // Read and drop what the worker still sends, until it exits or the grace period ends.
-        let mut scratch = [0u8; 16 * 1024];
+        let mut ended = self.connection.is_read_closed();
         loop {
-            if self.eof {
+            if ended {
                 self.process.wait_exited(deadline).map_err(io)?;
                 break;
             }
             match self.wait(deadline, false)? {
-                Wait::Readable => match io::Read::read(&mut self.pipes, &mut scratch) {
-                    Ok(0) => self.eof = true,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => self.eof = true,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                        ) => {}
-                    Err(e) => return Err(io(e)),
-                },
+                Wait::Readable => {
+                    ended = self
+                        .connection
+                        .transport_mut()
+                        .discard_output()
+                        .map_err(io)?;
+                }
                 Wait::Exited | Wait::Timeout => break,
                 Wait::Writable => unreachable!("not asked for"),
             }
@@ -774,22 +693,21 @@ impl DedicatedWorker {
     }
 }
 
-/// A reader that reads at most so many bytes at once.
-struct Limited<'a>(&'a mut Pipes, usize);
-
-impl io::Read for Limited<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let len = buf.len().min(self.1);
-        self.0.read(&mut buf[..len])
+/// The bootstrap error for a channel error: the bounds and system errors have variants of their
+/// own, everything else is [`Error::Channel`].
+fn error(pid: u32, e: worker_channel::Error) -> Error {
+    match e {
+        worker_channel::Error::Io(source) => Error::Io { pid, source },
+        worker_channel::Error::QueueFull { queued, limit } => {
+            Error::QueueFull { pid, queued, limit }
+        }
+        worker_channel::Error::ReceiveBufferFull { buffered, limit } => Error::ReceiveBufferFull {
+            pid,
+            buffered,
+            limit,
+        },
+        source => Error::Channel { pid, source },
     }
-}
-
-/// Whether a write error means the worker no longer reads its channel.
-fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-    )
 }
 
 fn unreachable_timeout(pid: u32) -> Error {
@@ -813,13 +731,18 @@ impl Source for DedicatedWorker {
         token: Token,
         interests: Interest,
     ) -> io::Result<()> {
-        let output = self.pipes.output().as_raw_fd();
+        let output = self.connection.transport().output().as_raw_fd();
         SourceFd(&output).register(registry, token, Interest::READABLE)?;
         let mut rest = || -> io::Result<()> {
             if let Some(pidfd) = self.process.pidfd() {
                 SourceFd(&pidfd.as_raw_fd()).register(registry, token, Interest::READABLE)?;
             }
-            if let Some(input) = self.pipes.input().filter(|_| interests.is_writable()) {
+            if let Some(input) = self
+                .connection
+                .transport()
+                .input()
+                .filter(|_| interests.is_writable())
+            {
                 let registered =
                     SourceFd(&input.as_raw_fd()).register(registry, token, Interest::WRITABLE);
                 if let Err(e) = registered {
@@ -843,7 +766,7 @@ impl Source for DedicatedWorker {
         token: Token,
         interests: Interest,
     ) -> io::Result<()> {
-        SourceFd(&self.pipes.output().as_raw_fd()).reregister(
+        SourceFd(&self.connection.transport().output().as_raw_fd()).reregister(
             registry,
             token,
             Interest::READABLE,
@@ -851,7 +774,7 @@ impl Source for DedicatedWorker {
         if let Some(pidfd) = self.process.pidfd() {
             SourceFd(&pidfd.as_raw_fd()).reregister(registry, token, Interest::READABLE)?;
         }
-        match self.pipes.input() {
+        match self.connection.transport().input() {
             Some(input) if interests.is_writable() => {
                 let mut input = SourceFd(&input.as_raw_fd());
                 if self.input_registered {
@@ -871,12 +794,13 @@ impl Source for DedicatedWorker {
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        let output = SourceFd(&self.pipes.output().as_raw_fd()).deregister(registry);
+        let output =
+            SourceFd(&self.connection.transport().output().as_raw_fd()).deregister(registry);
         let pidfd = match self.process.pidfd() {
             Some(pidfd) => SourceFd(&pidfd.as_raw_fd()).deregister(registry),
             None => Ok(()),
         };
-        let input = match self.pipes.input() {
+        let input = match self.connection.transport().input() {
             Some(input) if self.input_registered => {
                 SourceFd(&input.as_raw_fd()).deregister(registry)
             }
@@ -892,13 +816,13 @@ impl AsFd for DedicatedWorker {
     /// handle's methods. Registering the handle itself as a
     /// [`Source`](worker_core::mio::event::Source) also watches the process's death.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.pipes.output()
+        self.connection.transport().output()
     }
 }
 
 impl AsRawFd for DedicatedWorker {
     fn as_raw_fd(&self) -> RawFd {
-        self.pipes.output().as_raw_fd()
+        self.connection.transport().output().as_raw_fd()
     }
 }
 

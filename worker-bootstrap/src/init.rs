@@ -36,6 +36,9 @@ pub(crate) struct WorkerInit {
     pub(crate) codec: Codec,
     #[serde(default = "default_max_frame_len")]
     pub(crate) max_frame_len: u32,
+    /// How deep a message may nest; masters that do not send it get the default.
+    #[serde(default = "default_max_depth")]
+    pub(crate) max_depth: u32,
     #[serde(default)]
     pub(crate) args: Option<ByteBuf>,
     #[serde(default)]
@@ -51,4 +54,8 @@ pub(crate) struct WorkerInit {
 
 fn default_max_frame_len() -> u32 {
     worker_channel::DEFAULT_MAX_FRAME_LEN
+}
+
+fn default_max_depth() -> u32 {
+    worker_channel::DEFAULT_MAX_DEPTH
 }

@@ -2,7 +2,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use worker_channel::{Codec, DEFAULT_MAX_FRAME_LEN};
+use worker_channel::{Codec, DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME_LEN};
 
 use crate::Error;
 
@@ -34,7 +34,7 @@ pub enum StderrMode {
 /// | php/hhvm path and arguments       | [`with_program`](Self::with_program), [`with_args`](Self::with_args) |
 /// | stage 1 / 2 / 3 parts             | [`with_env`](Self::with_env), [`with_current_dir`](Self::with_current_dir), [`with_umask`](Self::with_umask), and named hooks ([`with_before_hook`](Self::with_before_hook), [`with_after_hook`](Self::with_after_hook)) |
 /// | constructor arguments             | [`with_constructor_args`](Self::with_constructor_args)  |
-/// | channel factory                   | [`with_codec`](Self::with_codec), [`with_max_frame_len`](Self::with_max_frame_len) |
+/// | channel factory                   | [`with_codec`](Self::with_codec), [`with_max_frame_len`](Self::with_max_frame_len), [`with_max_depth`](Self::with_max_depth) |
 /// | precompiled script map            | [`with_executable`](Self::with_executable)              |
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -46,6 +46,7 @@ pub struct BootstrapProfile {
     umask: Option<u32>,
     codec: Codec,
     max_frame_len: u32,
+    max_depth: u32,
     constructor_args: Option<ByteBuf>,
     executables: BTreeMap<String, PathBuf>,
     before_hooks: Vec<String>,
@@ -66,6 +67,7 @@ impl Default for BootstrapProfile {
             umask: None,
             codec: Codec::default(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_depth: DEFAULT_MAX_DEPTH,
             constructor_args: None,
             executables: BTreeMap::new(),
             before_hooks: Vec::new(),
@@ -128,6 +130,15 @@ impl BootstrapProfile {
     /// The largest payload either side sends or accepts (16 MiB by default).
     pub fn with_max_frame_len(mut self, max: u32) -> Self {
         self.max_frame_len = max;
+        self
+    }
+
+    /// How deep a message may nest arrays, maps and enum variants, on both sides of the channel
+    /// ([`DEFAULT_MAX_DEPTH`], 128, by default): a deeper one is refused with
+    /// [`worker_channel::Error::TooDeep`] before it is decoded, so no peer can exhaust the
+    /// stack of the thread that decodes its messages. At least 1.
+    pub fn with_max_depth(mut self, max: u32) -> Self {
+        self.max_depth = max;
         self
     }
 
@@ -222,6 +233,11 @@ impl BootstrapProfile {
         self.max_frame_len
     }
 
+    /// How deep a message may nest.
+    pub fn max_depth(&self) -> u32 {
+        self.max_depth
+    }
+
     /// The default constructor arguments, MessagePack-encoded.
     pub fn constructor_args(&self) -> Option<&[u8]> {
         self.constructor_args.as_ref().map(|b| b.as_slice())
@@ -259,6 +275,9 @@ impl BootstrapProfile {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.max_frame_len == 0 {
             return Err(Error::Config("max_frame_len must be at least 1".into()));
+        }
+        if self.max_depth == 0 {
+            return Err(Error::Config("max_depth must be at least 1".into()));
         }
         if let Some(mask) = self.umask
             && mask > 0o777

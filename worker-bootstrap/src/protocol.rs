@@ -38,6 +38,7 @@
 //! | `implementation` | string | required | the same name as the environment variable |
 //! | `codec` | `"messagepack"` or `"json"` | `"messagepack"` | the codec of every later frame |
 //! | `max_frame_len` | integer | 16777216 | the largest payload either side sends |
+//! | `max_depth` | integer | 128 | how deep a payload may nest arrays, maps and enum variants (at least 1); deeper ones are refused before they are decoded |
 //! | `args` | bin or nil | nil | the constructor arguments, themselves MessagePack-encoded (nil means `()`) |
 //! | `umask` | integer or nil | nil | the worker's file mode creation mask |
 //! | `before_hooks`, `after_hooks` | arrays of strings | empty | named hooks to run |

@@ -130,15 +130,7 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Dying>) {
 /// Drains the worker's output, kills it past its deadline, reaps it once it exited; returns
 /// whether it is done with.
 fn service(d: &mut Dying, now: Instant) -> bool {
-    let mut scratch = [0u8; 16 * 1024];
-    loop {
-        match io::Read::read(&mut d.pipes, &mut scratch) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
+    let _ = d.pipes.discard_output();
     if !d.killed && d.deadline.is_some_and(|deadline| now >= deadline) {
         d.killed = true;
         let _ = d.process.kill();

@@ -241,8 +241,12 @@ impl Registry {
                 "the bootstrap frame names another implementation than the environment".into(),
             );
         }
+        if init.max_depth == 0 {
+            return Err("the bootstrap frame's max_depth is 0: no message could be decoded".into());
+        }
         channel.set_codec(init.codec);
         channel.set_max_frame_len(init.max_frame_len);
+        channel.connection_mut().set_max_depth(init.max_depth);
         if let Some(mask) = init.umask {
             sys::set_umask(mask);
         }
@@ -283,6 +287,7 @@ impl Registry {
 /// of its starter's descriptors.
 fn detach(channel: WorkerChannel) -> Result<WorkerChannel, BoxError> {
     let (codec, max_frame_len) = (channel.codec(), channel.max_frame_len());
+    let max_depth = channel.connection().max_depth();
     let mut channel = channel;
     match sys::detach() {
         Ok(sys::Detached::Daemon) => {
@@ -299,12 +304,14 @@ fn detach(channel: WorkerChannel) -> Result<WorkerChannel, BoxError> {
                     .write(true)
                     .open("/dev/null")
             };
-            Ok(Channel::with_max_frame_len(
+            let mut channel = Channel::with_max_frame_len(
                 null()?,
                 ChannelOutput::new(null()?),
                 codec,
                 max_frame_len,
-            ))
+            );
+            channel.connection_mut().set_max_depth(max_depth);
+            Ok(channel)
         }
         Ok(sys::Detached::Starter(daemon)) => {
             let report: Result<u32, String> = Ok(daemon);

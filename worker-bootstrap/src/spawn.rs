@@ -134,6 +134,7 @@ pub(crate) fn spawn(
         implementation: implementation.to_owned(),
         codec: profile.codec(),
         max_frame_len: profile.max_frame_len(),
+        max_depth: profile.max_depth(),
         args: args.or_else(|| {
             profile
                 .constructor_args()

@@ -10,20 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use worker_core::syscall;
-
-/// Puts a descriptor in non-blocking mode.
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor the caller borrows; flags only.
-    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-    // SAFETY: as above.
-    syscall!(fcntl(
-        fd.as_raw_fd(),
-        libc::F_SETFL,
-        flags | libc::O_NONBLOCK
-    ))?;
-    Ok(())
-}
+use worker_core::{sys, syscall};
 
 /// The most descriptors [`poll`] waits on at once: a worker's output, input and pidfd.
 pub(crate) const MAX_POLL_FDS: usize = 3;
@@ -157,8 +144,8 @@ impl Pipes {
     pub(crate) fn new() -> io::Result<(Pipes, ChildEnds)> {
         let (stdin, input) = pipe()?;
         let (output, stdout) = pipe()?;
-        set_nonblocking(input.as_fd())?;
-        set_nonblocking(output.as_fd())?;
+        sys::set_nonblocking(input.as_fd(), true)?;
+        sys::set_nonblocking(output.as_fd(), true)?;
         let pipes = Pipes {
             output,
             input: Some(input),
@@ -176,15 +163,6 @@ impl Pipes {
         })
     }
 
-    /// Writes what the worker's input takes now; `BrokenPipe` once it is closed.
-    pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let Some(input) = &self.input else {
-            return Err(io::ErrorKind::BrokenPipe.into());
-        };
-        // SAFETY: `buf` is a live slice of `buf.len()` bytes; write only reads it.
-        syscall!(write(input.as_raw_fd(), buf.as_ptr().cast(), buf.len())).map(|n| n as usize)
-    }
-
     /// Closes the worker's input: it reads the end of its channel, and can still write.
     pub(crate) fn close_input(&mut self) {
         self.input = None;
@@ -199,8 +177,47 @@ impl Pipes {
     pub(crate) fn input(&self) -> Option<BorrowedFd<'_>> {
         self.input.as_ref().map(AsFd::as_fd)
     }
+
+    /// Reads and drops what the worker's output holds, until it would block or ends, or after
+    /// [`DISCARD_READS`] reads (so a worker that streams without pause cannot hold the caller
+    /// past its deadline); returns whether it ended.
+    pub(crate) fn discard_output(&mut self) -> io::Result<bool> {
+        let mut scratch = [0u8; 16 * 1024];
+        for _ in 0..DISCARD_READS {
+            match io::Read::read(self, &mut scratch) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                // The worker closed its end with our bytes unread: an end all the same.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
 }
 
+/// The most reads of one [`Pipes::discard_output`]: 1 MiB.
+const DISCARD_READS: usize = 64;
+
+/// The writing half of the channel: `BrokenPipe` once the worker's input is closed. The pipe
+/// never loses its last reader meanwhile (see [`Pipes`]), so no write raises SIGPIPE.
+impl io::Write for Pipes {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(input) = &self.input else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        // SAFETY: `buf` is a live slice of `buf.len()` bytes; write only reads it.
+        syscall!(write(input.as_raw_fd(), buf.as_ptr().cast(), buf.len())).map(|n| n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading half of the channel: the worker's output.
 impl io::Read for Pipes {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.

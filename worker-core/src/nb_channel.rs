@@ -15,15 +15,18 @@ use mio::{
 use serde::Serialize;
 use worker_channel::{Codec, FrameKind, FrameRef, FramedConnection};
 
-use crate::{Error, Readiness};
+use crate::{ChannelOutput, Error, Readiness};
 
 /// What an [`NbChannel`] reads from and writes to; it owns its descriptors and registers them
 /// itself, as mio's own sources do.
 enum Transport {
     /// Separate descriptors for each direction, as the child's standard input and output.
+    /// The writing one may be a socket too (a master may give its worker one socket on both):
+    /// [`ChannelOutput`] then writes with `MSG_NOSIGNAL`, so a peer that left is an error, never
+    /// a SIGPIPE death.
     Pipes {
         rx: Receiver,
-        tx: Sender,
+        tx: ChannelOutput,
         /// Which halves are in the registry now, so a change of interest adds or removes the
         /// right one.
         rx_registered: bool,
@@ -218,7 +221,8 @@ impl NbChannel {
         }
     }
 
-    fn pipes(rx: Receiver, tx: Sender) -> io::Result<Transport> {
+    /// The two halves as a transport, both switched to non-blocking mode.
+    fn pipes(rx: Receiver, tx: ChannelOutput) -> io::Result<Transport> {
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
         Ok(Transport::Pipes {
@@ -237,6 +241,7 @@ impl NbChannel {
         codec: Codec,
         max_frame_len: u32,
     ) -> io::Result<Self> {
+        let tx = ChannelOutput::new(OwnedFd::from(tx));
         Ok(Self::with_transport(
             Self::pipes(rx, tx)?,
             codec,
@@ -247,13 +252,14 @@ impl NbChannel {
     /// The same connection as a blocking [`WorkerChannel`](crate::WorkerChannel) over the two
     /// files of [`take_stdio_channel`](crate::take_stdio_channel), made non-blocking: its codec,
     /// limits, and the bytes it already read (frames the bootstrap code read ahead, handed out
-    /// first) are kept.
+    /// first) are kept, and so is its [`ChannelOutput`] (writes to a socket never raise SIGPIPE;
+    /// the descriptor stays open until exit).
     pub fn from_channel(channel: crate::WorkerChannel) -> io::Result<Self> {
         let connection = channel.into_connection().map_transport(|duplex| {
             let (input, output) = duplex.into_parts();
             Transport::Pipes {
                 rx: Receiver::from(OwnedFd::from(input)),
-                tx: Sender::from(OwnedFd::from(output)),
+                tx: output,
                 rx_registered: false,
                 tx_registered: false,
             }

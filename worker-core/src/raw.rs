@@ -4,6 +4,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
 };
 
+use mio::{Interest, Registry, Token, event::Source, unix::SourceFd};
 use worker_channel::Channel;
 
 use crate::{BoxError, Worker, sys};
@@ -12,13 +13,14 @@ use crate::{BoxError, Worker, sys};
 /// output, moved off descriptors 0 and 1.
 pub type WorkerChannel = Channel<File, ChannelOutput>;
 
-/// The writing end of a worker's channel to its master: a socket (what this crate's masters
-/// give their workers) or a pipe (what masters in other languages may give).
+/// The writing end of a worker's channel to its master: a pipe (what this crate's masters give
+/// their workers) or a socket (what other masters may give).
 ///
 /// Writes to a socket go through `send(MSG_NOSIGNAL)`: a master that went away is an
 /// [`io::ErrorKind::BrokenPipe`] error, never a SIGPIPE death, whatever the worker did with
 /// SIGPIPE's disposition. A pipe has no such flag; with a pipe the disposition decides (Rust
-/// programs ignore SIGPIPE unless they restore it).
+/// programs ignore SIGPIPE unless they restore it). Raw workers write through it in their
+/// [`WorkerChannel`], evented ones in their [`NbChannel`](crate::NbChannel).
 ///
 /// The one [`take_stdio_channel`](crate::take_stdio_channel) returns stays open until the
 /// process exits, even once dropped: the master sees the end of the channel together with the
@@ -56,6 +58,11 @@ impl ChannelOutput {
     /// Whether writes go to a socket (and never raise SIGPIPE).
     pub fn is_socket(&self) -> bool {
         self.is_socket
+    }
+
+    /// Switches the descriptor to non-blocking mode (or back), as an event loop needs it.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        sys::set_nonblocking(self.file().as_fd(), nonblocking)
     }
 
     fn file(&self) -> &File {
@@ -120,6 +127,32 @@ impl Write for ChannelOutput {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// An event loop waits on the descriptor itself, which this value owns for as long as it is
+/// registered.
+impl Source for ChannelOutput {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        SourceFd(&self.as_raw_fd()).register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        SourceFd(&self.as_raw_fd()).reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        SourceFd(&self.as_raw_fd()).deregister(registry)
     }
 }
 

@@ -37,8 +37,8 @@ macro_rules! syscall {
 /// channel), and every other descriptor the process inherited is closed: the worker holds
 /// exactly 0, 1, 2 and its channel, both ends close-on-exec.
 ///
-/// The channel may be two pipes or one socket (on both descriptors, as this crate's masters
-/// give it); writes to a socket never raise SIGPIPE, and the writing end stays open until the
+/// The channel may be two pipes (as this crate's masters give it) or one socket on both
+/// descriptors; writes to a socket never raise SIGPIPE, and the writing end stays open until the
 /// process exits (see [`ChannelOutput`]).
 ///
 /// Call it once, at the start of a worker process, before any other thread exists.
@@ -65,6 +65,23 @@ pub fn take_stdio_channel() -> io::Result<(File, ChannelOutput)> {
 
 fn redirect(from: &OwnedFd, to: RawFd) -> io::Result<()> {
     syscall!(dup2(from.as_raw_fd(), to))?;
+    Ok(())
+}
+
+/// Puts a descriptor in non-blocking mode, or back in blocking mode.
+///
+/// Shared with worker-bootstrap, like [`syscall!`]; not part of the public API.
+#[doc(hidden)]
+pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller borrows; flags only.
+    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+    let flags = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, flags))?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! Workers for the bootstrap hardening scenarios: an evented worker that will not take a hint,
-//! and a daemon started detached.
+//! a daemon started detached, and a hook that gives SIGPIPE its default action back.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -14,7 +14,23 @@ use exsyst_worker::{
 
 /// Registers this module's implementations.
 pub fn register(registry: Registry) -> Registry {
-    registry.evented::<Stubborn>().raw::<Daemon>()
+    registry
+        .evented::<Stubborn>()
+        .raw::<Daemon>()
+        .before_hook(DEFAULT_SIGPIPE, default_sigpipe)
+}
+
+/// The before-construction hook that restores the default action of SIGPIPE (death), as a
+/// program that pipes into `head` does: a worker run with it dies of any write that raises
+/// SIGPIPE.
+pub const DEFAULT_SIGPIPE: &str = "default-sigpipe";
+
+fn default_sigpipe() -> Result<(), BoxError> {
+    // SAFETY: restores a default disposition; installs no handler.
+    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 /// An evented worker that ignores SIGTERM and SIGALRM (as servers that drain gracefully often

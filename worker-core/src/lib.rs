@@ -68,8 +68,8 @@ mod poller;
 pub use error::Error;
 pub use event_loop::{EventLoop, LoopHandle, Readiness, SourceId, TimerId};
 pub use evented::{
-    Connection, ConnectionId, Connections, ControlHandler, EventedWorker, WorkerHost, WorkerLoop,
-    run_evented,
+    Connection, ConnectionId, Connections, ControlHandler, DisconnectHandler, EventedWorker,
+    WorkerHost, WorkerLoop, run_evented,
 };
 pub use nb_channel::NbChannel;
 pub use poller::{Poller, PollerWaker, WAKE_TOKEN};

@@ -216,6 +216,9 @@ impl<R: Serialize> Connection<R> {
     /// reading) is dropped instead: the send returns `Ok`, the message is dropped with the
     /// connection, and [`Connection::error`] says [`worker_channel::Error::QueueFull`].
     pub fn send(&mut self, reply: &R) -> Result<(), Error> {
+        if self.doomed {
+            return Ok(());
+        }
         let sent = self.channel.send(FrameKind::Data, reply);
         self.sent(sent)
     }
@@ -224,6 +227,9 @@ impl<R: Serialize> Connection<R> {
     /// whatever the library's protocol says for control frames) as one frame of `kind`, with the
     /// same queue rules as [`Connection::send`].
     pub fn send_raw(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), Error> {
+        if self.doomed {
+            return Ok(());
+        }
         let sent = self.channel.send_raw(kind, payload);
         self.sent(sent)
     }
@@ -278,6 +284,9 @@ impl<R: Serialize> Connection<R> {
     /// [`ControlHandler`] received, say), encoded with the connection's codec, with the same
     /// queue rules as [`Connection::send`].
     pub fn send_control<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
+        if self.doomed {
+            return Ok(());
+        }
         let sent = self.channel.send(FrameKind::Control, message);
         self.sent(sent)
     }
@@ -342,6 +351,16 @@ impl<R> fmt::Debug for Connections<R> {
 
 impl<R> Connections<R> {
     /// A connection by id, if it is still connected.
+    pub fn get(&self, id: ConnectionId) -> Option<&Connection<R>> {
+        self.map.get(&id)
+    }
+
+    /// Every connection's id, in no particular order.
+    pub fn ids(&self) -> Vec<ConnectionId> {
+        self.map.keys().copied().collect()
+    }
+
+    /// A connection by id, if it is still connected, mutably.
     pub fn get_mut(&mut self, id: ConnectionId) -> Option<&mut Connection<R>> {
         self.map.get_mut(&id)
     }
@@ -504,6 +523,12 @@ impl<W: EventedWorker> WorkerHost<W> {
     /// The connections, to count or look at them.
     pub fn connections(&self) -> &Connections<W::Reply> {
         &self.connections
+    }
+
+    /// The id the next [`WorkerHost::connect`] gives, for state kept beside a connection that
+    /// must exist before its first frame is handled.
+    pub fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_id)
     }
 
     /// Whether [`WorkerHost::terminate`] ran.

@@ -34,20 +34,30 @@
 //!
 //! The server side (a daemon started race-free by its first master, or embedded in a program) comes next; this crate has the client and the protocol it speaks so far.
 
-#![forbid(unsafe_code)]
+// `unsafe` only in `sys`, the operating system layer.
+#![deny(unsafe_code)]
 
 mod address;
 mod auth;
 mod client;
+mod config;
 mod cookie;
+mod daemon;
 mod error;
+mod listener;
+mod peer;
 pub mod protocol;
-// The server's side of the admin plane; the server that drives it is wired onto worker-core's
-// evented host next, so until then only its tests use it.
-#[cfg_attr(not(test), allow(dead_code))]
+mod server;
 mod session;
+mod stop;
+mod sys;
 mod wire;
 
 pub use client::{DEFAULT_CONTROL_TIMEOUT, SharedWorker, StatusReply};
+pub use config::{PeerUids, SharedServerConfig};
 pub use cookie::AdminCookie;
+pub use daemon::{SharedRegistryExt, StartReport, daemon_extensions, wait_until_listening};
 pub use error::Error;
+pub use peer::{ParsePeerError, Peer};
+pub use server::{RunningServer, SharedServer, SharedWorkerImpl};
+pub use stop::{StopHandle, stop_current};

@@ -102,8 +102,14 @@ impl ServerSession {
     }
 
     /// Whether the client proved it knows the cookie.
+    #[cfg(test)]
     pub(crate) fn is_authenticated(&self) -> bool {
         self.authenticated
+    }
+
+    /// How many authentications failed on this connection.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
     }
 
     /// Handles one control payload from the client; `cookie` is the worker's, if it has one.

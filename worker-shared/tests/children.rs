@@ -26,6 +26,9 @@ use crate::{
 pub const ROLE_VAR: &str = "EXSYST_SHARED_TEST_ROLE";
 /// The address a role serves.
 pub const ADDRESS_VAR: &str = "EXSYST_SHARED_TEST_ADDRESS";
+/// Present: the role restores SIGPIPE's default action (death) before it serves, as some
+/// programs do.
+pub const SIGPIPE_VAR: &str = "EXSYST_SHARED_TEST_SIGPIPE_DEFAULT";
 /// Reports start with this, as libtest shares the standard output.
 const MARKER: &str = "@@shared@@ ";
 
@@ -51,6 +54,13 @@ pub fn play(role: &str) {
 /// Serves a greeter embedded, stopping on SIGTERM; reports `listening ADDRESS ACTIVATED ENV`,
 /// then `exit on_stop=N terminate=N RESULT`.
 fn serve(activated: bool) {
+    if std::env::var_os(SIGPIPE_VAR).is_some() {
+        // SAFETY: sets a signal's action to its default; no handler is involved.
+        assert_ne!(
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) },
+            libc::SIG_ERR
+        );
+    }
     let address = std::env::var(ADDRESS_VAR).unwrap();
     let config = SharedServerConfig::default()
         .with_cookie(AdminCookie::new(COOKIE).unwrap())
@@ -106,6 +116,17 @@ impl Helper {
     /// Starts this binary playing `role`, serving `address`; `stdin` becomes its standard
     /// input, and `shell` (a `sh -c` script, `$0` being this binary) runs it when given.
     pub fn spawn(role: &str, address: &str, stdin: Option<OwnedFd>, shell: Option<&str>) -> Helper {
+        Self::spawn_with_env(role, address, stdin, shell, &[])
+    }
+
+    /// As [`Helper::spawn`], with more environment variables.
+    pub fn spawn_with_env(
+        role: &str,
+        address: &str,
+        stdin: Option<OwnedFd>,
+        shell: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Helper {
         let exe = std::env::current_exe().unwrap();
         let mut command = match shell {
             Some(script) => {
@@ -120,6 +141,7 @@ impl Helper {
             }
         };
         command
+            .envs(env.iter().copied())
             .env(ROLE_VAR, role)
             .env(ADDRESS_VAR, address)
             .stdin(stdin.map_or_else(Stdio::null, Stdio::from))

@@ -9,7 +9,7 @@ use worker_shared::{
 };
 
 use crate::{
-    children::{Helper, ROLE_VAR, SOCKET_ACTIVATION, exists},
+    children::{Helper, ROLE_VAR, SIGPIPE_VAR, SOCKET_ACTIVATION, exists},
     support::{COOKIE, timeout},
 };
 
@@ -54,6 +54,30 @@ fn sigterm_stops_a_server_gracefully_delivering_the_replies_in_flight() {
     assert_eq!(helper.expect("exit"), "on_stop=1 terminate=1 ok");
     assert!(helper.wait().success());
     assert!(!exists(&path), "the socket file is removed");
+}
+
+#[test]
+fn a_client_that_leaves_mid_reply_never_kills_a_server_whose_sigpipe_is_deadly() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("unix://{}/worker.sock", dir.path().display());
+    let helper = Helper::spawn_with_env("serve", &address, None, None, &[(SIGPIPE_VAR, "1")]);
+    helper.expect("listening");
+    for _ in 0..3 {
+        // Megabytes of replies asked for, and the client gone before they are written.
+        let mut leaver = SharedWorker::connect(&address).unwrap();
+        leaver.send_message("flood 64 65536").unwrap();
+    }
+    let mut worker = SharedWorker::connect(&address).unwrap();
+    worker.send_message("survivor").unwrap();
+    assert!(
+        worker
+            .receive_message::<String>()
+            .unwrap()
+            .starts_with("Hello survivor !")
+    );
+    helper.signal(libc::SIGTERM);
+    assert_eq!(helper.expect("exit"), "on_stop=1 terminate=1 ok");
+    assert!(helper.wait().success());
 }
 
 #[test]

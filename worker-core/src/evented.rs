@@ -515,11 +515,6 @@ impl<W: EventedWorker> WorkerHost<W> {
         self.on_disconnect = Some(handler);
     }
 
-    /// Whether connections are isolated from each other (see [`WorkerHost::shared`]).
-    pub fn isolates_connections(&self) -> bool {
-        !self.dedicated
-    }
-
     /// The connections, to count or look at them.
     pub fn connections(&self) -> &Connections<W::Reply> {
         &self.connections

@@ -50,6 +50,7 @@
 //! | [`bootstrap`] | `worker-bootstrap` | profiles, the registry, the spawn path, [`DedicatedWorker`] |
 //! | [`pool`] | `worker-pool` | [`WorkerPool`], task pools, crash recovery |
 //! | [`killswitch`] | `worker-killswitch` | the JSON kill switch |
+//! | [`shared`] | `worker-shared` | shared workers: the [`SharedWorker`] client, the [`SharedServer`] (embedded or a daemon), the admin plane |
 //!
 //! A program that needs only part of this can depend on those crates alone.
 
@@ -69,6 +70,8 @@ pub use worker_core as worker;
 pub use worker_killswitch as killswitch;
 #[doc(inline)]
 pub use worker_pool as pool;
+#[doc(inline)]
+pub use worker_shared as shared;
 
 pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
 pub use worker_channel::Codec;
@@ -77,3 +80,7 @@ pub use worker_core::{
 };
 pub use worker_killswitch::KillSwitch;
 pub use worker_pool::WorkerPool;
+pub use worker_shared::{
+    AdminCookie, SharedRegistryExt, SharedServer, SharedServerConfig, SharedWorker,
+    SharedWorkerImpl,
+};

@@ -8,6 +8,8 @@ fn subcrates_are_reexported() {
     let _ = exsyst_worker::bootstrap::BootstrapProfile::default();
     let _ = exsyst_worker::killswitch::KillSwitch::new("/nonexistent/ks.json");
     let _ = exsyst_worker::pool::WorkerPoolBuilder::new();
+    let _ = exsyst_worker::shared::SharedServerConfig::default();
+    let _: fn() -> bool = exsyst_worker::shared::stop_current;
     let _ = exsyst_worker::WorkerFactory::new();
 }
 

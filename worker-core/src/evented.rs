@@ -1,6 +1,6 @@
 //! Evented workers and the runtime that serves them.
 
-use std::{collections::HashMap, fmt, marker::PhantomData};
+use std::{collections::HashMap, fmt, marker::PhantomData, sync::Arc};
 
 use serde::{Serialize, de::DeserializeOwned};
 use worker_channel::FrameKind;
@@ -172,8 +172,20 @@ pub struct Connection<R> {
     /// [`Connection::close`] was called: no more frames are handed out, and the connection
     /// ends once its queue is written.
     closing: bool,
+    /// Complete frames received from the peer, data and control.
+    frames_received: u64,
+    /// Why the host ended this connection, when it ended it for an error of its own.
+    error: Option<Error>,
+    /// In a shared host: schedules this connection's end from outside its callbacks (a send
+    /// from a timer that found its queue at the bound).
+    drop_later: Option<DropLater>,
+    /// Its queue reached its bound in a shared host: it ends at once.
+    doomed: bool,
     reply: PhantomData<fn(&R)>,
 }
+
+/// Posts "disconnect this connection" to the host's loop.
+type DropLater = Arc<dyn Fn(ConnectionId) + Send + Sync>;
 
 impl<R> fmt::Debug for Connection<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -199,8 +211,67 @@ impl<R: Serialize> Connection<R> {
 
     /// Sends a reply, writing at once when nothing is queued (see [`NbChannel::send`] for the
     /// queue bound and what happens once the peer is gone).
+    ///
+    /// In a [shared](WorkerHost::shared) host a peer whose queue reaches its bound (it stopped
+    /// reading) is dropped instead: the send returns `Ok`, the message is dropped with the
+    /// connection, and [`Connection::error`] says [`worker_channel::Error::QueueFull`].
     pub fn send(&mut self, reply: &R) -> Result<(), Error> {
-        self.channel.send(FrameKind::Data, reply)
+        if self.doomed {
+            return Ok(());
+        }
+        let sent = self.channel.send(FrameKind::Data, reply);
+        self.sent(sent)
+    }
+
+    /// Sends a payload already encoded (with this connection's codec for data frames, or with
+    /// whatever the library's protocol says for control frames) as one frame of `kind`, with the
+    /// same queue rules as [`Connection::send`].
+    pub fn send_raw(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), Error> {
+        if self.doomed {
+            return Ok(());
+        }
+        let sent = self.channel.send_raw(kind, payload);
+        self.sent(sent)
+    }
+
+    /// In a shared host, turns a queue at its bound (or a stream that failed) into the end of
+    /// this connection rather than an error for the worker.
+    fn sent(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        if self.drop_later.is_none() {
+            return result;
+        }
+        match result {
+            Err(Error::Channel(
+                e @ (worker_channel::Error::QueueFull { .. } | worker_channel::Error::Io(_)),
+            )) => self.fail(Error::Channel(e)),
+            Ok(()) if self.channel.is_backpressured() => {
+                // What the socket takes now does not count against the bound.
+                match self.channel.flush() {
+                    Err(e) => self.fail(e),
+                    Ok(_) if self.channel.is_backpressured() => {
+                        let e = worker_channel::Error::QueueFull {
+                            queued: self.channel.queued_bytes(),
+                            limit: self.channel.max_queued(),
+                        };
+                        self.fail(Error::Channel(e));
+                    }
+                    Ok(_) => {}
+                }
+            }
+            other => return other,
+        }
+        Ok(())
+    }
+
+    /// Marks the connection to be dropped at once, and makes sure someone does.
+    fn fail(&mut self, error: Error) {
+        if std::mem::replace(&mut self.doomed, true) {
+            return;
+        }
+        self.error = Some(error);
+        if let Some(drop_later) = &self.drop_later {
+            drop_later(self.id);
+        }
     }
 
     /// Decodes a payload with this connection's codec and depth limit (a control frame's, in a
@@ -210,9 +281,14 @@ impl<R: Serialize> Connection<R> {
     }
 
     /// Sends a message of the library's own protocol as a control frame (a reply to what a
-    /// [`ControlHandler`] received, say).
+    /// [`ControlHandler`] received, say), encoded with the connection's codec, with the same
+    /// queue rules as [`Connection::send`].
     pub fn send_control<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
-        self.channel.send(FrameKind::Control, message)
+        if self.doomed {
+            return Ok(());
+        }
+        let sent = self.channel.send(FrameKind::Control, message);
+        self.sent(sent)
     }
 
     /// Bytes queued for this peer and not yet written.
@@ -240,6 +316,22 @@ impl<R: Serialize> Connection<R> {
         self.closing
     }
 
+    /// How many complete frames (data and control) arrived from the peer so far: a server's
+    /// handshake deadline drops a connection that sent none in time.
+    pub fn frames_received(&self) -> u64 {
+        self.frames_received
+    }
+
+    /// Why the host ended this connection, when it did so for an error of the connection's
+    /// own (in a [shared](WorkerHost::shared) host: garbage, an oversized or cut frame, a
+    /// message that does not decode, a queue at its bound); `None` while it is open, and for a
+    /// peer that left or a connection ended on purpose.
+    ///
+    /// [`EventedWorker::on_disconnect`] and the [`DisconnectHandler`] can read it.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
     /// The underlying channel, for frames of other kinds.
     pub fn channel_mut(&mut self) -> &mut NbChannel {
         &mut self.channel
@@ -259,6 +351,16 @@ impl<R> fmt::Debug for Connections<R> {
 
 impl<R> Connections<R> {
     /// A connection by id, if it is still connected.
+    pub fn get(&self, id: ConnectionId) -> Option<&Connection<R>> {
+        self.map.get(&id)
+    }
+
+    /// Every connection's id, in no particular order.
+    pub fn ids(&self) -> Vec<ConnectionId> {
+        self.map.keys().copied().collect()
+    }
+
+    /// A connection by id, if it is still connected, mutably.
     pub fn get_mut(&mut self, id: ConnectionId) -> Option<&mut Connection<R>> {
         self.map.get_mut(&id)
     }
@@ -294,18 +396,44 @@ pub type ControlHandler<W> = Box<
     ) -> Result<(), BoxError>,
 >;
 
+/// What a [`WorkerHost`] runs when a connection ends, after
+/// [`EventedWorker::on_disconnect`] and before the connection's descriptors close: the host's
+/// own bookkeeping (a server forgets the connection's session), with
+/// [`Connection::error`] telling why it ended.
+///
+/// An error from it ends the host as a callback's would ([`Error::Handler`] naming
+/// `disconnect`).
+pub type DisconnectHandler<W> = Box<
+    dyn FnMut(
+        &mut W,
+        &mut Connection<<W as EventedWorker>::Reply>,
+        &mut WorkerLoop<W>,
+    ) -> Result<(), BoxError>,
+>;
+
+/// A connection's failure, told from the worker's.
+enum Fault {
+    /// The connection broke the protocol, or its stream failed.
+    Connection(Error),
+    /// A callback or a handler failed.
+    Host(Error),
+}
+
 /// An evented worker together with its connections: the state of its [`WorkerLoop`], which
 /// every handler on that loop receives.
 ///
 /// [`run_evented`] builds one for a dedicated worker; a shared-worker server builds one with
 /// [`WorkerHost::shared`], registers its listener on the loop, hands each accepted stream to
 /// [`WorkerHost::connect`], handles the control frames of its protocol (hello, query, stop)
-/// with [`WorkerHost::set_control_handler`], and ends one connection on purpose with
-/// [`Connection::close`], [`WorkerHost::close`] or [`WorkerHost::disconnect`].
+/// with [`WorkerHost::set_control_handler`], learns that a connection ended with
+/// [`WorkerHost::set_disconnect_handler`], and ends one connection on purpose with
+/// [`Connection::close`], [`WorkerHost::close`], [`WorkerHost::finish`] or
+/// [`WorkerHost::disconnect`].
 pub struct WorkerHost<W: EventedWorker> {
     worker: W,
     connections: Connections<W::Reply>,
     control: Option<ControlHandler<W>>,
+    on_disconnect: Option<DisconnectHandler<W>>,
     /// A control frame's payload, copied out of its channel so the handler can take the
     /// connection mutably; reused.
     control_payload: Vec<u8>,
@@ -343,6 +471,15 @@ impl<W: EventedWorker> WorkerHost<W> {
 
     /// A host whose worker lives on without connections until [`WorkerHost::terminate`], as a
     /// shared worker does until it is stopped.
+    ///
+    /// Its connections are isolated from each other: what goes wrong with one peer ends that
+    /// connection only, and the host serves the others on. That is garbage or a frame of a kind
+    /// nobody handles, an oversized header, a frame cut by the end of the stream, a data
+    /// message that does not decode, a failing read or write, and a peer whose outgoing queue
+    /// reaches its bound (it stopped reading: it is dropped at once, and nobody waits for it).
+    /// [`EventedWorker::on_disconnect`] runs as for a peer that left, and
+    /// [`Connection::error`] says why. (A dedicated host ends on such errors instead: its one
+    /// master must hear of them.)
     pub fn shared(worker: W) -> Self {
         Self::new(worker, false)
     }
@@ -354,6 +491,7 @@ impl<W: EventedWorker> WorkerHost<W> {
                 map: HashMap::new(),
             },
             control: None,
+            on_disconnect: None,
             control_payload: Vec::new(),
             next_id: 0,
             dedicated,
@@ -370,6 +508,27 @@ impl<W: EventedWorker> WorkerHost<W> {
     /// host, as for a dedicated worker, whose master sends none.
     pub fn set_control_handler(&mut self, handler: ControlHandler<W>) {
         self.control = Some(handler);
+    }
+
+    /// Runs `handler` whenever a connection ends (see [`DisconnectHandler`]).
+    pub fn set_disconnect_handler(&mut self, handler: DisconnectHandler<W>) {
+        self.on_disconnect = Some(handler);
+    }
+
+    /// The connections, to count or look at them.
+    pub fn connections(&self) -> &Connections<W::Reply> {
+        &self.connections
+    }
+
+    /// The id the next [`WorkerHost::connect`] gives, for state kept beside a connection that
+    /// must exist before its first frame is handled.
+    pub fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_id)
+    }
+
+    /// Whether [`WorkerHost::terminate`] ran.
+    pub fn is_terminated(&self) -> bool {
+        self.terminated
     }
 
     /// The worker.
@@ -431,12 +590,26 @@ impl<W: EventedWorker> WorkerHost<W> {
                 host.drive(event_loop, id, ready).map_err(Into::into)
             },
         )?;
+        let drop_later = (!self.dedicated).then(|| {
+            let handle = event_loop.handle();
+            Arc::new(move |id| {
+                // Only fails once the loop is gone, and the connection with it.
+                let _ = handle.post(move |host: &mut WorkerHost<W>, event_loop| {
+                    host.disconnect(event_loop, id)?;
+                    Ok(())
+                });
+            }) as DropLater
+        });
         let mut connection = Connection {
             id,
             peer_name: peer_name.into(),
             channel,
             source,
             closing: false,
+            frames_received: 0,
+            error: None,
+            drop_later,
+            doomed: false,
             reply: PhantomData,
         };
         let connected = self
@@ -453,53 +626,109 @@ impl<W: EventedWorker> WorkerHost<W> {
     /// Handles one readiness event of a connection: write what is queued, then receive and
     /// dispatch every complete frame (unless the queue is at its bound, or the connection is
     /// closing), then disconnect if the conversation is over.
+    ///
+    /// In a shared host a failure of the connection itself ends that connection only.
     fn drive(
         &mut self,
         event_loop: &mut WorkerLoop<W>,
         id: ConnectionId,
         ready: Readiness,
     ) -> Result<(), Error> {
+        match self.serve(event_loop, id, ready) {
+            Ok(()) => Ok(()),
+            Err(Fault::Host(e)) => Err(e),
+            Err(Fault::Connection(e)) if !self.dedicated => {
+                if let Some(connection) = self.connections.map.get_mut(&id) {
+                    connection.error = Some(e);
+                }
+                self.disconnect(event_loop, id).map(drop)
+            }
+            Err(Fault::Connection(e)) => Err(e),
+        }
+    }
+
+    fn serve(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+        ready: Readiness,
+    ) -> Result<(), Fault> {
         let Some(connection) = self.connections.map.get_mut(&id) else {
             return Ok(());
         };
         connection.channel.note_readiness(ready);
-        connection.channel.flush()?;
+        connection.channel.flush().map_err(Fault::Connection)?;
         // Once the peer is gone for writing, nobody is left to reply to.
-        while !connection.closing && !connection.channel.is_write_closed() {
+        while !connection.closing && !connection.doomed && !connection.channel.is_write_closed() {
             let channel = &mut connection.channel;
             let (codec, max_depth) = (channel.codec(), channel.connection().max_depth());
-            let message = match channel.receive()? {
-                Some(frame) if frame.kind == FrameKind::Data => {
-                    codec.decode_with_max_depth::<W::Message>(frame.payload, max_depth)?
-                }
+            let message = match channel.receive().map_err(Fault::Connection)? {
+                Some(frame) if frame.kind == FrameKind::Data => codec
+                    .decode_with_max_depth::<W::Message>(frame.payload, max_depth)
+                    .map_err(|e| Fault::Connection(e.into()))?,
                 Some(frame) => {
                     let Some(control) = self.control.as_mut() else {
-                        return Err(Error::Channel(worker_channel::Error::UnexpectedFrameKind {
-                            kind: frame.kind,
-                        }));
+                        return Err(Fault::Connection(Error::Channel(
+                            worker_channel::Error::UnexpectedFrameKind { kind: frame.kind },
+                        )));
                     };
                     self.control_payload.clear();
                     self.control_payload.extend_from_slice(frame.payload);
+                    connection.frames_received += 1;
                     control(
                         &mut self.worker,
                         connection,
                         event_loop,
                         &self.control_payload,
                     )
-                    .map_err(callback("control"))?;
+                    .map_err(|e| Fault::Host(callback("control")(e)))?;
                     continue;
                 }
                 None => break,
             };
+            connection.frames_received += 1;
             self.worker
                 .on_message(message, connection, event_loop)
-                .map_err(callback("on_message"))?;
+                .map_err(|e| Fault::Host(callback("on_message")(e)))?;
+        }
+        if connection.doomed {
+            return self
+                .disconnect(event_loop, id)
+                .map(drop)
+                .map_err(Fault::Host);
         }
         let channel = &mut connection.channel;
-        if channel.is_finished() || (connection.closing && channel.flush()?) {
-            self.disconnect(event_loop, id)?;
+        let finished = channel.is_finished()
+            || (connection.closing && channel.flush().map_err(Fault::Connection)?);
+        if finished {
+            self.disconnect(event_loop, id).map_err(Fault::Host)?;
         }
         Ok(())
+    }
+
+    /// Ends connection `id` gracefully once it has had its say: every complete frame its peer
+    /// already sent (read until the socket would block) is handled as usual, then the
+    /// connection closes as [`WorkerHost::close`] does, after what is queued for the peer is
+    /// written.
+    ///
+    /// This is how a server that stops answers the requests already in flight. Returns
+    /// `Ok(false)` for a connection that is already gone.
+    pub fn finish(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+    ) -> Result<bool, Error> {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(false);
+        };
+        // Read even without a readiness event: bytes may wait that no event will announce
+        // again.
+        connection.channel.note_readiness(Readiness {
+            readable: true,
+            ..Readiness::default()
+        });
+        self.drive(event_loop, id, Readiness::default())?;
+        self.close(event_loop, id)
     }
 
     /// Ends connection `id` gracefully, as [`Connection::close`] does, from outside its own
@@ -539,11 +768,17 @@ impl<W: EventedWorker> WorkerHost<W> {
             .worker
             .on_disconnect(&mut connection, event_loop)
             .map_err(callback("on_disconnect"));
+        let handled = match self.on_disconnect.as_mut() {
+            Some(handler) => handler(&mut self.worker, &mut connection, event_loop)
+                .map_err(callback("disconnect")),
+            None => Ok(()),
+        };
         // Out of the poller while the descriptors are still open; they close when `connection`
         // drops.
         event_loop.deregister_ref(connection.source, &mut connection.channel);
         drop(connection);
         result?;
+        handled?;
         if self.dedicated && self.connections.is_empty() {
             self.terminate(event_loop)?;
         }

@@ -40,7 +40,8 @@
 //! the pools wait on it), and the [`NbChannel`], the event loop's face of the one framed
 //! connection ([`worker_channel::FramedConnection`]), which is itself the mio source of its
 //! descriptors. A [`WorkerHost`] serves an [`EventedWorker`] over any number of connections,
-//! hands control frames to a handler of the host's own, and can end one connection on purpose.
+//! hands control frames to a handler of the host's own, and can end one connection on purpose;
+//! a shared host also keeps each connection's failures (garbage, a full queue) to itself.
 
 mod deadline;
 mod raw;
@@ -68,8 +69,8 @@ mod poller;
 pub use error::Error;
 pub use event_loop::{EventLoop, LoopHandle, Readiness, SourceId, TimerId};
 pub use evented::{
-    Connection, ConnectionId, Connections, ControlHandler, EventedWorker, WorkerHost, WorkerLoop,
-    run_evented,
+    Connection, ConnectionId, Connections, ControlHandler, DisconnectHandler, EventedWorker,
+    WorkerHost, WorkerLoop, run_evented,
 };
 pub use nb_channel::NbChannel;
 pub use poller::{Poller, PollerWaker, WAKE_TOKEN};

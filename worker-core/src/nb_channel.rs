@@ -378,6 +378,20 @@ impl NbChannel {
         Ok(())
     }
 
+    /// As [`NbChannel::send`], with a payload already encoded (a control frame of a protocol
+    /// whose codec is not the channel's, say).
+    pub fn send_raw(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), Error> {
+        if self.is_write_closed() {
+            return Ok(());
+        }
+        let was_empty = self.queued_bytes() == 0;
+        self.connection.queue_raw(kind, payload)?;
+        if was_empty {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Writes queued bytes until the queue is empty or the stream would block; returns whether
     /// the queue is empty.
     ///

@@ -2,6 +2,8 @@
 //! handed to the host's handler, and one connection ended on purpose while the others go on.
 
 use std::{
+    io::Write,
+    net::Shutdown,
     os::unix::net::UnixStream,
     sync::{Arc, Mutex},
     thread,
@@ -9,8 +11,8 @@ use std::{
 
 use worker_channel::{Channel, Codec, FrameKind};
 use worker_core::{
-    BoxError, Connection, ControlHandler, Error, EventedWorker, LoopHandle, NbChannel, Worker,
-    WorkerHost, WorkerLoop,
+    BoxError, Connection, ConnectionId, ControlHandler, DisconnectHandler, Error, EventedWorker,
+    LoopHandle, NbChannel, Worker, WorkerHost, WorkerLoop,
 };
 
 use crate::common::{timeout, watchdog};
@@ -79,6 +81,27 @@ fn serve(
     peers: &[&'static str],
     control: Option<fn() -> ControlHandler<Hub>>,
 ) -> Served {
+    serve_with(
+        log,
+        peers,
+        control,
+        None::<fn(Log) -> DisconnectHandler<Hub>>,
+        1 << 20,
+    )
+}
+
+/// As [`serve`], with a disconnect handler made from the log, and a bound on each
+/// connection's outgoing queue.
+fn serve_with<D>(
+    log: &Log,
+    peers: &[&'static str],
+    control: Option<fn() -> ControlHandler<Hub>>,
+    on_disconnect: Option<D>,
+    max_queued: usize,
+) -> Served
+where
+    D: FnOnce(Log) -> DisconnectHandler<Hub> + Send + 'static,
+{
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for &name in peers {
@@ -93,14 +116,18 @@ fn serve(
         let run = || -> Result<(), Error> {
             let mut event_loop = WorkerLoop::<Hub>::new()?;
             handle_tx.send(event_loop.handle()).unwrap();
-            let mut host = WorkerHost::shared(Hub { log });
+            let mut host = WorkerHost::shared(Hub { log: log.clone() });
             if let Some(control) = control {
                 host.set_control_handler(control());
+            }
+            if let Some(on_disconnect) = on_disconnect {
+                host.set_disconnect_handler(on_disconnect(log.clone()));
             }
             host.start(&mut event_loop)?;
             for (stream, name) in ours {
                 let stream = mio::net::UnixStream::from_std(stream);
-                let channel = NbChannel::from_unix_stream(stream, Codec::MessagePack, 1 << 20);
+                let channel = NbChannel::from_unix_stream(stream, Codec::MessagePack, 1 << 20)
+                    .with_max_queued(max_queued);
                 host.connect(&mut event_loop, channel, name)?;
             }
             event_loop.run(&mut host)
@@ -160,16 +187,137 @@ fn control_frames_reach_the_host_handler_in_order_with_the_data_around_them() {
     }
 }
 
+/// Logs `gone <peer> <why>` for every connection that ends, `why` being its error or `-`.
+fn obituary(log: Log) -> DisconnectHandler<Hub> {
+    Box::new(move |_: &mut Hub, connection, _| {
+        let why = connection
+            .error()
+            .map_or_else(|| "-".to_owned(), |e| worker_core::error_chain(e));
+        let entry = format!("gone {} {why}", connection.peer_name());
+        log.lock().unwrap().push(entry);
+        Ok(())
+    })
+}
+
 #[test]
-fn without_a_handler_a_control_frame_is_a_protocol_error() {
-    let _w = watchdog("without_a_handler", 30.0);
+fn in_a_shared_host_a_bad_peer_ends_only_its_own_connection() {
+    let _w = watchdog("a_bad_peer_ends_only_its_own_connection", 30.0);
     let log = Log::default();
-    let (mut peers, _handle, server) = serve(&log, &["a"], None);
-    peers[0].send(FrameKind::Control, "hello").unwrap();
+    let names = ["control", "oversized", "garbage", "cut", "good"];
+    let (peers, _handle, server) = serve_with(&log, &names, None, Some(obituary), 1 << 20);
+    let [mut control, mut oversized, mut garbage, mut cut, mut good] =
+        <[_; 5]>::try_from(peers).unwrap();
+    // A control frame, which this host has no handler for.
+    control.send(FrameKind::Control, "hello").unwrap();
+    // A header announcing more than the limit.
+    let mut header = (2u32 << 20).to_be_bytes().to_vec();
+    header.push(0);
+    oversized.writer_mut().write_all(&header).unwrap();
+    // A data frame whose payload is no string.
+    garbage.send_raw(FrameKind::Data, b"\xc1\xc1").unwrap();
+    // Half a frame, then the end of the stream.
+    cut.writer_mut().write_all(&[0, 0, 0, 9, 0, 1, 2]).unwrap();
+    cut.writer().shutdown(Shutdown::Write).unwrap();
+    for peer in [&mut control, &mut oversized, &mut garbage, &mut cut] {
+        assert!(peer.next_message::<String>().unwrap().is_none(), "closed");
+    }
+    // The others go on.
+    good.send_message("still here").unwrap();
+    assert_eq!(good.receive_message::<String>().unwrap(), "still here");
+    drop(good);
+    finish(server).unwrap();
+    let mut gone: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.starts_with("gone"))
+        .cloned()
+        .collect();
+    gone.sort();
     assert_eq!(
-        finish(server),
-        Err("channel error: unexpected control frame".to_owned())
+        gone,
+        [
+            "gone control channel error: unexpected control frame",
+            "gone cut channel error: stream ended inside a frame (7 of 14 bytes received)",
+            "gone garbage channel error: cannot decode messagepack payload: wrong msgpack \
+             marker Reserved",
+            "gone good -",
+            "gone oversized channel error: frame of 2097152 bytes exceeds the limit of 1048576 \
+             bytes",
+        ]
     );
+}
+
+#[test]
+fn in_a_shared_host_a_peer_that_stops_reading_is_dropped_at_its_queue_bound() {
+    let _w = watchdog("a_peer_that_stops_reading_is_dropped", 60.0);
+    let log = Log::default();
+    let (gone_tx, gone) = crossbeam_channel::unbounded();
+    let (peers, _handle, server) = serve_with(
+        &log,
+        &["deaf", "good"],
+        None,
+        Some(move |log: Log| {
+            let mut obituary = obituary(log);
+            Box::new(
+                move |hub: &mut Hub,
+                      connection: &mut Connection<String>,
+                      el: &mut WorkerLoop<Hub>| {
+                    obituary(hub, connection, el)?;
+                    let _ = gone_tx.send(connection.peer_name().to_owned());
+                    Ok(())
+                },
+            ) as DisconnectHandler<Hub>
+        }),
+        64 * 1024,
+    );
+    let [mut deaf, mut good] = <[_; 2]>::try_from(peers).unwrap();
+    // `deaf` sends without ever reading; its echoes pile up until the bound, and it is dropped
+    // while `good` is served as usual.
+    let flooding = thread::spawn(move || {
+        let text = "x".repeat(16 * 1024);
+        while deaf.send_message(&text).is_ok() {}
+    });
+    assert_eq!(gone.recv_timeout(timeout(30.0)).unwrap(), "deaf");
+    good.send_message("still here").unwrap();
+    assert_eq!(good.receive_message::<String>().unwrap(), "still here");
+    flooding.join().unwrap();
+    drop(good);
+    finish(server).unwrap();
+    let log = log.lock().unwrap();
+    let deaf = log.iter().find(|e| e.starts_with("gone deaf")).unwrap();
+    assert!(
+        deaf.starts_with("gone deaf channel error: outgoing queue full"),
+        "{deaf}"
+    );
+}
+
+#[test]
+fn finish_answers_what_the_peer_already_sent_then_closes() {
+    let _w = watchdog("finish_answers_what_the_peer_already_sent", 30.0);
+    let log = Log::default();
+    let (mut peers, handle, server) = serve(&log, &["a", "b"], None);
+    let mut b = peers.pop().unwrap();
+    let mut a = peers.pop().unwrap();
+    for text in ["one", "two", "three"] {
+        a.send_message(text).unwrap();
+    }
+    handle
+        .post(|host: &mut WorkerHost<Hub>, event_loop| {
+            let ids: Vec<ConnectionId> =
+                host.connections_mut().iter_mut().map(|c| c.id()).collect();
+            for id in ids {
+                host.finish(event_loop, id)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    for text in ["one", "two", "three"] {
+        assert_eq!(a.receive_message::<String>().unwrap(), text);
+    }
+    assert!(a.next_message::<String>().unwrap().is_none(), "closed");
+    assert!(b.next_message::<String>().unwrap().is_none(), "closed");
+    finish(server).unwrap();
 }
 
 #[test]

@@ -12,7 +12,7 @@ use worker_core::{WorkerStatus, deadline_after, time_left};
 
 use crate::{
     AdminCookie, Error,
-    address::{Address, Stream},
+    address::{self, Stream},
     auth::{self, AuthError, ClientAuth},
     wire::{
         self, ClientMessage, ErrorCode, Hello, Inbound, NONCE_LEN, PROTOCOL_VERSION, ServerMessage,
@@ -92,12 +92,12 @@ impl SharedWorker {
     /// bound; addresses given as IP literals need no resolution.
     pub fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
         let deadline = deadline_after(timeout);
-        let parsed = Address::parse(address)?;
-        let stream = parsed.connect(deadline).map_err(|source| Error::Connect {
-            address: parsed.canonical.clone(),
+        let parsed = address::parse(address)?;
+        let stream = address::connect(&parsed, deadline).map_err(|source| Error::Connect {
+            address: parsed.to_string(),
             source,
         })?;
-        let mut link = Link::new(parsed.canonical, stream)?;
+        let mut link = Link::new(parsed.to_string(), stream)?;
         let hello = link.read_hello(deadline, timeout)?;
         Ok(SharedWorker {
             link,

@@ -1,6 +1,9 @@
 use std::{error, fmt, io, path::PathBuf, time::Duration};
 
-/// The error type of `worker-shared`: addresses, connections, the admin plane and cookies.
+use worker_core::BoxError;
+
+/// The error type of `worker-shared`: addresses, connections, the admin plane, cookies, and
+/// the server.
 ///
 /// Errors about a connection name the worker's address, and its pid once its hello told it.
 #[derive(Debug)]
@@ -157,6 +160,67 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// A server setting that cannot work.
+    Config {
+        /// The setting at fault.
+        setting: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A server could not listen at its address: the address is in use (a socket file is
+    /// already there, or the port is taken), the directory cannot be created, permission was
+    /// refused.
+    Bind {
+        /// The address, in canonical form.
+        address: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// Socket activation handed over something a server cannot serve on (not a listening
+    /// stream socket).
+    Activation {
+        /// The address the server was to serve.
+        address: String,
+        /// What is wrong.
+        source: io::Error,
+    },
+    /// SIGTERM and SIGINT could not be made to stop the server (another server of this
+    /// process has them).
+    Signals {
+        /// The server's address.
+        address: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A server's event loop failed, or a callback of its worker did (`on_stop` included).
+    Serve {
+        /// The server's address.
+        address: String,
+        /// The loop's or the callback's error.
+        source: worker_core::Error,
+    },
+    /// The worker of an embedded server could not be built.
+    Constructor {
+        /// The implementation's name.
+        implementation: String,
+        /// The constructor's error.
+        source: BoxError,
+    },
+    /// A shared-worker daemon said it could not start: its settings, its socket, or its
+    /// constructor failed (the reason is its own words).
+    StartFailed {
+        /// The worker's address.
+        address: String,
+        /// The daemon's words.
+        reason: String,
+    },
+    /// A shared-worker daemon could not be started, or ended before saying it listens.
+    Start {
+        /// The worker's address.
+        address: String,
+        /// The spawn's error (its exit status and the tail of its standard error, say).
+        source: worker_bootstrap::Error,
+    },
 }
 
 /// ` (pid N)` when the pid is known.
@@ -271,6 +335,33 @@ impl fmt::Display for Error {
                 mode & 0o7777
             ),
             Error::InvalidCookie { reason } => write!(f, "invalid admin cookie: {reason}"),
+            Error::Config { setting, problem } => {
+                write!(
+                    f,
+                    "invalid shared worker configuration: {setting} {problem}"
+                )
+            }
+            Error::Bind { address, .. } => {
+                write!(f, "cannot listen for shared worker at {address}")
+            }
+            Error::Activation { address, .. } => write!(
+                f,
+                "cannot serve shared worker {address} on the socket systemd handed over"
+            ),
+            Error::Signals { address, .. } => write!(
+                f,
+                "cannot make SIGTERM and SIGINT stop shared worker at {address}"
+            ),
+            Error::Serve { address, .. } => write!(f, "shared worker at {address} failed"),
+            Error::Constructor { implementation, .. } => {
+                write!(f, "cannot build shared worker {implementation}")
+            }
+            Error::StartFailed { address, reason } => {
+                write!(f, "shared worker at {address} could not start: {reason}")
+            }
+            Error::Start { address, .. } => {
+                write!(f, "cannot start shared worker at {address}")
+            }
         }
     }
 }
@@ -281,7 +372,13 @@ impl error::Error for Error {
             Error::InvalidAddress { source, .. } => Some(source),
             Error::Connect { source, .. }
             | Error::Io { source, .. }
-            | Error::CookieFile { source, .. } => Some(source),
+            | Error::CookieFile { source, .. }
+            | Error::Bind { source, .. }
+            | Error::Activation { source, .. }
+            | Error::Signals { source, .. } => Some(source),
+            Error::Serve { source, .. } => Some(source),
+            Error::Constructor { source, .. } => Some(&**source),
+            Error::Start { source, .. } => Some(source),
             Error::Channel { source, .. } => Some(source),
             Error::Random(source) => Some(source),
             _ => None,

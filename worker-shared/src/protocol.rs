@@ -63,6 +63,14 @@
 //!
 //! A client meets codes it does not know as a generic refusal; new codes may appear within a version.
 //!
+//! # What a server does with a connection
+//!
+//! - A connection past the server's limit, or from a Unix peer whose user may not connect, is closed before the hello: the client reads the end of the stream first.
+//! - A client that sends no complete frame within the server's handshake deadline (30 s unless configured) is disconnected; any first frame counts (a data message, `query`, `authenticate`).
+//! - A frame the server cannot take (a header over the maximum, an unknown kind, a data payload its codec cannot read, a stream that ends inside a frame) ends that connection without a reply; a control frame that is not a control message gets `error` `protocol_error`, then the end.
+//! - A client that does not read its replies is disconnected once the server holds the configured amount for it (1 MiB unless configured); its last frame may be cut.
+//! - When the server stops, it answers what each client already sent, sends what it queued, then closes every connection.
+//!
 //! # Authentication
 //!
 //! The cookie never crosses the wire.

@@ -1,8 +1,8 @@
 //! The server's side of one connection's admin plane, as a pure state machine.
 //!
-//! # How the server sits on worker-core's evented host (to be wired)
+//! # How the server sits on worker-core's evented host
 //!
-//! The shared-worker server is a [`WorkerHost::shared`](worker_core::WorkerHost::shared) on a [`WorkerLoop`](worker_core::WorkerLoop), with the listener registered on the loop.
+//! The shared-worker server (`server.rs`) is a [`WorkerHost::shared`](worker_core::WorkerHost::shared) on a [`WorkerLoop`](worker_core::WorkerLoop), with the listener registered on the loop.
 //! Everything runs on the loop's one thread, so none of this needs a lock.
 //!
 //! 1. **Accept.**
@@ -13,10 +13,10 @@
 //!    It is handed to `WorkerHost::connect` with its peer name (pid and uid, or the remote address), and gets a [`ServerSession`] with a fresh nonce ([`auth::fresh_nonce`]), kept beside the connection by [`ConnectionId`](worker_core::ConnectionId).
 //!    [`ServerSession::hello`] is queued before `on_connect` runs, so it is the first frame the client reads.
 //! 3. **Handshake deadline.**
-//!    A timer per connection (`EventLoop::add_timer`) drops the connection on purpose, through the host's new "drop one connection" hook, if no complete frame arrived from it in time; its first frame cancels the timer.
+//!    A timer per connection (`EventLoop::add_timer`) drops the connection on purpose ([`WorkerHost::disconnect`](worker_core::WorkerHost::disconnect)) if no complete frame arrived from it in time ([`Connection::frames_received`](worker_core::Connection::frames_received)); the connection's end cancels the timer.
 //!    500 silent sockets then cost 500 timers, and are gone at the deadline.
 //! 4. **Control frames.**
-//!    The host's new per-connection control hook hands each control payload to [`ServerSession::handle`], with the cookie the daemon received through its private start pipe, and acts on the [`Step`]:
+//!    The host's control handler hands each control payload to [`ServerSession::handle`], with the cookie the daemon received through its private start pipe, and acts on the [`Step`]:
 //!    - [`Step::Reply`]: queue the message on that connection only;
 //!    - [`Step::Query`]: call the worker's `on_query(privileged)` and queue [`status`]`(privileged, answer)`;
 //!    - [`Step::Stop`]: queue the acknowledgement, then stop gracefully (stop accepting, remove the socket file if it is still ours, `on_stop`, deliver every queued reply, close, `terminate`);
@@ -25,7 +25,7 @@
 //!    The host logs a failed authentication (address and peer, never the proof) and keeps serving everyone else.
 //! 5. **Data frames** go to `on_message` as for any evented worker.
 //!    This module never sees them, so an application message can never be taken for a command.
-//! 6. **Framing errors** (garbage, an oversized header, a frame cut by the end of the stream) end only that connection: the host drops it, and the others go on.
+//! 6. **Framing errors** (garbage, an oversized header, a frame cut by the end of the stream) end only that connection: the shared host drops it, and the others go on; its disconnect handler logs why ([`Connection::error`](worker_core::Connection::error)) and forgets the session.
 
 use worker_channel::Codec;
 use worker_core::WorkerStatus;
@@ -102,8 +102,14 @@ impl ServerSession {
     }
 
     /// Whether the client proved it knows the cookie.
+    #[cfg(test)]
     pub(crate) fn is_authenticated(&self) -> bool {
         self.authenticated
+    }
+
+    /// How many authentications failed on this connection.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
     }
 
     /// Handles one control payload from the client; `cookie` is the worker's, if it has one.

@@ -558,3 +558,21 @@ fn copy(mut from: Conn, mut to: Conn, record: &Mutex<Vec<u8>>) {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Raises this process's soft limit on open descriptors to at least `wanted` (or to the hard
+/// limit, if lower), for tests that hold many connections.
+pub fn raise_fd_limit(wanted: u64) {
+    // SAFETY: an all-zero rlimit is a valid value for getrlimit to fill.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is valid for writes.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    limit.rlim_cur = wanted.min(limit.rlim_max);
+    // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+}

@@ -1,0 +1,93 @@
+//! A shared worker embedded in a program of your own: the seed's `MySharedWorkerImpl`,
+//! served on a thread of this process instead of a daemon, then queried and stopped.
+//!
+//! Run it with `cargo run --example shared_embedded`.
+//!
+//! To serve on the calling thread instead, call `SharedServer::run(worker)`: it returns once
+//! the worker is stopped (by a client with the cookie, by `exsyst_worker::shared::stop_current()`
+//! from inside the worker, or, with `with_stop_on_signals(true)`, by SIGTERM or SIGINT).
+
+use exsyst_worker::{
+    AdminCookie, BoxError, Connection, EventedWorker, SharedServer, SharedServerConfig,
+    SharedWorker, SharedWorkerImpl, Worker, WorkerLoop, worker::WorkerStatus,
+};
+
+/// The seed's `MySharedWorkerImpl`: it greets each client with its ordinal.
+struct MySharedWorkerImpl {
+    i: u64,
+}
+
+impl Worker for MySharedWorkerImpl {
+    const NAME: &'static str = "shared_embedded::MySharedWorkerImpl";
+    type Args = ();
+
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(MySharedWorkerImpl { i: 0 })
+    }
+}
+
+impl EventedWorker for MySharedWorkerImpl {
+    type Message = String;
+    type Reply = String;
+
+    fn on_message(
+        &mut self,
+        message: String,
+        connection: &mut Connection<String>,
+        _: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        self.i += 1;
+        connection.send(&format!(
+            "Hello {message} ! You're my {} client.",
+            ordinal(self.i)
+        ))?;
+        Ok(())
+    }
+}
+
+impl SharedWorkerImpl for MySharedWorkerImpl {
+    fn on_query(&mut self, _privileged: bool) -> Option<WorkerStatus> {
+        Some(format!("Current counter value : {}", self.i).into())
+    }
+}
+
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100 / 10) {
+        (_, 1) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let address = format!("unix://{}/Worker.sock", dir.path().display());
+    let cookie = AdminCookie::new("This value is not so secret, change it in your app !")?;
+
+    // Listening as soon as `bind` returns; `spawn` returns once the worker is built.
+    let config = SharedServerConfig::default().with_cookie(cookie.clone());
+    let server = SharedServer::bind(&address, config)?.spawn(|| MySharedWorkerImpl::new(()))?;
+
+    // Three masters in turn, as the seed's `MasterOfShared.php` run three times.
+    for name in ["world", "Rust", "again"] {
+        let mut worker = SharedWorker::connect(&address)?;
+        worker.send_message(name)?;
+        println!("{}", worker.receive_message::<String>()?);
+    }
+
+    // `--stop`: a client with the cookie stops it; `server.stop()` would too.
+    let mut admin = SharedWorker::connect(&address)?;
+    if let Some(status) = admin.query()?.status {
+        println!("{status}");
+    }
+    admin.stop(&cookie)?;
+    server.join()?;
+    println!(
+        "stopped; socket file left behind: {}",
+        dir.path().join("Worker.sock").exists()
+    );
+    Ok(())
+}

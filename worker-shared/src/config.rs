@@ -1,0 +1,409 @@
+//! What a shared-worker server is told: its cookie, codec, socket options and limits.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use worker_channel::{Codec, DEFAULT_MAX_FRAME_LEN};
+
+use crate::{AdminCookie, Error};
+
+/// Which Unix peers a server accepts, by the user id the kernel recorded when they connected
+/// (`SO_PEERCRED`). TCP peers have no user id: this does not apply to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PeerUids {
+    /// Only processes running as the server's own effective user. The default.
+    #[default]
+    Owner,
+    /// Anyone who can open the socket file (its mode decides who can).
+    Any,
+    /// Only these users.
+    Only(Vec<u32>),
+}
+
+/// How a shared-worker server behaves: the admin cookie, the data codec, the Unix socket's
+/// mode and who may connect, the limits, and the deadlines.
+///
+/// Every setting has a default, so `SharedServerConfig::default()` serves MessagePack with no
+/// cookie (nobody can stop it through its socket), a socket file of mode `0600` for its own
+/// user only, at most 4096 connections with 1 MiB of replies queued each, and a 30 s handshake
+/// deadline.
+///
+/// It is serializable: a daemon receives it through its private start pipe (see
+/// [`daemon_extensions`](crate::daemon_extensions)). The cookie serializes as its bytes, so keep
+/// a serialized configuration as secret as the cookie; `Debug` shows it redacted.
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_shared::{AdminCookie, PeerUids, SharedServerConfig};
+///
+/// let config = SharedServerConfig::default()
+///     .with_cookie(AdminCookie::new("change me in your app")?)
+///     .with_socket_mode(0o660)
+///     .with_peer_uids(PeerUids::Any)
+///     .with_max_connections(100)
+///     .with_idle_timeout(Some(Duration::from_secs(600)));
+/// assert_eq!(config.socket_mode(), 0o660);
+/// assert!(format!("{config:?}").contains("<redacted>"));
+/// # Ok::<(), worker_shared::Error>(())
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SharedServerConfig {
+    #[serde(with = "cookie_bytes")]
+    cookie: Option<AdminCookie>,
+    codec: Codec,
+    max_frame_len: u32,
+    socket_mode: u32,
+    peer_uids: PeerUids,
+    backlog: u32,
+    max_connections: usize,
+    max_queued: usize,
+    #[serde(with = "millis_opt")]
+    handshake_timeout: Option<Duration>,
+    #[serde(with = "millis")]
+    drain_timeout: Duration,
+    #[serde(with = "millis_opt")]
+    idle_timeout: Option<Duration>,
+    socket_activation: bool,
+    stop_on_signals: bool,
+}
+
+impl Default for SharedServerConfig {
+    fn default() -> Self {
+        SharedServerConfig {
+            cookie: None,
+            codec: Codec::MessagePack,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            socket_mode: 0o600,
+            peer_uids: PeerUids::Owner,
+            backlog: 1024,
+            max_connections: 4096,
+            max_queued: 1024 * 1024,
+            handshake_timeout: Some(Duration::from_secs(30)),
+            drain_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            socket_activation: true,
+            stop_on_signals: false,
+        }
+    }
+}
+
+impl SharedServerConfig {
+    /// The default configuration.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The admin cookie that stopping and the privileged query need; without one, neither is
+    /// possible through the socket.
+    pub fn with_cookie(mut self, cookie: AdminCookie) -> Self {
+        self.cookie = Some(cookie);
+        self
+    }
+
+    /// The codec of data messages (MessagePack by default); control frames are always
+    /// MessagePack. A daemon takes its profile's codec instead.
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The largest payload either side sends (16 MiB by default); a peer announcing more
+    /// is dropped. A daemon takes its profile's instead.
+    pub fn with_max_frame_len(mut self, max_frame_len: u32) -> Self {
+        self.max_frame_len = max_frame_len;
+        self
+    }
+
+    /// The permission bits of the Unix socket file (`0600` by default): the file is never
+    /// created more open than this, whatever the umask.
+    pub fn with_socket_mode(mut self, mode: u32) -> Self {
+        self.socket_mode = mode;
+        self
+    }
+
+    /// Which Unix peers are accepted ([`PeerUids::Owner`] by default).
+    pub fn with_peer_uids(mut self, uids: PeerUids) -> Self {
+        self.peer_uids = uids;
+        self
+    }
+
+    /// How many connections may wait to be accepted (the `listen(2)` backlog; 1024 by default).
+    pub fn with_backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// How many connections are served at once (4096 by default); one more is accepted and
+    /// closed at once, before any hello, so its client sees the end of the stream.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// How many bytes of replies may wait for one client that does not read (1 MiB by
+    /// default); a client whose queue reaches it is dropped, and nobody else waits for it.
+    pub fn with_max_queued(mut self, max: usize) -> Self {
+        self.max_queued = max;
+        self
+    }
+
+    /// How long a new connection may stay silent (no complete frame) before it is dropped
+    /// (30 s by default; `None`: for ever). A client's first message, query or authentication
+    /// counts.
+    pub fn with_handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a stopping server waits for its clients to take the replies already queued
+    /// before it closes the remaining connections (10 s by default).
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Stops the server gracefully once it has had no connection for this long (`None`, the
+    /// default: never).
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Whether [`SharedServer::bind`](crate::SharedServer::bind) serves on the listener systemd
+    /// hands over (`LISTEN_PID`, `LISTEN_FDS`) instead of binding (`true` by default).
+    pub fn with_socket_activation(mut self, enabled: bool) -> Self {
+        self.socket_activation = enabled;
+        self
+    }
+
+    /// Whether SIGTERM and SIGINT stop the server gracefully (`false` by default, as a program
+    /// that embeds a server owns its signals; a daemon always does).
+    pub fn with_stop_on_signals(mut self, enabled: bool) -> Self {
+        self.stop_on_signals = enabled;
+        self
+    }
+
+    /// The admin cookie, if any.
+    pub fn cookie(&self) -> Option<&AdminCookie> {
+        self.cookie.as_ref()
+    }
+
+    /// The codec of data messages.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// The largest payload either side sends.
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_frame_len
+    }
+
+    /// The permission bits of the Unix socket file.
+    pub fn socket_mode(&self) -> u32 {
+        self.socket_mode
+    }
+
+    /// Which Unix peers are accepted.
+    pub fn peer_uids(&self) -> &PeerUids {
+        &self.peer_uids
+    }
+
+    /// The `listen(2)` backlog.
+    pub fn backlog(&self) -> u32 {
+        self.backlog
+    }
+
+    /// How many connections are served at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// How many bytes of replies may wait for one client.
+    pub fn max_queued(&self) -> usize {
+        self.max_queued
+    }
+
+    /// How long a new connection may stay silent.
+    pub fn handshake_timeout(&self) -> Option<Duration> {
+        self.handshake_timeout
+    }
+
+    /// How long a stopping server waits for its clients.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    /// How long the server may have no connection before it stops itself.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// Whether socket activation is honoured.
+    pub fn socket_activation(&self) -> bool {
+        self.socket_activation
+    }
+
+    /// Whether SIGTERM and SIGINT stop the server.
+    pub fn stop_on_signals(&self) -> bool {
+        self.stop_on_signals
+    }
+
+    /// Refuses settings that cannot work.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let bad = |setting, problem: &str| {
+            Err(Error::Config {
+                setting,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.socket_mode & !0o777 != 0 {
+            return bad("socket_mode", "has bits beyond 0o777");
+        }
+        if self.socket_mode & 0o600 != 0o600 {
+            return bad(
+                "socket_mode",
+                "must let the owner read and write (0o600), or the server's own user could not \
+                 connect",
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "is zero: nobody could connect");
+        }
+        if self.max_queued == 0 {
+            return bad("max_queued", "is zero: no reply could be queued");
+        }
+        if self.max_frame_len == 0 {
+            return bad("max_frame_len", "is zero: no message could cross");
+        }
+        if self.backlog == 0 || self.backlog > i32::MAX as u32 {
+            return bad("backlog", "is not between 1 and 2^31 - 1");
+        }
+        Ok(())
+    }
+}
+
+/// The cookie as its bytes: it travels only in a daemon's private start pipe.
+mod cookie_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::ByteBuf;
+
+    use crate::AdminCookie;
+
+    pub(super) fn serialize<S: Serializer>(
+        cookie: &Option<AdminCookie>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        cookie
+            .as_ref()
+            .map(|c| serde_bytes::Bytes::new(c.expose()))
+            .serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<AdminCookie>, D::Error> {
+        Option::<ByteBuf>::deserialize(deserializer)?
+            .map(|bytes| AdminCookie::new(bytes.into_vec()).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A duration as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// An optional duration as whole milliseconds.
+mod millis_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(d).map(|d| d.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_round_trips_with_its_cookie() {
+        let config = SharedServerConfig::default()
+            .with_cookie(AdminCookie::new("s3cret").unwrap())
+            .with_codec(Codec::Json)
+            .with_peer_uids(PeerUids::Only(vec![0, 1000]))
+            .with_handshake_timeout(None)
+            .with_idle_timeout(Some(Duration::from_millis(1500)));
+        let bytes = Codec::MessagePack.encode(&config).unwrap();
+        let back: SharedServerConfig = Codec::MessagePack.decode(&bytes).unwrap();
+        assert_eq!(back.cookie().unwrap().expose(), b"s3cret");
+        assert_eq!(back.codec(), Codec::Json);
+        assert_eq!(back.peer_uids(), &PeerUids::Only(vec![0, 1000]));
+        assert_eq!(back.handshake_timeout(), None);
+        assert_eq!(back.idle_timeout(), Some(Duration::from_millis(1500)));
+        assert_eq!(back.drain_timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn missing_keys_take_their_defaults() {
+        let back: SharedServerConfig = Codec::Json.decode(b"{}").unwrap();
+        assert!(back.cookie().is_none());
+        assert_eq!(back.socket_mode(), 0o600);
+        assert_eq!(back.max_connections(), 4096);
+    }
+
+    #[test]
+    fn impossible_settings_are_refused() {
+        for (config, setting) in [
+            (
+                SharedServerConfig::default().with_socket_mode(0o1600),
+                "socket_mode",
+            ),
+            (
+                SharedServerConfig::default().with_socket_mode(0o066),
+                "socket_mode",
+            ),
+            (
+                SharedServerConfig::default().with_max_connections(0),
+                "max_connections",
+            ),
+            (
+                SharedServerConfig::default().with_max_queued(0),
+                "max_queued",
+            ),
+            (
+                SharedServerConfig::default().with_max_frame_len(0),
+                "max_frame_len",
+            ),
+            (SharedServerConfig::default().with_backlog(0), "backlog"),
+        ] {
+            match config.validate() {
+                Err(Error::Config { setting: s, .. }) => assert_eq!(s, setting),
+                other => panic!("{setting}: {other:?}"),
+            }
+        }
+        assert!(SharedServerConfig::default().validate().is_ok());
+    }
+}

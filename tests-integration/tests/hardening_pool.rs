@@ -1,4 +1,4 @@
-//! Pools against hostile workers and extreme settings (issue 8: A4, A5, A6, A12, A13, B6).
+//! Pools against hostile workers and extreme settings (issue 8: A4, A5, A6, A7, A12, A13, B6).
 
 use std::{
     io::{BufRead, BufReader},
@@ -19,7 +19,7 @@ use exsyst_worker::{
 };
 use tests_integration::workers::{
     hostile::{Act, Hostile},
-    hostile_tasks::{Blob, Fragile, Item, Prank, Pranks, Trick},
+    hostile_tasks::{Blob, Fragile, Item, Prank, Pranks, Stunt, Stunts, Trick},
     pool::{Command, Commands, PidSquarer, Tiny},
 };
 
@@ -615,4 +615,78 @@ fn dropping_a_pool_whose_worker_takes_no_input_and_has_no_task_timeout_is_quick(
         assert!(matches!(handle.wait(), Err(Error::Closed)));
         assert!(start.elapsed() < Duration::from_secs(1));
     }
+}
+
+// ---- A7: a worker's death is seen while a grandchild it forked holds its channel ----
+
+/// The exit code of the worker whose death `e` reports.
+fn exit_code(e: &Error) -> Option<i32> {
+    match bootstrap_source(e) {
+        Bootstrap::WorkerExited { status, .. } => status.code(),
+        other => panic!("expected the worker's exit, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_message_pool_sees_a_worker_die_while_its_grandchild_holds_the_channel() {
+    let mut pool = hostile_pool(2);
+    let dead = pool[0].pid();
+    pool.send_message(
+        0,
+        &Act::ForkAndExit {
+            code: 7,
+            millis: 600_000,
+        },
+    )
+    .unwrap();
+    // Well before the grandchild lets the channel go.
+    match pool.receive_message_timeout::<String>(timeout(Duration::from_secs(10))) {
+        Err(e @ Error::Worker { index: 0, pid, .. }) => {
+            assert_eq!(pid, dead);
+            assert_eq!(exit_code(&e), Some(7), "{e:?}");
+        }
+        other => panic!("expected worker 0's exit, got {other:?}"),
+    }
+    assert_ne!(pool[0].pid(), dead);
+    assert_eq!(pool.restarted(), 1);
+    assert!(wait_until(Duration::from_secs(10), || process_gone(dead)));
+    for i in [0, 1] {
+        pool.send_message(i, &Act::Reply(format!("still here {i}")))
+            .unwrap();
+        assert_eq!(
+            pool.receive_message_timeout::<String>(timeout(Duration::from_secs(10)))
+                .unwrap(),
+            (i, format!("still here {i}"))
+        );
+    }
+}
+
+#[test]
+fn a_task_pool_sees_a_worker_die_while_its_grandchild_holds_the_channel() {
+    let pool = builder().size(2).build_tasks::<Stunts>().unwrap();
+    let before = pool.pids();
+    let task = pool
+        .submit(Stunt::ForkAndExit {
+            code: 7,
+            millis: 600_000,
+        })
+        .unwrap();
+    // Well before the grandchild lets the channel go.
+    let dead = match task.wait_timeout(timeout(Duration::from_secs(10))) {
+        Err(e @ Error::Worker { pid, .. }) => {
+            assert_eq!(exit_code(&e), Some(7), "{e:?}");
+            pid
+        }
+        other => panic!("expected the worker's exit, got {other:?}"),
+    };
+    assert!(before.contains(&dead));
+    let stats = pool.stats();
+    assert_eq!((stats.restarted, stats.workers), (1, 2));
+    let after = pool.pids();
+    assert!(!after.contains(&dead), "{after:?}");
+    assert!(wait_until(Duration::from_secs(10), || process_gone(dead)));
+    assert_eq!(
+        pool.map((0..20).map(Stunt::Echo)).unwrap(),
+        (0..20).collect::<Vec<u64>>()
+    );
 }

@@ -223,10 +223,10 @@ fn run<W: TaskWorker>(
 ) {
     let mut slots = Vec::with_capacity(config.size);
     for index in 0..config.size {
-        let worker = config
-            .spawner
-            .spawn()
-            .and_then(|w| ready.watch(index, &w).map(|()| w));
+        let worker = config.spawner.spawn().and_then(|mut w| {
+            ready.watch(index, &mut w)?;
+            Ok(w)
+        });
         match worker {
             Ok(worker) => slots.push(Slot::new(worker)),
             Err(e) => {
@@ -504,6 +504,7 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
+    /// Reads every reply the workers' events announce, each worker until it has no more.
     fn read_replies(&mut self) {
         for index in 0..self.slots.len() {
             loop {
@@ -511,22 +512,16 @@ impl<W: TaskWorker> Dispatcher<W> {
                     return;
                 }
                 let slot = &mut self.slots[index];
-                if !self.ready.is_ready(index) && !slot.worker.has_buffered_message() {
-                    break;
-                }
-                match slot
-                    .worker
-                    .try_receive_message::<ReceivedReply<W::Output>>()
-                {
+                let received = self
+                    .ready
+                    .try_receive::<ReceivedReply<W::Output>>(index, &mut slot.worker);
+                match received {
                     Ok(Some(reply)) => {
                         if !self.complete(index, reply) {
                             break;
                         }
                     }
-                    Ok(None) => {
-                        self.ready.drained(index);
-                        break;
-                    }
+                    Ok(None) => break,
                     Err(source) => {
                         let pid = slot.worker.pid();
                         let error = Error::worker(index, pid, source);
@@ -633,7 +628,7 @@ impl<W: TaskWorker> Dispatcher<W> {
     fn lost(&mut self, index: usize, first: Error, rest: Error) {
         let fifo = self.take_fifo(index);
         let slot = &mut self.slots[index];
-        self.ready.unwatch(index, &slot.worker);
+        self.ready.unwatch(index, &mut slot.worker);
         let _ = slot.worker.kill();
         let replaced = self.restarts.allow().and_then(|()| self.respawn(index));
         if replaced.is_ok() {
@@ -666,7 +661,7 @@ impl<W: TaskWorker> Dispatcher<W> {
 
     /// Closes a worker that served its quota once it has nothing in flight, and starts another.
     fn recycle(&mut self, index: usize) {
-        self.ready.unwatch(index, &self.slots[index].worker);
+        self.ready.unwatch(index, &mut self.slots[index].worker);
         match self.respawn(index) {
             Ok(()) => {
                 self.shared.recycled.fetch_add(1, Ordering::Relaxed);
@@ -678,8 +673,8 @@ impl<W: TaskWorker> Dispatcher<W> {
     /// Puts a fresh worker in `index`; the old one is closed (it is killed already, or it is
     /// idle and ends on end of input).
     fn respawn(&mut self, index: usize) -> Result<(), Error> {
-        let worker = self.spawner.spawn()?;
-        self.ready.watch(index, &worker)?;
+        let mut worker = self.spawner.spawn()?;
+        self.ready.watch(index, &mut worker)?;
         if let Some(pid) = lock(&self.shared.pids).get_mut(index) {
             *pid = worker.pid();
         }

@@ -62,8 +62,8 @@ impl WorkerPool {
             failed: None,
         };
         for index in 0..size {
-            let worker = pool.spawner.spawn()?;
-            pool.ready.watch(index, &worker)?;
+            let mut worker = pool.spawner.spawn()?;
+            pool.ready.watch(index, &mut worker)?;
             pool.workers.push(worker);
         }
         Ok(pool)
@@ -161,15 +161,12 @@ impl WorkerPool {
         loop {
             for k in 0..n {
                 let i = (self.next + k) % n;
-                if !self.ready.is_ready(i) && !self.workers[i].has_buffered_message() {
-                    continue;
-                }
-                match self.workers[i].try_receive_message::<T>() {
+                match self.ready.try_receive::<T>(i, &mut self.workers[i]) {
                     Ok(Some(message)) => {
                         self.next = (i + 1) % n;
                         return Ok((i, message));
                     }
-                    Ok(None) => self.ready.drained(i),
+                    Ok(None) => {}
                     Err(e) => {
                         self.next = (i + 1) % n;
                         return Err(self.worker_failed(i, e));
@@ -210,11 +207,11 @@ impl WorkerPool {
     }
 
     fn replace(&mut self, index: usize) -> Result<(), Error> {
-        self.ready.unwatch(index, &self.workers[index]);
+        self.ready.unwatch(index, &mut self.workers[index]);
         let _ = self.workers[index].kill();
         let result = self.restarts.allow().and_then(|()| {
-            let worker = self.spawner.spawn()?;
-            self.ready.watch(index, &worker)?;
+            let mut worker = self.spawner.spawn()?;
+            self.ready.watch(index, &mut worker)?;
             Ok(worker)
         });
         match result {

@@ -592,6 +592,7 @@ fn dropping_a_pool_whose_worker_takes_no_input_and_has_no_task_timeout_is_quick(
         .in_flight_per_worker(2)
         .build_tasks::<Commands>()
         .unwrap();
+    let worker = pool.pids()[0];
     let stuck = pool.submit(Command::Sleep(600_000)).unwrap();
     assert!(wait_until(Duration::from_secs(10), || pool
         .stats()
@@ -615,6 +616,51 @@ fn dropping_a_pool_whose_worker_takes_no_input_and_has_no_task_timeout_is_quick(
         assert!(matches!(handle.wait(), Err(Error::Closed)));
         assert!(start.elapsed() < Duration::from_secs(1));
     }
+    // Nothing was left behind: the dispatcher was not held by the send, and killed the worker.
+    assert!(
+        wait_until(Duration::from_secs(10), || process_gone(worker)),
+        "worker {worker} outlived its pool"
+    );
+}
+
+#[test]
+fn a_request_a_busy_worker_cannot_take_yet_holds_up_no_other_worker() {
+    // Two workers, each running a task until released; no task timeout.
+    let pool = builder()
+        .size(2)
+        .in_flight_per_worker(2)
+        .build_tasks::<Commands>()
+        .unwrap();
+    let (first, second) = (Held::new(), Held::new());
+    let a = pool.submit(Command::Hold(first.path.clone())).unwrap();
+    let (a_pid, release_a) = first.started();
+    let b = pool.submit(Command::Hold(second.path.clone())).unwrap();
+    let (b_pid, release_b) = second.started();
+    assert_ne!(a_pid, b_pid);
+    // Equally loaded, so this goes to the first: far more than its input pipe takes, while
+    // it reads nothing.
+    let big = pool
+        .submit(Command::Len(ByteBuf::from(vec![7u8; 4 << 20])))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || pool.stats().queued == 0));
+    // The other worker is answered, and serves on, while that request waits for room.
+    drop(release_b);
+    let limit = timeout(Duration::from_secs(10));
+    assert_eq!(b.wait_timeout(limit).unwrap(), u64::from(b_pid));
+    for n in 0..20 {
+        let echo = pool.submit(Command::Echo(n)).unwrap();
+        assert_eq!(echo.wait_timeout(limit).unwrap(), n);
+    }
+    assert!(
+        big.try_result().is_none(),
+        "the large request went to the idle worker"
+    );
+    // Once the first worker reads again, the rest of the request goes as its input finds room.
+    drop(release_a);
+    assert_eq!(a.wait_timeout(limit).unwrap(), u64::from(a_pid));
+    assert_eq!(big.wait_timeout(limit).unwrap(), 4 << 20);
+    let stats = pool.stats();
+    assert_eq!((stats.restarted, stats.failed), (0, 0));
 }
 
 // ---- A7: a worker's death is seen while a grandchild it forked holds its channel ----

@@ -1,9 +1,9 @@
 //! The pools' view of the one readiness layer ([`worker_core::Poller`]): which workers may have
-//! output to read, or may have exited. [`WorkerPool`](crate::WorkerPool) and the
+//! output to read, may take input, or may have exited. [`WorkerPool`](crate::WorkerPool) and the
 //! task dispatcher share it.
 //!
 //! Each worker is registered itself, as mio's [`Source`](worker_core::mio::event::Source): its
-//! output and its pidfd, under one token. The token
+//! output, its pidfd and (while it has bytes queued) its input, under one token. The token
 //! carries the worker's index and a generation that changes whenever the index gets another
 //! worker, so that an event of a replaced worker is never taken for its successor's.
 
@@ -32,8 +32,12 @@ struct Watch {
     generation: usize,
     /// Output (or its end, or the process's exit) to look at.
     readable: bool,
+    /// The input may take queued bytes.
+    writable: bool,
     /// An event came that no message has accounted for yet: it may be the pidfd's.
     unexplained: bool,
+    /// The input is registered too, because bytes are queued for it.
+    wants_write: bool,
 }
 
 /// Workers by index, with what their events said.
@@ -90,6 +94,32 @@ impl ReadySet {
         Token(generation << INDEX_BITS | index)
     }
 
+    /// Watches worker `index`'s input for room too (`true`: it has bytes queued), or no longer.
+    pub(crate) fn want_write(
+        &mut self,
+        index: usize,
+        worker: &mut DedicatedWorker,
+        on: bool,
+    ) -> Result<(), Error> {
+        let watch = &mut self.watches[index];
+        watch.writable = false;
+        if watch.wants_write == on {
+            return Ok(());
+        }
+        let interest = if on {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let token = Token(watch.generation << INDEX_BITS | index);
+        self.poller
+            .registry()
+            .reregister(worker, token, interest)
+            .map_err(|e| Error::system("watch a worker's input", e))?;
+        watch.wants_write = on;
+        Ok(())
+    }
+
     /// The next message of worker `index`, without waiting: one already buffered, or one its
     /// output has, while the poller's events say it may have some. An event that no message
     /// accounts for may be the process's exit (its pidfd shares the token): the worker is asked,
@@ -116,12 +146,22 @@ impl ReadySet {
         }
     }
 
+    /// Whether worker `index`'s input may take queued bytes.
+    pub(crate) fn is_writable(&self, index: usize) -> bool {
+        self.watches[index].writable
+    }
+
     /// Worker `index` was read to the end: wait for the poller to say it is readable again.
     /// `true` when no message accounted for the event that said so.
     fn drained(&mut self, index: usize) -> bool {
         let watch = &mut self.watches[index];
         watch.readable = false;
         std::mem::take(&mut watch.unexplained)
+    }
+
+    /// Worker `index`'s input took everything it could: wait for the poller to say it has room.
+    pub(crate) fn written(&mut self, index: usize) {
+        self.watches[index].writable = false;
     }
 
     /// Waits until a worker is ready, the waker is woken or `deadline` passes (`None`: no
@@ -143,6 +183,9 @@ impl ReadySet {
                 if ready.readable || ready.read_closed || ready.error {
                     watch.readable = true;
                     watch.unexplained = true;
+                }
+                if ready.writable || ready.write_closed || ready.error {
+                    watch.writable = true;
                 }
             })
             .map(drop)

@@ -17,10 +17,11 @@ use crate::{
     job::{ChunkDone, ChunkResults, Items, Job, Sink},
 };
 
-/// How long dropping a pool waits for its dispatcher to kill the workers and end.
+/// How long dropping a pool waits for its dispatcher to kill the workers and end: a safety net.
 ///
-/// The dispatcher ends at once unless it is in a send to a worker that takes no input (no task
-/// timeout bounds such a send); `Drop` does not wait for that past this bound.
+/// The dispatcher never waits for a worker to take input (its sends only queue, and its reads
+/// only take what is there), so it ends at once; should it ever be held (by a user type's
+/// `Serialize`, say), `Drop` stops waiting for it here.
 const DROP_WAIT: Duration = Duration::from_millis(500);
 
 /// Dedicated workers serving tasks: submit an item, get a [`TaskHandle`] whose result arrives
@@ -57,10 +58,9 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 /// # Shutdown
 ///
 /// [`close`](Self::close) lets the queued and in-flight tasks finish, then closes every worker.
-/// Dropping the pool kills and reaps every worker at once; tasks not finished fail with
-/// [`Error::Closed`]. Drop returns within half a second whatever the workers do; a worker that
-/// takes no input while a task without a timeout is being sent to it is killed once that send
-/// ends.
+/// Dropping the pool kills and reaps every worker at once, whatever they do (one that takes no
+/// input included), and returns within half a second; tasks not finished fail with
+/// [`Error::Closed`].
 pub struct TaskPool<W: TaskWorker> {
     tx: Option<Sender<JobOf<W>>>,
     shared: Arc<Shared>,
@@ -319,9 +319,7 @@ impl<W: TaskWorker> Drop for TaskPool<W> {
         self.shared.abort();
         self.tx = None;
         if let Some(thread) = self.thread.take() {
-            // The dispatcher kills the workers and ends at once, unless it is in a send
-            // without a timeout to a worker that takes no input: then it is left to end when
-            // that send does, and the handles stop waiting for it now.
+            // The dispatcher kills the workers and ends at once (see `DROP_WAIT`).
             if let Err(RecvTimeoutError::Disconnected) = self.alive.recv_timeout(DROP_WAIT) {
                 let _ = thread.join();
             }

@@ -475,7 +475,10 @@ fn recycling_replaces_a_worker_after_its_quota() {
         .recycled
         == 3));
     assert_eq!(pool.stats().restarted, 0);
-    assert!(pids.iter().all(|p| process_gone(*p as u32)));
+    // Closed in the background: each ends on end of input, and is reaped.
+    assert!(wait_until(Duration::from_secs(10), || pids
+        .iter()
+        .all(|p| process_gone(*p as u32))));
 }
 
 #[test]

@@ -224,13 +224,12 @@ fn run<W: TaskWorker>(
 ) {
     let mut slots = Vec::with_capacity(config.size);
     for index in 0..config.size {
-        let worker = config.spawner.spawn().and_then(|mut w| {
-            ready.watch(index, &mut w)?;
-            Ok(w)
-        });
-        match worker {
+        match config.spawner.spawn_watched(&mut ready, index) {
             Ok(worker) => slots.push(Slot::new(worker)),
             Err(e) => {
+                for slot in slots {
+                    slot.worker.close_in_background();
+                }
                 let _ = started.send(Err(e));
                 return;
             }
@@ -667,6 +666,8 @@ impl<W: TaskWorker> Dispatcher<W> {
         let fifo = self.take_fifo(index);
         let slot = &mut self.slots[index];
         self.ready.unwatch(index, &mut slot.worker);
+        // SIGKILL to its process group, and the reaping that follows at once; nothing waits
+        // for the worker's goodwill.
         let _ = slot.worker.kill();
         let replaced = self.restarts.allow().and_then(|()| self.respawn(index));
         if replaced.is_ok() {
@@ -708,16 +709,16 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
-    /// Puts a fresh worker in `index`; the old one is closed (it is killed already, or it is
-    /// idle and ends on end of input).
+    /// Puts a fresh worker in `index`. The old one (killed already, or idle and ending on end
+    /// of input) is closed and reaped in the background: the dispatcher never waits for a
+    /// worker's grace period or the end of its standard error.
     fn respawn(&mut self, index: usize) -> Result<(), Error> {
-        let mut worker = self.spawner.spawn()?;
-        self.ready.watch(index, &mut worker)?;
+        let worker = self.spawner.spawn_watched(&mut self.ready, index)?;
         if let Some(pid) = lock(&self.shared.pids).get_mut(index) {
             *pid = worker.pid();
         }
         let old = std::mem::replace(&mut self.slots[index], Slot::new(worker));
-        let _ = old.worker.close();
+        old.worker.close_in_background();
         Ok(())
     }
 

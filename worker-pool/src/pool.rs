@@ -62,8 +62,7 @@ impl WorkerPool {
             failed: None,
         };
         for index in 0..size {
-            let mut worker = pool.spawner.spawn()?;
-            pool.ready.watch(index, &mut worker)?;
+            let worker = pool.spawner.spawn_watched(&mut pool.ready, index)?;
             pool.workers.push(worker);
         }
         Ok(pool)
@@ -206,17 +205,17 @@ impl WorkerPool {
         }
     }
 
+    /// Puts a fresh worker in `index`. The old one is killed, and reaped in the background.
     fn replace(&mut self, index: usize) -> Result<(), Error> {
         self.ready.unwatch(index, &mut self.workers[index]);
         let _ = self.workers[index].kill();
-        let result = self.restarts.allow().and_then(|()| {
-            let mut worker = self.spawner.spawn()?;
-            self.ready.watch(index, &mut worker)?;
-            Ok(worker)
-        });
+        let result = self
+            .restarts
+            .allow()
+            .and_then(|()| self.spawner.spawn_watched(&mut self.ready, index));
         match result {
             Ok(worker) => {
-                self.workers[index] = worker;
+                std::mem::replace(&mut self.workers[index], worker).close_in_background();
                 self.restarted += 1;
                 Ok(())
             }

@@ -19,9 +19,9 @@ use crate::{
 
 /// How long dropping a pool waits for its dispatcher to kill the workers and end: a safety net.
 ///
-/// The dispatcher never waits for a worker to take input (its sends only queue, and its reads
-/// only take what is there), so it ends at once; should it ever be held (by a user type's
-/// `Serialize`, say), `Drop` stops waiting for it here.
+/// The dispatcher never waits for a worker (its sends only queue, its reads only take what is
+/// there, and workers it lets go are reaped in the background), so it ends at once; should it
+/// ever be held (by a user type's `Serialize`, say), `Drop` stops waiting for it here.
 const DROP_WAIT: Duration = Duration::from_millis(500);
 
 /// Dedicated workers serving tasks: submit an item, get a [`TaskHandle`] whose result arrives

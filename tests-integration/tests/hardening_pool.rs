@@ -1,4 +1,5 @@
-//! Pools against hostile workers and extreme settings (issue 8: A4, A5, A6, A7, A12, A13, B6).
+//! Pools against hostile workers and extreme settings (issue 8: A3, A4, A5, A6, A7, A11, A12,
+//! A13, B6).
 
 use std::{
     io::{BufRead, BufReader},
@@ -735,4 +736,92 @@ fn a_task_pool_sees_a_worker_die_while_its_grandchild_holds_the_channel() {
         pool.map((0..20).map(Stunt::Echo)).unwrap(),
         (0..20).collect::<Vec<u64>>()
     );
+}
+
+// ---- A3: a task worker that closes its channel and lingers holds up nothing ----
+
+#[test]
+fn a_task_worker_that_closes_its_channel_and_lingers_holds_up_no_other_task() {
+    // A grace period far longer than any wait below: a dispatcher that waited for it would
+    // show.
+    let pool = WorkerFactory::with_profile(profile().with_close_grace(Duration::from_secs(600)))
+        .create_worker_pool_builder()
+        .size(2)
+        .task_timeout(Duration::from_secs(600))
+        .build_tasks::<Stunts>()
+        .unwrap();
+    let before = pool.pids();
+    let lingering = pool.submit(Stunt::CloseAndLinger(600_000)).unwrap();
+    let limit = timeout(Duration::from_secs(10));
+    // The other worker's tasks (and then the replacement's) keep completing, one by one.
+    for n in 0..50 {
+        let echo = pool.submit(Stunt::Echo(n)).unwrap();
+        assert_eq!(echo.wait_timeout(limit).unwrap(), n);
+    }
+    let gone = match lingering.wait_timeout(limit) {
+        Err(e @ Error::Worker { pid, .. }) => {
+            assert!(
+                matches!(bootstrap_source(&e), Bootstrap::ChannelClosed { pid: p } if *p == pid),
+                "{e:?}"
+            );
+            pid
+        }
+        other => panic!("expected the end of the worker's channel, got {other:?}"),
+    };
+    assert!(before.contains(&gone));
+    assert!(!pool.pids().contains(&gone));
+    assert_eq!(pool.stats().restarted, 1);
+    // It lingered: it was killed, not waited for.
+    assert!(wait_until(Duration::from_secs(10), || process_gone(gone)));
+}
+
+// ---- A11: a message pool used across threads that exit ----
+
+/// Runs `f` on a thread of its own, and returns its result once that thread is gone from the
+/// kernel's thread list (so a parent-death signal tied to it would have been sent).
+fn on_a_thread_that_exits<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (result, tid) = std::thread::spawn(move || {
+        let result = f();
+        // SAFETY: gettid has no preconditions.
+        (result, unsafe { libc::gettid() })
+    })
+    .join()
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
+            "/proc/self/task/{tid}"
+        ))
+        .exists()),
+        "thread {tid} never went away"
+    );
+    result
+}
+
+#[test]
+fn a_message_pool_built_and_repaired_on_threads_that_exit_keeps_its_workers() {
+    let pool = on_a_thread_that_exits(|| builder().size(2).build::<PidSquarer>().unwrap());
+    let first = pool.pids();
+    // The replacement is made on another short-lived thread.
+    let mut pool = on_a_thread_that_exits(move || {
+        let mut pool = pool;
+        pool[0].kill().unwrap();
+        match pool.receive_message_timeout::<(u32, i64, String)>(timeout(Duration::from_secs(10))) {
+            Err(Error::Worker { index: 0, .. }) => {}
+            other => panic!("expected worker 0's death, got {other:?}"),
+        }
+        pool
+    });
+    let now = pool.pids();
+    assert_ne!(now[0], first[0]);
+    assert_eq!(now[1], first[1]);
+    // Both threads are gone; every worker, the replacement included, serves on.
+    let limit = timeout(Duration::from_secs(10));
+    for n in 0..20i64 {
+        let i = (n % 2) as usize;
+        pool.send_message(i, &n).unwrap();
+        let (index, (pid, m, _)): (usize, (u32, i64, String)) =
+            pool.receive_message_timeout(limit).unwrap();
+        assert_eq!((index, pid, m), (i, now[i], n));
+    }
+    assert_eq!(pool.restarted(), 1);
 }

@@ -213,8 +213,7 @@ struct Dispatcher<W: TaskWorker> {
     next_id: u64,
 }
 
-/// The dispatcher thread's body. Workers are started here, never on the caller's thread: the
-/// parent-death signal follows the thread that started a worker.
+/// The dispatcher thread's body.
 fn run<W: TaskWorker>(
     config: TaskConfig,
     mut ready: ReadySet,

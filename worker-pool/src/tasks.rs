@@ -29,12 +29,14 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 ///
 /// # Threads and processes
 ///
-/// One dispatcher thread per pool owns the workers: it starts them, sends them tasks (up to
+/// One dispatcher thread per pool owns the workers: it has them started, sends them tasks (up to
 /// [`in_flight_per_worker`](crate::WorkerPoolBuilder::in_flight_per_worker) each, to the least
 /// loaded), reads their replies as they become readable, times tasks out and replaces workers
-/// that died. It also *starts every worker and every replacement*, because on Linux a worker's
-/// parent-death signal fires when the thread that started it exits: the dispatcher lives as
-/// long as the pool, so a worker dies with its master's process and not before.
+/// that died. It never waits for one worker: a request is queued and written as the worker's
+/// input takes it, replies are read as the one readiness layer reports them, a worker's death
+/// is seen through its pidfd (even while a grandchild it forked holds its channel), and a worker
+/// let go is reaped in the background. Every worker is started by worker-bootstrap's one
+/// long-lived spawner thread, so it lives as long as the pool, whichever thread built the pool.
 ///
 /// Submitting threads talk to the dispatcher through a bounded queue: when
 /// [`queue_bound`](crate::WorkerPoolBuilder::queue_bound) tasks wait, [`submit`](Self::submit)

@@ -355,7 +355,7 @@ fn a_hundred_thousand_tiny_tasks_each_once_within_the_queue_bound() {
 }
 
 #[test]
-fn tiny_tasks_one_at_a_time_are_each_answered_by_the_next_wake_up() {
+fn tiny_tasks_one_at_a_time_are_each_answered() {
     // One task in flight at a time: every reply is its own wake-up of the dispatcher (the
     // shape `strace -c` measures the cost of a reply with).
     let pool = builder().size(2).build_tasks::<Tiny>().unwrap();

@@ -1,4 +1,5 @@
-//! Pools against hostile workers and extreme settings (issue 8: A4, A5, A6, A12, A13, B6).
+//! Pools against hostile workers and extreme settings (issue 8: A3, A4, A5, A6, A7, A11, A12,
+//! A13, B6).
 
 use std::{
     io::{BufRead, BufReader},
@@ -19,7 +20,7 @@ use exsyst_worker::{
 };
 use tests_integration::workers::{
     hostile::{Act, Hostile},
-    hostile_tasks::{Blob, Fragile, Item, Prank, Pranks, Trick},
+    hostile_tasks::{Blob, Fragile, Item, Prank, Pranks, Stunt, Stunts, Trick},
     pool::{Command, Commands, PidSquarer, Tiny},
 };
 
@@ -592,6 +593,7 @@ fn dropping_a_pool_whose_worker_takes_no_input_and_has_no_task_timeout_is_quick(
         .in_flight_per_worker(2)
         .build_tasks::<Commands>()
         .unwrap();
+    let worker = pool.pids()[0];
     let stuck = pool.submit(Command::Sleep(600_000)).unwrap();
     assert!(wait_until(Duration::from_secs(10), || pool
         .stats()
@@ -615,4 +617,211 @@ fn dropping_a_pool_whose_worker_takes_no_input_and_has_no_task_timeout_is_quick(
         assert!(matches!(handle.wait(), Err(Error::Closed)));
         assert!(start.elapsed() < Duration::from_secs(1));
     }
+    // Nothing was left behind: the dispatcher was not held by the send, and killed the worker.
+    assert!(
+        wait_until(Duration::from_secs(10), || process_gone(worker)),
+        "worker {worker} outlived its pool"
+    );
+}
+
+#[test]
+fn a_request_a_busy_worker_cannot_take_yet_holds_up_no_other_worker() {
+    // Two workers, each running a task until released; no task timeout.
+    let pool = builder()
+        .size(2)
+        .in_flight_per_worker(2)
+        .build_tasks::<Commands>()
+        .unwrap();
+    let (first, second) = (Held::new(), Held::new());
+    let a = pool.submit(Command::Hold(first.path.clone())).unwrap();
+    let (a_pid, release_a) = first.started();
+    let b = pool.submit(Command::Hold(second.path.clone())).unwrap();
+    let (b_pid, release_b) = second.started();
+    assert_ne!(a_pid, b_pid);
+    // Equally loaded, so this goes to the first: far more than its input pipe takes, while
+    // it reads nothing.
+    let big = pool
+        .submit(Command::Len(ByteBuf::from(vec![7u8; 4 << 20])))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || pool.stats().queued == 0));
+    // The other worker is answered, and serves on, while that request waits for room.
+    drop(release_b);
+    let limit = timeout(Duration::from_secs(10));
+    assert_eq!(b.wait_timeout(limit).unwrap(), u64::from(b_pid));
+    for n in 0..20 {
+        let echo = pool.submit(Command::Echo(n)).unwrap();
+        assert_eq!(echo.wait_timeout(limit).unwrap(), n);
+    }
+    assert!(
+        big.try_result().is_none(),
+        "the large request went to the idle worker"
+    );
+    // Once the first worker reads again, the rest of the request goes as its input finds room.
+    drop(release_a);
+    assert_eq!(a.wait_timeout(limit).unwrap(), u64::from(a_pid));
+    assert_eq!(big.wait_timeout(limit).unwrap(), 4 << 20);
+    let stats = pool.stats();
+    assert_eq!((stats.restarted, stats.failed), (0, 0));
+}
+
+// ---- A7: a worker's death is seen while a grandchild it forked holds its channel ----
+
+/// The exit code of the worker whose death `e` reports.
+fn exit_code(e: &Error) -> Option<i32> {
+    match bootstrap_source(e) {
+        Bootstrap::WorkerExited { status, .. } => status.code(),
+        other => panic!("expected the worker's exit, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_message_pool_sees_a_worker_die_while_its_grandchild_holds_the_channel() {
+    let mut pool = hostile_pool(2);
+    let dead = pool[0].pid();
+    pool.send_message(
+        0,
+        &Act::ForkAndExit {
+            code: 7,
+            millis: 600_000,
+        },
+    )
+    .unwrap();
+    // Well before the grandchild lets the channel go.
+    match pool.receive_message_timeout::<String>(timeout(Duration::from_secs(10))) {
+        Err(e @ Error::Worker { index: 0, pid, .. }) => {
+            assert_eq!(pid, dead);
+            assert_eq!(exit_code(&e), Some(7), "{e:?}");
+        }
+        other => panic!("expected worker 0's exit, got {other:?}"),
+    }
+    assert_ne!(pool[0].pid(), dead);
+    assert_eq!(pool.restarted(), 1);
+    assert!(wait_until(Duration::from_secs(10), || process_gone(dead)));
+    for i in [0, 1] {
+        pool.send_message(i, &Act::Reply(format!("still here {i}")))
+            .unwrap();
+        assert_eq!(
+            pool.receive_message_timeout::<String>(timeout(Duration::from_secs(10)))
+                .unwrap(),
+            (i, format!("still here {i}"))
+        );
+    }
+}
+
+#[test]
+fn a_task_pool_sees_a_worker_die_while_its_grandchild_holds_the_channel() {
+    let pool = builder().size(2).build_tasks::<Stunts>().unwrap();
+    let before = pool.pids();
+    let task = pool
+        .submit(Stunt::ForkAndExit {
+            code: 7,
+            millis: 600_000,
+        })
+        .unwrap();
+    // Well before the grandchild lets the channel go.
+    let dead = match task.wait_timeout(timeout(Duration::from_secs(10))) {
+        Err(e @ Error::Worker { pid, .. }) => {
+            assert_eq!(exit_code(&e), Some(7), "{e:?}");
+            pid
+        }
+        other => panic!("expected the worker's exit, got {other:?}"),
+    };
+    assert!(before.contains(&dead));
+    let stats = pool.stats();
+    assert_eq!((stats.restarted, stats.workers), (1, 2));
+    let after = pool.pids();
+    assert!(!after.contains(&dead), "{after:?}");
+    assert!(wait_until(Duration::from_secs(10), || process_gone(dead)));
+    assert_eq!(
+        pool.map((0..20).map(Stunt::Echo)).unwrap(),
+        (0..20).collect::<Vec<u64>>()
+    );
+}
+
+// ---- A3: a task worker that closes its channel and lingers holds up nothing ----
+
+#[test]
+fn a_task_worker_that_closes_its_channel_and_lingers_holds_up_no_other_task() {
+    // A grace period far longer than any wait below: a dispatcher that waited for it would
+    // show.
+    let pool = WorkerFactory::with_profile(profile().with_close_grace(Duration::from_secs(600)))
+        .create_worker_pool_builder()
+        .size(2)
+        .task_timeout(Duration::from_secs(600))
+        .build_tasks::<Stunts>()
+        .unwrap();
+    let before = pool.pids();
+    let lingering = pool.submit(Stunt::CloseAndLinger(600_000)).unwrap();
+    let limit = timeout(Duration::from_secs(10));
+    // The other worker's tasks (and then the replacement's) keep completing, one by one.
+    for n in 0..50 {
+        let echo = pool.submit(Stunt::Echo(n)).unwrap();
+        assert_eq!(echo.wait_timeout(limit).unwrap(), n);
+    }
+    let gone = match lingering.wait_timeout(limit) {
+        Err(e @ Error::Worker { pid, .. }) => {
+            assert!(
+                matches!(bootstrap_source(&e), Bootstrap::ChannelClosed { pid: p } if *p == pid),
+                "{e:?}"
+            );
+            pid
+        }
+        other => panic!("expected the end of the worker's channel, got {other:?}"),
+    };
+    assert!(before.contains(&gone));
+    assert!(!pool.pids().contains(&gone));
+    assert_eq!(pool.stats().restarted, 1);
+    // It lingered: it was killed, not waited for.
+    assert!(wait_until(Duration::from_secs(10), || process_gone(gone)));
+}
+
+// ---- A11: a message pool used across threads that exit ----
+
+/// Runs `f` on a thread of its own, and returns its result once that thread is gone from the
+/// kernel's thread list (so a parent-death signal tied to it would have been sent).
+fn on_a_thread_that_exits<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (result, tid) = std::thread::spawn(move || {
+        let result = f();
+        // SAFETY: gettid has no preconditions.
+        (result, unsafe { libc::gettid() })
+    })
+    .join()
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
+            "/proc/self/task/{tid}"
+        ))
+        .exists()),
+        "thread {tid} never went away"
+    );
+    result
+}
+
+#[test]
+fn a_message_pool_built_and_repaired_on_threads_that_exit_keeps_its_workers() {
+    let pool = on_a_thread_that_exits(|| builder().size(2).build::<PidSquarer>().unwrap());
+    let first = pool.pids();
+    // The replacement is made on another short-lived thread.
+    let mut pool = on_a_thread_that_exits(move || {
+        let mut pool = pool;
+        pool[0].kill().unwrap();
+        match pool.receive_message_timeout::<(u32, i64, String)>(timeout(Duration::from_secs(10))) {
+            Err(Error::Worker { index: 0, .. }) => {}
+            other => panic!("expected worker 0's death, got {other:?}"),
+        }
+        pool
+    });
+    let now = pool.pids();
+    assert_ne!(now[0], first[0]);
+    assert_eq!(now[1], first[1]);
+    // Both threads are gone; every worker, the replacement included, serves on.
+    let limit = timeout(Duration::from_secs(10));
+    for n in 0..20i64 {
+        let i = (n % 2) as usize;
+        pool.send_message(i, &n).unwrap();
+        let (index, (pid, m, _)): (usize, (u32, i64, String)) =
+            pool.receive_message_timeout(limit).unwrap();
+        assert_eq!((index, pid, m), (i, now[i], n));
+    }
+    assert_eq!(pool.restarted(), 1);
 }

@@ -203,8 +203,9 @@ struct Dispatcher<W: TaskWorker> {
     restarts: RestartLimit,
     /// The pool's handle let go of the queue: finish what is left, then end.
     closing: bool,
-    /// A job taken from the queue that could not join the batch being built.
-    held: Option<JobOf<W>>,
+    /// Jobs to send before any from the queue: one taken that could not join the batch being
+    /// built, or the items of a batch held back while their worker's input was full.
+    held: VecDeque<JobOf<W>>,
     failed: Option<Error>,
     /// Where the search for a worker starts, after the last one used.
     next: usize,
@@ -212,8 +213,7 @@ struct Dispatcher<W: TaskWorker> {
     next_id: u64,
 }
 
-/// The dispatcher thread's body. Workers are started here, never on the caller's thread: the
-/// parent-death signal follows the thread that started a worker.
+/// The dispatcher thread's body.
 fn run<W: TaskWorker>(
     config: TaskConfig,
     mut ready: ReadySet,
@@ -223,13 +223,12 @@ fn run<W: TaskWorker>(
 ) {
     let mut slots = Vec::with_capacity(config.size);
     for index in 0..config.size {
-        let worker = config
-            .spawner
-            .spawn()
-            .and_then(|w| ready.watch(index, &w).map(|()| w));
-        match worker {
+        match config.spawner.spawn_watched(&mut ready, index) {
             Ok(worker) => slots.push(Slot::new(worker)),
             Err(e) => {
+                for slot in slots {
+                    slot.worker.close_in_background();
+                }
                 let _ = started.send(Err(e));
                 return;
             }
@@ -252,7 +251,7 @@ fn run<W: TaskWorker>(
         recycle_after: config.recycle_after,
         restarts: config.restarts,
         closing: false,
-        held: None,
+        held: VecDeque::new(),
         failed: None,
         next: 0,
         next_id: 0,
@@ -284,13 +283,14 @@ impl<W: TaskWorker> Dispatcher<W> {
                 lock(&self.shared.pids).clear();
                 return;
             }
+            self.flush_requests();
             self.read_replies();
             self.expire();
             self.feed();
             if self.failed.is_some() {
                 return self.fail_forever();
             }
-            if self.closing && self.held.is_none() && self.slots.iter().all(|s| s.load == 0) {
+            if self.closing && self.held.is_empty() && self.slots.iter().all(|s| s.load == 0) {
                 for slot in self.slots.drain(..) {
                     let _ = slot.worker.close();
                 }
@@ -327,7 +327,9 @@ impl<W: TaskWorker> Dispatcher<W> {
             let i = (self.next + k) % n;
             let slot = &self.slots[i];
             let load = slot.load;
-            if slot.retiring || load >= self.in_flight {
+            // A worker whose input has not taken its last request yet gets no other: what
+            // waits for a worker waits in the queue, where any worker can take it.
+            if slot.retiring || load >= self.in_flight || slot.worker.queued_bytes() > 0 {
                 continue;
             }
             if load == 0 {
@@ -346,7 +348,7 @@ impl<W: TaskWorker> Dispatcher<W> {
     fn feed(&mut self) {
         while self.failed.is_none() {
             let Some(index) = self.pick() else { return };
-            let job = match self.held.take() {
+            let job = match self.held.pop_front() {
                 Some(job) => job,
                 None if self.closing => return,
                 None => match self.rx.try_recv() {
@@ -368,7 +370,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                 match self.rx.try_recv() {
                     Ok(job) if matches!(job.sink, Sink::One(_)) => batch.push(job),
                     Ok(job) => {
-                        self.held = Some(job);
+                        self.held.push_back(job);
                         break;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -400,26 +402,32 @@ impl<W: TaskWorker> Dispatcher<W> {
 
     fn send(&mut self, index: usize, job: JobOf<W>) {
         self.next = (index + 1) % self.slots.len();
-        self.send_items(index, job.items.as_slice(), job.sink);
+        self.send_items(index, job.items, job.sink);
     }
 
     /// Sends `items` to worker `index` as one request. Items that cannot travel together
     /// (their message is over the frame limit, or one of them does not encode) are sent in
     /// halves, so that only an item that cannot travel on its own fails, with
-    /// [`Error::Encode`]; its worker is not at fault.
-    fn send_items(&mut self, index: usize, items: &[W::Item], mut sink: Sink<W::Output>) {
-        if self.failed.is_some() || items.is_empty() {
+    /// [`Error::Encode`]; its worker is not at fault. A half that finds the worker's input
+    /// still busy with the one before waits with the queued jobs, for any worker.
+    fn send_items(&mut self, index: usize, mut items: Items<W::Item>, mut sink: Sink<W::Output>) {
+        let len = items.len();
+        if self.failed.is_some() || len == 0 {
             self.shared
                 .failed_tasks
                 .fetch_add(sink.tasks() as u64, Ordering::Relaxed);
-            return sink.fail(items.len(), self.gone());
+            return sink.fail(len, self.gone());
+        }
+        if self.slots[index].worker.queued_bytes() > 0 {
+            return self.held.push_back(Job { items, sink });
         }
         let id = self.next_id;
         self.next_id += 1;
         // The items' `Serialize` is user code: a panic fails the pool (see `run`), these tasks
         // included.
-        let written =
-            panic::catch_unwind(AssertUnwindSafe(|| self.write_request(index, id, items)));
+        let written = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.write_request(index, id, items.as_slice())
+        }));
         let written = match written {
             Ok(written) => written,
             Err(panic) => {
@@ -437,7 +445,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                 }
                 slot.fifo.push_back(Pending {
                     id,
-                    left: items.len(),
+                    left: len,
                     sink,
                     tasks,
                 });
@@ -447,15 +455,21 @@ impl<W: TaskWorker> Dispatcher<W> {
                     slot.retiring = true;
                 }
                 self.shared.in_flight.fetch_add(tasks, Ordering::Relaxed);
+                // The rest of the request goes as the worker's input finds room.
+                if slot.worker.queued_bytes() > 0 {
+                    if let Err(e) = self.ready.want_write(index, &mut slot.worker, true) {
+                        self.lost(index, e.clone(), e);
+                    }
+                }
             }
-            // Encoding failed before anything was written.
+            // Nothing was queued: the request did not encode.
             Err(worker_bootstrap::Error::Channel {
                 source:
                     source @ (worker_channel::Error::FrameTooLarge { .. }
                     | worker_channel::Error::Encode { .. }),
                 ..
             }) => {
-                if let [_] = items {
+                if len == 1 {
                     self.shared.failed_tasks.fetch_add(1, Ordering::Relaxed);
                     return sink.fail(
                         1,
@@ -465,10 +479,15 @@ impl<W: TaskWorker> Dispatcher<W> {
                         },
                     );
                 }
-                let (first, rest) = items.split_at(items.len() / 2);
-                let rest_sink = sink.split_off(first.len());
-                self.send_items(index, first, sink);
+                let rest = items.split_off(len / 2);
+                let rest_sink = sink.split_off(len / 2);
+                self.send_items(index, items, sink);
                 self.send_items(index, rest, rest_sink);
+            }
+            // Nothing was queued either (`pick` and the check above keep a worker's queue to
+            // one request, so this does not happen): the items wait for a worker.
+            Err(worker_bootstrap::Error::QueueFull { .. }) => {
+                self.held.push_back(Job { items, sink });
             }
             Err(source) => {
                 let pid = self.slots[index].worker.pid();
@@ -477,33 +496,51 @@ impl<W: TaskWorker> Dispatcher<W> {
                     .failed_tasks
                     .fetch_add(sink.tasks() as u64, Ordering::Relaxed);
                 self.lost(index, error.clone(), error.clone());
-                sink.fail(items.len(), error);
+                sink.fail(len, error);
             }
         }
     }
 
-    /// The one place a request is written to a worker.
+    /// The one place a request is written to a worker: it is queued, and written as far as
+    /// the worker's input takes it now; the rest goes as the input finds room
+    /// ([`flush_requests`](Self::flush_requests)). Nothing here waits for a worker, so a worker
+    /// too stuck to take its input holds up no other, nor the pool's `Drop`; a task timeout
+    /// replaces it like any worker past its timeout.
     ///
-    /// With a task timeout, a worker too stuck to take its input is a worker past its timeout:
-    /// the send gives up, and the worker is replaced like any lost one, instead of holding the
-    /// dispatcher (and every other worker) forever. Without one, the send waits for the
-    /// worker; the pool's `Drop` does not wait for it (see `TaskPool`'s `Drop`).
-    // TO BE REPLACED by the worker's non-blocking face (queue the frame, flush it as the
-    // worker's input becomes writable), so that no send ever holds the dispatcher.
+    /// A request that cannot be encoded (over the frame limit, or refused by the codec) is not
+    /// queued at all: halving a batch relies on it.
     fn write_request(
         &mut self,
         index: usize,
         id: u64,
         items: &[W::Item],
     ) -> Result<(), worker_bootstrap::Error> {
-        let worker = &mut self.slots[index].worker;
-        let request = Request(id, items);
-        match self.task_timeout {
-            Some(timeout) => worker.send_message_timeout(&request, timeout),
-            None => worker.send_message(&request),
+        self.slots[index].worker.queue_message(&Request(id, items))
+    }
+
+    /// Writes what is queued to the workers whose input found room.
+    fn flush_requests(&mut self) {
+        for index in 0..self.slots.len() {
+            if self.failed.is_some() {
+                return;
+            }
+            if !self.ready.is_writable(index) {
+                continue;
+            }
+            self.ready.written(index);
+            let slot = &mut self.slots[index];
+            let flushed = match slot.worker.flush() {
+                Ok(true) => self.ready.want_write(index, &mut slot.worker, false),
+                Ok(false) => Ok(()),
+                Err(source) => Err(Error::worker(index, slot.worker.pid(), source)),
+            };
+            if let Err(error) = flushed {
+                self.lost(index, error.clone(), error);
+            }
         }
     }
 
+    /// Reads every reply the workers' events announce, each worker until it has no more.
     fn read_replies(&mut self) {
         for index in 0..self.slots.len() {
             loop {
@@ -511,22 +548,16 @@ impl<W: TaskWorker> Dispatcher<W> {
                     return;
                 }
                 let slot = &mut self.slots[index];
-                if !self.ready.is_ready(index) && !slot.worker.has_buffered_message() {
-                    break;
-                }
-                match slot
-                    .worker
-                    .try_receive_message::<ReceivedReply<W::Output>>()
-                {
+                let received = self
+                    .ready
+                    .try_receive::<ReceivedReply<W::Output>>(index, &mut slot.worker);
+                match received {
                     Ok(Some(reply)) => {
                         if !self.complete(index, reply) {
                             break;
                         }
                     }
-                    Ok(None) => {
-                        self.ready.drained(index);
-                        break;
-                    }
+                    Ok(None) => break,
                     Err(source) => {
                         let pid = slot.worker.pid();
                         let error = Error::worker(index, pid, source);
@@ -633,7 +664,9 @@ impl<W: TaskWorker> Dispatcher<W> {
     fn lost(&mut self, index: usize, first: Error, rest: Error) {
         let fifo = self.take_fifo(index);
         let slot = &mut self.slots[index];
-        self.ready.unwatch(index, &slot.worker);
+        self.ready.unwatch(index, &mut slot.worker);
+        // SIGKILL to its process group, and the reaping that follows at once; nothing waits
+        // for the worker's goodwill.
         let _ = slot.worker.kill();
         let replaced = self.restarts.allow().and_then(|()| self.respawn(index));
         if replaced.is_ok() {
@@ -666,7 +699,7 @@ impl<W: TaskWorker> Dispatcher<W> {
 
     /// Closes a worker that served its quota once it has nothing in flight, and starts another.
     fn recycle(&mut self, index: usize) {
-        self.ready.unwatch(index, &self.slots[index].worker);
+        self.ready.unwatch(index, &mut self.slots[index].worker);
         match self.respawn(index) {
             Ok(()) => {
                 self.shared.recycled.fetch_add(1, Ordering::Relaxed);
@@ -675,16 +708,16 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
-    /// Puts a fresh worker in `index`; the old one is closed (it is killed already, or it is
-    /// idle and ends on end of input).
+    /// Puts a fresh worker in `index`. The old one (killed already, or idle and ending on end
+    /// of input) is closed and reaped in the background: the dispatcher never waits for a
+    /// worker's grace period or the end of its standard error.
     fn respawn(&mut self, index: usize) -> Result<(), Error> {
-        let worker = self.spawner.spawn()?;
-        self.ready.watch(index, &worker)?;
+        let worker = self.spawner.spawn_watched(&mut self.ready, index)?;
         if let Some(pid) = lock(&self.shared.pids).get_mut(index) {
             *pid = worker.pid();
         }
         let old = std::mem::replace(&mut self.slots[index], Slot::new(worker));
-        let _ = old.worker.close();
+        old.worker.close_in_background();
         Ok(())
     }
 
@@ -727,7 +760,7 @@ impl<W: TaskWorker> Dispatcher<W> {
     /// A failed pool answers every task with its error until the pool's handle lets go.
     fn fail_forever(&mut self) {
         let error = self.failed.clone().expect("failed");
-        if let Some(job) = self.held.take() {
+        while let Some(job) = self.held.pop_front() {
             self.fail_job(job, &error);
         }
         for slot in &mut self.slots {

@@ -47,6 +47,18 @@ impl<I> Items<I> {
             Items::Many(items) => items,
         }
     }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Splits off the items from `at` on (`at` within the items).
+    pub(crate) fn split_off(&mut self, at: usize) -> Items<I> {
+        match self {
+            Items::One(_) => unreachable!("a single item is not split"),
+            Items::Many(items) => Items::Many(items.split_off(at)),
+        }
+    }
 }
 
 /// Where the results of a job's items go, in item order.

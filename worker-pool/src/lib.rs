@@ -51,7 +51,8 @@
 //! - [`WorkerPoolBuilder`], which builds both and refuses impossible settings with
 //!   [`Error::Config`].
 //!
-//! Neither pool hangs when a worker dies: the tasks or messages it held fail with
+//! Neither pool hangs when a worker dies (its death is seen through its pidfd, even while a
+//! grandchild it forked holds its channel): the tasks or messages it held fail with
 //! [`Error::Worker`], which carries the worker's exit status and the tail of its standard error.
 //! Nor when a worker misbehaves: a frame header the channel cannot accept breaks only that
 //! worker's channel and the worker is replaced; a task reply with the wrong id is

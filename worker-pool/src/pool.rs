@@ -20,19 +20,20 @@ use crate::{
 /// [`receive_message`](Self::receive_message) returns the first message any worker sent,
 /// with the index of the worker that sent it. Replies already buffered are delivered before
 /// the pool waits again, so two replies that arrived together are both delivered without new
-/// input. Waiting is driven by readiness (one `epoll` over every worker's output), not by
-/// polling each worker in turn, and receives are fair: the search for the next message starts
-/// after the worker that last returned one, or an error.
+/// input. Waiting is driven by readiness (one `epoll` over every worker's output and process),
+/// not by polling each worker in turn, and receives are fair: the search for the next message
+/// starts after the worker that last returned one, or an error.
 ///
-/// A worker that dies, or whose channel breaks (it sent a frame header the channel cannot
-/// accept), is replaced in the same place (same index), within the pool's restart limit, and
-/// the call that found it returns [`Error::Worker`]: the messages it held are lost. A message
-/// that does not decode leaves the channel in step: the call returns [`Error::Worker`] and the
-/// worker stays. Past the restart limit every call returns [`Error::PoolFailed`].
+/// A worker that dies (seen through its pidfd, even while a grandchild it forked holds its
+/// channel), or whose channel breaks (it sent a frame header the channel cannot accept), is
+/// replaced in the same place (same index), within the pool's restart limit, and the call that
+/// found it returns [`Error::Worker`]: the messages it held are lost; the old process is killed
+/// and reaped in the background. A message that does not decode leaves the channel in step: the
+/// call returns [`Error::Worker`] and the worker stays. Past the restart limit every call returns
+/// [`Error::PoolFailed`].
 ///
-/// Workers are started (and restarted) by the thread that calls into the pool; on Linux a
-/// worker's parent-death signal follows the *thread* that started it, so keep the pool on a
-/// thread that lives as long as it. Dropping the pool drops every worker, which closes their
+/// The pool may move between threads: its workers, replacements included, live as long as it,
+/// whichever thread started them. Dropping the pool drops every worker, which closes their
 /// input, waits the profile's grace period, kills what is left and reaps them.
 #[derive(Debug)]
 pub struct WorkerPool {
@@ -62,8 +63,7 @@ impl WorkerPool {
             failed: None,
         };
         for index in 0..size {
-            let worker = pool.spawner.spawn()?;
-            pool.ready.watch(index, &worker)?;
+            let worker = pool.spawner.spawn_watched(&mut pool.ready, index)?;
             pool.workers.push(worker);
         }
         Ok(pool)
@@ -161,15 +161,12 @@ impl WorkerPool {
         loop {
             for k in 0..n {
                 let i = (self.next + k) % n;
-                if !self.ready.is_ready(i) && !self.workers[i].has_buffered_message() {
-                    continue;
-                }
-                match self.workers[i].try_receive_message::<T>() {
+                match self.ready.try_receive::<T>(i, &mut self.workers[i]) {
                     Ok(Some(message)) => {
                         self.next = (i + 1) % n;
                         return Ok((i, message));
                     }
-                    Ok(None) => self.ready.drained(i),
+                    Ok(None) => {}
                     Err(e) => {
                         self.next = (i + 1) % n;
                         return Err(self.worker_failed(i, e));
@@ -209,17 +206,17 @@ impl WorkerPool {
         }
     }
 
+    /// Puts a fresh worker in `index`. The old one is killed, and reaped in the background.
     fn replace(&mut self, index: usize) -> Result<(), Error> {
-        self.ready.unwatch(index, &self.workers[index]);
+        self.ready.unwatch(index, &mut self.workers[index]);
         let _ = self.workers[index].kill();
-        let result = self.restarts.allow().and_then(|()| {
-            let worker = self.spawner.spawn()?;
-            self.ready.watch(index, &worker)?;
-            Ok(worker)
-        });
+        let result = self
+            .restarts
+            .allow()
+            .and_then(|()| self.spawner.spawn_watched(&mut self.ready, index));
         match result {
             Ok(worker) => {
-                self.workers[index] = worker;
+                std::mem::replace(&mut self.workers[index], worker).close_in_background();
                 self.restarted += 1;
                 Ok(())
             }

@@ -9,7 +9,7 @@ use std::{
 
 use worker_bootstrap::{BootstrapProfile, DedicatedWorker};
 
-use crate::Error;
+use crate::{Error, readiness::ReadySet};
 
 /// Starts a pool's workers, first and replacements alike.
 #[derive(Debug, Clone)]
@@ -32,6 +32,23 @@ impl Spawner {
                 source: Arc::new(source),
             },
         )
+    }
+
+    /// Starts a worker and watches it as worker `index` of `ready`.
+    pub(crate) fn spawn_watched(
+        &self,
+        ready: &mut ReadySet,
+        index: usize,
+    ) -> Result<DedicatedWorker, Error> {
+        let mut worker = self.spawn()?;
+        match ready.watch(index, &mut worker) {
+            Ok(()) => Ok(worker),
+            Err(e) => {
+                // Not left to its handle's drop, which would wait for its grace period.
+                worker.close_in_background();
+                Err(e)
+            }
+        }
     }
 }
 

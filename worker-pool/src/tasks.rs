@@ -17,10 +17,11 @@ use crate::{
     job::{ChunkDone, ChunkResults, Items, Job, Sink},
 };
 
-/// How long dropping a pool waits for its dispatcher to kill the workers and end.
+/// How long dropping a pool waits for its dispatcher to kill the workers and end: a safety net.
 ///
-/// The dispatcher ends at once unless it is in a send to a worker that takes no input (no task
-/// timeout bounds such a send); `Drop` does not wait for that past this bound.
+/// The dispatcher never waits for a worker (its sends only queue, its reads only take what is
+/// there, and workers it lets go are reaped in the background), so it ends at once; should it
+/// ever be held (by a user type's `Serialize`, say), `Drop` stops waiting for it here.
 const DROP_WAIT: Duration = Duration::from_millis(500);
 
 /// Dedicated workers serving tasks: submit an item, get a [`TaskHandle`] whose result arrives
@@ -28,12 +29,14 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 ///
 /// # Threads and processes
 ///
-/// One dispatcher thread per pool owns the workers: it starts them, sends them tasks (up to
+/// One dispatcher thread per pool owns the workers: it has them started, sends them tasks (up to
 /// [`in_flight_per_worker`](crate::WorkerPoolBuilder::in_flight_per_worker) each, to the least
 /// loaded), reads their replies as they become readable, times tasks out and replaces workers
-/// that died. It also *starts every worker and every replacement*, because on Linux a worker's
-/// parent-death signal fires when the thread that started it exits: the dispatcher lives as
-/// long as the pool, so a worker dies with its master's process and not before.
+/// that died. It never waits for one worker: a request is queued and written as the worker's
+/// input takes it, replies are read as the one readiness layer reports them, a worker's death
+/// is seen through its pidfd (even while a grandchild it forked holds its channel), and a worker
+/// let go is reaped in the background. Every worker is started by worker-bootstrap's one
+/// long-lived spawner thread, so it lives as long as the pool, whichever thread built the pool.
 ///
 /// Submitting threads talk to the dispatcher through a bounded queue: when
 /// [`queue_bound`](crate::WorkerPoolBuilder::queue_bound) tasks wait, [`submit`](Self::submit)
@@ -57,10 +60,9 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 /// # Shutdown
 ///
 /// [`close`](Self::close) lets the queued and in-flight tasks finish, then closes every worker.
-/// Dropping the pool kills and reaps every worker at once; tasks not finished fail with
-/// [`Error::Closed`]. Drop returns within half a second whatever the workers do; a worker that
-/// takes no input while a task without a timeout is being sent to it is killed once that send
-/// ends.
+/// Dropping the pool kills and reaps every worker at once, whatever they do (one that takes no
+/// input included), and returns within half a second; tasks not finished fail with
+/// [`Error::Closed`].
 pub struct TaskPool<W: TaskWorker> {
     tx: Option<Sender<JobOf<W>>>,
     shared: Arc<Shared>,
@@ -319,9 +321,7 @@ impl<W: TaskWorker> Drop for TaskPool<W> {
         self.shared.abort();
         self.tx = None;
         if let Some(thread) = self.thread.take() {
-            // The dispatcher kills the workers and ends at once, unless it is in a send
-            // without a timeout to a worker that takes no input: then it is left to end when
-            // that send does, and the handles stop waiting for it now.
+            // The dispatcher kills the workers and ends at once (see `DROP_WAIT`).
             if let Err(RecvTimeoutError::Disconnected) = self.alive.recv_timeout(DROP_WAIT) {
                 let _ = thread.join();
             }

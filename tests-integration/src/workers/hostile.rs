@@ -3,7 +3,11 @@
 //! The master sends [`Act`]s; the worker does what each one says, to its master's channel.
 //! Acts that write raw bytes bypass the codec on purpose.
 
-use std::{io::Write, os::fd::AsRawFd, time::Duration};
+use std::{
+    io::Write,
+    os::fd::{AsRawFd, RawFd},
+    time::Duration,
+};
 
 use exsyst_worker::{
     BoxError, Codec, RawWorker, Registry, Worker, WorkerChannel,
@@ -120,21 +124,10 @@ impl RawWorker for Hostile {
                     park_forever();
                 }
                 Act::CloseAndLinger(millis) => {
-                    null_out(channel.reader().as_raw_fd())?;
-                    null_out(channel.writer().as_raw_fd())?;
-                    std::thread::sleep(Duration::from_millis(millis));
+                    close_and_linger(channel_fds(channel), millis)?;
                     return Ok(());
                 }
-                Act::ForkAndExit { code, millis } => {
-                    // SAFETY: the worker is single-threaded; the child only sleeps and exits.
-                    let pid = unsafe { libc::fork() };
-                    if pid == 0 {
-                        std::thread::sleep(Duration::from_millis(millis));
-                        // SAFETY: ends the grandchild without running the worker's exit path.
-                        unsafe { libc::_exit(0) };
-                    }
-                    std::process::exit(code);
-                }
+                Act::ForkAndExit { code, millis } => fork_and_exit(code, millis),
                 Act::Stream { count, len } => {
                     let blob = exsyst_worker::channel::serde_bytes::ByteBuf::from(vec![7u8; len]);
                     let mut sent = 0u64;
@@ -177,6 +170,36 @@ impl RawWorker for Hostile {
         }
         Ok(())
     }
+}
+
+/// The descriptors `channel` reads and writes.
+pub(crate) fn channel_fds(channel: &WorkerChannel) -> [RawFd; 2] {
+    [channel.reader().as_raw_fd(), channel.writer().as_raw_fd()]
+}
+
+/// Points both channel descriptors at `/dev/null` (closing the channel for good) and lives on
+/// for `millis`.
+pub(crate) fn close_and_linger(fds: [RawFd; 2], millis: u64) -> std::io::Result<()> {
+    for fd in fds {
+        null_out(fd)?;
+    }
+    // Lingering is the behaviour under test, not a way to wait for something.
+    std::thread::sleep(Duration::from_millis(millis));
+    Ok(())
+}
+
+/// Forks a grandchild that keeps every descriptor (the channel's included) and sleeps `millis`,
+/// and exits with `code` at once.
+pub(crate) fn fork_and_exit(code: i32, millis: u64) -> ! {
+    // SAFETY: the child only sleeps and exits, which is safe after fork in a process with
+    // other threads too.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        std::thread::sleep(Duration::from_millis(millis));
+        // SAFETY: ends the grandchild without running the worker's exit path.
+        unsafe { libc::_exit(0) };
+    }
+    std::process::exit(code);
 }
 
 fn park_forever() -> ! {

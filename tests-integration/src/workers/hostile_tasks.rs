@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     os::{
-        fd::{AsFd, OwnedFd},
+        fd::{AsFd, OwnedFd, RawFd},
         unix::net::UnixStream,
     },
     path::PathBuf,
@@ -23,9 +23,15 @@ use exsyst_worker::{
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::hostile::{channel_fds, close_and_linger, fork_and_exit};
+
 /// Registers this module's implementations.
 pub fn register(registry: Registry) -> Registry {
-    registry.raw::<Pranks>().task::<Blob>().task::<Fragile>()
+    registry
+        .raw::<Pranks>()
+        .raw::<Stunts>()
+        .task::<Blob>()
+        .task::<Fragile>()
 }
 
 /// What the relay does to a [`Trick`]'s reply.
@@ -255,5 +261,63 @@ impl TaskWorker for Fragile {
             Item::Fine(n) => Ok(n),
             Item::Boom => Err("a Boom arrived".into()),
         }
+    }
+}
+
+/// What a [`Stunts`] task does: the [`Hostile`](super::hostile::Hostile) worker's acts on
+/// the channel, played by a task worker in the middle of a task.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Stunt {
+    /// Answers `n`, as a well-behaved worker would.
+    Echo(u64),
+    /// Points both channel descriptors at `/dev/null` (closing the channel) and lives on for
+    /// `millis`, then exits 0.
+    CloseAndLinger(u64),
+    /// Forks a grandchild that keeps the channel open and sleeps `millis`, then exits with
+    /// `code` at once.
+    ForkAndExit {
+        /// The worker's exit code.
+        code: i32,
+        /// How long the grandchild sleeps holding the channel.
+        millis: u64,
+    },
+}
+
+/// A task worker that plays [`Stunt`]s on its master. Registered as a raw worker, to learn its
+/// channel's descriptors, and serves tasks with the real task runner.
+#[derive(Debug)]
+pub struct Stunts {
+    /// The channel's descriptors, once the runner starts.
+    channel: Option<[RawFd; 2]>,
+}
+
+impl Worker for Stunts {
+    const NAME: &'static str = "pool-stunts";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(Stunts { channel: None })
+    }
+}
+
+impl TaskWorker for Stunts {
+    type Item = Stunt;
+    type Output = u64;
+    fn handle(&mut self, stunt: Stunt) -> Result<u64, String> {
+        match stunt {
+            Stunt::Echo(n) => Ok(n),
+            Stunt::CloseAndLinger(millis) => {
+                let fds = self.channel.ok_or("no channel")?;
+                close_and_linger(fds, millis).map_err(|e| e.to_string())?;
+                std::process::exit(0);
+            }
+            Stunt::ForkAndExit { code, millis } => fork_and_exit(code, millis),
+        }
+    }
+}
+
+impl RawWorker for Stunts {
+    fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+        self.channel = Some(channel_fds(channel));
+        run_task_worker(self, channel)
     }
 }

@@ -79,6 +79,9 @@ pub struct DedicatedWorker {
     buffer_bound: usize,
     /// A send gave up half-way through a frame: the stream can no longer be trusted.
     broken: bool,
+    /// An event came that the process's exit may explain (its pidfd shares the token): look
+    /// once whether it exited, when the output has nothing more.
+    exit_check: bool,
 }
 
 /// How a reaped worker ended, with the tail of its standard error.
@@ -177,6 +180,7 @@ impl DedicatedWorker {
             exited: None,
             buffer_bound,
             broken: false,
+            exit_check: false,
         };
         worker.queue(FrameKind::Control, &init)?;
         worker.connection.set_codec(profile.codec());
@@ -310,6 +314,54 @@ impl DedicatedWorker {
     /// finish, so its exit status can be reported; a living one is never waited for.
     pub fn try_receive_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
         self.receive_until(Some(Instant::now()), FrameKind::Data)
+    }
+
+    /// Receives one message if the worker's output has one since the last
+    /// [`note_event`](Self::note_event), without asking the system whether it is readable: the
+    /// non-blocking receive for callers whose poller watches this worker (as a [`Source`]).
+    ///
+    /// After an event it reads until the output is drained (a reply costs the poller's one
+    /// wake-up and one `read`); once the output has nothing more, it looks once whether the
+    /// process exited, since the token also stands for its pidfd. Without an event it returns
+    /// `Ok(None)` without a system call. On kernels without pidfd it is
+    /// [`try_receive_message`](Self::try_receive_message).
+    pub fn try_receive_noted<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
+        if self.process.pidfd().is_none() {
+            return self.try_receive_message();
+        }
+        if self.broken {
+            return Err(Error::ChannelBroken { pid: self.pid });
+        }
+        loop {
+            if self.exited.is_some() {
+                // A dead worker's last bytes (or a grandchild's) are read without waiting.
+                self.connection.note_readable();
+            }
+            if let Some(message) = self.try_receive(FrameKind::Data)? {
+                return Ok(Some(message));
+            }
+            if self.exited.is_some() {
+                return Err(self.ended());
+            }
+            if !std::mem::take(&mut self.exit_check) {
+                return Ok(None);
+            }
+            let exited = self.process.has_exited().map_err(|source| Error::Io {
+                pid: self.pid,
+                source,
+            })?;
+            if !exited {
+                return Ok(None);
+            }
+            self.died();
+        }
+    }
+
+    /// Tells the handle that the poller it is registered with (as a [`Source`]) reported an
+    /// event for its token: the next [`try_receive_noted`](Self::try_receive_noted) reads.
+    pub fn note_event(&mut self) {
+        self.exit_check = true;
+        self.connection.note_readable();
     }
 
     /// Whether a whole message is already buffered, so the next receive returns without reading.

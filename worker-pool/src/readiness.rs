@@ -34,8 +34,6 @@ struct Watch {
     readable: bool,
     /// The input may take queued bytes.
     writable: bool,
-    /// An event came that no message has accounted for yet: it may be the pidfd's.
-    unexplained: bool,
     /// The input is registered too, because bytes are queued for it.
     wants_write: bool,
 }
@@ -121,42 +119,23 @@ impl ReadySet {
     }
 
     /// The next message of worker `index`, without waiting: one already buffered, or one its
-    /// output has, while the poller's events say it may have some. An event that no message
-    /// accounts for may be the process's exit (its pidfd shares the token): the worker is asked,
-    /// and once it has exited, what it sent before comes first, then its exit as the error.
+    /// output has since the poller's last event for it. The worker reads until its output is
+    /// drained, then looks once whether the process exited (its pidfd shares the token): once it
+    /// has, what it sent before comes first, then its exit as the error.
     pub(crate) fn try_receive<T: DeserializeOwned>(
         &mut self,
         index: usize,
         worker: &mut DedicatedWorker,
     ) -> Result<Option<T>, worker_bootstrap::Error> {
-        if !self.watches[index].readable && !worker.has_buffered_message() {
-            return Ok(None);
+        if std::mem::take(&mut self.watches[index].readable) {
+            worker.note_event();
         }
-        loop {
-            match worker.try_receive_message::<T>()? {
-                Some(message) => {
-                    self.watches[index].unexplained = false;
-                    return Ok(Some(message));
-                }
-                None if self.drained(index) && worker.try_wait()?.is_some() => {
-                    self.watches[index].readable = true;
-                }
-                None => return Ok(None),
-            }
-        }
+        worker.try_receive_noted::<T>()
     }
 
     /// Whether worker `index`'s input may take queued bytes.
     pub(crate) fn is_writable(&self, index: usize) -> bool {
         self.watches[index].writable
-    }
-
-    /// Worker `index` was read to the end: wait for the poller to say it is readable again.
-    /// `true` when no message accounted for the event that said so.
-    fn drained(&mut self, index: usize) -> bool {
-        let watch = &mut self.watches[index];
-        watch.readable = false;
-        std::mem::take(&mut watch.unexplained)
     }
 
     /// Worker `index`'s input took everything it could: wait for the poller to say it has room.
@@ -182,7 +161,6 @@ impl ReadySet {
                 }
                 if ready.readable || ready.read_closed || ready.error {
                     watch.readable = true;
-                    watch.unexplained = true;
                 }
                 if ready.writable || ready.write_closed || ready.error {
                     watch.writable = true;

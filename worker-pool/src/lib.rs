@@ -63,6 +63,7 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+mod counters;
 mod dispatcher;
 mod error;
 mod job;

@@ -1,0 +1,1 @@
+//! The operators' programs, run against real shared workers.

@@ -172,7 +172,7 @@ fn lay_out(mut lines: Vec<String>, perfdata: Vec<String>) -> Vec<String> {
 /// `'label'=value[unit];warn;crit;min;max`, trailing semicolons trimmed.
 ///
 /// Quotes and `=` cannot be in a label, `;` cannot be in a unit; `|` and whitespace (which
-/// separate data) are in neither. A missing value is `U`.
+/// separate data) are in neither. A missing (or infinite) value is `U`, without a unit.
 fn perfdatum(
     counter: &Counter,
     value: Option<f64>,
@@ -191,9 +191,13 @@ fn perfdatum(
         .filter(|c| !matches!(c, ';' | '|') && !c.is_whitespace() && !c.is_control())
         .collect();
     let number = |v: Option<f64>| v.filter(|v| v.is_finite()).map(|v| v.to_string());
+    let value = match number(value) {
+        Some(value) => value + &unit,
+        // A unit after `U` would only confuse the graphers.
+        None => "U".to_owned(),
+    };
     let datum = format!(
-        "'{label}'={}{unit};{};{};{};{}",
-        number(value).unwrap_or_else(|| "U".to_owned()),
+        "'{label}'={value};{};{};{};{}",
         warning.map(|t| t.to_string()).unwrap_or_default(),
         critical.map(|t| t.to_string()).unwrap_or_default(),
         number(counter.min()).unwrap_or_default(),

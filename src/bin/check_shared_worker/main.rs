@@ -57,7 +57,10 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "check_shared_worker", version, about = ABOUT, after_help = EXAMPLES)]
 struct Args {
-    /// The worker's address: unix:///absolute/path, tcp://host:port or tcp://[ipv6]:port
+    /// The worker's address.
+    #[arg(
+        help = "The worker's address: unix:///absolute/path, tcp://host:port or tcp://[ipv6]:port"
+    )]
     address: String,
 
     /// A counter to check against the next -w and -c ranges (repeatable)

@@ -129,7 +129,7 @@ pub fn assess(status: &WorkerStatus, asked: &[Asked]) -> Report {
         perfdata.push(perfdatum(counter, value, warning, critical));
     }
     // Worst first; a stable sort keeps the reply's order within a state.
-    findings.sort_by(|a, b| b.0.cmp(&a.0));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.0));
     let state = findings.first().map_or(State::Ok, |f| f.0);
 
     let text = status.text().replace('|', "");

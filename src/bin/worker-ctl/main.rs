@@ -10,6 +10,7 @@
 mod common;
 mod config;
 mod openmetrics;
+mod owner;
 mod sys;
 
 use std::{
@@ -27,6 +28,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use exsyst_worker::{
     KillSwitch,
+    killswitch::Address,
     shared::{AdminCookie, Error, SharedWorker},
     worker::WorkerStatus,
 };
@@ -558,25 +560,17 @@ fn stop(
         Err(e) => return Err(e.into()),
     };
     let pid = worker.pid();
-    // Watched from before the stop, so that the pid cannot be reused in between.
-    let process = if is_local(&target.address) {
-        match Process::watch(pid) {
-            Ok(process) => Some(process),
-            // Its pid means nothing here (another pid namespace): like a remote worker.
-            Err(e) if e.kind() == IoErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("{target}: cannot watch pid {pid}")),
-        }
-    } else {
-        None
-    };
+    // Watched from before the stop, so that the pid cannot be reused in between; a worker
+    // whose process cannot be seen here is waited for as a remote one.
+    let process = worker_process(target, pid);
     match (how.signal, &cookie) {
         (Some(signal), _) => {
-            let Some(process) = &process else {
-                bail!("{target}: --signal needs a local worker whose pid ({pid}) is visible here");
-            };
+            let process = process
+                .map_err(|why| anyhow::anyhow!("{target}: --signal needs a local worker: {why}"))?;
             process
                 .signal(signal)
                 .with_context(|| format!("{target}: cannot signal pid {pid}"))?;
+            return wait_gone(target, pid, Ok(process), &mut worker, how.wait);
         }
         (None, Some(cookie)) => {
             worker.set_control_timeout(common::left(deadline));
@@ -584,17 +578,49 @@ fn stop(
         }
         (None, None) => unreachable!("a cookie was required above"),
     }
-    let gone_by = Instant::now() + how.wait;
+    wait_gone(target, pid, process, &mut worker, how.wait)
+}
+
+/// The worker's process, watched, when `pid` (from its hello) is a process of this machine
+/// that holds the worker's listening socket; otherwise why not.
+fn worker_process(target: &Target, pid: u32) -> Result<Process, String> {
+    if !is_local(&target.address) {
+        return Err("this one is remote".to_owned());
+    }
+    let address = Address::parse(&target.address).map_err(|e| e.to_string())?;
+    // Watched before the look at its sockets, so that what was looked at is what is watched.
+    let process = Process::watch(pid).map_err(|e| format!("pid {pid} from its hello: {e}"))?;
+    match owner::listens_at(pid, &address) {
+        Ok(true) => Ok(process),
+        Ok(false) => Err(format!(
+            "pid {pid} from its hello does not hold its socket here (another pid namespace?)"
+        )),
+        Err(e) => Err(format!(
+            "cannot tell whether pid {pid} from its hello holds its socket: {e}"
+        )),
+    }
+}
+
+/// Waits until the worker is gone: its process ended, or, when it cannot be watched here, it
+/// closed the connection at the end of its stop.
+fn wait_gone(
+    target: &Target,
+    pid: u32,
+    process: Result<Process, String>,
+    worker: &mut SharedWorker,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let by = Instant::now() + wait;
     let gone = match &process {
-        Some(process) => process
-            .wait_gone(gone_by)
+        Ok(process) => process
+            .wait_gone(by)
             .with_context(|| format!("{target}: cannot wait for pid {pid}"))?,
-        None => connection_closed(&mut worker, gone_by)?,
+        Err(_) => connection_closed(worker, by)?,
     };
     if !gone {
         bail!(
             "{target}: still running {}s after it was asked to stop (pid {pid})",
-            how.wait.as_secs_f64()
+            wait.as_secs_f64()
         );
     }
     println!("{target}: stopped (pid {pid})");

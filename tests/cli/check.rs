@@ -79,6 +79,13 @@ fn ranges_on_the_command_line_give_warning_and_critical() {
         "SHARED-WORKER CRITICAL - ratio=0.25 (critical @0.2:0.3); 3 jobs running | 'jobs'=3;;;;8 \
          'queue'=1500000B;;;0 'ratio'=0.25;;@0.2:0.3 'last run'=U\n",
     );
+    // Negative bounds are ranges, not options.
+    assert_output(
+        &check(&address, &["-m", "jobs", "-w", "-1:2", "-c", "-5:-1"]),
+        2,
+        "SHARED-WORKER CRITICAL - jobs=3 (critical -5:-1); 3 jobs running | 'jobs'=3;-1:2;-5:-1;;8 \
+         'queue'=1500000B;;;0 'ratio'=0.25 'last run'=U\n",
+    );
     // Within every range, boundaries included: OK, the ranges in the performance data.
     assert_output(
         &check(

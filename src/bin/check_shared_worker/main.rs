@@ -68,11 +68,23 @@ struct Args {
     counters: Vec<String>,
 
     /// The warning range of each counter, once per -m in the same order, or not at all
-    #[arg(short = 'w', long = "warning", value_name = "RANGE", value_parser = parse_range)]
+    #[arg(
+        short = 'w',
+        long = "warning",
+        value_name = "RANGE",
+        value_parser = parse_range,
+        allow_hyphen_values = true
+    )]
     warnings: Vec<Range>,
 
     /// The critical range of each counter, once per -m in the same order, or not at all
-    #[arg(short = 'c', long = "critical", value_name = "RANGE", value_parser = parse_range)]
+    #[arg(
+        short = 'c',
+        long = "critical",
+        value_name = "RANGE",
+        value_parser = parse_range,
+        allow_hyphen_values = true
+    )]
     criticals: Vec<Range>,
 
     /// Time for the whole check, and the state when it runs out (CRITICAL unless given)

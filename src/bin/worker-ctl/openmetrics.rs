@@ -10,7 +10,7 @@ use exsyst_worker::worker::{Counter, WorkerStatus};
 ///
 /// - A family is named `prefix` + the counter's name with every character outside
 ///   `[A-Za-z0-9_]` made `_` (and `_` put first if it would start with a digit); a name taken
-///   already gets `_2`, `_3`, ...
+///   already (a family's, or a counter's sample name) gets `_2`, `_3`, ...
 /// - Unit `c` (the Monitoring Plugins' continuous counter) makes an OpenMetrics counter, its
 ///   sample suffixed `_total`; any other counter is a gauge.
 /// - Units become base units where the conversion is exact (`s`, `ms` and `us` become
@@ -61,12 +61,21 @@ fn family(
     if let Some(bare) = stem.strip_suffix(&suffix).filter(|s| !s.is_empty()) {
         stem = bare.to_owned();
     }
+    // A counter's family also takes its sample's name, `_total`: no gauge may have it.
+    let claims = |name: &str| {
+        let mut claims = vec![name.to_owned()];
+        if is_counter {
+            claims.push(format!("{name}_total"));
+        }
+        claims
+    };
     let mut name = format!("{stem}{suffix}");
     let mut n = 1;
-    while !taken.insert(name.clone()) {
+    while claims(&name).iter().any(|claim| taken.contains(claim)) {
         n += 1;
         name = format!("{stem}_{n}{suffix}");
     }
+    taken.extend(claims(&name));
 
     let kind = if is_counter { "counter" } else { "gauge" };
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -164,6 +173,31 @@ mod tests {
              # UNIT later_seconds seconds\n\
              # HELP later_seconds counter \\\"later\\\" of the shared worker\n\
              # EOF\n"
+        );
+    }
+
+    #[test]
+    fn a_gauge_never_takes_a_counters_sample_name() {
+        let status = WorkerStatus::new("")
+            .with_counter(Counter::new("x", 1.0).with_unit("c"))
+            .with_counter(Counter::new("x_total", 2.0))
+            .with_counter(Counter::new("y_total", 3.0))
+            .with_counter(Counter::new("y", 4.0).with_unit("c"))
+            .with_counter(Counter::new("z", -1.0).with_unit("c"));
+        let samples: Vec<String> = render(&status, "a", "i", "")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.replace("{address=\"a\",implementation=\"i\"}", ""))
+            .collect();
+        assert_eq!(
+            samples,
+            [
+                "x_total 1",
+                "x_total_2 2",
+                "y_total 3",
+                "y_2_total 4",
+                "z -1"
+            ]
         );
     }
 

@@ -1,6 +1,6 @@
 //! `check_shared_worker`: states, exact status lines and performance data, timeouts, cookies.
 
-use std::os::unix::net::UnixListener;
+use std::{io::Write, os::unix::net::UnixListener};
 
 use exsyst_worker::{
     Codec, SharedServerConfig,
@@ -200,6 +200,27 @@ fn no_worker_there_is_critical() {
             "SHARED-WORKER CRITICAL - cannot connect to shared worker at {stale}: Connection \
              refused (os error 111)\n"
         ),
+    );
+}
+
+#[test]
+fn a_malformed_reply_is_unknown_and_says_what_was_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = address_in(dir.path(), "garbage");
+    let listener = UnixListener::bind(dir.path().join("garbage.sock")).unwrap();
+    let child = Program::check().args([address.as_str()]).spawn();
+    let (mut stream, _) = listener.accept().unwrap();
+    stream
+        .write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        format!(
+            "SHARED-WORKER UNKNOWN - channel to shared worker at {address} failed: frame of \
+             1213486160 bytes exceeds the limit of 16777216 bytes\n"
+        )
     );
 }
 

@@ -698,7 +698,9 @@ fn killswitch(config: &Config, file: Option<PathBuf>, action: Action) -> anyhow:
         }
         Action::Disable(Which { workers, .. }) => {
             for (path, addresses) in by_file(&workers)? {
-                KillSwitch::new(&path).disable_addresses(&addresses)?;
+                KillSwitch::new(&path)
+                    .disable_addresses(&addresses)
+                    .with_context(|| format!("{}: cannot disable", addresses.join(", ")))?;
                 for address in addresses {
                     println!("{address}: disabled in {}", path.display());
                 }
@@ -706,7 +708,9 @@ fn killswitch(config: &Config, file: Option<PathBuf>, action: Action) -> anyhow:
         }
         Action::Enable(Which { workers, .. }) => {
             for (path, addresses) in by_file(&workers)? {
-                KillSwitch::new(&path).re_enable_addresses(&addresses)?;
+                KillSwitch::new(&path)
+                    .re_enable_addresses(&addresses)
+                    .with_context(|| format!("{}: cannot enable", addresses.join(", ")))?;
                 for address in addresses {
                     println!("{address}: enabled in {}", path.display());
                 }

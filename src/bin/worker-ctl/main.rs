@@ -827,8 +827,8 @@ fn list(
             cells.push(row.implementation.clone().unwrap_or_else(|| "-".to_owned()));
             cells.push(match (&row.status, &row.reason) {
                 (_, Some(reason)) => reason.clone(),
-                (Some(text), None) => text.lines().next().unwrap_or("").to_owned(),
-                (None, None) => String::new(),
+                (Some(text), None) => text.lines().next().unwrap_or("-").to_owned(),
+                (None, None) => "-".to_owned(),
             });
         }
         table.push(cells);

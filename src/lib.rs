@@ -53,6 +53,10 @@
 //! | [`shared`] | `worker-shared` | shared workers: the [`SharedWorker`] client, the [`SharedServer`] (embedded or a daemon), the admin plane |
 //!
 //! A program that needs only part of this can depend on those crates alone.
+//!
+//! With the `cli` feature the package also builds the operators' programs:
+//! `check_shared_worker`, a Monitoring Plugins (Nagios) check, and `worker-ctl`, which queries,
+//! stops, disables and lists shared workers (`cargo install exsyst-worker --features cli`).
 
 #![forbid(unsafe_code)]
 

@@ -86,6 +86,21 @@ impl WorkerStatus {
         self.counters.push(counter);
     }
 
+    /// Adds counters after those already there, in their order: a pool's statistics, say
+    /// (`worker_pool::PoolStats::to_counters`), in one call.
+    ///
+    /// ```
+    /// use worker_core::{Counter, WorkerStatus};
+    ///
+    /// let status = WorkerStatus::new("busy")
+    ///     .with_counters([Counter::new("a", 1.0), Counter::new("b", 2.0)]);
+    /// assert_eq!(status.counters().len(), 2);
+    /// ```
+    pub fn with_counters(mut self, counters: impl IntoIterator<Item = Counter>) -> Self {
+        self.counters.extend(counters);
+        self
+    }
+
     /// The human-readable text; empty when the worker gave only counters.
     pub fn text(&self) -> &str {
         &self.text
@@ -606,5 +621,8 @@ mod tests {
         let mut built = WorkerStatus::new("x");
         built.push_counter(Counter::new("a", 1.0));
         assert_eq!(built.counters().len(), 1);
+        let built = built.with_counters([Counter::new("b", 2.0), Counter::new("c", 3.0)]);
+        let names: Vec<&str> = built.counters().iter().map(Counter::name).collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 }

@@ -64,6 +64,7 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+mod counters;
 mod dispatcher;
 mod error;
 mod job;

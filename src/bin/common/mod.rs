@@ -1,0 +1,94 @@
+//! What `check_shared_worker` and `worker-ctl` share: where the admin cookie comes from, one
+//! status query bounded by a deadline, and errors told on one line.
+
+use std::{
+    error::Error as StdError,
+    ffi::OsString,
+    os::unix::ffi::OsStringExt,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use exsyst_worker::shared::{AdminCookie, Error, SharedWorker, StatusReply};
+
+/// The environment variable that may hold the admin cookie itself, for a privileged query or a
+/// stop: unlike an argument, the environment of a process is readable by its owner only.
+pub const COOKIE_ENV: &str = "EXSYST_WORKER_ADMIN_COOKIE";
+
+/// The admin cookie: from `file` when given, else `value` (an argument), else
+/// [`$EXSYST_WORKER_ADMIN_COOKIE`](COOKIE_ENV) when set and not empty; `None` without one.
+pub fn admin_cookie(
+    file: Option<&Path>,
+    value: Option<&str>,
+) -> Result<Option<AdminCookie>, Error> {
+    if let Some(file) = file {
+        return AdminCookie::from_file(file).map(Some);
+    }
+    if let Some(value) = value {
+        return AdminCookie::new(value).map(Some);
+    }
+    match std::env::var_os(COOKIE_ENV).map(OsString::into_vec) {
+        Some(secret) if !secret.is_empty() => AdminCookie::new(secret).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Time left until `deadline`, zero once it passed.
+pub fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Connects to the worker at `address` and reads its hello, by `deadline`.
+pub fn connect(address: &str, deadline: Instant) -> Result<SharedWorker, Error> {
+    SharedWorker::connect_timeout(address, left(deadline))
+}
+
+/// Connects and queries the worker at `address`, privileged when a cookie is given, the whole
+/// exchange (connection, hello, authentication, query) done by `deadline`.
+pub fn query(
+    address: &str,
+    cookie: Option<&AdminCookie>,
+    deadline: Instant,
+) -> Result<(SharedWorker, StatusReply), Error> {
+    let mut worker = connect(address, deadline)?;
+    worker.set_control_timeout(left(deadline));
+    let reply = match cookie {
+        Some(cookie) => worker.query_privileged(cookie)?,
+        None => worker.query()?,
+    };
+    Ok((worker, reply))
+}
+
+/// An error and its causes on one line, `outer: inner: innermost`.
+pub fn one_line(error: &(dyn StdError + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Some errors repeat their cause in their own words already.
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_follow_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no\nsuch file");
+        let error = Error::Connect {
+            address: "unix:///x".to_owned(),
+            source: io,
+        };
+        assert_eq!(
+            one_line(&error),
+            "cannot connect to shared worker at unix:///x: no such file"
+        );
+    }
+}

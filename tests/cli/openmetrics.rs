@@ -1,0 +1,111 @@
+//! `worker-ctl query --format openmetrics`, read back by a real OpenMetrics parser: Python
+//! `prometheus-client`'s, which `.ci/run` installs. Without python3 or the package this test
+//! fails: it is not skipped.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use exsyst_worker::worker::{Counter, WorkerStatus};
+use serde_json::json;
+
+use crate::support::{Program, address_in, serve};
+
+/// Prints the families the parser finds, as JSON.
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+families = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    families.append({
+        "name": family.name,
+        "type": family.type,
+        "unit": family.unit,
+        "help": family.documentation,
+        "samples": [[s.name, s.labels, float(s.value)] for s in family.samples],
+    })
+print(json.dumps(families))
+"#;
+
+fn parse(text: &str) -> serde_json::Value {
+    let mut python = Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the OpenMetrics parser (.ci/run installs prometheus-client)");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the parser refused the text (or prometheus-client is missing: \
+         `python3 -m pip install prometheus-client`):\n{}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn openmetrics_output_parses_with_a_real_parser_and_the_values_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = address_in(dir.path(), "worker");
+    let status = WorkerStatus::new("serving")
+        .with_counter(Counter::new("jobs", 3.0).with_max(8.0))
+        .with_counter(Counter::new("latency", 250.0).with_unit("ms"))
+        .with_counter(Counter::new("served", 42.0).with_unit("c"))
+        .with_counter(Counter::new("queue size", 1.5e6).with_unit("B"))
+        .with_counter(Counter::new("9 \"lives\"", -1.5))
+        .with_counter(Counter::undetermined("last run").with_unit("s"));
+    let _server = serve(&address, status.clone(), status);
+    let run = Program::ctl()
+        .args(["query", &address, "--format", "openmetrics"])
+        .run();
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    assert!(run.stdout.ends_with("\n# EOF\n"), "{}", run.stdout);
+
+    let labels = json!({"address": address, "implementation": "reporter"});
+    let help = |name: &str| format!("counter \"{name}\" of the shared worker");
+    assert_eq!(
+        parse(&run.stdout),
+        json!([
+            {"name": "shared_worker_jobs", "type": "gauge", "unit": "", "help": help("jobs"),
+             "samples": [["shared_worker_jobs", labels, 3.0]]},
+            {"name": "shared_worker_latency_seconds", "type": "gauge", "unit": "seconds",
+             "help": help("latency"),
+             "samples": [["shared_worker_latency_seconds", labels, 0.25]]},
+            {"name": "shared_worker_served", "type": "counter", "unit": "",
+             "help": help("served"),
+             "samples": [["shared_worker_served_total", labels, 42.0]]},
+            {"name": "shared_worker_queue_size_bytes", "type": "gauge", "unit": "bytes",
+             "help": help("queue size"),
+             "samples": [["shared_worker_queue_size_bytes", labels, 1.5e6]]},
+            {"name": "shared_worker_9__lives_", "type": "gauge", "unit": "",
+             "help": help("9 \"lives\""),
+             "samples": [["shared_worker_9__lives_", labels, -1.5]]},
+            {"name": "shared_worker_last_run_seconds", "type": "gauge", "unit": "seconds",
+             "help": help("last run"), "samples": []},
+        ])
+    );
+
+    // Without a prefix, a name that would start with a digit still follows the grammar.
+    let bare = Program::ctl()
+        .args([
+            "query",
+            &address,
+            "--format",
+            "openmetrics",
+            "--metric-prefix",
+            "",
+        ])
+        .run();
+    assert_eq!(bare.code, 0, "{bare:?}");
+    let families = parse(&bare.stdout);
+    assert_eq!(families[4]["name"], "_9__lives_");
+}

@@ -152,7 +152,7 @@ fn run_daemon<W: SharedWorkerImpl>(mut cx: WorkerContext) -> Result<(), BoxError
             let report = StartReport::Failed {
                 reason: reason.clone(),
             };
-            let _ = cx.channel().send_message(&report);
+            let _ = cx.report(&report);
             return Err(reason.into());
         }
     };
@@ -160,9 +160,9 @@ fn run_daemon<W: SharedWorkerImpl>(mut cx: WorkerContext) -> Result<(), BoxError
         pid: std::process::id(),
         address: server.address().to_owned(),
     };
-    // A starter that died meanwhile changes nothing: others may connect.
-    let _ = cx.channel().send_message(&report);
-    // The starter sees the end of the channel: the daemon holds none of its descriptors.
+    // A starter that died meanwhile changes nothing: others may connect. The channel is closed
+    // either way: the daemon holds none of its starter's descriptors from here on.
+    let _ = cx.report(&report);
     drop(cx);
     server.run(worker)?;
     Ok(())

@@ -82,5 +82,5 @@ pub use worker_killswitch::KillSwitch;
 pub use worker_pool::WorkerPool;
 pub use worker_shared::{
     AdminCookie, SharedRegistryExt, SharedServer, SharedServerConfig, SharedWorker,
-    SharedWorkerImpl,
+    SharedWorkerImpl, StatusReply,
 };

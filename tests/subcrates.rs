@@ -10,6 +10,7 @@ fn subcrates_are_reexported() {
     let _ = exsyst_worker::pool::WorkerPoolBuilder::new();
     let _ = exsyst_worker::shared::SharedServerConfig::default();
     let _: fn() -> bool = exsyst_worker::shared::stop_current;
+    let _ = exsyst_worker::shared::DEFAULT_START_TIMEOUT;
     let _ = exsyst_worker::WorkerFactory::new();
 }
 

@@ -451,8 +451,9 @@ fn a_non_local_tcp_address_is_never_started() {
 }
 
 #[test]
-fn a_loopback_tcp_worker_is_started_queried_and_stopped() {
+fn a_loopback_tcp_worker_is_started_and_stopped_with_its_start_lock_in_the_runtime_directory() {
     for host in ["127.0.0.1", "[::1]"] {
+        let runtime = tempfile::tempdir().unwrap();
         // A port the kernel just gave out, free again.
         let port = TcpListener::bind(format!("{host}:0"))
             .unwrap()
@@ -460,20 +461,32 @@ fn a_loopback_tcp_worker_is_started_queried_and_stopped() {
             .unwrap()
             .port();
         let address = format!("tcp://{host}:{port}");
-        let factory = factory();
-        let mut worker = factory
-            .connect_to_shared_worker::<SharedCounter>(&address)
-            .unwrap();
-        let pid = worker.pid();
-        assert_eq!(greet(&mut worker, "tcp"), hello("tcp", 1));
-        drop(worker);
-        assert_eq!(
-            factory
-                .start_shared_worker::<SharedCounter>(&address)
-                .unwrap(),
-            pid
-        );
-        factory.stop_shared_worker(&address).unwrap();
+        let master = |args: &[&str]| {
+            let output = Command::new(test_worker())
+                .arg("master")
+                .args(args)
+                .env("XDG_RUNTIME_DIR", runtime.path())
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            parse_lines(&String::from_utf8_lossy(&output.stdout))
+        };
+        let first = master(&["shared-connect", &address, "tcp"]);
+        assert_eq!(value(&first, "reply"), hello("tcp", 1));
+        let second = master(&["shared-connect", &address, "again"]);
+        assert_eq!(value(&second, "reply"), hello("again", 2));
+        let pid: u32 = value(&first, "pid").parse().unwrap();
+        assert_eq!(value(&second, "pid").parse::<u32>().unwrap(), pid);
+        let lock = runtime
+            .path()
+            .join("exsyst-worker")
+            .join(format!("tcp-{}-{port}.lock", host.trim_matches(['[', ']'])));
+        assert!(lock.exists(), "no start lock at {}", lock.display());
+        master(&["shared-stop", &address]);
         assert!(
             process_gone(pid),
             "{address}: the stop returned before the daemon was gone"

@@ -132,7 +132,7 @@ pub fn connect_or_start_timeout(
     timeout: Duration,
 ) -> Result<SharedWorker, Error> {
     let mut worker = match ensure_running(profile, address, implementation, config, timeout)? {
-        Running::Connected(worker) => worker,
+        Running::Connected(worker) => *worker,
         Running::Started {
             address, deadline, ..
         } => SharedWorker::connect_timeout(&address, time_left(deadline).unwrap_or(Duration::MAX))?,
@@ -224,7 +224,7 @@ pub fn runtime_dir() -> Result<PathBuf, Error> {
 /// What [`ensure_running`] found or did.
 enum Running {
     /// A worker answered.
-    Connected(SharedWorker),
+    Connected(Box<SharedWorker>),
     /// A daemon was started and listens.
     Started {
         pid: u32,
@@ -246,7 +246,7 @@ fn ensure_running(
     let canonical = parsed.to_string();
     let waited = time_left(deadline).unwrap_or(Duration::MAX);
     match SharedWorker::connect_timeout(&canonical, waited) {
-        Ok(worker) => return Ok(Running::Connected(worker)),
+        Ok(worker) => return Ok(Running::Connected(Box::new(worker))),
         // However it failed to reach a worker, one elsewhere is not ours to start.
         Err(
             e @ (Error::Connect { .. }
@@ -317,7 +317,7 @@ fn ensure_running(
         Ok(StartReport::Failed { reason }) => {
             // A starter that does not share our lock may have won the race for the socket.
             match connect_if_running(&canonical, deadline) {
-                Ok(Some(worker)) => Ok(Running::Connected(worker)),
+                Ok(Some(worker)) => Ok(Running::Connected(Box::new(worker))),
                 _ => Err(Error::StartFailed {
                     address: canonical,
                     reason,
@@ -344,7 +344,7 @@ fn ensure_running(
 /// What connecting found.
 enum Probe {
     /// A worker answered.
-    Running(SharedWorker),
+    Running(Box<SharedWorker>),
     /// The connection was refused: a socket file with nobody behind it, or a closed port.
     Refused,
     /// No socket file.
@@ -354,7 +354,7 @@ enum Probe {
 /// Connects to a running worker, telling apart the two ways of finding nobody there.
 fn try_connect(address: &str, deadline: Option<Instant>) -> Result<Probe, Error> {
     match SharedWorker::connect_timeout(address, time_left(deadline).unwrap_or(Duration::MAX)) {
-        Ok(worker) => Ok(Probe::Running(worker)),
+        Ok(worker) => Ok(Probe::Running(Box::new(worker))),
         Err(Error::Connect { source, .. }) if source.kind() == io::ErrorKind::ConnectionRefused => {
             Ok(Probe::Refused)
         }
@@ -369,7 +369,7 @@ fn connect_if_running(
     deadline: Option<Instant>,
 ) -> Result<Option<SharedWorker>, Error> {
     match try_connect(address, deadline)? {
-        Probe::Running(worker) => Ok(Some(worker)),
+        Probe::Running(worker) => Ok(Some(*worker)),
         Probe::Refused | Probe::Absent => Ok(None),
     }
 }
@@ -440,6 +440,7 @@ impl StartLock {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(&path)
             .map_err(fail)?;

@@ -4,7 +4,9 @@
 
 use exsyst_worker::{BootstrapProfile, WorkerFactory};
 
-use crate::workers::shared::{SHARED_COOKIE, SharedCounter};
+use crate::workers::shared::{
+    CONSTRUCTION_LOG_VAR, COUNT_CONSTRUCTIONS, MySharedWorkerImpl, SHARED_COOKIE,
+};
 
 /// Runs the shared scenario named by `args[0]`.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -34,8 +36,8 @@ fn factory(options: &Options) -> WorkerFactory {
     let mut profile = BootstrapProfile::new().with_admin_cookie(SHARED_COOKIE);
     if let Some(log) = &options.log {
         profile = profile
-            .with_constructor_args(&Some(log.clone()))
-            .expect("encode");
+            .with_after_hook(COUNT_CONSTRUCTIONS)
+            .with_env(CONSTRUCTION_LOG_VAR, log);
     }
     if let Some(path) = &options.kill_switch {
         profile = profile.with_kill_switch_path(path);
@@ -44,7 +46,7 @@ fn factory(options: &Options) -> WorkerFactory {
 }
 
 /// `shared-connect ADDRESS NAME [--log PATH] [--kill-switch PATH] [--hold]`: connects to the
-/// [`SharedCounter`] at ADDRESS, starting it if needed, sends NAME and prints `pid=` and
+/// [`MySharedWorkerImpl`] at ADDRESS, starting it if needed, sends NAME and prints `pid=` and
 /// `reply=`; with `--hold`, then prints `ready` and waits for its standard input to close.
 fn connect(args: &[String]) -> anyhow::Result<()> {
     let address = args.first().expect("address");
@@ -59,7 +61,7 @@ fn connect(args: &[String]) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown option {other:?}"),
         }
     }
-    let mut worker = factory(&options).connect_to_shared_worker::<SharedCounter>(address)?;
+    let mut worker = factory(&options).connect_to_shared_worker::<MySharedWorkerImpl>(address)?;
     worker.send_message(name)?;
     let reply: String = worker.receive_message()?;
     println!("pid={}", worker.pid());

@@ -16,7 +16,7 @@ use exsyst_worker::{
 };
 use tests_integration::workers::{
     dedicated::Echo,
-    shared::{SHARED_COOKIE, SharedCounter, SharedFailer, ordinal},
+    shared::{MySharedWorkerImpl, SHARED_COOKIE, SharedFailer, ordinal},
 };
 
 use crate::support::*;
@@ -59,30 +59,6 @@ fn greet(worker: &mut SharedWorker, name: &str) -> String {
 
 fn hello(name: &str, nth: u64) -> String {
     format!("Hello {name} ! You're my {} client.", ordinal(nth))
-}
-
-/// Fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, session, ...
-fn stat_fields(pid: u32) -> Vec<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split(' ').map(str::to_owned).collect()
-}
-
-/// The descriptors of process `pid`: number and target.
-fn fds_of(pid: u32) -> Vec<(u32, String)> {
-    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            let target = std::fs::read_link(e.path()).unwrap_or_default();
-            (
-                e.file_name().to_string_lossy().parse().unwrap(),
-                target.display().to_string(),
-            )
-        })
-        .collect();
-    fds.sort();
-    fds
 }
 
 /// The inode of the listening Unix socket bound at `path`, from `/proc/net/unix`.
@@ -188,12 +164,12 @@ fn a_daemon_killed_by_sigkill_leaves_a_stale_socket_that_the_next_start_reclaims
     let (_dir, address, path) = unix_address();
     let factory = factory();
     let first = factory
-        .start_shared_worker::<SharedCounter>(&address)
+        .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     // Starting a running worker is not an error: it gives its pid.
     assert_eq!(
         factory
-            .start_shared_worker::<SharedCounter>(&address)
+            .start_shared_worker::<MySharedWorkerImpl>(&address)
             .unwrap(),
         first
     );
@@ -206,7 +182,7 @@ fn a_daemon_killed_by_sigkill_leaves_a_stale_socket_that_the_next_start_reclaims
         Ok(_) => panic!("a dead daemon answered"),
     }
     let mut worker = factory
-        .connect_to_shared_worker::<SharedCounter>(&address)
+        .connect_to_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     assert_ne!(worker.pid(), first);
     assert_eq!(greet(&mut worker, "again"), hello("again", 1));
@@ -218,7 +194,7 @@ fn a_live_workers_socket_is_never_taken_over() {
     let (dir, address, path) = unix_address();
     let server = SharedServer::bind(&address, SharedServerConfig::default())
         .unwrap()
-        .spawn(|| SharedCounter::new(None))
+        .spawn(|| MySharedWorkerImpl::new(()))
         .unwrap();
     let inode = std::fs::metadata(&path).unwrap().ino();
     let marker = dir.path().join("spawned");
@@ -226,12 +202,12 @@ fn a_live_workers_socket_is_never_taken_over() {
     // The server embedded in this process is the worker there: used, never replaced.
     assert_eq!(
         factory
-            .start_shared_worker::<SharedCounter>(&address)
+            .start_shared_worker::<MySharedWorkerImpl>(&address)
             .unwrap(),
         std::process::id()
     );
     let mut worker = factory
-        .connect_to_shared_worker::<SharedCounter>(&address)
+        .connect_to_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     assert_eq!(worker.pid(), std::process::id());
     assert_eq!(greet(&mut worker, "neighbour"), hello("neighbour", 1));
@@ -247,7 +223,7 @@ fn a_live_workers_socket_is_never_taken_over() {
     // A file that is not a socket is nobody's stale socket: it stays, and the start says why.
     let (_dir, address, path) = unix_address();
     std::fs::write(&path, b"not a socket").unwrap();
-    match factory.start_shared_worker::<SharedCounter>(&address) {
+    match factory.start_shared_worker::<MySharedWorkerImpl>(&address) {
         Err(exsyst_worker::Error::Shared(Error::StartFailed { reason, .. })) => {
             assert!(reason.contains("in use"), "{reason}")
         }
@@ -261,7 +237,7 @@ fn a_stop_followed_at_once_by_a_start_twenty_times_never_fails() {
     let (_dir, address, path) = unix_address();
     let factory = factory();
     let mut pid = factory
-        .start_shared_worker::<SharedCounter>(&address)
+        .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     for round in 0..20 {
         factory.stop_shared_worker(&address).unwrap();
@@ -274,13 +250,13 @@ fn a_stop_followed_at_once_by_a_start_twenty_times_never_fails() {
             "round {round}: its socket file is still there"
         );
         let next = factory
-            .start_shared_worker::<SharedCounter>(&address)
+            .start_shared_worker::<MySharedWorkerImpl>(&address)
             .unwrap();
         assert_ne!(next, pid, "round {round}");
         pid = next;
     }
     let mut worker = factory
-        .connect_to_shared_worker::<SharedCounter>(&address)
+        .connect_to_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     assert_eq!(worker.pid(), pid);
     assert_eq!(greet(&mut worker, "last"), hello("last", 1));
@@ -297,7 +273,7 @@ fn a_disabled_worker_is_refused_at_once_and_nothing_is_spawned() {
     );
     let refused = |globally: bool| {
         let started = Instant::now();
-        match factory.connect_to_shared_worker::<SharedCounter>(&address) {
+        match factory.connect_to_shared_worker::<MySharedWorkerImpl>(&address) {
             Err(exsyst_worker::Error::Shared(Error::Disabled {
                 address: refused,
                 globally: how,
@@ -330,20 +306,20 @@ fn a_disabled_worker_is_refused_at_once_and_nothing_is_spawned() {
 
     // Enabled again, it starts (and the marker shows that a spawn leaves one).
     let pid = factory
-        .start_shared_worker::<SharedCounter>(&address)
+        .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     assert!(marker.exists());
     // Disabling a running worker does not stop it: disable, then stop.
     factory.disable_shared_worker(address.as_str()).unwrap();
     let worker = factory
-        .connect_to_shared_worker::<SharedCounter>(&address)
+        .connect_to_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     assert_eq!(worker.pid(), pid);
     drop(worker);
     factory.stop_shared_worker(&address).unwrap();
     std::fs::remove_file(&marker).unwrap();
     assert!(matches!(
-        factory.start_shared_worker::<SharedCounter>(&address),
+        factory.start_shared_worker::<MySharedWorkerImpl>(&address),
         Err(exsyst_worker::Error::Shared(Error::Disabled {
             globally: false,
             ..
@@ -374,17 +350,7 @@ fn killing_the_master_that_started_the_daemon_does_not_stop_it() {
     assert_eq!(greet(&mut worker, "second"), hello("second", 2));
     drop(worker);
 
-    // Its own session, which it does not lead; adopted by init (or a subreaper).
-    let stat = stat_fields(daemon);
-    let (ppid, session): (u32, u32) = (stat[1].parse().unwrap(), stat[3].parse().unwrap());
-    // SAFETY: getsid(0) only reads this process's session id.
-    let our_session = unsafe { libc::getsid(0) } as u32;
-    assert_ne!(ppid, starter);
-    assert_ne!(
-        session, our_session,
-        "the daemon is in its starter's session"
-    );
-    assert_ne!(session, daemon, "a session leader could acquire a terminal");
+    assert_detached(daemon, starter);
     assert_eq!(
         std::fs::read_link(format!("/proc/{daemon}/cwd")).unwrap(),
         Path::new("/")
@@ -412,7 +378,7 @@ fn a_daemon_writes_to_the_profiles_output_path() {
     let output = dir.path().join("worker.log");
     let factory = WorkerFactory::with_profile(shared_profile().with_output_path(&output));
     let pid = factory
-        .start_shared_worker::<SharedCounter>(&address)
+        .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     let fds = fds_of(pid);
     for fd in [1, 2] {
@@ -434,7 +400,7 @@ fn a_non_local_tcp_address_is_never_started() {
     let started = exsyst_worker::shared::connect_or_start_timeout(
         &marking_profile(&marker),
         address,
-        SharedCounter::NAME,
+        MySharedWorkerImpl::NAME,
         &SharedServerConfig::default(),
         timeout(Duration::from_secs(2)),
     );
@@ -499,7 +465,7 @@ fn the_cookie_is_never_on_the_daemons_command_line_or_in_its_environment() {
     let (_dir, address, _path) = unix_address();
     let factory = factory();
     let pid = factory
-        .start_shared_worker::<SharedCounter>(&address)
+        .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     for what in ["cmdline", "environ"] {
         let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();

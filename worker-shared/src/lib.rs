@@ -80,7 +80,8 @@
 //! # Daemons
 //!
 //! `worker_bootstrap::registry().shared::<W>()` (with [`SharedRegistryExt`] in scope) registers `W` so that a process started as a shared-worker daemon serves it.
-//! The starter passes [`daemon_extensions`] (address, cookie, settings) in the bootstrap frame, through the private start pipe; the daemon binds, builds `W`, and answers one [`StartReport`] on the channel it was started with (`listening` with its pid, or `failed` with its reason), which [`wait_until_listening`] reads.
+//! The starter passes [`daemon_extensions`] (address, cookie, settings) in the bootstrap frame, through the private start pipe; the daemon binds, builds `W`, and answers one [`StartReport`] on the channel it was started with (`listening` with its pid, or `failed` with its reason), then closes that channel.
+//! [`start`] and [`connect_or_start`] do all of it (see below); [`wait_until_listening`] reads the report of a daemon started as a `DedicatedWorker`.
 //! Then it serves until stopped, SIGTERM and SIGINT included.
 //!
 //! # Starting on demand

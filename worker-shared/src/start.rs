@@ -18,7 +18,7 @@ use worker_killswitch::{Address, KillSwitch, KillSwitchLock};
 
 use crate::{
     AdminCookie, DEFAULT_CONTROL_TIMEOUT, Error, SharedServerConfig, SharedWorker, StartReport,
-    address, daemon_extensions, local, sys,
+    address, daemon_extensions, listener, local, sys,
 };
 
 /// How long a start waits for the daemon to say that it listens (its constructor included),
@@ -452,18 +452,11 @@ impl StartLock {
 /// The lock file of `address`'s starters (see the [crate documentation](crate#starting-on-demand)).
 fn lock_path(address: &Address) -> Result<PathBuf, Error> {
     if let Some(path) = address.unix_path() {
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        if !dir.exists() {
-            // As the server creates it: for this socket alone, so nobody else may look inside.
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| Error::StartLock {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-        }
+        // As the server would: for this socket alone.
+        listener::create_socket_dir(path).map_err(|source| Error::StartLock {
+            path: path.parent().unwrap_or(Path::new("/")).to_owned(),
+            source,
+        })?;
         let mut name = path.as_os_str().to_owned();
         name.push(".lock");
         return Ok(PathBuf::from(name));

@@ -226,69 +226,49 @@ pub fn run(cfg: &Config) -> Vec<Line> {
     let message = ByteBuf::from(vec![5u8; LEN]);
     if cfg.wants("shared round trip") {
         const N: u32 = 3000;
-        let mut line = Line::new(cfg.name("shared round trip"), "µs");
-        for round in 0..cfg.rounds {
-            let ours = || {
-                let daemon = Daemon::start(dir, round);
-                let mut w = SharedWorker::connect(&daemon.address).expect("connect");
-                let mut run = || {
-                    time_round_trips(N, || {
-                        w.send_message(&message).unwrap();
-                        let _: ByteBuf = w.receive_message().unwrap();
-                    })
-                };
-                run();
-                run()
-            };
-            let base = || {
-                let peer = Peer::start("echo", dir);
-                let mut s = UnixStream::connect(&peer.path).expect("connect");
+        lines.push(against_raw_echo(
+            cfg,
+            dir,
+            "shared round trip",
+            |address| {
+                let mut w = SharedWorker::connect(address).expect("connect");
+                time_round_trips(N, || {
+                    w.send_message(&message).unwrap();
+                    let _: ByteBuf = w.receive_message().unwrap();
+                })
+            },
+            |path| {
+                let mut s = UnixStream::connect(path).expect("connect");
                 let mut raw = [5u8; LEN];
-                let mut run = || {
-                    time_round_trips(N, || {
-                        s.write_all(&raw).unwrap();
-                        s.read_exact(&mut raw).unwrap();
-                    })
-                };
-                run();
-                run()
-            };
-            line.rounds.push(alternate(round, ours, base));
-        }
-        lines.push(line);
+                time_round_trips(N, || {
+                    s.write_all(&raw).unwrap();
+                    s.read_exact(&mut raw).unwrap();
+                })
+            },
+        ));
     }
     if cfg.wants("shared connect") {
         const N: u32 = 300;
-        let mut line = Line::new(cfg.name("shared connect"), "µs");
-        for round in 0..cfg.rounds {
-            let ours = || {
-                let daemon = Daemon::start(dir, round);
-                let run = || {
-                    time_round_trips(N, || {
-                        let mut w = SharedWorker::connect(&daemon.address).expect("connect");
-                        w.send_message(&message).unwrap();
-                        let _: ByteBuf = w.receive_message().unwrap();
-                    })
-                };
-                run();
-                run()
-            };
-            let base = || {
-                let peer = Peer::start("echo", dir);
+        lines.push(against_raw_echo(
+            cfg,
+            dir,
+            "shared connect",
+            |address| {
+                time_round_trips(N, || {
+                    let mut w = SharedWorker::connect(address).expect("connect");
+                    w.send_message(&message).unwrap();
+                    let _: ByteBuf = w.receive_message().unwrap();
+                })
+            },
+            |path| {
                 let mut raw = [5u8; LEN];
-                let mut run = || {
-                    time_round_trips(N, || {
-                        let mut s = UnixStream::connect(&peer.path).expect("connect");
-                        s.write_all(&raw).unwrap();
-                        s.read_exact(&mut raw).unwrap();
-                    })
-                };
-                run();
-                run()
-            };
-            line.rounds.push(alternate(round, ours, base));
-        }
-        lines.push(line);
+                time_round_trips(N, || {
+                    let mut s = UnixStream::connect(path).expect("connect");
+                    s.write_all(&raw).unwrap();
+                    s.read_exact(&mut raw).unwrap();
+                })
+            },
+        ));
     }
     if cfg.wants("shared autostart") {
         const N: u32 = 10;
@@ -353,6 +333,33 @@ pub fn run(cfg: &Config) -> Vec<Line> {
         lines.push(line);
     }
     lines
+}
+
+/// A line of µs per operation: each round, `ours` runs twice against a fresh daemon (given its
+/// address) and `base` twice against a fresh raw echo peer (given its socket's path); the
+/// second, warm, run of each counts.
+fn against_raw_echo(
+    cfg: &Config,
+    dir: &Path,
+    name: &str,
+    ours: impl Fn(&str) -> f64,
+    base: impl Fn(&Path) -> f64,
+) -> Line {
+    let mut line = Line::new(cfg.name(name), "µs");
+    for round in 0..cfg.rounds {
+        let ours = || {
+            let daemon = Daemon::start(dir, round);
+            ours(&daemon.address);
+            ours(&daemon.address)
+        };
+        let base = || {
+            let peer = Peer::start("echo", dir);
+            base(&peer.path);
+            base(&peer.path)
+        };
+        line.rounds.push(alternate(round, ours, base));
+    }
+    line
 }
 
 /// Runs ours and the baseline, in an order that alternates with the round.

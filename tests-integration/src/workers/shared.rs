@@ -5,80 +5,44 @@ use std::io::Write;
 use exsyst_worker::{
     BoxError, Registry, SharedRegistryExt, SharedWorkerImpl, Worker,
     channel::serde_bytes::ByteBuf,
-    worker::{Connection, EventedWorker, WorkerLoop, WorkerStatus},
+    worker::{Connection, EventedWorker, WorkerLoop},
 };
 
 /// Registers this module's implementations.
 pub fn register(registry: Registry) -> Registry {
     registry
-        .shared::<SharedCounter>()
+        .shared::<MySharedWorkerImpl>()
         .shared::<SharedEcho>()
         .shared::<SharedFailer>()
+        .after_hook(COUNT_CONSTRUCTIONS, |_| count_construction())
 }
 
 /// The admin cookie of the shared workers the tests start.
 pub const SHARED_COOKIE: &str = "the shared tests' admin cookie, 5f0c1e9a";
 
-/// The seed's `MySharedWorkerImpl`: greets each client with its ordinal.
-///
-/// Its constructor appends its pid, one line, to the file it is given (if any), so a test can
-/// count how many times it ran.
-#[derive(Debug)]
-pub struct SharedCounter {
-    i: u64,
-}
+/// The seed's `MySharedWorkerImpl`, the very one of the facade's shared-worker examples: it
+/// greets each client with its ordinal.
+#[path = "../../../examples/seed/my_shared_worker_impl.rs"]
+mod seed;
 
-impl Worker for SharedCounter {
-    const NAME: &'static str = "shared-counter";
-    type Args = Option<String>;
-    fn new(log: Option<String>) -> Result<Self, BoxError> {
-        if let Some(log) = log {
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(log)?;
-            // One write, so lines of concurrent constructors cannot interleave.
-            file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-        }
-        Ok(SharedCounter { i: 0 })
-    }
-}
+pub use seed::{MySharedWorkerImpl, ordinal};
 
-impl EventedWorker for SharedCounter {
-    type Message = String;
-    type Reply = String;
+/// The after-construction hook that appends the daemon's pid, one line, to the file named by
+/// [`CONSTRUCTION_LOG_VAR`], so a test can count how many times a constructor ran (the hook
+/// runs right after each construction).
+pub const COUNT_CONSTRUCTIONS: &str = "count-constructions";
+/// The file [`COUNT_CONSTRUCTIONS`] appends to.
+pub const CONSTRUCTION_LOG_VAR: &str = "EXSYST_TEST_CONSTRUCTION_LOG";
 
-    fn on_message(
-        &mut self,
-        message: String,
-        connection: &mut Connection<String>,
-        _: &mut WorkerLoop<Self>,
-    ) -> Result<(), BoxError> {
-        self.i += 1;
-        connection.send(&format!(
-            "Hello {message} ! You're my {} client.",
-            ordinal(self.i)
-        ))?;
-        Ok(())
-    }
-}
-
-impl SharedWorkerImpl for SharedCounter {
-    fn on_query(&mut self, _privileged: bool) -> Option<WorkerStatus> {
-        Some(format!("Current counter value : {}", self.i).into())
-    }
-}
-
-/// `1st`, `2nd`, `3rd`, `4th`, ..., `11th`, ..., `21st`, as the seed writes them.
-pub fn ordinal(n: u64) -> String {
-    let suffix = match (n % 10, n % 100 / 10) {
-        (_, 1) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
+fn count_construction() -> Result<(), BoxError> {
+    let log = std::env::var(CONSTRUCTION_LOG_VAR)?;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)?;
+    // One write, so lines of concurrent daemons cannot interleave.
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(())
 }
 
 /// Echoes byte strings: the benchmarks' shared worker.

@@ -50,7 +50,7 @@
 //! | [`bootstrap`] | `worker-bootstrap` | profiles, the registry, the spawn path, [`DedicatedWorker`] |
 //! | [`pool`] | `worker-pool` | [`WorkerPool`], task pools, crash recovery |
 //! | [`killswitch`] | `worker-killswitch` | the JSON kill switch |
-//! | [`shared`] | `worker-shared` | shared workers: the [`SharedWorker`] client, the [`SharedServer`] (embedded or a daemon), the admin plane |
+//! | [`shared`] | `worker-shared` | shared workers: the [`SharedWorker`] client, the [`SharedServer`] (embedded or a daemon), the race-free start on demand, the admin plane |
 //!
 //! A program that needs only part of this can depend on those crates alone.
 

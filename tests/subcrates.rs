@@ -64,3 +64,14 @@ fn the_factory_drives_the_kill_switch_with_one_address_or_many() {
         other => panic!("expected InvalidAddress, got {other:?}"),
     }
 }
+
+#[test]
+fn stopping_a_shared_worker_needs_an_admin_cookie() {
+    let factory = exsyst_worker::WorkerFactory::new();
+    match factory.stop_shared_worker("unix:///nowhere/worker.sock") {
+        Err(exsyst_worker::Error::Shared(exsyst_worker::shared::Error::NoCookie { address })) => {
+            assert_eq!(address, "unix:///nowhere/worker.sock")
+        }
+        other => panic!("expected NoCookie, got {other:?}"),
+    }
+}

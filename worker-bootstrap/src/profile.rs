@@ -394,3 +394,43 @@ mod millis {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_cookie_given_by_value_is_never_serialized_nor_shown() {
+        let secret = "s3cret-c00kie-bytes";
+        let profile = BootstrapProfile::new()
+            .with_admin_cookie(secret)
+            .with_output_path("/var/log/app/worker.log");
+        assert_eq!(profile.admin_cookie(), Some(secret.as_bytes()));
+        let shown = format!("{profile:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let bytes = Codec::MessagePack.encode(&profile).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        let back: BootstrapProfile = Codec::MessagePack.decode(&bytes).unwrap();
+        assert_eq!(back.admin_cookie(), None);
+        assert_eq!(
+            back.output_path(),
+            Some(Path::new("/var/log/app/worker.log"))
+        );
+    }
+
+    #[test]
+    fn a_cookie_file_replaces_a_cookie_and_is_kept_with_the_profile() {
+        let profile = BootstrapProfile::new()
+            .with_admin_cookie("by value")
+            .with_admin_cookie_file("/etc/app/cookie");
+        assert_eq!(profile.admin_cookie(), None);
+        let bytes = Codec::MessagePack.encode(&profile).unwrap();
+        let back: BootstrapProfile = Codec::MessagePack.decode(&bytes).unwrap();
+        assert_eq!(back.admin_cookie_file(), Some(Path::new("/etc/app/cookie")));
+        assert!(matches!(
+            BootstrapProfile::new().with_admin_cookie("").validate(),
+            Err(Error::Config(_))
+        ));
+    }
+}

@@ -21,6 +21,18 @@ use tests_integration::workers::{
 
 use crate::support::*;
 
+/// Kills a daemon that a failing test left running (a passing test has stopped it already).
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if !process_gone(self.0) {
+            // SAFETY: kill only sends a signal, to a daemon this test started.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
 /// A Unix address in a fresh temporary directory, with the directory (removed on drop).
 fn unix_address() -> (tempfile::TempDir, String, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -85,6 +97,7 @@ fn the_seeds_example_three_masters_in_turn_then_stop_ends_the_daemon() {
     }
     assert!(pids.iter().all(|&p| p == pids[0]), "{pids:?}");
     let pid = pids[0];
+    let _reap = Reap(pid);
     // The facade's other shared methods, from this process.
     assert_eq!(
         factory().get_shared_worker_process_id(&address).unwrap(),
@@ -151,6 +164,7 @@ fn sixteen_masters_at_once_start_one_daemon_that_serves_them_all() {
     );
     let constructed = std::fs::read_to_string(&log).unwrap();
     let pid = *pids.first().unwrap();
+    let _reap = Reap(pid);
     assert_eq!(
         constructed.lines().collect::<Vec<_>>(),
         [pid.to_string()],
@@ -166,6 +180,7 @@ fn a_daemon_killed_by_sigkill_leaves_a_stale_socket_that_the_next_start_reclaims
     let first = factory
         .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
+    let _reap_first = Reap(first);
     // Starting a running worker is not an error: it gives its pid.
     assert_eq!(
         factory
@@ -185,6 +200,7 @@ fn a_daemon_killed_by_sigkill_leaves_a_stale_socket_that_the_next_start_reclaims
         .connect_to_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
     assert_ne!(worker.pid(), first);
+    let _reap_second = Reap(worker.pid());
     assert_eq!(greet(&mut worker, "again"), hello("again", 1));
     factory.stop_shared_worker(&address).unwrap();
 }
@@ -239,6 +255,7 @@ fn a_stop_followed_at_once_by_a_start_twenty_times_never_fails() {
     let mut pid = factory
         .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
+    let mut reap = Reap(pid);
     for round in 0..20 {
         factory.stop_shared_worker(&address).unwrap();
         assert!(
@@ -254,6 +271,7 @@ fn a_stop_followed_at_once_by_a_start_twenty_times_never_fails() {
             .unwrap();
         assert_ne!(next, pid, "round {round}");
         pid = next;
+        reap.0 = pid;
     }
     let mut worker = factory
         .connect_to_shared_worker::<MySharedWorkerImpl>(&address)
@@ -308,6 +326,7 @@ fn a_disabled_worker_is_refused_at_once_and_nothing_is_spawned() {
     let pid = factory
         .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
+    let _reap_pid = Reap(pid);
     assert!(marker.exists());
     // Disabling a running worker does not stop it: disable, then stop.
     factory.disable_shared_worker(address.as_str()).unwrap();
@@ -341,6 +360,7 @@ fn killing_the_master_that_started_the_daemon_does_not_stop_it() {
         lines.extend(parse_lines(&line));
     }
     let daemon: u32 = value(&lines, "pid").parse().unwrap();
+    let _reap = Reap(daemon);
     let starter = master.child.id();
     sigkill(starter);
     master.child.wait().unwrap();
@@ -380,6 +400,7 @@ fn a_daemon_writes_to_the_profiles_output_path() {
     let pid = factory
         .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
+    let _reap_pid = Reap(pid);
     let fds = fds_of(pid);
     for fd in [1, 2] {
         let target = &fds.iter().find(|(n, _)| *n == fd).unwrap().1;
@@ -446,6 +467,7 @@ fn a_loopback_tcp_worker_is_started_and_stopped_with_its_start_lock_in_the_runti
         let second = master(&["shared-connect", &address, "again"]);
         assert_eq!(value(&second, "reply"), hello("again", 2));
         let pid: u32 = value(&first, "pid").parse().unwrap();
+        let _reap = Reap(pid);
         assert_eq!(value(&second, "pid").parse::<u32>().unwrap(), pid);
         let lock = runtime
             .path()
@@ -467,6 +489,7 @@ fn the_cookie_is_never_on_the_daemons_command_line_or_in_its_environment() {
     let pid = factory
         .start_shared_worker::<MySharedWorkerImpl>(&address)
         .unwrap();
+    let _reap_pid = Reap(pid);
     for what in ["cmdline", "environ"] {
         let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
         assert!(!bytes.is_empty(), "{what} is empty: not the daemon's?");

@@ -7,60 +7,12 @@
 //! the worker is stopped (by a client with the cookie, by `exsyst_worker::shared::stop_current()`
 //! from inside the worker, or, with `with_stop_on_signals(true)`, by SIGTERM or SIGINT).
 
-use exsyst_worker::{
-    AdminCookie, BoxError, Connection, EventedWorker, SharedServer, SharedServerConfig,
-    SharedWorker, SharedWorkerImpl, Worker, WorkerLoop, worker::WorkerStatus,
-};
+use exsyst_worker::{AdminCookie, SharedServer, SharedServerConfig, SharedWorker, Worker};
 
-/// The seed's `MySharedWorkerImpl`: it greets each client with its ordinal.
-struct MySharedWorkerImpl {
-    i: u64,
-}
+#[path = "seed/my_shared_worker_impl.rs"]
+mod my_shared_worker_impl;
 
-impl Worker for MySharedWorkerImpl {
-    const NAME: &'static str = "shared_embedded::MySharedWorkerImpl";
-    type Args = ();
-
-    fn new((): ()) -> Result<Self, BoxError> {
-        Ok(MySharedWorkerImpl { i: 0 })
-    }
-}
-
-impl EventedWorker for MySharedWorkerImpl {
-    type Message = String;
-    type Reply = String;
-
-    fn on_message(
-        &mut self,
-        message: String,
-        connection: &mut Connection<String>,
-        _: &mut WorkerLoop<Self>,
-    ) -> Result<(), BoxError> {
-        self.i += 1;
-        connection.send(&format!(
-            "Hello {message} ! You're my {} client.",
-            ordinal(self.i)
-        ))?;
-        Ok(())
-    }
-}
-
-impl SharedWorkerImpl for MySharedWorkerImpl {
-    fn on_query(&mut self, _privileged: bool) -> Option<WorkerStatus> {
-        Some(format!("Current counter value : {}", self.i).into())
-    }
-}
-
-fn ordinal(n: u64) -> String {
-    let suffix = match (n % 10, n % 100 / 10) {
-        (_, 1) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
-}
+use my_shared_worker_impl::MySharedWorkerImpl;
 
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

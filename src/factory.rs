@@ -4,13 +4,22 @@ use worker_bootstrap::{BootstrapProfile, DedicatedWorker};
 use worker_core::Worker;
 use worker_killswitch::KillSwitch;
 use worker_pool::{TaskPool, TaskWorker, WorkerPool, WorkerPoolBuilder};
+use worker_shared::{
+    AdminCookie, DEFAULT_CONTROL_TIMEOUT, DEFAULT_STOP_TIMEOUT, SharedServerConfig, SharedWorker,
+    SharedWorkerImpl, StatusReply,
+};
 
 /// Creates workers from one [`BootstrapProfile`] (the seed's `WorkerFactory`).
 ///
 /// It owns no mechanism: each method hands the profile to the crate that does the work.
+///
+/// Shared workers it starts are served with its [`SharedServerConfig`]
+/// ([`with_shared_config`](Self::with_shared_config); the defaults otherwise), and the admin
+/// cookie of its profile.
 #[derive(Clone, Debug, Default)]
 pub struct WorkerFactory {
     profile: BootstrapProfile,
+    shared_config: SharedServerConfig,
 }
 
 impl WorkerFactory {
@@ -21,7 +30,17 @@ impl WorkerFactory {
 
     /// A factory with the given profile.
     pub fn with_profile(profile: BootstrapProfile) -> Self {
-        WorkerFactory { profile }
+        WorkerFactory {
+            profile,
+            shared_config: SharedServerConfig::default(),
+        }
+    }
+
+    /// Serves the shared workers this factory starts with `config` (its socket mode, who may
+    /// connect, limits, deadlines); the admin cookie is the profile's unless `config` has one.
+    pub fn with_shared_config(mut self, config: SharedServerConfig) -> Self {
+        self.shared_config = config;
+        self
     }
 
     /// The factory's profile.
@@ -82,6 +101,90 @@ impl WorkerFactory {
     /// [`create_worker_pool`](Self::create_worker_pool) leaves at their defaults.
     pub fn create_worker_pool_builder(&self) -> WorkerPoolBuilder {
         WorkerPoolBuilder::new().profile(self.profile.clone())
+    }
+
+    /// Connects to the shared worker at `address`, starting it as a daemon running `W` first
+    /// when nothing listens there (the seed's `connectToSharedWorker`): race-free, so many
+    /// masters at once are served by one daemon, and never for a remote address or one the kill
+    /// switch disables. See [`worker_shared::connect_or_start`].
+    ///
+    /// The daemon is this profile's worker executable, which must register `W` with
+    /// `registry().shared::<W>()` (see [`SharedRegistryExt`](crate::SharedRegistryExt)).
+    pub fn connect_to_shared_worker<W: SharedWorkerImpl>(
+        &self,
+        address: &str,
+    ) -> Result<SharedWorker, Error> {
+        Ok(worker_shared::connect_or_start(
+            &self.profile,
+            address,
+            W::NAME,
+            &self.shared_config,
+        )?)
+    }
+
+    /// Connects to the shared worker at `address` if it runs; never starts it
+    /// ([`worker_shared::Error::is_not_running`] tells a worker that is not there).
+    pub fn connect_to_running_shared_worker(&self, address: &str) -> Result<SharedWorker, Error> {
+        Ok(SharedWorker::connect(address)?)
+    }
+
+    /// Makes sure the shared worker at `address` runs, starting it as a daemon running `W` if
+    /// not, and returns its pid; starting a running worker is not an error (see
+    /// [`worker_shared::start`]).
+    pub fn start_shared_worker<W: SharedWorkerImpl>(&self, address: &str) -> Result<u32, Error> {
+        Ok(worker_shared::start(
+            &self.profile,
+            address,
+            W::NAME,
+            &self.shared_config,
+        )?)
+    }
+
+    /// Stops the shared worker at `address` with the profile's admin cookie (the seed's
+    /// `stopSharedWorker`), returning once it acknowledged and, when it runs on this machine,
+    /// once its process has exited (see [`worker_shared::stop`]); waits at most
+    /// [`DEFAULT_STOP_TIMEOUT`](worker_shared::DEFAULT_STOP_TIMEOUT).
+    ///
+    /// To take a worker out of service, disable it first
+    /// ([`disable_shared_worker`](Self::disable_shared_worker)), then stop it: in the other
+    /// order, a master could start it again in between.
+    pub fn stop_shared_worker(&self, address: &str) -> Result<(), Error> {
+        let cookie = self.admin_cookie(address)?;
+        worker_shared::stop(address, &cookie, DEFAULT_STOP_TIMEOUT)?;
+        Ok(())
+    }
+
+    /// Asks the shared worker at `address` for its status (the seed's `querySharedWorker`):
+    /// the privileged answer when the profile has an admin cookie, what anyone may see
+    /// otherwise ([`StatusReply::privileged`] tells which).
+    pub fn query_shared_worker(&self, address: &str) -> Result<StatusReply, Error> {
+        let mut worker = SharedWorker::connect(address)?;
+        Ok(match self.cookie()? {
+            Some(cookie) => worker.query_privileged(&cookie)?,
+            None => worker.query()?,
+        })
+    }
+
+    /// The process id of the shared worker at `address`, from its hello (the seed's
+    /// `getSharedWorkerProcessId`, without `lsof`).
+    pub fn get_shared_worker_process_id(&self, address: &str) -> Result<u32, Error> {
+        Ok(SharedWorker::connect_timeout(address, DEFAULT_CONTROL_TIMEOUT)?.pid())
+    }
+
+    /// The admin cookie: the shared configuration's, else the profile's.
+    fn cookie(&self) -> Result<Option<AdminCookie>, Error> {
+        Ok(match self.shared_config.cookie() {
+            Some(cookie) => Some(cookie.clone()),
+            None => AdminCookie::from_profile(&self.profile)?,
+        })
+    }
+
+    fn admin_cookie(&self, address: &str) -> Result<AdminCookie, Error> {
+        self.cookie()?.ok_or_else(|| {
+            Error::Shared(worker_shared::Error::NoCookie {
+                address: address.to_owned(),
+            })
+        })
     }
 
     fn kill_switch(&self) -> Result<KillSwitch, Error> {
@@ -192,6 +295,8 @@ pub enum Error {
     KillSwitch(worker_killswitch::Error),
     /// Building or running a worker pool failed.
     Pool(worker_pool::Error),
+    /// Starting, reaching, querying or stopping a shared worker failed.
+    Shared(worker_shared::Error),
     /// The profile names no kill switch file, so shared workers cannot be disabled.
     NoKillSwitch,
 }
@@ -202,6 +307,7 @@ impl fmt::Display for Error {
             Error::Bootstrap(e) => e.fmt(f),
             Error::KillSwitch(e) => e.fmt(f),
             Error::Pool(e) => e.fmt(f),
+            Error::Shared(e) => e.fmt(f),
             Error::NoKillSwitch => f.write_str("the bootstrap profile has no kill switch path"),
         }
     }
@@ -213,6 +319,7 @@ impl error::Error for Error {
             Error::Bootstrap(e) => e.source(),
             Error::KillSwitch(e) => e.source(),
             Error::Pool(e) => e.source(),
+            Error::Shared(e) => e.source(),
             Error::NoKillSwitch => None,
         }
     }
@@ -233,5 +340,11 @@ impl From<worker_killswitch::Error> for Error {
 impl From<worker_pool::Error> for Error {
     fn from(e: worker_pool::Error) -> Self {
         Error::Pool(e)
+    }
+}
+
+impl From<worker_shared::Error> for Error {
+    fn from(e: worker_shared::Error) -> Self {
+        Error::Shared(e)
     }
 }

@@ -50,7 +50,7 @@
 //! | [`bootstrap`] | `worker-bootstrap` | profiles, the registry, the spawn path, [`DedicatedWorker`] |
 //! | [`pool`] | `worker-pool` | [`WorkerPool`], task pools, crash recovery |
 //! | [`killswitch`] | `worker-killswitch` | the JSON kill switch |
-//! | [`shared`] | `worker-shared` | shared workers: the [`SharedWorker`] client, the [`SharedServer`] (embedded or a daemon), the admin plane |
+//! | [`shared`] | `worker-shared` | shared workers: the [`SharedWorker`] client, the [`SharedServer`] (embedded or a daemon), the race-free start on demand, the admin plane |
 //!
 //! A program that needs only part of this can depend on those crates alone.
 //!
@@ -86,5 +86,5 @@ pub use worker_killswitch::KillSwitch;
 pub use worker_pool::WorkerPool;
 pub use worker_shared::{
     AdminCookie, SharedRegistryExt, SharedServer, SharedServerConfig, SharedWorker,
-    SharedWorkerImpl,
+    SharedWorkerImpl, StatusReply,
 };

@@ -10,6 +10,7 @@ fn subcrates_are_reexported() {
     let _ = exsyst_worker::pool::WorkerPoolBuilder::new();
     let _ = exsyst_worker::shared::SharedServerConfig::default();
     let _: fn() -> bool = exsyst_worker::shared::stop_current;
+    let _ = exsyst_worker::shared::DEFAULT_START_TIMEOUT;
     let _ = exsyst_worker::WorkerFactory::new();
 }
 
@@ -61,5 +62,16 @@ fn the_factory_drives_the_kill_switch_with_one_address_or_many() {
             exsyst_worker::killswitch::Error::InvalidAddress { address, .. },
         )) => assert_eq!(address, "ftp://nope"),
         other => panic!("expected InvalidAddress, got {other:?}"),
+    }
+}
+
+#[test]
+fn stopping_a_shared_worker_needs_an_admin_cookie() {
+    let factory = exsyst_worker::WorkerFactory::new();
+    match factory.stop_shared_worker("unix:///nowhere/worker.sock") {
+        Err(exsyst_worker::Error::Shared(exsyst_worker::shared::Error::NoCookie { address })) => {
+            assert_eq!(address, "unix:///nowhere/worker.sock")
+        }
+        other => panic!("expected NoCookie, got {other:?}"),
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod hardening_scenarios;
 pub mod scenarios;
+pub mod shared_scenarios;
 pub mod workers;
 
 use exsyst_worker::Registry;
@@ -19,6 +20,7 @@ pub fn registry() -> Registry {
     let registry = workers::hostile::register(registry);
     let registry = workers::hardening::register(registry);
     let registry = workers::hostile_tasks::register(registry);
+    let registry = workers::shared::register(registry);
     workers::evented::register(registry)
 }
 

@@ -19,6 +19,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("evented-hold") => evented_hold(args.get(1).expect("log path")),
         Some("pool-hold") => pool_hold(args.get(1).map_or(Ok(3), |n| n.parse())?),
         Some("pool-crash") => pool_crash(),
+        Some(shared) if shared.starts_with("shared-") => crate::shared_scenarios::run(args),
         other => anyhow::bail!("unknown scenario {other:?}"),
     }
 }

@@ -459,34 +459,14 @@ fn b8_a_detached_worker_outlives_its_starter_in_a_session_of_its_own_holding_non
         "the daemon never answered"
     );
     assert_eq!(reply.unwrap(), format!("pid={daemon}"));
-    let stat = stat_fields(daemon);
-    // Fields after the name: state ppid pgrp session.
-    let (ppid, session): (u32, u32) = (stat[1].parse().unwrap(), stat[3].parse().unwrap());
-    // SAFETY: getsid(0) only reads this process's session id.
-    let our_session = unsafe { libc::getsid(0) } as u32;
-    assert_ne!(ppid, starter);
-    assert_ne!(
-        session, our_session,
-        "the daemon is still in the starter's session"
-    );
-    assert_ne!(session, daemon, "a session leader could acquire a terminal");
-    let fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{daemon}/fd"))
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            let target = std::fs::read_link(e.path()).unwrap_or_default();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                target.display().to_string(),
-            )
-        })
-        .collect();
+    assert_detached(daemon, starter);
+    let fds = fds_of(daemon);
     for (fd, target) in &fds {
         assert!(
             !target.starts_with("pipe:"),
             "the daemon holds a pipe: {fds:?}"
         );
-        if ["0", "1", "2"].contains(&fd.as_str()) {
+        if *fd <= 2 {
             assert_eq!(target, "/dev/null", "{fds:?}");
         }
     }
@@ -495,13 +475,6 @@ fn b8_a_detached_worker_outlives_its_starter_in_a_session_of_its_own_holding_non
         wait_until(Duration::from_secs(10), || process_gone(daemon)),
         "the daemon did not stop"
     );
-}
-
-/// The fields of `/proc/<pid>/stat` after the command name.
-fn stat_fields(pid: u32) -> Vec<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split(' ').map(str::to_owned).collect()
 }
 
 // The non-blocking face the pools build on.

@@ -161,3 +161,42 @@ pub fn expect_exited<T: std::fmt::Debug>(
         other => panic!("expected WorkerExited, got {other:?}"),
     }
 }
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, session, ...
+pub fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').map(str::to_owned).collect()
+}
+
+/// Asserts that `daemon` left `starter` for good: another parent, a session of its own that
+/// is not ours, and that it does not lead (so it cannot acquire a controlling terminal).
+pub fn assert_detached(daemon: u32, starter: u32) {
+    let stat = stat_fields(daemon);
+    let (ppid, session): (u32, u32) = (stat[1].parse().unwrap(), stat[3].parse().unwrap());
+    // SAFETY: getsid(0) only reads this process's session id.
+    let our_session = unsafe { libc::getsid(0) } as u32;
+    assert_ne!(ppid, starter);
+    assert_ne!(
+        session, our_session,
+        "the daemon is still in the starter's session"
+    );
+    assert_ne!(session, daemon, "a session leader could acquire a terminal");
+}
+
+/// The descriptors of process `pid`, by number, with what they point at.
+pub fn fds_of(pid: u32) -> Vec<(u32, String)> {
+    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            (
+                e.file_name().to_string_lossy().parse().unwrap(),
+                target.display().to_string(),
+            )
+        })
+        .collect();
+    fds.sort();
+    fds
+}

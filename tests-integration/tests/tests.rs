@@ -11,4 +11,5 @@ mod hardening_channel;
 mod hardening_pool;
 mod pool;
 mod protocol;
+mod shared;
 mod support;

@@ -91,6 +91,16 @@ enum Exited {
     Lost(String),
 }
 
+/// What [`DedicatedWorker::receive_from_descendants`] found.
+pub(crate) enum FromDescendants<T> {
+    /// A frame of the kind asked for.
+    Message(T),
+    /// The end of the stream: nobody holds the channel's writing end any more.
+    End,
+    /// Nothing by the deadline.
+    Timeout,
+}
+
 /// What a wait on the channel and the process found.
 enum Wait {
     /// The channel is readable (data, or its end).
@@ -445,6 +455,68 @@ impl DedicatedWorker {
         }
     }
 
+    /// Receives one frame of `kind` from whichever process holds the channel's writing end (the
+    /// worker, or the daemon it forked and left), until `deadline`. Unlike the other receives,
+    /// the worker's exit is not the end here: only the end of the stream is, once every holder
+    /// has closed it.
+    pub(crate) fn receive_from_descendants<T: DeserializeOwned>(
+        &mut self,
+        deadline: Option<Instant>,
+        kind: FrameKind,
+    ) -> Result<FromDescendants<T>, Error> {
+        let pid = self.pid;
+        self.connection.note_readable();
+        loop {
+            let (codec, max_depth) = (self.connection.codec(), self.connection.max_depth());
+            match self.connection.try_receive_frame() {
+                Ok(Some(frame)) if frame.kind == kind => {
+                    return codec
+                        .decode_with_max_depth(frame.payload, max_depth)
+                        .map(FromDescendants::Message)
+                        .map_err(|source| Error::Channel { pid, source });
+                }
+                Ok(Some(frame)) => {
+                    return Err(Error::Channel {
+                        pid,
+                        source: worker_channel::Error::UnexpectedFrameKind { kind: frame.kind },
+                    });
+                }
+                Ok(None) => {}
+                // A frame cut by the end: its writer died while writing it.
+                Err(worker_channel::Error::Closed | worker_channel::Error::Truncated { .. }) => {
+                    return Ok(FromDescendants::End);
+                }
+                Err(e) => return Err(error(pid, e)),
+            }
+            let output = self.connection.transport().output();
+            match sys::poll(&[(output, true, false)], deadline) {
+                Ok(Some(_)) => self.connection.note_readable(),
+                Ok(None) => return Ok(FromDescendants::Timeout),
+                Err(source) => return Err(Error::Io { pid, source }),
+            }
+        }
+    }
+
+    /// Whether every process that held the channel's writing end has closed it.
+    pub(crate) fn output_hung_up(&self) -> bool {
+        sys::is_hung_up(self.connection.transport().output()).unwrap_or(true)
+    }
+
+    /// Reaps the worker once it has exited, waiting until `deadline`, then killing it.
+    pub(crate) fn reap_within(&mut self, deadline: Option<Instant>) -> Result<(), Error> {
+        if self.exited.is_some() {
+            return Ok(());
+        }
+        let pid = self.pid;
+        let io = |source| Error::Io { pid, source };
+        let fate = match self.process.reap_until(deadline).map_err(io)? {
+            Some(fate) => fate,
+            None => self.process.kill_and_reap().map_err(io)?,
+        };
+        self.record(fate);
+        Ok(())
+    }
+
     /// Kills the worker and its process group at once and reaps it.
     pub fn kill(&mut self) -> Result<ExitStatus, Error> {
         if self.exited.is_none() {
@@ -687,7 +759,7 @@ impl DedicatedWorker {
         })
     }
 
-    fn exited_error(&self) -> Option<Error> {
+    pub(crate) fn exited_error(&self) -> Option<Error> {
         let pid = self.pid;
         // Checked on every send: nothing is allocated while the worker lives.
         let exited = self.exited.as_ref()?;

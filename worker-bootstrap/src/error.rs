@@ -96,6 +96,23 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A detached worker ended, or closed its channel, before it reported: before it said its
+    /// pid (`pid` is `None`), or before its implementation said it was ready. What it wrote
+    /// went to the profile's output path, if any.
+    DaemonEnded {
+        /// The implementation it was to run.
+        implementation: String,
+        /// The daemon's process id, once it said it.
+        pid: Option<u32>,
+    },
+    /// The profile's output path, where a daemon's standard output and error go, cannot be
+    /// opened.
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// A system call on the worker's channel or process failed.
     Io {
         /// The worker's process id.
@@ -225,6 +242,23 @@ impl fmt::Display for Error {
                 implementation,
                 reason,
             } => write!(f, "cannot start detached worker {implementation}: {reason}"),
+            Error::DaemonEnded {
+                implementation,
+                pid: Some(pid),
+            } => write!(
+                f,
+                "detached worker {implementation} (pid {pid}) ended before it reported"
+            ),
+            Error::DaemonEnded {
+                implementation,
+                pid: None,
+            } => write!(
+                f,
+                "detached worker {implementation} ended before it said its pid"
+            ),
+            Error::Output { path, .. } => {
+                write!(f, "cannot open the daemon output file {}", path.display())
+            }
             Error::Closed => f.write_str("worker handle already closed"),
             Error::Config(what) => write!(f, "invalid bootstrap profile: {what}"),
         }
@@ -234,7 +268,9 @@ impl fmt::Display for Error {
 impl error::Error for Error {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
-            Error::Spawn { source, .. } | Error::Io { source, .. } => Some(source),
+            Error::Spawn { source, .. }
+            | Error::Io { source, .. }
+            | Error::Output { source, .. } => Some(source),
             Error::Channel { source, .. } => Some(source),
             _ => None,
         }

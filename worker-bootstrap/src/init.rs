@@ -12,9 +12,12 @@ pub(crate) const ENV_IMPLEMENTATION: &str = "EXSYST_WORKER_IMPLEMENTATION";
 /// The master's process id, so the worker can tell whether its master died before it armed its
 /// parent-death signal.
 pub(crate) const ENV_PARENT: &str = "EXSYST_WORKER_PARENT";
-/// Present (`1`) when the worker must detach from its starter: leave for a session of its own,
-/// without parent-death signal, holding none of the starter's descriptors.
+/// Present when the worker must detach from its starter: leave for a session of its own,
+/// without parent-death signal. `1`: holding none of the starter's descriptors;
+/// [`DETACHED_REPORT`]: keeping the channel's writing end until its implementation reports.
 pub(crate) const ENV_DETACHED: &str = "EXSYST_WORKER_DETACHED";
+/// The value of [`ENV_DETACHED`] for a daemon that reports to its starter once it is ready.
+pub(crate) const DETACHED_REPORT: &str = "report";
 
 /// The version of the bootstrap protocol; a worker refuses an init frame of another version.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;

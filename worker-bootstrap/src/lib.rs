@@ -39,7 +39,8 @@
 //! - [`Registry`], from [`registry()`]: the implementations an executable runs, and
 //!   [`Registry::run_if_worker`], which must be the first thing in `main`;
 //! - [`DedicatedWorker`]: a worker with one master;
-//! - [`spawn_detached`]: a daemon that outlives its starter (what shared workers start).
+//! - [`spawn_detached`] and [`start_detached`]: a daemon that outlives its starter (what shared
+//!   workers start), the latter waiting for its report that it is ready.
 //!
 //! # How a worker process starts
 //!
@@ -80,7 +81,7 @@ mod stderr;
 mod sys;
 
 pub use dedicated::DedicatedWorker;
-pub use detached::spawn_detached;
+pub use detached::{DetachedStart, spawn_detached, start_detached};
 pub use error::{Error, describe_exit};
 pub use profile::{BootstrapProfile, StderrMode};
 pub use registry::{EXIT_FAILURE, Registry, WorkerContext, registry};

@@ -1,8 +1,14 @@
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use worker_channel::{Codec, DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME_LEN};
+use zeroize::Zeroizing;
 
 use crate::Error;
 
@@ -36,6 +42,15 @@ pub enum StderrMode {
 /// | constructor arguments             | [`with_constructor_args`](Self::with_constructor_args)  |
 /// | channel factory                   | [`with_codec`](Self::with_codec), [`with_max_frame_len`](Self::with_max_frame_len), [`with_max_depth`](Self::with_max_depth) |
 /// | precompiled script map            | [`with_executable`](Self::with_executable)              |
+/// | admin cookie                      | [`with_admin_cookie`](Self::with_admin_cookie), [`with_admin_cookie_file`](Self::with_admin_cookie_file) |
+/// | kill switch path                  | [`with_kill_switch_path`](Self::with_kill_switch_path)  |
+/// | output path                       | [`with_output_path`](Self::with_output_path)            |
+///
+/// An admin cookie given by value is never serialized (a serialized profile lands in
+/// configuration files, often readable by others) and shows as `<redacted>` in `Debug`; its
+/// bytes are wiped when the profile is dropped. To keep the cookie with a configuration, keep it
+/// in a file of its own, readable by its owner only, and name that file
+/// ([`with_admin_cookie_file`](Self::with_admin_cookie_file)).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BootstrapProfile {
@@ -53,8 +68,25 @@ pub struct BootstrapProfile {
     after_hooks: Vec<String>,
     stderr: StderrMode,
     kill_switch_path: Option<PathBuf>,
+    output_path: Option<PathBuf>,
+    #[serde(skip)]
+    admin_cookie: Secret,
+    admin_cookie_file: Option<PathBuf>,
     #[serde(with = "millis")]
     close_grace: Duration,
+}
+
+/// The admin cookie's bytes as a profile holds them: wiped on drop, redacted in `Debug`.
+#[derive(Clone, Default)]
+struct Secret(Option<Zeroizing<Vec<u8>>>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("Some(<redacted>)"),
+            None => f.write_str("None"),
+        }
+    }
 }
 
 impl Default for BootstrapProfile {
@@ -74,6 +106,9 @@ impl Default for BootstrapProfile {
             after_hooks: Vec::new(),
             stderr: StderrMode::default(),
             kill_switch_path: None,
+            output_path: None,
+            admin_cookie: Secret::default(),
+            admin_cookie_file: None,
             close_grace: Duration::from_secs(1),
         }
     }
@@ -198,6 +233,51 @@ impl BootstrapProfile {
         self.kill_switch_path.as_deref()
     }
 
+    /// Sends the standard output and error of detached workers (shared-worker daemons) to the
+    /// file at `path`, appended to, created `0600` when absent (the seed's "output path").
+    /// Without it they go to `/dev/null`. Dedicated workers are not concerned: their standard
+    /// error follows [`with_stderr`](Self::with_stderr).
+    pub fn with_output_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.output_path = Some(path.into());
+        self
+    }
+
+    /// Where detached workers' standard output and error go, if anywhere.
+    pub fn output_path(&self) -> Option<&Path> {
+        self.output_path.as_deref()
+    }
+
+    /// The admin cookie (the seed's): the secret a shared worker started with this profile
+    /// requires before it stops or answers a privileged query, and that the profile's masters
+    /// prove they know. Replaces a cookie file set before.
+    ///
+    /// It travels to a daemon in its private start pipe only, never on its command line, in its
+    /// environment or in a file. It is not serialized with the profile, and `Debug` redacts it.
+    pub fn with_admin_cookie(mut self, cookie: impl Into<Vec<u8>>) -> Self {
+        self.admin_cookie = Secret(Some(Zeroizing::new(cookie.into())));
+        self.admin_cookie_file = None;
+        self
+    }
+
+    /// Reads the admin cookie from the file at `path` when it is needed (a file only its owner
+    /// may access: anything else is refused then). Replaces a cookie set by value before.
+    /// Unlike the cookie itself, the path is serialized with the profile.
+    pub fn with_admin_cookie_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.admin_cookie_file = Some(path.into());
+        self.admin_cookie = Secret::default();
+        self
+    }
+
+    /// The admin cookie given by value, if any; never for display.
+    pub fn admin_cookie(&self) -> Option<&[u8]> {
+        self.admin_cookie.0.as_deref().map(Vec::as_slice)
+    }
+
+    /// The file the admin cookie is read from, if any.
+    pub fn admin_cookie_file(&self) -> Option<&Path> {
+        self.admin_cookie_file.as_deref()
+    }
+
     /// The explicitly configured worker executable, if any.
     pub fn program(&self) -> Option<&std::path::Path> {
         self.program.as_deref()
@@ -279,6 +359,9 @@ impl BootstrapProfile {
         if self.max_depth == 0 {
             return Err(Error::Config("max_depth must be at least 1".into()));
         }
+        if self.admin_cookie().is_some_and(<[u8]>::is_empty) {
+            return Err(Error::Config("the admin cookie is empty".into()));
+        }
         if let Some(mask) = self.umask
             && mask > 0o777
         {
@@ -309,5 +392,45 @@ mod millis {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_cookie_given_by_value_is_never_serialized_nor_shown() {
+        let secret = "s3cret-c00kie-bytes";
+        let profile = BootstrapProfile::new()
+            .with_admin_cookie(secret)
+            .with_output_path("/var/log/app/worker.log");
+        assert_eq!(profile.admin_cookie(), Some(secret.as_bytes()));
+        let shown = format!("{profile:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let bytes = Codec::MessagePack.encode(&profile).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        let back: BootstrapProfile = Codec::MessagePack.decode(&bytes).unwrap();
+        assert_eq!(back.admin_cookie(), None);
+        assert_eq!(
+            back.output_path(),
+            Some(Path::new("/var/log/app/worker.log"))
+        );
+    }
+
+    #[test]
+    fn a_cookie_file_replaces_a_cookie_and_is_kept_with_the_profile() {
+        let profile = BootstrapProfile::new()
+            .with_admin_cookie("by value")
+            .with_admin_cookie_file("/etc/app/cookie");
+        assert_eq!(profile.admin_cookie(), None);
+        let bytes = Codec::MessagePack.encode(&profile).unwrap();
+        let back: BootstrapProfile = Codec::MessagePack.decode(&bytes).unwrap();
+        assert_eq!(back.admin_cookie_file(), Some(Path::new("/etc/app/cookie")));
+        assert!(matches!(
+            BootstrapProfile::new().with_admin_cookie("").validate(),
+            Err(Error::Config(_))
+        ));
     }
 }

@@ -1,13 +1,21 @@
-use std::{any::Any, collections::HashMap, ffi::OsString, fmt, os::fd::AsRawFd};
+use std::{
+    any::Any,
+    collections::HashMap,
+    ffi::OsString,
+    fmt,
+    fs::{File, OpenOptions},
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+};
 
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 use worker_channel::{Channel, Codec, FrameKind};
 use worker_core::{BoxError, ChannelOutput, EventedWorker, RawWorker, WorkerChannel};
 
 use crate::{
     init::{
-        ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, MAX_INIT_FRAME_LEN, PROTOCOL_VERSION,
-        WorkerInit,
+        DETACHED_REPORT, ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, MAX_INIT_FRAME_LEN,
+        PROTOCOL_VERSION, WorkerInit,
     },
     sys,
 };
@@ -168,7 +176,9 @@ impl Registry {
     }
 
     fn run_worker(mut self, implementation: OsString) -> Result<(), BoxError> {
-        let detached = std::env::var_os(ENV_DETACHED).is_some();
+        let detached_as = std::env::var_os(ENV_DETACHED);
+        let detached = detached_as.is_some();
+        let reports = detached_as.is_some_and(|v| v == DETACHED_REPORT);
         let parent = std::env::var(ENV_PARENT)
             .ok()
             .and_then(|p| p.parse::<u32>().ok())
@@ -204,7 +214,7 @@ impl Registry {
             }
         };
         if detached {
-            channel = detach(channel)?;
+            channel = detach(channel, reports)?;
         }
         runner(WorkerContext {
             implementation: init.implementation,
@@ -282,48 +292,87 @@ impl Registry {
 }
 
 /// Leaves the starter for good (see [`spawn_detached`](crate::spawn_detached)): a session of its
-/// own, then a fork whose parent reports the daemon's pid over the channel and exits. Returns
-/// in the daemon, with a channel that reads nothing and writes nowhere: the daemon holds none
-/// of its starter's descriptors.
-fn detach(channel: WorkerChannel) -> Result<WorkerChannel, BoxError> {
-    let (codec, max_frame_len) = (channel.codec(), channel.max_frame_len());
-    let max_depth = channel.connection().max_depth();
+/// own, then a fork whose parent exits at once. Returns in the daemon, which says its own pid
+/// over the channel first (it is then the channel's one writer, so whatever it sends later comes
+/// after it), with a channel that reads nothing: its starter's pipe to it is closed. With
+/// `reports`, the channel still writes to the starter until the implementation reports
+/// ([`WorkerContext::report`]); otherwise it writes nowhere, and the daemon holds none of its
+/// starter's descriptors from here on.
+fn detach(channel: WorkerChannel, reports: bool) -> Result<WorkerChannel, BoxError> {
     let mut channel = channel;
     match sys::detach() {
         Ok(sys::Detached::Daemon) => {
-            let (input, output) = channel.into_parts();
-            let output_fd = output.as_raw_fd();
-            drop(input);
-            // The writing end is kept open until exit by design; this is no worker's channel
-            // any more, so it is closed here, by hand.
-            drop(output);
-            sys::close(output_fd);
-            let null = || {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-            };
-            let mut channel = Channel::with_max_frame_len(
-                null()?,
-                ChannelOutput::new(null()?),
-                codec,
-                max_frame_len,
-            );
-            channel.connection_mut().set_max_depth(max_depth);
-            Ok(channel)
+            let report: Result<u32, String> = Ok(sys::getpid());
+            // A starter gone meanwhile changes nothing: the daemon serves others.
+            let _ = sys::without_sigpipe(|| channel.send(FrameKind::Control, &report));
+            if reports {
+                let settings = Settings::of(&channel);
+                let (input, output) = channel.into_parts();
+                drop(input);
+                Ok(settings.channel(dev_null()?, output))
+            } else {
+                let null = null_channel(&channel)?;
+                close_ends(channel);
+                Ok(null)
+            }
         }
-        Ok(sys::Detached::Starter(daemon)) => {
-            let report: Result<u32, String> = Ok(daemon);
-            channel.send(FrameKind::Control, &report)?;
-            std::process::exit(0);
-        }
+        Ok(sys::Detached::Starter) => std::process::exit(0),
         Err(e) => {
             let report: Result<u32, String> = Err(format!("cannot detach: {e}"));
             let _ = channel.send(FrameKind::Control, &report);
             Err(e.into())
         }
     }
+}
+
+/// The settings of a channel, to build another like it.
+struct Settings {
+    codec: Codec,
+    max_frame_len: u32,
+    max_depth: u32,
+}
+
+impl Settings {
+    fn of(channel: &WorkerChannel) -> Self {
+        Settings {
+            codec: channel.codec(),
+            max_frame_len: channel.max_frame_len(),
+            max_depth: channel.connection().max_depth(),
+        }
+    }
+
+    fn channel(&self, input: File, output: ChannelOutput) -> WorkerChannel {
+        let mut channel =
+            Channel::with_max_frame_len(input, output, self.codec, self.max_frame_len);
+        channel.connection_mut().set_max_depth(self.max_depth);
+        channel
+    }
+}
+
+/// `/dev/null`, both ways: the ends of a channel that is no more.
+fn dev_null() -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open("/dev/null")
+}
+
+/// A channel like `channel` that reads nothing and writes nowhere.
+fn null_channel(channel: &WorkerChannel) -> io::Result<WorkerChannel> {
+    Ok(Settings::of(channel).channel(dev_null()?, ChannelOutput::new(dev_null()?)))
+}
+
+/// Closes both ends of `channel` for good, its writing end included (which is otherwise kept
+/// open until the process exits).
+fn close_ends(channel: WorkerChannel) {
+    let (input, output) = channel.into_parts();
+    drop(input);
+    let fd = output.as_raw_fd();
+    let file = OwnedFd::from(output);
+    if file.as_raw_fd() != fd {
+        // The writing end was kept open until exit, owned by nobody, and a copy came out
+        // instead: both go. (Closed while the copy is still open, so the number cannot have
+        // been reused by anyone.)
+        sys::close(fd);
+    }
+    drop(file);
 }
 
 /// What a worker process knows when its implementation starts: what the master sent at spawn
@@ -389,6 +438,31 @@ impl WorkerContext {
     /// The channel to the master.
     pub fn channel(&mut self) -> &mut WorkerChannel {
         &mut self.channel
+    }
+
+    /// Sends `report` as the last message on the channel, then closes the channel for good:
+    /// what a detached worker started with [`start_detached`](crate::start_detached) does once
+    /// it is ready (or knows it cannot be), so that its starter, waiting in
+    /// [`DetachedStart::receive_report`](crate::DetachedStart::receive_report), learns it at
+    /// once. The channel is closed even when the send fails.
+    ///
+    /// A starter that is gone is an error here ([`worker_channel::Error::Io`], broken pipe),
+    /// never a SIGPIPE, whatever the program did with that signal.
+    pub fn report<T: Serialize + ?Sized>(&mut self, report: &T) -> Result<(), BoxError> {
+        let sent = sys::without_sigpipe(|| self.channel.send_message(report));
+        let closed = self.close_channel();
+        sent?;
+        closed?;
+        Ok(())
+    }
+
+    /// Closes the channel for good, both ends (its writing end is otherwise kept open until the
+    /// process exits, see [`ChannelOutput`]): the master sees its end at once. The channel that
+    /// replaces it reads nothing and writes nowhere.
+    pub fn close_channel(&mut self) -> io::Result<()> {
+        let null = null_channel(&self.channel)?;
+        close_ends(std::mem::replace(&mut self.channel, null));
+        Ok(())
     }
 
     /// Takes the channel, ending the context.

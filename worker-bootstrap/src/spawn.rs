@@ -12,7 +12,9 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     BootstrapProfile, Error, StderrMode,
-    init::{ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, PROTOCOL_VERSION, WorkerInit},
+    init::{
+        DETACHED_REPORT, ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, PROTOCOL_VERSION, WorkerInit,
+    },
     process::Process,
     spawner,
     stderr::StderrTail,
@@ -37,8 +39,12 @@ pub(crate) struct Spawned {
 pub(crate) enum Mode {
     /// In a process group of its own, following its master's death.
     Dedicated,
-    /// In the master's process group, which it leaves for a session of its own.
-    Detached,
+    /// In the master's process group, which it leaves for a session of its own; with
+    /// `report`, it keeps its channel's writing end until its implementation reports.
+    Detached {
+        /// Whether the daemon reports to its starter (see `WorkerContext::report`).
+        report: bool,
+    },
 }
 
 /// Starts a worker process running `implementation`.
@@ -64,7 +70,21 @@ pub(crate) fn spawn(
         // start workers, without end.
         return Err(Error::RegistryNotRun);
     }
-    let (program, argv0) = program_for(profile, implementation)?;
+    let (mut program, argv0) = program_for(profile, implementation)?;
+    let detached = matches!(mode, Mode::Detached { .. });
+    if detached && program.is_relative() && program.components().count() > 1 {
+        // A daemon starts in `/`: a path relative to ours would name another file there.
+        program = std::path::absolute(&program).map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    }
+    // A daemon's standard output and error go to the profile's output path, or nowhere: never
+    // to a descriptor of its starter's.
+    let daemon_output = match profile.output_path() {
+        Some(path) if detached => Some(open_output(path)?),
+        _ => None,
+    };
     let spawn_error = |source| Error::Spawn {
         program: program.clone(),
         source,
@@ -83,7 +103,7 @@ pub(crate) fn spawn(
         .stdin(Stdio::from(theirs.stdin))
         .stdout(Stdio::from(theirs.stdout))
         .stderr(match (mode, profile.stderr()) {
-            (Mode::Detached, _) => Stdio::null(),
+            (Mode::Detached { .. }, _) => daemon_output.map_or_else(Stdio::null, Stdio::from),
             (_, StderrMode::Forward | StderrMode::Capture) => Stdio::piped(),
             (_, StderrMode::Inherit) => Stdio::inherit(),
             (_, StderrMode::Null) => Stdio::null(),
@@ -97,12 +117,20 @@ pub(crate) fn spawn(
         }
         // setsid() fails in a process group leader: the child stays in ours until it leaves
         // for a session of its own.
-        Mode::Detached => {
-            command.env(ENV_DETACHED, "1").env_remove(ENV_PARENT);
+        Mode::Detached { report } => {
+            let value = if report { DETACHED_REPORT } else { "1" };
+            command.env(ENV_DETACHED, value).env_remove(ENV_PARENT);
         }
     }
-    if let Some(dir) = profile.current_dir() {
-        command.current_dir(dir);
+    match profile.current_dir() {
+        Some(dir) => {
+            command.current_dir(dir);
+        }
+        // A daemon keeps no directory busy (one its starter may want to unmount or delete).
+        None if detached => {
+            command.current_dir("/");
+        }
+        None => {}
     }
     let group = mode == Mode::Dedicated;
     let started = spawner::run(move || -> std::io::Result<(Process, Option<ChildStderr>)> {
@@ -151,6 +179,21 @@ pub(crate) fn spawn(
         stderr,
         init,
     })
+}
+
+/// Opens a daemon's output file: appended to, created `0600` (a daemon's output may say more
+/// than its users should read), close-on-exec here (the child gets it as its standard error).
+fn open_output(path: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| Error::Output {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// The executable to start for `implementation`, and the `argv[0]` to give it.

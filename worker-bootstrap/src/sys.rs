@@ -92,6 +92,17 @@ pub(crate) fn poll(
 
 /// Whether `fd` is readable right now (for a pidfd: whether its process has exited).
 pub(crate) fn is_readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(poll_now(fd)? & libc::POLLIN != 0)
+}
+
+/// Whether the other end of pipe `fd` is gone: no process holds its writing end any more.
+/// What is left to read does not matter.
+pub(crate) fn is_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(poll_now(fd)? & (libc::POLLHUP | libc::POLLERR) != 0)
+}
+
+/// What `poll(2)` says of `fd` (asked for input) right now, without waiting.
+fn poll_now(fd: BorrowedFd<'_>) -> io::Result<libc::c_short> {
     let mut pollfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -100,7 +111,7 @@ pub(crate) fn is_readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
     loop {
         // SAFETY: one live pollfd.
         match syscall!(poll(&mut pollfd, 1, 0)) {
-            Ok(n) => return Ok(n > 0),
+            Ok(_) => return Ok(pollfd.revents),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -434,8 +445,8 @@ fn parent_is(pid: u32) -> bool {
 pub(crate) enum Detached {
     /// The daemon: not a session or group leader, in a session of its own.
     Daemon,
-    /// The process that started the daemon (its pid here), which should exit now.
-    Starter(u32),
+    /// The process that started the daemon, which should exit now.
+    Starter,
 }
 
 /// Leaves this process's session (`setsid`, so the caller must not lead a process group), then
@@ -450,7 +461,7 @@ pub(crate) fn detach() -> io::Result<Detached> {
     // SAFETY: single-threaded at this point (see above); the child goes on running Rust code.
     match syscall!(fork())? {
         0 => Ok(Detached::Daemon),
-        pid => Ok(Detached::Starter(pid as u32)),
+        _ => Ok(Detached::Starter),
     }
 }
 
@@ -487,4 +498,45 @@ pub(crate) fn graceful_parent_death(expected_parent: u32) -> io::Result<()> {
         on_sigterm(libc::SIGTERM);
     }
     Ok(())
+}
+
+/// Runs `f` (a write to a pipe whose reader may be gone) with SIGPIPE blocked on this thread,
+/// then takes back a SIGPIPE the write raised, so that it fails with `EPIPE` instead of killing
+/// the process whatever SIGPIPE's disposition is (a program may have restored the default).
+pub(crate) fn without_sigpipe<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: an all-zero sigset_t is valid storage for sigemptyset to initialise.
+    let mut pipe: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset and sigaddset only write the live set they are given.
+    unsafe {
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        libc::sigemptyset(&mut old);
+        libc::sigemptyset(&mut pending);
+    }
+    // SAFETY: both sets are live; pthread_sigmask returns an error number, never -1.
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) } == 0;
+    // A SIGPIPE already pending before the write is someone else's: it stays.
+    // SAFETY: sigpending writes the live set; sigismember reads it.
+    let was_pending = blocked
+        && syscall!(sigpending(&mut pending)).is_ok()
+        && unsafe { libc::sigismember(&pending, libc::SIGPIPE) } == 1;
+    let result = f();
+    if blocked {
+        if !was_pending {
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a live set and timeout; a null siginfo is allowed. EAGAIN (none
+            // pending) is the usual answer.
+            let _ = syscall!(sigtimedwait(&pipe, std::ptr::null_mut(), &zero));
+        }
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
+    result
 }

@@ -124,6 +124,12 @@ impl SharedWorker {
         &self.hello.implementation
     }
 
+    /// Whether the process at the other end is the one the hello named, as this process names
+    /// it (see `local::peer_is`).
+    pub(crate) fn peer_is_announced_pid(&self) -> bool {
+        crate::local::peer_is(self.link.channel.reader(), self.hello.pid)
+    }
+
     /// The codec of data messages, from the worker's hello.
     pub fn codec(&self) -> Codec {
         self.hello.codec

@@ -116,6 +116,26 @@ impl AdminCookie {
         Ok(AdminCookie { secret })
     }
 
+    /// The admin cookie a bootstrap profile holds: given by value
+    /// ([`with_admin_cookie`](worker_bootstrap::BootstrapProfile::with_admin_cookie)), or read
+    /// from its file ([`with_admin_cookie_file`](worker_bootstrap::BootstrapProfile::with_admin_cookie_file),
+    /// with the checks of [`from_file`](Self::from_file)); `None` when it has none.
+    ///
+    /// # Errors
+    ///
+    /// As for [`new`](Self::new) and [`from_file`](Self::from_file).
+    pub fn from_profile(
+        profile: &worker_bootstrap::BootstrapProfile,
+    ) -> Result<Option<Self>, Error> {
+        if let Some(secret) = profile.admin_cookie() {
+            return AdminCookie::new(secret.to_vec()).map(Some);
+        }
+        profile
+            .admin_cookie_file()
+            .map(AdminCookie::from_file)
+            .transpose()
+    }
+
     /// The secret, for the HMAC key; never for display.
     pub(crate) fn expose(&self) -> &[u8] {
         &self.secret

@@ -7,17 +7,22 @@
 //!    [`daemon_extensions`] in the bootstrap frame's `extensions` (the private start pipe: the
 //!    address, the cookie and the server's settings never go on the command line, in the
 //!    environment or in a file), and the profile's codec and maximum frame length, which the
-//!    server takes for its data messages.
+//!    server takes for its data messages. [`start`](crate::start) does it detached
+//!    ([`start_detached`](worker_bootstrap::start_detached)), under its start lock.
 //! 2. In the daemon, `run_if_worker` runs the runner: it reads its settings, binds the socket
 //!    (or takes systemd's), builds the worker (the constructor runs only once the socket is
 //!    bound), and answers on the channel it was started with: one data frame, in the channel's
 //!    codec, holding a [`StartReport`]: `listening` with its pid and address, or `failed` with
 //!    the reason in its own words (bad settings, the address in use, the constructor's error).
-//!    Then it closes that channel and serves until it is stopped; SIGTERM and SIGINT stop it
+//!    Then it closes that channel for good
+//!    ([`WorkerContext::report`](worker_bootstrap::WorkerContext::report)), so it holds none
+//!    of its starter's descriptors, and serves until it is stopped; SIGTERM and SIGINT stop it
 //!    gracefully.
-//! 3. The starter waits for that report with [`wait_until_listening`] (a
-//!    [`DedicatedWorker`]'s channel), or reads the same frame from whatever channel its spawn
-//!    path gives it: a `failed` report becomes its typed error at once, and nothing is polled.
+//! 3. The starter waits for that report, never polling: through
+//!    [`DetachedStart::receive_report`](worker_bootstrap::DetachedStart::receive_report) for a
+//!    detached daemon, or [`wait_until_listening`] for one started as a [`DedicatedWorker`]. A
+//!    `failed` report becomes its typed error at once, and so does a daemon that ends before
+//!    it reports.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -152,7 +157,7 @@ fn run_daemon<W: SharedWorkerImpl>(mut cx: WorkerContext) -> Result<(), BoxError
             let report = StartReport::Failed {
                 reason: reason.clone(),
             };
-            let _ = cx.channel().send_message(&report);
+            let _ = cx.report(&report);
             return Err(reason.into());
         }
     };
@@ -160,9 +165,9 @@ fn run_daemon<W: SharedWorkerImpl>(mut cx: WorkerContext) -> Result<(), BoxError
         pid: std::process::id(),
         address: server.address().to_owned(),
     };
-    // A starter that died meanwhile changes nothing: others may connect.
-    let _ = cx.channel().send_message(&report);
-    // The starter sees the end of the channel: the daemon holds none of its descriptors.
+    // A starter that died meanwhile changes nothing: others may connect. The channel is closed
+    // either way: the daemon holds none of its starter's descriptors from here on.
+    let _ = cx.report(&report);
     drop(cx);
     server.run(worker)?;
     Ok(())

@@ -214,6 +214,39 @@ pub enum Error {
         /// The daemon's words.
         reason: String,
     },
+    /// The worker could not be reached, and its address is not this machine's (a TCP host
+    /// that is not a loopback or local address): a remote worker is never started from here.
+    NotLocal {
+        /// The worker's address.
+        address: String,
+        /// Why no worker could be reached: [`Error::Connect`] (refused, unreachable, ...), or
+        /// [`Error::Timeout`] or [`Error::Closed`] before a hello.
+        source: Box<Error>,
+    },
+    /// The kill switch disables the worker, so it was not started (nothing was spawned). A
+    /// running worker is not stopped by disabling it.
+    Disabled {
+        /// The worker's address.
+        address: String,
+        /// Whether shared workers are disabled globally (otherwise, this address is).
+        globally: bool,
+    },
+    /// The kill switch could not be read or understood, so the worker was not started (the
+    /// kill switch fails closed; nothing was spawned).
+    KillSwitch {
+        /// The worker's address.
+        address: String,
+        /// The kill switch's error.
+        source: worker_killswitch::Error,
+    },
+    /// The start lock (the file that keeps two masters from starting the same worker) could
+    /// not be created or taken.
+    StartLock {
+        /// The lock file, or the directory that was to hold it.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// A shared-worker daemon could not be started, or ended before saying it listens.
     Start {
         /// The worker's address.
@@ -221,6 +254,21 @@ pub enum Error {
         /// The spawn's error (its exit status and the tail of its standard error, say).
         source: worker_bootstrap::Error,
     },
+}
+
+impl Error {
+    /// Whether the error says that nothing listens at the worker's address: no socket file, or
+    /// a connection refused. A worker in that state is what
+    /// [`connect_or_start`](crate::connect_or_start) starts.
+    pub fn is_not_running(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// ` (pid N)` when the pid is known.
@@ -362,6 +410,27 @@ impl fmt::Display for Error {
             Error::Start { address, .. } => {
                 write!(f, "cannot start shared worker at {address}")
             }
+            Error::NotLocal { address, .. } => write!(
+                f,
+                "cannot reach shared worker at {address}, which is not on this machine: a \
+                 remote worker is never started from here"
+            ),
+            Error::Disabled { address, globally } => write!(
+                f,
+                "shared worker at {address} not started: the kill switch disables {}",
+                if *globally {
+                    "all shared workers"
+                } else {
+                    "its address"
+                }
+            ),
+            Error::KillSwitch { address, .. } => write!(
+                f,
+                "cannot check the kill switch for shared worker at {address}: not started"
+            ),
+            Error::StartLock { path, .. } => {
+                write!(f, "cannot take the start lock {}", path.display())
+            }
         }
     }
 }
@@ -370,6 +439,7 @@ impl error::Error for Error {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
             Error::InvalidAddress { source, .. } => Some(source),
+            Error::NotLocal { source, .. } => Some(&**source),
             Error::Connect { source, .. }
             | Error::Io { source, .. }
             | Error::CookieFile { source, .. }
@@ -379,6 +449,8 @@ impl error::Error for Error {
             Error::Serve { source, .. } => Some(source),
             Error::Constructor { source, .. } => Some(&**source),
             Error::Start { source, .. } => Some(source),
+            Error::KillSwitch { source, .. } => Some(source),
+            Error::StartLock { source, .. } => Some(source),
             Error::Channel { source, .. } => Some(source),
             Error::Random(source) => Some(source),
             _ => None,

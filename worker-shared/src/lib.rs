@@ -80,8 +80,43 @@
 //! # Daemons
 //!
 //! `worker_bootstrap::registry().shared::<W>()` (with [`SharedRegistryExt`] in scope) registers `W` so that a process started as a shared-worker daemon serves it.
-//! The starter passes [`daemon_extensions`] (address, cookie, settings) in the bootstrap frame, through the private start pipe; the daemon binds, builds `W`, and answers one [`StartReport`] on the channel it was started with (`listening` with its pid, or `failed` with its reason), which [`wait_until_listening`] reads.
+//! The starter passes [`daemon_extensions`] (address, cookie, settings) in the bootstrap frame, through the private start pipe; the daemon binds, builds `W`, and answers one [`StartReport`] on the channel it was started with (`listening` with its pid, or `failed` with its reason), then closes that channel.
+//! [`start`] and [`connect_or_start`] do all of it (see below); [`wait_until_listening`] reads the report of a daemon started as a `DedicatedWorker`.
 //! Then it serves until stopped, SIGTERM and SIGINT included.
+//!
+//! # Starting on demand
+//!
+//! [`connect_or_start`] and [`start`] start a shared worker that is not running, as a daemon, the first time a master needs it; [`stop`] stops it, and waits until it is gone.
+//!
+//! ## How a start goes
+//!
+//! 1. Connect.
+//!    A worker that answers is running: it is used as it is (its pid is the answer of [`start`]), whatever the kill switch says, since disabling a worker does not stop it.
+//! 2. A worker that cannot be reached at an address that is not this machine's (the connection failed, or gave no hello in time) is [`Error::NotLocal`], and nothing is spawned: only a Unix socket, or TCP on a host whose every address is a loopback, unspecified or local one, is started here.
+//! 3. Only "nothing listens there" goes on (no socket file, or a refused connection); every other failure is returned (a socket of another user's, say, is never taken over).
+//! 4. The kill switch, if the profile names one, is read: a disabled worker fails at once with [`Error::Disabled`] (and an unreadable switch with [`Error::KillSwitch`]), without waiting for the start lock.
+//! 5. Take the **start lock**, an exclusive `flock(2)` on a lock file: for a Unix socket, the socket's path with `.lock` appended, beside it (its directory is created `0700` when absent); for TCP, one file per address in the [runtime directory](runtime_dir()).
+//!    The lock files are never removed (removing one would let two starters lock two files).
+//! 6. Under it, connect again: a master that held the lock before us may have started the worker; it is used then, and nothing is spawned (so a loser's constructor never runs).
+//! 7. Under it, take the kill switch's own exclusive lock and check again ([`KillSwitchLock::check_start`](worker_killswitch::KillSwitchLock::check_start)); that lock is kept until the daemon has answered, so a worker disabled meanwhile cannot start: the disable waits for the start, and the stop that follows it (disable, *then* stop) finds the worker.
+//! 8. Under it, a Unix socket file that refused the connection is stale (its daemon died without removing it, say by SIGKILL): it is removed, if it is a socket.
+//!    A file that is not a socket is left alone (the daemon's bind then says the address is in use).
+//! 9. Spawn the daemon through the one spawn path, detached ([`start_detached`](worker_bootstrap::start_detached)): a session of its own, `/` as its working directory unless the profile sets one, `/dev/null` as its standard input, the profile's output path (or `/dev/null`) as its standard output and error, no parent-death signal, no descriptor of its starter's.
+//!    Its settings, the admin cookie among them, travel in the bootstrap frame through its private pipe, never on its command line, in its environment or in a file.
+//! 10. Wait for its [`StartReport`] on that pipe, never polling: it binds, builds the worker, and says `listening` (the start's answer is its pid) or why it cannot ([`Error::StartFailed`], in its own words); a daemon that dies first is [`Error::Start`] at once.
+//!     One that says nothing within the start timeout is killed, and the start fails with [`Error::Timeout`].
+//! 11. Release the kill switch's lock, then the start lock.
+//!
+//! Exactly one daemon runs per address: starters of one address are serialised by the start lock, each looks again under it, and a daemon binds its socket before its constructor runs, so even a starter that does not share the lock (another user's, or one with another runtime directory for a TCP address) cannot run a second constructor; it gets the first daemon instead, when it can connect to it.
+//!
+//! ## Lock order, and what must not be done in a constructor
+//!
+//! The start lock of an address is always taken before the kill switch's lock, and released after it; changes of the kill switch take its lock alone; a daemon takes no lock.
+//! So no cycle can form between starters and the kill switch.
+//! One can through the daemon's own code: its constructor runs while its starter holds both locks, so a constructor that itself starts another shared worker (with a kill switch) waits for the kill switch's lock its starter holds until the start times out.
+//! Start other shared workers from `initialize` instead, which runs after the daemon has answered.
+//!
+//! A starter waits for the start lock as long as another starter holds it, which is at most that starter's start timeout (and not at all once it died: the kernel releases its lock).
 
 // `unsafe` only in `sys`, the operating system layer.
 #![deny(unsafe_code)]
@@ -94,10 +129,12 @@ mod cookie;
 mod daemon;
 mod error;
 mod listener;
+mod local;
 mod peer;
 pub mod protocol;
 mod server;
 mod session;
+mod start;
 mod stop;
 mod sys;
 mod wire;
@@ -109,4 +146,8 @@ pub use daemon::{SharedRegistryExt, StartReport, daemon_extensions, wait_until_l
 pub use error::Error;
 pub use peer::{ParsePeerError, Peer};
 pub use server::{RunningServer, SharedServer, SharedWorkerImpl};
+pub use start::{
+    DEFAULT_START_TIMEOUT, DEFAULT_STOP_TIMEOUT, connect_or_start, connect_or_start_timeout,
+    runtime_dir, start, start_timeout, stop,
+};
 pub use stop::{StopHandle, stop_current};

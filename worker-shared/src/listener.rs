@@ -137,6 +137,17 @@ impl Drop for SocketFile {
     }
 }
 
+/// Creates the directory of the Unix socket at `path` when it does not exist, `0700`: for
+/// this socket alone, so nobody else may even look inside.
+pub(crate) fn create_socket_dir(path: &Path) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if !dir.exists() {
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        fs::set_permissions(dir, Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// A listener ready to serve, with what the server says about it.
 #[derive(Debug)]
 pub(crate) struct Bound {
@@ -172,17 +183,7 @@ pub(crate) fn bind(address: &Address, config: &SharedServerConfig) -> Result<Bou
     if let Some(path) = address.unix_path() {
         // Refused before any directory is made for it.
         sys::check_unix_path(path).map_err(bind_error(address.as_str()))?;
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        if !dir.exists() {
-            // Created for this socket alone, so nobody else may even look inside.
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(fail)?;
-            fs::set_permissions(dir, Permissions::from_mode(0o700))
-                .map_err(bind_error(address.as_str()))?;
-        }
+        create_socket_dir(path).map_err(fail)?;
         let mode = config.socket_mode();
         let fd = sys::bind_unix(path, mode, backlog).map_err(bind_error(address.as_str()))?;
         // The file came out as `mode` less the umask: widen it to `mode` exactly.

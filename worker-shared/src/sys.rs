@@ -336,3 +336,66 @@ impl Drop for StopSignals {
         STOP_FD.store(-1, Ordering::SeqCst);
     }
 }
+
+/// A pidfd for process `pid` (Linux 5.3 and later), close-on-exec: any process of ours to
+/// watch, not only a child.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor (close-on-exec by default), and it is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits until `fd` is readable (for a pidfd: its process has exited) or `deadline` passes;
+/// returns whether it became readable. Interrupted waits are resumed.
+pub(crate) fn wait_readable(
+    fd: BorrowedFd<'_>,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        let timeout = match worker_core::time_left(deadline) {
+            None => -1,
+            // Rounded up, so a wait never ends early and spins.
+            Some(left) => left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+        };
+        // SAFETY: one live pollfd.
+        match syscall!(poll(&mut pollfd, 1, timeout)) {
+            Ok(0) if timeout >= 0 => return Ok(false),
+            Ok(0) => {}
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a process with id `pid` exists (`kill(pid, 0)`; one of another user counts), for
+/// kernels without pidfds. A zombie counts too, until its parent reaps it.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
+    match syscall!(kill(pid as libc::pid_t, 0)) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
+    }
+}
+
+/// Takes an exclusive `flock(2)` on `file`, waiting as long as another holder keeps it; a wait
+/// interrupted by a signal handler goes on.
+pub(crate) fn lock_exclusive(file: &std::fs::File) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor the caller owns; it only takes a lock.
+        match syscall!(flock(file.as_raw_fd(), libc::LOCK_EX)) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -7,6 +7,7 @@
 pub mod dedicated;
 pub mod evented;
 pub mod pool;
+pub mod shared;
 
 /// One benchmark's measurements: per round, ours and the baseline's, in `unit`.
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@ fn main() -> anyhow::Result<()> {
     tests_integration::registry().run_if_worker();
     bench::dedicated::run_baseline_peer_if_asked();
     bench::pool::run_peer_if_asked();
+    bench::shared::run_peer_if_asked();
 
     let mut cfg = Config {
         rounds: 7,
@@ -37,8 +38,12 @@ fn main() -> anyhow::Result<()> {
             _ => anyhow::bail!("usage: bench [--rounds N] [--suffix TEXT] [FILTER]"),
         }
     }
-    let modules: [fn(&Config) -> Vec<bench::Line>; 3] =
-        [bench::dedicated::run, bench::evented::run, bench::pool::run];
+    let modules: [fn(&Config) -> Vec<bench::Line>; 4] = [
+        bench::dedicated::run,
+        bench::evented::run,
+        bench::pool::run,
+        bench::shared::run,
+    ];
     for module in modules {
         for line in module(&cfg) {
             println!("{}", line.render());

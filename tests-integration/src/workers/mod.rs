@@ -6,3 +6,4 @@ pub mod hardening;
 pub mod hostile;
 pub mod hostile_tasks;
 pub mod pool;
+pub mod shared;

@@ -454,7 +454,7 @@ fn list_shows_live_pid_where_disabled_and_status() {
 }
 
 #[test]
-fn start_and_start_all_have_their_surface_and_say_the_start_is_missing() {
+fn start_and_start_all_refuse_what_cannot_be_started_and_have_their_help() {
     let dir = tempfile::tempdir().unwrap();
     let address = address_in(dir.path(), "worker");
     assert_output(
@@ -464,23 +464,6 @@ fn start_and_start_all_have_their_surface_and_say_the_start_is_missing() {
         &format!(
             "worker-ctl: {address}: no program to start: give --program PATH, or program in the \
              config\n"
-        ),
-    );
-    let run = ctl(&[
-        "start",
-        &address,
-        "--program",
-        "/bin/true",
-        "--implementation",
-        "x",
-    ]);
-    assert_output(
-        &run,
-        1,
-        "",
-        &format!(
-            "worker-ctl: {address}: starting shared workers is not available in this build of \
-             worker-ctl\n"
         ),
     );
     assert_output(
@@ -514,4 +497,84 @@ fn start_and_start_all_have_their_surface_and_say_the_start_is_missing() {
             help.stdout
         );
     }
+}
+
+/// The facade's `shared_counter` example: a program whose `main` serves `MySharedWorkerImpl` as
+/// a daemon when started as one (cargo builds examples with the tests, beside `deps/`).
+fn shared_counter_program() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().and_then(Path::parent).unwrap();
+    let program = target.join("examples").join("shared_counter");
+    assert!(program.exists(), "{} was not built", program.display());
+    program
+}
+
+#[test]
+fn start_is_race_free_and_idempotent_and_a_disabled_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = address_in(dir.path(), "counter");
+    let cookie_file = secret_file(dir.path(), "cookie", SECRET, 0o600);
+    let kill_switch = dir.path().join("kill-switch.json");
+    let program = shared_counter_program();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[workers.counter]\naddress = \"{address}\"\nprogram = \"{}\"\n\
+             implementation = \"MySharedWorkerImpl\"\nadmin_cookie_file = \"{}\"\n\
+             kill_switch = \"{}\"\n",
+            program.display(),
+            cookie_file.display(),
+            kill_switch.display()
+        ),
+    );
+    // Two starters at once: one daemon, and both print its pid.
+    let starters: Vec<_> = (0..2)
+        .map(|_| {
+            let config = config.clone();
+            std::thread::spawn(move || ctl(&["--config", &config, "start", "counter"]))
+        })
+        .collect();
+    let runs: Vec<Run> = starters.into_iter().map(|t| t.join().unwrap()).collect();
+    for run in &runs {
+        assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    }
+    assert_eq!(runs[0].stdout, runs[1].stdout);
+    let pid = runs[0].stdout.trim().to_owned();
+    assert!(pid.parse::<u32>().is_ok(), "{runs:?}");
+    // Idempotent: a running worker's pid is the answer.
+    assert_output(
+        &ctl(&["--config", &config, "start", "counter"]),
+        0,
+        &format!("{pid}\n"),
+        "",
+    );
+    assert_output(
+        &ctl(&["--config", &config, "pid", "counter"]),
+        0,
+        &format!("{pid}\n"),
+        "",
+    );
+    // The cookie went through the private start pipe: never on the daemon's command line.
+    for (p, line) in command_lines(pid.parse().unwrap()) {
+        assert!(!line.contains(SECRET), "pid {p} shows the secret: {line}");
+    }
+    assert_output(
+        &ctl(&["--config", &config, "stop", "--disable", "counter"]),
+        0,
+        &format!(
+            "{address}: disabled in {}\n{address}: stopped (pid {pid})\n",
+            kill_switch.display()
+        ),
+        "",
+    );
+    assert!(!exists(&dir.path().join("counter.sock")));
+    assert_output(
+        &ctl(&["--config", &config, "start", "counter"]),
+        1,
+        "",
+        &format!(
+            "worker-ctl: shared worker at {address} not started: the kill switch disables its \
+             address\n"
+        ),
+    );
 }

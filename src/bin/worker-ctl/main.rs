@@ -27,9 +27,9 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use exsyst_worker::{
-    KillSwitch,
+    BootstrapProfile, KillSwitch,
     killswitch::Address,
-    shared::{AdminCookie, Error, SharedWorker},
+    shared::{AdminCookie, Error, SharedServerConfig, SharedWorker},
     worker::WorkerStatus,
 };
 use serde::Serialize;
@@ -499,18 +499,33 @@ fn start(
 
 /// Starts the worker at `target`'s address running `implementation` of `program`, unless one
 /// runs there already, and returns the pid of the one that runs: refused when its kill switch
-/// disables it, race-free against other starters.
+/// disables it, race-free against other starters (`worker_shared::start`).
 ///
-/// This build cannot: the start belongs to `worker_shared::start`, which is not part of it yet.
+/// The admin cookie reaches the daemon through its private start pipe, never its command line.
 fn start_worker(
     target: &Target,
-    _program: &Path,
-    _implementation: &str,
-    _cookie: Option<&AdminCookie>,
-    _kill_switch: Option<&Path>,
-    _timeout: Duration,
+    program: &Path,
+    implementation: &str,
+    cookie: Option<&AdminCookie>,
+    kill_switch: Option<&Path>,
+    timeout: Duration,
 ) -> anyhow::Result<u32> {
-    bail!("{target}: starting shared workers is not available in this build of worker-ctl")
+    let mut profile = BootstrapProfile::new().with_program(program);
+    if let Some(path) = kill_switch {
+        profile = profile.with_kill_switch_path(path);
+    }
+    let mut config = SharedServerConfig::default();
+    if let Some(cookie) = cookie {
+        config = config.with_cookie(cookie.clone());
+    }
+    exsyst_worker::shared::start_timeout(
+        &profile,
+        &target.address,
+        implementation,
+        &config,
+        timeout,
+    )
+    .map_err(|e| anyhow::anyhow!(common::one_line(&e)))
 }
 
 fn stop(

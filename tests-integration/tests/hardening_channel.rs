@@ -144,7 +144,9 @@ fn the_profiles_depth_limit_holds_in_the_worker() {
 #[test]
 fn a_depth_limit_of_zero_is_a_configuration_error_and_the_default_is_kept_by_old_profiles() {
     match DedicatedWorker::spawn::<Hostile>(&profile().with_max_depth(0)) {
-        Err(Bootstrap::Config(what)) => assert!(what.contains("max_depth"), "{what}"),
+        Err(Bootstrap::Config { what, why }) => {
+            assert_eq!((what, why.as_str()), ("max_depth", "must be at least 1"))
+        }
         other => panic!("expected a configuration error, got {other:?}"),
     }
     let old: BootstrapProfile = serde_json::from_str(r#"{"max_frame_len": 1024}"#).unwrap();

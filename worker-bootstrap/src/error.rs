@@ -122,8 +122,14 @@ pub enum Error {
     },
     /// The handle was already closed.
     Closed,
-    /// The profile asks for something impossible.
-    Config(String),
+    /// The profile asks for something impossible (the same shape as every crate's
+    /// configuration error).
+    Config {
+        /// The setting at fault.
+        what: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 impl Error {
@@ -260,7 +266,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot open the daemon output file {}", path.display())
             }
             Error::Closed => f.write_str("worker handle already closed"),
-            Error::Config(what) => write!(f, "invalid bootstrap profile: {what}"),
+            Error::Config { what, why } => write!(f, "invalid bootstrap profile: {what} {why}"),
         }
     }
 }

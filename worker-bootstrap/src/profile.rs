@@ -354,22 +354,30 @@ impl BootstrapProfile {
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.max_frame_len == 0 {
-            return Err(Error::Config("max_frame_len must be at least 1".into()));
+            return Err(config("max_frame_len", "must be at least 1"));
         }
         if self.max_depth == 0 {
-            return Err(Error::Config("max_depth must be at least 1".into()));
+            return Err(config("max_depth", "must be at least 1"));
         }
         if self.admin_cookie().is_some_and(<[u8]>::is_empty) {
-            return Err(Error::Config("the admin cookie is empty".into()));
+            return Err(config("admin_cookie", "is empty"));
         }
         if let Some(mask) = self.umask
             && mask > 0o777
         {
-            return Err(Error::Config(format!(
-                "umask {mask:o} is not a permission mask"
-            )));
+            return Err(config(
+                "umask",
+                &format!("{mask:o} is not a permission mask"),
+            ));
         }
         Ok(())
+    }
+}
+
+fn config(what: &'static str, why: &str) -> Error {
+    Error::Config {
+        what,
+        why: why.to_owned(),
     }
 }
 
@@ -378,7 +386,7 @@ pub(crate) fn encode_args<T: Serialize + ?Sized>(args: &T) -> Result<ByteBuf, Er
     Codec::MessagePack
         .encode(args)
         .map(ByteBuf::from)
-        .map_err(|source| Error::Config(format!("cannot encode constructor arguments: {source}")))
+        .map_err(|source| config("args", &format!("cannot be encoded: {source}")))
 }
 
 mod millis {
@@ -430,7 +438,7 @@ mod tests {
         assert_eq!(back.admin_cookie_file(), Some(Path::new("/etc/app/cookie")));
         assert!(matches!(
             BootstrapProfile::new().with_admin_cookie("").validate(),
-            Err(Error::Config(_))
+            Err(Error::Config { .. })
         ));
     }
 }

@@ -253,10 +253,10 @@ impl SharedServerConfig {
 
     /// Refuses settings that cannot work.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        let bad = |setting, problem: &str| {
+        let bad = |what, why: &str| {
             Err(Error::Config {
-                setting,
-                problem: problem.to_owned(),
+                what,
+                why: why.to_owned(),
             })
         };
         if self.socket_mode & !0o777 != 0 {
@@ -400,7 +400,7 @@ mod tests {
             (SharedServerConfig::default().with_backlog(0), "backlog"),
         ] {
             match config.validate() {
-                Err(Error::Config { setting: s, .. }) => assert_eq!(s, setting),
+                Err(Error::Config { what: s, .. }) => assert_eq!(s, setting),
                 other => panic!("{setting}: {other:?}"),
             }
         }

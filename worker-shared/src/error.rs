@@ -163,9 +163,9 @@ pub enum Error {
     /// A server setting that cannot work.
     Config {
         /// The setting at fault.
-        setting: &'static str,
+        what: &'static str,
         /// What is wrong with it.
-        problem: String,
+        why: String,
     },
     /// A server could not listen at its address: the address is in use (a socket file is
     /// already there, or the port is taken), the directory cannot be created, permission was
@@ -383,11 +383,8 @@ impl fmt::Display for Error {
                 mode & 0o7777
             ),
             Error::InvalidCookie { reason } => write!(f, "invalid admin cookie: {reason}"),
-            Error::Config { setting, problem } => {
-                write!(
-                    f,
-                    "invalid shared worker configuration: {setting} {problem}"
-                )
+            Error::Config { what, why } => {
+                write!(f, "invalid shared worker configuration: {what} {why}")
             }
             Error::Bind { address, .. } => {
                 write!(f, "cannot listen for shared worker at {address}")

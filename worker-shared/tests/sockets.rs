@@ -124,7 +124,7 @@ fn impossible_configurations_and_addresses_are_refused_before_binding() {
         SharedServerConfig::default().with_max_connections(0),
     ) {
         Err(Error::Config {
-            setting: "max_connections",
+            what: "max_connections",
             ..
         }) => {}
         other => panic!("expected a configuration error, got {other:?}"),

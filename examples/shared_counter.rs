@@ -19,6 +19,8 @@
 
 use exsyst_worker::{BootstrapProfile, SharedRegistryExt, WorkerFactory};
 
+// Shared with the tests, which re-export its items.
+#[allow(unreachable_pub)]
 #[path = "seed/my_shared_worker_impl.rs"]
 mod my_shared_worker_impl;
 

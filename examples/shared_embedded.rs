@@ -9,6 +9,8 @@
 
 use exsyst_worker::{AdminCookie, SharedServer, SharedServerConfig, SharedWorker, Worker};
 
+// Shared with the tests, which re-export its items.
+#[allow(unreachable_pub)]
 #[path = "seed/my_shared_worker_impl.rs"]
 mod my_shared_worker_impl;
 

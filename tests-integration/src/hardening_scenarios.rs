@@ -5,6 +5,10 @@
 //! `hardening-master <scenario> [args]` runs one and prints its findings on standard output,
 //! one `key=value` per line.
 
+// Test code that misbehaves on purpose (fork, dup2, signal dispositions) or measures raw
+// system calls: it calls libc directly, each block with its SAFETY line.
+#![allow(unsafe_code)]
+
 use std::{
     io::Write,
     os::unix::process::CommandExt,

@@ -7,20 +7,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use tests_integration::timeout;
+pub(crate) use tests_integration::timeout;
 
 /// The executable that registers every test implementation.
-pub fn test_worker() -> PathBuf {
+pub(crate) fn test_worker() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_test-worker"))
 }
 
 /// A separate worker executable registering only `echo`.
-pub fn other_worker() -> PathBuf {
+pub(crate) fn other_worker() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_other-worker"))
 }
 
 /// A profile that starts workers from `test-worker` (the test harness cannot be a worker).
-pub fn profile() -> exsyst_worker::BootstrapProfile {
+pub(crate) fn profile() -> exsyst_worker::BootstrapProfile {
     exsyst_worker::BootstrapProfile::new().with_program(test_worker())
 }
 
@@ -28,7 +28,7 @@ pub fn profile() -> exsyst_worker::BootstrapProfile {
 ///
 /// A zombie whose parent is another process (init, after its master died) is dead for our
 /// purpose: reaping it is its new parent's business, which this sandbox's init does lazily.
-pub fn process_gone(pid: u32) -> bool {
+pub(crate) fn process_gone(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return true;
     };
@@ -47,14 +47,14 @@ pub fn process_gone(pid: u32) -> bool {
 
 /// Waits until `cond` holds, polling with a short back-off, up to `limit` exactly: for bounds
 /// that are the requirement itself ("gone within one second"), which no machine may stretch.
-pub fn wait_within(limit: Duration, cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_within(limit: Duration, cond: impl FnMut() -> bool) -> bool {
     poll_until(Instant::now() + limit, cond)
 }
 
 /// Waits until `cond` holds, polling with a short back-off, up to the scaled `limit`.
 /// Returns whether it held in time. Polling here replaces a fixed sleep: it ends as soon as the
 /// condition is true.
-pub fn wait_until(limit: Duration, cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(limit: Duration, cond: impl FnMut() -> bool) -> bool {
     poll_until(Instant::now() + timeout(limit), cond)
 }
 
@@ -73,7 +73,7 @@ fn poll_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Runs `test-worker master <args>` and collects its `key=value` lines.
-pub fn run_master(args: &[&str]) -> Vec<(String, String)> {
+pub(crate) fn run_master(args: &[&str]) -> Vec<(String, String)> {
     let output = Command::new(test_worker())
         .arg("master")
         .args(args)
@@ -89,7 +89,7 @@ pub fn run_master(args: &[&str]) -> Vec<(String, String)> {
 }
 
 /// Splits `key=value` lines.
-pub fn parse_lines(text: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_lines(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -97,7 +97,7 @@ pub fn parse_lines(text: &str) -> Vec<(String, String)> {
 }
 
 /// The value of `key` in scenario output.
-pub fn value<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
+pub(crate) fn value<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
     lines
         .iter()
         .find(|(k, _)| k == key)
@@ -106,14 +106,14 @@ pub fn value<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
 }
 
 /// A master process running a long scenario, read line by line.
-pub struct MasterProcess {
+pub(crate) struct MasterProcess {
     pub child: Child,
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
 
 impl MasterProcess {
     /// Starts `test-worker master <args>`.
-    pub fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         let mut child = Command::new(test_worker())
             .arg("master")
             .args(args)
@@ -126,7 +126,7 @@ impl MasterProcess {
     }
 
     /// The next line of its output (blocking; the scenario writes it promptly).
-    pub fn next_line(&mut self) -> Option<String> {
+    pub(crate) fn next_line(&mut self) -> Option<String> {
         self.lines.next().map(|l| l.expect("read master output"))
     }
 }
@@ -139,7 +139,7 @@ impl Drop for MasterProcess {
 }
 
 /// Sends SIGKILL to `pid` with the system's `kill`.
-pub fn sigkill(pid: u32) {
+pub(crate) fn sigkill(pid: u32) {
     let status = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -149,7 +149,7 @@ pub fn sigkill(pid: u32) {
 
 /// The exit status and standard error tail of a worker that died, or a panic naming what came
 /// instead.
-pub fn expect_exited<T: std::fmt::Debug>(
+pub(crate) fn expect_exited<T: std::fmt::Debug>(
     result: Result<T, exsyst_worker::bootstrap::Error>,
 ) -> (std::process::ExitStatus, String) {
     match result {
@@ -163,7 +163,7 @@ pub fn expect_exited<T: std::fmt::Debug>(
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, session, ...
-pub fn stat_fields(pid: u32) -> Vec<String> {
+pub(crate) fn stat_fields(pid: u32) -> Vec<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     rest.split(' ').map(str::to_owned).collect()
@@ -171,7 +171,7 @@ pub fn stat_fields(pid: u32) -> Vec<String> {
 
 /// Asserts that `daemon` left `starter` for good: another parent, a session of its own that
 /// is not ours, and that it does not lead (so it cannot acquire a controlling terminal).
-pub fn assert_detached(daemon: u32, starter: u32) {
+pub(crate) fn assert_detached(daemon: u32, starter: u32) {
     let stat = stat_fields(daemon);
     let (ppid, session): (u32, u32) = (stat[1].parse().unwrap(), stat[3].parse().unwrap());
     // SAFETY: getsid(0) only reads this process's session id.
@@ -185,7 +185,7 @@ pub fn assert_detached(daemon: u32, starter: u32) {
 }
 
 /// The descriptors of process `pid`, by number, with what they point at.
-pub fn fds_of(pid: u32) -> Vec<(u32, String)> {
+pub(crate) fn fds_of(pid: u32) -> Vec<(u32, String)> {
     let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()

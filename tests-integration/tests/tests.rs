@@ -1,5 +1,8 @@
 //! Black-box scenarios: real worker processes, real pipes and sockets, real files.
 
+// Tests set up hostile conditions (signal dispositions, descriptor limits, raw descriptors)
+// with libc directly, each block with its SAFETY line.
+#![allow(unsafe_code)]
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

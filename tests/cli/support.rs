@@ -19,10 +19,10 @@ use exsyst_worker::{
 };
 
 /// The admin cookie of the tests' workers; it must never show on a command line.
-pub const SECRET: &str = "cli-test-secret-7f3a9c";
+pub(crate) const SECRET: &str = "cli-test-secret-7f3a9c";
 
 /// Timeouts for waiting on events, scaled by `EXSYST_TEST_TIMEOUT_SCALE` for slow machines.
-pub fn timeout(secs: f64) -> Duration {
+pub(crate) fn timeout(secs: f64) -> Duration {
     let scale = std::env::var("EXSYST_TEST_TIMEOUT_SCALE")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -34,7 +34,7 @@ pub fn timeout(secs: f64) -> Duration {
 /// A shared worker that reports what it is given: one status for anyone, another for the
 /// holder of the admin cookie.
 #[derive(Debug, Default)]
-pub struct Reporter {
+pub(crate) struct Reporter {
     pub public: Option<WorkerStatus>,
     pub privileged: Option<WorkerStatus>,
 }
@@ -72,18 +72,22 @@ impl SharedWorkerImpl for Reporter {
     }
 }
 
-pub fn cookie() -> AdminCookie {
+pub(crate) fn cookie() -> AdminCookie {
     AdminCookie::new(SECRET).unwrap()
 }
 
 /// `unix://DIR/NAME.sock`.
-pub fn address_in(dir: &Path, name: &str) -> String {
+pub(crate) fn address_in(dir: &Path, name: &str) -> String {
     format!("unix://{}/{name}.sock", dir.display())
 }
 
 /// Serves a [`Reporter`] on a thread of this process, with the admin cookie; stopped when
 /// dropped.
-pub fn serve(address: &str, public: WorkerStatus, privileged: WorkerStatus) -> RunningServer {
+pub(crate) fn serve(
+    address: &str,
+    public: WorkerStatus,
+    privileged: WorkerStatus,
+) -> RunningServer {
     serve_with(
         address,
         SharedServerConfig::default().with_cookie(cookie()),
@@ -92,7 +96,7 @@ pub fn serve(address: &str, public: WorkerStatus, privileged: WorkerStatus) -> R
     )
 }
 
-pub fn serve_with(
+pub(crate) fn serve_with(
     address: &str,
     config: SharedServerConfig,
     public: WorkerStatus,
@@ -111,7 +115,7 @@ pub fn serve_with(
 }
 
 /// Writes `secret` to DIR/NAME, readable by its owner only (or with `mode`).
-pub fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
+pub(crate) fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
     let path = dir.join(name);
     let mut file = OpenOptions::new()
         .write(true)
@@ -125,7 +129,7 @@ pub fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
 
 /// What a program run said and did.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -133,16 +137,16 @@ pub struct Run {
 
 /// A program of this package, run with a clean environment: no admin cookie, no config but
 /// the one given.
-pub struct Program {
+pub(crate) struct Program {
     command: Command,
 }
 
 impl Program {
-    pub fn check() -> Program {
+    pub(crate) fn check() -> Program {
         Program::new(env!("CARGO_BIN_EXE_check_shared_worker"))
     }
 
-    pub fn ctl() -> Program {
+    pub(crate) fn ctl() -> Program {
         Program::new(env!("CARGO_BIN_EXE_worker-ctl"))
     }
 
@@ -158,21 +162,24 @@ impl Program {
         Program { command }
     }
 
-    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+    pub(crate) fn args<S: AsRef<std::ffi::OsStr>>(
+        mut self,
+        args: impl IntoIterator<Item = S>,
+    ) -> Self {
         self.command.args(args);
         self
     }
 
-    pub fn env(mut self, key: &str, value: &str) -> Self {
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
         self.command.env(key, value);
         self
     }
 
-    pub fn spawn(mut self) -> Child {
+    pub(crate) fn spawn(mut self) -> Child {
         self.command.spawn().unwrap()
     }
 
-    pub fn run(self) -> Run {
+    pub(crate) fn run(self) -> Run {
         let output = self.spawn().wait_with_output().unwrap();
         Run {
             code: output
@@ -186,7 +193,7 @@ impl Program {
 }
 
 /// The command lines of process `root` and its descendants now, by pid.
-pub fn command_lines(root: u32) -> Vec<(u32, String)> {
+pub(crate) fn command_lines(root: u32) -> Vec<(u32, String)> {
     let mut parents = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -231,7 +238,7 @@ pub fn command_lines(root: u32) -> Vec<(u32, String)> {
 }
 
 /// Tells the `helper` test which role to play; absent in a normal run.
-pub const ROLE_VAR: &str = "EXSYST_CLI_TEST_ROLE";
+pub(crate) const ROLE_VAR: &str = "EXSYST_CLI_TEST_ROLE";
 const ADDRESS_VAR: &str = "EXSYST_CLI_TEST_ADDRESS";
 const COOKIE_FILE_VAR: &str = "EXSYST_CLI_TEST_COOKIE_FILE";
 /// Reports start with this, as libtest shares the standard output.
@@ -239,7 +246,7 @@ const MARKER: &str = "@@cli@@ ";
 
 /// Plays `role` in a child: `serve` serves a [`Reporter`] whose cookie comes from a file, stops
 /// on SIGTERM too, and reports `listening PID`, then `exit RESULT`.
-pub fn play(role: &str) {
+pub(crate) fn play(role: &str) {
     assert_eq!(role, "serve", "unknown role");
     let report = |line: &str| {
         let mut out = std::io::stdout().lock();
@@ -262,7 +269,7 @@ pub fn play(role: &str) {
 
 /// A shared worker in a child process (this test binary in the `serve` role), killed and
 /// reaped on drop.
-pub struct Helper {
+pub(crate) struct Helper {
     child: Child,
     reports: Receiver<String>,
 }
@@ -270,7 +277,7 @@ pub struct Helper {
 impl Helper {
     /// Starts a worker at `address` whose admin cookie is in `cookie_file`, and waits until it
     /// listens.
-    pub fn start(address: &str, cookie_file: &Path) -> Helper {
+    pub(crate) fn start(address: &str, cookie_file: &Path) -> Helper {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "helper", "--nocapture", "--test-threads=1"])
             .env(ROLE_VAR, "serve")
@@ -298,12 +305,12 @@ impl Helper {
         helper
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits for the next report, which must start with `word`; returns the rest.
-    pub fn expect(&self, word: &str) -> String {
+    pub(crate) fn expect(&self, word: &str) -> String {
         let within = timeout(30.0);
         let line = match self.reports.recv_timeout(within) {
             Ok(line) => line,
@@ -317,7 +324,7 @@ impl Helper {
     }
 
     /// Waits for the helper's exit, which it reported already.
-    pub fn wait(mut self) -> ExitStatus {
+    pub(crate) fn wait(mut self) -> ExitStatus {
         self.child.wait().unwrap()
     }
 }
@@ -330,7 +337,7 @@ impl Drop for Helper {
 }
 
 /// Cells in columns two spaces apart, the last one unpadded: what `worker-ctl list` prints.
-pub fn columns(rows: &[&[&str]]) -> String {
+pub(crate) fn columns(rows: &[&[&str]]) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap())
         .collect();

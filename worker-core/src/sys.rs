@@ -1,5 +1,8 @@
 //! The operating system layer of the worker side: every `unsafe` call of this crate lives here.
 
+// The operating system layer: the one place this crate may use `unsafe` (the workspace denies it).
+#![allow(unsafe_code)]
+
 use std::{
     fs::File,
     io,

@@ -23,17 +23,17 @@ use crate::{
 };
 
 /// Tells the `helper` test which role to play; absent in a normal run.
-pub const ROLE_VAR: &str = "EXSYST_SHARED_TEST_ROLE";
+pub(crate) const ROLE_VAR: &str = "EXSYST_SHARED_TEST_ROLE";
 /// The address a role serves.
-pub const ADDRESS_VAR: &str = "EXSYST_SHARED_TEST_ADDRESS";
+pub(crate) const ADDRESS_VAR: &str = "EXSYST_SHARED_TEST_ADDRESS";
 /// Present: the role restores SIGPIPE's default action (death) before it serves, as some
 /// programs do.
-pub const SIGPIPE_VAR: &str = "EXSYST_SHARED_TEST_SIGPIPE_DEFAULT";
+pub(crate) const SIGPIPE_VAR: &str = "EXSYST_SHARED_TEST_SIGPIPE_DEFAULT";
 /// Reports start with this, as libtest shares the standard output.
 const MARKER: &str = "@@shared@@ ";
 
 /// The arguments that make this test binary run the `helper` test alone.
-pub const HELPER_ARGS: [&str; 4] = ["--exact", "helper", "--nocapture", "--test-threads=1"];
+pub(crate) const HELPER_ARGS: [&str; 4] = ["--exact", "helper", "--nocapture", "--test-threads=1"];
 
 fn report(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -42,7 +42,7 @@ fn report(line: &str) {
 }
 
 /// Plays `role`, in the child.
-pub fn play(role: &str) {
+pub(crate) fn play(role: &str) {
     match role {
         "serve" => serve(false),
         "activated" => serve(true),
@@ -56,10 +56,8 @@ pub fn play(role: &str) {
 fn serve(activated: bool) {
     if std::env::var_os(SIGPIPE_VAR).is_some() {
         // SAFETY: sets a signal's action to its default; no handler is involved.
-        assert_ne!(
-            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) },
-            libc::SIG_ERR
-        );
+        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        assert_ne!(previous, libc::SIG_ERR);
     }
     let address = std::env::var(ADDRESS_VAR).unwrap();
     let config = SharedServerConfig::default()
@@ -107,7 +105,7 @@ fn daemon() {
 }
 
 /// A helper process, killed and reaped on drop.
-pub struct Helper {
+pub(crate) struct Helper {
     child: Child,
     reports: Receiver<String>,
 }
@@ -115,12 +113,17 @@ pub struct Helper {
 impl Helper {
     /// Starts this binary playing `role`, serving `address`; `stdin` becomes its standard
     /// input, and `shell` (a `sh -c` script, `$0` being this binary) runs it when given.
-    pub fn spawn(role: &str, address: &str, stdin: Option<OwnedFd>, shell: Option<&str>) -> Helper {
+    pub(crate) fn spawn(
+        role: &str,
+        address: &str,
+        stdin: Option<OwnedFd>,
+        shell: Option<&str>,
+    ) -> Helper {
         Self::spawn_with_env(role, address, stdin, shell, &[])
     }
 
     /// As [`Helper::spawn`], with more environment variables.
-    pub fn spawn_with_env(
+    pub(crate) fn spawn_with_env(
         role: &str,
         address: &str,
         stdin: Option<OwnedFd>,
@@ -163,12 +166,12 @@ impl Helper {
         Helper { child, reports }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits for the next report, which must start with `word`; returns the rest.
-    pub fn expect(&self, word: &str) -> String {
+    pub(crate) fn expect(&self, word: &str) -> String {
         let within = timeout(30.0);
         let deadline = Instant::now() + within;
         let line = match self
@@ -186,16 +189,14 @@ impl Helper {
     }
 
     /// Sends `signal` to the helper.
-    pub fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill only sends a signal, to a child of ours that is not reaped yet.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
-            0
-        );
+        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0);
     }
 
     /// Waits for the helper to exit.
-    pub fn wait(mut self) -> ExitStatus {
+    pub(crate) fn wait(mut self) -> ExitStatus {
         self.child.wait().unwrap()
     }
 }
@@ -209,10 +210,10 @@ impl Drop for Helper {
 
 /// The script that starts a child the way systemd's socket activation does: its standard
 /// input becomes descriptor 3, and `LISTEN_PID` names the process itself.
-pub const SOCKET_ACTIVATION: &str =
+pub(crate) const SOCKET_ACTIVATION: &str =
     r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@" 3<&0 0</dev/null"#;
 
 /// Whether `path` exists.
-pub fn exists(path: &Path) -> bool {
+pub(crate) fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }

@@ -23,7 +23,7 @@ use worker_channel::{Channel, Codec, FrameKind};
 use worker_core::{Counter, WorkerStatus};
 
 /// `secs` seconds, times `EXSYST_TEST_TIMEOUT_SCALE` (default 1) for slow machines.
-pub fn timeout(secs: f64) -> Duration {
+pub(crate) fn timeout(secs: f64) -> Duration {
     let scale = std::env::var("EXSYST_TEST_TIMEOUT_SCALE")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -34,30 +34,30 @@ pub fn timeout(secs: f64) -> Duration {
 
 /// The socket families a shared worker listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     Unix,
     Tcp4,
     Tcp6,
 }
 
-pub const TRANSPORTS: [Transport; 3] = [Transport::Unix, Transport::Tcp4, Transport::Tcp6];
+pub(crate) const TRANSPORTS: [Transport; 3] = [Transport::Unix, Transport::Tcp4, Transport::Tcp6];
 
 /// A connected socket of either family.
 #[derive(Debug)]
-pub enum Conn {
+pub(crate) enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
 }
 
 impl Conn {
-    pub fn try_clone(&self) -> Conn {
+    pub(crate) fn try_clone(&self) -> Conn {
         match self {
             Conn::Unix(s) => Conn::Unix(s.try_clone().unwrap()),
             Conn::Tcp(s) => Conn::Tcp(s.try_clone().unwrap()),
         }
     }
 
-    pub fn shutdown_write(&self) {
+    pub(crate) fn shutdown_write(&self) {
         let _ = match self {
             Conn::Unix(s) => s.shutdown(Shutdown::Write),
             Conn::Tcp(s) => s.shutdown(Shutdown::Write),
@@ -89,13 +89,13 @@ impl Write for Conn {
 
 /// Where a listener is, to connect to it raw.
 #[derive(Clone, Debug)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     Unix(PathBuf),
     Tcp(SocketAddr),
 }
 
 impl Endpoint {
-    pub fn connect(&self) -> Conn {
+    pub(crate) fn connect(&self) -> Conn {
         match self {
             Endpoint::Unix(path) => Conn::Unix(UnixStream::connect(path).unwrap()),
             Endpoint::Tcp(addr) => Conn::Tcp(TcpStream::connect(addr).unwrap()),
@@ -103,7 +103,7 @@ impl Endpoint {
     }
 
     /// The shared-worker address of the endpoint.
-    pub fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         match self {
             Endpoint::Unix(path) => format!("unix://{}", path.display()),
             Endpoint::Tcp(addr) => format!("tcp://{addr}"),
@@ -113,7 +113,7 @@ impl Endpoint {
 
 /// A listening socket of either family, in its own temporary directory.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     unix: Option<UnixListener>,
     tcp: Option<TcpListener>,
     pub endpoint: Endpoint,
@@ -121,7 +121,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn bind(transport: Transport) -> Listener {
+    pub(crate) fn bind(transport: Transport) -> Listener {
         let dir = tempfile::tempdir().unwrap();
         let (unix, tcp, endpoint) = match transport {
             Transport::Unix => {
@@ -148,11 +148,11 @@ impl Listener {
         }
     }
 
-    pub fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         self.endpoint.address()
     }
 
-    pub fn accept(&self) -> Conn {
+    pub(crate) fn accept(&self) -> Conn {
         match (&self.unix, &self.tcp) {
             (Some(l), _) => Conn::Unix(l.accept().unwrap().0),
             (_, Some(l)) => Conn::Tcp(l.accept().unwrap().0),
@@ -164,7 +164,7 @@ impl Listener {
     ///
     /// The listener lives on in the accepting thread; the temporary directory goes with the
     /// returned value, so the socket file is removed when the test is done.
-    pub fn serve_each(self, handle: impl Fn(Conn) + Send + Sync + 'static) -> Served {
+    pub(crate) fn serve_each(self, handle: impl Fn(Conn) + Send + Sync + 'static) -> Served {
         let Listener {
             unix,
             tcp,
@@ -194,7 +194,7 @@ impl Listener {
 
 /// A listener handed to [`Listener::serve_each`].
 #[derive(Debug)]
-pub struct Served {
+pub(crate) struct Served {
     pub address: String,
     pub endpoint: Endpoint,
     _dir: TempDir,
@@ -202,14 +202,14 @@ pub struct Served {
 
 // ---- The protocol, written again from the guide ----
 
-pub const NONCE_LEN: usize = 32;
+pub(crate) const NONCE_LEN: usize = 32;
 const CLIENT_LABEL: &[u8] = b"exsyst-worker admin v1 client";
 const SERVER_LABEL: &[u8] = b"exsyst-worker admin v1 server";
 
 /// What a server sends.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Out {
+pub(crate) enum Out {
     Hello {
         version: u32,
         pid: u32,
@@ -237,7 +237,7 @@ pub enum Out {
 /// What a client sends.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum In {
+pub(crate) enum In {
     Authenticate {
         #[serde(with = "serde_bytes")]
         nonce: Vec<u8>,
@@ -250,14 +250,14 @@ pub enum In {
 
 /// Any control message, read loosely: its type and error code, if any.
 #[derive(Debug, Deserialize)]
-pub struct Loose {
+pub(crate) struct Loose {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
     pub code: Option<String>,
 }
 
-pub fn proof(cookie: &[u8], label: &[u8], ns: &[u8], nc: &[u8]) -> Vec<u8> {
+pub(crate) fn proof(cookie: &[u8], label: &[u8], ns: &[u8], nc: &[u8]) -> Vec<u8> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cookie).unwrap();
     for part in [label, &[0][..], ns, nc] {
         mac.update(part);
@@ -265,7 +265,7 @@ pub fn proof(cookie: &[u8], label: &[u8], ns: &[u8], nc: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-pub fn send_control<R: Read, W: Write>(
+pub(crate) fn send_control<R: Read, W: Write>(
     channel: &mut Channel<R, W>,
     message: &Out,
 ) -> Result<(), worker_channel::Error> {
@@ -273,7 +273,7 @@ pub fn send_control<R: Read, W: Write>(
     channel.send_raw(FrameKind::Control, &payload)
 }
 
-pub fn hello(codec: Codec, nonce: &[u8]) -> Out {
+pub(crate) fn hello(codec: Codec, nonce: &[u8]) -> Out {
     Out::Hello {
         version: 1,
         pid: std::process::id(),
@@ -284,11 +284,11 @@ pub fn hello(codec: Codec, nonce: &[u8]) -> Out {
     }
 }
 
-pub fn public_status() -> WorkerStatus {
+pub(crate) fn public_status() -> WorkerStatus {
     "public status".into()
 }
 
-pub fn full_status() -> WorkerStatus {
+pub(crate) fn full_status() -> WorkerStatus {
     WorkerStatus::new("full status")
         .with_counter(Counter::new("clients", 3.0).with_min(0.0))
         .with_counter(Counter::new("memory", 1024.0).with_unit("B"))
@@ -296,7 +296,7 @@ pub fn full_status() -> WorkerStatus {
 
 /// How the test server behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// As the guide says.
     Honest,
     /// Accepts, says nothing, keeps the connection open until the client leaves.
@@ -315,14 +315,14 @@ pub enum Mode {
 
 /// What the test server saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     Authenticated,
     AuthFailed,
     Query { privileged: bool },
     StopReceived,
 }
 
-pub struct Config {
+pub(crate) struct Config {
     pub cookie: Option<Vec<u8>>,
     pub codec: Codec,
     pub mode: Mode,
@@ -345,10 +345,10 @@ impl Default for Config {
 }
 
 /// The cookie the test servers know unless told otherwise: distinctive bytes, to search for.
-pub const COOKIE: &[u8] = b"c00kie-4e1f-SECRET-9b27";
+pub(crate) const COOKIE: &[u8] = b"c00kie-4e1f-SECRET-9b27";
 
 /// A test server: its address, and what it saw.
-pub struct Server {
+pub(crate) struct Server {
     pub address: String,
     pub endpoint: Endpoint,
     pub events: Receiver<Event>,
@@ -356,7 +356,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(transport: Transport, config: Config) -> Server {
+    pub(crate) fn start(transport: Transport, config: Config) -> Server {
         let (tx, events) = mpsc::channel();
         let config = Arc::new(config);
         let tx = Mutex::new(tx);
@@ -373,7 +373,7 @@ impl Server {
     }
 
     /// The next thing the server saw.
-    pub fn next_event(&self) -> Event {
+    pub(crate) fn next_event(&self) -> Event {
         self.events
             .recv_timeout(timeout(10.0))
             .expect("the server saw nothing")
@@ -498,7 +498,7 @@ fn serve_until_error(
 }
 
 /// A TCP relay in front of an endpoint that records what crosses it, each direction apart.
-pub struct Relay {
+pub(crate) struct Relay {
     pub address: String,
     _served: Served,
     /// Client to server.
@@ -509,7 +509,7 @@ pub struct Relay {
 
 impl Relay {
     /// Relays every connection made to the relay's address to `target`.
-    pub fn start(target: Endpoint) -> Relay {
+    pub(crate) fn start(target: Endpoint) -> Relay {
         let up = Arc::new(Mutex::new(Vec::new()));
         let down = Arc::new(Mutex::new(Vec::new()));
         let (up2, down2) = (Arc::clone(&up), Arc::clone(&down));
@@ -529,7 +529,7 @@ impl Relay {
     }
 
     /// Every byte that crossed, both ways.
-    pub fn all_bytes(&self) -> Vec<u8> {
+    pub(crate) fn all_bytes(&self) -> Vec<u8> {
         let mut all = self.up.lock().unwrap().clone();
         all.extend_from_slice(&self.down.lock().unwrap());
         all
@@ -555,20 +555,18 @@ fn copy(mut from: Conn, mut to: Conn, record: &Mutex<Vec<u8>>) {
 }
 
 /// Whether `needle` occurs in `haystack`.
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Raises this process's soft limit on open descriptors to at least `wanted` (or to the hard
 /// limit, if lower), for tests that hold many connections.
-pub fn raise_fd_limit(wanted: u64) {
+pub(crate) fn raise_fd_limit(wanted: u64) {
     // SAFETY: an all-zero rlimit is a valid value for getrlimit to fill.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: `limit` is valid for writes.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0);
     if limit.rlim_cur >= wanted {
         return;
     }

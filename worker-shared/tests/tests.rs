@@ -6,6 +6,9 @@
 //! thread or in a child process: this binary re-executed to play a role in the `helper` test,
 //! which does nothing in a normal run.
 
+// Tests set up hostile conditions (signal dispositions, descriptor limits, raw descriptors)
+// with libc directly, each block with its SAFETY line.
+#![allow(unsafe_code)]
 // The tests re-execute themselves as helper processes (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

@@ -19,7 +19,7 @@ use crate::support::{Transport, timeout};
 
 /// What a [`Greeter`] did, counted across threads.
 #[derive(Debug, Default)]
-pub struct Counts {
+pub(crate) struct Counts {
     pub on_stop: AtomicUsize,
     pub terminate: AtomicUsize,
     pub connects: AtomicUsize,
@@ -27,7 +27,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn get(counter: &AtomicUsize) -> usize {
+    pub(crate) fn get(counter: &AtomicUsize) -> usize {
         counter.load(Ordering::SeqCst)
     }
 }
@@ -38,7 +38,7 @@ impl Counts {
 /// - `stop-current`: stops the worker from inside;
 /// - `peer`: replies with the connection's peer name.
 #[derive(Debug, Default)]
-pub struct Greeter {
+pub(crate) struct Greeter {
     i: u64,
     counts: Arc<Counts>,
     /// Where `on_connect` reports each peer.
@@ -48,7 +48,7 @@ pub struct Greeter {
 }
 
 impl Greeter {
-    pub fn new(counts: Arc<Counts>) -> Self {
+    pub(crate) fn new(counts: Arc<Counts>) -> Self {
         Greeter {
             i: 0,
             counts,
@@ -57,18 +57,18 @@ impl Greeter {
         }
     }
 
-    pub fn with_departures(mut self, departures: Sender<()>) -> Self {
+    pub(crate) fn with_departures(mut self, departures: Sender<()>) -> Self {
         self.departures = Some(departures);
         self
     }
 
-    pub fn with_peers(mut self, peers: Sender<Peer>) -> Self {
+    pub(crate) fn with_peers(mut self, peers: Sender<Peer>) -> Self {
         self.peers = Some(peers);
         self
     }
 }
 
-pub fn ordinal(n: u64) -> String {
+pub(crate) fn ordinal(n: u64) -> String {
     let suffix = match (n % 10, n % 100 / 10) {
         (_, 1) => "th",
         (1, _) => "st",
@@ -170,13 +170,13 @@ impl SharedWorkerImpl for Greeter {
 }
 
 /// The server's log lines, as they come.
-pub struct Log {
+pub(crate) struct Log {
     lines: Mutex<Receiver<String>>,
     seen: Mutex<Vec<String>>,
 }
 
 impl Log {
-    pub fn new() -> (Arc<Log>, impl Fn(&str) + Send + Sync + 'static) {
+    pub(crate) fn new() -> (Arc<Log>, impl Fn(&str) + Send + Sync + 'static) {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let log = Arc::new(Log {
@@ -189,7 +189,7 @@ impl Log {
     }
 
     /// Waits for a line that contains `needle` and returns it.
-    pub fn wait_for(&self, needle: &str) -> String {
+    pub(crate) fn wait_for(&self, needle: &str) -> String {
         if let Some(line) = self
             .seen
             .lock()
@@ -214,7 +214,7 @@ impl Log {
     }
 
     /// Every line logged so far.
-    pub fn all(&self) -> Vec<String> {
+    pub(crate) fn all(&self) -> Vec<String> {
         let lines = self.lines.lock().unwrap();
         let mut seen = self.seen.lock().unwrap();
         seen.extend(lines.try_iter());
@@ -223,7 +223,7 @@ impl Log {
 }
 
 /// A [`Greeter`] served on a thread of the test, in its own temporary directory.
-pub struct Embedded {
+pub(crate) struct Embedded {
     pub server: RunningServer,
     pub address: String,
     pub counts: Arc<Counts>,
@@ -233,19 +233,19 @@ pub struct Embedded {
 
 impl Embedded {
     /// The socket file, for a Unix server.
-    pub fn socket_path(&self) -> PathBuf {
+    pub(crate) fn socket_path(&self) -> PathBuf {
         self.dir.path().join("run").join("worker.sock")
     }
 }
 
 /// Serves a [`Greeter`] over `transport` with `config`; a Unix socket goes in a directory
 /// that does not exist yet.
-pub fn embedded(transport: Transport, config: SharedServerConfig) -> Embedded {
+pub(crate) fn embedded(transport: Transport, config: SharedServerConfig) -> Embedded {
     embedded_with(transport, config, |greeter| greeter)
 }
 
 /// As [`embedded`], with the greeter adjusted by `adjust` (on the server's thread).
-pub fn embedded_with(
+pub(crate) fn embedded_with(
     transport: Transport,
     config: SharedServerConfig,
     adjust: impl FnOnce(Greeter) -> Greeter + Send + 'static,

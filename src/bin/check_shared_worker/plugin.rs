@@ -7,7 +7,7 @@ use exsyst_worker::worker::{Counter, Threshold, WorkerStatus};
 
 /// A plugin's state, ordered by priority: a check reports the highest of its findings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum State {
+pub(crate) enum State {
     Ok,
     Warning,
     Critical,
@@ -16,7 +16,7 @@ pub enum State {
 
 impl State {
     /// The exit code: 0, 1, 2 or 3.
-    pub fn code(self) -> i32 {
+    pub(crate) fn code(self) -> i32 {
         self as i32
     }
 }
@@ -51,7 +51,7 @@ impl FromStr for State {
 
 /// A counter named with `-m`, and the ranges given for it with `-w` and `-c`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Asked {
+pub(crate) struct Asked {
     pub name: String,
     pub warning: Option<Threshold>,
     pub critical: Option<Threshold>,
@@ -59,14 +59,14 @@ pub struct Asked {
 
 /// What the plugin prints, and its state.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     pub state: State,
     pub lines: Vec<String>,
 }
 
 impl Report {
     /// A one-line report: a failure to check, or a bad argument.
-    pub fn failure(state: State, message: &str) -> Report {
+    pub(crate) fn failure(state: State, message: &str) -> Report {
         Report {
             state,
             lines: vec![status_line(state, &clean_text(message))],
@@ -95,7 +95,7 @@ fn clean_text(text: &str) -> String {
 /// lacks, or that has no value, is UNKNOWN. Findings come first on the status line, worst
 /// first, then the first line of the worker's text; the rest of its text follows on the next
 /// lines, and the performance data of every counter, as the plugin guidelines lay them out.
-pub fn assess(status: &WorkerStatus, asked: &[Asked]) -> Report {
+pub(crate) fn assess(status: &WorkerStatus, asked: &[Asked]) -> Report {
     let mut findings: Vec<(State, String)> = Vec::new();
     for wanted in asked {
         if status.counter(&wanted.name).is_none() {

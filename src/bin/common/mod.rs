@@ -13,11 +13,11 @@ use exsyst_worker::shared::{AdminCookie, Error, SharedWorker, StatusReply};
 
 /// The environment variable that may hold the admin cookie itself, for a privileged query or a
 /// stop: unlike an argument, the environment of a process is readable by its owner only.
-pub const COOKIE_ENV: &str = "EXSYST_WORKER_ADMIN_COOKIE";
+pub(crate) const COOKIE_ENV: &str = "EXSYST_WORKER_ADMIN_COOKIE";
 
 /// The admin cookie: from `file` when given, else `value` (an argument), else
 /// [`$EXSYST_WORKER_ADMIN_COOKIE`](COOKIE_ENV) when set and not empty; `None` without one.
-pub fn admin_cookie(
+pub(crate) fn admin_cookie(
     file: Option<&Path>,
     value: Option<&str>,
 ) -> Result<Option<AdminCookie>, Error> {
@@ -34,18 +34,18 @@ pub fn admin_cookie(
 }
 
 /// Time left until `deadline`, zero once it passed.
-pub fn left(deadline: Instant) -> Duration {
+pub(crate) fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
 /// Connects to the worker at `address` and reads its hello, by `deadline`.
-pub fn connect(address: &str, deadline: Instant) -> Result<SharedWorker, Error> {
+pub(crate) fn connect(address: &str, deadline: Instant) -> Result<SharedWorker, Error> {
     SharedWorker::connect_timeout(address, left(deadline))
 }
 
 /// Connects and queries the worker at `address`, privileged when a cookie is given, the whole
 /// exchange (connection, hello, authentication, query) done by `deadline`.
-pub fn query(
+pub(crate) fn query(
     address: &str,
     cookie: Option<&AdminCookie>,
     deadline: Instant,
@@ -60,7 +60,7 @@ pub fn query(
 }
 
 /// An error and its causes on one line, `outer: inner: innermost`.
-pub fn one_line(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn one_line(error: &(dyn StdError + 'static)) -> String {
     let mut line = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

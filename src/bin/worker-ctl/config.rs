@@ -12,7 +12,7 @@ use exsyst_worker::killswitch::Address;
 use serde::Deserialize;
 
 /// The environment variable naming the config file, as `--config` does.
-pub const CONFIG_ENV: &str = "EXSYST_WORKER_CONFIG";
+pub(crate) const CONFIG_ENV: &str = "EXSYST_WORKER_CONFIG";
 
 /// The file as written: defaults, then one table per worker.
 #[derive(Debug, Default, Deserialize)]
@@ -39,7 +39,7 @@ struct Entry {
 /// The named workers, sorted by name, with the file's defaults applied and relative paths
 /// made relative to the file's directory.
 #[derive(Debug)]
-pub struct Config {
+pub(crate) struct Config {
     /// Where it was read from, or would have been.
     pub path: PathBuf,
     /// Whether a file was there.
@@ -53,7 +53,7 @@ pub struct Config {
 /// command line (which takes its settings from the config when a named worker has that
 /// address).
 #[derive(Clone, Debug)]
-pub struct Target {
+pub(crate) struct Target {
     pub name: Option<String>,
     /// In canonical form.
     pub address: String,
@@ -72,7 +72,7 @@ impl fmt::Display for Target {
 }
 
 /// `$XDG_CONFIG_HOME/exsyst-worker/workers.toml`, or `~/.config/exsyst-worker/workers.toml`.
-pub fn default_path() -> Option<PathBuf> {
+pub(crate) fn default_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
@@ -83,7 +83,7 @@ pub fn default_path() -> Option<PathBuf> {
 impl Config {
     /// Reads `given` (from `--config` or `$EXSYST_WORKER_CONFIG`), which must exist, or else
     /// the default path, which may not.
-    pub fn load(given: Option<&Path>) -> anyhow::Result<Config> {
+    pub(crate) fn load(given: Option<&Path>) -> anyhow::Result<Config> {
         let (path, required) = match given {
             Some(path) => (path.to_owned(), true),
             None => match default_path() {
@@ -152,7 +152,7 @@ impl Config {
 
     /// The worker a command line names: an address (anything with `://`), or the name of a
     /// worker of the config.
-    pub fn target(&self, given: &str) -> Result<Target, String> {
+    pub(crate) fn target(&self, given: &str) -> Result<Target, String> {
         if given.contains("://") {
             let address = Address::parse(given).map_err(|e| e.to_string())?;
             let address = address.to_string();
@@ -191,7 +191,7 @@ impl Config {
     }
 
     /// The named workers, or an error when there is no config to name them.
-    pub fn named(&self) -> anyhow::Result<&[Target]> {
+    pub(crate) fn named(&self) -> anyhow::Result<&[Target]> {
         if !self.found {
             anyhow::bail!(
                 "no config of named workers: {} does not exist (give --config PATH)",
@@ -202,7 +202,7 @@ impl Config {
     }
 
     /// Every kill switch file the config names, without repeats, in order.
-    pub fn kill_switches(&self) -> Vec<PathBuf> {
+    pub(crate) fn kill_switches(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = Vec::new();
         let all = self
             .kill_switch
@@ -221,7 +221,7 @@ impl Config {
 /// a Unix socket; a loopback, unspecified or own address of this machine (one a socket can
 /// bind); `localhost` and this machine's name. Any other host name counts as remote (it is not
 /// resolved).
-pub fn is_local(address: &str) -> bool {
+pub(crate) fn is_local(address: &str) -> bool {
     let Ok(address) = Address::parse(address) else {
         return false;
     };

@@ -17,7 +17,12 @@ use exsyst_worker::worker::{Counter, WorkerStatus};
 ///   `seconds`, `B` becomes `bytes`, `%` becomes `percent`); other units are kept, sanitised
 ///   like names. A family with a unit ends with `_unit`, as OpenMetrics requires.
 /// - A counter without a value gets its family's metadata and no sample.
-pub fn render(status: &WorkerStatus, address: &str, implementation: &str, prefix: &str) -> String {
+pub(crate) fn render(
+    status: &WorkerStatus,
+    address: &str,
+    implementation: &str,
+    prefix: &str,
+) -> String {
     let labels = format!(
         "{{address=\"{}\",implementation=\"{}\"}}",
         escape(address),

@@ -13,7 +13,7 @@ use exsyst_worker::killswitch::Address;
 /// Whether process `pid` holds a socket listening at `address`.
 ///
 /// Errors when `/proc` cannot tell (another user's process, say).
-pub fn listens_at(pid: u32, address: &Address) -> io::Result<bool> {
+pub(crate) fn listens_at(pid: u32, address: &Address) -> io::Result<bool> {
     let inodes = match (address.unix_path(), address.tcp_port()) {
         (Some(path), _) => unix_listeners(&std::fs::read_to_string("/proc/net/unix")?, path),
         (None, Some(port)) => {

@@ -15,7 +15,7 @@ use std::{
 
 /// A process of this machine, watched from before it is asked to stop.
 #[derive(Debug)]
-pub struct Process {
+pub(crate) struct Process {
     pid: u32,
     /// `None` on a kernel without pidfds.
     pidfd: Option<OwnedFd>,
@@ -23,7 +23,7 @@ pub struct Process {
 
 impl Process {
     /// Starts watching `pid`; [`io::ErrorKind::NotFound`] when no such process exists.
-    pub fn watch(pid: u32) -> io::Result<Process> {
+    pub(crate) fn watch(pid: u32) -> io::Result<Process> {
         let raw = libc::pid_t::try_from(pid)
             .ok()
             .filter(|p| *p > 0)
@@ -47,7 +47,7 @@ impl Process {
     }
 
     /// Sends `signal`; a process already gone is not an error.
-    pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+    pub(crate) fn signal(&self, signal: libc::c_int) -> io::Result<()> {
         let result = match &self.pidfd {
             // SAFETY: pidfd_send_signal takes a descriptor, a signal number, a null siginfo and
             // flags.
@@ -73,7 +73,7 @@ impl Process {
     }
 
     /// Waits until the process has ended, or `deadline`; whether it ended.
-    pub fn wait_gone(&self, deadline: Instant) -> io::Result<bool> {
+    pub(crate) fn wait_gone(&self, deadline: Instant) -> io::Result<bool> {
         match &self.pidfd {
             Some(pidfd) => wait_readable(pidfd, deadline),
             None => self.poll_gone(deadline),
@@ -133,7 +133,7 @@ fn wait_readable(fd: &OwnedFd, deadline: Instant) -> io::Result<bool> {
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, any case) or number.
-pub fn signal_number(text: &str) -> Result<libc::c_int, String> {
+pub(crate) fn signal_number(text: &str) -> Result<libc::c_int, String> {
     let upper = text.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     let known = [

@@ -5,6 +5,10 @@
 //! socket with no library: a blocking echo, and a minimal mio echo server. Each round starts
 //! fresh servers, one after the other, as the other benchmarks do.
 
+// Test code that misbehaves on purpose (fork, dup2, signal dispositions) or measures raw
+// system calls: it calls libc directly, each block with its SAFETY line.
+#![allow(unsafe_code)]
+
 use std::{
     collections::HashMap,
     io::{self, BufRead, BufReader, Read, Write},

@@ -1,6 +1,10 @@
 //! Workers for the bootstrap hardening scenarios: an evented worker that will not take a hint,
 //! a daemon started detached, and a hook that gives SIGPIPE its default action back.
 
+// Test code that misbehaves on purpose (fork, dup2, signal dispositions) or measures raw
+// system calls: it calls libc directly, each block with its SAFETY line.
+#![allow(unsafe_code)]
+
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixListener,

@@ -3,6 +3,10 @@
 //! The master sends [`Act`]s; the worker does what each one says, to its master's channel.
 //! Acts that write raw bytes bypass the codec on purpose.
 
+// Test code that misbehaves on purpose (fork, dup2, signal dispositions) or measures raw
+// system calls: it calls libc directly, each block with its SAFETY line.
+#![allow(unsafe_code)]
+
 use std::{
     io::Write,
     os::fd::{AsRawFd, RawFd},

@@ -3,7 +3,8 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
-    fmt,
+    fmt, io,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -199,6 +200,9 @@ pub struct EventLoop<S> {
     posted_tx: Sender<Posted<S>>,
     posted_rx: Receiver<Posted<S>>,
     stopped: bool,
+    /// A clone of the poller's registry, made the first time a [`Rearm`] is asked for, which
+    /// every rearm shares.
+    shared_registry: Option<Arc<Registry>>,
 }
 
 impl<S> fmt::Debug for EventLoop<S> {
@@ -236,6 +240,7 @@ impl<S: 'static> EventLoop<S> {
             posted_tx,
             posted_rx,
             stopped: false,
+            shared_registry: None,
         })
     }
 
@@ -350,6 +355,31 @@ impl<S: 'static> EventLoop<S> {
         }
         reregister(self.poller.registry(), source, id, interest)?;
         Ok(true)
+    }
+
+    /// What changes the interest of source `id` (one registered with
+    /// [`EventLoop::register_ref`]) where the loop is not at hand: a send from a timer that
+    /// leaves bytes queued, say.
+    pub(crate) fn rearm(&mut self, id: SourceId) -> Result<Rearm, Error> {
+        let registry =
+            match &self.shared_registry {
+                Some(registry) => Arc::clone(registry),
+                None => {
+                    let registry =
+                        Arc::new(self.poller.registry().try_clone().map_err(|source| {
+                            Error::Io {
+                                op: "clone registry",
+                                source,
+                            }
+                        })?);
+                    self.shared_registry = Some(Arc::clone(&registry));
+                    registry
+                }
+            };
+        Ok(Rearm {
+            registry,
+            token: id.token(),
+        })
     }
 
     /// Deregisters a source and drops it (closing its descriptor, for an owned one).
@@ -659,6 +689,32 @@ fn reregister<T: Source + ?Sized>(
             op: "reregister",
             source,
         })
+}
+
+/// Changes the interest of one source registered by reference, without the loop at hand (see
+/// `EventLoop::rearm`). It must only be used while the source is registered.
+pub(crate) struct Rearm {
+    registry: Arc<Registry>,
+    token: Token,
+}
+
+impl fmt::Debug for Rearm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rearm")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rearm {
+    /// Watches `source` for `interest` from now on.
+    pub(crate) fn reregister<T: Source + ?Sized>(
+        &self,
+        source: &mut T,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.registry.reregister(source, self.token, interest)
+    }
 }
 
 fn live_slot<S>(slots: &mut [Slot<S>], id: SourceId) -> Option<&mut Slot<S>> {

@@ -5,7 +5,12 @@ use std::{collections::HashMap, fmt, marker::PhantomData, sync::Arc};
 use serde::{Serialize, de::DeserializeOwned};
 use worker_channel::FrameKind;
 
-use crate::{BoxError, Error, EventLoop, NbChannel, Readiness, SourceId, Worker, WorkerChannel};
+use mio::Interest;
+
+use crate::{
+    BoxError, Error, EventLoop, NbChannel, Readiness, SourceId, Worker, WorkerChannel,
+    event_loop::Rearm,
+};
 
 /// The event loop an [`EventedWorker`] runs on: its state is the worker's [`WorkerHost`].
 pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
@@ -169,6 +174,11 @@ pub struct Connection<R> {
     peer_name: String,
     channel: NbChannel,
     source: SourceId,
+    /// Changes the channel's interest, from wherever a send happens.
+    rearm: Rearm,
+    /// Whether the channel is watched for writability: only while bytes are queued, so a peer
+    /// reading its replies wakes nobody up.
+    write_interest: bool,
     /// [`Connection::close`] was called: no more frames are handed out, and the connection
     /// ends once its queue is written.
     closing: bool,
@@ -235,8 +245,44 @@ impl<R: Serialize> Connection<R> {
     }
 
     /// In a shared host, turns a queue at its bound (or a stream that failed) into the end of
-    /// this connection rather than an error for the worker.
+    /// this connection rather than an error for the worker; then watches the channel for
+    /// writability when the send left bytes queued.
     fn sent(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        self.judge(result)?;
+        if self.doomed {
+            return Ok(());
+        }
+        match self.sync_write_interest() {
+            Err(e) if self.drop_later.is_some() => {
+                self.fail(e);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Watches the channel for writability exactly while bytes are queued for the peer (edge
+    /// triggered: turning it on reports a socket that is writable already).
+    fn sync_write_interest(&mut self) -> Result<(), Error> {
+        let wanted = self.channel.queued_bytes() > 0 && !self.channel.is_write_closed();
+        if wanted != self.write_interest {
+            let interest = if wanted {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            self.rearm
+                .reregister(&mut self.channel, interest)
+                .map_err(|source| Error::Io {
+                    op: "reregister",
+                    source,
+                })?;
+            self.write_interest = wanted;
+        }
+        Ok(())
+    }
+
+    fn judge(&mut self, result: Result<(), Error>) -> Result<(), Error> {
         if self.drop_later.is_none() {
             return result;
         }
@@ -583,9 +629,16 @@ impl<W: EventedWorker> WorkerHost<W> {
     ) -> Result<ConnectionId, Error> {
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
+        // Writability matters only while bytes are queued (a hello the socket did not take).
+        let write_interest = channel.queued_bytes() > 0;
+        let interest = if write_interest {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         let source = event_loop.register_ref(
             &mut channel,
-            mio::Interest::READABLE | mio::Interest::WRITABLE,
+            interest,
             move |host: &mut WorkerHost<W>, event_loop, ready| {
                 host.drive(event_loop, id, ready).map_err(Into::into)
             },
@@ -600,11 +653,20 @@ impl<W: EventedWorker> WorkerHost<W> {
                 });
             }) as DropLater
         });
+        let rearm = match event_loop.rearm(source) {
+            Ok(rearm) => rearm,
+            Err(e) => {
+                event_loop.deregister_ref(source, &mut channel);
+                return Err(e);
+            }
+        };
         let mut connection = Connection {
             id,
             peer_name: peer_name.into(),
             channel,
             source,
+            rearm,
+            write_interest,
             closing: false,
             frames_received: 0,
             error: None,
@@ -702,6 +764,11 @@ impl<W: EventedWorker> WorkerHost<W> {
             || (connection.closing && channel.flush().map_err(Fault::Connection)?);
         if finished {
             self.disconnect(event_loop, id).map_err(Fault::Host)?;
+        } else {
+            // Replies the peer did not take yet need a writable event; a drained queue none.
+            connection
+                .sync_write_interest()
+                .map_err(Fault::Connection)?;
         }
         Ok(())
     }

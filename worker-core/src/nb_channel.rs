@@ -202,6 +202,10 @@ fn update_half<S: Source>(
 /// descriptors under one token, and deregistering it takes them out while they are still open.
 /// Readiness is edge-triggered: tell the channel what an event reported with
 /// [`NbChannel::note_readiness`], then call [`NbChannel::flush`] and [`NbChannel::receive`].
+/// Writability is only worth watching while [`NbChannel::queued_bytes`] is not zero (turning
+/// it on with a reregistration reports a stream that is writable already); a
+/// [`WorkerHost`](crate::WorkerHost) watches it for its connections exactly then, so a peer
+/// reading its replies wakes nobody up.
 pub struct NbChannel {
     connection: FramedConnection<Transport>,
 }

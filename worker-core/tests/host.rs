@@ -387,3 +387,134 @@ fn one_connection_ends_on_purpose_and_the_others_go_on() {
         ["disconnect a", "disconnect b", "disconnect c"]
     );
 }
+
+/// How epoll watches descriptor `fd` (the socket with inode `ino`) in this process: its event
+/// mask, as `/proc/self/fdinfo` shows it for the epoll instance that holds it.
+fn epoll_mask(fd: i32, ino: u64) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc/self/fd").ok()? {
+        let entry = entry.ok()?;
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_str() != Some("anon_inode:[eventpoll]") {
+            continue;
+        }
+        let info = std::fs::read_to_string(
+            std::path::Path::new("/proc/self/fdinfo").join(entry.file_name()),
+        )
+        .unwrap_or_default();
+        for line in info.lines() {
+            // tfd:        9 events: 80002005 data: 0000000000000000  pos:0 ino:1c0e3 sdev:8
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let field = |name: &str| {
+                let at = fields
+                    .iter()
+                    .position(|f| *f == name || f.starts_with(name))?;
+                let f = fields[at];
+                match f.strip_prefix(name).filter(|rest| !rest.is_empty()) {
+                    Some(rest) => Some(rest),
+                    None => fields.get(at + 1).copied(),
+                }
+            };
+            let tfd = field("tfd:").and_then(|v| v.parse::<i32>().ok());
+            let their_ino = field("ino:").and_then(|v| u64::from_str_radix(v, 16).ok());
+            if tfd == Some(fd) && their_ino == Some(ino) {
+                return field("events:").and_then(|v| u32::from_str_radix(v, 16).ok());
+            }
+        }
+    }
+    None
+}
+
+const EPOLLIN: u32 = 0x1;
+const EPOLLOUT: u32 = 0x4;
+const EPOLLERR: u32 = 0x8;
+const EPOLLHUP: u32 = 0x10;
+const EPOLLRDHUP: u32 = 0x2000;
+const EPOLLET: u32 = 1 << 31;
+
+#[test]
+fn a_send_from_outside_the_callbacks_that_leaves_bytes_queued_is_flushed_once_the_peer_reads() {
+    use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
+
+    let _w = watchdog("a_send_from_outside_the_callbacks_is_flushed", 30.0);
+    let log = Log::default();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let fd = ours.as_raw_fd();
+    let ino = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .unwrap()
+        .ino();
+    let mut peer = Channel::new(theirs.try_clone().unwrap(), theirs, Codec::MessagePack);
+    let (handle_tx, handle_rx) = crossbeam_channel::bounded(1);
+    let hub_log = log.clone();
+    let server = thread::spawn(move || {
+        let run = || -> Result<(), Error> {
+            let mut event_loop = WorkerLoop::<Hub>::new()?;
+            handle_tx.send(event_loop.handle()).unwrap();
+            let mut host = WorkerHost::shared(Hub { log: hub_log });
+            host.start(&mut event_loop)?;
+            let stream = mio::net::UnixStream::from_std(ours);
+            let channel = NbChannel::from_unix_stream(stream, Codec::MessagePack, 1 << 20);
+            host.connect(&mut event_loop, channel, "a")?;
+            event_loop.run(&mut host)
+        };
+        run().map_err(|e| worker_core::error_chain(&e))
+    });
+    let handle: Handle = handle_rx.recv_timeout(timeout(10.0)).unwrap();
+    let (report_tx, report) = crossbeam_channel::unbounded::<(usize, Option<u32>)>();
+    // On the loop's thread, after what it is doing now: the bytes queued and how epoll
+    // watches the connection.
+    let look = |report_tx: crossbeam_channel::Sender<(usize, Option<u32>)>| {
+        handle
+            .post(move |host: &mut WorkerHost<Hub>, _| {
+                let queued = host
+                    .connections_mut()
+                    .iter_mut()
+                    .next()
+                    .unwrap()
+                    .queued_bytes();
+                report_tx.send((queued, epoll_mask(fd, ino))).unwrap();
+                Ok(())
+            })
+            .unwrap();
+    };
+    // The kernel always adds EPOLLERR and EPOLLHUP.
+    let readable = EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP | EPOLLET;
+
+    // A reply the socket takes whole: nothing queued, and nobody watches for writability.
+    peer.send_message("ping").unwrap();
+    assert_eq!(peer.receive_message::<String>().unwrap(), "ping");
+    look(report_tx.clone());
+    assert_eq!(report.recv().unwrap(), (0, Some(readable)));
+
+    // A send from a posted closure that the socket cannot take at once: the rest is queued,
+    // and writability is watched until the peer has read it all.
+    let big = "y".repeat(900_000);
+    let sent = big.clone();
+    let sent_tx = report_tx.clone();
+    handle
+        .post(move |host: &mut WorkerHost<Hub>, _| {
+            let connection = host.connections_mut().iter_mut().next().unwrap();
+            connection.send(&sent)?;
+            let queued = connection.queued_bytes();
+            sent_tx.send((queued, epoll_mask(fd, ino))).unwrap();
+            Ok(())
+        })
+        .unwrap();
+    let (queued, mask) = report.recv().unwrap();
+    assert!(queued > 0, "the socket took all of 900 kB at once");
+    assert_eq!(mask, Some(readable | EPOLLOUT));
+    assert_eq!(peer.receive_message::<String>().unwrap(), big);
+
+    // Drained: writability is no longer watched.
+    peer.send_message("pong").unwrap();
+    assert_eq!(peer.receive_message::<String>().unwrap(), "pong");
+    look(report_tx);
+    assert_eq!(report.recv().unwrap(), (0, Some(readable)));
+
+    drop(peer);
+    finish(server).unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["message a ping", "message a pong", "disconnect a"]
+    );
+}

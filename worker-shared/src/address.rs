@@ -57,14 +57,6 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
-    /// A second handle on the same socket, for the writing half of a channel.
-    pub(crate) fn try_clone(&self) -> io::Result<Stream> {
-        match self {
-            Stream::Unix(s) => s.try_clone().map(Stream::Unix),
-            Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
-        }
-    }
-
     /// Bounds each later read (`None`: no bound). Shared by every handle on the socket.
     pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
@@ -96,6 +88,41 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One stream shared by a channel's reading and writing sides, without a second descriptor:
+/// both halves read and write through the same socket.
+#[derive(Debug, Clone)]
+pub(crate) struct Half(pub(crate) std::sync::Arc<Stream>);
+
+impl std::ops::Deref for Half {
+    type Target = Stream;
+
+    fn deref(&self) -> &Stream {
+        &self.0
+    }
+}
+
+impl Read for Half {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &*self.0 {
+            Stream::Unix(s) => (&*s).read(buf),
+            Stream::Tcp(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for Half {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &*self.0 {
+            Stream::Unix(s) => (&*s).write(buf),
+            Stream::Tcp(s) => (&*s).write(buf),
         }
     }
 

@@ -12,7 +12,7 @@ use worker_core::{WorkerStatus, deadline_after, time_left};
 
 use crate::{
     AdminCookie, Error,
-    address::{self, Stream},
+    address::{self, Half, Stream},
     auth::{self, AuthError, ClientAuth},
     wire::{
         self, ClientMessage, ErrorCode, Hello, Inbound, NONCE_LEN, PROTOCOL_VERSION, ServerMessage,
@@ -25,6 +25,10 @@ pub const DEFAULT_CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most bytes buffered while a frame is incomplete: one whole frame always fits.
 const READ_AHEAD_LIMIT: usize = 2 * DEFAULT_MAX_FRAME_LEN as usize;
+
+/// The shortest read timeout a wait without a deadline leaves on the socket rather than
+/// clearing it (see `Link::fill`).
+const KEPT_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Data messages kept for later while waiting for a control reply, in bytes; past it the wait
 /// fails with [`Error::Backlog`] rather than filling memory.
@@ -361,7 +365,7 @@ impl SharedWorker {
 #[derive(Debug)]
 struct Link {
     address: String,
-    channel: Channel<Stream, Stream>,
+    channel: Channel<Half, Half>,
     /// The pid from the hello, once it arrived.
     pid: Option<u32>,
     /// The read timeout last set on the socket, so the hot path makes no needless system call.
@@ -372,15 +376,12 @@ struct Link {
 
 impl Link {
     fn new(address: String, stream: Stream) -> Result<Self, Error> {
-        let writer = stream.try_clone().map_err(|source| Error::Io {
-            address: address.clone(),
-            pid: None,
-            source,
-        })?;
+        // One descriptor for both directions: no dup on the connect path.
+        let stream = Half(std::sync::Arc::new(stream));
         Ok(Link {
             address,
             // Control frames are always MessagePack; the data codec comes with the hello.
-            channel: Channel::new(stream, writer, Codec::MessagePack),
+            channel: Channel::new(stream.clone(), stream, Codec::MessagePack),
             pid: None,
             read_timeout: None,
             broken: false,
@@ -454,7 +455,14 @@ impl Link {
             if left.is_some_and(|left| left.is_zero()) {
                 return Ok(false);
             }
-            self.set_read_timeout(left)?;
+            // Waiting for ever, a read timeout of a second or more left from a bounded wait
+            // (the hello's, say) is harmless: a read that times out only makes this loop read
+            // again, rarely. Keeping it saves a system call on the first receive of every
+            // connection.
+            let kept = left.is_none() && self.read_timeout.is_some_and(|t| t >= KEPT_READ_TIMEOUT);
+            if !kept {
+                self.set_read_timeout(left)?;
+            }
             let connection = self.channel.connection_mut();
             // The socket blocks up to the read timeout: a read that times out is a would-block.
             connection.note_readable();

@@ -204,6 +204,34 @@ fn no_worker_there_is_critical() {
 }
 
 #[test]
+fn a_timeout_longer_than_the_clock_holds_means_no_deadline_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let absent = address_in(dir.path(), "absent");
+    let expected = format!(
+        "SHARED-WORKER CRITICAL - cannot connect to shared worker at {absent}: No such file or \
+         directory (os error 2)\n"
+    );
+    for timeout in ["1e19", "inf", "1e300:WARNING"] {
+        assert_output(&check(&absent, &["-t", timeout]), 2, &expected);
+    }
+    let run = Program::ctl()
+        .args(["--timeout", "1e19", "pid", absent.as_str()])
+        .run();
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            format!(
+                "worker-ctl: cannot connect to shared worker at {absent}: No such file or \
+                 directory (os error 2)\n"
+            )
+            .as_str()
+        ),
+        "{run:?}"
+    );
+}
+
+#[test]
 fn a_malformed_reply_is_unknown_and_says_what_was_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let address = address_in(dir.path(), "garbage");

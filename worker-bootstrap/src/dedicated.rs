@@ -653,7 +653,9 @@ impl DedicatedWorker {
         loop {
             let until = match (polling, deadline) {
                 (false, d) => d,
-                (true, Some(d)) => Some(d.min(Instant::now() + EXIT_POLL_TICK)),
+                (true, Some(d)) => {
+                    Some(worker_core::deadline_after(EXIT_POLL_TICK).map_or(d, |tick| d.min(tick)))
+                }
                 (true, None) => worker_core::deadline_after(EXIT_POLL_TICK),
             };
             let ready = sys::poll(&fds[..n], until).map_err(|source| Error::Io { pid, source })?;

@@ -4,7 +4,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     os::fd::{AsFd, OwnedFd},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde::de::DeserializeOwned;
@@ -170,7 +170,7 @@ impl DetachedStart {
         })?;
         let _ = sys::poll(
             &[(pidfd.as_fd(), true, false)],
-            Some(Instant::now() + KILL_WAIT),
+            worker_core::deadline_after(KILL_WAIT),
         );
         Ok(())
     }

@@ -132,11 +132,12 @@ fn parse_timeout(text: &str) -> Result<Timeout, String> {
         Some((seconds, state)) => (seconds, state.parse()?),
         None => (text, State::Critical),
     };
-    match seconds.parse::<f64>() {
-        Ok(s) if s > 0.0 && Duration::try_from_secs_f64(s).is_ok() => {
-            Ok(Timeout { seconds: s, state })
-        }
-        _ => Err(format!("{seconds:?} is not a positive number of seconds")),
+    match common::timeout_seconds(seconds) {
+        Some(timeout) => Ok(Timeout {
+            seconds: timeout.as_secs_f64(),
+            state,
+        }),
+        None => Err(format!("{seconds:?} is not a positive number of seconds")),
     }
 }
 

@@ -15,6 +15,20 @@ use exsyst_worker::shared::{AdminCookie, Error, SharedWorker, StatusReply};
 /// stop: unlike an argument, the environment of a process is readable by its owner only.
 pub(crate) const COOKIE_ENV: &str = "EXSYST_WORKER_ADMIN_COOKIE";
 
+/// The longest timeout either program waits, in seconds: a longer one (`1e19`, say) means "no
+/// deadline to speak of" and is taken as this, so that every deadline stays an instant the
+/// clock can hold.
+pub(crate) const MAX_TIMEOUT_SECS: f64 = 100.0 * 365.0 * 86_400.0;
+
+/// Seconds from the command line as a timeout: a positive number, at most
+/// [`MAX_TIMEOUT_SECS`].
+pub(crate) fn timeout_seconds(text: &str) -> Option<Duration> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(MAX_TIMEOUT_SECS)))
+}
+
 /// The admin cookie: from `file` when given, else `value` (an argument), else
 /// [`$EXSYST_WORKER_ADMIN_COOKIE`](COOKIE_ENV) when set and not empty; `None` without one.
 pub(crate) fn admin_cookie(

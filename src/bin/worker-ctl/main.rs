@@ -277,10 +277,7 @@ struct Which {
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| *s > 0.0)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    common::timeout_seconds(text)
         .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }
 

@@ -5,10 +5,6 @@
 //! `hardening-master <scenario> [args]` runs one and prints its findings on standard output,
 //! one `key=value` per line.
 
-// Test code that misbehaves on purpose (fork, dup2, signal dispositions) or measures raw
-// system calls: it calls libc directly, each block with its SAFETY line.
-#![allow(unsafe_code)]
-
 use std::{
     io::Write,
     os::unix::process::CommandExt,
@@ -59,8 +55,7 @@ fn hostile(profile: &BootstrapProfile) -> anyhow::Result<DedicatedWorker> {
 /// With SIGPIPE's default action restored (death), keeps sending to a worker that exited until
 /// a send fails; the process must live to print the error.
 fn sigpipe_default() -> anyhow::Result<()> {
-    // SAFETY: restores a default disposition; installs no handler.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    crate::sys::set_signal(libc::SIGPIPE, crate::sys::Disposition::Default)?;
     let mut worker = hostile(&BootstrapProfile::new())?;
     worker.send_message(&Act::Exit(3))?;
     let deadline = Instant::now() + timeout(Duration::from_secs(10));
@@ -78,8 +73,7 @@ fn sigpipe_default() -> anyhow::Result<()> {
 /// With SIGCHLD ignored (children are reaped by the kernel), what the handle says when its
 /// worker exits, is closed, or is killed.
 fn sigchld_ignored() -> anyhow::Result<()> {
-    // SAFETY: sets a disposition; installs no handler.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    crate::sys::set_signal(libc::SIGCHLD, crate::sys::Disposition::Ignore)?;
     let profile = BootstrapProfile::new().with_close_grace(Duration::from_secs(5));
     let mut worker = hostile(&profile)?;
     worker.send_message(&Act::Exit(5))?;
@@ -115,10 +109,7 @@ fn reaper_thread() -> anyhow::Result<()> {
     let shared = Arc::clone(&reaped);
     std::thread::spawn(move || {
         loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes the status into a live integer.
-            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if pid > 0 {
+            if let Some(pid) = crate::sys::reap_any_child() {
                 shared.0.lock().unwrap().push(pid);
                 shared.1.notify_all();
             } else {
@@ -159,8 +150,7 @@ fn reaper_thread() -> anyhow::Result<()> {
         if let Some(decoy) = decoy {
             println!("attempt={attempt}");
             println!("decoy_alive={}", is_alive_sleeper(decoy));
-            // SAFETY: kill only sends a signal, to our own unreaped child.
-            unsafe { libc::kill(decoy, libc::SIGKILL) };
+            crate::sys::kill(decoy, libc::SIGKILL)?;
         }
         return Ok(());
     }
@@ -184,8 +174,8 @@ fn spawn_with_pid(pid: i32) -> anyhow::Result<Option<i32>> {
     if got == pid {
         return Ok(Some(got));
     }
-    // SAFETY: kill only sends a signal, to our own child (the reaper thread reaps it).
-    unsafe { libc::kill(got, libc::SIGKILL) };
+    // Our own child: the reaper thread reaps it.
+    crate::sys::kill(got, libc::SIGKILL)?;
     Ok(None)
 }
 

@@ -9,6 +9,7 @@
 pub mod hardening_scenarios;
 pub mod scenarios;
 pub mod shared_scenarios;
+pub mod sys;
 pub mod workers;
 
 use exsyst_worker::Registry;

@@ -5,10 +5,6 @@
 //! socket with no library: a blocking echo, and a minimal mio echo server. Each round starts
 //! fresh servers, one after the other, as the other benchmarks do.
 
-// Test code that misbehaves on purpose (fork, dup2, signal dispositions) or measures raw
-// system calls: it calls libc directly, each block with its SAFETY line.
-#![allow(unsafe_code)]
-
 use std::{
     collections::HashMap,
     io::{self, BufRead, BufReader, Read, Write},
@@ -397,17 +393,7 @@ fn data_frame(message: &ByteBuf) -> Vec<u8> {
 
 /// Raises the soft limit of open descriptors to the hard one (1,000 clients on each side).
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write a live rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
+    crate::sys::raise_fd_limit();
 }
 
 /// One of the 1,000 clients.

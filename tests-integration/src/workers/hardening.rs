@@ -1,10 +1,6 @@
 //! Workers for the bootstrap hardening scenarios: an evented worker that will not take a hint,
 //! a daemon started detached, and a hook that gives SIGPIPE its default action back.
 
-// Test code that misbehaves on purpose (fork, dup2, signal dispositions) or measures raw
-// system calls: it calls libc directly, each block with its SAFETY line.
-#![allow(unsafe_code)]
-
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixListener,
@@ -30,11 +26,10 @@ pub fn register(registry: Registry) -> Registry {
 pub const DEFAULT_SIGPIPE: &str = "default-sigpipe";
 
 fn default_sigpipe() -> Result<(), BoxError> {
-    // SAFETY: restores a default disposition; installs no handler.
-    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
+    Ok(crate::sys::set_signal(
+        libc::SIGPIPE,
+        crate::sys::Disposition::Default,
+    )?)
 }
 
 /// An evented worker that ignores SIGTERM and SIGALRM (as servers that drain gracefully often
@@ -50,10 +45,7 @@ impl Worker for Stubborn {
     type Args = ();
     fn new((): ()) -> Result<Self, BoxError> {
         for signal in [libc::SIGTERM, libc::SIGALRM] {
-            // SAFETY: setting a signal's disposition to "ignore" installs no handler.
-            if unsafe { libc::signal(signal, libc::SIG_IGN) } == libc::SIG_ERR {
-                return Err(std::io::Error::last_os_error().into());
-            }
+            crate::sys::set_signal(signal, crate::sys::Disposition::Ignore)?;
         }
         Ok(Stubborn::default())
     }

@@ -3,10 +3,6 @@
 //! The master sends [`Act`]s; the worker does what each one says, to its master's channel.
 //! Acts that write raw bytes bypass the codec on purpose.
 
-// Test code that misbehaves on purpose (fork, dup2, signal dispositions) or measures raw
-// system calls: it calls libc directly, each block with its SAFETY line.
-#![allow(unsafe_code)]
-
 use std::{
     io::Write,
     os::fd::{AsRawFd, RawFd},
@@ -150,8 +146,7 @@ impl RawWorker for Hostile {
                 }
                 Act::Exit(code) => std::process::exit(code),
                 Act::StreamWithDefaultSigpipe => {
-                    // SAFETY: restores a default disposition; installs no handler.
-                    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+                    crate::sys::set_signal(libc::SIGPIPE, crate::sys::Disposition::Default)?;
                     let blob = exsyst_worker::channel::serde_bytes::ByteBuf::from(vec![7u8; 1024]);
                     loop {
                         channel.send_message(&blob)?;
@@ -195,13 +190,8 @@ pub(crate) fn close_and_linger(fds: [RawFd; 2], millis: u64) -> std::io::Result<
 /// Forks a grandchild that keeps every descriptor (the channel's included) and sleeps `millis`,
 /// and exits with `code` at once.
 pub(crate) fn fork_and_exit(code: i32, millis: u64) -> ! {
-    // SAFETY: the child only sleeps and exits, which is safe after fork in a process with
-    // other threads too.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        std::thread::sleep(Duration::from_millis(millis));
-        // SAFETY: ends the grandchild without running the worker's exit path.
-        unsafe { libc::_exit(0) };
+    if let Err(e) = crate::sys::fork_sleeper(millis) {
+        eprintln!("cannot fork: {e}");
     }
     std::process::exit(code);
 }
@@ -220,12 +210,7 @@ fn write_raw(channel: &mut WorkerChannel, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Replaces descriptor `fd` by `/dev/null`, so the channel it held is closed for good.
 fn null_out(fd: i32) -> std::io::Result<()> {
-    let null = std::fs::File::open("/dev/null")?;
-    // SAFETY: dup2 onto a descriptor this process owns; the old description is released.
-    if unsafe { libc::dup2(null.as_raw_fd(), fd) } == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::null_out(fd)
 }
 
 /// The encoding of `Neg(Neg(...Lit(0)))` with `depth` `Neg`s, built iteratively.

@@ -1,0 +1,88 @@
+//! The operating system calls of the test helpers, behind safe functions: the one module of this
+//! crate that may use `unsafe` (the helpers misbehave on purpose: signal dispositions, forks,
+//! descriptors pulled from under a channel).
+
+#![allow(unsafe_code)]
+
+use std::{io, os::fd::AsRawFd, time::Duration};
+
+/// What a signal does to this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The signal's default action (death, for SIGPIPE and SIGTERM).
+    Default,
+    /// Nothing.
+    Ignore,
+}
+
+/// Sets `signal`'s disposition; no handler is ever installed.
+pub fn set_signal(signal: libc::c_int, disposition: Disposition) -> io::Result<()> {
+    let action = match disposition {
+        Disposition::Default => libc::SIG_DFL,
+        Disposition::Ignore => libc::SIG_IGN,
+    };
+    // SAFETY: sets a disposition to default or ignore; installs no handler.
+    if unsafe { libc::signal(signal, action) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Forks a child that keeps every descriptor of this process, sleeps `millis`, then exits 0;
+/// returns in the parent.
+pub fn fork_sleeper(millis: u64) -> io::Result<()> {
+    // SAFETY: the child only sleeps (nanosleep) and `_exit`s, both async-signal-safe, so it is
+    // sound after fork even in a process with other threads.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            std::thread::sleep(Duration::from_millis(millis));
+            // SAFETY: ends the child without running the parent's exit path.
+            unsafe { libc::_exit(0) }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Replaces descriptor `fd` by `/dev/null`, so whatever it held is closed for good.
+pub fn null_out(fd: impl AsRawFd) -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto a descriptor this process owns; the old description is released.
+    if unsafe { libc::dup2(null.as_raw_fd(), fd.as_raw_fd()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for any child of this process to end and reaps it, as a program's SIGCHLD handler
+/// would; `None` when there is no child.
+pub fn reap_any_child() -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a live integer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+    (pid > 0).then_some(pid)
+}
+
+/// Sends `signal` to process `pid` (a child of ours, not yet reaped).
+pub fn kill(pid: i32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill only sends a signal.
+    if unsafe { libc::kill(pid, signal) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Raises the soft limit of open descriptors to the hard one.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

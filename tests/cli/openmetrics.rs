@@ -1,6 +1,6 @@
 //! `worker-ctl query --format openmetrics`, read back by a real OpenMetrics parser: Python
-//! `prometheus-client`'s, which `.ci/run` installs. Without python3 or the package this test
-//! fails: it is not skipped.
+//! `prometheus-client`'s, which the test installs with pip when it is missing (its setup step).
+//! Without python3 or the package this test fails: it is not skipped.
 
 use std::{
     io::Write,
@@ -28,14 +28,46 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 print(json.dumps(families))
 "#;
 
+/// Installs `prometheus-client` for this user's python3 unless it is importable already.
+fn ensure_parser() {
+    let importable = |python: &mut Command| {
+        python
+            .args(["-c", "import prometheus_client.openmetrics.parser"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if importable(&mut Command::new("python3")) {
+        return;
+    }
+    let installed = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "prometheus-client",
+        ])
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .status()
+        .expect("python3 runs pip to install prometheus-client");
+    assert!(
+        installed.success(),
+        "pip could not install prometheus-client"
+    );
+    assert!(importable(&mut Command::new("python3")));
+}
+
 fn parse(text: &str) -> serde_json::Value {
+    ensure_parser();
     let mut python = Command::new("python3")
         .args(["-c", PARSE])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 runs the OpenMetrics parser (.ci/run installs prometheus-client)");
+        .expect("python3 runs the OpenMetrics parser");
     python
         .stdin
         .take()

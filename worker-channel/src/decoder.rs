@@ -5,7 +5,13 @@ use crate::{
     frame::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN},
 };
 
-/// Smallest read the decoder asks of a stream, so small frames arrive in few system calls.
+/// The read a fresh decoder offers a stream: a connection that only ever carries small frames
+/// (most of a shared worker's thousand clients) never holds more, nor pays for zeroing and
+/// faulting in more when it starts.
+const FIRST_READ: usize = 4 * 1024;
+
+/// The read a busy decoder offers: each read that fills all it was offered doubles the offer up
+/// to this, so frames that arrive together still cost few system calls.
 const MIN_READ: usize = 64 * 1024;
 
 /// Buffer memory kept between frames, for reading and for writing alike; more is given back
@@ -62,6 +68,9 @@ pub struct FrameDecoder {
     /// End of the bytes received.
     end: usize,
     max_frame_len: u32,
+    /// What a read offers the stream when no large frame is pending: [`FIRST_READ`], growing to
+    /// [`MIN_READ`] while reads come back full.
+    read_size: usize,
 }
 
 impl Default for FrameDecoder {
@@ -74,6 +83,7 @@ impl FrameDecoder {
     /// A decoder that refuses payloads over `max_frame_len` bytes.
     pub fn new(max_frame_len: u32) -> Self {
         FrameDecoder {
+            read_size: FIRST_READ,
             buf: Vec::new(),
             start: 0,
             end: 0,
@@ -142,13 +152,16 @@ impl FrameDecoder {
         let want = match self.peek_header() {
             Some((len, _)) if len <= self.max_frame_len as usize => (HEADER_LEN + len)
                 .saturating_sub(self.buffered())
-                .max(MIN_READ),
-            _ => MIN_READ,
+                .max(self.read_size),
+            _ => self.read_size,
         };
         self.reserve(want.min(max.max(1)));
         let room = (self.buf.len() - self.end).min(max.max(1));
         let n = reader.read(&mut self.buf[self.end..self.end + room])?;
         self.end += n;
+        if n == room && room >= self.read_size {
+            self.read_size = (self.read_size * 2).min(MIN_READ);
+        }
         Ok((n, room))
     }
 
@@ -171,7 +184,9 @@ impl FrameDecoder {
         }
         let needed = self.end + additional;
         if self.buf.len() < needed {
-            let new_len = needed.max(self.buf.len().saturating_mul(2)).max(MIN_READ);
+            let new_len = needed
+                .max(self.buf.len().saturating_mul(2))
+                .max(self.read_size);
             self.buf.resize(new_len, 0);
         }
     }

@@ -311,3 +311,53 @@ fn channel_over_a_real_pipe_with_a_large_message() {
     sender.join().unwrap();
     assert!(rx.next_message::<String>().unwrap().is_none());
 }
+
+/// Records the room each read was offered, and fills it from a byte source.
+struct Recording {
+    data: Vec<u8>,
+    pos: usize,
+    offered: Vec<usize>,
+}
+
+impl std::io::Read for Recording {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.offered.push(buf.len());
+        let n = buf.len().min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_fresh_decoder_offers_small_reads_and_offers_more_while_reads_come_back_full() {
+    let mut wire = Vec::new();
+    for i in 0..20_000u32 {
+        worker_channel::encode_raw_frame(FrameKind::Data, &i.to_be_bytes(), 1024, &mut wire)
+            .unwrap();
+    }
+    let mut source = Recording {
+        data: wire,
+        pos: 0,
+        offered: Vec::new(),
+    };
+    let mut decoder = FrameDecoder::new(1024);
+    let mut frames = 0u32;
+    while decoder.read_from(&mut source).unwrap() != 0 {
+        while let Some(frame) = decoder.decode().unwrap() {
+            assert_eq!(frame.payload, frames.to_be_bytes());
+            frames += 1;
+        }
+    }
+    assert_eq!(frames, 20_000);
+    // A connection that only ever says a little never offers (nor allocates) more than 4 KiB;
+    // a busy one doubles its offer with every full read, to 64 KiB (the buffer holding what is
+    // pending besides, never past twice that).
+    assert_eq!(source.offered[0], 4096);
+    let largest = source.offered.iter().copied().max().unwrap();
+    assert!(
+        (64 * 1024..=128 * 1024).contains(&largest),
+        "{:?}",
+        source.offered
+    );
+}

@@ -57,6 +57,11 @@
 //! With the `cli` feature the package also builds the operators' programs:
 //! `check_shared_worker`, a Monitoring Plugins (Nagios) check, and `worker-ctl`, which queries,
 //! stops, disables and lists shared workers (`cargo install exsyst-worker --features cli`).
+//!
+//! Diagnostics go through the [`log`](https://docs.rs/log) facade, under targets starting with
+//! `exsyst_worker::` (`bootstrap`, `pool`, `killswitch`, `shared`, and `worker::<implementation>`
+//! for the standard error of workers started with [`StderrMode::Log`]); per-worker events are at
+//! `debug`, so an `info` filter shows only failures and the shared workers' starts and stops.
 
 #![forbid(unsafe_code)]
 

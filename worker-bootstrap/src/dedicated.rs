@@ -15,7 +15,7 @@ use worker_core::{
 };
 
 use crate::{
-    BootstrapProfile, Error,
+    BootstrapProfile, Error, LOG_TARGET,
     init::MAX_INIT_FRAME_LEN,
     process::{EXITING_WAIT, Fate, Process},
     profile::encode_args,
@@ -171,6 +171,11 @@ impl DedicatedWorker {
             stderr,
             init,
         } = spawn::spawn(profile, implementation, args, extensions, mode)?;
+        log::debug!(
+            target: LOG_TARGET,
+            "worker {} spawned, running {implementation}",
+            process.pid()
+        );
         let buffer_bound = buffer_bound(profile.max_frame_len());
         // The init frame is always MessagePack, within its own limit; the profile's codec and
         // limit apply to every frame after it.
@@ -513,7 +518,7 @@ impl DedicatedWorker {
             Some(fate) => fate,
             None => self.process.kill_and_reap().map_err(io)?,
         };
-        self.record(fate);
+        self.record(fate, true);
         Ok(())
     }
 
@@ -524,7 +529,7 @@ impl DedicatedWorker {
                 pid: self.pid,
                 source,
             })?;
-            self.record(fate);
+            self.record(fate, true);
         }
         self.exit_status()
     }
@@ -696,7 +701,7 @@ impl DedicatedWorker {
     fn died(&mut self) -> Error {
         if self.exited.is_none() {
             match self.process.try_reap() {
-                Ok(Some(fate)) => self.record(fate),
+                Ok(Some(fate)) => self.record(fate, false),
                 Ok(None) => return Error::ChannelClosed { pid: self.pid },
                 Err(source) => {
                     return Error::Io {
@@ -728,8 +733,30 @@ impl DedicatedWorker {
         }
     }
 
-    /// Records how the reaped process ended, with the tail of its standard error.
-    fn record(&mut self, fate: Fate) {
+    /// Records how the reaped process ended, with the tail of its standard error, and logs it:
+    /// at `debug` when the master ended it (`requested`) or it exited successfully on its own,
+    /// at `warn` when it died on its own (a signal, a failure status, or a status lost).
+    fn record(&mut self, fate: Fate, requested: bool) {
+        let (pid, implementation) = (self.pid, &self.implementation);
+        match fate {
+            Fate::Unreaped => {}
+            Fate::Reaped(status) if requested || status.success() => log::debug!(
+                target: LOG_TARGET,
+                "worker {pid} ({implementation}) exited: {status}"
+            ),
+            Fate::Reaped(status) => log::warn!(
+                target: LOG_TARGET,
+                "worker {pid} ({implementation}) exited unexpectedly: {status}"
+            ),
+            Fate::Lost if requested => log::debug!(
+                target: LOG_TARGET,
+                "worker {pid} ({implementation}) exited, reaped elsewhere"
+            ),
+            Fate::Lost => log::warn!(
+                target: LOG_TARGET,
+                "worker {pid} ({implementation}) exited unexpectedly, reaped elsewhere"
+            ),
+        }
         let tail = || {
             self.stderr
                 .as_ref()
@@ -814,7 +841,7 @@ impl DedicatedWorker {
         // Exited or not, it is killed now: with its process group, which also ends what a worker
         // that exited left behind (its grandchildren).
         let fate = self.process.kill_and_reap().map_err(io)?;
-        self.record(fate);
+        self.record(fate, true);
         self.exit_status()
     }
 }

@@ -65,6 +65,13 @@
 //! while the worker is known unreaped.
 //!
 //! The bytes on the wire are described in [`protocol`], for programs in other languages.
+//!
+//! # Logging
+//!
+//! Diagnostics go through the [`log`] facade, with the target `exsyst_worker::bootstrap`: a
+//! worker spawned or exited at `debug`, a worker that died on its own at `warn`. With
+//! [`StderrMode::Log`], each line a worker writes to its standard error is a record of its own,
+//! with the target `exsyst_worker::worker::<implementation>`.
 
 mod dedicated;
 mod detached;
@@ -79,6 +86,9 @@ mod spawn;
 mod spawner;
 mod stderr;
 mod sys;
+
+/// The `log` target of this crate's diagnostics.
+const LOG_TARGET: &str = "exsyst_worker::bootstrap";
 
 pub use dedicated::DedicatedWorker;
 pub use detached::{DetachedStart, spawn_detached, start_detached};

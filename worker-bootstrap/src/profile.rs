@@ -27,6 +27,16 @@ pub enum StderrMode {
     Inherit,
     /// Discarded.
     Null,
+    /// Each line forwarded as a [`log`] record at level `info`, with the target
+    /// `exsyst_worker::worker::<implementation>` and the message `[pid <pid>] <line>`, and its
+    /// last lines kept for the error as with `Forward`.
+    ///
+    /// A line is one record however long it is (past 1 MiB its rest is dropped and counted in
+    /// the record, so a worker that never writes a newline cannot grow its master's memory); a
+    /// last line without a newline is one record when the worker closes its standard error;
+    /// bytes that are not UTF-8 are replaced with U+FFFD. With no logger installed the lines are
+    /// read and dropped.
+    Log,
 }
 
 /// Everything needed to start a worker process: the seed's `WorkerBootstrapProfile`.

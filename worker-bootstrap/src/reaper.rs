@@ -13,7 +13,10 @@ use worker_core::{
     mio::{Interest, Token, unix::SourceFd},
 };
 
-use crate::{process::Process, sys::Pipes};
+use crate::{
+    process::{Fate, Process},
+    sys::Pipes,
+};
 
 /// How often the reaper checks workers it cannot watch through a pidfd (old kernels).
 const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
@@ -136,7 +139,20 @@ fn service(d: &mut Dying, now: Instant) -> bool {
         let _ = d.process.kill();
     }
     match d.process.try_reap() {
-        Ok(Some(_)) => true,
+        Ok(Some(fate)) => {
+            let pid = d.process.pid();
+            match fate {
+                Fate::Reaped(status) => log::debug!(
+                    target: crate::LOG_TARGET,
+                    "worker {pid} closed in the background, exited: {status}"
+                ),
+                _ => log::debug!(
+                    target: crate::LOG_TARGET,
+                    "worker {pid} closed in the background, reaped elsewhere"
+                ),
+            }
+            true
+        }
         Ok(None) => false,
         // Nothing more can be learnt about it.
         Err(_) => true,

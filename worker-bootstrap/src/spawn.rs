@@ -17,7 +17,7 @@ use crate::{
     },
     process::Process,
     spawner,
-    stderr::StderrTail,
+    stderr::{Sink, StderrTail},
     sys::{self, Pipes},
 };
 
@@ -104,7 +104,7 @@ pub(crate) fn spawn(
         .stdout(Stdio::from(theirs.stdout))
         .stderr(match (mode, profile.stderr()) {
             (Mode::Detached { .. }, _) => daemon_output.map_or_else(Stdio::null, Stdio::from),
-            (_, StderrMode::Forward | StderrMode::Capture) => Stdio::piped(),
+            (_, StderrMode::Forward | StderrMode::Capture | StderrMode::Log) => Stdio::piped(),
             (_, StderrMode::Inherit) => Stdio::inherit(),
             (_, StderrMode::Null) => Stdio::null(),
         });
@@ -146,8 +146,12 @@ pub(crate) fn spawn(
     let pid = process.pid();
     let stderr = match stderr {
         Some(stderr) => {
-            let forward = profile.stderr() == StderrMode::Forward;
-            match StderrTail::start(stderr, forward, pid) {
+            let sink = match profile.stderr() {
+                StderrMode::Forward => Sink::Stderr,
+                StderrMode::Log => Sink::Log(format!("exsyst_worker::worker::{implementation}")),
+                _ => Sink::None,
+            };
+            match StderrTail::start(stderr, sink, pid) {
                 Ok(tail) => Some(tail),
                 Err(source) => {
                     let _ = process.kill_and_reap();

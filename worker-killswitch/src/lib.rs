@@ -126,6 +126,10 @@
 //!   user name after a tcp address) is [`Error::InvalidAddress`].
 //!
 //! [`flock(2)`]: https://man7.org/linux/man-pages/man2/flock.2.html
+//!
+//! A start that [`KillSwitch::check_start`] or [`KillSwitchLock::check_start`] refuses is a
+//! `log` record at `warn`, with the target `exsyst_worker::killswitch`; asking
+//! ([`KillSwitch::is_disabled`]) logs nothing.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -105,7 +105,9 @@ impl KillSwitch {
     /// [`Error::InvalidAddress`] if `address` has no canonical form, otherwise as for
     /// [`state`](Self::state).
     pub fn is_disabled(&self, address: &str) -> Result<bool, Error> {
-        match self.check_start(address) {
+        let address = Address::parse(address)?;
+        // A question, not a start: nothing is logged.
+        match check_start(&self.read()?, &address) {
             Ok(()) => Ok(false),
             Err(Error::Disabled { .. }) => Ok(true),
             Err(e) => Err(e),
@@ -124,7 +126,7 @@ impl KillSwitch {
     /// [`is_disabled`](Self::is_disabled).
     pub fn check_start(&self, address: &str) -> Result<(), Error> {
         let address = Address::parse(address)?;
-        check_start(&self.read()?, &address)
+        logged(check_start(&self.read()?, &address))
     }
 
     /// Takes the kill switch's exclusive lock, waiting for as long as another holder keeps it.
@@ -633,7 +635,7 @@ impl KillSwitchLock {
     /// [`Error::Corrupt`] or [`Error::Shape`] if the file cannot be understood, [`Error::Io`] if
     /// it cannot be read.
     pub fn check_start(&self, address: &Address) -> Result<(), Error> {
-        check_start(&self.read()?, address)
+        logged(check_start(&self.read()?, address))
     }
 
     fn read(&self) -> Result<State, Error> {
@@ -654,6 +656,22 @@ fn snapshot(state: State) -> KillSwitchState {
         global: state.global,
         addresses: state.addresses.into_iter().collect(),
     }
+}
+
+/// Logs a start the kill switch refuses, at `warn` with the target `exsyst_worker::killswitch`.
+fn logged(result: Result<(), Error>) -> Result<(), Error> {
+    if let Err(Error::Disabled { address, globally }) = &result {
+        let how = if *globally {
+            "all workers"
+        } else {
+            "this worker"
+        };
+        log::warn!(
+            target: "exsyst_worker::killswitch",
+            "kill switch refused to start the shared worker at {address}: {how} disabled"
+        );
+    }
+    result
 }
 
 /// Whether `state` lets the worker at `address` start.

@@ -20,7 +20,7 @@ use crate::{
     job::{Items, Job, Sink},
     protocol::{ReceivedReply, Request},
     readiness::ReadySet,
-    supervisor::{RestartLimit, Spawner},
+    supervisor::{LOG_TARGET, RestartLimit, Spawner},
 };
 
 /// What a task pool's dispatcher needs.
@@ -668,9 +668,15 @@ impl<W: TaskWorker> Dispatcher<W> {
         // SIGKILL to its process group, and the reaping that follows at once; nothing waits
         // for the worker's goodwill.
         let _ = slot.worker.kill();
+        let old_pid = slot.worker.pid();
         let replaced = self.restarts.allow().and_then(|()| self.respawn(index));
         if replaced.is_ok() {
             self.shared.restarted.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                target: LOG_TARGET,
+                "worker {old_pid} (slot {index}) failed; replaced by worker {}",
+                self.slots[index].worker.pid()
+            );
         }
         let mut first = Some(first);
         for pending in fifo {

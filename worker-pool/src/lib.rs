@@ -60,6 +60,9 @@
 //! alone with [`Error::Encode`]. Timeouts saturate ([`Duration::MAX`](std::time::Duration::MAX)
 //! is no timeout), and dropping a task pool returns within half a second whatever its workers
 //! do.
+//!
+//! A worker replaced after it failed is a `log` record at `warn`, and the restart limit
+//! reached one at `error`, both with the target `exsyst_worker::pool`.
 
 #![forbid(unsafe_code)]
 

@@ -10,7 +10,7 @@ use worker_bootstrap::DedicatedWorker;
 use crate::{
     Error,
     readiness::ReadySet,
-    supervisor::{RestartLimit, Spawner},
+    supervisor::{LOG_TARGET, RestartLimit, Spawner},
 };
 
 /// Dedicated workers of one implementation, with a receive that returns the first reply from
@@ -210,12 +210,18 @@ impl WorkerPool {
     fn replace(&mut self, index: usize) -> Result<(), Error> {
         self.ready.unwatch(index, &mut self.workers[index]);
         let _ = self.workers[index].kill();
+        let old_pid = self.workers[index].pid();
         let result = self
             .restarts
             .allow()
             .and_then(|()| self.spawner.spawn_watched(&mut self.ready, index));
         match result {
             Ok(worker) => {
+                log::warn!(
+                    target: LOG_TARGET,
+                    "worker {old_pid} (slot {index}) failed; replaced by worker {}",
+                    worker.pid()
+                );
                 std::mem::replace(&mut self.workers[index], worker).close_in_background();
                 self.restarted += 1;
                 Ok(())

@@ -11,6 +11,9 @@ use worker_bootstrap::{BootstrapProfile, DedicatedWorker};
 
 use crate::{Error, readiness::ReadySet};
 
+/// The `log` target of the pools' diagnostics.
+pub(crate) const LOG_TARGET: &str = "exsyst_worker::pool";
+
 /// Starts a pool's workers, first and replacements alike.
 #[derive(Debug, Clone)]
 pub(crate) struct Spawner {
@@ -81,12 +84,12 @@ impl RestartLimit {
             self.recent.pop_front();
         }
         if self.recent.len() >= self.max as usize {
-            return Err(Error::PoolFailed {
-                reason: format!(
-                    "workers failed more than {} times within {:?}",
-                    self.max, self.window
-                ),
-            });
+            let reason = format!(
+                "workers failed more than {} times within {:?}",
+                self.max, self.window
+            );
+            log::error!(target: LOG_TARGET, "restart limit reached, the pool fails: {reason}");
+            return Err(Error::PoolFailed { reason });
         }
         self.recent.push_back(now);
         Ok(())

@@ -201,7 +201,16 @@ fn start<W: SharedWorkerImpl>(cx: &mut WorkerContext) -> Result<(SharedServer, W
         .with_codec(channel.codec())
         .with_max_frame_len(channel.max_frame_len())
         .with_stop_on_signals(true);
-    let server = SharedServer::bind(&init.address, config).map_err(|e| error_chain(&e))?;
+    let mut server = SharedServer::bind(&init.address, config).map_err(|e| error_chain(&e))?;
+    // A daemon whose `main` installed a logger (every logger sets `log`'s maximum level) logs
+    // through it; any other writes its lines to its standard error, the profile's output path,
+    // rather than dropping them.
+    if log::max_level() == log::LevelFilter::Off {
+        let (address, pid) = (server.address().to_owned(), std::process::id());
+        server = server.with_log(move |line| {
+            eprintln!("exsyst-worker: shared worker {address} (pid {pid}): {line}");
+        });
+    }
     let args = cx.args::<W::Args>().map_err(|e| error_chain(&*e))?;
     let mut worker = W::new(args).map_err(|e| {
         format!(

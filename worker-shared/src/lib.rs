@@ -117,6 +117,11 @@
 //! Start other shared workers from `initialize` instead, which runs after the daemon has answered.
 //!
 //! A starter waits for the start lock as long as another starter holds it, which is at most that starter's start timeout (and not at all once it died: the kernel releases its lock).
+//!
+//! # Logging
+//!
+//! A server's lines (its start and stop, refused connections, wrong cookies) are `log` records with the target `exsyst_worker::shared`, never holding a cookie or a proof; [`SharedServer::with_log`] sends them elsewhere.
+//! A daemon that installed no logger writes them to its standard error, the profile's output path.
 
 // `unsafe` only in `sys`, the operating system layer.
 #![deny(unsafe_code)]

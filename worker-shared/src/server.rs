@@ -18,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use log::Level;
 use worker_channel::{Codec, FrameKind};
 use worker_core::{
     BoxError, Connection, ConnectionId, ControlHandler, DisconnectHandler, EventedWorker,
@@ -104,8 +105,11 @@ pub trait SharedWorkerImpl: EventedWorker {
     }
 }
 
-/// Where a server's log lines go.
-type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+/// The `log` target of the server's lines.
+const LOG_TARGET: &str = "exsyst_worker::shared";
+
+/// Where a server's log lines go, with the level each deserves.
+type LogSink = Arc<dyn Fn(Level, &str) + Send + Sync>;
 
 /// A shared-worker server, bound and ready to run an implementation (the server half of the
 /// seed's shared workers; a daemon started by [`registry().shared::<W>()`](crate::SharedRegistryExt)
@@ -230,8 +234,12 @@ impl SharedServer {
             },
         })?;
         let pid = std::process::id();
-        let log: LogSink = Arc::new(move |line: &str| {
-            eprintln!("exsyst-worker: shared worker {address} (pid {pid}): {line}");
+        let log: LogSink = Arc::new(move |level, line: &str| {
+            log::log!(
+                target: LOG_TARGET,
+                level,
+                "shared worker {address} (pid {pid}): {line}"
+            );
         });
         Ok(SharedServer {
             bound,
@@ -253,10 +261,14 @@ impl SharedServer {
         self.bound.activated
     }
 
-    /// Sends the server's log lines (connections refused or dropped, wrong cookies, the stop)
-    /// to `log` instead of standard error. Lines never hold a cookie or a proof.
+    /// Hands the server's log lines (connections refused or dropped, wrong cookies, the stop)
+    /// to the function `log` instead of the `log` facade. Lines never hold a cookie or a proof.
+    ///
+    /// By default each line is a `log` record with the target `exsyst_worker::shared`: the
+    /// start and the stop at `info`, a wrong cookie or a refused connection at `warn`, a
+    /// connection dropped for an error at `debug`, a failed callback at `error`.
     pub fn with_log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        self.log = Arc::new(log);
+        self.log = Arc::new(move |_, line: &str| log(line));
         self
     }
 
@@ -364,7 +376,7 @@ impl SharedServer {
             .map_err(serve_error)?;
         state.borrow_mut().stop_source = Some(stop_id);
         arm_idle_timer(&state, &mut event_loop);
-        state.borrow().log("listening");
+        state.borrow().log(Level::Info, "listening");
 
         let ran = event_loop.run(&mut host);
         // Whatever ended the loop, the socket file goes if it is still ours.
@@ -544,8 +556,8 @@ struct State {
 }
 
 impl State {
-    fn log(&self, line: &str) {
-        (self.log)(line);
+    fn log(&self, level: Level, line: &str) {
+        (self.log)(level, line);
     }
 
     fn uid_allowed(&self, uid: u32) -> bool {
@@ -557,7 +569,7 @@ impl State {
     }
 
     fn record(&mut self, error: Error) {
-        self.log(&error_chain(&error));
+        self.log(Level::Error, &error_chain(&error));
         self.first_error.get_or_insert(error);
     }
 }
@@ -586,9 +598,10 @@ fn accept_all<W: SharedWorkerImpl>(
                 // readiness will announce it, so look again a little later.
                 let mut st = state.borrow_mut();
                 if st.retry_timer.is_none() {
-                    st.log(&format!(
-                        "cannot accept a connection ({e}); trying again in 100 ms"
-                    ));
+                    st.log(
+                        Level::Warn,
+                        &format!("cannot accept a connection ({e}); trying again in 100 ms"),
+                    );
                     let retrying = Rc::clone(state);
                     let timer = event_loop.add_timer(
                         Duration::from_millis(100),
@@ -622,7 +635,10 @@ fn admit<W: SharedWorkerImpl>(
                 gid: cred.gid,
             },
             Err(e) => {
-                st.log(&format!("refused a connection: cannot tell its peer ({e})"));
+                st.log(
+                    Level::Warn,
+                    &format!("refused a connection: cannot tell its peer ({e})"),
+                );
                 return Ok(());
             }
         },
@@ -636,21 +652,28 @@ fn admit<W: SharedWorkerImpl>(
     // the stream.
     if let Peer::Unix { uid, .. } = peer {
         if !st.uid_allowed(uid) {
-            st.log(&format!("refused {peer}: user {uid} may not connect"));
+            st.log(
+                Level::Warn,
+                &format!("refused {peer}: user {uid} may not connect"),
+            );
             return Ok(());
         }
     }
     let connections = host.connections().len();
     if connections >= st.max_connections {
-        st.log(&format!(
-            "refused {peer}: {connections} connections already, the limit"
-        ));
+        st.log(
+            Level::Warn,
+            &format!("refused {peer}: {connections} connections already, the limit"),
+        );
         return Ok(());
     }
     let nonce = match auth::fresh_nonce() {
         Ok(nonce) => nonce,
         Err(e) => {
-            st.log(&format!("refused {peer}: cannot draw a nonce ({e})"));
+            st.log(
+                Level::Warn,
+                &format!("refused {peer}: cannot draw a nonce ({e})"),
+            );
             return Ok(());
         }
     };
@@ -664,10 +687,10 @@ fn admit<W: SharedWorkerImpl>(
     let mut channel = channel.with_max_queued(st.max_queued);
     // Before `on_connect`, so that it is the first frame the client reads.
     if let Err(e) = channel.send_raw(FrameKind::Control, &hello) {
-        st.log(&format!(
-            "dropped {peer}: cannot say hello ({})",
-            error_chain(&e)
-        ));
+        st.log(
+            Level::Debug,
+            &format!("dropped {peer}: cannot say hello ({})", error_chain(&e)),
+        );
         return Ok(());
     }
     if let Some(timer) = st.idle_timer.take() {
@@ -690,7 +713,10 @@ fn admit<W: SharedWorkerImpl>(
         Err(worker_core::Error::Io { op, source }) => {
             let mut st = state.borrow_mut();
             st.sessions.remove(&id);
-            st.log(&format!("dropped {peer}: cannot {op} it ({source})"));
+            st.log(
+                Level::Debug,
+                &format!("dropped {peer}: cannot {op} it ({source})"),
+            );
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -735,9 +761,10 @@ fn handshake_expired<W: SharedWorkerImpl>(
         .get(id)
         .is_some_and(|c| c.frames_received() == 0);
     if silent {
-        state.borrow().log(&format!(
-            "dropped {peer}: said nothing within {timeout:?} of connecting"
-        ));
+        state.borrow().log(
+            Level::Debug,
+            &format!("dropped {peer}: said nothing within {timeout:?} of connecting"),
+        );
         host.disconnect(event_loop, id)?;
     }
     Ok(())
@@ -819,7 +846,7 @@ fn log_refusal(state: &Shared, peer: Peer, message: &ServerMessage, failures: u3
         // Asking before authenticating, or asking what a newer version offers, is no offence.
         _ => return,
     };
-    state.borrow().log(&line);
+    state.borrow().log(Level::Warn, &line);
 }
 
 /// Forgets a connection that ended; logs why when it ended for an error; when it was the last,
@@ -833,11 +860,14 @@ fn disconnect_handler<W: SharedWorkerImpl>(state: &Shared) -> DisconnectHandler<
             event_loop.cancel_timer(timer);
         }
         if let (Some(error), Some(session)) = (connection.error(), &session) {
-            st.log(&format!(
-                "dropped connection from {}: {}",
-                session.peer,
-                error_chain(error)
-            ));
+            st.log(
+                Level::Debug,
+                &format!(
+                    "dropped connection from {}: {}",
+                    session.peer,
+                    error_chain(error)
+                ),
+            );
         }
         if st.sessions.is_empty() {
             if st.stopping {
@@ -891,7 +921,7 @@ fn begin_stop<W: SharedWorkerImpl>(
         if std::mem::replace(&mut st.stopping, true) {
             return Ok(());
         }
-        st.log(&format!("stopping: {cause}"));
+        st.log(Level::Info, &format!("stopping: {cause}"));
         let mut timers: Vec<TimerId> = st
             .sessions
             .values_mut()
@@ -920,7 +950,7 @@ fn begin_stop<W: SharedWorkerImpl>(
             Ok(_) => {}
             Err(e) => state
                 .borrow()
-                .log(&format!("cannot remove the socket file: {e}")),
+                .log(Level::Warn, &format!("cannot remove the socket file: {e}")),
         }
     }
     if let Err(source) = host.worker_mut().on_stop(event_loop) {
@@ -947,10 +977,13 @@ fn begin_stop<W: SharedWorkerImpl>(
         move |host: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>| {
             draining.borrow_mut().drain_timer = None;
             let ids = host.connections().ids();
-            draining.borrow().log(&format!(
-                "{} connections still had replies to take after {drain:?}: closing them",
-                ids.len()
-            ));
+            draining.borrow().log(
+                Level::Warn,
+                &format!(
+                    "{} connections still had replies to take after {drain:?}: closing them",
+                    ids.len()
+                ),
+            );
             for id in ids {
                 host.disconnect(event_loop, id)?;
             }
@@ -974,6 +1007,6 @@ fn end_stop<W: SharedWorkerImpl>(
         event_loop.cancel_timer(timer);
     }
     host.terminate(event_loop)?;
-    state.borrow().log("stopped");
+    state.borrow().log(Level::Info, "stopped");
     Ok(())
 }

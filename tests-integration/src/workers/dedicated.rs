@@ -14,6 +14,7 @@ pub fn register(registry: Registry) -> Registry {
         .raw::<Echo>()
         .raw::<Failer>()
         .raw::<StdoutPolluter>()
+        .raw::<StderrWriter>()
         .raw::<FdLister>()
         .raw::<BigFirst>()
         .raw::<IgnoresEof>()
@@ -148,6 +149,33 @@ impl RawWorker for StdoutPolluter {
             std::io::stdout().flush()?;
             let _ = std::io::stdout().write_all(&[0xff; 100]);
             channel.send_message(&message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes each chunk it receives to its standard error as it is, one `write` each, and answers
+/// with the number of chunks written.
+#[derive(Debug)]
+pub struct StderrWriter;
+
+impl Worker for StderrWriter {
+    const NAME: &'static str = "stderr-writer";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(StderrWriter)
+    }
+}
+
+impl RawWorker for StderrWriter {
+    fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+        while let Some(chunks) = channel.next_message::<Vec<ByteBuf>>()? {
+            let mut stderr = std::io::stderr().lock();
+            for chunk in &chunks {
+                stderr.write_all(chunk)?;
+                stderr.flush()?;
+            }
+            channel.send_message(&chunks.len())?;
         }
         Ok(())
     }

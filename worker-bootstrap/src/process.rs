@@ -13,8 +13,10 @@ use crate::sys::{self, ChildId, ChildState};
 
 /// How long a worker that the kernel is already tearing down (its descriptors closed as it
 /// exits, a moment before it can be reaped) may take to finish exiting, so that its exit
-/// status can be reported. A worker that is not exiting is never waited for.
-pub(crate) const EXITING_WAIT: Duration = Duration::from_millis(100);
+/// status can be reported. A worker that is not exiting is never waited for; one that is takes
+/// microseconds, and this bound only matters on a machine so loaded that the exiting process is
+/// not scheduled for a while (seen at 100 ms under parallel builds).
+pub(crate) const EXITING_WAIT: Duration = Duration::from_millis(500);
 
 /// Where a tracked process stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -71,8 +71,9 @@ impl WorkerPoolBuilder {
     pub const MAX_QUEUE_BOUND: usize = 1 << 16;
 
     /// A builder with the defaults: one worker per CPU this process may use, an adaptive number
-    /// of tasks in flight per worker, 1024 queued tasks, no task timeout, at most 10 restarts in 10 seconds, no
-    /// recycling, Python's chunk size for `map`.
+    /// of tasks in flight per worker (see [`in_flight_per_worker`](Self::in_flight_per_worker)),
+    /// 1024 queued tasks, no task timeout, at most 10 restarts in 10 seconds, no recycling,
+    /// Python's chunk size for `map`.
     pub fn new() -> Self {
         Self::default()
     }

@@ -589,3 +589,102 @@ fn a_worker_too_stuck_to_take_its_input_does_not_hold_the_dispatcher() {
         .unwrap();
     assert_eq!(len, 4 << 20);
 }
+
+/// Submits `n` tiny tasks at once and checks every answer.
+fn tiny_burst(pool: &exsyst_worker::pool::TaskPool<Tiny>, n: u64) {
+    let handles: VecDeque<_> = (0..n).map(|i| pool.submit(i).unwrap()).collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.wait().unwrap(), i as u64 + 1);
+    }
+}
+
+#[test]
+fn the_default_depth_grows_for_tiny_tasks_and_stays_one_for_slow_ones() {
+    let tiny = builder().size(2).build_tasks::<Tiny>().unwrap();
+    for _ in 0..4 {
+        tiny_burst(&tiny, 5_000);
+    }
+    let stats = tiny.stats();
+    assert!(
+        stats.max_in_flight > 1,
+        "tiny tasks got {} in flight at most",
+        stats.max_in_flight
+    );
+    assert_eq!((stats.completed, stats.failed), (20_000, 0));
+
+    // Slow tasks all submitted at once: each worker holds one at a time.
+    let slow = builder().size(2).build_tasks::<Commands>().unwrap();
+    let handles: Vec<_> = (0..16)
+        .map(|_| slow.submit(Command::Sleep(10)).unwrap())
+        .collect();
+    for h in handles {
+        assert_eq!(h.wait().unwrap(), 0);
+    }
+    assert_eq!(slow.stats().max_in_flight, 1);
+}
+
+#[test]
+fn an_explicit_in_flight_per_worker_still_pins_the_depth() {
+    for depth in [1, 3] {
+        let pool = builder()
+            .size(2)
+            .in_flight_per_worker(depth)
+            .build_tasks::<Tiny>()
+            .unwrap();
+        for _ in 0..4 {
+            tiny_burst(&pool, 5_000);
+        }
+        let stats = pool.stats();
+        assert_eq!(stats.max_in_flight, depth, "pinned at {depth}");
+        assert_eq!((stats.completed, stats.failed), (20_000, 0));
+    }
+}
+
+#[test]
+fn a_slow_task_holds_no_tiny_tasks_behind_it_while_another_worker_serves() {
+    let pool = builder().size(2).build_tasks::<Commands>().unwrap();
+    // Both workers learn the pace of tiny tasks.
+    for _ in 0..4 {
+        let warm: Vec<_> = (0..500)
+            .map(|n| pool.submit(Command::Echo(n)).unwrap())
+            .collect();
+        for (n, h) in warm.into_iter().enumerate() {
+            assert_eq!(h.wait().unwrap(), n as u64);
+        }
+    }
+    assert!(
+        pool.stats().max_in_flight > 1,
+        "tiny tasks travel several at once"
+    );
+    // The slow task: it runs until the test lets it go.
+    let held = Held::new();
+    let slow = pool.submit(held.command()).unwrap();
+    let (slow_pid, stream) = held.started();
+    // Tiny tasks one at a time, each to the idle worker, until the slow one is clearly slow
+    // (far past the time its worker's tiny tasks took).
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(50) {
+        let pid = pool.submit(Command::Pid).unwrap().wait().unwrap();
+        assert_ne!(pid, u64::from(slow_pid));
+    }
+    // A burst of tiny tasks: every one is answered while the slow task still runs, by the
+    // other worker, so none waited behind it.
+    let limit = timeout(Duration::from_secs(20));
+    let burst: Vec<_> = (0..2000)
+        .map(|_| pool.submit(Command::Pid).unwrap())
+        .collect();
+    for h in burst {
+        let pid = h
+            .wait_timeout(limit)
+            .expect("answered while the slow task runs");
+        assert_ne!(
+            pid,
+            u64::from(slow_pid),
+            "a tiny task ran behind the slow one"
+        );
+    }
+    assert_eq!(slow.try_result().map(|r| r.is_ok()), None, "still running");
+    drop(stream);
+    assert_eq!(slow.wait_timeout(limit).unwrap(), u64::from(slow_pid));
+    assert_eq!(pool.stats().failed, 0);
+}

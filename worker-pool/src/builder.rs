@@ -33,7 +33,8 @@ use crate::{
 pub struct WorkerPoolBuilder {
     profile: BootstrapProfile,
     size: Option<usize>,
-    in_flight: usize,
+    /// `None`: adaptive.
+    in_flight: Option<usize>,
     queue_bound: usize,
     task_timeout: Option<Duration>,
     max_restarts: u32,
@@ -49,7 +50,7 @@ impl Default for WorkerPoolBuilder {
         WorkerPoolBuilder {
             profile: BootstrapProfile::default(),
             size: None,
-            in_flight: 1,
+            in_flight: None,
             queue_bound: 1024,
             task_timeout: None,
             max_restarts: 10,
@@ -69,9 +70,10 @@ impl WorkerPoolBuilder {
     /// pool starts.
     pub const MAX_QUEUE_BOUND: usize = 1 << 16;
 
-    /// A builder with the defaults: one worker per CPU this process may use, one task in flight
-    /// per worker, 1024 queued tasks, no task timeout, at most 10 restarts in 10 seconds, no
-    /// recycling, Python's chunk size for `map`.
+    /// A builder with the defaults: one worker per CPU this process may use, an adaptive number
+    /// of tasks in flight per worker (see [`in_flight_per_worker`](Self::in_flight_per_worker)),
+    /// 1024 queued tasks, no task timeout, at most 10 restarts in 10 seconds, no recycling,
+    /// Python's chunk size for `map`.
     pub fn new() -> Self {
         Self::default()
     }
@@ -95,14 +97,23 @@ impl WorkerPoolBuilder {
         self.size.unwrap_or_else(default_size)
     }
 
-    /// Tasks sent to one worker before its earlier ones are answered (task pools; default 1).
+    /// Pins the tasks sent to one worker before its earlier ones are answered (task pools).
     ///
-    /// More than one hides the round-trip latency of tiny tasks; a worker answers its tasks in
-    /// order, so a slow task delays those sent behind it. Tasks that wait in the queue together
-    /// travel to a worker together, in one message answered by one message (up to the worker's
-    /// free room), so their results arrive together and a task timeout covers the message.
+    /// By default the depth adapts to each worker's recent pace: enough tasks to cover one
+    /// round trip (the time from a send to its reply, less the service time) with service
+    /// time, `1 + ceil(overhead / service - 1/8)`, at least 2 while tasks take under a
+    /// millisecond and at most 64. Tiny tasks get many in flight, slow ones one, and a worker
+    /// whose task runs well past its expected time is sent nothing more until it answers, so a
+    /// slow task does not hold tiny ones behind it while another worker could take them.
+    /// [`PoolStats::max_in_flight`](crate::PoolStats::max_in_flight) shows the depth reached.
+    ///
+    /// A pinned depth of more than one hides the round-trip latency of tiny tasks; a worker
+    /// answers its tasks in order, so a slow task delays those sent behind it. Tasks that wait
+    /// in the queue together travel to a worker together, in one message answered by one
+    /// message (up to the worker's free room), so their results arrive together and a task
+    /// timeout covers the message.
     pub fn in_flight_per_worker(mut self, n: usize) -> Self {
-        self.in_flight = n;
+        self.in_flight = Some(n);
         self.task_only("in_flight_per_worker")
     }
 
@@ -169,7 +180,7 @@ impl WorkerPoolBuilder {
         if size > Self::MAX_SIZE {
             return bad("size", &format!("must be at most {}", Self::MAX_SIZE));
         }
-        if self.in_flight == 0 {
+        if self.in_flight == Some(0) {
             return bad("in_flight_per_worker", "must be at least 1");
         }
         if self.queue_bound == 0 {

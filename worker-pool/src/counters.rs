@@ -85,6 +85,7 @@ mod tests {
             idle: 1,
             queued: 7,
             in_flight: 5,
+            max_in_flight: 3,
             completed: 100,
             failed: 2,
             restarted: 1,

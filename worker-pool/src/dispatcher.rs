@@ -28,7 +28,8 @@ use crate::{
 pub(crate) struct TaskConfig {
     pub(crate) spawner: Spawner,
     pub(crate) size: usize,
-    pub(crate) in_flight: usize,
+    /// Tasks in flight per worker: pinned, or `None` for the adaptive depth ([`Pace`]).
+    pub(crate) in_flight: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) restarts: RestartLimit,
     pub(crate) recycle_after: Option<u64>,
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) workers: AtomicUsize,
     pub(crate) busy: AtomicUsize,
     pub(crate) in_flight: AtomicUsize,
+    /// The most tasks one worker has held at once.
+    pub(crate) max_in_flight: AtomicUsize,
     pub(crate) completed: AtomicU64,
     pub(crate) failed_tasks: AtomicU64,
     pub(crate) restarted: AtomicU64,
@@ -117,6 +120,7 @@ pub(crate) fn start<W: TaskWorker>(
         workers: AtomicUsize::new(0),
         busy: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
+        max_in_flight: AtomicUsize::new(0),
         completed: AtomicU64::new(0),
         failed_tasks: AtomicU64::new(0),
         restarted: AtomicU64::new(0),
@@ -163,6 +167,84 @@ struct Pending<O> {
     sink: Sink<O>,
     /// Tasks it counts for.
     tasks: usize,
+    /// When it was sent.
+    sent_at: Instant,
+}
+
+/// The most tasks the adaptive depth keeps in flight at one worker.
+const MAX_DEPTH: usize = 64;
+/// Below this service time per task, a worker keeps at least two tasks in flight: it is never
+/// left idle for a round trip, its service time keeps being measured, and a task waits behind
+/// another for less than this.
+const PIPELINE_BELOW: f64 = 1e-3;
+/// The overhead assumed of a round trip before one was measured apart from the service time.
+const OVERHEAD_PRIOR: f64 = 50e-6;
+
+/// A worker's recent pace, for the adaptive in-flight depth: moving averages (weight 1/8) of the
+/// service time per task and of a round trip's overhead (from a request's send to its reply,
+/// less its service time), in seconds.
+///
+/// The depth covers one round trip with service time: `1 + ceil(overhead / service - 1/8)`, at
+/// least 2 while tasks take under [`PIPELINE_BELOW`], at most [`MAX_DEPTH`]; many tasks when
+/// they are tiny, one when they are slow. A worker whose request at the head has run well past
+/// its expected time is given nothing more (see [`Pace::stalled`]), so a slow task does not
+/// hoard tiny ones behind it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pace {
+    /// Service time per task; 0 until the first reply.
+    service: f64,
+    overhead: f64,
+}
+
+impl Pace {
+    fn known(&self) -> bool {
+        self.service > 0.0
+    }
+
+    /// Learns from a request of `tasks` tasks answered `elapsed` seconds after it was sent;
+    /// `busy` when it was already at the worker as the one before it was answered, so that
+    /// `since_previous` (the time since that answer) is its service time alone.
+    fn learn(&mut self, tasks: usize, elapsed: f64, since_previous: Option<f64>) {
+        let k = tasks.max(1) as f64;
+        let ewma = |old: f64, new: f64| old + (new - old) / 8.0;
+        if !self.known() {
+            self.overhead = OVERHEAD_PRIOR.min(elapsed / 2.0);
+            self.service = ((elapsed - self.overhead) / k).max(1e-9);
+            return;
+        }
+        if let Some(service) = since_previous {
+            self.service = ewma(self.service, (service / k).max(1e-9));
+            return;
+        }
+        // Sent to an idle worker: the round trip is overhead plus service. What exceeds the
+        // expected service counts as overhead only up to twice the overhead known (a slow task
+        // is no slower channel); the rest is service.
+        let excess = elapsed - self.service * k;
+        if excess >= 0.0 {
+            let sample = excess.min(2.0 * self.overhead + 10e-6);
+            self.overhead = ewma(self.overhead, sample);
+        }
+        let service = ((elapsed - self.overhead) / k)
+            .max(elapsed / (2.0 * k))
+            .max(1e-9);
+        self.service = ewma(self.service, service);
+    }
+
+    /// Tasks to keep in flight.
+    fn depth(&self) -> usize {
+        if !self.known() {
+            return 1;
+        }
+        let cover = (self.overhead / self.service - 0.125).ceil().max(0.0);
+        let floor = if self.service < PIPELINE_BELOW { 2 } else { 1 };
+        (1 + cover.min(MAX_DEPTH as f64) as usize).clamp(floor, MAX_DEPTH)
+    }
+
+    /// Whether a request of `tasks` tasks that has run `age` seconds at the worker is well past
+    /// the time expected of it: a slow task, which nothing more should queue behind.
+    fn stalled(&self, tasks: usize, age: f64) -> bool {
+        self.known() && age > 2.0 * (self.overhead + self.service * tasks as f64) + 100e-6
+    }
 }
 
 struct Slot<O> {
@@ -176,6 +258,9 @@ struct Slot<O> {
     sent: u64,
     /// Recycling: gets no more tasks, and is replaced once `fifo` is empty.
     retiring: bool,
+    /// When its last request was answered.
+    last_done: Instant,
+    pace: Pace,
 }
 
 impl<O> Slot<O> {
@@ -187,6 +272,8 @@ impl<O> Slot<O> {
             head_since: Instant::now(),
             sent: 0,
             retiring: false,
+            last_done: Instant::now(),
+            pace: Pace::default(),
         }
     }
 }
@@ -197,7 +284,8 @@ struct Dispatcher<W: TaskWorker> {
     slots: Vec<Slot<W::Output>>,
     rx: Receiver<JobOf<W>>,
     shared: Arc<Shared>,
-    in_flight: usize,
+    /// Pinned depth, or `None` for each worker's [`Pace`].
+    in_flight: Option<usize>,
     task_timeout: Option<Duration>,
     recycle_after: Option<u64>,
     restarts: RestartLimit,
@@ -319,17 +407,33 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
+    /// Tasks worker `index` may have in flight now.
+    fn depth(&self, index: usize) -> usize {
+        self.in_flight
+            .unwrap_or_else(|| self.slots[index].pace.depth())
+    }
+
     /// The least loaded worker with room for a task, searching from after the last one used.
     fn pick(&self) -> Option<usize> {
         let n = self.slots.len();
         let mut best: Option<(usize, usize)> = None;
+        let now = Instant::now();
         for k in 0..n {
             let i = (self.next + k) % n;
             let slot = &self.slots[i];
             let load = slot.load;
             // A worker whose input has not taken its last request yet gets no other: what
             // waits for a worker waits in the queue, where any worker can take it.
-            if slot.retiring || load >= self.in_flight || slot.worker.queued_bytes() > 0 {
+            if slot.retiring || load >= self.depth(i) || slot.worker.queued_bytes() > 0 {
+                continue;
+            }
+            // Adaptive depth: nothing queues behind a task running well past its expected time.
+            if self.in_flight.is_none()
+                && slot.fifo.front().is_some_and(|head| {
+                    let age = now.saturating_duration_since(slot.head_since);
+                    slot.pace.stalled(head.tasks, age.as_secs_f64())
+                })
+            {
                 continue;
             }
             if load == 0 {
@@ -360,7 +464,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                     }
                 },
             };
-            let room = self.in_flight - self.slots[index].load;
+            let room = self.depth(index) - self.slots[index].load;
             if room < 2 || !matches!(job.sink, Sink::One(_)) {
                 self.send(index, job);
                 continue;
@@ -439,8 +543,9 @@ impl<W: TaskWorker> Dispatcher<W> {
             Ok(()) => {
                 let slot = &mut self.slots[index];
                 let tasks = sink.tasks();
+                let now = Instant::now();
                 if slot.load == 0 {
-                    slot.head_since = Instant::now();
+                    slot.head_since = now;
                     self.shared.busy.fetch_add(1, Ordering::Relaxed);
                 }
                 slot.fifo.push_back(Pending {
@@ -448,8 +553,12 @@ impl<W: TaskWorker> Dispatcher<W> {
                     left: len,
                     sink,
                     tasks,
+                    sent_at: now,
                 });
                 slot.load += tasks;
+                self.shared
+                    .max_in_flight
+                    .fetch_max(slot.load, Ordering::Relaxed);
                 slot.sent += tasks as u64;
                 if self.recycle_after.is_some_and(|n| slot.sent >= n) {
                     slot.retiring = true;
@@ -597,7 +706,14 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
         // Counted before the results go, so that whoever has them sees the counters agree.
         let mut done = slot.fifo.pop_front().expect("the head");
-        slot.head_since = Instant::now();
+        let now = Instant::now();
+        // At the worker already when the one before was answered: the time since is service.
+        let since_previous = (done.sent_at <= slot.last_done)
+            .then(|| now.saturating_duration_since(slot.last_done).as_secs_f64());
+        let elapsed = now.saturating_duration_since(done.sent_at).as_secs_f64();
+        slot.pace.learn(done.tasks, elapsed, since_previous);
+        slot.last_done = now;
+        slot.head_since = now;
         slot.load -= done.tasks;
         if slot.load == 0 {
             self.shared.busy.fetch_sub(1, Ordering::Relaxed);

@@ -29,9 +29,10 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 ///
 /// # Threads and processes
 ///
-/// One dispatcher thread per pool owns the workers: it has them started, sends them tasks (up to
-/// [`in_flight_per_worker`](crate::WorkerPoolBuilder::in_flight_per_worker) each, to the least
-/// loaded), reads their replies as they become readable, times tasks out and replaces workers
+/// One dispatcher thread per pool owns the workers: it has them started, sends them tasks (as
+/// many each as cover a round trip of its recent service time, or
+/// [`in_flight_per_worker`](crate::WorkerPoolBuilder::in_flight_per_worker) when set, to the
+/// least loaded), reads their replies as they become readable, times tasks out and replaces workers
 /// that died. It never waits for one worker: a request is queued and written as the worker's
 /// input takes it, replies are read as the one readiness layer reports them, a worker's death
 /// is seen through its pidfd (even while a grandchild it forked holds its channel), and a worker
@@ -101,6 +102,10 @@ pub struct PoolStats {
     pub queued: usize,
     /// Tasks sent to a worker and not answered yet.
     pub in_flight: usize,
+    /// The most tasks one worker has held in flight at once since the pool started: what the
+    /// adaptive depth (or a pinned
+    /// [`in_flight_per_worker`](crate::WorkerPoolBuilder::in_flight_per_worker)) reached.
+    pub max_in_flight: usize,
     /// Tasks answered (including those whose handler returned an error).
     pub completed: u64,
     /// Tasks that got no answer: their worker died or was killed, the pool failed, or the
@@ -166,6 +171,7 @@ impl<W: TaskWorker> TaskPool<W> {
             idle: workers - busy,
             queued: self.tx.as_ref().map_or(0, Sender::len),
             in_flight: s.in_flight.load(Ordering::Relaxed),
+            max_in_flight: s.max_in_flight.load(Ordering::Relaxed),
             completed: s.completed.load(Ordering::Relaxed),
             failed: s.failed_tasks.load(Ordering::Relaxed),
             restarted: s.restarted.load(Ordering::Relaxed),

@@ -1,5 +1,6 @@
-//! Pool benchmarks: tiny tasks one by one against raw-pipe workers fed round-robin, and `map`
-//! against Python's `multiprocessing.Pool.map`.
+//! Pool benchmarks: tiny tasks one by one against raw-pipe workers fed round-robin, the default
+//! (adaptive) in-flight depth against a pinned one and against the ideal makespan of uneven
+//! work, and `map` against Python's `multiprocessing.Pool.map`.
 //!
 //! The raw baseline peers are this binary re-executed with `EXSYST_BENCH_POOL_PEER` set; the
 //! Python baseline is `tests-integration/bench/pool_map.py`, run with `python3`.
@@ -8,13 +9,13 @@ use std::{
     collections::VecDeque,
     io::{BufReader, Read, Write},
     process::{Child, Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use exsyst_worker::{BootstrapProfile, pool::WorkerPoolBuilder};
 
 use super::{Config, Line};
-use crate::workers::pool::Tiny;
+use crate::workers::pool::{Command as Task, Commands, Tiny};
 
 /// Set in a raw baseline peer's environment.
 const PEER_ENV: &str = "EXSYST_BENCH_POOL_PEER";
@@ -57,6 +58,22 @@ pub fn run(cfg: &Config) -> Vec<Line> {
         }
         lines.push(line);
     }
+    if cfg.wants("pool tiny tasks default") {
+        let mut line = Line::new(cfg.name("pool tiny tasks default"), "tasks/s");
+        for _ in 0..cfg.rounds {
+            let ours = tiny_tasks_with(builder(), 50_000);
+            let pinned = tiny_tasks_with(builder().in_flight_per_worker(DEPTH), 50_000);
+            line.rounds.push((ours, pinned));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("pool uneven default") {
+        let mut line = Line::new(cfg.name("pool uneven default"), "ms");
+        for _ in 0..cfg.rounds {
+            line.rounds.push(uneven());
+        }
+        lines.push(line);
+    }
     if cfg.wants("map") {
         let mut line = Line::new(cfg.name("map vs python Pool(2).map"), "tasks/s");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pool_map.py");
@@ -81,10 +98,12 @@ fn builder() -> WorkerPoolBuilder {
 
 /// Tiny tasks submitted one by one, results awaited oldest first.
 fn tiny_tasks(n: u64) -> f64 {
-    let pool = builder()
-        .in_flight_per_worker(DEPTH)
-        .build_tasks::<Tiny>()
-        .expect("task pool");
+    tiny_tasks_with(builder().in_flight_per_worker(DEPTH), n)
+}
+
+/// [`tiny_tasks`] with the pool `builder` makes.
+fn tiny_tasks_with(builder: WorkerPoolBuilder, n: u64) -> f64 {
+    let pool = builder.build_tasks::<Tiny>().expect("task pool");
     // Warm up the workers and the dispatcher.
     pool.map(0..1000).expect("warm-up");
     let start = Instant::now();
@@ -99,6 +118,41 @@ fn tiny_tasks(n: u64) -> f64 {
         std::hint::black_box(h.wait().expect("result"));
     }
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Tasks in `pool uneven default`, and their work: 1 in [`SLOW_EVERY`] takes [`SLOW_US`], the
+/// others [`FAST_US`].
+const UNEVEN_TASKS: u64 = 1000;
+const SLOW_EVERY: u64 = 50;
+const FAST_US: u64 = 200;
+const SLOW_US: u64 = 20_000;
+
+/// Uneven work on default settings, all submitted at once: (the makespan, the ideal makespan
+/// of the same work spread evenly over the workers), in milliseconds.
+fn uneven() -> (f64, f64) {
+    let pool = builder().build_tasks::<Commands>().expect("task pool");
+    pool.map((0..1000).map(Task::Echo)).expect("warm-up");
+    let work: Vec<u64> = (0..UNEVEN_TASKS)
+        .map(|i| {
+            if i % SLOW_EVERY == 0 {
+                SLOW_US
+            } else {
+                FAST_US
+            }
+        })
+        .collect();
+    let total = Duration::from_micros(work.iter().sum());
+    let start = Instant::now();
+    let handles: Vec<_> = work
+        .iter()
+        .map(|&us| pool.submit(Task::Work(us)).expect("submit"))
+        .collect();
+    for h in handles {
+        h.wait().expect("result");
+    }
+    let makespan = start.elapsed();
+    let ideal = total / WORKERS as u32;
+    (makespan.as_secs_f64() * 1e3, ideal.as_secs_f64() * 1e3)
 }
 
 /// `map` over `n` tiny items with the default (Python's) chunking.

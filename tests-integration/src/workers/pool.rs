@@ -5,7 +5,7 @@ use std::{
     io::{Read, Write},
     os::unix::net::UnixStream,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use exsyst_worker::channel::serde_bytes::ByteBuf;
@@ -117,6 +117,9 @@ pub enum Command {
     Panic(String),
     /// Answers the length of a payload (large ones fill the worker's input pipe).
     Len(ByteBuf),
+    /// Works this many microseconds (sleeping all but the last 100 µs, spinning those, so the
+    /// time is exact without holding a CPU), then answers 0.
+    Work(u64),
 }
 
 /// A task worker driven by [`Command`]s.
@@ -155,6 +158,18 @@ impl TaskWorker for Commands {
             Command::Exit(code) => std::process::exit(code),
             Command::Panic(text) => panic!("{text}"),
             Command::Len(bytes) => Ok(bytes.len() as u64),
+            // The work itself, as `Sleep`.
+            Command::Work(micros) => {
+                let start = Instant::now();
+                let total = Duration::from_micros(micros);
+                if let Some(rest) = total.checked_sub(Duration::from_micros(100)) {
+                    std::thread::sleep(rest);
+                }
+                while start.elapsed() < total {
+                    std::hint::spin_loop();
+                }
+                Ok(0)
+            }
         }
     }
 }

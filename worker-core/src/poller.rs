@@ -23,13 +23,13 @@ pub(crate) const DEFAULT_EVENTS_CAPACITY: usize = 256;
 /// Edge-triggered readiness of many sources, with a waker other threads can use.
 ///
 /// ```
-/// use std::time::{Duration, Instant};
-/// use worker_core::{Poller, WAKE_TOKEN};
+/// use std::time::Duration;
+/// use worker_core::{Poller, WAKE_TOKEN, deadline_after};
 ///
 /// let mut poller = Poller::new()?;
 /// poller.waker().wake()?;
 /// let mut woken = false;
-/// poller.wait(Some(Instant::now() + Duration::from_secs(5)), |token, _| {
+/// poller.wait(deadline_after(Duration::from_secs(5)), |token, _| {
 ///     woken |= token == WAKE_TOKEN;
 /// })?;
 /// assert!(woken);

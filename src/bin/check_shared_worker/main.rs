@@ -178,7 +178,9 @@ fn check(args: &Args) -> Report {
     };
     // The deadline covers everything from here; the watchdog enforces it even where a call
     // cannot be bounded (a host name's resolution).
-    let deadline = started + Duration::from_secs_f64(args.timeout.seconds);
+    let deadline = started
+        .checked_add(Duration::from_secs_f64(args.timeout.seconds))
+        .unwrap_or_else(|| common::deadline(Duration::MAX));
     let timed_out = Report::failure(
         args.timeout.state,
         &format!(

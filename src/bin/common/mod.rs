@@ -29,6 +29,15 @@ pub(crate) fn timeout_seconds(text: &str) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(MAX_TIMEOUT_SECS)))
 }
 
+/// The instant `timeout` from now, saturating: a timeout past what the clock holds is taken as
+/// [`MAX_TIMEOUT_SECS`], never a panic.
+pub(crate) fn deadline(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs_f64(MAX_TIMEOUT_SECS)))
+        .unwrap_or(now)
+}
+
 /// The admin cookie: from `file` when given, else `value` (an argument), else
 /// [`$EXSYST_WORKER_ADMIN_COOKIE`](COOKIE_ENV) when set and not empty; `None` without one.
 pub(crate) fn admin_cookie(

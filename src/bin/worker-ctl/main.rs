@@ -338,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         ),
         Command::Pid { worker } => {
             let target = target(&worker)?;
-            let worker = common::connect(&target.address, Instant::now() + cli.timeout)?;
+            let worker = common::connect(&target.address, common::deadline(cli.timeout))?;
             println!("{}", worker.pid());
             Ok(true)
         }
@@ -407,7 +407,7 @@ fn query(
     timeout: Duration,
 ) -> anyhow::Result<bool> {
     let cookie = cookie_for(cookie, target)?;
-    let deadline = Instant::now() + timeout;
+    let deadline = common::deadline(timeout);
     let (worker, reply) = common::query(&target.address, cookie.as_ref(), deadline)?;
     let status = reply.status.unwrap_or_default();
     match format {
@@ -557,7 +557,7 @@ fn stop(
             .with_context(|| format!("{target}: cannot disable it"))?;
         println!("{target}: disabled in {}", file.display());
     }
-    let deadline = Instant::now() + timeout;
+    let deadline = common::deadline(timeout);
     let mut worker = match common::connect(&target.address, deadline) {
         Ok(worker) => worker,
         Err(Error::Connect { source, .. })
@@ -622,7 +622,7 @@ fn wait_gone(
     worker: &mut SharedWorker,
     wait: Duration,
 ) -> anyhow::Result<()> {
-    let by = Instant::now() + wait;
+    let by = common::deadline(wait);
     let gone = match &process {
         Ok(process) => process
             .wait_gone(by)
@@ -783,7 +783,7 @@ fn list(
     }
     drop(tx);
     let mut rows: Vec<Option<Row>> = targets.iter().map(|_| None).collect();
-    let grace = Instant::now() + timeout + Duration::from_secs(1);
+    let grace = common::deadline(timeout.saturating_add(Duration::from_secs(1)));
     while let Ok((i, row)) = rx.recv_timeout(common::left(grace)) {
         rows[i] = Some(row);
     }
@@ -883,7 +883,7 @@ fn probe(
             Err(e) => row.kill_switch_error = Some(common::one_line(&e)),
         }
     }
-    let deadline = Instant::now() + timeout;
+    let deadline = common::deadline(timeout);
     let mut worker = match common::connect(&target.address, deadline) {
         Ok(worker) => worker,
         Err(e) => {

@@ -688,3 +688,39 @@ fn a_slow_task_holds_no_tiny_tasks_behind_it_while_another_worker_serves() {
     assert_eq!(slow.wait_timeout(limit).unwrap(), u64::from(slow_pid));
     assert_eq!(pool.stats().failed, 0);
 }
+
+#[test]
+fn long_work_reports_its_progress_exactly_and_keeps_its_order() {
+    let pool = builder().size(2).build_tasks::<Tiny>().unwrap();
+    let mut results = pool.map_unordered(0..5_000u64);
+    assert_eq!(
+        (results.total(), results.completed(), results.len()),
+        (5_000, 0, 5_000)
+    );
+    let mut seen = vec![false; 5_000];
+    while let Some((index, result)) = results.next() {
+        assert_eq!(result.unwrap(), index as u64 + 1);
+        assert!(
+            !std::mem::replace(&mut seen[index], true),
+            "item {index} twice"
+        );
+        assert_eq!(results.completed() + results.len(), 5_000);
+    }
+    assert!(seen.iter().all(|s| *s));
+    assert_eq!(results.completed(), 5_000);
+
+    let mut calls = Vec::new();
+    let outputs = pool
+        .map_with_progress(0..3_000u64, |done, total| calls.push((done, total)))
+        .unwrap();
+    assert_eq!(outputs, (1..=3_000u64).collect::<Vec<_>>());
+    assert_eq!(
+        calls,
+        (1..=3_000).map(|done| (done, 3_000)).collect::<Vec<_>>()
+    );
+    // Nothing to do: no call, an empty result.
+    let outputs = pool
+        .map_with_progress(std::iter::empty(), |_, _| panic!("no item, no progress"))
+        .unwrap();
+    assert!(outputs.is_empty());
+}

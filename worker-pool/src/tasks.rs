@@ -303,7 +303,36 @@ impl<W: TaskWorker> TaskPool<W> {
             tx: Some(tx),
             rx,
             ready: VecDeque::new(),
+            yielded: 0,
         }
+    }
+
+    /// As [`TaskPool::map`], calling `progress(completed, total)` after each item's result
+    /// arrives (in the caller's thread, between results; keep it quick).
+    ///
+    /// [`TaskPool::map_unordered`] is the other way to watch long work: it yields each result
+    /// as it comes, and knows how many remain ([`MapUnordered::completed`],
+    /// [`MapUnordered::total`], `len()`). Neither costs anything when unused.
+    pub fn map_with_progress<I>(
+        &self,
+        items: I,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<W::Output>, Error>
+    where
+        I: IntoIterator<Item = W::Item>,
+    {
+        let mut results: Vec<Option<Result<W::Output, Error>>> = Vec::new();
+        let mut unordered = self.map_unordered(items);
+        let total = unordered.total();
+        results.resize_with(total, || None);
+        while let Some((index, result)) = unordered.next() {
+            results[index] = Some(result);
+            progress(unordered.completed(), total);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+            .collect()
     }
 
     /// Finishes the queued and in-flight tasks, then closes every worker and waits for it.
@@ -432,6 +461,8 @@ pub struct MapUnordered<'a, W: TaskWorker> {
     tx: Option<Sender<ChunkDone<W::Output>>>,
     rx: Receiver<ChunkDone<W::Output>>,
     ready: VecDeque<(usize, Result<W::Output, Error>)>,
+    /// Results handed out so far.
+    yielded: usize,
 }
 
 impl<W: TaskWorker> fmt::Debug for MapUnordered<'_, W> {
@@ -507,12 +538,32 @@ impl<W: TaskWorker> MapUnordered<'_, W> {
     }
 }
 
+impl<W: TaskWorker> MapUnordered<'_, W> {
+    /// How many items this map runs.
+    pub fn total(&self) -> usize {
+        self.answered.len()
+    }
+
+    /// How many results it has handed out so far.
+    pub fn completed(&self) -> usize {
+        self.yielded
+    }
+}
+
 impl<W: TaskWorker> Iterator for MapUnordered<'_, W> {
     type Item = (usize, Result<W::Output, Error>);
+
+    /// Every item gives exactly one result (its output or its error), so what remains is
+    /// known exactly: a progress bar can be driven from it.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.total() - self.yielded;
+        (left, Some(left))
+    }
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(next) = self.ready.pop_front() {
+                self.yielded += 1;
                 return Some(next);
             }
             self.feed();
@@ -548,3 +599,5 @@ impl<W: TaskWorker> Iterator for MapUnordered<'_, W> {
         }
     }
 }
+
+impl<W: TaskWorker> ExactSizeIterator for MapUnordered<'_, W> {}

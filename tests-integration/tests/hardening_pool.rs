@@ -2,12 +2,7 @@
 //! A13, B6).
 
 use std::{
-    io::{BufRead, BufReader},
-    os::{
-        fd::{AsFd, AsRawFd, BorrowedFd},
-        unix::net::{UnixListener, UnixStream},
-    },
-    path::PathBuf,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     time::{Duration, Instant},
 };
 
@@ -78,37 +73,6 @@ fn wait_readable(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: one valid pollfd, for the length given; the descriptor outlives the call.
     let n = unsafe { libc::poll(&mut pollfd, 1, ms) };
     n == 1
-}
-
-/// A task that runs until released, and the pid of the worker it runs on.
-struct Held {
-    listener: UnixListener,
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Held {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hold.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        Held {
-            listener,
-            path,
-            _dir: dir,
-        }
-    }
-
-    /// Waits for the task to start; the task ends when the stream returned is dropped.
-    fn started(&self) -> (u32, UnixStream) {
-        let (stream, _) = self.listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(timeout(Duration::from_secs(10))))
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).unwrap();
-        (line.trim().parse().unwrap(), stream)
-    }
 }
 
 // ---- A5: a worker that sends a bad header cannot starve the pool ----

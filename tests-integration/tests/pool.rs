@@ -2,8 +2,7 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    io::{BufRead, BufReader},
-    os::unix::{net::UnixListener, process::ExitStatusExt},
+    os::unix::process::ExitStatusExt,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::Duration,
 };
@@ -20,41 +19,6 @@ use crate::support::*;
 
 fn builder() -> WorkerPoolBuilder {
     WorkerFactory::with_profile(profile()).create_worker_pool_builder()
-}
-
-/// A task that runs until the returned stream is dropped, and the pid of the worker it runs on.
-struct Held {
-    listener: UnixListener,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Held {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hold.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        Held {
-            listener,
-            path,
-            _dir: dir,
-        }
-    }
-
-    fn command(&self) -> Command {
-        Command::Hold(self.path.clone())
-    }
-
-    /// Waits for the task to start; returns its worker's pid and the stream that holds it.
-    fn started(&self) -> (u32, std::os::unix::net::UnixStream) {
-        let (stream, _) = self.listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(timeout(Duration::from_secs(10))))
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).unwrap();
-        (line.trim().parse().unwrap(), stream)
-    }
 }
 
 #[test]

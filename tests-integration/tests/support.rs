@@ -200,3 +200,41 @@ pub(crate) fn fds_of(pid: u32) -> Vec<(u32, String)> {
     fds.sort();
     fds
 }
+
+/// A task that runs until released (the `Hold` command, or a hostile task's `held` path): the
+/// test holds a Unix socket the task connects to, and the task ends when the stream
+/// [`Held::started`] returns is dropped.
+pub(crate) struct Held {
+    listener: std::os::unix::net::UnixListener,
+    pub(crate) path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Held {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hold.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        Held {
+            listener,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// The task pool command that runs until released.
+    pub(crate) fn command(&self) -> tests_integration::workers::pool::Command {
+        tests_integration::workers::pool::Command::Hold(self.path.clone())
+    }
+
+    /// Waits for the task to start; returns its worker's pid and the stream that holds it.
+    pub(crate) fn started(&self) -> (u32, std::os::unix::net::UnixStream) {
+        let (stream, _) = self.listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(timeout(Duration::from_secs(10))))
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (line.trim().parse().unwrap(), stream)
+    }
+}

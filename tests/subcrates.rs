@@ -75,3 +75,88 @@ fn stopping_a_shared_worker_needs_an_admin_cookie() {
         other => panic!("expected NoCookie, got {other:?}"),
     }
 }
+
+/// What crates.io and docs.rs show of each crate a user can depend on: none of it may be
+/// missing, and the unpublished helpers must stay unpublished.
+#[test]
+fn every_published_crate_has_complete_package_metadata() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    #[allow(clippy::disallowed_methods)]
+    let output = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut published = Vec::new();
+    for package in metadata["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap();
+        if package["publish"] == serde_json::json!([]) {
+            continue;
+        }
+        published.push(name.to_owned());
+        for field in [
+            "description",
+            "license",
+            "repository",
+            "documentation",
+            "rust_version",
+        ] {
+            let value = package[field].as_str().unwrap_or_default();
+            assert!(!value.is_empty(), "{name}: no {field}");
+        }
+        let readme = package["readme"].as_str().unwrap_or_default();
+        let manifest_dir = std::path::Path::new(package["manifest_path"].as_str().unwrap())
+            .parent()
+            .unwrap();
+        assert!(
+            manifest_dir.join(readme).is_file(),
+            "{name}: no readme file ({readme:?})"
+        );
+        assert!(manifest_dir.join("LICENSE").is_file(), "{name}: no LICENSE");
+        let keywords = package["keywords"].as_array().unwrap();
+        assert!(
+            (1..=5).contains(&keywords.len()),
+            "{name}: keywords {keywords:?}"
+        );
+        for keyword in keywords {
+            let keyword = keyword.as_str().unwrap();
+            assert!(
+                keyword.len() <= 20
+                    && keyword
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{name}: keyword {keyword:?} is not one crates.io takes"
+            );
+        }
+        assert!(
+            !package["categories"].as_array().unwrap().is_empty(),
+            "{name}: no categories"
+        );
+        assert_eq!(
+            package["metadata"]["docs"]["rs"]["all-features"],
+            serde_json::json!(true),
+            "{name}: docs.rs settings"
+        );
+    }
+    published.sort();
+    assert_eq!(
+        published,
+        [
+            "exsyst-worker",
+            "worker-bootstrap",
+            "worker-channel",
+            "worker-core",
+            "worker-killswitch",
+            "worker-pool",
+            "worker-shared"
+        ]
+    );
+}

@@ -929,7 +929,8 @@ impl Source for DedicatedWorker {
         }
         match self.connection.transport().input() {
             Some(input) if interests.is_writable() => {
-                let mut input = SourceFd(&input.as_raw_fd());
+                let fd = input.as_raw_fd();
+                let mut input = SourceFd(&fd);
                 if self.input_registered {
                     input.reregister(registry, token, Interest::WRITABLE)?;
                 } else {

@@ -5,7 +5,11 @@
 //!   processes pinned to one CPU, as ratios against baselines measured in the same run;
 //! - `cargo xtask fuzz [--iterations N]`: random and mutated byte streams through the frame
 //!   decoder and both codecs;
-//! - `cargo xtask ci`: what `.ci/run` runs.
+//! - `cargo xtask ci`: what `.ci/run` runs;
+//! - `cargo xtask package`: `cargo package` for every published crate, in dependency order,
+//!   each verified by building it from its packaged sources alone;
+//! - `cargo xtask msrv`: the whole workspace compiled with the toolchain of the declared
+//!   `rust-version` (installed with rustup if missing).
 
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -21,8 +25,10 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("ci") => ci(),
+        Some("package") => package(),
+        Some("msrv") => msrv(),
         _ => bail!(
-            "usage: cargo xtask <test-integration | bench [--rounds N] [FILTER] | fuzz [--iterations N] | ci>"
+            "usage: cargo xtask <test-integration | bench [--rounds N] [FILTER] | fuzz [--iterations N] | ci | package | msrv>"
         ),
     }
 }
@@ -87,6 +93,103 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
 fn ci() -> anyhow::Result<()> {
     let root = workspace_root()?;
     run(Command::new("bash").arg(root.join(".ci/run")))
+}
+
+/// The crates a user can depend on, in dependency order (each after everything it uses).
+const PUBLISHED: &[&str] = &[
+    "worker-channel",
+    "worker-core",
+    "worker-killswitch",
+    "worker-bootstrap",
+    "worker-pool",
+    "worker-shared",
+    "exsyst-worker",
+];
+
+/// `cargo package --workspace` packages the published crates in dependency order and verifies
+/// each one against the others' packaged sources (a local registry overlay), which is what
+/// `cargo publish` will see; the unpublished ones (`publish = false`) are left out by name.
+fn package() -> anyhow::Result<()> {
+    let mut args = vec!["package", "--workspace", "--allow-dirty"];
+    for crate_name in unpublished()? {
+        args.extend(["--exclude", crate_name]);
+    }
+    cargo(&args)?;
+    let root = workspace_root()?;
+    for crate_name in PUBLISHED {
+        let file = root.join(format!(
+            "target/package/{crate_name}-{}.crate",
+            env!("CARGO_PKG_VERSION")
+        ));
+        if !file.is_file() {
+            bail!("{} was not produced", file.display());
+        }
+        println!("packaged {}", file.display());
+    }
+    Ok(())
+}
+
+/// The workspace members whose manifests say `publish = false`.
+fn unpublished() -> anyhow::Result<Vec<&'static str>> {
+    let root = workspace_root()?;
+    let mut names = Vec::new();
+    for member in ["tests-integration", "xtask"] {
+        let manifest = std::fs::read_to_string(root.join(member).join("Cargo.toml"))?;
+        if !manifest
+            .lines()
+            .any(|line| line.trim() == "publish = false")
+        {
+            bail!("{member} is expected to say `publish = false`");
+        }
+        names.push(member);
+    }
+    Ok(names)
+}
+
+/// Compiles every crate, target and feature with the toolchain named by `rust-version`, in a
+/// target directory of its own, so that the declared minimum is a fact rather than a hope.
+fn msrv() -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let version = manifest
+        .lines()
+        .find_map(|line| {
+            let value = line.trim().strip_prefix("rust-version")?.trim();
+            Some(value.strip_prefix('=')?.trim().trim_matches('"').to_owned())
+        })
+        .context("no rust-version in the workspace manifest")?;
+    let installed = Command::new("rustup")
+        .args(["run", &version, "rustc", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            &version,
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    println!("# cargo {version}: check --workspace --all-targets --all-features");
+    run(Command::new("rustup")
+        .args([
+            "run",
+            &version,
+            "cargo",
+            "check",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+        ])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", root.join("target/msrv"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("CARGO"))
 }
 
 fn workspace_root() -> anyhow::Result<std::path::PathBuf> {

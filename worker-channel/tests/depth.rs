@@ -317,7 +317,7 @@ fn random_value(next: &mut impl FnMut() -> u64, depth: usize) -> (serde_json::Va
             random_value(next, d).0
         })
         .collect();
-    let v = if next() % 2 == 0 {
+    let v = if next().is_multiple_of(2) {
         Value::Array(children)
     } else {
         Value::Object(

@@ -22,7 +22,7 @@ fn worker_address(dir: &Path, writer: usize, j: usize) -> String {
 
 /// Whether a toggling writer leaves its `j`-th address disabled.
 fn stays_disabled(j: usize) -> bool {
-    j % 3 == 0
+    j.is_multiple_of(3)
 }
 
 fn expected_addresses(dir: &Path, writers: usize, count: usize) -> Vec<String> {

@@ -364,7 +364,7 @@ fn against_raw_echo(
 
 /// Runs ours and the baseline, in an order that alternates with the round.
 fn alternate(round: usize, ours: impl FnOnce() -> f64, base: impl FnOnce() -> f64) -> (f64, f64) {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         let o = ours();
         (o, base())
     } else {

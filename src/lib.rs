@@ -82,6 +82,8 @@ pub use worker_pool as pool;
 #[doc(inline)]
 pub use worker_shared as shared;
 
+#[cfg(feature = "tokio")]
+pub use worker_bootstrap::AsyncDedicatedWorker;
 pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
 pub use worker_channel::Codec;
 pub use worker_core::{

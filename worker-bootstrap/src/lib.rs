@@ -74,6 +74,8 @@
 //! with the target `exsyst_worker::worker::<implementation>`.
 
 mod dedicated;
+#[cfg(feature = "tokio")]
+mod dedicated_async;
 mod detached;
 mod error;
 mod init;
@@ -91,6 +93,8 @@ mod sys;
 const LOG_TARGET: &str = "exsyst_worker::bootstrap";
 
 pub use dedicated::DedicatedWorker;
+#[cfg(feature = "tokio")]
+pub use dedicated_async::AsyncDedicatedWorker;
 pub use detached::{DetachedStart, spawn_detached, start_detached};
 pub use error::{Error, describe_exit};
 pub use profile::{BootstrapProfile, StderrMode};

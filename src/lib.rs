@@ -91,6 +91,8 @@ pub use worker_core::{
 };
 pub use worker_killswitch::KillSwitch;
 pub use worker_pool::WorkerPool;
+#[cfg(feature = "tokio")]
+pub use worker_shared::AsyncSharedWorker;
 pub use worker_shared::{
     AdminCookie, SharedRegistryExt, SharedServer, SharedServerConfig, SharedWorker,
     SharedWorkerImpl, StatusReply,

@@ -487,3 +487,71 @@ async fn close_and_wait_report_how_the_worker_exited() {
     );
     assert_eq!(blocking.close().unwrap().code(), Some(0));
 }
+
+// The shared-worker client from async code.
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_clients_of_an_embedded_shared_worker_greet_query_and_stop_it() {
+    use exsyst_worker::{
+        AdminCookie, AsyncSharedWorker, SharedServer, SharedServerConfig, SharedWorker,
+    };
+    use tests_integration::workers::shared::{MySharedWorkerImpl, ordinal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("unix://{}/Worker.sock", dir.path().display());
+    let cookie = AdminCookie::new("the async tests' cookie").unwrap();
+    let config = SharedServerConfig::default().with_cookie(cookie.clone());
+    let server = SharedServer::bind(&address, config)
+        .unwrap()
+        .spawn(|| MySharedWorkerImpl::new(()))
+        .unwrap();
+    // Eight clients at once from this one thread; each greeting takes a number.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(AsyncSharedWorker::connect(&address).await.unwrap());
+    }
+    // Each on a task of its own, all on this thread.
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            tokio::spawn(async move {
+                client.send_message(&format!("client{i}")).await.unwrap();
+                let greeting: String = client.receive_message().await.unwrap();
+                (client, greeting)
+            })
+        })
+        .collect();
+    let (mut clients, mut numbers) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (client, greeting) = task.await.unwrap();
+        let nth = (1..=8u64)
+            .find(|n| greeting.ends_with(&format!("You're my {} client.", ordinal(*n))))
+            .unwrap_or_else(|| panic!("{greeting}"));
+        numbers.push(nth);
+        clients.push(client);
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
+    let status = clients[0].query().await.unwrap().status.unwrap();
+    assert_eq!(status.text(), "Current counter value : 8");
+    // A blocking client converted, the same worker.
+    let mut converted = SharedWorker::connect(&address)
+        .unwrap()
+        .into_async()
+        .unwrap();
+    converted.send_message("late").await.unwrap();
+    assert_eq!(
+        converted.receive_message::<String>().await.unwrap(),
+        format!("Hello late ! You're my {} client.", ordinal(9))
+    );
+    converted.stop(&cookie).await.unwrap();
+    // The stop closes every connection.
+    match clients[1].receive_message::<String>().await {
+        Err(exsyst_worker::shared::Error::Closed { pid, .. }) => {
+            assert_eq!(pid, Some(std::process::id()))
+        }
+        other => panic!("expected the connection closed, got {other:?}"),
+    }
+    server.join().unwrap();
+}

@@ -129,6 +129,8 @@
 mod address;
 mod auth;
 mod client;
+#[cfg(feature = "tokio")]
+mod client_async;
 mod config;
 mod cookie;
 mod daemon;
@@ -145,6 +147,8 @@ mod sys;
 mod wire;
 
 pub use client::{DEFAULT_CONTROL_TIMEOUT, SharedWorker, StatusReply};
+#[cfg(feature = "tokio")]
+pub use client_async::AsyncSharedWorker;
 pub use config::{PeerUids, SharedServerConfig};
 pub use cookie::AdminCookie;
 pub use daemon::{SharedRegistryExt, StartReport, daemon_extensions, wait_until_listening};

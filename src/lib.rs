@@ -54,6 +54,10 @@
 //!
 //! A program that needs only part of this can depend on those crates alone.
 //!
+//! With the `tokio` feature, `AsyncDedicatedWorker` and `AsyncSharedWorker` drive dedicated
+//! workers and shared-worker clients from async code, on tokio's reactor, with no thread per
+//! worker (`DedicatedWorker::into_async`, `AsyncSharedWorker::connect`).
+//!
 //! With the `cli` feature the package also builds the operators' programs:
 //! `check_shared_worker`, a Monitoring Plugins (Nagios) check, and `worker-ctl`, which queries,
 //! stops, disables and lists shared workers (`cargo install exsyst-worker --features cli`).

@@ -75,3 +75,13 @@ fn stopping_a_shared_worker_needs_an_admin_cookie() {
         other => panic!("expected NoCookie, got {other:?}"),
     }
 }
+
+/// The async faces are re-exported at the root with the `tokio` feature.
+#[cfg(feature = "tokio")]
+#[test]
+fn the_async_faces_are_reexported() {
+    let _: Option<exsyst_worker::AsyncDedicatedWorker> = None;
+    let _: Option<exsyst_worker::AsyncSharedWorker> = None;
+    let _: Option<exsyst_worker::bootstrap::AsyncDedicatedWorker> = None;
+    let _: Option<exsyst_worker::shared::AsyncSharedWorker> = None;
+}

@@ -45,22 +45,44 @@ use crate::{
 /// never makes the runtime's thread wait; [`close`](Self::close) ends it and returns how it
 /// exited, and [`into_inner`](Self::into_inner) gives the blocking handle back.
 ///
-/// ```no_run
-/// use worker_bootstrap::{BootstrapProfile, DedicatedWorker};
-///
-/// # async fn run() -> Result<(), worker_bootstrap::Error> {
-/// let profile = BootstrapProfile::default();
-/// // Spawning is quick and blocking; registering needs the runtime (with IO enabled).
-/// let mut worker = DedicatedWorker::spawn_named(&profile, "squarer", None::<&()>)?.into_async()?;
-/// worker.send_message(&12).await?;
-/// let square: String = worker.receive_message().await?;
-/// assert_eq!(square, "12 squared is 144");
-/// // Or bounded: Error::Timeout after a second, and the channel stays usable.
-/// worker.send_message(&13).await?;
-/// let square: String = worker.receive_message_timeout(std::time::Duration::from_secs(1)).await?;
-/// println!("{square}, exit status {}", worker.close().await?);
-/// # Ok(())
+/// ```rust,standalone_crate,no_run
+/// use std::time::Duration;
+/// use worker_bootstrap::{BootstrapProfile, DedicatedWorker, registry};
+/// # use worker_core::{BoxError, RawWorker, Worker, WorkerChannel};
+/// # struct Squarer;
+/// # impl Worker for Squarer {
+/// #     const NAME: &'static str = "squarer";
+/// #     type Args = ();
+/// #     fn new((): ()) -> Result<Self, BoxError> { Ok(Squarer) }
 /// # }
+/// # impl RawWorker for Squarer {
+/// #     fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+/// #         while let Some(n) = channel.next_message::<i64>()? {
+/// #             channel.send_message(&format!("{n} squared is {}", n * n))?;
+/// #         }
+/// #         Ok(())
+/// #     }
+/// # }
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     // First thing in main: in the worker process, this runs Squarer and exits.
+///     registry().raw::<Squarer>().run_if_worker();
+///
+///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+///     runtime.block_on(async {
+///         // Spawning is quick; registering with the reactor needs the runtime.
+///         let mut worker =
+///             DedicatedWorker::spawn::<Squarer>(&BootstrapProfile::default())?.into_async()?;
+///         worker.send_message(&12).await?;
+///         assert_eq!(worker.receive_message::<String>().await?, "12 squared is 144");
+///         // Bounded: Error::Timeout after a second, and the channel stays usable.
+///         worker.send_message(&13).await?;
+///         let reply: String = worker.receive_message_timeout(Duration::from_secs(1)).await?;
+///         assert_eq!(reply, "13 squared is 169");
+///         assert!(worker.close().await?.success());
+///         Ok(())
+///     })
+/// }
 /// ```
 #[derive(Debug)]
 pub struct AsyncDedicatedWorker {
@@ -100,8 +122,10 @@ impl DedicatedWorker {
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as
-    /// [`AsyncFd::new`] does.
+    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as every
+    /// registration with tokio's reactor does. The timeouts and
+    /// [`close`](AsyncDedicatedWorker::close) also need the runtime's timer (`enable_time`;
+    /// `enable_all` gives both).
     pub fn into_async(self) -> Result<AsyncDedicatedWorker, Error> {
         AsyncDedicatedWorker::new(self)
     }
@@ -113,8 +137,10 @@ impl AsyncDedicatedWorker {
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as
-    /// [`AsyncFd::new`] does.
+    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as every
+    /// registration with tokio's reactor does. The timeouts and
+    /// [`close`](AsyncDedicatedWorker::close) also need the runtime's timer (`enable_time`;
+    /// `enable_all` gives both).
     pub fn new(mut worker: DedicatedWorker) -> Result<Self, Error> {
         // From here on, a drop (this function failing included) never waits.
         worker.set_background_drop(true);

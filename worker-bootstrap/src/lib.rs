@@ -38,7 +38,9 @@
 //! - [`BootstrapProfile`]: everything needed to start a worker (the seed's profile);
 //! - [`Registry`], from [`registry()`]: the implementations an executable runs, and
 //!   [`Registry::run_if_worker`], which must be the first thing in `main`;
-//! - [`DedicatedWorker`]: a worker with one master;
+//! - [`DedicatedWorker`]: a worker with one master; with the `tokio` feature,
+//!   `AsyncDedicatedWorker` (`DedicatedWorker::into_async`) drives it from async code, on
+//!   tokio's reactor, with no thread per worker;
 //! - [`spawn_detached`] and [`start_detached`]: a daemon that outlives its starter (what shared
 //!   workers start), the latter waiting for its report that it is ready.
 //!

@@ -192,7 +192,7 @@ impl SharedWorker {
         &mut self,
         deadline: Option<Instant>,
     ) -> Result<Option<T>, Error> {
-        if let Some(message) = self.from_backlog() {
+        if let Some(message) = self.take_backlogged() {
             return message.map(Some);
         }
         if !self.link.fill(deadline)? {
@@ -202,7 +202,7 @@ impl SharedWorker {
     }
 
     /// The first data message kept while a control reply was awaited, if any.
-    pub(crate) fn from_backlog<T: DeserializeOwned>(&mut self) -> Option<Result<T, Error>> {
+    pub(crate) fn take_backlogged<T: DeserializeOwned>(&mut self) -> Option<Result<T, Error>> {
         let payload = self.backlog.pop_front()?;
         self.backlog_bytes -= payload.len();
         let decoded = self.link.channel.codec().decode(&payload);

@@ -36,19 +36,48 @@ use crate::{
 /// way, which the next receive reports as a protocol error (as after the blocking client's
 /// timeout): drop the connection then.
 ///
-/// ```no_run
-/// use worker_shared::{AdminCookie, AsyncSharedWorker};
-///
-/// # async fn run() -> Result<(), worker_shared::Error> {
-/// let mut worker = AsyncSharedWorker::connect("unix:///run/app/worker.sock").await?;
-/// worker.send_message("world").await?;
-/// println!("{}", worker.receive_message::<String>().await?);
-/// println!("{:?}", worker.query().await?.status);
-///
-/// let cookie = AdminCookie::from_file("/etc/app/admin-cookie")?;
-/// worker.stop(&cookie).await?; // returns once the worker acknowledged
-/// # Ok(())
+/// ```
+/// use worker_shared::{AdminCookie, AsyncSharedWorker, SharedServer, SharedServerConfig};
+/// # use worker_core::{BoxError, Connection, EventedWorker, Worker, WorkerLoop, WorkerStatus};
+/// # use worker_shared::SharedWorkerImpl;
+/// # struct Greeter;
+/// # impl Worker for Greeter {
+/// #     const NAME: &'static str = "greeter";
+/// #     type Args = ();
+/// #     fn new((): ()) -> Result<Self, BoxError> { Ok(Greeter) }
 /// # }
+/// # impl EventedWorker for Greeter {
+/// #     type Message = String;
+/// #     type Reply = String;
+/// #     fn on_message(&mut self, name: String, connection: &mut Connection<String>,
+/// #                   _: &mut WorkerLoop<Self>) -> Result<(), BoxError> {
+/// #         connection.send(&format!("Hello {name}"))?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # impl SharedWorkerImpl for Greeter {
+/// #     fn on_query(&mut self, _privileged: bool) -> Option<WorkerStatus> {
+/// #         Some("greeting".into())
+/// #     }
+/// # }
+///
+/// let dir = tempfile::tempdir()?;
+/// let address = format!("unix://{}/worker.sock", dir.path().display());
+/// let cookie = AdminCookie::new("change me in your app")?;
+/// // A shared worker served on a thread of this program (a daemon is the same to a client).
+/// let config = SharedServerConfig::default().with_cookie(cookie.clone());
+/// let server = SharedServer::bind(&address, config)?.spawn(|| Greeter::new(()))?;
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let mut worker = AsyncSharedWorker::connect(&address).await?;
+///     worker.send_message("world").await?;
+///     assert_eq!(worker.receive_message::<String>().await?, "Hello world");
+///     assert_eq!(worker.query().await?.status.unwrap().text(), "greeting");
+///     worker.stop(&cookie).await // returns once the worker acknowledged
+/// })?;
+/// server.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
 pub struct AsyncSharedWorker {
@@ -84,8 +113,9 @@ impl SharedWorker {
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as
-    /// [`AsyncFd`]'s registration does.
+    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as every
+    /// registration with tokio's reactor does. The timeouts and the control requests also
+    /// need the runtime's timer (`enable_time`; `enable_all` gives both).
     pub fn into_async(self) -> Result<AsyncSharedWorker, Error> {
         AsyncSharedWorker::new(self)
     }
@@ -98,6 +128,10 @@ impl AsyncSharedWorker {
     ///
     /// Resolving a host name goes through the system's resolver on tokio's blocking pool;
     /// addresses given as IP literals, and Unix sockets, need no resolution.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with IO and the timer enabled (`enable_all`).
     pub async fn connect(address: &str) -> Result<Self, Error> {
         Self::connect_timeout(address, DEFAULT_CONTROL_TIMEOUT).await
     }
@@ -145,7 +179,9 @@ impl AsyncSharedWorker {
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, or in one built without IO (`enable_io`).
+    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as every
+    /// registration with tokio's reactor does. The timeouts and the control requests also
+    /// need the runtime's timer (`enable_time`; `enable_all` gives both).
     pub fn new(client: SharedWorker) -> Result<Self, Error> {
         let stream: &Stream = client.link.channel.reader();
         stream
@@ -214,7 +250,7 @@ impl AsyncSharedWorker {
     ///
     /// The worker closing the connection gives [`Error::Closed`]. Cancel-safe.
     pub async fn receive_message<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
-        if let Some(message) = self.client.from_backlog() {
+        if let Some(message) = self.client.take_backlogged() {
             return message;
         }
         self.fill().await?;

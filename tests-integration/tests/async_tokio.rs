@@ -105,7 +105,8 @@ async fn a_cancelled_receive_loses_nothing() {
         assert_eq!(reply.unwrap().unwrap(), "burst");
     }
     // Cancelled while the reply is on its way (the worker sleeps first), then received.
-    worker.send_message(&Act::Sleep(200)).await.unwrap();
+    let pause = timeout(Duration::from_secs(1)).as_millis() as u64;
+    worker.send_message(&Act::Sleep(pause)).await.unwrap();
     let early = tokio::time::timeout(
         Duration::from_millis(20),
         worker.receive_message::<String>(),
@@ -164,11 +165,12 @@ async fn a_send_cancelled_before_any_of_it_left_is_taken_back() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_send_cancelled_half_way_is_finished_by_the_next_receive() {
-    // The worker does not read for a second: a 4 MiB send fills the pipe and is cancelled
+    // The worker does not read for a (scaled) second: a 4 MiB send fills the pipe and is cancelled
     // with part of its frame written. The rest stays queued, and the receive that waits for
     // the worker's answers writes it when the worker reads again: nothing is cut.
     let mut worker = spawn::<Hostile>(&profile());
-    worker.send_message(&Act::Sleep(1000)).await.unwrap();
+    let pause = timeout(Duration::from_secs(1)).as_millis() as u64;
+    worker.send_message(&Act::Sleep(pause)).await.unwrap();
     let message = Act::Reply("x".repeat(4 << 20));
     let cancelled =
         tokio::time::timeout(Duration::from_millis(20), worker.send_message(&message)).await;

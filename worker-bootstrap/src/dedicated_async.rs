@@ -41,6 +41,11 @@ use crate::{
 /// before anything else by the next send, receive or [`flush`](Self::flush), so the stream
 /// stays whole.
 ///
+/// The waits are the reactor's. What is left on the calling thread is what the blocking handle
+/// does at a worker's death to name it exactly: reaping it, and waiting for the kernel to finish
+/// tearing down a process that already closed its channel (microseconds; at most half a second
+/// on an overloaded machine) and for the last bytes of its standard error.
+///
 /// Dropping it ends the worker as [`DedicatedWorker::close_in_background`] does, so a drop
 /// never makes the runtime's thread wait; [`close`](Self::close) ends it and returns how it
 /// exited, and [`into_inner`](Self::into_inner) gives the blocking handle back.

@@ -54,6 +54,10 @@
 //!
 //! A program that needs only part of this can depend on those crates alone.
 //!
+//! With the `tokio` feature, `AsyncDedicatedWorker` and `AsyncSharedWorker` drive dedicated
+//! workers and shared-worker clients from async code, on tokio's reactor, with no thread per
+//! worker (`DedicatedWorker::into_async`, `AsyncSharedWorker::connect`).
+//!
 //! With the `cli` feature the package also builds the operators' programs:
 //! `check_shared_worker`, a Monitoring Plugins (Nagios) check, and `worker-ctl`, which queries,
 //! stops, disables and lists shared workers (`cargo install exsyst-worker --features cli`).
@@ -82,6 +86,8 @@ pub use worker_pool as pool;
 #[doc(inline)]
 pub use worker_shared as shared;
 
+#[cfg(feature = "tokio")]
+pub use worker_bootstrap::AsyncDedicatedWorker;
 pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
 pub use worker_channel::Codec;
 pub use worker_core::{
@@ -89,6 +95,8 @@ pub use worker_core::{
 };
 pub use worker_killswitch::KillSwitch;
 pub use worker_pool::WorkerPool;
+#[cfg(feature = "tokio")]
+pub use worker_shared::AsyncSharedWorker;
 pub use worker_shared::{
     AdminCookie, SharedRegistryExt, SharedServer, SharedServerConfig, SharedWorker,
     SharedWorkerImpl, StatusReply,

@@ -160,3 +160,13 @@ fn every_published_crate_has_complete_package_metadata() {
         ]
     );
 }
+
+/// The async faces are re-exported at the root with the `tokio` feature.
+#[cfg(feature = "tokio")]
+#[test]
+fn the_async_faces_are_reexported() {
+    let _: Option<exsyst_worker::AsyncDedicatedWorker> = None;
+    let _: Option<exsyst_worker::AsyncSharedWorker> = None;
+    let _: Option<exsyst_worker::bootstrap::AsyncDedicatedWorker> = None;
+    let _: Option<exsyst_worker::shared::AsyncSharedWorker> = None;
+}

@@ -6,6 +6,7 @@
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+pub mod async_scenarios;
 pub mod hardening_scenarios;
 pub mod scenarios;
 pub mod shared_scenarios;

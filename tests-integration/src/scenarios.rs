@@ -19,6 +19,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("evented-hold") => evented_hold(args.get(1).expect("log path")),
         Some("pool-hold") => pool_hold(args.get(1).map_or(Ok(3), |n| n.parse())?),
         Some("pool-crash") => pool_crash(),
+        Some("async-many") => {
+            crate::async_scenarios::many(args.get(1).map_or(Ok(16), |n| n.parse())?)
+        }
         Some(shared) if shared.starts_with("shared-") => crate::shared_scenarios::run(args),
         other => anyhow::bail!("unknown scenario {other:?}"),
     }

@@ -29,7 +29,7 @@ use crate::{
 const STDERR_DRAIN_WAIT: Duration = Duration::from_millis(500);
 
 /// How often a blocking wait checks for the worker's exit on kernels without pidfd.
-const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
+pub(crate) const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
 
 /// The bound of what is buffered in either direction beyond what the caller asked for: received
 /// bytes during a send, queued bytes of [`DedicatedWorker::queue_message`] (the connection's
@@ -82,6 +82,10 @@ pub struct DedicatedWorker {
     /// An event came that the process's exit may explain (its pidfd shares the token): look
     /// once whether it exited, when the output has nothing more.
     exit_check: bool,
+    /// Dropping the handle ends the worker as
+    /// [`close_in_background`](DedicatedWorker::close_in_background) does, not making the
+    /// dropping thread wait (an async handle's, which may be a runtime's only thread).
+    background_drop: bool,
 }
 
 /// How a reaped worker ended, with the tail of its standard error.
@@ -101,8 +105,18 @@ pub(crate) enum FromDescendants<T> {
     Timeout,
 }
 
+/// What one attempt of a write found.
+pub(crate) enum WriteStep {
+    /// The queue is written.
+    Done,
+    /// The channel takes no more now: wait for it.
+    Wait,
+    /// The write cannot go on.
+    Failed(Error),
+}
+
 /// What a wait on the channel and the process found.
-enum Wait {
+pub(crate) enum Wait {
     /// The channel is readable (data, or its end).
     Readable,
     /// The channel is writable.
@@ -196,6 +210,7 @@ impl DedicatedWorker {
             buffer_bound,
             broken: false,
             exit_check: false,
+            background_drop: false,
         };
         worker.queue(FrameKind::Control, &init)?;
         worker.connection.set_codec(profile.codec());
@@ -412,28 +427,50 @@ impl DedicatedWorker {
         deadline: Option<Instant>,
         kind: FrameKind,
     ) -> Result<Option<T>, Error> {
+        loop {
+            if let Some(message) = self.receive_step(kind)? {
+                return Ok(Some(message));
+            }
+            match self.wait(deadline, false)? {
+                Wait::Timeout => return Ok(None),
+                Wait::Writable => unreachable!("not asked for"),
+                ready => self.note_wait(ready),
+            }
+        }
+    }
+
+    /// One attempt of a receive (blocking or async): the next message of `kind` if one is
+    /// buffered or readable, the error that says how the channel ended, or `Ok(None)`: wait for
+    /// the output to be readable or the process to exit, then [`note_wait`](Self::note_wait).
+    pub(crate) fn receive_step<T: DeserializeOwned>(
+        &mut self,
+        kind: FrameKind,
+    ) -> Result<Option<T>, Error> {
         if self.broken {
             return Err(Error::ChannelBroken { pid: self.pid });
         }
-        loop {
-            if self.exited.is_some() {
-                // A dead worker's last bytes (or a grandchild's) are read without waiting.
-                self.connection.note_readable();
+        if self.exited.is_some() {
+            // A dead worker's last bytes (or a grandchild's) are read without waiting.
+            self.connection.note_readable();
+        }
+        if let Some(message) = self.try_receive(kind)? {
+            return Ok(Some(message));
+        }
+        if self.exited.is_some() {
+            return Err(self.ended());
+        }
+        Ok(None)
+    }
+
+    /// Takes in what a receive's wait found: the output is readable, or the process exited
+    /// (it is reaped then; the messages it sent are still received first).
+    pub(crate) fn note_wait(&mut self, ready: Wait) {
+        match ready {
+            Wait::Readable => self.connection.note_readable(),
+            Wait::Exited => {
+                self.died();
             }
-            if let Some(message) = self.try_receive(kind)? {
-                return Ok(Some(message));
-            }
-            if self.exited.is_some() {
-                return Err(self.ended());
-            }
-            match self.wait(deadline, false)? {
-                Wait::Readable => self.connection.note_readable(),
-                Wait::Exited => {
-                    self.died();
-                }
-                Wait::Timeout => return Ok(None),
-                Wait::Writable => unreachable!("not asked for"),
-            }
+            Wait::Writable | Wait::Timeout => {}
         }
     }
 
@@ -550,6 +587,12 @@ impl DedicatedWorker {
     /// Queued messages not yet written are dropped. Returns at once, so a pool's `Drop` can end
     /// all of its workers in well under a second whatever state they are in.
     pub fn close_in_background(mut self) {
+        self.hand_to_reaper();
+    }
+
+    /// What [`close_in_background`](Self::close_in_background) does; the handle is left with
+    /// nothing to end.
+    fn hand_to_reaper(&mut self) {
         if self.exited.is_some() {
             return;
         }
@@ -564,7 +607,11 @@ impl DedicatedWorker {
     }
 
     /// Queues one frame; nothing is queued when it is refused.
-    fn queue<T: Serialize + ?Sized>(&mut self, kind: FrameKind, message: &T) -> Result<(), Error> {
+    pub(crate) fn queue<T: Serialize + ?Sized>(
+        &mut self,
+        kind: FrameKind,
+        message: &T,
+    ) -> Result<(), Error> {
         if self.connection.is_write_closed() {
             return Err(self.ended());
         }
@@ -578,55 +625,82 @@ impl DedicatedWorker {
     /// call: giving up before any of it was written takes it back, whole, and giving up
     /// part-way through it breaks the channel.
     fn write_out(&mut self, deadline: Option<Instant>, own_frame: bool) -> Result<(), Error> {
-        let pid = self.pid;
         let frame_len = self.connection.queued_bytes();
         loop {
-            let empty = self.connection.flush().map_err(|e| error(pid, e))?;
-            if self.connection.is_write_closed() {
-                return Err(self.ended());
-            }
-            if empty {
-                return Ok(());
-            }
-            let buffered = self.connection.buffered_bytes();
-            let failure = if self.connection.is_read_closed() {
-                // Its output ended and it takes no input: it is done (or exiting).
-                Some(self.ended())
-            } else if buffered >= self.buffer_bound {
-                Some(Error::ReceiveBufferFull {
-                    pid,
-                    buffered,
-                    limit: self.buffer_bound,
-                })
-            } else {
-                match self.wait(deadline, true)? {
-                    Wait::Writable => None,
-                    Wait::Readable => match self.connection.read_ahead(self.buffer_bound) {
-                        Ok(_) => None,
-                        Err(e @ worker_channel::Error::ReceiveBufferFull { .. }) => {
-                            Some(error(pid, e))
-                        }
-                        Err(e) => return Err(error(pid, e)),
-                    },
-                    // A dead worker reads nothing more: what it sent stays for the receives.
-                    Wait::Exited => Some(self.died()),
-                    Wait::Timeout => Some(Error::Timeout {
-                        pid,
+            let failure = match self.write_step()? {
+                WriteStep::Done => return Ok(()),
+                WriteStep::Failed(failure) => failure,
+                WriteStep::Wait => match self.wait(deadline, true)? {
+                    Wait::Timeout => Error::Timeout {
+                        pid: self.pid,
                         waited: Duration::ZERO,
-                    }),
-                }
+                    },
+                    ready => match self.note_write_wait(ready)? {
+                        Some(failure) => failure,
+                        None => continue,
+                    },
+                },
             };
-            if let Some(failure) = failure {
-                if own_frame {
-                    if self.connection.queued_bytes() == frame_len {
-                        self.connection.discard_queued();
-                    } else {
-                        self.broken = true;
-                    }
-                }
-                return Err(failure);
+            return Err(self.give_up(own_frame, frame_len, failure));
+        }
+    }
+
+    /// One attempt of a write (blocking or async): writes what the channel takes now, and says
+    /// whether the queue is written, why it cannot be, or that the caller must wait (with
+    /// [`wait_interest`](Self::wait_interest) for a write) and then
+    /// [`note_write_wait`](Self::note_write_wait).
+    pub(crate) fn write_step(&mut self) -> Result<WriteStep, Error> {
+        let pid = self.pid;
+        let empty = self.connection.flush().map_err(|e| error(pid, e))?;
+        if self.connection.is_write_closed() {
+            return Err(self.ended());
+        }
+        if empty {
+            return Ok(WriteStep::Done);
+        }
+        let buffered = self.connection.buffered_bytes();
+        Ok(if self.connection.is_read_closed() {
+            // Its output ended and it takes no input: it is done (or exiting).
+            WriteStep::Failed(self.ended())
+        } else if buffered >= self.buffer_bound {
+            WriteStep::Failed(Error::ReceiveBufferFull {
+                pid,
+                buffered,
+                limit: self.buffer_bound,
+            })
+        } else {
+            WriteStep::Wait
+        })
+    }
+
+    /// Takes in what a write's wait found: the channel is writable (`None`: write again), the
+    /// worker sent something (read ahead, up to the buffer bound), or it exited.
+    pub(crate) fn note_write_wait(&mut self, ready: Wait) -> Result<Option<Error>, Error> {
+        let pid = self.pid;
+        Ok(match ready {
+            Wait::Writable | Wait::Timeout => None,
+            Wait::Readable => match self.connection.read_ahead(self.buffer_bound) {
+                Ok(_) => None,
+                Err(e @ worker_channel::Error::ReceiveBufferFull { .. }) => Some(error(pid, e)),
+                Err(e) => return Err(error(pid, e)),
+            },
+            // A dead worker reads nothing more: what it sent stays for the receives.
+            Wait::Exited => Some(self.died()),
+        })
+    }
+
+    /// A write that fails: with `own_frame` (the queue held only this call's frame, of
+    /// `frame_len` bytes), the frame is taken back when none of it left, and the channel is
+    /// broken when part of it did.
+    pub(crate) fn give_up(&mut self, own_frame: bool, frame_len: usize, failure: Error) -> Error {
+        if own_frame {
+            if self.connection.queued_bytes() == frame_len {
+                self.connection.discard_queued();
+            } else {
+                self.broken = true;
             }
         }
+        failure
     }
 
     /// Waits until the channel is readable (or, with `write`, writable), the process exits, or
@@ -635,8 +709,7 @@ impl DedicatedWorker {
     fn wait(&self, deadline: Option<Instant>, write: bool) -> Result<Wait, Error> {
         let pid = self.pid;
         let pipes = self.connection.transport();
-        let full = write && self.connection.buffered_bytes() >= self.buffer_bound;
-        let read = !(self.connection.is_read_closed() || full);
+        let read = self.wait_interest(write);
         let mut fds = [(pipes.output(), false, false); sys::MAX_POLL_FDS];
         let mut n = 0;
         let mut slot = |fd, r, w| {
@@ -694,6 +767,84 @@ impl DedicatedWorker {
                 return Ok(Wait::Writable);
             }
         }
+    }
+
+    /// The descriptors a wait watches, for an async handle to register: the worker's output, its
+    /// input (until closed) and its pidfd (on kernels with pidfds). They live as long as the
+    /// handle (the input until [`close`](Self::close)).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wait_fds(
+        &self,
+    ) -> (
+        BorrowedFd<'_>,
+        Option<BorrowedFd<'_>>,
+        Option<BorrowedFd<'_>>,
+    ) {
+        let pipes = self.connection.transport();
+        (pipes.output(), pipes.input(), self.process.pidfd())
+    }
+
+    /// How a wait learns of the process's exit now: its pidfd (`Some(true)`), polling every
+    /// [`EXIT_POLL_TICK`] (`Some(false)`, kernels without pidfd), or not at all (`None`: it is
+    /// known to have exited).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn exit_watch(&self) -> Option<bool> {
+        if self.exited.is_some() {
+            None
+        } else if self.process.pidfd().is_some() {
+            Some(true)
+        } else if self.process.needs_polling() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the process has exited, asked without waiting (for the exit polls of kernels
+    /// without pidfd).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn has_exited_now(&self) -> bool {
+        self.process.has_exited().unwrap_or(false)
+    }
+
+    /// Takes back what is queued and not yet written (see
+    /// [`FramedConnection::discard_queued`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn discard_queued(&mut self) -> usize {
+        self.connection.discard_queued()
+    }
+
+    /// The grace period of [`close`](Self::close).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Closes the worker's input: it reads the end of its channel, and can still write.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn close_input(&mut self) {
+        self.connection.transport_mut().close_input();
+    }
+
+    /// Reads and drops what the worker's output holds now (see `Pipes::discard_output`);
+    /// returns whether it ended.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn discard_output(&mut self) -> io::Result<bool> {
+        self.connection.transport_mut().discard_output()
+    }
+
+    /// Makes dropping the handle end the worker in the background (`true`), or as
+    /// [`close`](Self::close) does (`false`, the default).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn set_background_drop(&mut self, background: bool) {
+        self.background_drop = background;
+    }
+
+    /// Whether a wait (for a write, with `write`) watches the worker's output: not once it has
+    /// ended, nor while the receive buffer is at its bound during a send.
+    pub(crate) fn wait_interest(&self, write: bool) -> bool {
+        let full = write && self.connection.buffered_bytes() >= self.buffer_bound;
+        !(self.connection.is_read_closed() || full)
     }
 
     /// The process exited (its pidfd said so): reaps it and returns the error that says how it
@@ -781,7 +932,7 @@ impl DedicatedWorker {
     }
 
     /// Why nothing can be sent any more, if so.
-    fn unusable(&self) -> Option<Error> {
+    pub(crate) fn unusable(&self) -> Option<Error> {
         self.exited_error().or_else(|| {
             self.broken
                 .then_some(Error::ChannelBroken { pid: self.pid })
@@ -982,6 +1133,10 @@ impl AsRawFd for DedicatedWorker {
 
 impl Drop for DedicatedWorker {
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        if self.background_drop {
+            self.hand_to_reaper();
+        } else {
+            let _ = self.shutdown();
+        }
     }
 }

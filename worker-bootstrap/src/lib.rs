@@ -38,7 +38,9 @@
 //! - [`BootstrapProfile`]: everything needed to start a worker (the seed's profile);
 //! - [`Registry`], from [`registry()`]: the implementations an executable runs, and
 //!   [`Registry::run_if_worker`], which must be the first thing in `main`;
-//! - [`DedicatedWorker`]: a worker with one master;
+//! - [`DedicatedWorker`]: a worker with one master; with the `tokio` feature,
+//!   `AsyncDedicatedWorker` (`DedicatedWorker::into_async`) drives it from async code, on
+//!   tokio's reactor, with no thread per worker;
 //! - [`spawn_detached`] and [`start_detached`]: a daemon that outlives its starter (what shared
 //!   workers start), the latter waiting for its report that it is ready.
 //!
@@ -74,6 +76,8 @@
 //! with the target `exsyst_worker::worker::<implementation>`.
 
 mod dedicated;
+#[cfg(feature = "tokio")]
+mod dedicated_async;
 mod detached;
 mod error;
 mod init;
@@ -91,6 +95,8 @@ mod sys;
 const LOG_TARGET: &str = "exsyst_worker::bootstrap";
 
 pub use dedicated::DedicatedWorker;
+#[cfg(feature = "tokio")]
+pub use dedicated_async::AsyncDedicatedWorker;
 pub use detached::{DetachedStart, spawn_detached, start_detached};
 pub use error::{Error, describe_exit};
 pub use profile::{BootstrapProfile, StderrMode};

@@ -128,6 +128,8 @@ pub struct FramedConnection<T> {
     hung_up: bool,
     read_closed: bool,
     write_closed: bool,
+    /// How the write that found the peer gone failed (its kind, and its OS error number).
+    write_closed_by: Option<(io::ErrorKind, Option<i32>)>,
 }
 
 impl<T: fmt::Debug> fmt::Debug for FramedConnection<T> {
@@ -171,6 +173,7 @@ impl<T> FramedConnection<T> {
             hung_up: false,
             read_closed: false,
             write_closed: false,
+            write_closed_by: None,
         }
     }
 
@@ -255,6 +258,16 @@ impl<T> FramedConnection<T> {
         self.write_closed
     }
 
+    /// The error of the write that found the peer gone (`EPIPE` or `ECONNRESET`), once
+    /// [`is_write_closed`](Self::is_write_closed): what a blocking send would have returned,
+    /// for a non-blocking [`flush`](Self::flush), which reports it as `Ok(true)`.
+    pub fn write_closed_error(&self) -> Option<io::Error> {
+        self.write_closed_by.map(|(kind, code)| match code {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => kind.into(),
+        })
+    }
+
     /// Records that the transport was reported readable, so the next non-blocking receive
     /// reads again.
     pub fn note_readable(&mut self) {
@@ -305,6 +318,7 @@ impl<T> FramedConnection<T> {
             hung_up: self.hung_up,
             read_closed: self.read_closed,
             write_closed: self.write_closed,
+            write_closed_by: self.write_closed_by,
         }
     }
 
@@ -406,6 +420,7 @@ impl<T: Read + Write> FramedConnection<T> {
                     ) =>
                 {
                     self.write_closed = true;
+                    self.write_closed_by = Some((e.kind(), e.raw_os_error()));
                     self.clear_out();
                     return if blocking {
                         Err(Error::Io(e))

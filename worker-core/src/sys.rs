@@ -97,8 +97,34 @@ pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> bool {
         && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
 }
 
+/// Registers `fd` with the current tokio runtime's reactor, through a duplicate that the
+/// returned [`AsyncFd`](tokio::io::unix::AsyncFd) owns (close-on-exec), so the registration
+/// stays valid whatever becomes of `fd`: the one registration of the async faces of
+/// worker-bootstrap and worker-shared (feature `tokio`). An implementation detail, not part of
+/// the public API.
+///
+/// # Panics
+///
+/// Outside a tokio runtime, or in one built without IO, as every tokio registration does.
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+pub fn register_async(
+    fd: BorrowedFd<'_>,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    let fd = fd.try_clone_to_owned()?;
+    // SAFETY: the `AsyncFd` owns `fd`, an `OwnedFd`: it stays open and names the same open file
+    // description until the `AsyncFd` drops it, and its `as_raw_fd` always returns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(io::Error::from)
+}
+
 /// Writes to a socket without ever raising SIGPIPE: a peer that went away is `EPIPE`.
-pub(crate) fn send_nosignal(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+///
+/// An implementation detail (worker-shared writes its sockets through it), not part of the
+/// public API.
+#[doc(hidden)]
+pub fn send_nosignal(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is a live slice of `buf.len()` bytes; send only reads it.
         match syscall!(send(

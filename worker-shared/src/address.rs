@@ -6,7 +6,10 @@
 use std::{
     io::{self, Read, Write},
     net::{TcpStream, ToSocketAddrs},
-    os::unix::net::UnixStream,
+    os::{
+        fd::{AsFd, BorrowedFd},
+        unix::net::UnixStream,
+    },
     time::{Duration, Instant},
 };
 
@@ -49,6 +52,31 @@ pub(crate) fn connect(address: &Address, deadline: Option<Instant>) -> io::Resul
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no address answered in time")))
 }
 
+/// Connects without blocking the runtime's thread, trying each address a host name resolves to
+/// until one answers; the stream comes back non-blocking. The caller bounds the time.
+#[cfg(feature = "tokio")]
+pub(crate) async fn connect_async(address: &Address) -> io::Result<Stream> {
+    if let Some(path) = address.unix_path() {
+        let stream = tokio::net::UnixStream::connect(path).await?;
+        return stream.into_std().map(Stream::Unix);
+    }
+    let (Some(host), Some(port)) = (address.tcp_host(), address.tcp_port()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => {
+                // One frame is one write; the replies wait on no delayed ack.
+                stream.set_nodelay(true)?;
+                return stream.into_std().map(Stream::Tcp);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
+}
+
 /// A connected stream socket of either family.
 #[derive(Debug)]
 pub(crate) enum Stream {
@@ -62,6 +90,25 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.set_read_timeout(timeout),
             Stream::Tcp(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    /// Makes reads and writes return `WouldBlock` rather than wait (`true`), or wait again.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_nonblocking(nonblocking),
+            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Writes without ever raising SIGPIPE (std's TCP writes already pass `MSG_NOSIGNAL`; its
+    /// Unix socket writes do not): a peer that went away is `EPIPE`, whatever the program did
+    /// with SIGPIPE's disposition.
+    fn write_nosignal(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => worker_core::sys::send_nosignal(s.as_fd(), buf),
+            Stream::Tcp(s) => (&*s).write(buf),
         }
     }
 
@@ -83,12 +130,18 @@ impl Read for Stream {
     }
 }
 
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
+}
+
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
+        self.write_nosignal(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -120,10 +173,7 @@ impl Read for Half {
 
 impl Write for Half {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &*self.0 {
-            Stream::Unix(s) => (&*s).write(buf),
-            Stream::Tcp(s) => (&*s).write(buf),
-        }
+        self.0.write_nosignal(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {

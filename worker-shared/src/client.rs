@@ -69,7 +69,7 @@ pub struct StatusReply {
 /// ```
 #[derive(Debug)]
 pub struct SharedWorker {
-    link: Link,
+    pub(crate) link: Link,
     hello: Hello,
     /// Payloads of data frames that arrived while a control reply was awaited.
     backlog: VecDeque<Vec<u8>>,
@@ -103,14 +103,19 @@ impl SharedWorker {
         })?;
         let mut link = Link::new(parsed.to_string(), stream)?;
         let hello = link.read_hello(deadline, timeout)?;
-        Ok(SharedWorker {
+        Ok(Self::from_link(link, hello, timeout))
+    }
+
+    /// A client over a link whose hello arrived.
+    pub(crate) fn from_link(link: Link, hello: Hello, control_timeout: Duration) -> Self {
+        SharedWorker {
             link,
             hello,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
-            control_timeout: timeout,
+            control_timeout,
             authenticated: false,
-        })
+        }
     }
 
     /// The worker's address, in canonical form.
@@ -187,14 +192,25 @@ impl SharedWorker {
         &mut self,
         deadline: Option<Instant>,
     ) -> Result<Option<T>, Error> {
-        if let Some(payload) = self.backlog.pop_front() {
-            self.backlog_bytes -= payload.len();
-            let decoded = self.link.channel.codec().decode(&payload);
-            return decoded.map(Some).map_err(|e| self.link.channel_error(e));
+        if let Some(message) = self.take_backlogged() {
+            return message.map(Some);
         }
         if !self.link.fill(deadline)? {
             return Ok(None);
         }
+        self.take_message().map(Some)
+    }
+
+    /// The first data message kept while a control reply was awaited, if any.
+    pub(crate) fn take_backlogged<T: DeserializeOwned>(&mut self) -> Option<Result<T, Error>> {
+        let payload = self.backlog.pop_front()?;
+        self.backlog_bytes -= payload.len();
+        let decoded = self.link.channel.codec().decode(&payload);
+        Some(decoded.map_err(|e| self.link.channel_error(e)))
+    }
+
+    /// Takes the buffered frame out as a data message (once the link is filled).
+    pub(crate) fn take_message<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
         let codec = self.link.channel.codec();
         let frame = self
             .link
@@ -206,9 +222,7 @@ impl SharedWorker {
         if frame.kind == FrameKind::Data {
             // Decoded straight from the decoder's buffer: no copy on the common path.
             let decoded = codec.decode(frame.payload);
-            return decoded
-                .map(Some)
-                .map_err(|e| channel_error(&self.link.address, Some(self.hello.pid), e));
+            return decoded.map_err(|e| channel_error(&self.link.address, Some(self.hello.pid), e));
         }
         // The worker speaks in control frames only when spoken to.
         let payload = frame.payload.to_vec();
@@ -247,7 +261,13 @@ impl SharedWorker {
     fn ask_status(&mut self, deadline: Option<Instant>) -> Result<StatusReply, Error> {
         self.link
             .send_control(&ClientMessage::Query, deadline, "query")?;
-        match self.control_reply(deadline, "query")? {
+        let reply = self.control_reply(deadline, "query")?;
+        self.status_reply(reply)
+    }
+
+    /// The answer to a query, from its reply.
+    pub(crate) fn status_reply(&self, reply: ServerMessage) -> Result<StatusReply, Error> {
+        match reply {
             ServerMessage::Status { privileged, status } => Ok(StatusReply { privileged, status }),
             other => Err(self.link.unexpected(&other, "the reply to query")),
         }
@@ -265,7 +285,13 @@ impl SharedWorker {
         self.authenticate(cookie, deadline)?;
         self.link
             .send_control(&ClientMessage::Stop, deadline, "stop")?;
-        match self.control_reply(deadline, "stop")? {
+        let reply = self.control_reply(deadline, "stop")?;
+        self.stop_reply(reply)
+    }
+
+    /// The answer to a stop, from its reply.
+    pub(crate) fn stop_reply(&self, reply: ServerMessage) -> Result<(), Error> {
+        match reply {
             ServerMessage::Stopping => Ok(()),
             other => Err(self.link.unexpected(&other, "the reply to stop")),
         }
@@ -279,6 +305,25 @@ impl SharedWorker {
         if self.authenticated {
             return Ok(());
         }
+        let (auth, request) = self.auth_request(cookie)?;
+        self.link
+            .send_control(&request, deadline, "authentication")?;
+        let reply = self.control_reply(deadline, "authentication")?;
+        self.auth_reply(&auth, reply)
+    }
+
+    /// Whether this connection proved that it knows the admin cookie.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// The proof of knowledge of `cookie` for this connection's hello, and the request that
+    /// carries it.
+    pub(crate) fn auth_request<'c>(
+        &self,
+        cookie: &'c AdminCookie,
+    ) -> Result<(ClientAuth<'c>, ClientMessage), Error> {
         let client_nonce = auth::fresh_nonce().map_err(Error::Random)?;
         let auth = ClientAuth::start(Some(cookie), &self.hello.nonce, client_nonce)
             .map_err(|e| self.auth_error(e))?;
@@ -286,9 +331,16 @@ impl SharedWorker {
             nonce: auth.client_nonce().to_vec(),
             proof: auth.proof(),
         };
-        self.link
-            .send_control(&request, deadline, "authentication")?;
-        match self.control_reply(deadline, "authentication")? {
+        Ok((auth, request))
+    }
+
+    /// Checks the worker's proof in its reply to an authentication.
+    pub(crate) fn auth_reply(
+        &mut self,
+        auth: &ClientAuth<'_>,
+        reply: ServerMessage,
+    ) -> Result<(), Error> {
+        match reply {
             ServerMessage::Authenticated { proof } => {
                 auth.verify_server(&proof).map_err(|e| self.auth_error(e))?;
                 self.authenticated = true;
@@ -319,29 +371,38 @@ impl SharedWorker {
             if !self.link.fill(deadline)? {
                 return Err(self.link.timeout(operation, self.control_timeout));
             }
-            let (kind, payload) = self.link.take_frame()?;
-            if kind == FrameKind::Data {
-                self.backlog_bytes += payload.len();
-                if self.backlog_bytes > MAX_BACKLOG {
-                    return Err(Error::Backlog {
-                        address: self.link.address.clone(),
-                        pid: self.hello.pid,
-                        limit: MAX_BACKLOG,
-                    });
-                }
-                self.backlog.push_back(payload);
-                continue;
+            if let Some(reply) = self.control_frame()? {
+                return Ok(reply);
             }
-            return match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
-                Inbound::Message(ServerMessage::Error { code, message }) => {
-                    Err(self.refused(code, message))
-                }
-                Inbound::Message(message) => Ok(message),
-                Inbound::Unknown(kind) => Err(self
-                    .link
-                    .protocol(format!("unknown control message type {kind:?}"))),
-                Inbound::Malformed(reason) => Err(self.link.protocol(reason)),
-            };
+        }
+    }
+
+    /// Takes the buffered frame out (once the link is filled) while a control reply is
+    /// awaited: a data message is kept for the receives (`None`), a control message is the
+    /// reply, or the worker's refusal.
+    pub(crate) fn control_frame(&mut self) -> Result<Option<ServerMessage>, Error> {
+        let (kind, payload) = self.link.take_frame()?;
+        if kind == FrameKind::Data {
+            self.backlog_bytes += payload.len();
+            if self.backlog_bytes > MAX_BACKLOG {
+                return Err(Error::Backlog {
+                    address: self.link.address.clone(),
+                    pid: self.hello.pid,
+                    limit: MAX_BACKLOG,
+                });
+            }
+            self.backlog.push_back(payload);
+            return Ok(None);
+        }
+        match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
+            Inbound::Message(ServerMessage::Error { code, message }) => {
+                Err(self.refused(code, message))
+            }
+            Inbound::Message(message) => Ok(Some(message)),
+            Inbound::Unknown(kind) => Err(self
+                .link
+                .protocol(format!("unknown control message type {kind:?}"))),
+            Inbound::Malformed(reason) => Err(self.link.protocol(reason)),
         }
     }
 
@@ -363,9 +424,9 @@ impl SharedWorker {
 /// The connection under a [`SharedWorker`]: the framed channel, reads bounded by deadlines,
 /// and errors that name the address (and the pid, once the hello told it).
 #[derive(Debug)]
-struct Link {
-    address: String,
-    channel: Channel<Half, Half>,
+pub(crate) struct Link {
+    pub(crate) address: String,
+    pub(crate) channel: Channel<Half, Half>,
     /// The pid from the hello, once it arrived.
     pid: Option<u32>,
     /// The read timeout last set on the socket, so the hot path makes no needless system call.
@@ -375,7 +436,7 @@ struct Link {
 }
 
 impl Link {
-    fn new(address: String, stream: Stream) -> Result<Self, Error> {
+    pub(crate) fn new(address: String, stream: Stream) -> Result<Self, Error> {
         // One descriptor for both directions: no dup on the connect path.
         let stream = Half(std::sync::Arc::new(stream));
         Ok(Link {
@@ -393,6 +454,12 @@ impl Link {
         if !self.fill(deadline)? {
             return Err(self.timeout("hello", timeout));
         }
+        self.accept_hello()
+    }
+
+    /// Takes the buffered frame out (once filled) as the hello, and sets the channel up as it
+    /// says.
+    pub(crate) fn accept_hello(&mut self) -> Result<Hello, Error> {
         let (kind, payload) = self.take_frame()?;
         if kind != FrameKind::Control {
             return Err(self.protocol("the first frame is not a hello"));
@@ -434,22 +501,8 @@ impl Link {
     /// decoder, so a timeout never cuts a frame.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
         loop {
-            let connection = self.channel.connection_mut();
-            if connection.has_buffered_frame() {
+            if self.filled()? {
                 return Ok(true);
-            }
-            if connection.is_read_closed() {
-                let end = match connection.try_receive_frame() {
-                    Err(e) => e,
-                    Ok(_) => worker_channel::Error::Closed,
-                };
-                return Err(match end {
-                    worker_channel::Error::Closed => Error::Closed {
-                        address: self.address.clone(),
-                        pid: self.pid,
-                    },
-                    e => self.channel_error(e),
-                });
             }
             let left = time_left(deadline);
             if left.is_some_and(|left| left.is_zero()) {
@@ -463,13 +516,42 @@ impl Link {
             if !kept {
                 self.set_read_timeout(left)?;
             }
-            let connection = self.channel.connection_mut();
             // The socket blocks up to the read timeout: a read that times out is a would-block.
-            connection.note_readable();
-            if let Err(e) = connection.read_ahead(READ_AHEAD_LIMIT) {
-                return Err(self.channel_error(e));
-            }
+            self.read_more()?;
         }
+    }
+
+    /// Whether a whole frame is buffered; the error that says how the stream ended when it
+    /// ended without one; `false` when more must be read.
+    pub(crate) fn filled(&mut self) -> Result<bool, Error> {
+        let connection = self.channel.connection_mut();
+        if connection.has_buffered_frame() {
+            return Ok(true);
+        }
+        if connection.is_read_closed() {
+            let end = match connection.try_receive_frame() {
+                Err(e) => e,
+                Ok(_) => worker_channel::Error::Closed,
+            };
+            return Err(match end {
+                worker_channel::Error::Closed => Error::Closed {
+                    address: self.address.clone(),
+                    pid: self.pid,
+                },
+                e => self.channel_error(e),
+            });
+        }
+        Ok(false)
+    }
+
+    /// Reads what the socket has (once readable) into the buffer, up to the read-ahead limit.
+    pub(crate) fn read_more(&mut self) -> Result<(), Error> {
+        let connection = self.channel.connection_mut();
+        connection.note_readable();
+        connection
+            .read_ahead(READ_AHEAD_LIMIT)
+            .map(drop)
+            .map_err(|e| self.channel_error(e))
     }
 
     /// Takes the buffered frame out, copying its payload.
@@ -520,7 +602,7 @@ impl Link {
 
     /// Turns a send's result into ours, marking the link broken when bytes may have left in
     /// part.
-    fn sent(&mut self, result: Result<(), worker_channel::Error>) -> Result<(), Error> {
+    pub(crate) fn sent(&mut self, result: Result<(), worker_channel::Error>) -> Result<(), Error> {
         match result {
             Ok(()) => Ok(()),
             Err(worker_channel::Error::Io(source)) => {
@@ -532,7 +614,7 @@ impl Link {
         }
     }
 
-    fn usable(&self) -> Result<(), Error> {
+    pub(crate) fn usable(&self) -> Result<(), Error> {
         if self.broken {
             return Err(Error::Broken {
                 address: self.address.clone(),
@@ -543,7 +625,7 @@ impl Link {
         Ok(())
     }
 
-    fn io_error(&self, source: io::Error) -> Error {
+    pub(crate) fn io_error(&self, source: io::Error) -> Error {
         Error::Io {
             address: self.address.clone(),
             pid: self.pid,
@@ -551,11 +633,11 @@ impl Link {
         }
     }
 
-    fn channel_error(&self, source: worker_channel::Error) -> Error {
+    pub(crate) fn channel_error(&self, source: worker_channel::Error) -> Error {
         channel_error(&self.address, self.pid, source)
     }
 
-    fn timeout(&self, operation: &'static str, waited: Duration) -> Error {
+    pub(crate) fn timeout(&self, operation: &'static str, waited: Duration) -> Error {
         Error::Timeout {
             address: self.address.clone(),
             pid: self.pid,

@@ -55,6 +55,7 @@
 //! A shared worker is an evented worker that listens on a socket instead of talking to one master over its standard input and output: any master can connect and disconnect at any time (the seed's shared workers).
 //!
 //! - [`SharedWorker`] is one master's connection: messages both ways, [`SharedWorker::query`] for the worker's `WorkerStatus`, and [`SharedWorker::stop`].
+//!   With the `tokio` feature, `AsyncSharedWorker` is the same connection for async code, on tokio's reactor (`AsyncSharedWorker::connect`, or `SharedWorker::into_async`).
 //! - [`SharedWorkerImpl`] is what a shared worker implements, on top of `EventedWorker`: `on_query` and `on_stop`.
 //! - [`SharedServer`] serves one on a socket: on the calling thread ([`SharedServer::run`]), on a thread of its own ([`SharedServer::spawn`]), or as a daemon (below).
 //!   [`SharedServerConfig`] holds the cookie, the codec, the socket's mode and who may connect, the limits and the deadlines.
@@ -129,6 +130,8 @@
 mod address;
 mod auth;
 mod client;
+#[cfg(feature = "tokio")]
+mod client_async;
 mod config;
 mod cookie;
 mod daemon;
@@ -145,6 +148,8 @@ mod sys;
 mod wire;
 
 pub use client::{DEFAULT_CONTROL_TIMEOUT, SharedWorker, StatusReply};
+#[cfg(feature = "tokio")]
+pub use client_async::AsyncSharedWorker;
 pub use config::{PeerUids, SharedServerConfig};
 pub use cookie::AdminCookie;
 pub use daemon::{SharedRegistryExt, StartReport, daemon_extensions, wait_until_listening};

@@ -57,7 +57,7 @@ fn a_json_worker_is_spoken_to_in_json_and_queried_in_messagepack() {
 
 /// A server that says hello, then sends `first` and waits for the test: a message sends `rest`,
 /// dropping the sender closes the connection.
-fn staged_server(first: Vec<u8>, rest: Vec<u8>) -> (String, mpsc::Sender<()>) {
+pub(crate) fn staged_server(first: Vec<u8>, rest: Vec<u8>) -> (String, mpsc::Sender<()>) {
     let listener = Listener::bind(Transport::Unix);
     let (go, wait) = mpsc::channel::<()>();
     let (address_tx, address_rx) = mpsc::channel();
@@ -77,7 +77,7 @@ fn staged_server(first: Vec<u8>, rest: Vec<u8>) -> (String, mpsc::Sender<()>) {
     (address_rx.recv().unwrap(), go)
 }
 
-fn frame(message: &str) -> Vec<u8> {
+pub(crate) fn frame(message: &str) -> Vec<u8> {
     let mut out = Vec::new();
     encode_frame(
         Codec::MessagePack,

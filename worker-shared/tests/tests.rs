@@ -13,6 +13,8 @@
 #![allow(clippy::disallowed_methods)]
 
 mod admin;
+#[cfg(feature = "tokio")]
+mod async_client;
 mod children;
 mod cookie;
 mod handshake;

@@ -1,0 +1,482 @@
+//! The async client (feature `tokio`): one connection to a shared worker, on tokio's reactor.
+
+use std::{
+    future::poll_fn,
+    io,
+    os::fd::{AsFd, OwnedFd},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::io::{Interest, unix::AsyncFd};
+use worker_channel::{Codec, FrameKind};
+
+use crate::{
+    AdminCookie, Error, SharedWorker, StatusReply,
+    address::{self, Stream},
+    client::{DEFAULT_CONTROL_TIMEOUT, Link},
+    wire::{self, ClientMessage, ServerMessage},
+};
+
+/// A connection to a shared worker driven from async code: [`send_message`](Self::send_message),
+/// [`receive_message`](Self::receive_message), the queries and the stop wait on tokio's
+/// reactor, with no thread per connection.
+///
+/// It is a [`SharedWorker`] whose socket is non-blocking and registered with the runtime's
+/// reactor through [`AsyncFd`]: the framing, the limits, the backlog of data messages that
+/// arrive while a query waits for its reply, and every error are the blocking client's.
+/// Writes never raise SIGPIPE.
+///
+/// Sends and receives are cancel-safe: a receive dropped before it returned (by
+/// [`tokio::time::timeout`], or a `select!` that took another branch) loses nothing; a send
+/// dropped before it returned queued either nothing or its whole frame, which is taken back if
+/// none of it was written, and otherwise written before anything else by the next call, so the
+/// stream stays whole. A query or stop dropped after its request left leaves its reply on the
+/// way, which the next receive reports as a protocol error (as after the blocking client's
+/// timeout): drop the connection then.
+///
+/// ```
+/// use worker_shared::{AdminCookie, AsyncSharedWorker, SharedServer, SharedServerConfig};
+/// # use worker_core::{BoxError, Connection, EventedWorker, Worker, WorkerLoop, WorkerStatus};
+/// # use worker_shared::SharedWorkerImpl;
+/// # struct Greeter;
+/// # impl Worker for Greeter {
+/// #     const NAME: &'static str = "greeter";
+/// #     type Args = ();
+/// #     fn new((): ()) -> Result<Self, BoxError> { Ok(Greeter) }
+/// # }
+/// # impl EventedWorker for Greeter {
+/// #     type Message = String;
+/// #     type Reply = String;
+/// #     fn on_message(&mut self, name: String, connection: &mut Connection<String>,
+/// #                   _: &mut WorkerLoop<Self>) -> Result<(), BoxError> {
+/// #         connection.send(&format!("Hello {name}"))?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # impl SharedWorkerImpl for Greeter {
+/// #     fn on_query(&mut self, _privileged: bool) -> Option<WorkerStatus> {
+/// #         Some("greeting".into())
+/// #     }
+/// # }
+///
+/// let dir = tempfile::tempdir()?;
+/// let address = format!("unix://{}/worker.sock", dir.path().display());
+/// let cookie = AdminCookie::new("change me in your app")?;
+/// // A shared worker served on a thread of this program (a daemon is the same to a client).
+/// let config = SharedServerConfig::default().with_cookie(cookie.clone());
+/// let server = SharedServer::bind(&address, config)?.spawn(|| Greeter::new(()))?;
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let mut worker = AsyncSharedWorker::connect(&address).await?;
+///     worker.send_message("world").await?;
+///     assert_eq!(worker.receive_message::<String>().await?, "Hello world");
+///     assert_eq!(worker.query().await?.status.unwrap().text(), "greeting");
+///     worker.stop(&cookie).await // returns once the worker acknowledged
+/// })?;
+/// server.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct AsyncSharedWorker {
+    /// A duplicate of the socket, registered; closed before the client's own descriptor.
+    fd: AsyncFd<OwnedFd>,
+    client: SharedWorker,
+}
+
+/// Takes back a frame when its send is dropped before any of it was written.
+struct TakeBack<'a> {
+    worker: &'a mut AsyncSharedWorker,
+    frame_len: usize,
+}
+
+impl Drop for TakeBack<'_> {
+    fn drop(&mut self) {
+        let connection = self.worker.client.link.channel.connection_mut();
+        // The queue held only this frame: all of it still queued means none of it left.
+        if self.frame_len > 0 && connection.queued_bytes() == self.frame_len {
+            connection.discard_queued();
+        }
+    }
+}
+
+/// A frame to queue.
+enum Outgoing<'m, T: ?Sized> {
+    Data(&'m T),
+    Control(&'m ClientMessage),
+}
+
+impl SharedWorker {
+    /// This connection, driven from async code on tokio's reactor: see [`AsyncSharedWorker`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as every
+    /// registration with tokio's reactor does. The timeouts and the control requests also
+    /// need the runtime's timer (`enable_time`; `enable_all` gives both).
+    pub fn into_async(self) -> Result<AsyncSharedWorker, Error> {
+        AsyncSharedWorker::new(self)
+    }
+}
+
+impl AsyncSharedWorker {
+    /// Connects to the shared worker at `address` (as [`SharedWorker::connect`]) and reads its
+    /// hello, waiting at most [`DEFAULT_CONTROL_TIMEOUT`], without blocking the runtime's
+    /// thread.
+    ///
+    /// Resolving a host name goes through the system's resolver on tokio's blocking pool;
+    /// addresses given as IP literals, and Unix sockets, need no resolution.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with IO and the timer enabled (`enable_all`).
+    pub async fn connect(address: &str) -> Result<Self, Error> {
+        Self::connect_timeout(address, DEFAULT_CONTROL_TIMEOUT).await
+    }
+
+    /// Connects and reads the hello within `timeout` (`Duration::MAX`: no limit), which also
+    /// becomes the [control timeout](Self::set_control_timeout); the errors are
+    /// [`SharedWorker::connect_timeout`]'s.
+    pub async fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        let parsed = address::parse(address)?;
+        let connect_error = |source| Error::Connect {
+            address: parsed.to_string(),
+            source,
+        };
+        let stream = match within(deadline, address::connect_async(&parsed)).await {
+            Some(stream) => stream.map_err(connect_error)?,
+            None => {
+                return Err(connect_error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no address answered in time",
+                )));
+            }
+        };
+        let link = Link::new(parsed.to_string(), stream)?;
+        let fd = register(&link)?;
+        // A link without its hello yet: the client is built once it came.
+        let mut connecting = Connecting { fd, link };
+        if within(deadline, connecting.fill())
+            .await
+            .transpose()?
+            .is_none()
+        {
+            return Err(connecting.link.timeout("hello", timeout));
+        }
+        let hello = connecting.link.accept_hello()?;
+        let Connecting { fd, link } = connecting;
+        Ok(AsyncSharedWorker {
+            fd,
+            client: SharedWorker::from_link(link, hello, timeout),
+        })
+    }
+
+    /// Registers a connected client's socket with the current runtime's reactor
+    /// (see [`SharedWorker::into_async`]).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or in one built without IO (`enable_io`), as every
+    /// registration with tokio's reactor does. The timeouts and the control requests also
+    /// need the runtime's timer (`enable_time`; `enable_all` gives both).
+    pub fn new(client: SharedWorker) -> Result<Self, Error> {
+        let stream: &Stream = client.link.channel.reader();
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| client.link.io_error(e))?;
+        let fd = register(&client.link)?;
+        Ok(AsyncSharedWorker { fd, client })
+    }
+
+    /// The blocking client back, with every message buffered, kept or queued.
+    pub fn into_inner(self) -> Result<SharedWorker, Error> {
+        let AsyncSharedWorker { fd, client } = self;
+        drop(fd);
+        let stream: &Stream = client.link.channel.reader();
+        stream
+            .set_nonblocking(false)
+            .map_err(|e| client.link.io_error(e))?;
+        Ok(client)
+    }
+
+    /// The blocking client, for what needs no waiting: its address, pid, codec.
+    pub fn get_ref(&self) -> &SharedWorker {
+        &self.client
+    }
+
+    /// The worker's address, in canonical form.
+    pub fn address(&self) -> &str {
+        self.client.address()
+    }
+
+    /// The worker's process id, from its hello.
+    pub fn pid(&self) -> u32 {
+        self.client.pid()
+    }
+
+    /// The name of the implementation the worker runs, from its hello.
+    pub fn implementation(&self) -> &str {
+        self.client.implementation()
+    }
+
+    /// The codec of data messages, from the worker's hello.
+    pub fn codec(&self) -> Codec {
+        self.client.codec()
+    }
+
+    /// How long a query, an authentication or a stop waits for its reply.
+    pub fn control_timeout(&self) -> Duration {
+        self.client.control_timeout()
+    }
+
+    /// Sets how long a query, an authentication or a stop waits for its reply
+    /// (`Duration::MAX`: no limit).
+    pub fn set_control_timeout(&mut self, timeout: Duration) {
+        self.client.set_control_timeout(timeout);
+    }
+
+    /// Sends one message, waiting asynchronously until the socket took all of it.
+    ///
+    /// A send that fails (the worker went away, say) may have sent part of a frame: every later
+    /// call then fails with [`Error::Broken`], as with the blocking client. Cancel-safe.
+    pub async fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
+        self.send(Outgoing::Data(message)).await
+    }
+
+    /// Receives one message, waiting asynchronously until it arrives.
+    ///
+    /// The worker closing the connection gives [`Error::Closed`]. Cancel-safe.
+    pub async fn receive_message<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
+        if let Some(message) = self.client.take_backlogged() {
+            return message;
+        }
+        self.fill().await?;
+        self.client.take_message()
+    }
+
+    /// Receives one message, waiting at most `timeout`; [`Error::Timeout`] when nothing came.
+    ///
+    /// A timeout leaves the connection usable: part of a message that did arrive is kept.
+    pub async fn receive_message_timeout<T: DeserializeOwned>(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        match within(deadline, self.receive_message()).await {
+            Some(result) => result,
+            None => Err(self.client.link.timeout("message", timeout)),
+        }
+    }
+
+    /// Asks the worker for its status, without privilege (as [`SharedWorker::query`]).
+    ///
+    /// Waits at most the [control timeout](Self::set_control_timeout); data messages that
+    /// arrive meanwhile are kept, and the next receives return them first, in order.
+    pub async fn query(&mut self) -> Result<StatusReply, Error> {
+        let deadline = self.control_deadline();
+        let reply = self
+            .control(&ClientMessage::Query, deadline, "query")
+            .await?;
+        self.client.status_reply(reply)
+    }
+
+    /// Proves knowledge of the admin cookie (once per connection), then asks for the
+    /// privileged status (as [`SharedWorker::query_privileged`]), within the control timeout
+    /// in all.
+    pub async fn query_privileged(&mut self, cookie: &AdminCookie) -> Result<StatusReply, Error> {
+        let deadline = self.control_deadline();
+        self.authenticate(cookie, deadline).await?;
+        let reply = self
+            .control(&ClientMessage::Query, deadline, "query")
+            .await?;
+        self.client.status_reply(reply)
+    }
+
+    /// Proves knowledge of the admin cookie, asks the worker to stop, and returns once it
+    /// acknowledged (as [`SharedWorker::stop`]), within the control timeout in all.
+    pub async fn stop(&mut self, cookie: &AdminCookie) -> Result<(), Error> {
+        let deadline = self.control_deadline();
+        self.authenticate(cookie, deadline).await?;
+        let reply = self.control(&ClientMessage::Stop, deadline, "stop").await?;
+        self.client.stop_reply(reply)
+    }
+
+    fn control_deadline(&self) -> Option<tokio::time::Instant> {
+        tokio::time::Instant::now().checked_add(self.client.control_timeout())
+    }
+
+    async fn authenticate(
+        &mut self,
+        cookie: &AdminCookie,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), Error> {
+        if self.client.is_authenticated() {
+            return Ok(());
+        }
+        let (auth, request) = self.client.auth_request(cookie)?;
+        let reply = self.control(&request, deadline, "authentication").await?;
+        self.client.auth_reply(&auth, reply)
+    }
+
+    /// Sends a control request and waits for its reply, keeping the data messages that arrive
+    /// first, until `deadline` ([`Error::Timeout`] naming `operation` after it).
+    async fn control(
+        &mut self,
+        request: &ClientMessage,
+        deadline: Option<tokio::time::Instant>,
+        operation: &'static str,
+    ) -> Result<ServerMessage, Error> {
+        let exchange = async {
+            self.send(Outgoing::<()>::Control(request)).await?;
+            loop {
+                self.fill().await?;
+                if let Some(reply) = self.client.control_frame()? {
+                    return Ok(reply);
+                }
+            }
+        };
+        match within(deadline, exchange).await {
+            Some(result) => result,
+            None => Err(self
+                .client
+                .link
+                .timeout(operation, self.client.control_timeout())),
+        }
+    }
+
+    /// Queues one frame and writes it whole, after what a cancelled send left.
+    async fn send<T: Serialize + ?Sized>(&mut self, frame: Outgoing<'_, T>) -> Result<(), Error> {
+        self.client.link.usable()?;
+        if self.queued_bytes() > 0 {
+            self.write_out().await?;
+        }
+        let link = &mut self.client.link;
+        let queued = match frame {
+            Outgoing::Data(message) => link
+                .channel
+                .connection_mut()
+                .queue(FrameKind::Data, message),
+            Outgoing::Control(message) => {
+                let payload = wire::encode(message).map_err(|e| link.channel_error(e))?;
+                link.channel
+                    .connection_mut()
+                    .queue_raw(FrameKind::Control, &payload)
+            }
+        };
+        // Encoding failed before anything was queued: the link is as it was.
+        queued.map_err(|e| link.channel_error(e))?;
+        let frame_len = self.queued_bytes();
+        let send = TakeBack {
+            worker: self,
+            frame_len,
+        };
+        send.worker.write_out().await
+    }
+
+    /// Bytes of a cancelled send not yet written (the next call writes them first).
+    pub fn queued_bytes(&self) -> usize {
+        self.client.link.channel.connection().queued_bytes()
+    }
+
+    /// Writes the queue whole, waiting for the socket as the blocking client's writes do; a
+    /// failure (the worker went away) breaks the link, as theirs does.
+    async fn write_out(&mut self) -> Result<(), Error> {
+        while !self.flush()? {
+            poll_fn(|cx| self.poll_ready(cx, false, true)).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes now; whether the queue is written. A failure (the worker
+    /// went away) breaks the link with the blocking write's error.
+    fn flush(&mut self) -> Result<bool, Error> {
+        let connection = self.client.link.channel.connection_mut();
+        let result = match connection.flush() {
+            Ok(true) if connection.is_write_closed() => Err(worker_channel::Error::Io(
+                connection
+                    .write_closed_error()
+                    .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
+            )),
+            Ok(empty) => return Ok(empty),
+            Err(e) => Err(e),
+        };
+        self.client.link.sent(result).map(|()| true)
+    }
+
+    /// Reads until a whole frame is buffered, writing what a cancelled send left meanwhile.
+    async fn fill(&mut self) -> Result<(), Error> {
+        loop {
+            if self.client.link.filled()? {
+                return Ok(());
+            }
+            let write = self.queued_bytes() > 0 && self.client.link.usable().is_ok();
+            if poll_fn(|cx| self.poll_ready(cx, true, write)).await? {
+                self.client.link.read_more()?;
+            } else {
+                self.flush()?;
+            }
+        }
+    }
+
+    /// Ready once the socket is readable (with `read`; `true`) or writable (with `write`;
+    /// `false`). The readiness reported is cleared at once, before the caller reads or writes:
+    /// an edge that comes after is a new wake-up.
+    fn poll_ready(
+        &self,
+        cx: &mut Context<'_>,
+        read: bool,
+        write: bool,
+    ) -> Poll<Result<bool, Error>> {
+        let io = |e| self.client.link.io_error(e);
+        if read {
+            if let Poll::Ready(guard) = self.fd.poll_read_ready(cx) {
+                guard.map_err(io)?.clear_ready();
+                return Poll::Ready(Ok(true));
+            }
+        }
+        if write {
+            if let Poll::Ready(guard) = self.fd.poll_write_ready(cx) {
+                guard.map_err(io)?.clear_ready();
+                return Poll::Ready(Ok(false));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// A link waiting for its hello.
+struct Connecting {
+    fd: AsyncFd<OwnedFd>,
+    link: Link,
+}
+
+impl Connecting {
+    async fn fill(&mut self) -> Result<(), Error> {
+        loop {
+            if self.link.filled()? {
+                return Ok(());
+            }
+            let ready = poll_fn(|cx| self.fd.poll_read_ready(cx)).await;
+            ready.map_err(|e| self.link.io_error(e))?.clear_ready();
+            self.link.read_more()?;
+        }
+    }
+}
+
+/// Registers the link's socket with the current runtime's reactor.
+fn register(link: &Link) -> Result<AsyncFd<OwnedFd>, Error> {
+    let stream: &Stream = link.channel.reader();
+    worker_core::sys::register_async(stream.as_fd(), Interest::READABLE | Interest::WRITABLE)
+        .map_err(|e| link.io_error(e))
+}
+
+/// `future`'s output, or `None` once `deadline` passed (`None`: no deadline).
+async fn within<F: Future>(deadline: Option<tokio::time::Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}

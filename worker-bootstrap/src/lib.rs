@@ -39,6 +39,8 @@
 //! - [`Registry`], from [`registry()`]: the implementations an executable runs, and
 //!   [`Registry::run_if_worker`], which must be the first thing in `main`;
 //! - [`DedicatedWorker`]: a worker with one master;
+//! - [`enable_test_support!`]: the same registry for a binary whose `main` is not yours (a test
+//!   binary's is libtest's), so that `#[test]` functions can start workers;
 //! - [`spawn_detached`] and [`start_detached`]: a daemon that outlives its starter (what shared
 //!   workers start), the latter waiting for its report that it is ready.
 //!
@@ -86,6 +88,7 @@ mod spawn;
 mod spawner;
 mod stderr;
 mod sys;
+mod test_support;
 
 /// The `log` target of this crate's diagnostics.
 const LOG_TARGET: &str = "exsyst_worker::bootstrap";
@@ -95,3 +98,9 @@ pub use detached::{DetachedStart, spawn_detached, start_detached};
 pub use error::{Error, describe_exit};
 pub use profile::{BootstrapProfile, StderrMode};
 pub use registry::{EXIT_FAILURE, Registry, WorkerContext, registry};
+
+/// What [`enable_test_support!`] expands to refers to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::test_support::{add_test_registry, run_test_worker};
+}

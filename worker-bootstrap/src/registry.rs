@@ -162,7 +162,12 @@ impl Registry {
         let Some(implementation) = std::env::var_os(ENV_IMPLEMENTATION) else {
             return;
         };
-        let code = match self.run_worker(implementation) {
+        std::process::exit(self.exit_code(implementation));
+    }
+
+    /// Runs `implementation` as this process's worker, and returns the status to exit with.
+    pub(crate) fn exit_code(self, implementation: OsString) -> i32 {
+        match self.run_worker(implementation) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!(
@@ -171,8 +176,21 @@ impl Registry {
                 );
                 EXIT_FAILURE
             }
-        };
-        std::process::exit(code);
+        }
+    }
+
+    /// Adds what `other` registers and `self` does not: under a name both register, `self`'s
+    /// implementation (or hook) stays.
+    pub(crate) fn merge(&mut self, other: Registry) {
+        for (name, runner) in other.implementations {
+            self.implementations.entry(name).or_insert(runner);
+        }
+        for (name, hook) in other.before_hooks {
+            self.before_hooks.entry(name).or_insert(hook);
+        }
+        for (name, hook) in other.after_hooks {
+            self.after_hooks.entry(name).or_insert(hook);
+        }
     }
 
     fn run_worker(mut self, implementation: OsString) -> Result<(), BoxError> {

@@ -41,9 +41,23 @@ fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
+/// What the nested cargo builds: the CI's `cargo test --workspace --all-features`, narrowed to
+/// the targets these tests need. The features are resolved over the whole workspace, as in CI
+/// (`-p tests-support-demo` alone would resolve `serde` and `syn` with fewer features, and
+/// rebuild every crate from them up while the other tests run): under the CI command, the
+/// nested cargo finds everything built. Run alone (`cargo xtask test-integration`), it builds
+/// the workspace's library tests once.
+const SELECTION: [&str; 6] = [
+    "--workspace",
+    "--all-features",
+    "--lib",
+    "--test",
+    "workers",
+    "--color=never",
+];
+
 /// The cargo that runs these tests (`$CARGO`), in the workspace, so that it finds the same
-/// target directory and reuses what is built there: with the features of
-/// `cargo test --workspace --all-features`, the demo's test binary is already up to date.
+/// target directory (cargo does not hold its build lock while tests run).
 fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let mut command = Command::new(cargo);
@@ -130,23 +144,20 @@ fn ensure_nextest() {
 /// its path.
 fn demo_test_binary() -> PathBuf {
     let mut build = cargo();
-    build.args([
-        "test",
-        "-p",
-        "tests-support-demo",
-        "--lib",
-        "--no-run",
-        "--message-format=json",
-    ]);
+    build
+        .arg("test")
+        .args(SELECTION)
+        .args(["--no-run", "--message-format=json"]);
     let built = run(build, Duration::from_secs(600));
     assert!(built.status.success(), "{}", built.stderr);
-    eprintln!("cargo test --no-run for the demo took {:?}", built.took);
+    eprintln!("cargo test --no-run took {:?}", built.took);
     built
         .stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["reason"] == "compiler-artifact")
         .filter(|message| message["target"]["name"] == "tests_support_demo")
+        .filter(|message| message["profile"]["test"] == true)
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
         .unwrap_or_else(|| panic!("no test executable in cargo's messages: {}", built.stdout))
 }
@@ -155,20 +166,13 @@ fn demo_test_binary() -> PathBuf {
 fn the_demo_crates_tests_start_workers_under_nextest() {
     ensure_nextest();
     let mut nextest = cargo();
-    nextest.args([
-        "nextest",
-        "run",
-        "-p",
-        "tests-support-demo",
+    nextest.args(["nextest", "run"]).args(SELECTION).args([
+        "-E",
+        "package(tests-support-demo)",
         "--no-fail-fast",
-        "--color",
-        "never",
     ]);
     let ran = run(nextest, Duration::from_secs(600));
-    eprintln!(
-        "cargo nextest run -p tests-support-demo took {:?}",
-        ran.took
-    );
+    eprintln!("cargo nextest run took {:?}", ran.took);
     assert!(
         ran.status.success(),
         "nextest failed: {}\n{}",

@@ -158,6 +158,9 @@ impl Registry {
     /// The worker exits with status 0 when the implementation returns `Ok`, and with
     /// [`EXIT_FAILURE`] (the error written to standard error) when the implementation, its
     /// constructor or a hook fails; a panic exits the way panics do (101).
+    ///
+    /// A binary whose `main` is not yours, a test binary's (libtest's), uses
+    /// [`enable_test_support!`](crate::enable_test_support) instead.
     pub fn run_if_worker(self) {
         let Some(implementation) = std::env::var_os(ENV_IMPLEMENTATION) else {
             return;

@@ -41,6 +41,19 @@
 //! }
 //! ```
 //!
+//! # Workers in your own tests
+//!
+//! A test binary's `main` is libtest's, so `run_if_worker` has no `main` to go first in.
+//! One line at the root of the test crate does its job instead, and `#[test]` functions can
+//! start raw, evented and task workers, under `cargo test` and `cargo nextest` alike:
+//!
+//! ```text
+//! #[cfg(test)]
+//! exsyst_worker::enable_test_support!(registry().raw::<Squarer>().task::<Doubler>());
+//! ```
+//!
+//! See [`enable_test_support!`].
+//!
 //! # The crates
 //!
 //! | module | crate | what it holds |
@@ -70,6 +83,7 @@
 #![forbid(unsafe_code)]
 
 mod factory;
+mod test_support;
 
 pub use factory::{Addresses, Error, WorkerFactory};
 

@@ -18,3 +18,4 @@ mod pool;
 mod protocol;
 mod shared;
 mod support;
+mod test_support;

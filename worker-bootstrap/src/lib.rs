@@ -41,6 +41,8 @@
 //! - [`DedicatedWorker`]: a worker with one master; with the `tokio` feature,
 //!   `AsyncDedicatedWorker` (`DedicatedWorker::into_async`) drives it from async code, on
 //!   tokio's reactor, with no thread per worker;
+//! - [`enable_test_support!`]: the same registry for a binary whose `main` is not yours (a test
+//!   binary's is libtest's), so that `#[test]` functions can start workers;
 //! - [`spawn_detached`] and [`start_detached`]: a daemon that outlives its starter (what shared
 //!   workers start), the latter waiting for its report that it is ready.
 //!
@@ -90,6 +92,7 @@ mod spawn;
 mod spawner;
 mod stderr;
 mod sys;
+mod test_support;
 
 /// The `log` target of this crate's diagnostics.
 const LOG_TARGET: &str = "exsyst_worker::bootstrap";
@@ -101,3 +104,9 @@ pub use detached::{DetachedStart, spawn_detached, start_detached};
 pub use error::{Error, describe_exit};
 pub use profile::{BootstrapProfile, StderrMode};
 pub use registry::{EXIT_FAILURE, Registry, WorkerContext, registry};
+
+/// What [`enable_test_support!`] expands to refers to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::test_support::{add_test_registry, run_test_worker};
+}

@@ -158,11 +158,19 @@ impl Registry {
     /// The worker exits with status 0 when the implementation returns `Ok`, and with
     /// [`EXIT_FAILURE`] (the error written to standard error) when the implementation, its
     /// constructor or a hook fails; a panic exits the way panics do (101).
+    ///
+    /// A binary whose `main` is not yours, a test binary's (libtest's), uses
+    /// [`enable_test_support!`](crate::enable_test_support) instead.
     pub fn run_if_worker(self) {
         let Some(implementation) = std::env::var_os(ENV_IMPLEMENTATION) else {
             return;
         };
-        let code = match self.run_worker(implementation) {
+        std::process::exit(self.exit_code(implementation));
+    }
+
+    /// Runs `implementation` as this process's worker, and returns the status to exit with.
+    pub(crate) fn exit_code(self, implementation: OsString) -> i32 {
+        match self.run_worker(implementation) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!(
@@ -171,8 +179,21 @@ impl Registry {
                 );
                 EXIT_FAILURE
             }
-        };
-        std::process::exit(code);
+        }
+    }
+
+    /// Adds what `other` registers and `self` does not: under a name both register, `self`'s
+    /// implementation (or hook) stays.
+    pub(crate) fn merge(&mut self, other: Registry) {
+        for (name, runner) in other.implementations {
+            self.implementations.entry(name).or_insert(runner);
+        }
+        for (name, hook) in other.before_hooks {
+            self.before_hooks.entry(name).or_insert(hook);
+        }
+        for (name, hook) in other.after_hooks {
+            self.after_hooks.entry(name).or_insert(hook);
+        }
     }
 
     fn run_worker(mut self, implementation: OsString) -> Result<(), BoxError> {

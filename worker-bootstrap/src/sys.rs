@@ -397,11 +397,19 @@ pub(crate) fn set_umask(mask: u32) {
 /// Removes a variable from this process's environment.
 ///
 /// Only called at the very start of a worker process, from `run_if_worker`, which the
-/// documentation requires to be the first thing in `main`, before any other thread exists.
+/// documentation requires to be the first thing in `main`, before any other thread exists (or
+/// from `enable_test_support!`, before `main`).
 pub(crate) fn remove_env(name: &str) {
     // SAFETY: single-threaded at this point (see above), so no other thread reads the
     // environment concurrently.
     unsafe { std::env::remove_var(name) };
+}
+
+/// Ignores SIGPIPE, as Rust's runtime does before `main`: for a worker that starts before
+/// `main` (`enable_test_support!`), so that it behaves as one started from `main` would.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: SIG_IGN installs no handler; signal() only changes the disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
 /// How long an evented worker may take to finish once its master died, before it is killed
@@ -542,4 +550,37 @@ pub(crate) fn without_sigpipe<T>(f: impl FnOnce() -> T) -> T {
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     }
     result
+}
+
+/// Puts `$function` (an `extern "C" fn()` that never unwinds) in this executable's table of
+/// constructors, at `$section` (`.init_array.NNNNN`): the loader calls it before `main`, lower
+/// priorities first, after the C library and Rust's own (priority 99) are set up.
+///
+/// This is what `enable_test_support!` expands to in the user's crate, by hand rather than
+/// through the `ctor` crate: `ctor`'s expansion carries `#[allow(unsafe_code)]`, which a crate
+/// with `#![forbid(unsafe_code)]` refuses (E0453), whereas the lint does not look into the
+/// expansion of another crate's macro. ELF targets only (every target whose loader runs
+/// `.init_array`), which is where workers run.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __before_main {
+    ($section:literal, $function:path) => {
+        #[cfg(not(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly",
+            target_os = "illumos",
+        )))]
+        compile_error!("enable_test_support! needs an ELF target, whose loader runs .init_array");
+        // SAFETY: `.init_array.N` sections hold pointers to functions the loader calls with
+        // (argc, argv, envp) before `main`; a C function taking nothing ignores them, and
+        // `$function` never unwinds (it catches panics). `#[used]` keeps it through link-time
+        // garbage collection.
+        #[used]
+        #[unsafe(link_section = $section)]
+        static CONSTRUCTOR: extern "C" fn() = $function;
+    };
 }

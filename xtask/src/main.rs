@@ -133,7 +133,7 @@ fn package() -> anyhow::Result<()> {
 fn unpublished() -> anyhow::Result<Vec<&'static str>> {
     let root = workspace_root()?;
     let mut names = Vec::new();
-    for member in ["tests-integration", "xtask"] {
+    for member in ["tests-integration", "tests-support-demo", "xtask"] {
         let manifest = std::fs::read_to_string(root.join(member).join("Cargo.toml"))?;
         if !manifest
             .lines()

@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     panic::{self, AssertUnwindSafe},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
     },
     time::{Duration, Instant},
@@ -45,7 +45,8 @@ pub(crate) struct Shared {
     sleeping: AtomicBool,
     /// Drop asked for an immediate end.
     abort: AtomicBool,
-    failed: Mutex<Option<String>>,
+    /// Why the pool failed, once it did: set once, read on every submit without a lock.
+    failed: OnceLock<String>,
     /// The workers' process ids, in index order.
     pids: Mutex<Vec<u32>>,
     pub(crate) workers: AtomicUsize,
@@ -66,7 +67,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The pool's failure, once it failed.
     pub(crate) fn failed_error(&self) -> Option<Error> {
-        lock(&self.failed).as_ref().map(|reason| Error::PoolFailed {
+        self.failed.get().map(|reason| Error::PoolFailed {
             reason: reason.clone(),
         })
     }
@@ -121,7 +122,7 @@ pub(crate) fn start<W: TaskWorker>(
         waker: ready.waker(),
         sleeping: AtomicBool::new(false),
         abort: AtomicBool::new(false),
-        failed: Mutex::new(None),
+        failed: OnceLock::new(),
         pids: Mutex::new(Vec::new()),
         workers: AtomicUsize::new(0),
         busy: AtomicUsize::new(0),
@@ -899,7 +900,8 @@ impl<W: TaskWorker> Dispatcher<W> {
             },
         };
         if let Error::PoolFailed { reason } = &error {
-            *lock(&self.shared.failed) = Some(reason.clone());
+            // The first failure is the reason.
+            let _ = self.shared.failed.set(reason.clone());
         }
         for index in 0..self.slots.len() {
             let _ = self.slots[index].worker.kill();

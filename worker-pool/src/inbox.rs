@@ -13,7 +13,10 @@
 use std::{
     collections::VecDeque,
     fmt,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll, Waker},
     time::Instant,
 };
@@ -25,18 +28,18 @@ pub(crate) fn channel<T: Send + 'static>(
 ) -> (InboxSender<T>, InboxReceiver<T>) {
     let inbox = Arc::new(Inbox {
         state: Mutex::new(State {
-            items: VecDeque::new(),
+            items: Items::default(),
             senders: 1,
             closed: false,
             waker: None,
             sleepers: 0,
-            key: None,
         }),
         ready: Condvar::new(),
     });
     let receiver = InboxReceiver {
         inbox: inbox.clone(),
         waiting: waiting.clone(),
+        key: AtomicUsize::new(NOT_WAITING),
     };
     (InboxSender(inbox), receiver)
 }
@@ -48,7 +51,7 @@ struct Inbox<T> {
 }
 
 struct State<T> {
-    items: VecDeque<T>,
+    items: Items<T>,
     /// Senders alive: when the last goes, no item can come any more.
     senders: usize,
     /// No item will come any more.
@@ -57,8 +60,40 @@ struct State<T> {
     waker: Option<Waker>,
     /// Threads blocked on `ready`: without any, an item costs no system call.
     sleepers: usize,
-    /// The receiver's entry in [`Waiting`], from its first wait on.
-    key: Option<usize>,
+}
+
+/// An inbox's items, in order: the first without an allocation of its own, since most
+/// inboxes (a single task's) never hold more.
+struct Items<T> {
+    first: Option<T>,
+    rest: VecDeque<T>,
+}
+
+impl<T> Default for Items<T> {
+    fn default() -> Self {
+        Items {
+            first: None,
+            rest: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Items<T> {
+    fn push_back(&mut self, item: T) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        self.first.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked.
@@ -148,7 +183,12 @@ pub(crate) struct TimedOut;
 pub(crate) struct InboxReceiver<T> {
     inbox: Arc<Inbox<T>>,
     waiting: Arc<Waiting>,
+    /// Its entry in [`Waiting`] from its first wait on, or [`NOT_WAITING`].
+    key: AtomicUsize,
 }
+
+/// The [`InboxReceiver::key`] of a receiver that never waited.
+const NOT_WAITING: usize = usize::MAX;
 
 impl<T> fmt::Debug for InboxReceiver<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -207,10 +247,12 @@ impl<T: Send + 'static> InboxReceiver<T> {
     /// The next item, or `None` once the inbox is closed and empty; otherwise `cx`'s task is
     /// woken when either comes.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        match self.try_recv() {
-            TryRecv::Item(item) => return Poll::Ready(Some(item)),
-            TryRecv::Closed => return Poll::Ready(None),
-            TryRecv::Empty => self.enlist(),
+        if self.key.load(Ordering::Acquire) == NOT_WAITING {
+            match self.try_recv() {
+                TryRecv::Item(item) => return Poll::Ready(Some(item)),
+                TryRecv::Closed => return Poll::Ready(None),
+                TryRecv::Empty => self.enlist(),
+            }
         }
         let mut state = lock(&self.inbox.state);
         if let Some(item) = state.items.pop_front() {
@@ -229,18 +271,17 @@ impl<T: Send + 'static> InboxReceiver<T> {
     /// Enters the pool's [`Waiting`] before the first wait, so that the pool's end closes the
     /// inbox; a pool that has ended already closes it at once.
     fn enlist(&self) {
-        if lock(&self.inbox.state).key.is_some() {
+        if self.key.load(Ordering::Acquire) != NOT_WAITING {
             return;
         }
         let Some(key) = self.waiting.enlist(self.inbox.clone()) else {
             return self.inbox.abandon();
         };
-        let mut state = lock(&self.inbox.state);
-        if state.key.is_none() {
-            state.key = Some(key);
-        } else {
+        let stored =
+            self.key
+                .compare_exchange(NOT_WAITING, key, Ordering::AcqRel, Ordering::Acquire);
+        if stored.is_err() {
             // Another thread waiting on the same handle enlisted first.
-            drop(state);
             self.waiting.leave(key);
         }
     }
@@ -248,8 +289,8 @@ impl<T: Send + 'static> InboxReceiver<T> {
 
 impl<T> Drop for InboxReceiver<T> {
     fn drop(&mut self) {
-        let key = lock(&self.inbox.state).key.take();
-        if let Some(key) = key {
+        let key = *self.key.get_mut();
+        if key != NOT_WAITING {
             self.waiting.leave(key);
         }
     }

@@ -54,6 +54,10 @@
 //!
 //! A program that needs only part of this can depend on those crates alone.
 //!
+//! Task pools serve async code too ([`pool::TaskPool::submit_async`], and a
+//! [`pool::TaskHandle`] is a future), under any executor; the `stream` feature adds
+//! `TaskPool::map_unordered_stream`, a `futures_core::Stream` of results.
+//!
 //! With the `cli` feature the package also builds the operators' programs:
 //! `check_shared_worker`, a Monitoring Plugins (Nagios) check, and `worker-ctl`, which queries,
 //! stops, disables and lists shared workers (`cargo install exsyst-worker --features cli`).

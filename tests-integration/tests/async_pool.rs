@@ -19,7 +19,7 @@ use exsyst_worker::{
     pool::{Error, TaskHandle, WorkerPoolBuilder},
 };
 use futures_core::Stream;
-use tests_integration::workers::pool::{Command, Commands, Tiny};
+use tests_integration::workers::pool::{Command, Commands};
 use tokio::task::JoinSet;
 
 use crate::support::*;

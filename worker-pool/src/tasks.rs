@@ -581,6 +581,13 @@ impl<O: Send + 'static> Future for TaskHandle<O> {
     }
 }
 
+/// Where a single task's result arrives.
+type ResultOf<W> = InboxReceiver<Result<<W as TaskWorker>::Output, Error>>;
+
+/// A `map` item's input index and result.
+#[cfg(feature = "stream")]
+type IndexedResult<W> = (usize, Result<<W as TaskWorker>::Output, Error>);
+
 /// The future of [`TaskPool::submit_async`]: submits one task once the queue has room, waiting
 /// for it as a future rather than by blocking.
 ///
@@ -589,7 +596,7 @@ impl<O: Send + 'static> Future for TaskHandle<O> {
 pub struct Submit<'a, W: TaskWorker> {
     pool: &'a TaskPool<W>,
     /// The job until the queue takes it, and the receiver of its result.
-    job: Option<(JobOf<W>, InboxReceiver<Result<W::Output, Error>>)>,
+    job: Option<(JobOf<W>, ResultOf<W>)>,
     ticket: Ticket,
 }
 
@@ -777,10 +784,7 @@ impl<W: TaskWorker> MapUnordered<'_, W> {
     /// The next result, as a future would give it: feeds the queue as it has room and never
     /// blocks; `cx`'s task is woken when a result or room comes.
     #[cfg(feature = "stream")]
-    fn poll_next_result(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<(usize, Result<W::Output, Error>)>> {
+    fn poll_next_result(&mut self, cx: &mut Context<'_>) -> Poll<Option<IndexedResult<W>>> {
         loop {
             if let Some(next) = self.ready.pop_front() {
                 self.yielded += 1;

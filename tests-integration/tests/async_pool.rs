@@ -19,7 +19,10 @@ use exsyst_worker::{
     pool::{Error, TaskHandle, WorkerPoolBuilder},
 };
 use futures_core::Stream;
-use tests_integration::workers::pool::{Command, Commands};
+use tests_integration::workers::{
+    hostile_tasks::{Fragile, Item, release_stalls},
+    pool::{Command, Commands},
+};
 use tokio::task::JoinSet;
 
 use crate::support::*;
@@ -275,6 +278,36 @@ async fn dropping_the_pool_closes_awaited_tasks_as_it_closes_waited_ones() {
     assert!(matches!(awaited, Err(Error::Closed)), "{awaited:?}");
     assert!(matches!(queued.await, Err(Error::Closed)));
     assert!(matches!(waited.wait(), Err(Error::Closed)));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_a_pool_whose_dispatcher_is_held_ends_every_await_at_once() {
+    let pool = builder()
+        .size(1)
+        .in_flight_per_worker(1)
+        .build_tasks::<Fragile>()
+        .unwrap();
+    // The dispatcher takes the first task and is held in its `Serialize`; the second waits.
+    let mut held = pool.submit_async(Item::Stall).await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || pool.stats().queued == 0));
+    let mut queued = pool.submit_async(Item::Fine(1)).await.unwrap();
+    assert!(poll_once(&mut held).is_pending());
+    assert!(poll_once(&mut queued).is_pending());
+    let awaiting = tokio::spawn(async move { (held.await, queued.await) });
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    drop(pool);
+    let limit = timeout(Duration::from_secs(1));
+    let joined = tokio::time::timeout(limit, awaiting).await;
+    release_stalls();
+    let (held, queued) = joined.expect("an await outlived its pool").unwrap();
+    assert!(matches!(held, Err(Error::Closed)), "{held:?}");
+    assert!(matches!(queued, Err(Error::Closed)), "{queued:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -46,8 +46,9 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 ///
 /// Submitting threads talk to the dispatcher through a bounded queue: when
 /// [`queue_bound`](crate::WorkerPoolBuilder::queue_bound) tasks wait, [`submit`](Self::submit)
-/// blocks and [`try_submit`](Self::try_submit) hands the item back, so a fast producer is held
-/// back instead of filling memory. `&TaskPool` can be shared between threads.
+/// blocks, [`submit_async`](Self::submit_async) waits as a future and
+/// [`try_submit`](Self::try_submit) hands the item back, so a fast producer is held back
+/// instead of filling memory. `&TaskPool` can be shared between threads.
 ///
 /// # Failures
 ///

@@ -70,6 +70,9 @@
 //! With the `tokio` feature, `AsyncDedicatedWorker` and `AsyncSharedWorker` drive dedicated
 //! workers and shared-worker clients from async code, on tokio's reactor, with no thread per
 //! worker (`DedicatedWorker::into_async`, `AsyncSharedWorker::connect`).
+//! Task pools serve async code too ([`pool::TaskPool::submit_async`], and a
+//! [`pool::TaskHandle`] is a future), under any executor; the `stream` feature adds
+//! `TaskPool::map_unordered_stream`, a `futures_core::Stream` of results.
 //!
 //! With the `cli` feature the package also builds the operators' programs:
 //! `check_shared_worker`, a Monitoring Plugins (Nagios) check, and `worker-ctl`, which queries,

@@ -6,6 +6,7 @@
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod async_pool;
 mod async_tokio;
 mod dedicated;
 mod evented;

@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     panic::{self, AssertUnwindSafe},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
     },
     time::{Duration, Instant},
@@ -17,9 +17,11 @@ use worker_core::PollerWaker;
 
 use crate::{
     Error, TaskWorker,
+    inbox::Waiting,
     job::{Items, Job, Sink},
     protocol::{ReceivedReply, Request},
     readiness::ReadySet,
+    room::Room,
     supervisor::{LOG_TARGET, RestartLimit, Spawner},
 };
 
@@ -43,7 +45,8 @@ pub(crate) struct Shared {
     sleeping: AtomicBool,
     /// Drop asked for an immediate end.
     abort: AtomicBool,
-    failed: Mutex<Option<String>>,
+    /// Why the pool failed, once it did: set once, read on every submit without a lock.
+    failed: OnceLock<String>,
     /// The workers' process ids, in index order.
     pids: Mutex<Vec<u32>>,
     pub(crate) workers: AtomicUsize,
@@ -55,12 +58,16 @@ pub(crate) struct Shared {
     pub(crate) failed_tasks: AtomicU64,
     pub(crate) restarted: AtomicU64,
     pub(crate) recycled: AtomicU64,
+    /// The pool's receivers that wait for results: ended as the dispatcher thread ends.
+    pub(crate) waiting: Arc<Waiting>,
+    /// Async submitters waiting for room in the queue: woken as jobs leave it.
+    pub(crate) room: Room,
 }
 
 impl Shared {
     /// The pool's failure, once it failed.
     pub(crate) fn failed_error(&self) -> Option<Error> {
-        lock(&self.failed).as_ref().map(|reason| Error::PoolFailed {
+        self.failed.get().map(|reason| Error::PoolFailed {
             reason: reason.clone(),
         })
     }
@@ -115,7 +122,7 @@ pub(crate) fn start<W: TaskWorker>(
         waker: ready.waker(),
         sleeping: AtomicBool::new(false),
         abort: AtomicBool::new(false),
-        failed: Mutex::new(None),
+        failed: OnceLock::new(),
         pids: Mutex::new(Vec::new()),
         workers: AtomicUsize::new(0),
         busy: AtomicUsize::new(0),
@@ -125,6 +132,8 @@ pub(crate) fn start<W: TaskWorker>(
         failed_tasks: AtomicU64::new(0),
         restarted: AtomicU64::new(0),
         recycled: AtomicU64::new(0),
+        waiting: Arc::default(),
+        room: Room::default(),
     });
     let (started_tx, started_rx) = crossbeam_channel::bounded(1);
     let (alive_tx, alive) = crossbeam_channel::bounded::<()>(0);
@@ -134,6 +143,7 @@ pub(crate) fn start<W: TaskWorker>(
             let shared = shared.clone();
             move || {
                 let _alive = alive_tx;
+                let _ended = Ended(shared.clone());
                 run::<W>(config, ready, rx, shared, started_tx);
             }
         })
@@ -154,6 +164,18 @@ pub(crate) fn start<W: TaskWorker>(
                 reason: "the dispatcher thread ended while starting the workers".into(),
             })
         }
+    }
+}
+
+/// Ends, as the dispatcher thread ends (however it ends: its state, every job's sink
+/// included, and its end of the queue are gone by then), every wait for a result that can no
+/// longer come, and every async submitter's wait for room in a queue nobody takes from.
+struct Ended(Arc<Shared>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.waiting.end();
+        self.0.room.wake_all();
     }
 }
 
@@ -299,6 +321,8 @@ struct Dispatcher<W: TaskWorker> {
     next: usize,
     /// The id of the next request.
     next_id: u64,
+    /// Jobs taken from the queue since async submitters waiting for room were last woken.
+    taken: usize,
 }
 
 /// The dispatcher thread's body.
@@ -343,6 +367,7 @@ fn run<W: TaskWorker>(
         failed: None,
         next: 0,
         next_id: 0,
+        taken: 0,
     };
     // User code runs here (the items' `Serialize`, the outputs' `Deserialize`): if it panics,
     // the pool fails as a whole, at once, instead of leaving its callers waiting.
@@ -375,6 +400,7 @@ impl<W: TaskWorker> Dispatcher<W> {
             self.read_replies();
             self.expire();
             self.feed();
+            self.shared.room.freed(std::mem::take(&mut self.taken));
             if self.failed.is_some() {
                 return self.fail_forever();
             }
@@ -455,7 +481,7 @@ impl<W: TaskWorker> Dispatcher<W> {
             let job = match self.held.pop_front() {
                 Some(job) => job,
                 None if self.closing => return,
-                None => match self.rx.try_recv() {
+                None => match self.take_job() {
                     Ok(job) => job,
                     Err(TryRecvError::Empty) => return,
                     Err(TryRecvError::Disconnected) => {
@@ -471,7 +497,7 @@ impl<W: TaskWorker> Dispatcher<W> {
             }
             let mut batch = vec![job];
             while batch.len() < room && !self.closing {
-                match self.rx.try_recv() {
+                match self.take_job() {
                     Ok(job) if matches!(job.sink, Sink::One(_)) => batch.push(job),
                     Ok(job) => {
                         self.held.push_back(job);
@@ -502,6 +528,14 @@ impl<W: TaskWorker> Dispatcher<W> {
                 },
             );
         }
+    }
+
+    /// The next job from the queue, counted so that as many async submitters waiting for room
+    /// are woken.
+    fn take_job(&mut self) -> Result<JobOf<W>, TryRecvError> {
+        let job = self.rx.try_recv()?;
+        self.taken += 1;
+        Ok(job)
     }
 
     fn send(&mut self, index: usize, job: JobOf<W>) {
@@ -866,7 +900,8 @@ impl<W: TaskWorker> Dispatcher<W> {
             },
         };
         if let Error::PoolFailed { reason } = &error {
-            *lock(&self.shared.failed) = Some(reason.clone());
+            // The first failure is the reason.
+            let _ = self.shared.failed.set(reason.clone());
         }
         for index in 0..self.slots.len() {
             let _ = self.slots[index].worker.kill();
@@ -877,6 +912,8 @@ impl<W: TaskWorker> Dispatcher<W> {
         self.shared.workers.store(0, Ordering::Relaxed);
         lock(&self.shared.pids).clear();
         self.failed = Some(error);
+        // Async submitters waiting for room see the failure at once.
+        self.shared.room.wake_all();
     }
 
     /// A failed pool answers every task with its error until the pool's handle lets go.
@@ -889,6 +926,7 @@ impl<W: TaskWorker> Dispatcher<W> {
             let _ = slot.worker.kill();
         }
         while let Ok(job) = self.rx.recv() {
+            self.shared.room.freed(1);
             self.fail_job(job, &error);
         }
     }

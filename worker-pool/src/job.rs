@@ -3,10 +3,9 @@
 
 use std::collections::VecDeque;
 
-use crossbeam_channel::Sender;
 use worker_channel::Codec;
 
-use crate::{Error, protocol::Outcome};
+use crate::{Error, inbox::InboxSender, protocol::Outcome};
 
 /// What the pool's handle queues for the dispatcher.
 #[derive(Debug)]
@@ -17,7 +16,7 @@ pub(crate) struct Job<I, O> {
 
 impl<I, O> Job<I, O> {
     /// A single task.
-    pub(crate) fn one(item: I, tx: Sender<Result<O, Error>>) -> Self {
+    pub(crate) fn one(item: I, tx: InboxSender<Result<O, Error>>) -> Self {
         Job {
             items: Items::One(item),
             sink: Sink::One(tx),
@@ -65,14 +64,14 @@ impl<I> Items<I> {
 #[derive(Debug)]
 pub(crate) enum Sink<O> {
     /// A single task.
-    One(Sender<Result<O, Error>>),
+    One(InboxSender<Result<O, Error>>),
     /// Single tasks that waited together and travel in one message, one sender each.
-    Batch(VecDeque<Sender<Result<O, Error>>>),
+    Batch(VecDeque<InboxSender<Result<O, Error>>>),
     /// Items of a `map`, from input index `start` on; each piece of results is sent as it
     /// comes.
     Map {
         start: usize,
-        tx: Sender<ChunkDone<O>>,
+        tx: InboxSender<ChunkDone<O>>,
     },
 }
 
@@ -111,22 +110,22 @@ impl<O> Sink<O> {
         }
     }
 
-    /// Hands over the outcomes of the next items. A receiver that is gone did not want them.
+    /// Hands over the outcomes of the next items.
     pub(crate) fn deliver(&mut self, outcomes: Vec<Outcome<O>>, codec: Codec) {
         match self {
             Sink::One(tx) => {
                 for outcome in outcomes {
-                    let _ = tx.send(outcome.into_result(codec));
+                    tx.send(outcome.into_result(codec));
                 }
             }
             Sink::Batch(txs) => {
                 for (tx, outcome) in txs.drain(..outcomes.len()).zip(outcomes) {
-                    let _ = tx.send(outcome.into_result(codec));
+                    tx.send(outcome.into_result(codec));
                 }
             }
             Sink::Map { start, tx } => {
                 let len = outcomes.len();
-                let _ = tx.send(ChunkDone {
+                tx.send(ChunkDone {
                     start: *start,
                     results: ChunkResults::Outcomes(outcomes, codec),
                 });
@@ -139,15 +138,15 @@ impl<O> Sink<O> {
     pub(crate) fn fail(self, items: usize, error: Error) {
         match self {
             Sink::One(tx) => {
-                let _ = tx.send(Err(error));
+                tx.send(Err(error));
             }
             Sink::Batch(txs) => {
                 for tx in txs {
-                    let _ = tx.send(Err(error.clone()));
+                    tx.send(Err(error.clone()));
                 }
             }
             Sink::Map { start, tx } => {
-                let _ = tx.send(ChunkDone {
+                tx.send(ChunkDone {
                     start,
                     results: ChunkResults::Failed { len: items, error },
                 });

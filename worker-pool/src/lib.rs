@@ -51,6 +51,12 @@
 //! - [`WorkerPoolBuilder`], which builds both and refuses impossible settings with
 //!   [`Error::Config`].
 //!
+//! Async callers, under any executor: a [`TaskHandle`] is a [`Future`] of
+//! its result, woken by the dispatcher thread, and [`TaskPool::submit_async`] waits for room in
+//! the queue as a future, so `pool.submit_async(item).await?.await?` never blocks an
+//! executor's thread. With the feature `stream`, `TaskPool::map_unordered_stream` gives the
+//! results of a map as a `futures_core::Stream`. No feature is on by default.
+//!
 //! Neither pool hangs when a worker dies (its death is seen through its pidfd, even while a
 //! grandchild it forked holds its channel): the tasks or messages it held fail with
 //! [`Error::Worker`], which carries the worker's exit status and the tail of its standard error.
@@ -70,10 +76,12 @@ mod builder;
 mod counters;
 mod dispatcher;
 mod error;
+mod inbox;
 mod job;
 mod pool;
 mod protocol;
 mod readiness;
+mod room;
 mod supervisor;
 mod task_worker;
 mod tasks;
@@ -82,4 +90,6 @@ pub use builder::WorkerPoolBuilder;
 pub use error::{Error, TrySubmitError};
 pub use pool::WorkerPool;
 pub use task_worker::{RegistryExt, TaskWorker, run_task_worker};
-pub use tasks::{MapUnordered, PoolStats, TaskHandle, TaskPool};
+#[cfg(feature = "stream")]
+pub use tasks::MapUnorderedStream;
+pub use tasks::{MapUnordered, PoolStats, Submit, TaskHandle, TaskPool};

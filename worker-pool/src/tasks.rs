@@ -1,20 +1,25 @@
 use std::{
     collections::VecDeque,
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
     thread::JoinHandle,
     time::Duration,
 };
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::{
     Error, TaskWorker, TrySubmitError,
     dispatcher::{self, JobOf, Shared, Started, TaskConfig},
+    inbox::{self, InboxReceiver, InboxSender, TryRecv},
     job::{ChunkDone, ChunkResults, Items, Job, Sink},
+    room::Ticket,
 };
 
 /// How long dropping a pool waits for its dispatcher to kill the workers and end: a safety net.
@@ -41,8 +46,9 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 ///
 /// Submitting threads talk to the dispatcher through a bounded queue: when
 /// [`queue_bound`](crate::WorkerPoolBuilder::queue_bound) tasks wait, [`submit`](Self::submit)
-/// blocks and [`try_submit`](Self::try_submit) hands the item back, so a fast producer is held
-/// back instead of filling memory. `&TaskPool` can be shared between threads.
+/// blocks, [`submit_async`](Self::submit_async) waits as a future and
+/// [`try_submit`](Self::try_submit) hands the item back, so a fast producer is held back
+/// instead of filling memory. `&TaskPool` can be shared between threads.
 ///
 /// # Failures
 ///
@@ -70,10 +76,6 @@ pub struct TaskPool<W: TaskWorker> {
     thread: Option<JoinHandle<()>>,
     /// Disconnected once the dispatcher thread has ended.
     alive: Receiver<()>,
-    /// Dropped with the pool, which ends every handle's wait.
-    on_drop: Option<Sender<()>>,
-    /// Disconnected once the pool was dropped.
-    dropped: Receiver<()>,
     size: usize,
     queue_bound: usize,
     chunk_size: Option<usize>,
@@ -130,14 +132,11 @@ impl<W: TaskWorker> TaskPool<W> {
             thread,
             alive,
         } = dispatcher::start::<W>(config, rx)?;
-        let (on_drop, dropped) = crossbeam_channel::bounded(0);
         Ok(TaskPool {
             tx: Some(tx),
             shared,
             thread: Some(thread),
             alive,
-            on_drop: Some(on_drop),
-            dropped,
             size,
             queue_bound,
             chunk_size,
@@ -184,9 +183,9 @@ impl<W: TaskWorker> TaskPool<W> {
         if let Some(e) = self.shared.failed_error() {
             return Err(e);
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = inbox::channel(&self.shared.waiting);
         self.send(Job::one(item, tx)).map_err(|_| self.gone())?;
-        Ok(self.handle(rx))
+        Ok(TaskHandle::new(rx))
     }
 
     /// Submits one task if the queue has room; otherwise hands the item back
@@ -198,9 +197,9 @@ impl<W: TaskWorker> TaskPool<W> {
         if let Some(e) = self.shared.failed_error() {
             return Err(TrySubmitError::Pool(e));
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = inbox::channel(&self.shared.waiting);
         match self.try_send(Job::one(item, tx)) {
-            Ok(()) => Ok(self.handle(rx)),
+            Ok(()) => Ok(TaskHandle::new(rx)),
             Err(TrySendError::Full(job)) => Err(TrySubmitError::Full(
                 job.into_items().pop().expect("a single task's item"),
             )),
@@ -208,11 +207,90 @@ impl<W: TaskWorker> TaskPool<W> {
         }
     }
 
-    fn handle(&self, rx: Receiver<Result<W::Output, Error>>) -> TaskHandle<W::Output> {
-        TaskHandle {
-            rx,
-            dropped: self.dropped.clone(),
-            taken: AtomicBool::new(false),
+    /// Submits one task, waiting for room in the queue as a future: the async face of
+    /// [`submit`](Self::submit), for callers on an executor's thread, which it never blocks.
+    ///
+    /// The future gives the task's [`TaskHandle`], itself a future of the result, so
+    /// `pool.submit_async(item).await?.await?` runs one task from async code. It fails as
+    /// `submit` does: [`Error::PoolFailed`] once the pool failed, [`Error::Closed`] once its
+    /// dispatcher is gone. Any executor drives it (tokio, async-std, smol, a hand-written
+    /// `block_on`): the dispatcher thread wakes the submitter as the queue frees room, and the
+    /// task that awaits a handle as its result arrives, and nothing else.
+    ///
+    /// ```rust,standalone_crate
+    /// use std::{future::Future, pin::pin, sync::Arc, task::{Context, Poll, Wake}, thread::Thread};
+    /// use worker_bootstrap::{BootstrapProfile, registry};
+    /// use worker_core::{BoxError, Worker};
+    /// use worker_pool::{RegistryExt, TaskWorker, WorkerPoolBuilder};
+    ///
+    /// struct Squarer;
+    ///
+    /// impl Worker for Squarer {
+    ///     const NAME: &'static str = "squarer";
+    ///     type Args = ();
+    ///     fn new((): ()) -> Result<Self, BoxError> {
+    ///         Ok(Squarer)
+    ///     }
+    /// }
+    ///
+    /// impl TaskWorker for Squarer {
+    ///     type Item = i64;
+    ///     type Output = i64;
+    ///     fn handle(&mut self, n: i64) -> Result<i64, String> {
+    ///         Ok(n * n)
+    ///     }
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     registry().task::<Squarer>().run_if_worker();
+    ///
+    ///     let pool = WorkerPoolBuilder::new()
+    ///         .profile(BootstrapProfile::new())
+    ///         .size(2)
+    ///         .queue_bound(1)
+    ///         .build_tasks::<Squarer>()?;
+    ///     // Under tokio this would be `async fn` code; any executor will do.
+    ///     let squares = block_on(async {
+    ///         let mut handles = Vec::new();
+    ///         for n in 0..10 {
+    ///             // With a queue of one, most of these wait for room, as futures.
+    ///             handles.push(pool.submit_async(n).await?);
+    ///         }
+    ///         let mut squares = Vec::new();
+    ///         for handle in handles {
+    ///             squares.push(handle.await?);
+    ///         }
+    ///         Ok::<_, worker_pool::Error>(squares)
+    ///     })?;
+    ///     assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+    ///     Ok(())
+    /// }
+    ///
+    /// /// The smallest executor: polls `future` on this thread, parking it in between.
+    /// fn block_on<F: Future>(future: F) -> F::Output {
+    ///     struct Unpark(Thread);
+    ///     impl Wake for Unpark {
+    ///         fn wake(self: Arc<Self>) {
+    ///             self.0.unpark();
+    ///         }
+    ///     }
+    ///     let waker = Arc::new(Unpark(std::thread::current())).into();
+    ///     let mut cx = Context::from_waker(&waker);
+    ///     let mut future = pin!(future);
+    ///     loop {
+    ///         match future.as_mut().poll(&mut cx) {
+    ///             Poll::Ready(output) => return output,
+    ///             Poll::Pending => std::thread::park(),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn submit_async(&self, item: W::Item) -> Submit<'_, W> {
+        let (tx, rx) = inbox::channel(&self.shared.waiting);
+        Submit {
+            pool: self,
+            job: Some((Job::one(item, tx), rx)),
+            ticket: Ticket::default(),
         }
     }
 
@@ -293,7 +371,7 @@ impl<W: TaskWorker> TaskPool<W> {
         let items: Vec<_> = items.into_iter().collect();
         let answered = vec![false; items.len()];
         let chunks = self.chunks(items);
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = inbox::channel(&self.shared.waiting);
         MapUnordered {
             pool: self,
             chunks: chunks.into_iter(),
@@ -304,7 +382,39 @@ impl<W: TaskWorker> TaskPool<W> {
             rx,
             ready: VecDeque::new(),
             yielded: 0,
+            ticket: Ticket::default(),
         }
+    }
+
+    /// [`map_unordered`](Self::map_unordered) as a [`Stream`](futures_core::Stream), for async
+    /// callers: yields `(input index, result)` as chunks finish, in any order, waiting for
+    /// results and for room in the queue as a future, never blocking the executor's thread
+    /// (feature `stream`).
+    ///
+    /// ```rust,no_run
+    /// use futures_core::Stream;
+    /// # use worker_pool::{TaskPool, TaskWorker};
+    /// # use std::{future::poll_fn, pin::Pin};
+    /// async fn sum_of_squares<W: TaskWorker<Item = u64, Output = u64>>(
+    ///     pool: &TaskPool<W>,
+    /// ) -> Result<u64, worker_pool::Error> {
+    ///     let mut squares = pool.map_unordered_stream(0..1000);
+    ///     let mut sum = 0;
+    ///     // Or `StreamExt::next` from the `futures` crate, or `tokio_stream`'s.
+    ///     while let Some((_index, square)) =
+    ///         poll_fn(|cx| Pin::new(&mut squares).poll_next(cx)).await
+    ///     {
+    ///         sum += square?;
+    ///     }
+    ///     Ok(sum)
+    /// }
+    /// ```
+    #[cfg(feature = "stream")]
+    pub fn map_unordered_stream<I>(&self, items: I) -> MapUnorderedStream<'_, W>
+    where
+        I: IntoIterator<Item = W::Item>,
+    {
+        MapUnorderedStream(self.map_unordered(items))
     }
 
     /// As [`TaskPool::map`], calling `progress(completed, total)` after each item's result
@@ -361,24 +471,60 @@ impl<W: TaskWorker> Drop for TaskPool<W> {
                 let _ = thread.join();
             }
         }
-        self.on_drop = None;
+        // The dispatcher's end did this already, unless it is still held: no wait for a
+        // result outlives the pool.
+        self.shared.waiting.end();
     }
 }
 
-/// The result of one submitted task, to wait for.
+/// The result of one submitted task, to wait for: blocking ([`wait`](Self::wait),
+/// [`wait_timeout`](Self::wait_timeout)), without waiting ([`try_result`](Self::try_result)),
+/// or as a [`Future`] (`.await`).
 ///
 /// A result is delivered once: after a call returned it, later calls return
 /// [`Error::Closed`], as do calls once the pool was dropped without the task's result.
+///
+/// # Async
+///
+/// `TaskHandle` is a future of the task's result, under any executor: whoever completes the
+/// task (the pool's dispatcher thread) wakes the task that awaits it, with no thread polling
+/// and none spent per task. Awaiting it gives exactly what [`wait`](Self::wait) gives, errors
+/// included. Dropping it, awaited or not, leaves the task to run, as dropping a handle does.
+/// With [`TaskPool::submit_async`], neither submitting nor awaiting ever blocks the executor's
+/// thread:
+///
+/// ```rust,no_run
+/// # use worker_pool::{TaskPool, TaskWorker};
+/// async fn square_all<W: TaskWorker<Item = i64, Output = i64>>(
+///     pool: &TaskPool<W>,
+/// ) -> Result<Vec<i64>, worker_pool::Error> {
+///     let mut handles = Vec::new();
+///     for n in 0..100 {
+///         // Waits for room in the queue as a future, not by blocking.
+///         handles.push(pool.submit_async(n).await?);
+///     }
+///     let mut squares = Vec::new();
+///     for handle in handles {
+///         squares.push(handle.await?);
+///     }
+///     Ok(squares)
+/// }
+/// ```
 #[derive(Debug)]
 pub struct TaskHandle<O> {
-    rx: Receiver<Result<O, Error>>,
-    /// Disconnected once the pool was dropped.
-    dropped: Receiver<()>,
+    rx: InboxReceiver<Result<O, Error>>,
     /// A call returned the result.
     taken: AtomicBool,
 }
 
-impl<O> TaskHandle<O> {
+impl<O: Send + 'static> TaskHandle<O> {
+    fn new(rx: InboxReceiver<Result<O, Error>>) -> Self {
+        TaskHandle {
+            rx,
+            taken: AtomicBool::new(false),
+        }
+    }
+
     /// Waits for the result.
     pub fn wait(self) -> Result<O, Error> {
         self.wait_until(None)
@@ -396,52 +542,118 @@ impl<O> TaskHandle<O> {
 
     /// The result if it is there, without waiting.
     pub fn try_result(&self) -> Option<Result<O, Error>> {
-        let result = self.poll();
-        if result.is_some() {
-            self.taken.store(true, Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn poll(&self) -> Option<Result<O, Error>> {
         if self.taken.load(Ordering::Relaxed) {
             return Some(Err(Error::Closed));
         }
-        match self.rx.try_recv() {
-            Ok(result) => Some(result),
-            Err(TryRecvError::Disconnected) => Some(Err(Error::Closed)),
-            Err(TryRecvError::Empty) => match self.dropped.try_recv() {
-                Err(TryRecvError::Disconnected) => Some(Err(Error::Closed)),
-                _ => None,
-            },
-        }
+        let result = match self.rx.try_recv() {
+            TryRecv::Item(result) => result,
+            TryRecv::Closed => Err(Error::Closed),
+            TryRecv::Empty => return None,
+        };
+        self.taken.store(true, Ordering::Relaxed);
+        Some(result)
     }
 
     fn wait_until(&self, deadline: Option<std::time::Instant>) -> Result<O, Error> {
-        let result = self.wait_for_result(deadline);
-        if !matches!(result, Err(Error::Timeout { .. })) {
-            self.taken.store(true, Ordering::Relaxed);
+        if self.taken.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
         }
-        result
-    }
-
-    fn wait_for_result(&self, deadline: Option<std::time::Instant>) -> Result<O, Error> {
-        // Most results are there already: no need to watch the pool for them.
-        if let Some(result) = self.poll() {
-            return result;
-        }
-        let timeout = match deadline {
-            Some(deadline) => crossbeam_channel::at(deadline),
-            None => crossbeam_channel::never(),
+        let Ok(result) = self.rx.recv_until(deadline) else {
+            return Err(Error::Timeout {
+                waited: Duration::ZERO,
+            });
         };
-        crossbeam_channel::select! {
-            recv(self.rx) -> result => result.unwrap_or(Err(Error::Closed)),
-            recv(self.dropped) -> _ => self.rx.try_recv().unwrap_or(Err(Error::Closed)),
-            recv(timeout) -> _ => match self.poll() {
-                Some(result) => result,
-                None => Err(Error::Timeout { waited: Duration::ZERO }),
-            },
+        self.taken.store(true, Ordering::Relaxed);
+        result.unwrap_or(Err(Error::Closed))
+    }
+}
+
+impl<O: Send + 'static> Future for TaskHandle<O> {
+    type Output = Result<O, Error>;
+
+    /// The result once it is there (then [`Error::Closed`], should it be polled again).
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.taken.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(Error::Closed));
         }
+        let result = std::task::ready!(self.rx.poll_recv(cx));
+        self.taken.store(true, Ordering::Relaxed);
+        Poll::Ready(result.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// Where a single task's result arrives.
+type ResultOf<W> = InboxReceiver<Result<<W as TaskWorker>::Output, Error>>;
+
+/// A `map` item's input index and result.
+#[cfg(feature = "stream")]
+type IndexedResult<W> = (usize, Result<<W as TaskWorker>::Output, Error>);
+
+/// The future of [`TaskPool::submit_async`]: submits one task once the queue has room, waiting
+/// for it as a future rather than by blocking.
+///
+/// Dropped before it completes, it submits nothing (the item is dropped with it).
+#[must_use = "futures do nothing unless polled"]
+pub struct Submit<'a, W: TaskWorker> {
+    pool: &'a TaskPool<W>,
+    /// The job until the queue takes it, and the receiver of its result.
+    job: Option<(JobOf<W>, ResultOf<W>)>,
+    ticket: Ticket,
+}
+
+impl<W: TaskWorker> fmt::Debug for Submit<'_, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submit")
+            .field("pending", &self.job.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+// Nothing in it is pinned: the job moves into the queue by value.
+impl<W: TaskWorker> Unpin for Submit<'_, W> {}
+
+impl<W: TaskWorker> Future for Submit<'_, W> {
+    type Output = Result<TaskHandle<W::Output>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let pool = this.pool;
+        let mut waiting = false;
+        loop {
+            if let Some(e) = pool.shared.failed_error() {
+                this.job = None;
+                pool.shared.room.leave(&mut this.ticket, false);
+                return Poll::Ready(Err(e));
+            }
+            let Some((job, rx)) = this.job.take() else {
+                return Poll::Ready(Err(Error::Closed));
+            };
+            match pool.try_send(job) {
+                Ok(()) => {
+                    pool.shared.room.leave(&mut this.ticket, true);
+                    return Poll::Ready(Ok(TaskHandle::new(rx)));
+                }
+                Err(TrySendError::Full(job)) => {
+                    this.job = Some((job, rx));
+                    if waiting {
+                        return Poll::Pending;
+                    }
+                    // Then once more: room freed since the first try is not missed.
+                    pool.shared.room.wait(&mut this.ticket, cx.waker());
+                    waiting = true;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    pool.shared.room.leave(&mut this.ticket, false);
+                    return Poll::Ready(Err(pool.gone()));
+                }
+            }
+        }
+    }
+}
+
+impl<W: TaskWorker> Drop for Submit<'_, W> {
+    fn drop(&mut self) {
+        self.pool.shared.room.leave(&mut self.ticket, false);
     }
 }
 
@@ -458,11 +670,13 @@ pub struct MapUnordered<'a, W: TaskWorker> {
     answered: Vec<bool>,
     /// Cloned into each chunk's job; dropped once every chunk is submitted, so that results
     /// the dispatcher can no longer give end the wait.
-    tx: Option<Sender<ChunkDone<W::Output>>>,
-    rx: Receiver<ChunkDone<W::Output>>,
+    tx: Option<InboxSender<ChunkDone<W::Output>>>,
+    rx: InboxReceiver<ChunkDone<W::Output>>,
     ready: VecDeque<(usize, Result<W::Output, Error>)>,
     /// Results handed out so far.
     yielded: usize,
+    /// Its place in line for room in the queue, when polled as a stream.
+    ticket: Ticket,
 }
 
 impl<W: TaskWorker> fmt::Debug for MapUnordered<'_, W> {
@@ -474,8 +688,11 @@ impl<W: TaskWorker> fmt::Debug for MapUnordered<'_, W> {
 }
 
 impl<W: TaskWorker> MapUnordered<'_, W> {
-    /// Submits what the queue takes without waiting, and at least one chunk when none is out.
-    fn feed(&mut self) {
+    /// Submits what the queue takes without waiting, and at least one chunk when none is out:
+    /// blocking for room without `cx`; with it, waiting for room as a future (`cx`'s task is
+    /// woken when the queue has room).
+    fn feed(&mut self, mut cx: Option<&mut Context<'_>>) {
+        let mut waiting = false;
         while let Some((start, items)) = self.held.take().or_else(|| self.chunks.next()) {
             let Some(tx) = self.tx.clone() else { return };
             let len = items.len();
@@ -483,7 +700,7 @@ impl<W: TaskWorker> MapUnordered<'_, W> {
                 items: Items::Many(items),
                 sink: Sink::Map { start, tx },
             };
-            let sent = if self.outstanding == 0 {
+            let sent = if self.outstanding == 0 && cx.is_none() {
                 self.pool.send(job).map_err(|job| (job, false))
             } else {
                 self.pool.try_send(job).map_err(|e| match e {
@@ -492,10 +709,21 @@ impl<W: TaskWorker> MapUnordered<'_, W> {
                 })
             };
             match sent {
-                Ok(()) => self.outstanding += len,
+                Ok(()) => {
+                    self.outstanding += len;
+                    self.pool.shared.room.leave(&mut self.ticket, true);
+                }
                 Err((job, true)) => {
                     self.held = Some((start, job.into_items()));
-                    return;
+                    // With nothing out, no result will wake the stream: room must. Then once
+                    // more, so that room freed since the first try is not missed.
+                    match cx.as_deref_mut() {
+                        Some(cx) if self.outstanding == 0 && !waiting => {
+                            self.pool.shared.room.wait(&mut self.ticket, cx.waker());
+                            waiting = true;
+                        }
+                        _ => return,
+                    }
                 }
                 Err((_, false)) => {
                     let e = self.pool.gone();
@@ -513,6 +741,23 @@ impl<W: TaskWorker> MapUnordered<'_, W> {
             *answered = true;
         }
         self.ready.push_back((index, result));
+    }
+
+    /// Answers the items of a chunk's results.
+    fn take(&mut self, done: ChunkDone<W::Output>) {
+        self.outstanding = self.outstanding.saturating_sub(done.results.len());
+        match done.results {
+            ChunkResults::Outcomes(outcomes, codec) => {
+                for (k, outcome) in outcomes.into_iter().enumerate() {
+                    self.answer(done.start + k, outcome.into_result(codec));
+                }
+            }
+            ChunkResults::Failed { len, error } => {
+                for i in done.start..done.start + len {
+                    self.answer(i, Err(error.clone()));
+                }
+            }
+        }
     }
 
     /// The dispatcher will not answer: every item submitted and not answered fails.
@@ -535,6 +780,40 @@ impl<W: TaskWorker> MapUnordered<'_, W> {
                 self.answer(i, Err(e.clone()));
             }
         }
+    }
+
+    /// The next result, as a future would give it: feeds the queue as it has room and never
+    /// blocks; `cx`'s task is woken when a result or room comes.
+    #[cfg(feature = "stream")]
+    fn poll_next_result(&mut self, cx: &mut Context<'_>) -> Poll<Option<IndexedResult<W>>> {
+        loop {
+            if let Some(next) = self.ready.pop_front() {
+                self.yielded += 1;
+                return Poll::Ready(Some(next));
+            }
+            self.feed(Some(cx));
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if self.outstanding == 0 {
+                // Waiting for room for the next chunk, or done.
+                return match self.held {
+                    Some(_) => Poll::Pending,
+                    None => Poll::Ready(None),
+                };
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(done)) => self.take(done),
+                Poll::Ready(None) => self.abandon(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<W: TaskWorker> Drop for MapUnordered<'_, W> {
+    fn drop(&mut self) {
+        self.pool.shared.room.leave(&mut self.ticket, false);
     }
 }
 
@@ -566,38 +845,69 @@ impl<W: TaskWorker> Iterator for MapUnordered<'_, W> {
                 self.yielded += 1;
                 return Some(next);
             }
-            self.feed();
+            self.feed(None);
             if !self.ready.is_empty() {
                 continue;
             }
             if self.outstanding == 0 {
                 return None;
             }
-            // The results come through `rx`, unless the dispatcher thread is gone and cannot
-            // give them any more.
-            let done = crossbeam_channel::select! {
-                recv(self.rx) -> done => done.ok(),
-                recv(self.pool.alive) -> _ => self.rx.try_recv().ok(),
-            };
-            let Some(done) = done else {
-                self.abandon();
-                continue;
-            };
-            self.outstanding = self.outstanding.saturating_sub(done.results.len());
-            match done.results {
-                ChunkResults::Outcomes(outcomes, codec) => {
-                    for (k, outcome) in outcomes.into_iter().enumerate() {
-                        self.answer(done.start + k, outcome.into_result(codec));
-                    }
-                }
-                ChunkResults::Failed { len, error } => {
-                    for i in done.start..done.start + len {
-                        self.answer(i, Err(error.clone()));
-                    }
-                }
+            // The results come through `rx`, which closes when the dispatcher can no longer
+            // give them (its thread ended, or the pool is gone).
+            match self.rx.recv_until(None) {
+                Ok(Some(done)) => self.take(done),
+                _ => self.abandon(),
             }
         }
     }
 }
 
 impl<W: TaskWorker> ExactSizeIterator for MapUnordered<'_, W> {}
+
+/// The [`Stream`](futures_core::Stream) of [`TaskPool::map_unordered_stream`]: submits chunks
+/// as the queue takes them and yields `(input index, result)` as they finish, waiting for
+/// either as a future, never blocking the executor's thread.
+///
+/// Every item gives exactly one result (its output or its error); `size_hint` says exactly how
+/// many remain. Dropping the stream leaves the chunks submitted to run, and submits no other.
+#[cfg(feature = "stream")]
+#[derive(Debug)]
+#[must_use = "streams do nothing unless polled"]
+pub struct MapUnorderedStream<'a, W: TaskWorker>(MapUnordered<'a, W>);
+
+#[cfg(feature = "stream")]
+impl<W: TaskWorker> MapUnorderedStream<'_, W> {
+    /// How many items this map runs.
+    pub fn total(&self) -> usize {
+        self.0.total()
+    }
+
+    /// How many results it has handed out so far.
+    pub fn completed(&self) -> usize {
+        self.0.completed()
+    }
+}
+
+// Nothing in it is pinned: it owns its items and refers to the pool.
+#[cfg(feature = "stream")]
+impl<W: TaskWorker> Unpin for MapUnorderedStream<'_, W> {}
+
+#[cfg(feature = "stream")]
+impl<W: TaskWorker> futures_core::Stream for MapUnorderedStream<'_, W> {
+    type Item = (usize, Result<W::Output, Error>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().0.poll_next_result(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+#[cfg(feature = "stream")]
+impl<W: TaskWorker> futures_core::FusedStream for MapUnorderedStream<'_, W> {
+    fn is_terminated(&self) -> bool {
+        self.0.yielded == self.0.total()
+    }
+}

@@ -1,6 +1,7 @@
-//! Pool benchmarks: tiny tasks one by one against raw-pipe workers fed round-robin, the default
-//! (adaptive) in-flight depth against a pinned one and against the ideal makespan of uneven
-//! work, and `map` against Python's `multiprocessing.Pool.map`.
+//! Pool benchmarks: tiny tasks one by one against raw-pipe workers fed round-robin, the same
+//! from async code (tokio) against the blocking calls, the default (adaptive) in-flight depth
+//! against a pinned one and against the ideal makespan of uneven work, and `map` against
+//! Python's `multiprocessing.Pool.map`.
 //!
 //! The raw baseline peers are this binary re-executed with `EXSYST_BENCH_POOL_PEER` set; the
 //! Python baseline is `tests-integration/bench/pool_map.py`, run with `python3`.
@@ -9,6 +10,7 @@ use std::{
     collections::VecDeque,
     io::{BufReader, Read, Write},
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -54,6 +56,27 @@ pub fn run(cfg: &Config) -> Vec<Line> {
         for _ in 0..cfg.rounds {
             let ours = tiny_tasks(50_000);
             let base = raw_round_robin(50_000);
+            line.rounds.push((ours, base));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("pool async tiny tasks") {
+        let mut line = Line::new(cfg.name("pool async tiny tasks"), "tasks/s");
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        for _ in 0..cfg.rounds {
+            let ours = async_tiny_tasks(&runtime, 50_000);
+            let base = tiny_tasks(50_000);
+            line.rounds.push((ours, base));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("pool async tiny tasks, a task per request") {
+        let name = cfg.name("pool async tiny tasks, a task per request");
+        let mut line = Line::new(name, "tasks/s");
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        for _ in 0..cfg.rounds {
+            let ours = async_tiny_tasks_per_request(&runtime, 50_000);
+            let base = tiny_tasks(50_000);
             line.rounds.push((ours, base));
         }
         lines.push(line);
@@ -110,7 +133,7 @@ fn tiny_tasks_with(builder: WorkerPoolBuilder, n: u64) -> f64 {
     let mut handles = VecDeque::new();
     for i in 0..n {
         handles.push_back(pool.submit(i).expect("submit"));
-        if handles.len() > 4096 {
+        if handles.len() > WINDOW {
             std::hint::black_box(handles.pop_front().unwrap().wait().expect("result"));
         }
     }
@@ -119,6 +142,67 @@ fn tiny_tasks_with(builder: WorkerPoolBuilder, n: u64) -> f64 {
     }
     n as f64 / start.elapsed().as_secs_f64()
 }
+
+/// [`tiny_tasks`] from async code: on tokio's default (multi-thread) runtime, in a task of its
+/// own as a server's handler would be, submitting with `submit_async` and awaiting the
+/// handles, oldest first, with [`WINDOW`] in flight (the blocking loop's shape exactly).
+fn async_tiny_tasks(runtime: &tokio::runtime::Runtime, n: u64) -> f64 {
+    let pool = Arc::new(
+        builder()
+            .in_flight_per_worker(DEPTH)
+            .build_tasks::<Tiny>()
+            .expect("task pool"),
+    );
+    pool.map(0..1000).expect("warm-up");
+    let start = Instant::now();
+    let run = runtime.spawn(async move {
+        let mut handles = VecDeque::new();
+        for i in 0..n {
+            handles.push_back(pool.submit_async(i).await.expect("submit"));
+            if handles.len() > WINDOW {
+                let oldest = handles.pop_front().unwrap();
+                std::hint::black_box(oldest.await.expect("result"));
+            }
+        }
+        for h in handles {
+            std::hint::black_box(h.await.expect("result"));
+        }
+    });
+    runtime.block_on(run).expect("the bench task");
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// [`async_tiny_tasks`] with a task per request, as a server has when each of its handlers
+/// offloads one item: each task runs `pool.submit_async(i).await?.await`, [`WINDOW`] at once.
+/// Every result wakes a task of its own, so this measures the executor's wake as well.
+fn async_tiny_tasks_per_request(runtime: &tokio::runtime::Runtime, n: u64) -> f64 {
+    let pool = Arc::new(
+        builder()
+            .in_flight_per_worker(DEPTH)
+            .build_tasks::<Tiny>()
+            .expect("task pool"),
+    );
+    pool.map(0..1000).expect("warm-up");
+    let start = Instant::now();
+    runtime.block_on(async {
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let pool = pool.clone();
+            requests.spawn(async move { pool.submit_async(i).await?.await });
+            if requests.len() > WINDOW {
+                let done = requests.join_next().await.expect("a request");
+                std::hint::black_box(done.expect("joined").expect("result"));
+            }
+        }
+        while let Some(done) = requests.join_next().await {
+            std::hint::black_box(done.expect("joined").expect("result"));
+        }
+    });
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Requests in flight at once in [`async_tiny_tasks`], as in [`tiny_tasks`].
+const WINDOW: usize = 4096;
 
 /// Tasks in `pool uneven default`, and their work: 1 in [`SLOW_EVERY`] takes [`SLOW_US`], the
 /// others [`FAST_US`].

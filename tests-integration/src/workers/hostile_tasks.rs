@@ -13,7 +13,7 @@ use std::{
         unix::net::UnixStream,
     },
     path::PathBuf,
-    sync::Mutex,
+    sync::{Condvar, Mutex},
 };
 
 use exsyst_worker::{
@@ -224,6 +224,19 @@ pub enum Item {
     Fine(u64),
     /// Panics when serialized.
     Boom,
+    /// Its `Serialize` waits until [`release_stalls`] is called, then it travels as 0: user
+    /// code that holds the master's dispatcher thread.
+    Stall,
+}
+
+/// Whether [`Item::Stall`]s may go on.
+static STALLS_RELEASED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// Lets every [`Item::Stall`] go on, now and later.
+pub fn release_stalls() {
+    let (released, changed) = &STALLS_RELEASED;
+    *released.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    changed.notify_all();
 }
 
 impl Serialize for Item {
@@ -231,6 +244,14 @@ impl Serialize for Item {
         match self {
             Item::Fine(n) => n.serialize(serializer),
             Item::Boom => panic!("Item::Boom refuses to be serialized"),
+            Item::Stall => {
+                let (released, changed) = &STALLS_RELEASED;
+                let mut go = released.lock().unwrap_or_else(|e| e.into_inner());
+                while !*go {
+                    go = changed.wait(go).unwrap_or_else(|e| e.into_inner());
+                }
+                0u64.serialize(serializer)
+            }
         }
     }
 }
@@ -260,6 +281,7 @@ impl TaskWorker for Fragile {
         match item {
             Item::Fine(n) => Ok(n),
             Item::Boom => Err("a Boom arrived".into()),
+            Item::Stall => Err("a Stall arrived".into()),
         }
     }
 }

@@ -120,6 +120,14 @@ pub enum Command {
     /// Works this many microseconds (sleeping all but the last 100 µs, spinning those, so the
     /// time is exact without holding a CPU), then answers 0.
     Work(u64),
+    /// Sleeps this many microseconds, then answers `n`: slow requests whose answers tell
+    /// them apart.
+    EchoAfter {
+        /// The answer.
+        n: u64,
+        /// How long the task takes.
+        micros: u64,
+    },
 }
 
 /// A task worker driven by [`Command`]s.
@@ -169,6 +177,10 @@ impl TaskWorker for Commands {
                     std::hint::spin_loop();
                 }
                 Ok(0)
+            }
+            Command::EchoAfter { n, micros } => {
+                std::thread::sleep(Duration::from_micros(micros));
+                Ok(n)
             }
         }
     }

@@ -82,7 +82,9 @@ pub use worker_pool as pool;
 #[doc(inline)]
 pub use worker_shared as shared;
 
-pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
+pub use worker_bootstrap::{
+    BootstrapProfile, DedicatedWorker, Registry, SpawnMode, StderrMode, registry,
+};
 pub use worker_channel::Codec;
 pub use worker_core::{
     BoxError, Connection, EventedWorker, RawWorker, Worker, WorkerChannel, WorkerLoop,

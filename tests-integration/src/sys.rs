@@ -86,3 +86,57 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// Takes an exclusive `flock` on `file` without waiting: `WouldBlock` when another open file
+/// description holds one.
+pub fn try_flock_exclusive(file: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: flock only changes the lock of a descriptor the caller borrows.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lets `fd` be inherited across `exec` (what a careless program leaves): clears its
+/// close-on-exec flag.
+pub fn clear_cloexec(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller borrows; flags only.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The process group of this process.
+pub fn pgid() -> u32 {
+    // SAFETY: getpgid(0) only reads this process's group.
+    unsafe { libc::getpgid(0) as u32 }
+}
+
+/// Whether the C library's record of the calling thread's id (where the kernel was told to
+/// write it: `PR_GET_TID_ADDRESS`) holds the thread's real id, as after glibc's `fork`. A fork
+/// that forgot it leaves its parent's id there, and `pthread_*` calls naming this thread would
+/// reach the parent's.
+pub fn libc_thread_id_is_own() -> io::Result<bool> {
+    const PR_GET_TID_ADDRESS: libc::c_int = 40;
+    let mut address: *mut libc::c_int = std::ptr::null_mut();
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer into the live location given.
+    let res = unsafe {
+        libc::prctl(
+            PR_GET_TID_ADDRESS,
+            &mut address as *mut *mut libc::c_int as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if res == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if address.is_null() {
+        return Ok(false);
+    }
+    // SAFETY: the address the C library gave the kernel for this thread, in memory that lives
+    // as long as the thread; gettid has no preconditions.
+    Ok(unsafe { address.read_volatile() == libc::gettid() })
+}

@@ -17,3 +17,4 @@ mod pool;
 mod protocol;
 mod shared;
 mod support;
+mod zygote;

@@ -86,6 +86,7 @@ mod spawn;
 mod spawner;
 mod stderr;
 mod sys;
+mod zygote;
 
 /// The `log` target of this crate's diagnostics.
 const LOG_TARGET: &str = "exsyst_worker::bootstrap";
@@ -93,5 +94,5 @@ const LOG_TARGET: &str = "exsyst_worker::bootstrap";
 pub use dedicated::DedicatedWorker;
 pub use detached::{DetachedStart, spawn_detached, start_detached};
 pub use error::{Error, describe_exit};
-pub use profile::{BootstrapProfile, StderrMode};
+pub use profile::{BootstrapProfile, SpawnMode, StderrMode};
 pub use registry::{EXIT_FAILURE, Registry, WorkerContext, registry};

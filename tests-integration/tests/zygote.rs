@@ -365,3 +365,33 @@ fn a_zygote_whose_main_started_a_thread_refuses_with_a_typed_error() {
     let ids: Ids = worker.receive_message().unwrap();
     assert_eq!(ids.threads_at_start, 2);
 }
+
+#[test]
+fn a11_a_forked_worker_asked_for_on_a_thread_that_exits_lives_as_long_as_its_handle() {
+    // A profile of its own, so that this thread's spawn is the one that starts its zygote.
+    let profile = zygote_profile().with_env("EXSYST_TEST_A11", "1");
+    let (mut worker, canary) = std::thread::spawn(move || {
+        let worker = DedicatedWorker::spawn::<Probe>(&profile).unwrap();
+        let canary = tests_integration::sys::fork_parent_death_canary().unwrap();
+        (worker, canary)
+    })
+    .join()
+    .unwrap();
+    // The canary, a child of the thread that asked for SIGKILL at its exit, is dead: the
+    // kernel has sent the parent-death signals of that thread's exit, in the same pass as it
+    // would to the worker, had it been the thread's.
+    assert!(
+        wait_until(
+            Duration::from_secs(10),
+            || tests_integration::sys::try_reap(canary)
+        ),
+        "the canary {canary} outlived its thread"
+    );
+    for _ in 0..20 {
+        worker.send_message(&Ask::Ids).unwrap();
+        let ids: Ids = worker.receive_message().unwrap();
+        assert_eq!(ids.pid, worker.pid());
+        assert_eq!(ids.ppid, std::process::id());
+    }
+    assert_eq!(worker.close().unwrap().code(), Some(0));
+}

@@ -21,7 +21,7 @@ use crate::{
     process::Process,
     spawner,
     stderr::{Sink, StderrTail},
-    sys::{self, Pipes},
+    sys::{self, ChildEnds, Pipes},
     zygote,
 };
 
@@ -63,8 +63,8 @@ pub(crate) enum Mode {
 /// `run_if_worker`. Secrets never go on its command line: they travel in the init frame.
 ///
 /// With [`SpawnMode::Zygote`], a dedicated worker is forked from the profile's zygote instead
-/// (see [`zygote`]), with the same descriptors, on the same thread; where zygotes are not
-/// supported, it is started as above.
+/// (see [`zygote`]), with the same descriptors; where zygotes are not supported, it is started
+/// as above.
 pub(crate) fn spawn(
     profile: &BootstrapProfile,
     implementation: &str,
@@ -120,52 +120,27 @@ pub(crate) fn spawn(
         current_dir,
     };
     let from_zygote = mode == Mode::Dedicated && profile.spawn_mode() == SpawnMode::Zygote;
-    let stderr_mode = profile.stderr();
-    let name = implementation.to_owned();
-    let started = spawner::run(move || -> Result<Process, Error> {
-        if from_zygote {
-            let stderr = match &stderr_theirs {
-                ErrEnd::Inherit => sys::stderr(),
-                ErrEnd::Fd(fd) => fd.as_fd(),
-            };
-            let stdio = [theirs.stdin.as_fd(), theirs.stdout.as_fd(), stderr];
-            if let Some(process) = zygote::fork(&image, stderr_mode, &name, stdio)? {
-                return Ok(process);
-            }
+    // Forked on this thread: the worker's parent-death signal follows the zygote's parent, the
+    // spawner thread, whichever thread asks.
+    let forked = if from_zygote {
+        let stderr = match &stderr_theirs {
+            ErrEnd::Inherit => sys::stderr(),
+            ErrEnd::Fd(fd) => fd.as_fd(),
+        };
+        let stdio = [theirs.stdin.as_fd(), theirs.stdout.as_fd(), stderr];
+        zygote::fork(&image, profile.stderr(), implementation, stdio)?
+    } else {
+        None
+    };
+    let started = match forked {
+        Some(process) => process,
+        None => {
+            let name = implementation.to_owned();
+            spawner::run(move || exec(&image, &name, mode, theirs, stderr_theirs))
+                .map_err(spawn_error)
+                .and_then(|started| started)?
         }
-        let mut command = image.command();
-        command
-            .env(ENV_IMPLEMENTATION, &name)
-            .stdin(Stdio::from(theirs.stdin))
-            .stdout(Stdio::from(theirs.stdout))
-            .stderr(match stderr_theirs {
-                ErrEnd::Inherit => Stdio::inherit(),
-                ErrEnd::Fd(fd) => Stdio::from(fd),
-            });
-        match mode {
-            Mode::Dedicated => {
-                command
-                    .env(ENV_PARENT, sys::getpid().to_string())
-                    .env_remove(ENV_DETACHED)
-                    .process_group(0);
-            }
-            // setsid() fails in a process group leader: the child stays in ours until it
-            // leaves for a session of its own.
-            Mode::Detached { report } => {
-                let value = if report { DETACHED_REPORT } else { "1" };
-                command.env(ENV_DETACHED, value).env_remove(ENV_PARENT);
-            }
-        }
-        let child = command.spawn().map_err(|source| Error::Spawn {
-            program: image.program.clone(),
-            source,
-        })?;
-        // Before anything else: nobody can have reaped the child yet, so the pidfd is its own.
-        // `command` is dropped with this closure, closing the child's ends in this process.
-        Ok(Process::track(child.id(), mode == Mode::Dedicated))
-    })
-    .map_err(spawn_error)
-    .and_then(|started| started)?;
+    };
     let mut process = started;
     let pid = process.pid();
     let stderr = match stderr_ours {
@@ -207,6 +182,47 @@ pub(crate) fn spawn(
         stderr,
         init,
     })
+}
+
+/// Executes `image` as a worker running `implementation`, with `stdio` as its standard input
+/// and output and `stderr` as its standard error; on the spawner thread.
+fn exec(
+    image: &Image,
+    implementation: &str,
+    mode: Mode,
+    stdio: ChildEnds,
+    stderr: ErrEnd,
+) -> Result<Process, Error> {
+    let mut command = image.command();
+    command
+        .env(ENV_IMPLEMENTATION, implementation)
+        .stdin(Stdio::from(stdio.stdin))
+        .stdout(Stdio::from(stdio.stdout))
+        .stderr(match stderr {
+            ErrEnd::Inherit => Stdio::inherit(),
+            ErrEnd::Fd(fd) => Stdio::from(fd),
+        });
+    match mode {
+        Mode::Dedicated => {
+            command
+                .env(ENV_PARENT, sys::getpid().to_string())
+                .env_remove(ENV_DETACHED)
+                .process_group(0);
+        }
+        // setsid() fails in a process group leader: the child stays in ours until it leaves
+        // for a session of its own.
+        Mode::Detached { report } => {
+            let value = if report { DETACHED_REPORT } else { "1" };
+            command.env(ENV_DETACHED, value).env_remove(ENV_PARENT);
+        }
+    }
+    let child = command.spawn().map_err(|source| Error::Spawn {
+        program: image.program.clone(),
+        source,
+    })?;
+    // Before anything else: nobody can have reaped the child yet, so the pidfd is its own.
+    // `command` is dropped when this returns, closing the child's ends in this process.
+    Ok(Process::track(child.id(), mode == Mode::Dedicated))
 }
 
 /// A child's standard error as it starts: the master's own, or a descriptor of its own.

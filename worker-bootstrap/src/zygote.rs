@@ -12,13 +12,15 @@
 //! 2, and goes on exactly as an executed worker does once it has read its environment: the init
 //! frame, then the implementation.
 //!
-//! Requests are serialised by the spawner thread, which runs every spawn of the process.
+//! Requests are sent from the thread that spawns, one at a time (a lock); the zygote itself is
+//! started on the spawner thread, so that its parent-death signal, and through `CLONE_PARENT`
+//! its workers', follows that thread, as every executed worker's does.
 
 use std::{
-    cell::RefCell,
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     process::Stdio,
+    sync::Mutex,
     time::Duration,
 };
 
@@ -32,6 +34,7 @@ use crate::{
     init::{ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, ENV_ZYGOTE, ZYGOTE_IMPLEMENTATION},
     process::{EXITING_WAIT, Fate, Process},
     spawn::Image,
+    spawner,
     stderr::{Sink, StderrTail},
     sys::{self, ForkContext, Forked},
 };
@@ -100,11 +103,11 @@ struct Entry {
     slot: Slot,
 }
 
-thread_local! {
-    /// The zygotes of this process, one per image and standard error mode (a handful at most,
-    /// so a list); only the spawner thread has any.
-    static ZYGOTES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
-}
+/// The zygotes of this process, one per image and standard error mode (a handful at most, so a
+/// list), and the process id they were started for: a forked child of the master inherits the
+/// list, must not use its parent's zygotes (whose workers would be its parent's children), and
+/// must not end them either, so it forgets them.
+static ZYGOTES: Mutex<(u32, Vec<Entry>)> = Mutex::new((0, Vec::new()));
 
 /// Why a request got no answer.
 #[derive(Debug)]
@@ -121,8 +124,10 @@ enum Failure {
 /// not running), with `stdio` as its standard input, output and error; `Ok(None)` when zygotes
 /// are not supported here, so that the caller executes the worker instead.
 ///
-/// Runs on the spawner thread. A zygote that died since its last fork is reaped and replaced
-/// once; one that cannot start, refuses, or dies at once is [`Error::Zygote`].
+/// Runs on the calling thread (the fork is the zygote's, and the worker's parent is the
+/// zygote's, the spawner thread, whoever asks); a zygote is started on the spawner thread.
+/// Requests to a zygote are serialised. A zygote that died since its last fork is reaped and
+/// replaced once; one that cannot start, refuses, or dies at once is [`Error::Zygote`].
 pub(crate) fn fork(
     image: &Image,
     stderr: StderrMode,
@@ -132,94 +137,105 @@ pub(crate) fn fork(
     if !sys::ZYGOTE_SUPPORTED {
         return Ok(None);
     }
-    ZYGOTES.with_borrow_mut(|zygotes| {
-        loop {
-            let index = match zygotes
-                .iter()
-                .position(|e| e.stderr == stderr && e.image == *image)
-            {
-                Some(index) => index,
-                None => {
-                    let zygote = Zygote::start(image, stderr)?;
-                    zygotes.push(Entry {
-                        image: image.clone(),
-                        stderr,
-                        slot: Slot::Running(zygote),
-                    });
-                    zygotes.len() - 1
-                }
-            };
-            let Slot::Running(zygote) = &mut zygotes[index].slot else {
-                return Ok(None);
-            };
-            let answer = zygote.request(implementation, stdio);
-            let zpid = zygote.process.pid();
-            match answer {
-                Ok((Reply::Forked { pid }, pidfd)) => {
-                    zygote.served += 1;
-                    // Its group exists when the spawn returns, whether or not the worker has
-                    // run far enough to make it.
-                    sys::put_in_own_group(pid);
-                    return Ok(Some(Process::adopt(pid, pidfd, true)));
-                }
-                Ok((
-                    Reply::Refused {
-                        reason,
-                        unsupported: true,
-                        ..
-                    },
-                    _,
-                )) => {
-                    log::info!(
-                        target: LOG_TARGET,
-                        "zygote {zpid} cannot fork workers ({reason}): they are executed instead"
-                    );
-                    zygote.end();
-                    zygotes[index].slot = Slot::Unsupported;
-                    return Ok(None);
-                }
-                Ok((
-                    Reply::Refused {
-                        errno: Some(errno), ..
-                    },
-                    _,
-                )) => {
-                    // What a spawn says when the system refuses a process (EAGAIN, ENOMEM).
-                    return Err(Error::Spawn {
+    let mut guard = ZYGOTES.lock().unwrap_or_else(|e| e.into_inner());
+    let (owner, zygotes) = &mut *guard;
+    let me = sys::getpid();
+    if *owner != me {
+        std::mem::forget(std::mem::take(zygotes));
+        *owner = me;
+    }
+    loop {
+        let index = match zygotes
+            .iter()
+            .position(|e| e.stderr == stderr && e.image == *image)
+        {
+            Some(index) => index,
+            None => {
+                let start = image.clone();
+                let zygote = spawner::run(move || Zygote::start(&start, stderr))
+                    .map_err(|source| Error::Spawn {
                         program: image.program.clone(),
-                        source: io::Error::from_raw_os_error(errno),
-                    });
-                }
-                Ok((Reply::Refused { reason, .. }, _)) => {
-                    let error = zygote.error(reason);
-                    zygotes.swap_remove(index);
-                    return Err(error);
-                }
-                Err(Failure::Ended(fate)) if zygote.served > 0 => {
-                    // It served before: it was killed meanwhile (by an operator, the OOM
-                    // killer). Another one is started for this spawn.
-                    log::warn!(
-                        target: LOG_TARGET,
-                        "zygote {zpid} ended ({}); starting another",
-                        describe_fate(fate)
-                    );
-                    zygotes.swap_remove(index);
-                }
-                Err(failure) => {
-                    let reason = match failure {
-                        Failure::Ended(fate) => {
-                            format!("it ended before it answered: {}", describe_fate(fate))
-                        }
-                        Failure::TimedOut => format!("it did not answer within {REPLY_WAIT:?}"),
-                        Failure::Protocol(why) => why,
-                    };
-                    let error = zygote.error(reason);
-                    zygotes.swap_remove(index);
-                    return Err(error);
-                }
+                        source,
+                    })
+                    .and_then(|started| started)?;
+                zygotes.push(Entry {
+                    image: image.clone(),
+                    stderr,
+                    slot: Slot::Running(zygote),
+                });
+                zygotes.len() - 1
+            }
+        };
+        let Slot::Running(zygote) = &mut zygotes[index].slot else {
+            return Ok(None);
+        };
+        let answer = zygote.request(implementation, stdio);
+        let zpid = zygote.process.pid();
+        match answer {
+            Ok((Reply::Forked { pid }, pidfd)) => {
+                zygote.served += 1;
+                // Its group exists when the spawn returns, whether or not the worker has
+                // run far enough to make it.
+                sys::put_in_own_group(pid);
+                return Ok(Some(Process::adopt(pid, pidfd, true)));
+            }
+            Ok((
+                Reply::Refused {
+                    reason,
+                    unsupported: true,
+                    ..
+                },
+                _,
+            )) => {
+                log::info!(
+                    target: LOG_TARGET,
+                    "zygote {zpid} cannot fork workers ({reason}): they are executed instead"
+                );
+                zygote.end();
+                zygotes[index].slot = Slot::Unsupported;
+                return Ok(None);
+            }
+            Ok((
+                Reply::Refused {
+                    errno: Some(errno), ..
+                },
+                _,
+            )) => {
+                // What a spawn says when the system refuses a process (EAGAIN, ENOMEM).
+                return Err(Error::Spawn {
+                    program: image.program.clone(),
+                    source: io::Error::from_raw_os_error(errno),
+                });
+            }
+            Ok((Reply::Refused { reason, .. }, _)) => {
+                let error = zygote.error(reason);
+                zygotes.swap_remove(index);
+                return Err(error);
+            }
+            Err(Failure::Ended(fate)) if zygote.served > 0 => {
+                // It served before: it was killed meanwhile (by an operator, the OOM
+                // killer). Another one is started for this spawn.
+                log::warn!(
+                    target: LOG_TARGET,
+                    "zygote {zpid} ended ({}); starting another",
+                    describe_fate(fate)
+                );
+                zygotes.swap_remove(index);
+            }
+            Err(failure) => {
+                let reason = match failure {
+                    Failure::Ended(fate) => {
+                        format!("it ended before it answered: {}", describe_fate(fate))
+                    }
+                    Failure::TimedOut => format!("it did not answer within {REPLY_WAIT:?}"),
+                    Failure::Protocol(why) => why,
+                };
+                let error = zygote.error(reason);
+                zygotes.swap_remove(index);
+                return Err(error);
             }
         }
-    })
+    }
 }
 
 fn describe_fate(fate: Option<Fate>) -> String {
@@ -231,8 +247,8 @@ fn describe_fate(fate: Option<Fate>) -> String {
 }
 
 impl Zygote {
-    /// Starts the zygote of `image`, on the spawner thread (so its parent-death signal follows
-    /// that thread, as every worker's does).
+    /// Starts the zygote of `image`; on the spawner thread (so that its parent-death signal
+    /// follows that thread, as every worker's does).
     fn start(image: &Image, stderr: StderrMode) -> Result<Zygote, Error> {
         let spawn_error = |source| Error::Spawn {
             program: image.program.clone(),

@@ -1,6 +1,7 @@
 //! Pool benchmarks: tiny tasks one by one against raw-pipe workers fed round-robin, the default
 //! (adaptive) in-flight depth against a pinned one and against the ideal makespan of uneven
-//! work, and `map` against Python's `multiprocessing.Pool.map`.
+//! work, a fresh process per task forked from a zygote against the same executed afresh, and
+//! `map` against Python's `multiprocessing.Pool.map`.
 //!
 //! The raw baseline peers are this binary re-executed with `EXSYST_BENCH_POOL_PEER` set; the
 //! Python baseline is `tests-integration/bench/pool_map.py`, run with `python3`.
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use exsyst_worker::{BootstrapProfile, pool::WorkerPoolBuilder};
+use exsyst_worker::{BootstrapProfile, SpawnMode, pool::WorkerPoolBuilder};
 
 use super::{Config, Line};
 use crate::workers::pool::{Command as Task, Commands, Tiny};
@@ -74,6 +75,22 @@ pub fn run(cfg: &Config) -> Vec<Line> {
         }
         lines.push(line);
     }
+    if cfg.wants("pool fresh process per task") {
+        let mut line = Line::new(cfg.name("pool fresh process per task"), "tasks/s");
+        for round in 0..cfg.rounds {
+            let ours = || fresh_process_per_task(SpawnMode::Zygote, 400);
+            let base = || fresh_process_per_task(SpawnMode::Exec, 400);
+            let (o, b) = if round % 2 == 0 {
+                let o = ours();
+                (o, base())
+            } else {
+                let b = base();
+                (ours(), b)
+            };
+            line.rounds.push((o, b));
+        }
+        lines.push(line);
+    }
     if cfg.wants("map") {
         let mut line = Line::new(cfg.name("map vs python Pool(2).map"), "tasks/s");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pool_map.py");
@@ -116,6 +133,27 @@ fn tiny_tasks_with(builder: WorkerPoolBuilder, n: u64) -> f64 {
     }
     for h in handles {
         std::hint::black_box(h.wait().expect("result"));
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `n` tiny tasks on a pool that runs each in a fresh process (`recycle_after(1)`), workers
+/// started as `mode` says, all submitted at once; tasks per second. The pool is warmed up first
+/// (with a zygote, that starts it).
+fn fresh_process_per_task(mode: SpawnMode, n: u64) -> f64 {
+    let pool = WorkerPoolBuilder::new()
+        .profile(BootstrapProfile::new().with_spawn_mode(mode))
+        .size(WORKERS)
+        .recycle_after(1)
+        .build_tasks::<Tiny>()
+        .expect("task pool");
+    for i in 0..4 {
+        pool.submit(i).expect("submit").wait().expect("warm-up");
+    }
+    let start = Instant::now();
+    let handles: Vec<_> = (0..n).map(|i| pool.submit(i).expect("submit")).collect();
+    for (i, h) in (0..n).zip(handles) {
+        assert_eq!(h.wait().expect("result"), i + 1);
     }
     n as f64 / start.elapsed().as_secs_f64()
 }

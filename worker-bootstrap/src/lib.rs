@@ -54,6 +54,13 @@
 //! `fork`, whose cost grows with the master's memory), and asks the kernel to kill it if its
 //! master dies.
 //!
+//! With [`SpawnMode::Zygote`] ([`BootstrapProfile::with_spawn_mode`]), dedicated workers are
+//! forked instead from a *zygote*, a single-threaded copy of the worker executable started once
+//! and waiting past `run_if_worker`: they skip `exec`, dynamic loading and the program's start-up,
+//! and keep every guarantee above (the master's child, its own process group, death with its
+//! master, typed exit errors, nothing of the master's threads, locks or descriptors). Linux with
+//! glibc only; elsewhere workers are executed. Its documentation says when not to use it.
+//!
 //! Every spawn runs on one long-lived thread of the process: Linux delivers the parent-death
 //! signal when the *thread* that started a worker exits, so a worker started from a short-lived
 //! thread would otherwise die with it. Workers live as long as their handles, whichever thread

@@ -78,9 +78,12 @@ pub enum StderrMode {
 ///   random seeds for whatever the program initialised before `run_if_worker` (the registry's
 ///   hash maps, say), and the executable as it was when the zygote started: after a deploy
 ///   replaced the binary on disk, workers keep running the old image until the master
-///   restarts. `pthread_atfork` handlers do not run in the worker, so a library initialised before
-///   `run_if_worker` that relies on them to notice a fork (to reseed its generator) does not
-///   notice it.
+///   restarts. What a worker inherits from its master's process (the environment beyond the
+///   profile's, the working directory unless the profile sets one, the umask unless the profile
+///   sets one, resource limits) is the master's as it was when the zygote started, not as it is
+///   at each spawn. `pthread_atfork` handlers do not run in the worker, so a library initialised
+///   before `run_if_worker` that relies on them to notice a fork (to reseed its generator) does
+///   not notice it.
 /// - A `main` that starts a thread before `run_if_worker` (which the registry forbids anyway):
 ///   the zygote refuses to fork with more than one thread, and spawns fail with
 ///   [`Error::Zygote`](crate::Error::Zygote).
@@ -540,6 +543,25 @@ mod tests {
         assert_eq!(
             back.output_path(),
             Some(Path::new("/var/log/app/worker.log"))
+        );
+    }
+
+    #[test]
+    fn the_spawn_mode_is_exec_by_default_and_kept_with_the_profile() {
+        assert_eq!(BootstrapProfile::new().spawn_mode(), SpawnMode::Exec);
+        let profile = BootstrapProfile::new().with_spawn_mode(SpawnMode::Zygote);
+        let json = Codec::Json.encode(&profile).unwrap();
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(text.contains(r#""spawn_mode":"zygote""#), "{text}");
+        let back: BootstrapProfile = Codec::Json.decode(&json).unwrap();
+        assert_eq!(back.spawn_mode(), SpawnMode::Zygote);
+        // A profile written before the setting existed reads as the default.
+        let old: BootstrapProfile = Codec::Json.decode(br#"{"args":["x"]}"#).unwrap();
+        assert_eq!(old.spawn_mode(), SpawnMode::Exec);
+        assert!(
+            Codec::Json
+                .decode::<BootstrapProfile>(br#"{"spawn_mode":"fork"}"#)
+                .is_err()
         );
     }
 

@@ -155,6 +155,11 @@ impl Registry {
     /// the worker takes its channel off descriptors 0 and 1, closes every other inherited
     /// descriptor, and clears the variables that marked it as a worker.
     ///
+    /// In a zygote ([`SpawnMode::Zygote`](crate::SpawnMode::Zygote)) it does not return either:
+    /// it waits for its master's requests and forks a worker for each, which goes on from here
+    /// as an executed worker does; so whatever `main` does before this call runs once per
+    /// zygote, not once per worker.
+    ///
     /// The worker exits with status 0 when the implementation returns `Ok`, and with
     /// [`EXIT_FAILURE`] (the error written to standard error) when the implementation, its
     /// constructor or a hook fails; a panic exits the way panics do (101).

@@ -517,7 +517,7 @@ fn answer(socket: BorrowedFd<'_>, reply: &Reply, pidfd: Option<OwnedFd>) {
 /// group, its standard descriptors, no blocked signal), and the parent-death signal armed first,
 /// against the master, as an executed worker does first thing.
 fn become_worker(master: u32, stdio: [OwnedFd; 3]) -> Result<(), BoxError> {
-    if !sys::arm_parent_death_signal(master, libc::SIGKILL) {
+    if master != 0 && !sys::arm_parent_death_signal(master, libc::SIGKILL) {
         // The master died before we could ask to follow it: nobody is left to serve.
         std::process::exit(crate::EXIT_FAILURE);
     }

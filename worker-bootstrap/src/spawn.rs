@@ -133,7 +133,12 @@ pub(crate) fn spawn(
         None
     };
     let started = match forked {
-        Some(process) => process,
+        Some(process) => {
+            // The worker has its own copies: ours go now, so that its end shows as soon as it
+            // is gone.
+            drop((theirs, stderr_theirs));
+            process
+        }
         None => {
             let name = implementation.to_owned();
             spawner::run(move || exec(&image, &name, mode, theirs, stderr_theirs))

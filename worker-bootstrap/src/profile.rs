@@ -301,7 +301,7 @@ impl BootstrapProfile {
     /// from a zygote ([`SpawnMode::Zygote`]), whose documentation says what it guarantees and
     /// when not to use it.
     ///
-    /// ```rust,standalone_crate,no_run
+    /// ```rust,standalone_crate
     /// use worker_bootstrap::{BootstrapProfile, DedicatedWorker, SpawnMode, registry};
     /// # use worker_core::{BoxError, RawWorker, Worker, WorkerChannel};
     /// # struct Squarer;

@@ -105,7 +105,9 @@ pub use worker_shared as shared;
 
 #[cfg(feature = "tokio")]
 pub use worker_bootstrap::AsyncDedicatedWorker;
-pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
+pub use worker_bootstrap::{
+    BootstrapProfile, DedicatedWorker, Registry, SpawnMode, StderrMode, registry,
+};
 pub use worker_channel::Codec;
 pub use worker_core::{
     BoxError, Connection, EventedWorker, RawWorker, Worker, WorkerChannel, WorkerLoop,

@@ -29,12 +29,21 @@ use crate::{
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("sigpipe-default") => sigpipe_default(),
-        Some("sigchld-ignored") => sigchld_ignored(),
+        Some("sigchld-ignored") => sigchld_ignored(profile_for(args.get(1))),
         Some("reaper-thread") => reaper_thread(),
         Some("deleted-exe") => deleted_exe(),
         Some("stubborn-hold") => stubborn_hold(),
         Some("detach") => detach(args.get(1).context("usage: detach <socket path>")?),
+        Some(zygote) if zygote.starts_with("zygote-") => crate::zygote_scenarios::run(args),
         other => anyhow::bail!("unknown scenario {other:?}"),
+    }
+}
+
+/// The default profile, or with `zygote` the same forking workers from a zygote.
+fn profile_for(mode: Option<&String>) -> BootstrapProfile {
+    match mode.map(String::as_str) {
+        Some("zygote") => crate::zygote_scenarios::profile(),
+        _ => BootstrapProfile::new(),
     }
 }
 
@@ -72,9 +81,9 @@ fn sigpipe_default() -> anyhow::Result<()> {
 
 /// With SIGCHLD ignored (children are reaped by the kernel), what the handle says when its
 /// worker exits, is closed, or is killed.
-fn sigchld_ignored() -> anyhow::Result<()> {
+fn sigchld_ignored(profile: BootstrapProfile) -> anyhow::Result<()> {
     crate::sys::set_signal(libc::SIGCHLD, crate::sys::Disposition::Ignore)?;
-    let profile = BootstrapProfile::new().with_close_grace(Duration::from_secs(5));
+    let profile = profile.with_close_grace(Duration::from_secs(5));
     let mut worker = hostile(&profile)?;
     worker.send_message(&Act::Exit(5))?;
     let received = worker.receive_message::<String>();

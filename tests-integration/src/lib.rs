@@ -12,6 +12,7 @@ pub mod scenarios;
 pub mod shared_scenarios;
 pub mod sys;
 pub mod workers;
+pub mod zygote_scenarios;
 
 use exsyst_worker::Registry;
 
@@ -23,6 +24,7 @@ pub fn registry() -> Registry {
     let registry = workers::hardening::register(registry);
     let registry = workers::hostile_tasks::register(registry);
     let registry = workers::shared::register(registry);
+    let registry = workers::zygote::register(registry);
     workers::evented::register(registry)
 }
 

@@ -4,7 +4,11 @@
 
 #![allow(unsafe_code)]
 
-use std::{io, os::fd::AsRawFd, time::Duration};
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
 
 /// What a signal does to this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,4 +89,106 @@ pub fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// Takes an exclusive `flock` on `file` without waiting: `WouldBlock` when another open file
+/// description holds one.
+pub fn try_flock_exclusive(file: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: flock only changes the lock of a descriptor the caller borrows.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lets `fd` be inherited across `exec` (what a careless program leaves): clears its
+/// close-on-exec flag.
+pub fn clear_cloexec(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller borrows; flags only.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The process group of this process.
+pub fn pgid() -> u32 {
+    // SAFETY: getpgid(0) only reads this process's group.
+    unsafe { libc::getpgid(0) as u32 }
+}
+
+/// Whether the C library's record of the calling thread's id (where the kernel was told to
+/// write it: `PR_GET_TID_ADDRESS`) holds the thread's real id, as after glibc's `fork`. A fork
+/// that forgot it leaves its parent's id there, and `pthread_*` calls naming this thread would
+/// reach the parent's.
+pub fn libc_thread_id_is_own() -> io::Result<bool> {
+    const PR_GET_TID_ADDRESS: libc::c_int = 40;
+    let mut address: *mut libc::c_int = std::ptr::null_mut();
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer into the live location given.
+    let res = unsafe {
+        libc::prctl(
+            PR_GET_TID_ADDRESS,
+            &mut address as *mut *mut libc::c_int as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if res == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if address.is_null() {
+        return Ok(false);
+    }
+    // SAFETY: the address the C library gave the kernel for this thread, in memory that lives
+    // as long as the thread; gettid has no preconditions.
+    Ok(unsafe { address.read_volatile() == libc::gettid() })
+}
+
+/// Forks a child of the calling *thread* that asks for SIGKILL when that thread exits (its
+/// parent-death signal), then waits for signals; returns its pid in the parent once the child
+/// has asked. Its death tells that the kernel has sent the parent-death signals of the thread's
+/// exit.
+pub fn fork_parent_death_canary() -> io::Result<i32> {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into a live array of two.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created both descriptors, and nothing else owns them.
+    let (armed, tell) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the child only calls prctl, getppid, write, pause and _exit, all
+    // async-signal-safe, so it is sound after fork even in a process with other threads.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        // SAFETY: as above; the write reads one live byte.
+        0 => unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != parent {
+                libc::_exit(0);
+            }
+            libc::write(tell.as_raw_fd(), [1u8].as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        },
+        pid => {
+            drop(tell);
+            // The thread must not exit before the child asked: a parent-death signal asked for
+            // after its thread died is never sent (the process, its parent, lives on).
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into a live byte.
+            unsafe { libc::read(armed.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+            Ok(pid)
+        }
+    }
+}
+
+/// Reaps child `pid` if it has ended, without waiting; whether it had.
+pub fn try_reap(pid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a live integer.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
 }

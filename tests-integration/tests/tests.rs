@@ -20,3 +20,4 @@ mod protocol;
 mod shared;
 mod support;
 mod test_support;
+mod zygote;

@@ -120,6 +120,19 @@ pub enum Error {
         /// What failed.
         source: io::Error,
     },
+    /// A worker could not be forked from its zygote
+    /// ([`SpawnMode::Zygote`](crate::SpawnMode::Zygote)): the zygote refused (it has more than
+    /// one thread), did not answer in time, or ended before it answered (a zygote that had
+    /// served before is replaced once first). The zygote is ended; the next spawn starts another.
+    Zygote {
+        /// The zygote's process id.
+        pid: u32,
+        /// What went wrong.
+        reason: String,
+        /// The last lines the zygote wrote to standard error (empty when the profile's
+        /// [`StderrMode`](crate::StderrMode) does not keep them).
+        stderr_tail: String,
+    },
     /// The handle was already closed.
     Closed,
     /// The profile asks for something impossible (the same shape as every crate's
@@ -264,6 +277,18 @@ impl fmt::Display for Error {
             ),
             Error::Output { path, .. } => {
                 write!(f, "cannot open the daemon output file {}", path.display())
+            }
+            Error::Zygote {
+                pid,
+                reason,
+                stderr_tail,
+            } => {
+                write!(f, "cannot fork a worker from zygote (pid {pid}): {reason}")?;
+                let tail = stderr_tail.trim_end();
+                if !tail.is_empty() {
+                    write!(f, "; its stderr ended with:\n{tail}")?;
+                }
+                Ok(())
             }
             Error::Closed => f.write_str("worker handle already closed"),
             Error::Config { what, why } => write!(f, "invalid bootstrap profile: {what} {why}"),

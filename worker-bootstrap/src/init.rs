@@ -19,6 +19,15 @@ pub(crate) const ENV_DETACHED: &str = "EXSYST_WORKER_DETACHED";
 /// The value of [`ENV_DETACHED`] for a daemon that reports to its starter once it is ready.
 pub(crate) const DETACHED_REPORT: &str = "report";
 
+/// Present (`1`) in a zygote (see [`SpawnMode::Zygote`](crate::SpawnMode::Zygote)): after the
+/// registry is built, the process serves fork requests on its standard input instead of running
+/// an implementation. [`ENV_IMPLEMENTATION`] is set too, to [`ZYGOTE_IMPLEMENTATION`], so that an
+/// executable that does not know zygotes takes it for a worker (which then fails on its first
+/// frame) and never runs its master's code.
+pub(crate) const ENV_ZYGOTE: &str = "EXSYST_WORKER_ZYGOTE";
+/// The value of [`ENV_IMPLEMENTATION`] in a zygote: no implementation is named so.
+pub(crate) const ZYGOTE_IMPLEMENTATION: &str = "exsyst-worker:zygote";
+
 /// The version of the bootstrap protocol; a worker refuses an init frame of another version.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 

@@ -58,6 +58,13 @@
 //! `fork`, whose cost grows with the master's memory), and asks the kernel to kill it if its
 //! master dies.
 //!
+//! With [`SpawnMode::Zygote`] ([`BootstrapProfile::with_spawn_mode`]), dedicated workers are
+//! forked instead from a *zygote*, a single-threaded copy of the worker executable started once
+//! and waiting past `run_if_worker`: they skip `exec`, dynamic loading and the program's start-up,
+//! and keep every guarantee above (the master's child, its own process group, death with its
+//! master, typed exit errors, nothing of the master's threads, locks or descriptors). Linux with
+//! glibc only; elsewhere workers are executed. Its documentation says when not to use it.
+//!
 //! Every spawn runs on one long-lived thread of the process: Linux delivers the parent-death
 //! signal when the *thread* that started a worker exits, so a worker started from a short-lived
 //! thread would otherwise die with it. Workers live as long as their handles, whichever thread
@@ -93,6 +100,7 @@ mod spawner;
 mod stderr;
 mod sys;
 mod test_support;
+mod zygote;
 
 /// The `log` target of this crate's diagnostics.
 const LOG_TARGET: &str = "exsyst_worker::bootstrap";
@@ -102,7 +110,7 @@ pub use dedicated::DedicatedWorker;
 pub use dedicated_async::AsyncDedicatedWorker;
 pub use detached::{DetachedStart, spawn_detached, start_detached};
 pub use error::{Error, describe_exit};
-pub use profile::{BootstrapProfile, StderrMode};
+pub use profile::{BootstrapProfile, SpawnMode, StderrMode};
 pub use registry::{EXIT_FAILURE, Registry, WorkerContext, registry};
 
 /// What [`enable_test_support!`] expands to refers to; not part of the API.

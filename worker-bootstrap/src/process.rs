@@ -52,7 +52,13 @@ impl Process {
     ///
     /// With `group`, the child leads a process group of its own, which is killed with it.
     pub(crate) fn track(pid: u32, group: bool) -> Self {
-        let pidfd = sys::pidfd_open(pid).ok();
+        Self::adopt(pid, sys::pidfd_open(pid).ok(), group)
+    }
+
+    /// [`track`](Self::track) with a pidfd the caller already has (one `clone` returned, so it
+    /// names the child whatever happened since); with `None`, one is opened as `track` does.
+    pub(crate) fn adopt(pid: u32, pidfd: Option<OwnedFd>, group: bool) -> Self {
+        let pidfd = pidfd.or_else(|| sys::pidfd_open(pid).ok());
         let mut process = Process {
             pid,
             pidfd,

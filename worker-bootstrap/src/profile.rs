@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::Error;
 
 /// Where a worker's standard error goes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum StderrMode {
@@ -37,6 +37,70 @@ pub enum StderrMode {
     /// bytes that are not UTF-8 are replaced with U+FFFD. With no logger installed the lines are
     /// read and dropped.
     Log,
+}
+
+/// How dedicated workers are started: by executing the worker executable afresh (the default),
+/// or by forking a zygote (Linux with glibc).
+///
+/// # The zygote
+///
+/// With [`SpawnMode::Zygote`], the first spawn starts a *zygote*: the worker executable, started
+/// the usual way, which runs the top of its `main` up to [`run_if_worker`](crate::Registry::run_if_worker)
+/// and then waits, single-threaded, for requests. Each worker is then a fork of it, so it skips
+/// `exec`, dynamic loading and the program's start-up: on the project's machine a spawn to first
+/// reply costs a fraction of an `exec`'s, and a pool that runs each task in a fresh process
+/// (worker-pool's `recycle_after(1)`, for untrusted or leaky code) runs several times more tasks
+/// per second.
+///
+/// The guarantees of the default spawn stay:
+/// - the worker is a child of the master (the zygote forks it with `CLONE_PARENT`): its master
+///   tracks it through a pidfd, reaps it, and reports its exit status and the tail of its
+///   standard error as the same typed errors ([`Error::WorkerExited`](crate::Error::WorkerExited),
+///   [`Error::ExitStatusLost`](crate::Error::ExitStatusLost));
+/// - it dies with its master: its parent-death signal follows the master's spawner thread, as
+///   for any worker, and so does the zygote's;
+/// - it leads a process group of its own, killed with it;
+/// - it inherits none of the master's threads, locks or descriptors: it is a copy of the zygote,
+///   which has one thread, holds no lock while it forks, and keeps no descriptor but its
+///   request socket (which the worker closes first thing), and it starts with the signal mask
+///   and dispositions of a freshly executed worker.
+///
+/// There is one zygote per worker executable and setting that shapes a process image (program,
+/// arguments, environment, working directory, standard error mode), started on the first spawn
+/// that needs it and living until the master exits; one that dies is replaced at the next spawn
+/// (which fails with [`Error::Zygote`](crate::Error::Zygote) if the new one fails too).
+/// Detached workers (shared-worker daemons) are always executed afresh.
+///
+/// # When not to use it
+///
+/// - A worker that needs a freshly executed image. Every worker of a zygote is a copy of the
+///   same process: one address-space layout (ASLR is not re-randomised per worker), the same
+///   random seeds for whatever the program initialised before `run_if_worker` (the registry's
+///   hash maps, say), and the executable as it was when the zygote started: after a deploy
+///   replaced the binary on disk, workers keep running the old image until the master
+///   restarts. What a worker inherits from its master's process (the environment beyond the
+///   profile's, the working directory unless the profile sets one, the umask unless the profile
+///   sets one, resource limits) is the master's as it was when the zygote started, not as it is
+///   at each spawn. `pthread_atfork` handlers do not run in the worker, so a library initialised
+///   before `run_if_worker` that relies on them to notice a fork (to reseed its generator) does
+///   not notice it.
+/// - A `main` that starts a thread before `run_if_worker` (which the registry forbids anyway):
+///   the zygote refuses to fork with more than one thread, and spawns fail with
+///   [`Error::Zygote`](crate::Error::Zygote).
+/// - macOS and other systems: forking without `exec` is unsafe there once system frameworks are
+///   loaded, and this crate uses Linux's `clone`. Outside Linux with glibc on the common
+///   architectures, the setting is ignored and workers are executed afresh; so they are on a
+///   kernel that refuses the zygote's `clone` (a seccomp filter, say), which is logged once at
+///   `info`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SpawnMode {
+    /// Each worker is a fresh `posix_spawn` of the worker executable. The default.
+    #[default]
+    Exec,
+    /// Each worker is forked from a zygote (see the type's documentation).
+    Zygote,
 }
 
 /// Everything needed to start a worker process: the seed's `WorkerBootstrapProfile`.
@@ -84,6 +148,7 @@ pub struct BootstrapProfile {
     admin_cookie_file: Option<PathBuf>,
     #[serde(with = "millis")]
     close_grace: Duration,
+    spawn_mode: SpawnMode,
 }
 
 /// The admin cookie's bytes as a profile holds them: wiped on drop, redacted in `Debug`.
@@ -120,6 +185,7 @@ impl Default for BootstrapProfile {
             admin_cookie: Secret::default(),
             admin_cookie_file: None,
             close_grace: Duration::from_secs(1),
+            spawn_mode: SpawnMode::default(),
         }
     }
 }
@@ -229,6 +295,49 @@ impl BootstrapProfile {
     pub fn with_close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
         self
+    }
+
+    /// How dedicated workers are started: afresh ([`SpawnMode::Exec`], the default) or forked
+    /// from a zygote ([`SpawnMode::Zygote`]), whose documentation says what it guarantees and
+    /// when not to use it.
+    ///
+    /// ```rust,standalone_crate
+    /// use worker_bootstrap::{BootstrapProfile, DedicatedWorker, SpawnMode, registry};
+    /// # use worker_core::{BoxError, RawWorker, Worker, WorkerChannel};
+    /// # struct Squarer;
+    /// # impl Worker for Squarer { const NAME: &'static str = "squarer"; type Args = ();
+    /// #     fn new(_: ()) -> Result<Self, BoxError> { Ok(Squarer) } }
+    /// # impl RawWorker for Squarer {
+    /// #     fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+    /// #         while let Some(n) = channel.next_message::<i64>()? {
+    /// #             channel.send_message(&(n * n))?;
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     // Also the zygote's entry: there it waits for requests, and forks workers.
+    ///     registry().raw::<Squarer>().run_if_worker();
+    ///
+    ///     let profile = BootstrapProfile::new().with_spawn_mode(SpawnMode::Zygote);
+    ///     for n in 0..100i64 {
+    ///         // A fresh process each time, forked from the zygote the first spawn started.
+    ///         let mut worker = DedicatedWorker::spawn::<Squarer>(&profile)?;
+    ///         worker.send_message(&n)?;
+    ///         assert_eq!(worker.receive_message::<i64>()?, n * n);
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn with_spawn_mode(mut self, mode: SpawnMode) -> Self {
+        self.spawn_mode = mode;
+        self
+    }
+
+    /// How dedicated workers are started.
+    pub fn spawn_mode(&self) -> SpawnMode {
+        self.spawn_mode
     }
 
     /// Uses the kill switch file at `path` (see `worker-killswitch`): shared workers it disables
@@ -434,6 +543,25 @@ mod tests {
         assert_eq!(
             back.output_path(),
             Some(Path::new("/var/log/app/worker.log"))
+        );
+    }
+
+    #[test]
+    fn the_spawn_mode_is_exec_by_default_and_kept_with_the_profile() {
+        assert_eq!(BootstrapProfile::new().spawn_mode(), SpawnMode::Exec);
+        let profile = BootstrapProfile::new().with_spawn_mode(SpawnMode::Zygote);
+        let json = Codec::Json.encode(&profile).unwrap();
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(text.contains(r#""spawn_mode":"zygote""#), "{text}");
+        let back: BootstrapProfile = Codec::Json.decode(&json).unwrap();
+        assert_eq!(back.spawn_mode(), SpawnMode::Zygote);
+        // A profile written before the setting existed reads as the default.
+        let old: BootstrapProfile = Codec::Json.decode(br#"{"args":["x"]}"#).unwrap();
+        assert_eq!(old.spawn_mode(), SpawnMode::Exec);
+        assert!(
+            Codec::Json
+                .decode::<BootstrapProfile>(br#"{"spawn_mode":"fork"}"#)
+                .is_err()
         );
     }
 

@@ -29,6 +29,11 @@
 //! | `EXSYST_WORKER_PARENT` | the master's process id, in decimal (optional: without it the worker does not arm its parent-death signal) |
 //! | `EXSYST_WORKER_DETACHED` | `1` or `report` to start a daemon instead (optional; see [`spawn_detached`](crate::spawn_detached) and [`start_detached`](crate::start_detached)): after the init frame the worker leaves for a session of its own and forks; the daemon answers with one control frame, `{"Ok": daemon_pid}` (or, when it could not detach, the worker answers `{"Err": reason}` and exits). With `1` the daemon then closes its channel; with `report` it keeps the writing end until its implementation has sent one data frame, its report, and closes it then. The daemon's standard input is `/dev/null` either way |
 //!
+//! `EXSYST_WORKER_ZYGOTE` is reserved: this crate's masters set it (with
+//! `EXSYST_WORKER_IMPLEMENTATION` naming no implementation) to start a zygote
+//! ([`SpawnMode::Zygote`](crate::SpawnMode::Zygote)), whose requests are not part of this
+//! protocol; another master never sets it.
+//!
 //! The first frame on the worker's standard input is a control frame, always MessagePack, whose
 //! payload is a map:
 //!

@@ -14,8 +14,8 @@ use worker_core::{BoxError, ChannelOutput, EventedWorker, RawWorker, WorkerChann
 
 use crate::{
     init::{
-        DETACHED_REPORT, ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, MAX_INIT_FRAME_LEN,
-        PROTOCOL_VERSION, WorkerInit,
+        DETACHED_REPORT, ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, ENV_ZYGOTE,
+        MAX_INIT_FRAME_LEN, PROTOCOL_VERSION, WorkerInit,
     },
     sys,
 };
@@ -155,6 +155,11 @@ impl Registry {
     /// the worker takes its channel off descriptors 0 and 1, closes every other inherited
     /// descriptor, and clears the variables that marked it as a worker.
     ///
+    /// In a zygote ([`SpawnMode::Zygote`](crate::SpawnMode::Zygote)) it does not return either:
+    /// it waits for its master's requests and forks a worker for each, which goes on from here
+    /// as an executed worker does; so whatever `main` does before this call runs once per
+    /// zygote, not once per worker.
+    ///
     /// The worker exits with status 0 when the implementation returns `Ok`, and with
     /// [`EXIT_FAILURE`] (the error written to standard error) when the implementation, its
     /// constructor or a hook fails; a panic exits the way panics do (101).
@@ -196,10 +201,11 @@ impl Registry {
         }
     }
 
-    fn run_worker(mut self, implementation: OsString) -> Result<(), BoxError> {
+    fn run_worker(self, implementation: OsString) -> Result<(), BoxError> {
         let detached_as = std::env::var_os(ENV_DETACHED);
         let detached = detached_as.is_some();
         let reports = detached_as.is_some_and(|v| v == DETACHED_REPORT);
+        let zygote = std::env::var_os(ENV_ZYGOTE).is_some() && !detached;
         let parent = std::env::var(ENV_PARENT)
             .ok()
             .and_then(|p| p.parse::<u32>().ok())
@@ -212,7 +218,25 @@ impl Registry {
         sys::remove_env(ENV_IMPLEMENTATION);
         sys::remove_env(ENV_PARENT);
         sys::remove_env(ENV_DETACHED);
+        sys::remove_env(ENV_ZYGOTE);
+        if zygote {
+            // Returns in each worker the zygote forks, which goes on as an executed one does.
+            let implementation = crate::zygote::serve(parent)?;
+            return self.run_implementation(implementation.into(), parent, false, false);
+        }
+        self.run_implementation(implementation, parent, detached, reports)
+    }
 
+    /// What every worker does once it knows which implementation to run and who its master is
+    /// (executed, or forked from a zygote): reads the init frame on its standard input, prepares,
+    /// and runs the implementation.
+    fn run_implementation(
+        mut self,
+        implementation: OsString,
+        parent: u32,
+        detached: bool,
+        reports: bool,
+    ) -> Result<(), BoxError> {
         let (input, output) = worker_core::take_stdio_channel()?;
         let mut channel =
             Channel::with_max_frame_len(input, output, Codec::MessagePack, MAX_INIT_FRAME_LEN);

@@ -3,22 +3,26 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
-    os::unix::process::CommandExt,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::process::CommandExt,
+    },
     path::{Path, PathBuf},
-    process::{ChildStderr, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use serde_bytes::ByteBuf;
 
 use crate::{
-    BootstrapProfile, Error, StderrMode,
+    BootstrapProfile, Error, SpawnMode, StderrMode,
     init::{
         DETACHED_REPORT, ENV_DETACHED, ENV_IMPLEMENTATION, ENV_PARENT, PROTOCOL_VERSION, WorkerInit,
     },
     process::Process,
     spawner,
     stderr::{Sink, StderrTail},
-    sys::{self, Pipes},
+    sys::{self, ChildEnds, Pipes},
+    zygote,
 };
 
 /// The running image of this process, which stays executable after the file on disk was
@@ -57,6 +61,10 @@ pub(crate) enum Mode {
 /// non-blocking. A pidfd is taken at once,
 /// before anyone can reap the child. The child arms its own parent-death signal first thing in
 /// `run_if_worker`. Secrets never go on its command line: they travel in the init frame.
+///
+/// With [`SpawnMode::Zygote`], a dedicated worker is forked from the profile's zygote instead
+/// (see [`zygote`]), with the same descriptors; where zygotes are not supported, it is started
+/// as above.
 pub(crate) fn spawn(
     profile: &BootstrapProfile,
     implementation: &str,
@@ -79,72 +87,68 @@ pub(crate) fn spawn(
             source,
         })?;
     }
-    // A daemon's standard output and error go to the profile's output path, or nowhere: never
-    // to a descriptor of its starter's.
-    let daemon_output = match profile.output_path() {
-        Some(path) if detached => Some(open_output(path)?),
-        _ => None,
-    };
     let spawn_error = |source| Error::Spawn {
         program: program.clone(),
         source,
     };
+    // A daemon's standard output and error go to the profile's output path, or nowhere: never
+    // to a descriptor of its starter's.
+    let (stderr_ours, stderr_theirs) = match (mode, profile.stderr()) {
+        (Mode::Detached { .. }, _) => match profile.output_path() {
+            Some(path) => (None, ErrEnd::Fd(open_output(path)?.into())),
+            None => (None, ErrEnd::Fd(dev_null().map_err(spawn_error)?)),
+        },
+        (_, StderrMode::Forward | StderrMode::Capture | StderrMode::Log) => {
+            let (ours, theirs) = sys::pipe().map_err(spawn_error)?;
+            (Some(ours), ErrEnd::Fd(theirs))
+        }
+        (_, StderrMode::Inherit) => (None, ErrEnd::Inherit),
+        (_, StderrMode::Null) => (None, ErrEnd::Fd(dev_null().map_err(spawn_error)?)),
+    };
     let (pipes, theirs) = Pipes::new().map_err(spawn_error)?;
-    // This is the one sanctioned place (see clippy.toml).
-    #[allow(clippy::disallowed_methods)]
-    let mut command = Command::new(&program);
-    if let Some(argv0) = argv0 {
-        command.arg0(argv0);
-    }
-    command
-        .args(profile.args())
-        .envs(profile.env())
-        .env(ENV_IMPLEMENTATION, implementation)
-        .stdin(Stdio::from(theirs.stdin))
-        .stdout(Stdio::from(theirs.stdout))
-        .stderr(match (mode, profile.stderr()) {
-            (Mode::Detached { .. }, _) => daemon_output.map_or_else(Stdio::null, Stdio::from),
-            (_, StderrMode::Forward | StderrMode::Capture | StderrMode::Log) => Stdio::piped(),
-            (_, StderrMode::Inherit) => Stdio::inherit(),
-            (_, StderrMode::Null) => Stdio::null(),
-        });
-    match mode {
-        Mode::Dedicated => {
-            command
-                .env(ENV_PARENT, sys::getpid().to_string())
-                .env_remove(ENV_DETACHED)
-                .process_group(0);
-        }
-        // setsid() fails in a process group leader: the child stays in ours until it leaves
-        // for a session of its own.
-        Mode::Detached { report } => {
-            let value = if report { DETACHED_REPORT } else { "1" };
-            command.env(ENV_DETACHED, value).env_remove(ENV_PARENT);
-        }
-    }
-    match profile.current_dir() {
-        Some(dir) => {
-            command.current_dir(dir);
-        }
+    let current_dir = match profile.current_dir() {
+        Some(dir) => Some(dir.to_owned()),
         // A daemon keeps no directory busy (one its starter may want to unmount or delete).
-        None if detached => {
-            command.current_dir("/");
+        None if detached => Some(PathBuf::from("/")),
+        None => None,
+    };
+    let image = Image {
+        program: program.clone(),
+        argv0,
+        args: profile.args().to_vec(),
+        env: profile.env().clone(),
+        current_dir,
+    };
+    let from_zygote = mode == Mode::Dedicated && profile.spawn_mode() == SpawnMode::Zygote;
+    // Forked on this thread: the worker's parent-death signal follows the zygote's parent, the
+    // spawner thread, whichever thread asks.
+    let forked = if from_zygote {
+        let stderr = match &stderr_theirs {
+            ErrEnd::Inherit => sys::stderr(),
+            ErrEnd::Fd(fd) => fd.as_fd(),
+        };
+        let stdio = [theirs.stdin.as_fd(), theirs.stdout.as_fd(), stderr];
+        zygote::fork(&image, profile.stderr(), implementation, stdio)?
+    } else {
+        None
+    };
+    let started = match forked {
+        Some(process) => {
+            // The worker has its own copies: ours go now, so that its end shows as soon as it
+            // is gone.
+            drop((theirs, stderr_theirs));
+            process
         }
-        None => {}
-    }
-    let group = mode == Mode::Dedicated;
-    let started = spawner::run(move || -> std::io::Result<(Process, Option<ChildStderr>)> {
-        let mut child = command.spawn()?;
-        // Before anything else: nobody can have reaped the child yet, so the pidfd is its own.
-        let process = Process::track(child.id(), group);
-        // `command` is dropped with this closure, closing the child's ends in this process.
-        Ok((process, child.stderr.take()))
-    })
-    .and_then(|started| started)
-    .map_err(spawn_error)?;
-    let (mut process, stderr) = started;
+        None => {
+            let name = implementation.to_owned();
+            spawner::run(move || exec(&image, &name, mode, theirs, stderr_theirs))
+                .map_err(spawn_error)
+                .and_then(|started| started)?
+        }
+    };
+    let mut process = started;
     let pid = process.pid();
-    let stderr = match stderr {
+    let stderr = match stderr_ours {
         Some(stderr) => {
             let sink = match profile.stderr() {
                 StderrMode::Forward => Sink::Stderr,
@@ -183,6 +187,92 @@ pub(crate) fn spawn(
         stderr,
         init,
     })
+}
+
+/// Executes `image` as a worker running `implementation`, with `stdio` as its standard input
+/// and output and `stderr` as its standard error; on the spawner thread.
+fn exec(
+    image: &Image,
+    implementation: &str,
+    mode: Mode,
+    stdio: ChildEnds,
+    stderr: ErrEnd,
+) -> Result<Process, Error> {
+    let mut command = image.command();
+    command
+        .env(ENV_IMPLEMENTATION, implementation)
+        .stdin(Stdio::from(stdio.stdin))
+        .stdout(Stdio::from(stdio.stdout))
+        .stderr(match stderr {
+            ErrEnd::Inherit => Stdio::inherit(),
+            ErrEnd::Fd(fd) => Stdio::from(fd),
+        });
+    match mode {
+        Mode::Dedicated => {
+            command
+                .env(ENV_PARENT, sys::getpid().to_string())
+                .env_remove(ENV_DETACHED)
+                .process_group(0);
+        }
+        // setsid() fails in a process group leader: the child stays in ours until it leaves
+        // for a session of its own.
+        Mode::Detached { report } => {
+            let value = if report { DETACHED_REPORT } else { "1" };
+            command.env(ENV_DETACHED, value).env_remove(ENV_PARENT);
+        }
+    }
+    let child = command.spawn().map_err(|source| Error::Spawn {
+        program: image.program.clone(),
+        source,
+    })?;
+    // Before anything else: nobody can have reaped the child yet, so the pidfd is its own.
+    // `command` is dropped when this returns, closing the child's ends in this process.
+    Ok(Process::track(child.id(), mode == Mode::Dedicated))
+}
+
+/// A child's standard error as it starts: the master's own, or a descriptor of its own.
+#[derive(Debug)]
+enum ErrEnd {
+    Inherit,
+    Fd(OwnedFd),
+}
+
+/// `/dev/null`, for writing, close-on-exec here.
+fn dev_null() -> std::io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")?
+        .into())
+}
+
+/// What shapes a worker's process image: the executable, its arguments, environment and
+/// working directory. A zygote is started from one, and serves the spawns that would start the
+/// same.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Image {
+    pub(crate) program: PathBuf,
+    argv0: Option<OsString>,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    current_dir: Option<PathBuf>,
+}
+
+impl Image {
+    /// A command starting the image, with the child's standard descriptors and its role left
+    /// to the caller.
+    pub(crate) fn command(&self) -> Command {
+        // This is the one sanctioned place (see clippy.toml).
+        #[allow(clippy::disallowed_methods)]
+        let mut command = Command::new(&self.program);
+        if let Some(argv0) = &self.argv0 {
+            command.arg0(argv0);
+        }
+        command.args(&self.args).envs(&self.env);
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
+        command
+    }
 }
 
 /// Opens a daemon's output file: appended to, created `0600` (a daemon's output may say more

@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    process::ChildStderr,
+    os::fd::OwnedFd,
     sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
@@ -94,7 +94,8 @@ impl std::fmt::Debug for StderrTail {
 
 impl StderrTail {
     /// Starts draining `stderr`, sending it to `sink` as well.
-    pub(crate) fn start(mut stderr: ChildStderr, sink: Sink, pid: u32) -> std::io::Result<Self> {
+    pub(crate) fn start(stderr: OwnedFd, sink: Sink, pid: u32) -> std::io::Result<Self> {
+        let mut stderr = std::fs::File::from(stderr);
         let tail = StderrTail {
             shared: Arc::new((Mutex::new(Tail::default()), Condvar::new())),
         };

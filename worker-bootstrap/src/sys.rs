@@ -584,3 +584,356 @@ macro_rules! __before_main {
         static CONSTRUCTOR: extern "C" fn() = $function;
     };
 }
+
+// The zygote (`SpawnMode::Zygote`): its socket, and the fork of a worker.
+
+/// Whether this build can fork workers from a zygote: Linux with glibc (whose fork the zygote
+/// reproduces, see [`ForkContext`]), on an architecture whose `clone(2)` takes the child's
+/// thread-id address as its fourth or fifth argument (not s390's or microblaze's order).
+pub(crate) const ZYGOTE_SUPPORTED: bool = cfg!(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "x86",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "powerpc64",
+    )
+));
+
+/// The most descriptors one zygote message carries: a worker's standard input, output and error.
+pub(crate) const MAX_PASSED_FDS: usize = 3;
+
+/// A connected pair of Unix sequenced-packet sockets, both close-on-exec: each message keeps its
+/// boundaries, carries descriptors, and a peer that is gone is seen as the end of the stream.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: socketpair writes two descriptors into a live array of two.
+    syscall!(socketpair(
+        libc::AF_UNIX,
+        libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+        0,
+        fds.as_mut_ptr()
+    ))?;
+    // SAFETY: the kernel just created both descriptors, and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Room for the control message of [`MAX_PASSED_FDS`] descriptors, aligned for `cmsghdr`.
+#[repr(C)]
+union ControlBuffer {
+    _align: libc::cmsghdr,
+    bytes: [u8; 64],
+}
+
+impl ControlBuffer {
+    fn new() -> Self {
+        ControlBuffer { bytes: [0; 64] }
+    }
+}
+
+/// Sends `bytes` as one message on a sequenced-packet socket, with `fds` attached
+/// (`SCM_RIGHTS`), without ever raising SIGPIPE: a peer that is gone is `EPIPE`.
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    assert!(
+        fds.len() <= MAX_PASSED_FDS,
+        "at most {MAX_PASSED_FDS} descriptors"
+    );
+    let mut control = ControlBuffer::new();
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid value to fill in.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let data_len = std::mem::size_of_val(fds) as libc::c_uint;
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+        // SAFETY: `control` is a union of plain bytes; the field is always initialised.
+        let buffer = unsafe { &mut control.bytes };
+        debug_assert!(space <= buffer.len());
+        msg.msg_control = buffer.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` writable bytes aligned for cmsghdr, enough for
+        // one header and `fds.len()` descriptors; CMSG_FIRSTHDR returns its start.
+        unsafe {
+            let header = libc::CMSG_FIRSTHDR(&msg);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(data_len) as _;
+            let data = libc::CMSG_DATA(header).cast::<libc::c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(fd.as_raw_fd());
+            }
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at live buffers (the payload, the control message) for the call.
+        match syscall!(sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Receives one message from a sequenced-packet socket into `buf`: its length and the
+/// descriptors attached (owned, close-on-exec); `Ok(None)` at the end of the stream (the peer is
+/// gone). A message longer than `buf`, or with more than [`MAX_PASSED_FDS`] descriptors, is an
+/// `InvalidData` error, its descriptors closed.
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut control = ControlBuffer::new();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid value to fill in.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: `control` is a union of plain bytes; the field is always initialised.
+    let buffer = unsafe { &mut control.bytes };
+    msg.msg_control = buffer.as_mut_ptr().cast();
+    msg.msg_controllen = buffer.len() as _;
+    let n = loop {
+        // SAFETY: `msg` points at live, writable buffers for the call.
+        match syscall!(recvmsg(
+            socket.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC
+        )) {
+            Ok(n) => break n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: recvmsg filled `msg` and the control buffer it points at; CMSG_FIRSTHDR and
+    // CMSG_NXTHDR walk the headers within msg_controllen, and each SCM_RIGHTS payload holds
+    // descriptors the kernel just installed in this process, owned by nobody else.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&msg);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(header).cast::<libc::c_int>();
+                let len = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / std::mem::size_of::<libc::c_int>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            header = libc::CMSG_NXTHDR(&msg, header);
+        }
+    }
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 || fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a message too long, or with too many descriptors",
+        ));
+    }
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((n, fds)))
+}
+
+/// `PR_GET_TID_ADDRESS` (`linux/prctl.h`), which the libc crate does not name on glibc.
+const PR_GET_TID_ADDRESS: libc::c_int = 40;
+
+/// What the zygote needs to fork a worker as glibc's `fork` would, learnt once in the zygote.
+///
+/// glibc keeps each thread's id in its thread control block and hands that field's address to
+/// the kernel (`set_tid_address`) when the thread starts; its `fork` asks the kernel to write the
+/// child's id there (`CLONE_CHILD_SETTID`), so that `pthread_self()`'s id is the child's own, and
+/// registers the child's robust-futex list again (the kernel drops it on fork). The zygote
+/// cannot call glibc's `fork` (it has no `CLONE_PARENT`), so it does both itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ForkContext {
+    tid_address: usize,
+    robust_head: usize,
+    robust_len: usize,
+}
+
+impl ForkContext {
+    /// Learns the thread-id address (checking that it holds this thread's id, as glibc's does)
+    /// and the robust-list head of the calling thread, the zygote's only one.
+    pub(crate) fn new() -> io::Result<Self> {
+        if !ZYGOTE_SUPPORTED {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        let mut address: *mut libc::c_int = std::ptr::null_mut();
+        // SAFETY: PR_GET_TID_ADDRESS writes one pointer into the live location given.
+        syscall!(prctl(
+            PR_GET_TID_ADDRESS,
+            &mut address as *mut *mut libc::c_int as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong
+        ))?;
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        // SAFETY: the kernel reports the address this thread gave `set_tid_address`, which libc
+        // did at start, inside memory that lives as long as the thread (glibc: the thread
+        // control block's id field; another libc: a word of its own); reading it is sound.
+        let holds_tid = !address.is_null() && unsafe { address.read_volatile() } == tid;
+        if !holds_tid {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the C library does not keep the thread id where the kernel writes it",
+            ));
+        }
+        let mut head: *mut libc::c_void = std::ptr::null_mut();
+        let mut len: libc::size_t = 0;
+        // SAFETY: get_robust_list writes a pointer and a length into the live locations given.
+        let res = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                0 as libc::c_long,
+                &mut head as *mut *mut libc::c_void,
+                &mut len as *mut libc::size_t,
+            )
+        };
+        if res != 0 {
+            head = std::ptr::null_mut();
+            len = 0;
+        }
+        Ok(ForkContext {
+            tid_address: address as usize,
+            robust_head: head as usize,
+            robust_len: len,
+        })
+    }
+}
+
+/// Which side of [`fork_sibling`] returned.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// The new process.
+    Child,
+    /// The zygote, with the new process's id and, on Linux 5.2 and later, a pidfd for it.
+    Parent { pid: u32, pidfd: Option<OwnedFd> },
+}
+
+/// Forks this process into a *sibling*: a child of this process's parent (`CLONE_PARENT`), so
+/// that the master that started the zygote gets the new worker as its own child (it takes its
+/// pidfd, reaps it, gets its exit status, and the worker's parent-death signal follows the
+/// master's spawner thread). Done as glibc's `fork` does it otherwise (see [`ForkContext`]),
+/// without running `pthread_atfork` handlers.
+///
+/// Only called in the zygote, which checked that it has a single thread: forking a
+/// single-threaded process is sound, and the child goes on running Rust code.
+pub(crate) fn fork_sibling(context: &ForkContext) -> io::Result<Forked> {
+    let flags = libc::CLONE_PARENT
+        | libc::CLONE_PIDFD
+        | libc::CLONE_CHILD_SETTID
+        | libc::CLONE_CHILD_CLEARTID
+        | libc::SIGCHLD;
+    let mut pidfd: libc::c_int = -1;
+    let tid = context.tid_address as *mut libc::c_int;
+    // SAFETY: no CLONE_VM: the child gets a copy of this single-threaded process, running on a
+    // copy of this stack (a null stack pointer), as after fork. The pidfd pointer is live; the
+    // thread-id address is this thread's own (checked in `ForkContext::new`), where the kernel
+    // writes the child's id in the child's copy. It is passed as both the fourth and the fifth
+    // argument, whichever the architecture reads as the child's thread-id address (the other
+    // is the TLS pointer, unused without CLONE_SETTLS).
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0 as libc::c_ulong,
+            &mut pidfd as *mut libc::c_int,
+            tid,
+            tid,
+        )
+    };
+    if res < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if res == 0 {
+        if context.robust_head != 0 {
+            // SAFETY: the robust list head is this thread's own (the child's copy of it), as
+            // glibc registers it again after fork; a failure only loses robust-mutex cleanup.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_set_robust_list,
+                    context.robust_head as *mut libc::c_void,
+                    context.robust_len,
+                )
+            };
+        }
+        return Ok(Forked::Child);
+    }
+    // Kernels before 5.2 ignore CLONE_PIDFD and leave -1.
+    let pidfd = (pidfd >= 0).then(|| {
+        // SAFETY: the kernel just created this descriptor (close-on-exec) for us.
+        unsafe { OwnedFd::from_raw_fd(pidfd) }
+    });
+    Ok(Forked::Parent {
+        pid: res as u32,
+        pidfd,
+    })
+}
+
+/// Puts the calling process in a new process group of its own (its pgid becomes its pid).
+pub(crate) fn lead_own_group() -> io::Result<()> {
+    // SAFETY: setpgid only changes this process's group.
+    syscall!(setpgid(0, 0)).map(drop)
+}
+
+/// Puts child `pid` in a new process group of its own, as it does itself: whichever comes
+/// first, the group exists once both returned. A child that is gone already is not an error.
+pub(crate) fn put_in_own_group(pid: u32) {
+    // SAFETY: setpgid only changes the group of a child of ours.
+    let _ = syscall!(setpgid(pid as libc::pid_t, pid as libc::pid_t));
+}
+
+/// Makes `fd` descriptor `target` too (not close-on-exec), as a spawn does for the standard
+/// descriptors.
+pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        // dup2 onto itself would leave close-on-exec set.
+        // SAFETY: fcntl on a descriptor the caller borrows; flags only.
+        syscall!(fcntl(target, libc::F_SETFD, 0))?;
+        return Ok(());
+    }
+    // SAFETY: dup2 only replaces descriptor `target`, which the caller means to replace.
+    syscall!(dup2(fd.as_raw_fd(), target)).map(drop)
+}
+
+/// Unblocks every signal of the calling thread, as a spawn's child starts.
+pub(crate) fn unblock_all_signals() {
+    // SAFETY: an all-zero sigset_t is valid storage for sigemptyset to initialise.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset writes the live set; pthread_sigmask reads it.
+    unsafe {
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+/// This process's standard input, borrowed (the zygote's request socket).
+pub(crate) fn stdin() -> BorrowedFd<'static> {
+    // SAFETY: descriptor 0 stays open for the life of the zygote, which borrows it only.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
+/// This process's standard error, borrowed (passed to a worker whose standard error is the
+/// master's, as a spawn lets the child inherit it).
+pub(crate) fn stderr() -> BorrowedFd<'static> {
+    // SAFETY: borrowed for one send only, as std's `Stdio::inherit` leaves descriptor 2 to the
+    // child whatever it is; a closed one makes the send fail with EBADF.
+    unsafe { BorrowedFd::borrow_raw(2) }
+}

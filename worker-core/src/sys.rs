@@ -142,9 +142,13 @@ pub fn send_nosignal(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 
 /// Closes every descriptor above 2, which the worker inherited by accident (a parent that did
 /// not set close-on-exec).
-fn close_inherited_fds() -> io::Result<()> {
+///
+/// Shared with worker-bootstrap (its zygote closes them too, before it forks any worker), like
+/// [`syscall!`]; not part of the public API.
+#[doc(hidden)]
+pub fn close_inherited_fds() -> io::Result<()> {
     // SAFETY: close_range only closes descriptors; nothing in this process refers to the ones
-    // above 2 yet, as this runs before any worker code.
+    // above 2 yet, as this runs before any worker code (or, in a zygote, before it serves).
     let res = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     if res == 0 {
         return Ok(());

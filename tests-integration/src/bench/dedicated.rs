@@ -1,4 +1,5 @@
-//! Dedicated-worker benchmarks: round trip, spawn, bandwidth, spawn from a big master.
+//! Dedicated-worker benchmarks: round trip, spawn (executed, and forked from a zygote),
+//! bandwidth, spawn from a big master.
 //!
 //! The baselines are the same binary started with a bare pipe (no library): a raw ping-pong
 //! peer and a one-byte handshake.
@@ -9,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use exsyst_worker::{BootstrapProfile, DedicatedWorker, channel::serde_bytes::ByteBuf};
+use exsyst_worker::{BootstrapProfile, DedicatedWorker, SpawnMode, channel::serde_bytes::ByteBuf};
 
 use super::{Config, Line};
 use crate::workers::dedicated::Echo;
@@ -145,6 +146,28 @@ pub fn run(cfg: &Config) -> Vec<Line> {
                 elapsed
             });
             line.rounds.push((ours, base));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("dedicated spawn zygote") {
+        // Ours forks from a zygote already running (the first spawn below starts it, before
+        // any round); the baseline is the library's own default spawn, which executes the
+        // worker afresh. Both to the first reply, then closed.
+        let zygote = BootstrapProfile::new().with_spawn_mode(SpawnMode::Zygote);
+        spawn_to_first_reply(&zygote);
+        let mut line = Line::new(cfg.name("dedicated spawn zygote"), "µs");
+        const N: u32 = 20;
+        for round in 0..cfg.rounds {
+            let ours = || time_each(N, || spawn_to_first_reply(&zygote));
+            let base = || time_each(N, || spawn_to_first_reply(&profile));
+            let (o, b) = if round % 2 == 0 {
+                let o = ours();
+                (o, base())
+            } else {
+                let b = base();
+                (ours(), b)
+            };
+            line.rounds.push((o, b));
         }
         lines.push(line);
     }

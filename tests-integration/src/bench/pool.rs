@@ -1,7 +1,8 @@
 //! Pool benchmarks: tiny tasks one by one against raw-pipe workers fed round-robin, the same
 //! from async code (tokio) against the blocking calls, the default (adaptive) in-flight depth
-//! against a pinned one and against the ideal makespan of uneven work, and `map` against
-//! Python's `multiprocessing.Pool.map`.
+//! against a pinned one and against the ideal makespan of uneven work, a fresh process per task
+//! forked from a zygote against the same executed afresh, and `map` against Python's
+//! `multiprocessing.Pool.map`.
 //!
 //! The raw baseline peers are this binary re-executed with `EXSYST_BENCH_POOL_PEER` set; the
 //! Python baseline is `tests-integration/bench/pool_map.py`, run with `python3`.
@@ -14,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use exsyst_worker::{BootstrapProfile, pool::WorkerPoolBuilder};
+use exsyst_worker::{BootstrapProfile, SpawnMode, pool::WorkerPoolBuilder};
 
 use super::{Config, Line};
 use crate::workers::pool::{Command as Task, Commands, Tiny};
@@ -94,6 +95,22 @@ pub fn run(cfg: &Config) -> Vec<Line> {
         let mut line = Line::new(cfg.name("pool uneven default"), "ms");
         for _ in 0..cfg.rounds {
             line.rounds.push(uneven());
+        }
+        lines.push(line);
+    }
+    if cfg.wants("pool fresh process per task") {
+        let mut line = Line::new(cfg.name("pool fresh process per task"), "tasks/s");
+        for round in 0..cfg.rounds {
+            let ours = || fresh_process_per_task(SpawnMode::Zygote, 400);
+            let base = || fresh_process_per_task(SpawnMode::Exec, 400);
+            let (o, b) = if round % 2 == 0 {
+                let o = ours();
+                (o, base())
+            } else {
+                let b = base();
+                (ours(), b)
+            };
+            line.rounds.push((o, b));
         }
         lines.push(line);
     }
@@ -203,6 +220,27 @@ fn async_tiny_tasks_per_request(runtime: &tokio::runtime::Runtime, n: u64) -> f6
 
 /// Requests in flight at once in [`async_tiny_tasks`], as in [`tiny_tasks`].
 const WINDOW: usize = 4096;
+
+/// `n` tiny tasks on a pool that runs each in a fresh process (`recycle_after(1)`), workers
+/// started as `mode` says, all submitted at once; tasks per second. The pool is warmed up first
+/// (with a zygote, that starts it).
+fn fresh_process_per_task(mode: SpawnMode, n: u64) -> f64 {
+    let pool = WorkerPoolBuilder::new()
+        .profile(BootstrapProfile::new().with_spawn_mode(mode))
+        .size(WORKERS)
+        .recycle_after(1)
+        .build_tasks::<Tiny>()
+        .expect("task pool");
+    for i in 0..4 {
+        pool.submit(i).expect("submit").wait().expect("warm-up");
+    }
+    let start = Instant::now();
+    let handles: Vec<_> = (0..n).map(|i| pool.submit(i).expect("submit")).collect();
+    for (i, h) in (0..n).zip(handles) {
+        assert_eq!(h.wait().expect("result"), i + 1);
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
 
 /// Tasks in `pool uneven default`, and their work: 1 in [`SLOW_EVERY`] takes [`SLOW_US`], the
 /// others [`FAST_US`].

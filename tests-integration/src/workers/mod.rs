@@ -7,3 +7,4 @@ pub mod hostile;
 pub mod hostile_tasks;
 pub mod pool;
 pub mod shared;
+pub mod zygote;

@@ -141,6 +141,41 @@ fn failer(failure: Failure) -> exsyst_worker::DedicatedWorker {
     w
 }
 
+/// A worker run with `RUST_BACKTRACE=full` writes a backtrace of many kilobytes after its panic
+/// message; the tail keeps the message and the first frames, and says how many lines it left out.
+#[test]
+fn a_full_backtrace_does_not_push_the_panic_message_out_of_the_tail() {
+    let f = WorkerFactory::with_profile(
+        profile()
+            .with_stderr(StderrMode::Capture)
+            .with_env("RUST_BACKTRACE", "full"),
+    );
+    let mut w = f
+        .create_worker_with_args::<Failer>(&Failure::Panic("the worker gave up".into()))
+        .unwrap();
+    w.send_message("hello").unwrap();
+    assert_eq!(w.receive_message::<String>().unwrap(), "hello");
+    w.send_message("fail now").unwrap();
+    match w.receive_message::<String>() {
+        Err(Error::WorkerExited {
+            status,
+            stderr_tail,
+            ..
+        }) => {
+            assert_eq!(status.code(), Some(101));
+            assert!(
+                stderr_tail.contains("the worker gave up\nstack backtrace:\n"),
+                "{stderr_tail:?}"
+            );
+            assert!(
+                stderr_tail.contains(" more backtrace lines]\n"),
+                "{stderr_tail:?}"
+            );
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_panicking_worker_is_a_typed_error_with_its_stderr() {
     let mut w = failer(Failure::Panic("the worker gave up".into()));

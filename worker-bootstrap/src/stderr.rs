@@ -11,6 +11,10 @@ use std::{
 /// How much of a worker's standard error is kept for the error its master gets.
 const TAIL_LEN: usize = 4096;
 
+/// Lines of a backtrace (after `stack backtrace:`) kept in the tail; the rest are counted, so a
+/// worker run with `RUST_BACKTRACE=full` does not push its panic message out of the tail.
+const BACKTRACE_LINES_KEPT: usize = 12;
+
 /// The longest line forwarded to `log` whole: past it the rest of the line is counted, not
 /// kept, so a worker writing without newlines cannot make its master hold unbounded memory.
 const MAX_LOG_LINE: usize = 1 << 20;
@@ -35,14 +39,27 @@ struct LineLogger {
     cut: usize,
 }
 
+/// Calls `piece(bytes, ends_line)` for each run of `bytes` up to and including a newline
+/// (`ends_line` true, the newline left out) and for the unfinished rest (`ends_line` false): the
+/// one line splitter of a worker's standard error, for `log` and for the tail.
+fn split_lines(mut bytes: &[u8], mut piece: impl FnMut(&[u8], bool)) {
+    while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
+        piece(&bytes[..i], true);
+        bytes = &bytes[i + 1..];
+    }
+    if !bytes.is_empty() {
+        piece(bytes, false);
+    }
+}
+
 impl LineLogger {
-    fn feed(&mut self, mut bytes: &[u8]) {
-        while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
-            self.append(&bytes[..i]);
-            self.emit();
-            bytes = &bytes[i + 1..];
-        }
-        self.append(bytes);
+    fn feed(&mut self, bytes: &[u8]) {
+        split_lines(bytes, |piece, ends_line| {
+            self.append(piece);
+            if ends_line {
+                self.emit();
+            }
+        });
     }
 
     fn append(&mut self, bytes: &[u8]) {
@@ -75,8 +92,73 @@ impl LineLogger {
 
 #[derive(Default)]
 struct Tail {
+    /// Whole lines kept, each ending with a newline; trimmed to about `TAIL_LEN` from the front.
     bytes: Vec<u8>,
+    /// The line being written (at most `TAIL_LEN` of it).
+    line: Vec<u8>,
+    /// Inside a backtrace: its lines so far.
+    backtrace: Option<usize>,
     done: bool,
+}
+
+impl Tail {
+    fn feed(&mut self, bytes: &[u8]) {
+        split_lines(bytes, |piece, ends_line| {
+            let room = TAIL_LEN.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&piece[..piece.len().min(room)]);
+            if ends_line {
+                self.end_line();
+            }
+        });
+        if self.bytes.len() > 2 * TAIL_LEN {
+            let cut = self.bytes.len() - TAIL_LEN;
+            self.bytes.drain(..cut);
+        }
+    }
+
+    /// Keeps the line just ended, unless it is a backtrace's line past the first
+    /// `BACKTRACE_LINES_KEPT` (frames are indented; the backtrace ends at the first line that
+    /// is not).
+    fn end_line(&mut self) {
+        let indented = self.line.first().is_some_and(u8::is_ascii_whitespace);
+        match self.backtrace {
+            Some(n) if indented => {
+                self.backtrace = Some(n + 1);
+                if n >= BACKTRACE_LINES_KEPT {
+                    self.line.clear();
+                    return;
+                }
+            }
+            Some(_) => {
+                if let Some(note) = self.elided() {
+                    self.bytes.extend_from_slice(&note);
+                }
+                self.backtrace = None;
+            }
+            None => {}
+        }
+        if self.line == b"stack backtrace:" {
+            self.backtrace = Some(0);
+        }
+        self.bytes.append(&mut self.line);
+        self.bytes.push(b'\n');
+    }
+
+    /// The line that says how many lines of the current backtrace were left out, if any.
+    fn elided(&self) -> Option<Vec<u8>> {
+        let elided = self.backtrace?.checked_sub(BACKTRACE_LINES_KEPT)?;
+        (elided > 0).then(|| format!("      [{elided} more backtrace lines]\n").into_bytes())
+    }
+
+    /// The kept text: whole lines, then the unfinished one.
+    fn text(&self) -> Vec<u8> {
+        let mut text = self.bytes.clone();
+        if let Some(note) = self.elided() {
+            text.extend_from_slice(&note);
+        }
+        text.extend_from_slice(&self.line);
+        text
+    }
 }
 
 /// The tail of a worker's standard error, filled by a thread that drains the pipe, so a chatty
@@ -132,11 +214,7 @@ impl StderrTail {
                         lines.feed(&buf[..n]);
                     }
                     let mut tail = shared.0.lock().unwrap_or_else(|e| e.into_inner());
-                    tail.bytes.extend_from_slice(&buf[..n]);
-                    if tail.bytes.len() > 2 * TAIL_LEN {
-                        let cut = tail.bytes.len() - TAIL_LEN;
-                        tail.bytes.drain(..cut);
-                    }
+                    tail.feed(&buf[..n]);
                 }
                 if let Some(lines) = &mut lines {
                     lines.finish();
@@ -167,9 +245,10 @@ impl StderrTail {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let bytes = &tail.bytes[tail.bytes.len().saturating_sub(TAIL_LEN)..];
+        let text = tail.text();
+        let bytes = &text[text.len().saturating_sub(TAIL_LEN)..];
         // Start at a line boundary when the tail was cut.
-        let bytes = if tail.bytes.len() > TAIL_LEN {
+        let bytes = if text.len() > TAIL_LEN {
             bytes
                 .iter()
                 .position(|&b| b == b'\n')
@@ -178,5 +257,70 @@ impl StderrTail {
             bytes
         };
         String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fed(text: &str, chunk: usize) -> String {
+        let mut tail = Tail::default();
+        for piece in text.as_bytes().chunks(chunk) {
+            tail.feed(piece);
+        }
+        String::from_utf8(tail.text()).unwrap()
+    }
+
+    #[test]
+    fn a_long_backtrace_leaves_the_panic_message_in_the_tail() {
+        let mut text = String::from("starting\nthread 'main' panicked at src/w.rs:3:5:\nboom\n");
+        text.push_str("stack backtrace:\n");
+        for i in 0..400 {
+            text.push_str(&format!(
+                "  {i:3}:     0x55d0c7f5c0a2 - std::frame::number_{i}\n"
+            ));
+            text.push_str("                               at /rustc/library/std/src/x.rs:1:1\n");
+        }
+        text.push_str("note: Some details are omitted\n");
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let tail = fed(&text, chunk);
+            assert!(tail.contains("boom\nstack backtrace:\n"), "{tail}");
+            assert!(tail.contains("number_5\n"), "{tail}");
+            assert!(!tail.contains("number_6\n"), "{tail}");
+            assert!(
+                tail.ends_with(
+                    "      [788 more backtrace lines]\nnote: Some details are omitted\n"
+                ),
+                "{tail}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_backtrace_still_being_written_says_what_was_left_out() {
+        let mut text = String::from("boom\nstack backtrace:\n");
+        for i in 0..20 {
+            text.push_str(&format!("   {i}: f{i}\n"));
+        }
+        text.push_str("   20: unfinish");
+        assert_eq!(
+            fed(&text, 5),
+            format!(
+                "boom\nstack backtrace:\n{}      [8 more backtrace lines]\n   20: unfinish",
+                (0..12)
+                    .map(|i| format!("   {i}: f{i}\n"))
+                    .collect::<String>()
+            )
+        );
+    }
+
+    #[test]
+    fn other_output_keeps_its_last_lines_whole() {
+        let text: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
+        let tail = fed(&text, 333);
+        assert!(tail.ends_with("line 9999\n"));
+        assert!(tail.len() >= TAIL_LEN, "{}", tail.len());
+        assert!(text.ends_with(&tail));
     }
 }

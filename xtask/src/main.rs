@@ -110,6 +110,7 @@ const PUBLISHED: &[&str] = &[
 /// each one against the others' packaged sources (a local registry overlay), which is what
 /// `cargo publish` will see; the unpublished ones (`publish = false`) are left out by name.
 fn package() -> anyhow::Result<()> {
+    forget_earlier_packages()?;
     let mut args = vec!["package", "--workspace", "--allow-dirty"];
     for crate_name in unpublished()? {
         args.extend(["--exclude", crate_name]);
@@ -125,6 +126,37 @@ fn package() -> anyhow::Result<()> {
             bail!("{} was not produced", file.display());
         }
         println!("packaged {}", file.display());
+    }
+    Ok(())
+}
+
+/// Cargo unpacks the overlay's crates under `$CARGO_HOME/registry/src/-<hash>/` and reuses what
+/// it unpacked before when the version is the same, so a second run would verify against the
+/// sources of the first: those copies of our own crates are removed first, with the overlay.
+fn forget_earlier_packages() -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    let _ = std::fs::remove_dir_all(root.join("target/package"));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let Ok(registries) = std::fs::read_dir(cargo_home.join("registry/src")) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        // Local registries (the overlay) are named `-<hash>`; crates.io's is `index.crates.io-…`.
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for crate_name in PUBLISHED {
+            let unpacked = registry
+                .path()
+                .join(format!("{crate_name}-{}", env!("CARGO_PKG_VERSION")));
+            if unpacked.exists() {
+                std::fs::remove_dir_all(&unpacked)
+                    .with_context(|| format!("cannot remove {}", unpacked.display()))?;
+            }
+        }
     }
     Ok(())
 }

@@ -174,7 +174,9 @@ mod tests {
     #[test]
     fn this_process_is_watched_and_alive() {
         let me = Process::watch(std::process::id()).unwrap();
-        let soon = Instant::now() + Duration::from_millis(10);
+        let soon = Instant::now()
+            .checked_add(Duration::from_millis(10))
+            .unwrap();
         assert!(!me.wait_gone(soon).unwrap());
         assert_eq!(
             Process::watch(0).unwrap_err().kind(),

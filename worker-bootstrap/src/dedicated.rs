@@ -8,7 +8,7 @@ use std::{
 
 use serde::{Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
-use worker_channel::{Codec, FrameKind, FramedConnection};
+use worker_channel::{Codec, FrameKind, FramedConnection, Spin};
 use worker_core::{
     Worker,
     mio::{Interest, Registry, Token, event::Source, unix::SourceFd},
@@ -82,6 +82,8 @@ pub struct DedicatedWorker {
     /// An event came that the process's exit may explain (its pidfd shares the token): look
     /// once whether it exited, when the output has nothing more.
     exit_check: bool,
+    /// The latency mode of the blocking receives.
+    spin: Spin,
 }
 
 /// How a reaped worker ended, with the tail of its standard error.
@@ -196,6 +198,7 @@ impl DedicatedWorker {
             buffer_bound,
             broken: false,
             exit_check: false,
+            spin: profile.spin(),
         };
         worker.queue(FrameKind::Control, &init)?;
         worker.connection.set_codec(profile.codec());
@@ -217,6 +220,22 @@ impl DedicatedWorker {
     /// The channel's codec.
     pub fn codec(&self) -> Codec {
         self.connection.codec()
+    }
+
+    /// Sets the latency mode of this handle's blocking receives (see [`Spin`]): a receive that
+    /// finds nothing looks again without blocking for up to `budget` (at most
+    /// [`Spin::MAX_BUDGET`]; zero is off) before it blocks. The worker's own side keeps what
+    /// its profile said at spawn ([`BootstrapProfile::with_spin`]).
+    ///
+    /// A worker's death is still seen: by the wait that follows the spin, one budget later at
+    /// most, or at once when the end of its output shows it.
+    pub fn set_spin(&mut self, budget: Duration) {
+        self.spin = Spin::new(budget);
+    }
+
+    /// The latency mode of this handle's blocking receives.
+    pub fn spin(&self) -> Spin {
+        self.spin
     }
 
     /// Sends one message.
@@ -425,6 +444,17 @@ impl DedicatedWorker {
             }
             if self.exited.is_some() {
                 return Err(self.ended());
+            }
+            // The latency mode: read again without blocking for up to the budget before the
+            // wait blocks. The pidfd is only looked at by that wait, so a death that no end of
+            // stream shows (a grandchild holds the output) is seen one budget later at most.
+            let spin = self.spin;
+            let spun = spin.run(deadline, || {
+                self.connection.note_readable();
+                self.try_receive(kind)
+            })?;
+            if let Some(message) = spun {
+                return Ok(Some(message));
             }
             match self.wait(deadline, false)? {
                 Wait::Readable => self.connection.note_readable(),

@@ -83,7 +83,7 @@ pub use worker_pool as pool;
 pub use worker_shared as shared;
 
 pub use worker_bootstrap::{BootstrapProfile, DedicatedWorker, Registry, StderrMode, registry};
-pub use worker_channel::Codec;
+pub use worker_channel::{Codec, Spin};
 pub use worker_core::{
     BoxError, Connection, EventedWorker, RawWorker, Worker, WorkerChannel, WorkerLoop,
 };

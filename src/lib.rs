@@ -108,7 +108,7 @@ pub use worker_bootstrap::AsyncDedicatedWorker;
 pub use worker_bootstrap::{
     BootstrapProfile, DedicatedWorker, Registry, SpawnMode, StderrMode, registry,
 };
-pub use worker_channel::Codec;
+pub use worker_channel::{Codec, Spin};
 pub use worker_core::{
     BoxError, Connection, EventedWorker, RawWorker, Worker, WorkerChannel, WorkerLoop,
 };

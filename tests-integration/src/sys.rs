@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -191,4 +191,60 @@ pub fn try_reap(pid: i32) -> bool {
     let mut status = 0;
     // SAFETY: waitpid writes the status into a live integer.
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
+}
+
+/// Puts descriptor `fd` in non-blocking mode (for the busy-polling baselines).
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    let fd = fd.as_fd().as_raw_fd();
+    // SAFETY: fcntl reads and sets the flags of a descriptor this process owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags == -1 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The CPU time process `pid` has used so far, all its threads together: from the scheduler's
+/// nanosecond counts (`/proc/PID/task/*/schedstat`) where the kernel keeps them, else from
+/// `utime + stime` in `/proc/PID/stat` (clock ticks, 10 ms each on most systems).
+pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
+    let mut total = Duration::ZERO;
+    let mut counted = false;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            if let Some(ns) = text.split(' ').next().and_then(|n| n.parse::<u64>().ok()) {
+                total += Duration::from_nanos(ns);
+                counted = true;
+            }
+        }
+    }
+    if counted {
+        return Ok(total);
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 2..])
+        .ok_or_else(|| io::Error::other("no ')' in /proc/PID/stat"))?;
+    // After the command: state is field 3, utime and stime fields 14 and 15.
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| -> io::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other("short /proc/PID/stat"))
+    };
+    let ticks = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf only reads a system setting.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second)
+        .ok()
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }

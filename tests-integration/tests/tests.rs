@@ -14,6 +14,7 @@ mod fuzz;
 mod hardening_bootstrap;
 mod hardening_channel;
 mod hardening_pool;
+mod latency;
 mod logging;
 mod pool;
 mod protocol;

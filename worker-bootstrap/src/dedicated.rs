@@ -8,7 +8,7 @@ use std::{
 
 use serde::{Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
-use worker_channel::{Codec, FrameKind, FramedConnection};
+use worker_channel::{Codec, FrameKind, FramedConnection, Spin};
 use worker_core::{
     Worker,
     mio::{Interest, Registry, Token, event::Source, unix::SourceFd},
@@ -86,6 +86,8 @@ pub struct DedicatedWorker {
     /// [`close_in_background`](DedicatedWorker::close_in_background) does, not making the
     /// dropping thread wait (an async handle's, which may be a runtime's only thread).
     background_drop: bool,
+    /// The latency mode of the blocking receives.
+    spin: Spin,
 }
 
 /// How a reaped worker ended, with the tail of its standard error.
@@ -211,6 +213,7 @@ impl DedicatedWorker {
             broken: false,
             exit_check: false,
             background_drop: false,
+            spin: profile.spin(),
         };
         worker.queue(FrameKind::Control, &init)?;
         worker.connection.set_codec(profile.codec());
@@ -232,6 +235,22 @@ impl DedicatedWorker {
     /// The channel's codec.
     pub fn codec(&self) -> Codec {
         self.connection.codec()
+    }
+
+    /// Sets the latency mode of this handle's blocking receives (see [`Spin`]): a receive that
+    /// finds nothing looks again without blocking for up to `budget` (at most
+    /// [`Spin::MAX_BUDGET`]; zero is off) before it blocks. The worker's own side keeps what
+    /// its profile said at spawn ([`BootstrapProfile::with_spin`]).
+    ///
+    /// A worker's death is still seen: by the wait that follows the spin, one budget later at
+    /// most, or at once when the end of its output shows it.
+    pub fn set_spin(&mut self, budget: Duration) {
+        self.spin = Spin::new(budget);
+    }
+
+    /// The latency mode of this handle's blocking receives.
+    pub fn spin(&self) -> Spin {
+        self.spin
     }
 
     /// Sends one message.
@@ -429,6 +448,17 @@ impl DedicatedWorker {
     ) -> Result<Option<T>, Error> {
         loop {
             if let Some(message) = self.receive_step(kind)? {
+                return Ok(Some(message));
+            }
+            // The latency mode: read again without blocking for up to the budget before the
+            // wait blocks. The pidfd is only looked at by that wait, so a death that no end of
+            // stream shows (a grandchild holds the output) is seen one budget later at most.
+            let spin = self.spin;
+            let spun = spin.run(deadline, || {
+                self.connection.note_readable();
+                self.try_receive(kind)
+            })?;
+            if let Some(message) = spun {
                 return Ok(Some(message));
             }
             match self.wait(deadline, false)? {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use worker_channel::Codec;
+use worker_channel::{Codec, Spin};
 
 /// Names the implementation a worker process must run; its presence makes a process a worker.
 pub(crate) const ENV_IMPLEMENTATION: &str = "EXSYST_WORKER_IMPLEMENTATION";
@@ -62,6 +62,9 @@ pub(crate) struct WorkerInit {
     /// Settings of layers above this crate (shared workers), by name, each encoded by its owner.
     #[serde(default)]
     pub(crate) extensions: BTreeMap<String, ByteBuf>,
+    /// The latency mode, in whole microseconds (0: off); masters that do not send it get none.
+    #[serde(default, rename = "spin_micros")]
+    pub(crate) spin: Spin,
 }
 
 fn default_max_frame_len() -> u32 {

@@ -48,6 +48,7 @@
 //! | `umask` | integer or nil | nil | the worker's file mode creation mask |
 //! | `before_hooks`, `after_hooks` | arrays of strings | empty | named hooks to run |
 //! | `extensions` | map of string to bin | empty | settings of higher layers |
+//! | `spin_micros` | integer | 0 | the latency mode: how long, in microseconds, the worker looks for its next message without blocking before it blocks (at most 10,000; 0 is off; see [`Spin`](worker_channel::Spin)) |
 //!
 //! After it, data frames flow both ways in the chosen codec. Secrets travel only in this frame,
 //! never on the command line or in the environment.

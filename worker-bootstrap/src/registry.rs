@@ -302,6 +302,7 @@ impl Registry {
         channel.set_codec(init.codec);
         channel.set_max_frame_len(init.max_frame_len);
         channel.connection_mut().set_max_depth(init.max_depth);
+        worker_core::set_spin(channel, init.spin);
         if let Some(mask) = init.umask {
             sys::set_umask(mask);
         }
@@ -375,6 +376,7 @@ struct Settings {
     codec: Codec,
     max_frame_len: u32,
     max_depth: u32,
+    spin: worker_channel::Spin,
 }
 
 impl Settings {
@@ -383,6 +385,7 @@ impl Settings {
             codec: channel.codec(),
             max_frame_len: channel.max_frame_len(),
             max_depth: channel.connection().max_depth(),
+            spin: channel.connection().spin(),
         }
     }
 
@@ -390,6 +393,7 @@ impl Settings {
         let mut channel =
             Channel::with_max_frame_len(input, output, self.codec, self.max_frame_len);
         channel.connection_mut().set_max_depth(self.max_depth);
+        worker_core::set_spin(&mut channel, self.spin);
         channel
     }
 }

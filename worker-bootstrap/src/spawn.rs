@@ -180,6 +180,7 @@ pub(crate) fn spawn(
         before_hooks: profile.before_hooks().to_vec(),
         after_hooks: profile.after_hooks().to_vec(),
         extensions,
+        spin: profile.spin(),
     };
     Ok(Spawned {
         process,

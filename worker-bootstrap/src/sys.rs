@@ -95,30 +95,13 @@ pub(crate) fn poll(
 
 /// Whether `fd` is readable right now (for a pidfd: whether its process has exited).
 pub(crate) fn is_readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(poll_now(fd)? & libc::POLLIN != 0)
+    Ok(sys::poll_now(fd)? & libc::POLLIN != 0)
 }
 
 /// Whether the other end of pipe `fd` is gone: no process holds its writing end any more.
 /// What is left to read does not matter.
 pub(crate) fn is_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(poll_now(fd)? & (libc::POLLHUP | libc::POLLERR) != 0)
-}
-
-/// What `poll(2)` says of `fd` (asked for input) right now, without waiting.
-fn poll_now(fd: BorrowedFd<'_>) -> io::Result<libc::c_short> {
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: one live pollfd.
-        match syscall!(poll(&mut pollfd, 1, 0)) {
-            Ok(_) => return Ok(pollfd.revents),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    Ok(sys::poll_now(fd)? & (libc::POLLHUP | libc::POLLERR) != 0)
 }
 
 /// A pipe, both ends close-on-exec: (reading end, writing end).

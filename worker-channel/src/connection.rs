@@ -6,7 +6,7 @@ use std::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    Codec, DEFAULT_MAX_DEPTH, Error, FrameDecoder, FrameKind, FrameRef,
+    Codec, DEFAULT_MAX_DEPTH, Error, FrameDecoder, FrameKind, FrameRef, Spin,
     decoder::release_if_large,
     frame::{DEFAULT_MAX_FRAME_LEN, encode_frame, encode_raw_frame},
 };
@@ -28,7 +28,9 @@ pub const DEFAULT_MAX_QUEUED: usize = 8 * 1024 * 1024;
 /// [`send`](Self::send), [`send_message`](Self::send_message), [`send_raw`](Self::send_raw)
 /// write a whole frame before they return; [`receive_message`](Self::receive_message),
 /// [`next_message`](Self::next_message), [`receive_kind`](Self::receive_kind) and
-/// [`receive_frame`](Self::receive_frame) block until a whole frame is there.
+/// [`receive_frame`](Self::receive_frame) block until a whole frame is there. With a
+/// [`Spin`] budget and a readiness probe ([`set_spin`](Self::set_spin)), they look for bytes
+/// without blocking for up to the budget before they block.
 ///
 /// # The non-blocking face
 ///
@@ -130,6 +132,10 @@ pub struct FramedConnection<T> {
     write_closed: bool,
     /// How the write that found the peer gone failed (its kind, and its OS error number).
     write_closed_by: Option<(io::ErrorKind, Option<i32>)>,
+    /// The latency mode; the blocking receives spin only with `readable` to ask.
+    spin: Spin,
+    /// Whether the transport has bytes to read now, without blocking.
+    readable: Option<fn(&T) -> io::Result<bool>>,
 }
 
 impl<T: fmt::Debug> fmt::Debug for FramedConnection<T> {
@@ -141,6 +147,7 @@ impl<T: fmt::Debug> fmt::Debug for FramedConnection<T> {
             .field("queued", &self.queued_bytes())
             .field("read_closed", &self.read_closed)
             .field("write_closed", &self.write_closed)
+            .field("spin", &self.spin)
             .finish_non_exhaustive()
     }
 }
@@ -174,6 +181,8 @@ impl<T> FramedConnection<T> {
             read_closed: false,
             write_closed: false,
             write_closed_by: None,
+            spin: Spin::OFF,
+            readable: None,
         }
     }
 
@@ -224,6 +233,43 @@ impl<T> FramedConnection<T> {
     /// Changes how deep received payloads may nest.
     pub fn set_max_depth(&mut self, max_depth: u32) {
         self.max_depth = max_depth;
+    }
+
+    /// The latency mode (see [`Spin`]); [`Spin::OFF`] unless [`set_spin`](Self::set_spin) said
+    /// otherwise.
+    pub fn spin(&self) -> Spin {
+        self.spin
+    }
+
+    /// Sets the latency mode of the blocking receives: while no whole frame is buffered, they
+    /// ask `readable`, without blocking, whether the transport has bytes to read, again and
+    /// again for up to the budget (see [`Spin::run`]), and only then read, blocking if nothing
+    /// came. `readable` answers `true` for an end of stream too; an error from it just ends the
+    /// spin (the read says what is wrong).
+    ///
+    /// Without a probe (`None`) the setting is only kept, for an owner that waits for
+    /// readiness itself and spins its own way (an event loop); it stays with the connection
+    /// through [`map_transport`](Self::map_transport), which drops the probe.
+    ///
+    /// ```
+    /// use std::{io::Sink, time::Duration};
+    /// use worker_channel::{Channel, Codec, Duplex, FramedConnection, Spin};
+    ///
+    /// let mut wire = Vec::new();
+    /// Channel::new(std::io::empty(), &mut wire, Codec::MessagePack).send_message(&7u32)?;
+    ///
+    /// let mut conn = FramedConnection::new(Duplex::new(&wire[..], std::io::sink()), Codec::MessagePack);
+    /// // Bytes in memory are always there; a pipe's probe asks poll(2) with no timeout (what
+    /// // worker-core's `set_spin` installs on a worker's channel).
+    /// let always = |_: &Duplex<&[u8], Sink>| Ok(true);
+    /// conn.set_spin(Spin::new(Duration::from_micros(100)), Some(always));
+    /// assert_eq!(conn.receive_message::<u32>()?, 7);
+    /// assert_eq!(conn.spin().budget(), Duration::from_micros(100));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_spin(&mut self, spin: Spin, readable: Option<fn(&T) -> io::Result<bool>>) {
+        self.spin = spin;
+        self.readable = readable;
     }
 
     /// The bound of the outgoing queue.
@@ -319,6 +365,9 @@ impl<T> FramedConnection<T> {
             read_closed: self.read_closed,
             write_closed: self.write_closed,
             write_closed_by: self.write_closed_by,
+            spin: self.spin,
+            // A probe of the old transport cannot look at the new one.
+            readable: None,
         }
     }
 
@@ -627,6 +676,13 @@ impl<T: Read + Write> FramedConnection<T> {
         while !self.decoder.has_frame() {
             if self.read_closed {
                 return Err(self.decoder.end_of_stream_error());
+            }
+            if let Some(readable) = self.readable {
+                let transport = &self.transport;
+                // Bytes came, or the budget is spent: the read comes next either way.
+                let _ = self.spin.run(None, || {
+                    Ok::<_, ()>(readable(transport).unwrap_or(true).then_some(()))
+                });
             }
             if let ReadStep::WouldBlock = self.read_once(usize::MAX)? {
                 return Err(Error::Io(io::ErrorKind::WouldBlock.into()));

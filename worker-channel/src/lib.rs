@@ -75,6 +75,7 @@ mod decoder;
 mod depth;
 mod error;
 mod frame;
+mod spin;
 
 pub use channel::Channel;
 pub use codec::{Codec, DEFAULT_MAX_DEPTH};
@@ -84,3 +85,4 @@ pub use error::Error;
 pub use frame::{DEFAULT_MAX_FRAME_LEN, FrameKind, HEADER_LEN, encode_frame, encode_raw_frame};
 #[doc(no_inline)]
 pub use serde_bytes;
+pub use spin::Spin;

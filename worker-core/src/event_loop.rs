@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Interest, Registry, Token, event::Source};
 
 use crate::{
-    BoxError, Error, Poller, PollerWaker, WAKE_TOKEN, deadline_after, deadline_from,
+    BoxError, Error, Poller, PollerWaker, Spin, WAKE_TOKEN, deadline_after, deadline_from,
     poller::DEFAULT_EVENTS_CAPACITY, time_left,
 };
 
@@ -499,6 +499,18 @@ impl<S: 'static> EventLoop<S> {
             });
         }
         removed
+    }
+
+    /// Sets the latency mode of the loop's waits (see [`Poller::set_spin`]): a turn that finds
+    /// no event at once looks again without blocking, for up to the budget, before it sleeps.
+    /// [`run_evented`](crate::run_evented) sets it from its channel's setting.
+    pub fn set_spin(&mut self, spin: Spin) {
+        self.poller.set_spin(spin);
+    }
+
+    /// The latency mode of the loop's waits.
+    pub fn spin(&self) -> Spin {
+        self.poller.spin()
     }
 
     /// A handle that other threads use to run closures on this loop.

@@ -864,18 +864,22 @@ impl<W: EventedWorker> WorkerHost<W> {
 /// The callbacks run in the order [`EventedWorker`] documents. When the master closes its end
 /// the worker handles every complete frame it received, writes every reply it queued (the
 /// master may still be reading), then calls `on_disconnect` and `terminate`; `run_evented`
-/// returns once the worker has taken everything off the loop. A master that dies takes the
+/// returns once the worker has taken everything off the loop. The loop spins as the channel's
+/// latency mode says ([`FramedConnection::spin`](worker_channel::FramedConnection::spin),
+/// set by the bootstrap from the master's profile; see [`EventLoop::set_spin`]). A master that dies takes the
 /// same path: its end of the pipe closes as its process ends, and replies it can no longer
 /// read are dropped. A frame cut short by the end of stream is an error
 /// ([`worker_channel::Error::Truncated`] in [`Error::Channel`]), and so is a
 /// callback's error ([`Error::Handler`]); the runtime ends at once then, without
 /// `terminate`. The returned error is always an [`Error`].
 pub fn run_evented<W: EventedWorker>(worker: W, channel: WorkerChannel) -> Result<(), BoxError> {
+    let spin = channel.connection().spin();
     let channel = NbChannel::from_channel(channel).map_err(|source| Error::Io {
         op: "set up channel",
         source,
     })?;
     let mut event_loop = WorkerLoop::<W>::new()?;
+    event_loop.set_spin(spin);
     let mut host = WorkerHost::dedicated(worker);
     host.start(&mut event_loop)?;
     host.connect(&mut event_loop, channel, "master")?;

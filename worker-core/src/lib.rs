@@ -54,7 +54,7 @@ pub use deadline::{deadline_after, deadline_from, time_left};
 /// The event library the evented side is built on, re-exported so that users name the same
 /// version as this crate ([`mio::Interest`], [`mio::event::Source`], ...).
 pub use mio;
-pub use raw::{ChannelOutput, RawWorker, WorkerChannel};
+pub use raw::{ChannelOutput, RawWorker, WorkerChannel, set_spin};
 pub use status::{Counter, Threshold, ThresholdError, WorkerStatus};
 pub use sys::take_stdio_channel;
 pub use worker::{BoxError, Worker, error_chain};
@@ -74,3 +74,6 @@ pub use evented::{
 };
 pub use nb_channel::NbChannel;
 pub use poller::{Poller, PollerWaker, WAKE_TOKEN};
+/// The latency mode of every blocking receive and wait (from `worker-channel`).
+#[doc(no_inline)]
+pub use worker_channel::Spin;

@@ -11,8 +11,9 @@ use std::{
 };
 
 use mio::{Events, Interest, Poll, Registry, Token, Waker, event::Source};
+use worker_channel::Spin;
 
-use crate::{Error, Readiness};
+use crate::{Error, Readiness, deadline_after, time_left};
 
 /// The token of a [`Poller`]'s waker; register sources under any other token.
 pub const WAKE_TOKEN: Token = Token(usize::MAX);
@@ -39,11 +40,14 @@ pub struct Poller {
     poll: Poll,
     events: Events,
     waker: PollerWaker,
+    spin: Spin,
 }
 
 impl fmt::Debug for Poller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Poller").finish_non_exhaustive()
+        f.debug_struct("Poller")
+            .field("spin", &self.spin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -62,7 +66,35 @@ impl Poller {
             poll,
             events: Events::with_capacity(events_capacity.max(1)),
             waker: PollerWaker(Arc::new(waker)),
+            spin: Spin::OFF,
         })
+    }
+
+    /// Sets the latency mode (see [`Spin`]): a wait that finds no event at once looks again,
+    /// without blocking (`epoll_wait` with no timeout), for up to the budget (never past its
+    /// deadline), and only then blocks. An idle poller spends at most one budget of CPU per
+    /// wait before it sleeps.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use worker_core::{Poller, Spin};
+    ///
+    /// let mut poller = Poller::new()?;
+    /// poller.set_spin(Spin::new(Duration::from_micros(200)));
+    /// let waker = poller.waker();
+    /// std::thread::spawn(move || waker.wake());
+    /// let start = Instant::now();
+    /// while poller.wait(worker_core::deadline_after(Duration::from_secs(5)), |_, _| {})? == 0 {}
+    /// assert!(start.elapsed() < Duration::from_secs(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_spin(&mut self, spin: Spin) {
+        self.spin = spin;
+    }
+
+    /// The latency mode.
+    pub fn spin(&self) -> Spin {
+        self.spin
     }
 
     /// The registry, to register, reregister and deregister sources.
@@ -115,13 +147,31 @@ impl Poller {
     /// As [`Poller::wait`], with a relative timeout.
     pub fn wait_timeout(
         &mut self,
-        timeout: Option<Duration>,
+        mut timeout: Option<Duration>,
         mut on_event: impl FnMut(Token, Readiness),
     ) -> Result<usize, Error> {
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
-            Err(source) => return Err(Error::Io { op: "poll", source }),
+        let mut found = false;
+        if !self.spin.is_off() && timeout != Some(Duration::ZERO) {
+            let deadline = timeout.and_then(deadline_after);
+            let (poll, events) = (&mut self.poll, &mut self.events);
+            found = self
+                .spin
+                .run(deadline, || match poll.poll(events, Some(Duration::ZERO)) {
+                    Ok(()) => Ok((!events.is_empty()).then_some(())),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+                    Err(source) => Err(Error::Io { op: "poll", source }),
+                })?
+                .is_some();
+            if !found {
+                timeout = time_left(deadline);
+            }
+        }
+        if !found {
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
+                Err(source) => return Err(Error::Io { op: "poll", source }),
+            }
         }
         let mut n = 0;
         for event in self.events.iter() {

@@ -5,13 +5,52 @@ use std::{
 };
 
 use mio::{Interest, Registry, Token, event::Source, unix::SourceFd};
-use worker_channel::Channel;
+use worker_channel::{Channel, Duplex, Spin};
 
 use crate::{BoxError, Worker, sys};
 
 /// The channel a worker has to its master: the master's end of the child's standard input and
 /// output, moved off descriptors 0 and 1.
 pub type WorkerChannel = Channel<File, ChannelOutput>;
+
+/// Sets the latency mode of a worker's blocking receives (see [`Spin`]): while nothing is
+/// buffered, [`next_message`](worker_channel::Channel::next_message) and the other receives
+/// look at the channel's input without blocking (`poll(2)` with no timeout), again and again
+/// for up to the budget, before they block in `read`.
+///
+/// A worker started with a profile's spin budget (`BootstrapProfile::with_spin` in
+/// worker-bootstrap) has it set before its implementation runs; this is for channels built
+/// by hand, or to change it.
+///
+/// ```
+/// use std::{fs::File, os::{fd::OwnedFd, unix::net::UnixStream}, time::Duration};
+/// use worker_core::{ChannelOutput, WorkerChannel};
+/// use worker_channel::{Channel, Codec, Spin};
+///
+/// let (master_end, worker_end) = UnixStream::pair()?;
+/// let input = File::from(OwnedFd::from(worker_end.try_clone()?));
+/// let mut channel: WorkerChannel =
+///     Channel::new(input, ChannelOutput::new(worker_end), Codec::MessagePack);
+/// worker_core::set_spin(&mut channel, Spin::new(Duration::from_micros(50)));
+/// assert_eq!(channel.connection().spin().budget(), Duration::from_micros(50));
+///
+/// let mut master = Channel::new(master_end.try_clone()?, master_end, Codec::MessagePack);
+/// master.send_message(&6u32)?;
+/// let n: u32 = channel.receive_message()?;
+/// channel.send_message(&(n * 7))?;
+/// assert_eq!(master.receive_message::<u32>()?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn set_spin(channel: &mut WorkerChannel, spin: Spin) {
+    channel
+        .connection_mut()
+        .set_spin(spin, Some(input_readable));
+}
+
+/// Whether a worker channel's input would give something to a read now.
+fn input_readable(transport: &Duplex<File, ChannelOutput>) -> io::Result<bool> {
+    sys::readable_now(transport.reader().as_fd())
+}
 
 /// The writing end of a worker's channel to its master: a pipe (what this crate's masters give
 /// their workers) or a socket (what other masters may give).

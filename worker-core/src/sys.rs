@@ -88,6 +88,34 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> 
     Ok(())
 }
 
+/// What `poll(2)` says of `fd` (asked for input) right now, without waiting.
+///
+/// Shared with worker-bootstrap, like [`syscall!`]; not part of the public API.
+#[doc(hidden)]
+pub fn poll_now(fd: BorrowedFd<'_>) -> io::Result<libc::c_short> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one live pollfd.
+        match syscall!(poll(&mut pollfd, 1, 0)) {
+            Ok(_) => return Ok(pollfd.revents),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a read of `fd` would not block now: bytes, the end of stream, or an error to report.
+///
+/// Shared with worker-shared, like [`syscall!`]; not part of the public API.
+#[doc(hidden)]
+pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(poll_now(fd)? & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+}
+
 /// Whether `fd` is a socket.
 pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: an all-zero stat is a valid value for fstat to fill.

@@ -117,7 +117,7 @@ pub(crate) fn start<W: TaskWorker>(
     config: TaskConfig,
     rx: Receiver<JobOf<W>>,
 ) -> Result<Started, Error> {
-    let ready = ReadySet::new(config.size)?;
+    let ready = ReadySet::new(config.size, config.spawner.spin())?;
     let shared = Arc::new(Shared {
         waker: ready.waker(),
         sleeping: AtomicBool::new(false),

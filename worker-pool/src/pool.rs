@@ -55,7 +55,7 @@ impl WorkerPool {
     ) -> Result<Self, Error> {
         let mut pool = WorkerPool {
             workers: Vec::with_capacity(size),
-            ready: ReadySet::new(size)?,
+            ready: ReadySet::new(size, spawner.spin())?,
             next: 0,
             spawner,
             restarts,

@@ -12,7 +12,7 @@ use std::{io, time::Instant};
 use serde::de::DeserializeOwned;
 use worker_bootstrap::DedicatedWorker;
 use worker_core::{
-    Poller, PollerWaker, WAKE_TOKEN,
+    Poller, PollerWaker, Spin, WAKE_TOKEN,
     mio::{Interest, Token},
 };
 
@@ -46,11 +46,13 @@ pub(crate) struct ReadySet {
 }
 
 impl ReadySet {
-    /// A set for workers `0..size`.
-    pub(crate) fn new(size: usize) -> Result<Self, Error> {
+    /// A set for workers `0..size`, whose waits spin as `spin` says (the pool's profile's
+    /// latency mode; see [`Poller::set_spin`]).
+    pub(crate) fn new(size: usize, spin: Spin) -> Result<Self, Error> {
         debug_assert!(size <= INDEX_MASK, "{size} workers do not fit a token");
-        let poller = Poller::with_capacity(size.saturating_add(1))
+        let mut poller = Poller::with_capacity(size.saturating_add(1))
             .map_err(|e| system("create a poller", e))?;
+        poller.set_spin(spin);
         Ok(ReadySet {
             poller,
             watches: vec![Watch::default(); size],

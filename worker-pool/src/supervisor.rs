@@ -29,6 +29,11 @@ impl Spawner {
         }
     }
 
+    /// The profile's latency mode, which the pool's own waits follow too.
+    pub(crate) fn spin(&self) -> worker_core::Spin {
+        self.profile.spin()
+    }
+
     pub(crate) fn spawn(&self) -> Result<DedicatedWorker, Error> {
         DedicatedWorker::spawn_named::<()>(&self.profile, self.implementation, None).map_err(
             |source| Error::Spawn {

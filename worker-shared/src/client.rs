@@ -3,11 +3,12 @@
 use std::{
     collections::VecDeque,
     io,
+    os::fd::AsFd,
     time::{Duration, Instant},
 };
 
 use serde::{Serialize, de::DeserializeOwned};
-use worker_channel::{Channel, Codec, DEFAULT_MAX_FRAME_LEN, FrameKind};
+use worker_channel::{Channel, Codec, DEFAULT_MAX_FRAME_LEN, FrameKind, Spin};
 use worker_core::{WorkerStatus, deadline_after, time_left};
 
 use crate::{
@@ -153,6 +154,21 @@ impl SharedWorker {
     /// (`Duration::MAX`: no limit).
     pub fn set_control_timeout(&mut self, timeout: Duration) {
         self.control_timeout = timeout;
+    }
+
+    /// Sets the latency mode of this connection's receives (see [`Spin`]): a receive that finds
+    /// nothing looks at the socket again without blocking for up to `budget` (at most
+    /// [`Spin::MAX_BUDGET`]; zero, the default, is off) before it blocks, so a reply that comes
+    /// within the budget costs no wake-up. The server's side is
+    /// [`SharedServerConfig::with_spin`](crate::SharedServerConfig::with_spin);
+    /// [`connect_or_start`](crate::connect_or_start) sets the profile's.
+    pub fn set_spin(&mut self, budget: Duration) {
+        self.link.spin = Spin::new(budget);
+    }
+
+    /// The latency mode of this connection's receives.
+    pub fn spin(&self) -> Spin {
+        self.link.spin
     }
 
     /// Sends one message, blocking until the socket took all of it.
@@ -433,6 +449,8 @@ pub(crate) struct Link {
     read_timeout: Option<Duration>,
     /// A send failed, perhaps part-way through a frame.
     broken: bool,
+    /// The latency mode of the receives.
+    spin: Spin,
 }
 
 impl Link {
@@ -446,6 +464,7 @@ impl Link {
             pid: None,
             read_timeout: None,
             broken: false,
+            spin: Spin::OFF,
         })
     }
 
@@ -504,6 +523,16 @@ impl Link {
             if self.filled()? {
                 return Ok(true);
             }
+            // The latency mode: look for bytes without blocking for up to the budget; the read
+            // below takes them then without blocking (or blocks as usual once it is spent).
+            let socket = self.channel.reader().as_fd();
+            let _ = self.spin.run(deadline, || {
+                Ok::<_, ()>(
+                    worker_core::sys::readable_now(socket)
+                        .unwrap_or(true)
+                        .then_some(()),
+                )
+            });
             let left = time_left(deadline);
             if left.is_some_and(|left| left.is_zero()) {
                 return Ok(false);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use worker_channel::{Codec, DEFAULT_MAX_FRAME_LEN};
+use worker_channel::{Codec, DEFAULT_MAX_FRAME_LEN, Spin};
 
 use crate::{AdminCookie, Error};
 
@@ -68,6 +68,7 @@ pub struct SharedServerConfig {
     idle_timeout: Option<Duration>,
     socket_activation: bool,
     stop_on_signals: bool,
+    spin: Spin,
 }
 
 impl Default for SharedServerConfig {
@@ -86,6 +87,7 @@ impl Default for SharedServerConfig {
             idle_timeout: None,
             socket_activation: true,
             stop_on_signals: false,
+            spin: Spin::OFF,
         }
     }
 }
@@ -184,6 +186,25 @@ impl SharedServerConfig {
     pub fn with_stop_on_signals(mut self, enabled: bool) -> Self {
         self.stop_on_signals = enabled;
         self
+    }
+
+    /// The latency mode of the server's event loop (see [`Spin`]): a wait that finds no event
+    /// looks again without blocking for up to `budget` before it sleeps, so a client in full
+    /// conversation is answered without a wake-up. Zero (the default) is off; budgets over
+    /// [`Spin::MAX_BUDGET`] are cut to it. The server spends at most one budget of CPU per
+    /// wait that finds nothing, so an idle server sleeps one budget after its last event.
+    ///
+    /// A daemon started by [`start`](crate::start) or [`connect_or_start`](crate::connect_or_start)
+    /// without one takes its profile's ([`BootstrapProfile::with_spin`](worker_bootstrap::BootstrapProfile::with_spin)).
+    /// The client's side is [`SharedWorker::set_spin`](crate::SharedWorker::set_spin).
+    pub fn with_spin(mut self, budget: Duration) -> Self {
+        self.spin = Spin::new(budget);
+        self
+    }
+
+    /// The latency mode of the server's event loop.
+    pub fn spin(&self) -> Spin {
+        self.spin
     }
 
     /// The admin cookie, if any.

@@ -196,8 +196,11 @@ fn start<W: SharedWorkerImpl>(cx: &mut WorkerContext) -> Result<(SharedServer, W
         ));
     }
     let channel = cx.channel();
-    let config = init
-        .config
+    let mut config = init.config;
+    if config.spin().is_off() {
+        config = config.with_spin(channel.connection().spin().budget());
+    }
+    let config = config
         .with_codec(channel.codec())
         .with_max_frame_len(channel.max_frame_len())
         .with_stop_on_signals(true);

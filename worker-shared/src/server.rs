@@ -306,6 +306,7 @@ impl SharedServer {
         };
         let _current = stop::enter(stop_line.handle());
         let mut event_loop = WorkerLoop::<W>::new().map_err(serve_error)?;
+        event_loop.set_spin(config.spin());
         let mut host = WorkerHost::shared(worker);
         let Bound {
             mut listener,

@@ -123,7 +123,8 @@ pub fn connect_or_start(
 
 /// As [`connect_or_start`], waiting at most `timeout` for a running worker's hello or a new
 /// daemon's report. The connection's [control
-/// timeout](SharedWorker::set_control_timeout) is [`DEFAULT_CONTROL_TIMEOUT`].
+/// timeout](SharedWorker::set_control_timeout) is [`DEFAULT_CONTROL_TIMEOUT`], and its
+/// [latency mode](SharedWorker::set_spin) the profile's.
 pub fn connect_or_start_timeout(
     profile: &BootstrapProfile,
     address: &str,
@@ -138,6 +139,7 @@ pub fn connect_or_start_timeout(
         } => SharedWorker::connect_timeout(&address, time_left(deadline).unwrap_or(Duration::MAX))?,
     };
     worker.set_control_timeout(DEFAULT_CONTROL_TIMEOUT);
+    worker.set_spin(profile.spin().budget());
     Ok(worker)
 }
 

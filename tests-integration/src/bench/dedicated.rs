@@ -1,8 +1,9 @@
 //! Dedicated-worker benchmarks: round trip, spawn (executed, and forked from a zygote),
-//! bandwidth, spawn from a big master.
+//! bandwidth, spawn from a big master, and the latency mode (spin, then park) against the
+//! default and against raw busy-polling.
 //!
 //! The baselines are the same binary started with a bare pipe (no library): a raw ping-pong
-//! peer and a one-byte handshake.
+//! peer (blocking, or busy-polling its non-blocking input) and a one-byte handshake.
 
 use std::{
     io::{Read, Write},
@@ -12,11 +13,15 @@ use std::{
 
 use exsyst_worker::{BootstrapProfile, DedicatedWorker, SpawnMode, channel::serde_bytes::ByteBuf};
 
-use super::{Config, Line};
+use super::{Config, Line, alternate};
 use crate::workers::dedicated::Echo;
 
-/// Set in a baseline peer's environment: `pingpong:<len>` or `submaster:<mib>:<spawns>`.
+/// Set in a baseline peer's environment: `pingpong:<len>`, `busypoll:<len>` or
+/// `submaster:<mib>:<spawns>`.
 const PEER_ENV: &str = "EXSYST_BENCH_PEER";
+
+/// The spin budget of the latency-mode benchmarks.
+pub(crate) const SPIN: Duration = Duration::from_micros(100);
 
 /// In a process started as a baseline peer, plays that part and exits; otherwise returns.
 pub fn run_baseline_peer_if_asked() {
@@ -26,6 +31,7 @@ pub fn run_baseline_peer_if_asked() {
     let parts: Vec<&str> = role.split(':').collect();
     let result = match parts.as_slice() {
         ["pingpong", len] => pingpong_peer(len.parse().expect("length")),
+        ["busypoll", len] => busypoll_peer(len.parse().expect("length")),
         ["submaster", mib, spawns] => {
             submaster(mib.parse().expect("MiB"), spawns.parse().expect("spawns"))
         }
@@ -49,6 +55,39 @@ fn pingpong_peer(len: usize) -> std::io::Result<()> {
         output.write_all(&buf[..len])?;
         output.flush()?;
     }
+}
+
+/// Handshake byte, then echo `len`-byte blocks until end of input, reading a non-blocking
+/// input in a busy loop: never asleep in the kernel.
+fn busypoll_peer(len: usize) -> std::io::Result<()> {
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    let mut buf = vec![0u8; len.max(1)];
+    input.read_exact(&mut buf[..1])?;
+    output.write_all(&buf[..1])?;
+    output.flush()?;
+    crate::sys::set_nonblocking(std::io::stdin())?;
+    while busy_read_exact(&mut input, &mut buf[..len])? {
+        output.write_all(&buf[..len])?;
+        output.flush()?;
+    }
+    Ok(())
+}
+
+/// Fills `buf` from a non-blocking reader, trying again at once while it has nothing; `false`
+/// at the end of input.
+fn busy_read_exact(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Touches `mib` MiB, then times `spawns` spawns until the first reply; prints the mean in µs.
@@ -91,8 +130,20 @@ struct RawPeer {
 }
 
 impl RawPeer {
+    /// A blocking ping-pong peer.
     fn start(len: usize) -> Self {
-        let mut child = start_peer(&format!("pingpong:{len}"));
+        Self::start_as(&format!("pingpong:{len}"))
+    }
+
+    /// A busy-polling ping-pong peer, whose output this side reads busy-polling too.
+    fn start_busy(len: usize) -> Self {
+        let peer = Self::start_as(&format!("busypoll:{len}"));
+        crate::sys::set_nonblocking(&peer.output).expect("non-blocking output");
+        peer
+    }
+
+    fn start_as(role: &str) -> Self {
+        let mut child = start_peer(role);
         let mut input = child.stdin.take().unwrap();
         let mut output = child.stdout.take().unwrap();
         let mut b = [7u8];
@@ -128,6 +179,37 @@ pub fn run(cfg: &Config) -> Vec<Line> {
             1,
             |us| us,
         ));
+    }
+    if cfg.wants("dedicated round trip spin") {
+        // The latency mode against the same worker without it: fresh workers each round.
+        let spinning = BootstrapProfile::new().with_spin(SPIN);
+        let mut line = Line::new(cfg.name("dedicated round trip spin"), "µs");
+        for round in 0..cfg.rounds {
+            let ours = || worker_round_trips::<Echo>(&spinning, &(), 16, 3000);
+            let base = || worker_round_trips::<Echo>(&profile, &(), 16, 3000);
+            line.rounds.push(alternate(round, ours, base));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("dedicated round trip spin vs busy-poll") {
+        let spinning = BootstrapProfile::new().with_spin(SPIN);
+        let mut line = Line::new(cfg.name("dedicated round trip spin vs busy-poll"), "µs");
+        for round in 0..cfg.rounds {
+            let ours = || worker_round_trips::<Echo>(&spinning, &(), 16, 3000);
+            let base = || busy_round_trips(16, 3000);
+            line.rounds.push(alternate(round, ours, base));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("dedicated idle cpu spin") {
+        // CPU time an idle worker burns in the second after its last message, against a whole
+        // CPU: the ratio is the share of a CPU it takes.
+        let mut line = Line::new(cfg.name("dedicated idle cpu spin"), "ms/s");
+        let spinning = BootstrapProfile::new().with_spin(SPIN);
+        for _ in 0..cfg.rounds {
+            line.rounds.push((idle_cpu_ms(&spinning), 1000.0));
+        }
+        lines.push(line);
     }
     if cfg.wants("dedicated spawn") && !cfg.wants_only("big master") {
         let mut line = Line::new(cfg.name("dedicated spawn"), "µs");
@@ -197,6 +279,57 @@ pub fn run(cfg: &Config) -> Vec<Line> {
     lines
 }
 
+/// Mean µs per round trip of `n` `len`-byte messages through a fresh worker running `W` (a
+/// worker that echoes), started with `profile`; the second of two runs, warm, counts.
+pub(crate) fn worker_round_trips<W: exsyst_worker::Worker>(
+    profile: &BootstrapProfile,
+    args: &W::Args,
+    len: usize,
+    n: u32,
+) -> f64 {
+    let message = ByteBuf::from(vec![5u8; len]);
+    let mut w = DedicatedWorker::spawn_with_args::<W>(profile, args).expect("spawn");
+    let mut run = || {
+        time_per(n, || {
+            w.send_message(&message).unwrap();
+            let _: ByteBuf = w.receive_message().unwrap();
+        })
+    };
+    run();
+    run()
+}
+
+/// Mean µs per round trip of `n` `len`-byte blocks through a fresh raw peer where both sides
+/// busy-poll non-blocking pipes; the second of two runs counts.
+fn busy_round_trips(len: usize, n: u32) -> f64 {
+    let mut peer = RawPeer::start_busy(len);
+    let mut raw = vec![5u8; len];
+    let mut run = || {
+        time_per(n, || {
+            peer.input.write_all(&raw).unwrap();
+            assert!(busy_read_exact(&mut peer.output, &mut raw).unwrap());
+        })
+    };
+    run();
+    run()
+}
+
+/// Milliseconds of CPU a worker started with `profile` uses in the second after a short
+/// conversation, while its master does nothing.
+pub fn idle_cpu_ms(profile: &BootstrapProfile) -> f64 {
+    let mut w = DedicatedWorker::spawn::<Echo>(profile).expect("spawn");
+    for _ in 0..100 {
+        w.send_message(&1u8).unwrap();
+        let _: u8 = w.receive_message().unwrap();
+    }
+    let pid = w.pid();
+    let before = crate::sys::process_cpu_time(pid).expect("cpu time");
+    // The measurement itself: a second of idleness.
+    std::thread::sleep(Duration::from_secs(1));
+    let after = crate::sys::process_cpu_time(pid).expect("cpu time");
+    (after - before).as_secs_f64() * 1e3
+}
+
 /// Round trips of `len`-byte messages through an echo worker against a raw pipe peer, with
 /// `window` messages in flight (1: ping-pong); `figure` turns µs per message into the unit.
 ///
@@ -242,7 +375,7 @@ pub(crate) fn echo_bench(
             run();
             run()
         };
-        let mut base = || {
+        let base = || {
             let mut peer = RawPeer::start(len);
             let mut run = || {
                 time_windowed(n, window, |sending| {
@@ -256,13 +389,7 @@ pub(crate) fn echo_bench(
             run();
             run()
         };
-        let (o, b) = if round % 2 == 0 {
-            let o = ours();
-            (o, base())
-        } else {
-            let b = base();
-            (ours(), b)
-        };
+        let (o, b) = alternate(round, ours, base);
         line.rounds.push((figure(o), figure(b)));
     }
     line

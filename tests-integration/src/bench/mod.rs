@@ -86,6 +86,21 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Runs ours and the baseline, in an order that alternates with the round.
+pub fn alternate(
+    round: usize,
+    ours: impl FnOnce() -> f64,
+    base: impl FnOnce() -> f64,
+) -> (f64, f64) {
+    if round.is_multiple_of(2) {
+        let o = ours();
+        (o, base())
+    } else {
+        let b = base();
+        (ours(), b)
+    }
+}
+
 /// Settings every benchmark module gets.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -20,7 +20,7 @@ use exsyst_worker::{
 };
 use mio::{Events, Interest, Poll, Token};
 
-use super::{Config, Line, dedicated::time_each};
+use super::{Config, Line, alternate, dedicated::time_each};
 use crate::workers::{dedicated::Echo, shared::SharedEcho};
 
 /// Set in a baseline peer's environment: `echo:<socket path>` or `mio:<socket path>`.
@@ -360,17 +360,6 @@ fn against_raw_echo(
         line.rounds.push(alternate(round, ours, base));
     }
     line
-}
-
-/// Runs ours and the baseline, in an order that alternates with the round.
-fn alternate(round: usize, ours: impl FnOnce() -> f64, base: impl FnOnce() -> f64) -> (f64, f64) {
-    if round.is_multiple_of(2) {
-        let o = ours();
-        (o, base())
-    } else {
-        let b = base();
-        (ours(), b)
-    }
 }
 
 /// Mean µs per call of `f` over `n` calls.

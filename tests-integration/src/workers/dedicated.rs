@@ -19,6 +19,7 @@ pub fn register(registry: Registry) -> Registry {
         .raw::<BigFirst>()
         .raw::<IgnoresEof>()
         .raw::<Environment>()
+        .raw::<SpinReporter>()
         .before_hook("mark-before", || {
             std::fs::write(std::env::var("HOOK_MARK_DIR")? + "/before", b"before")?;
             Ok(())
@@ -330,6 +331,28 @@ impl RawWorker for Environment {
                 after_hook_ran: self.after_hook_ran,
                 exe: std::env::current_exe()?.display().to_string(),
             })?;
+        }
+        Ok(())
+    }
+}
+
+/// Answers every message with its channel's latency mode, in microseconds (0: off).
+#[derive(Debug)]
+pub struct SpinReporter;
+
+impl Worker for SpinReporter {
+    const NAME: &'static str = "spin-reporter";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(SpinReporter)
+    }
+}
+
+impl RawWorker for SpinReporter {
+    fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+        while channel.next_message::<()>()?.is_some() {
+            let spin = channel.connection().spin().as_micros();
+            channel.send_message(&spin)?;
         }
         Ok(())
     }

@@ -22,6 +22,34 @@ pub fn register(registry: Registry) -> Registry {
         .evented::<EventedEcho>()
         .evented::<TimerAndSocket>()
         .evented::<EventedFailer>()
+        .evented::<EventedSpinReporter>()
+}
+
+/// Answers every message with its event loop's latency mode, in microseconds (0: off).
+#[derive(Debug)]
+pub struct EventedSpinReporter;
+
+impl Worker for EventedSpinReporter {
+    const NAME: &'static str = "evented-spin-reporter";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(EventedSpinReporter)
+    }
+}
+
+impl EventedWorker for EventedSpinReporter {
+    type Message = ();
+    type Reply = u64;
+
+    fn on_message(
+        &mut self,
+        (): (),
+        connection: &mut Connection<u64>,
+        event_loop: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        connection.send(&event_loop.spin().as_micros())?;
+        Ok(())
+    }
 }
 
 /// The seed's evented `MyWorkerImpl`.

@@ -140,6 +140,9 @@ pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
     let ticks = ticks(11)? + ticks(12)?;
     // SAFETY: sysconf only reads a system setting.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let per_second = u64::try_from(per_second).ok().filter(|&t| t > 0).unwrap_or(100);
+    let per_second = u64::try_from(per_second)
+        .ok()
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }

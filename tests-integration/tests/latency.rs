@@ -51,8 +51,7 @@ fn extreme_budgets_are_capped_or_off_and_the_worker_still_answers() {
     assert_eq!(capped.spin().budget(), Spin::MAX_BUDGET);
     assert_eq!(reported(&mut capped), 10_000);
     let mut evented =
-        DedicatedWorker::spawn::<EventedSpinReporter>(&profile().with_spin(Duration::MAX))
-            .unwrap();
+        DedicatedWorker::spawn::<EventedSpinReporter>(&profile().with_spin(Duration::MAX)).unwrap();
     assert_eq!(reported(&mut evented), 10_000);
     // Zero is off.
     let mut zero =
@@ -93,7 +92,8 @@ fn a_spinning_conversation_gives_the_same_replies_raw_and_evented() {
     }
     // Large messages arrive in many reads, each after a spin.
     let mut echo = DedicatedWorker::spawn::<Echo>(&spinning()).unwrap();
-    let mut evented_echo = DedicatedWorker::spawn_with_args::<EventedEcho>(&spinning(), &0).unwrap();
+    let mut evented_echo =
+        DedicatedWorker::spawn_with_args::<EventedEcho>(&spinning(), &0).unwrap();
     let big = ByteBuf::from((0..4 << 20).map(|i| i as u8).collect::<Vec<u8>>());
     for w in [&mut echo, &mut evented_echo] {
         w.send_message(&big).unwrap();

@@ -487,7 +487,12 @@ mod tests {
         assert!(old.spin().is_off());
         let capped = BootstrapProfile::new().with_spin(Duration::MAX);
         assert_eq!(capped.spin().budget(), Spin::MAX_BUDGET);
-        assert!(BootstrapProfile::new().with_spin(Duration::ZERO).spin().is_off());
+        assert!(
+            BootstrapProfile::new()
+                .with_spin(Duration::ZERO)
+                .spin()
+                .is_off()
+        );
     }
 
     #[test]

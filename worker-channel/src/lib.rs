@@ -83,6 +83,6 @@ pub use connection::{DEFAULT_MAX_QUEUED, Duplex, FramedConnection};
 pub use decoder::{FrameDecoder, FrameRef};
 pub use error::Error;
 pub use frame::{DEFAULT_MAX_FRAME_LEN, FrameKind, HEADER_LEN, encode_frame, encode_raw_frame};
-pub use spin::Spin;
 #[doc(no_inline)]
 pub use serde_bytes;
+pub use spin::Spin;

@@ -156,12 +156,10 @@ impl Poller {
             let (poll, events) = (&mut self.poll, &mut self.events);
             found = self
                 .spin
-                .run(deadline, || {
-                    match poll.poll(events, Some(Duration::ZERO)) {
-                        Ok(()) => Ok((!events.is_empty()).then_some(())),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-                        Err(source) => Err(Error::Io { op: "poll", source }),
-                    }
+                .run(deadline, || match poll.poll(events, Some(Duration::ZERO)) {
+                    Ok(()) => Ok((!events.is_empty()).then_some(())),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+                    Err(source) => Err(Error::Io { op: "poll", source }),
                 })?
                 .is_some();
             if !found {

@@ -87,7 +87,11 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs ours and the baseline, in an order that alternates with the round.
-pub fn alternate(round: usize, ours: impl FnOnce() -> f64, base: impl FnOnce() -> f64) -> (f64, f64) {
+pub fn alternate(
+    round: usize,
+    ours: impl FnOnce() -> f64,
+    base: impl FnOnce() -> f64,
+) -> (f64, f64) {
     if round % 2 == 0 {
         let o = ours();
         (o, base())

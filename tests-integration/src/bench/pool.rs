@@ -17,8 +17,13 @@ use std::{
 
 use exsyst_worker::{BootstrapProfile, SpawnMode, pool::WorkerPoolBuilder};
 
-use super::{Config, Line};
-use crate::workers::pool::{Command as Task, Commands, Tiny};
+use exsyst_worker::channel::serde_bytes::ByteBuf;
+
+use super::{Config, Line, alternate, dedicated::SPIN};
+use crate::workers::{
+    dedicated::Echo,
+    pool::{Command as Task, Commands, Tiny},
+};
 
 /// Set in a raw baseline peer's environment.
 const PEER_ENV: &str = "EXSYST_BENCH_POOL_PEER";
@@ -103,14 +108,18 @@ pub fn run(cfg: &Config) -> Vec<Line> {
         for round in 0..cfg.rounds {
             let ours = || fresh_process_per_task(SpawnMode::Zygote, 400);
             let base = || fresh_process_per_task(SpawnMode::Exec, 400);
-            let (o, b) = if round % 2 == 0 {
-                let o = ours();
-                (o, base())
-            } else {
-                let b = base();
-                (ours(), b)
-            };
-            line.rounds.push((o, b));
+            line.rounds.push(alternate(round, ours, base));
+        }
+        lines.push(line);
+    }
+    if cfg.wants("pool round trip spin") {
+        // A message pool's first-ready receive (its poller spins) from one echo worker (which
+        // spins too), against the same pool without the latency mode.
+        let mut line = Line::new(cfg.name("pool round trip spin"), "µs");
+        for round in 0..cfg.rounds {
+            let ours = || pool_round_trips(BootstrapProfile::new().with_spin(SPIN), 3000);
+            let base = || pool_round_trips(BootstrapProfile::new(), 3000);
+            line.rounds.push(alternate(round, ours, base));
         }
         lines.push(line);
     }
@@ -134,6 +143,25 @@ fn builder() -> WorkerPoolBuilder {
     WorkerPoolBuilder::new()
         .profile(BootstrapProfile::new())
         .size(WORKERS)
+}
+
+/// Mean µs per round trip of `n` 16-byte messages through a fresh one-worker message pool
+/// started with `profile`; the second of two runs counts.
+fn pool_round_trips(profile: BootstrapProfile, n: u32) -> f64 {
+    let mut pool = WorkerPoolBuilder::new()
+        .profile(profile)
+        .size(1)
+        .build::<Echo>()
+        .expect("message pool");
+    let message = ByteBuf::from(vec![5u8; 16]);
+    let mut run = || {
+        super::dedicated::time_per(n, || {
+            pool.send_message(0, &message).unwrap();
+            let _: (usize, ByteBuf) = pool.receive_message().unwrap();
+        })
+    };
+    run();
+    run()
 }
 
 /// Tiny tasks submitted one by one, results awaited oldest first.

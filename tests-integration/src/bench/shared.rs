@@ -20,7 +20,10 @@ use exsyst_worker::{
 };
 use mio::{Events, Interest, Poll, Token};
 
-use super::{Config, Line, alternate, dedicated::time_each};
+use super::{
+    Config, Line, alternate,
+    dedicated::{SPIN, time_each},
+};
 use crate::workers::{dedicated::Echo, shared::SharedEcho};
 
 /// Set in a baseline peer's environment: `echo:<socket path>` or `mio:<socket path>`.
@@ -199,8 +202,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, round: usize) -> Daemon {
-        let address = format!("unix://{}/shared-{round}.sock", dir.display());
-        let config = SharedServerConfig::default().with_cookie(cookie());
+        Self::start_with(
+            dir,
+            &format!("shared-{round}"),
+            SharedServerConfig::default(),
+        )
+    }
+
+    /// A daemon at `dir/name.sock` with `config` (and the benchmarks' cookie).
+    fn start_with(dir: &Path, name: &str, config: SharedServerConfig) -> Daemon {
+        let address = format!("unix://{}/{name}.sock", dir.display());
+        let config = config.with_cookie(cookie());
         exsyst_worker::shared::start(
             &BootstrapProfile::new(),
             &address,
@@ -246,6 +258,37 @@ pub fn run(cfg: &Config) -> Vec<Line> {
                 })
             },
         ));
+    }
+    if cfg.wants("shared round trip spin") {
+        // A spinning server loop and client against the same daemon without the latency mode.
+        const N: u32 = 3000;
+        let mut line = Line::new(cfg.name("shared round trip spin"), "µs");
+        let round_trips = |daemon: Daemon, spin: Duration| {
+            let mut w = SharedWorker::connect(&daemon.address).expect("connect");
+            w.set_spin(spin);
+            let mut run = || {
+                time_round_trips(N, || {
+                    w.send_message(&message).unwrap();
+                    let _: ByteBuf = w.receive_message().unwrap();
+                })
+            };
+            run();
+            run()
+        };
+        for round in 0..cfg.rounds {
+            let ours = || {
+                let config = SharedServerConfig::default().with_spin(SPIN);
+                let daemon = Daemon::start_with(dir, &format!("spin-{round}"), config);
+                round_trips(daemon, SPIN)
+            };
+            let base = || {
+                let config = SharedServerConfig::default();
+                let daemon = Daemon::start_with(dir, &format!("nospin-{round}"), config);
+                round_trips(daemon, Duration::ZERO)
+            };
+            line.rounds.push(alternate(round, ours, base));
+        }
+        lines.push(line);
     }
     if cfg.wants("shared connect") {
         const N: u32 = 300;

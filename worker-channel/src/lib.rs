@@ -29,7 +29,9 @@
 //!   non-blocking face (for callers that wait for readiness themselves: event loops, pools,
 //!   dedicated-worker handles);
 //! - [`Channel`], its blocking face over any reader and writer;
-//! - [`Codec`], MessagePack (the default) or JSON.
+//! - [`Codec`], MessagePack (the default) or JSON;
+//! - [`Spin`], the latency mode: how long a receive that finds nothing keeps looking before it
+//!   blocks (the one spin loop of every topology).
 //!
 //! [`FrameDecoder`] splits bytes from anywhere into frames, for those who bring their own
 //! buffer.

@@ -58,7 +58,7 @@ fn pingpong_peer(len: usize) -> std::io::Result<()> {
 }
 
 /// Handshake byte, then echo `len`-byte blocks until end of input, reading a non-blocking
-/// input in a busy loop: never asleep in the kernel.
+/// input in a busy loop: never asleep in the kernel (see [`busy_read_exact`]).
 fn busypoll_peer(len: usize) -> std::io::Result<()> {
     let mut input = std::io::stdin().lock();
     let mut output = std::io::stdout().lock();
@@ -76,12 +76,22 @@ fn busypoll_peer(len: usize) -> std::io::Result<()> {
 
 /// Fills `buf` from a non-blocking reader, trying again at once while it has nothing; `false`
 /// at the end of input.
+///
+/// A process allowed only one CPU (pinned) yields it between tries: a busy-poller that never
+/// yields leaves its peer on the same CPU waiting for a whole time slice, a figure that says
+/// nothing about either side's code.
 fn busy_read_exact(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    static ONE_CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let one_cpu =
+        *ONE_CPU.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() == 1));
     let mut filled = 0;
     while filled < buf.len() {
         match input.read(&mut buf[filled..]) {
             Ok(0) => return Ok(false),
             Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && one_cpu => {
+                std::thread::yield_now()
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

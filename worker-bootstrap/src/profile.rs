@@ -343,9 +343,10 @@ impl BootstrapProfile {
         self.spawn_mode
     }
 
-    /// The latency mode (see [`Spin`]): after a send, the master's receive looks for the reply
-    /// without blocking for up to `budget` before it blocks, and the worker does the same while
-    /// it waits for its next message, so a conversation in full flow never sleeps in the kernel
+    /// The latency mode (see [`Spin`]): a master's receive that finds no reply yet (the one
+    /// after a send, in a conversation) looks again without blocking for up to `budget` before
+    /// it blocks, and the worker does the same while it waits for its next message, so a
+    /// conversation in full flow never sleeps in the kernel
     /// (whose wake-up costs tens of microseconds on machines whose idle CPUs halt). Zero, the
     /// default, is off; budgets over [`Spin::MAX_BUDGET`] (10 ms, `Duration::MAX` included)
     /// are cut to it.

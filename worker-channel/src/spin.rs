@@ -9,9 +9,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// On a machine whose idle CPUs halt (most virtual machines, and laptops), a process blocked in
 /// the kernel takes tens of microseconds to wake up when its peer on another CPU sends to it: a
 /// blocking round trip between two CPUs costs 45–75 µs on the project's machine, against under
-/// 2 µs when both sides busy-poll. A receive with a spin budget tries again and again, without
-/// blocking, for up to the budget, and only then blocks (parks) as usual; a conversation in full
-/// flow never sleeps, and an idle side burns at most one budget of CPU before it parks.
+/// 2 µs when both sides busy-poll. A receive with a spin budget that finds nothing to hand out
+/// (the budget starts there: right after a send, in a conversation) tries again and again,
+/// without blocking, for up to the budget, and only then blocks (parks) as usual; a
+/// conversation in full flow never sleeps, and an idle side burns at most one budget of CPU
+/// before it parks.
 ///
 /// Use it for latency-critical request/response on a machine with spare cores: each waiting
 /// side keeps a CPU busy for up to the budget per receive, so two spinning processes on one CPU,

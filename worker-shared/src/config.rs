@@ -376,7 +376,8 @@ mod tests {
             .with_codec(Codec::Json)
             .with_peer_uids(PeerUids::Only(vec![0, 1000]))
             .with_handshake_timeout(None)
-            .with_idle_timeout(Some(Duration::from_millis(1500)));
+            .with_idle_timeout(Some(Duration::from_millis(1500)))
+            .with_spin(Duration::from_micros(150));
         let bytes = Codec::MessagePack.encode(&config).unwrap();
         let back: SharedServerConfig = Codec::MessagePack.decode(&bytes).unwrap();
         assert_eq!(back.cookie().unwrap().expose(), b"s3cret");
@@ -385,6 +386,7 @@ mod tests {
         assert_eq!(back.handshake_timeout(), None);
         assert_eq!(back.idle_timeout(), Some(Duration::from_millis(1500)));
         assert_eq!(back.drain_timeout(), Duration::from_secs(10));
+        assert_eq!(back.spin(), Spin::from_micros(150));
     }
 
     #[test]
@@ -393,6 +395,10 @@ mod tests {
         assert!(back.cookie().is_none());
         assert_eq!(back.socket_mode(), 0o600);
         assert_eq!(back.max_connections(), 4096);
+        assert!(back.spin().is_off());
+        // Duration::MAX is not "spin for ever".
+        let capped = SharedServerConfig::default().with_spin(Duration::MAX);
+        assert_eq!(capped.spin().budget(), Spin::MAX_BUDGET);
     }
 
     #[test]

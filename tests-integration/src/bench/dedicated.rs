@@ -221,6 +221,18 @@ pub fn run(cfg: &Config) -> Vec<Line> {
         }
         lines.push(line);
     }
+    if cfg.wants("dedicated paced cpu spin") {
+        // The CPU cost in a conversation that is not in full flow: a request every millisecond
+        // for a second; the worker's CPU time with the latency mode against without it.
+        let mut line = Line::new(cfg.name("dedicated paced cpu spin"), "ms/s");
+        let spinning = BootstrapProfile::new().with_spin(SPIN);
+        for round in 0..cfg.rounds {
+            let ours = || paced_cpu_ms(&spinning);
+            let base = || paced_cpu_ms(&profile);
+            line.rounds.push(alternate(round, ours, base));
+        }
+        lines.push(line);
+    }
     if cfg.wants("dedicated spawn") && !cfg.wants_only("big master") {
         let mut line = Line::new(cfg.name("dedicated spawn"), "µs");
         const N: u32 = 20;
@@ -338,6 +350,28 @@ pub fn idle_cpu_ms(profile: &BootstrapProfile) -> f64 {
     std::thread::sleep(Duration::from_secs(1));
     let after = crate::sys::process_cpu_time(pid).expect("cpu time");
     (after - before).as_secs_f64() * 1e3
+}
+
+/// Milliseconds of CPU a worker started with `profile` uses over one second of requests sent
+/// one per millisecond (each answered before the pause that follows).
+fn paced_cpu_ms(profile: &BootstrapProfile) -> f64 {
+    let mut w = DedicatedWorker::spawn::<Echo>(profile).expect("spawn");
+    w.send_message(&1u8).unwrap();
+    let _: u8 = w.receive_message().unwrap();
+    let before = crate::sys::process_cpu_time(w.pid()).expect("cpu time");
+    let start = Instant::now();
+    for i in 1..=1000u32 {
+        w.send_message(&1u8).unwrap();
+        let _: u8 = w.receive_message().unwrap();
+        // The pace of the requests, not a synchronisation.
+        if let Some(pause) =
+            (start + Duration::from_millis(u64::from(i))).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(pause);
+        }
+    }
+    let used = crate::sys::process_cpu_time(w.pid()).expect("cpu time") - before;
+    used.as_secs_f64() * 1e3 / start.elapsed().as_secs_f64()
 }
 
 /// Round trips of `len`-byte messages through an echo worker against a raw pipe peer, with

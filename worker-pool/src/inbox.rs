@@ -187,6 +187,10 @@ pub(crate) struct InboxReceiver<T> {
     key: AtomicUsize,
 }
 
+/// How long a blocking receive looks for a result without sleeping (yielding the CPU between
+/// looks) before it sleeps.
+const BACKOFF: worker_channel::Spin = worker_channel::Spin::from_micros(5);
+
 /// The [`InboxReceiver::key`] of a receiver that never waited.
 const NOT_WAITING: usize = usize::MAX;
 
@@ -214,11 +218,21 @@ impl<T: Send + 'static> InboxReceiver<T> {
     /// The next item, or `None` once the inbox is closed and empty; blocks until then or
     /// until `deadline` (`None`: no deadline).
     pub(crate) fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<T>, TimedOut> {
-        match self.try_recv() {
-            TryRecv::Item(item) => return Ok(Some(item)),
-            TryRecv::Closed => return Ok(None),
-            TryRecv::Empty => self.enlist(),
+        // A result a moment away (the usual case for tiny tasks) is taken without sleeping:
+        // the thread yields to the dispatcher and the workers for a few microseconds first, as
+        // a channel's receive backs off before it parks. On one CPU especially, a sleep and a
+        // wake per result would cost more than the tasks.
+        let found = BACKOFF.run(deadline, || {
+            Ok::<_, ()>(match self.try_recv() {
+                TryRecv::Item(item) => Some(Some(item)),
+                TryRecv::Closed => Some(None),
+                TryRecv::Empty => None,
+            })
+        });
+        if let Ok(Some(found)) = found {
+            return Ok(found);
         }
+        self.enlist();
         let mut state = lock(&self.inbox.state);
         loop {
             if let Some(item) = state.items.pop_front() {

@@ -115,11 +115,20 @@ fn package() -> anyhow::Result<()> {
     for crate_name in unpublished()? {
         args.extend(["--exclude", crate_name]);
     }
-    cargo(&args)?;
     let root = workspace_root()?;
+    // Its own target directory, emptied first: cargo takes a registry crate of the same name
+    // and version as unchanged, so the overlay's crates compiled by an earlier run would be
+    // reused instead of today's.
+    let target = root.join("target/xtask-package");
+    let _ = std::fs::remove_dir_all(&target);
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(&args)
+            .env("CARGO_TARGET_DIR", &target),
+    )?;
     for crate_name in PUBLISHED {
-        let file = root.join(format!(
-            "target/package/{crate_name}-{}.crate",
+        let file = target.join(format!(
+            "package/{crate_name}-{}.crate",
             env!("CARGO_PKG_VERSION")
         ));
         if !file.is_file() {
@@ -136,6 +145,7 @@ fn package() -> anyhow::Result<()> {
 fn forget_earlier_packages() -> anyhow::Result<()> {
     let root = workspace_root()?;
     let _ = std::fs::remove_dir_all(root.join("target/package"));
+    let _ = std::fs::remove_dir_all(root.join("target/xtask-package/package"));
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))

@@ -218,22 +218,9 @@ fn a3_a_worker_that_closes_its_channel_and_lingers_freezes_no_receive() {
 
 #[test]
 fn a7_a_dead_worker_is_seen_while_its_grandchild_holds_the_channel() {
-    let mut worker = hostile(&profile().with_stderr(exsyst_worker::StderrMode::Capture));
+    let worker = hostile(&profile().with_stderr(exsyst_worker::StderrMode::Capture));
     let pid = worker.pid();
-    // Both acts at once: the reply is on its way when the worker dies; it must not be lost.
-    worker
-        .send_message(&Act::Reply("last words".into()))
-        .unwrap();
-    worker
-        .send_message(&Act::ForkAndExit {
-            code: 7,
-            millis: 600_000,
-        })
-        .unwrap();
-    assert_eq!(worker.receive_message::<String>().unwrap(), "last words");
-    let result = worker.receive_message_timeout::<String>(timeout(Duration::from_secs(10)));
-    let (status, _) = expect_exited(result);
-    assert_eq!(status.code(), Some(7));
+    let _ended = a7_last_words_then_exit_behind_a_grandchild(worker);
     // The grandchild was in the worker's process group: killed with it.
     assert!(
         wait_until(Duration::from_secs(5), || group_members(pid).is_empty()),

@@ -140,20 +140,8 @@ fn a_death_behind_a_grandchild_holding_the_channel_is_seen_with_the_largest_budg
     let profile = profile()
         .with_spin(Duration::MAX)
         .with_stderr(StderrMode::Capture);
-    let mut worker = DedicatedWorker::spawn::<Hostile>(&profile).unwrap();
-    worker
-        .send_message(&Act::Reply("last words".into()))
-        .unwrap();
-    worker
-        .send_message(&Act::ForkAndExit {
-            code: 7,
-            millis: 600_000,
-        })
-        .unwrap();
-    assert_eq!(worker.receive_message::<String>().unwrap(), "last words");
-    let result = worker.receive_message_timeout::<String>(timeout(Duration::from_secs(10)));
-    let (status, _) = expect_exited(result);
-    assert_eq!(status.code(), Some(7));
+    let worker = DedicatedWorker::spawn::<Hostile>(&profile).unwrap();
+    let _ended = a7_last_words_then_exit_behind_a_grandchild(worker);
 }
 
 #[test]

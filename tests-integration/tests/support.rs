@@ -238,3 +238,27 @@ impl Held {
         (line.trim().parse().unwrap(), stream)
     }
 }
+
+/// A7's scenario: the worker sends a last reply, forks a grandchild that keeps the channel open
+/// for ten minutes, and exits with status 7 at once. The reply must come first, then the exit
+/// status, seen through the pidfd although the channel stays open. Returns the ended handle.
+pub(crate) fn a7_last_words_then_exit_behind_a_grandchild(
+    mut worker: exsyst_worker::DedicatedWorker,
+) -> exsyst_worker::DedicatedWorker {
+    use tests_integration::workers::hostile::Act;
+    // Both acts at once: the reply is on its way when the worker dies; it must not be lost.
+    worker
+        .send_message(&Act::Reply("last words".into()))
+        .unwrap();
+    worker
+        .send_message(&Act::ForkAndExit {
+            code: 7,
+            millis: 600_000,
+        })
+        .unwrap();
+    assert_eq!(worker.receive_message::<String>().unwrap(), "last words");
+    let result = worker.receive_message_timeout::<String>(timeout(Duration::from_secs(10)));
+    let (status, _) = expect_exited(result);
+    assert_eq!(status.code(), Some(7));
+    worker
+}

@@ -17,7 +17,7 @@ use tests_integration::{
     hardening_scenarios::variant,
     workers::{
         dedicated::{EnvironmentReport, Failer, Failure, FdLister, Fds, StderrWriter},
-        hostile::{Act, Hostile},
+        hostile::Hostile,
         pool::{Command as Task, Commands},
         zygote::{Ask, Ids, Probe},
     },
@@ -242,20 +242,8 @@ fn every_stderr_mode_works_for_a_forked_worker() {
 #[test]
 fn a7_a_dead_forked_worker_is_seen_while_its_grandchild_holds_the_channel() {
     let profile = zygote_profile().with_stderr(StderrMode::Capture);
-    let mut worker = DedicatedWorker::spawn::<Hostile>(&profile).unwrap();
-    worker
-        .send_message(&Act::Reply("last words".into()))
-        .unwrap();
-    worker
-        .send_message(&Act::ForkAndExit {
-            code: 7,
-            millis: 600_000,
-        })
-        .unwrap();
-    assert_eq!(worker.receive_message::<String>().unwrap(), "last words");
-    let result = worker.receive_message_timeout::<String>(timeout(Duration::from_secs(10)));
-    let (status, _) = expect_exited(result);
-    assert_eq!(status.code(), Some(7));
+    let worker = DedicatedWorker::spawn::<Hostile>(&profile).unwrap();
+    let _ended = a7_last_words_then_exit_behind_a_grandchild(worker);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::{
     fs::File,
     io,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    time::Instant,
 };
 
 use crate::ChannelOutput;
@@ -86,6 +87,91 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> 
     // SAFETY: as above.
     syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, flags))?;
     Ok(())
+}
+
+#[doc(hidden)]
+/// The most descriptors [`poll`] waits on at once: a worker's output, input and pidfd.
+pub const MAX_POLL_FDS: usize = 3;
+
+#[doc(hidden)]
+/// What [`poll`] found on one descriptor.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ready {
+    /// Bytes, or the end of stream (for a pidfd: its process has exited).
+    pub readable: bool,
+    /// Room to write.
+    pub writable: bool,
+    /// Hang-up or error: the other end is gone.
+    pub hangup: bool,
+}
+
+impl Ready {
+    /// Whether a read would not block (data, end of stream, or an error to report).
+    pub fn can_read(&self) -> bool {
+        self.readable || self.hangup
+    }
+}
+
+#[doc(hidden)]
+/// Waits until one of `fds` is ready for what is asked (`(fd, want_read, want_write)`), or until
+/// `deadline`. Returns `Ok(None)` on timeout. Interrupted waits are resumed.
+///
+/// At most [`MAX_POLL_FDS`] descriptors: the arrays live on the stack, as this runs once per
+/// blocking receive.
+///
+/// Shared with worker-bootstrap and worker-shared, like [`syscall!`]; not part of the public API.
+pub fn poll(
+    fds: &[(BorrowedFd<'_>, bool, bool)],
+    deadline: Option<Instant>,
+) -> io::Result<Option<[Ready; MAX_POLL_FDS]>> {
+    assert!(
+        fds.len() <= MAX_POLL_FDS,
+        "poll takes at most {MAX_POLL_FDS} descriptors"
+    );
+    let unused = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    let mut pollfds = [unused; MAX_POLL_FDS];
+    for (slot, &(fd, r, w)) in pollfds.iter_mut().zip(fds) {
+        slot.fd = fd.as_raw_fd();
+        slot.events = (if r { libc::POLLIN } else { 0 }) | (if w { libc::POLLOUT } else { 0 });
+    }
+    let pollfds = &mut pollfds[..fds.len()];
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up, so a wait never ends early and spins.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: `pollfds` is a live array of `pollfds.len()` entries.
+        match syscall!(poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout
+        )) {
+            Ok(0) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
+            }
+            Ok(_) => {
+                let mut ready = [Ready::default(); MAX_POLL_FDS];
+                for (r, p) in ready.iter_mut().zip(pollfds.iter()) {
+                    r.readable = p.revents & libc::POLLIN != 0;
+                    r.writable = p.revents & libc::POLLOUT != 0;
+                    r.hangup = p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+                }
+                return Ok(Some(ready));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What `poll(2)` says of `fd` (asked for input) right now, without waiting.

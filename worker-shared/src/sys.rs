@@ -355,26 +355,7 @@ pub(crate) fn wait_readable(
     fd: BorrowedFd<'_>,
     deadline: Option<std::time::Instant>,
 ) -> io::Result<bool> {
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        let timeout = match worker_core::time_left(deadline) {
-            None => -1,
-            // Rounded up, so a wait never ends early and spins.
-            Some(left) => left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
-        };
-        // SAFETY: one live pollfd.
-        match syscall!(poll(&mut pollfd, 1, timeout)) {
-            Ok(0) if timeout >= 0 => return Ok(false),
-            Ok(0) => {}
-            Ok(_) => return Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    Ok(worker_core::sys::poll(&[(fd, true, false)], deadline)?.is_some())
 }
 
 /// Whether a process with id `pid` exists (`kill(pid, 0)`; one of another user counts), for

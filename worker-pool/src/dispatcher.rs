@@ -899,6 +899,10 @@ impl<W: TaskWorker> Dispatcher<W> {
                 ),
             },
         };
+        // The statistics say the pool has no worker before anyone can see that it failed (a
+        // submit that gets `PoolFailed`, a task whose wait ends with it).
+        self.shared.workers.store(0, Ordering::Relaxed);
+        lock(&self.shared.pids).clear();
         if let Error::PoolFailed { reason } = &error {
             // The first failure is the reason.
             let _ = self.shared.failed.set(reason.clone());
@@ -909,8 +913,6 @@ impl<W: TaskWorker> Dispatcher<W> {
                 pending.sink.fail(pending.left, error.clone());
             }
         }
-        self.shared.workers.store(0, Ordering::Relaxed);
-        lock(&self.shared.pids).clear();
         self.failed = Some(error);
         // Async submitters waiting for room see the failure at once.
         self.shared.room.wake_all();

@@ -5,6 +5,9 @@
 //!   processes pinned to one CPU, as ratios against baselines measured in the same run;
 //! - `cargo xtask fuzz [--iterations N]`: random and mutated byte streams through the frame
 //!   decoder and both codecs;
+//! - `cargo xtask soak shared [--minutes N] [--clients N] [--seed N] [--tcp]`: a shared worker
+//!   under churn (clients connecting and disconnecting, random sizes up to 4 MiB, timed
+//!   receives, clients killed mid-frame), failing on a lost reply or a daemon that grows;
 //! - `cargo xtask ci`: what `.ci/run` runs;
 //! - `cargo xtask package`: `cargo package` for every published crate, in dependency order,
 //!   each verified by building it from its packaged sources alone;
@@ -24,11 +27,12 @@ fn main() -> anyhow::Result<()> {
         Some("test-integration") => cargo(&["test", "-p", "tests-integration", "--test", "tests"]),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("ci") => ci(),
         Some("package") => package(),
         Some("msrv") => msrv(),
         _ => bail!(
-            "usage: cargo xtask <test-integration | bench [--rounds N] [FILTER] | fuzz [--iterations N] | ci | package | msrv>"
+            "usage: cargo xtask <test-integration | bench [--rounds N] [FILTER] | fuzz [--iterations N] | soak shared [--minutes N] | ci | package | msrv>"
         ),
     }
 }
@@ -84,6 +88,22 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
         "tests-integration",
         "--bin",
         "fuzz-decoder",
+        "--",
+    ];
+    command.extend(args.iter().map(String::as_str));
+    cargo(&command)
+}
+
+/// The soak runs in the dev profile, which the test suite has already built: CI pays no extra
+/// compilation for its one minute.
+fn soak(args: &[String]) -> anyhow::Result<()> {
+    let mut command = vec![
+        "run",
+        "--quiet",
+        "-p",
+        "tests-integration",
+        "--bin",
+        "soak",
         "--",
     ];
     command.extend(args.iter().map(String::as_str));

@@ -119,25 +119,39 @@ fn run(mut command: Command, limit: Duration) -> Finished {
     }
 }
 
-/// Makes sure `cargo nextest` runs, installing it (`cargo install cargo-nextest --locked`) if
-/// it does not.
-fn ensure_nextest() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
+/// A `cargo` that runs `cargo nextest`: the user's own when `cargo nextest` works, else one
+/// installed on first use with `cargo install --root` under the target directory (nothing goes
+/// into the user's `~/.cargo`), found first on the nested cargo's `PATH`.
+fn nextest_cargo() -> Command {
+    static PATH: OnceLock<Option<std::ffi::OsString>> = OnceLock::new();
+    let path = PATH.get_or_init(|| {
         let mut version = cargo();
         version.args(["nextest", "--version"]);
         if run(version, Duration::from_secs(120)).status.success() {
-            return;
+            return None;
         }
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tools");
         let mut install = cargo();
-        install.args(["install", "cargo-nextest", "--locked"]);
+        install
+            .args(["install", "cargo-nextest", "--locked", "--root"])
+            .arg(&root);
         let installed = run(install, Duration::from_secs(1800));
         assert!(
             installed.status.success(),
             "cannot install cargo-nextest: {}",
             installed.stderr
         );
+        let mut dirs = vec![root.join("bin")];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        Some(std::env::join_paths(dirs).expect("a PATH"))
     });
+    let mut command = cargo();
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    command
 }
 
 /// Builds the demo's unit-test binary (already built, in `cargo test --workspace`) and returns
@@ -164,8 +178,7 @@ fn demo_test_binary() -> PathBuf {
 
 #[test]
 fn the_demo_crates_tests_start_workers_under_nextest() {
-    ensure_nextest();
-    let mut nextest = cargo();
+    let mut nextest = nextest_cargo();
     nextest.args(["nextest", "run"]).args(SELECTION).args([
         "-E",
         "package(tests-support-demo)",

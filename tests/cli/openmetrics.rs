@@ -1,10 +1,14 @@
 //! `worker-ctl query --format openmetrics`, read back by a real OpenMetrics parser: Python
-//! `prometheus-client`'s, which the test installs with pip when it is missing (its setup step).
-//! Without python3 or the package this test fails: it is not skipped.
+//! `prometheus-client`'s, which the test installs with pip into a virtual environment of its
+//! own under the target directory (its setup step): nothing is installed into the user's
+//! Python. Without python3 (with its `venv` module) or the package index this test fails: it is
+//! not skipped.
 
 use std::{
     io::Write,
+    path::PathBuf,
     process::{Command, Stdio},
+    sync::OnceLock,
 };
 
 use exsyst_worker::worker::{Counter, WorkerStatus};
@@ -28,40 +32,52 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 print(json.dumps(families))
 "#;
 
-/// Installs `prometheus-client` for this user's python3 unless it is importable already.
-fn ensure_parser() {
-    let importable = |python: &mut Command| {
-        python
-            .args(["-c", "import prometheus_client.openmetrics.parser"])
-            .stderr(Stdio::null())
+/// The python3 of a virtual environment under the target directory with `prometheus-client`
+/// in it, made on first use: the user's own Python is left as it is.
+fn parser_python() -> &'static PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openmetrics-venv");
+        let python = venv.join("bin/python3");
+        let importable = || {
+            Command::new(&python)
+                .args(["-c", "import prometheus_client.openmetrics.parser"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        if importable() {
+            return python;
+        }
+        let made = Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
             .status()
-            .is_ok_and(|status| status.success())
-    };
-    if importable(&mut Command::new("python3")) {
-        return;
-    }
-    let installed = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "prometheus-client",
-        ])
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .status()
-        .expect("python3 runs pip to install prometheus-client");
-    assert!(
-        installed.success(),
-        "pip could not install prometheus-client"
-    );
-    assert!(importable(&mut Command::new("python3")));
+            .expect("python3 makes a virtual environment");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "prometheus-client",
+            ])
+            .status()
+            .expect("the virtual environment's pip runs");
+        assert!(
+            installed.success(),
+            "pip could not install prometheus-client into {}",
+            venv.display()
+        );
+        assert!(importable());
+        python
+    })
 }
 
 fn parse(text: &str) -> serde_json::Value {
-    ensure_parser();
-    let mut python = Command::new("python3")
+    let mut python = Command::new(parser_python())
         .args(["-c", PARSE])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -77,8 +93,7 @@ fn parse(text: &str) -> serde_json::Value {
     let output = python.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "the parser refused the text (or prometheus-client is missing: \
-         `python3 -m pip install prometheus-client`):\n{}\n{text}",
+        "the parser refused the text:\n{}\n{text}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()

@@ -14,8 +14,9 @@
 //! | length | the payload, encoded with the channel's codec |
 //!
 //! The codecs are MessagePack (structs as maps with field names, byte strings as `bin`) and
-//! JSON (UTF-8, no trailing characters). A header announcing more than the maximum is refused
-//! before anything is read for it, and the stream is closed.
+//! JSON (UTF-8, no trailing characters); how each Rust shape (enums, `Option`, tuples, bytes)
+//! looks in each, byte for byte, is the table of [`worker_channel::Codec`]. A header announcing
+//! more than the maximum is refused before anything is read for it, and the stream is closed.
 //!
 //! # Starting a worker
 //!

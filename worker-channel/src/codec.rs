@@ -12,6 +12,31 @@ pub const DEFAULT_MAX_DEPTH: u32 = 128;
 /// [`Codec::MessagePack`] is the default: compact and fast, and it carries byte strings as bytes.
 /// [`Codec::Json`] is the readable and widely spoken one; it gives back exactly the `f64` it was
 /// given.
+///
+/// # How Rust types look on the wire
+///
+/// For peers written in other languages: serde's data model, as each codec writes it (a test
+/// holds this table to the bytes). Enums are externally tagged: a unit variant is its name, any
+/// other variant a map of one entry from its name to its content. Integers take the smallest
+/// MessagePack encoding that holds the value, whatever the Rust type; a reader accepts any.
+///
+/// | Rust | MessagePack | JSON |
+/// |---|---|---|
+/// | struct `Point { x: 1, y: None }` | map with the field names: `82 a1 78 01 a1 79 c0` | `{"x":1,"y":null}` |
+/// | `Option`: `None` / `Some(4)` | nil `c0` / the value itself `04` | `null` / `4` |
+/// | a struct's `Option` field that is `None` | the key with nil (never left out) | the key with `null` |
+/// | tuple `(1, "a")`, tuple struct | array `92 01 a1 61` | `[1,"a"]` |
+/// | newtype struct `Wrapper(5)` | the inner value `05` | `5` |
+/// | unit struct, `()` | empty array `90`; `()` is nil `c0` | `null` |
+/// | unit variant `Shape::Unit` | its name as a string `a4 55 6e 69 74` | `"Unit"` |
+/// | newtype variant `Shape::Newtype(7)` | `{name: value}` `81 a7 4e 65 77 74 79 70 65 07` | `{"Newtype":7}` |
+/// | tuple variant `Shape::Tuple(1, 2)` | `{name: [..]}` `81 a5 54 75 70 6c 65 92 01 02` | `{"Tuple":[1,2]}` |
+/// | struct variant `Shape::Struct { x: 3 }` | `{name: {..}}` `81 a6 53 74 72 75 63 74 81 a1 78 03` | `{"Struct":{"x":3}}` |
+/// | `Vec<u8>` | array of integers `92 01 02` | `[1,2]` |
+/// | `serde_bytes::ByteBuf` (and `#[serde(with = "serde_bytes")]`) | `bin` `c4 02 01 02` | `[1,2]` |
+/// | `char`, `String` | `str`, UTF-8 | a JSON string |
+/// | `f32` / `f64` | `float 32` `ca ...` / `float 64` `cb ...` | a JSON number |
+/// | `u64::MAX`, `-1i8`, `300u16` | `cf ff..ff`, `ff`, `cd 01 2c` | `18446744073709551615`, `-1`, `300` |
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]

@@ -2,6 +2,7 @@
 
 mod connection;
 mod depth;
+mod mapping;
 
 use std::{collections::BTreeMap, io::Write};
 

@@ -181,8 +181,18 @@ impl SharedServerConfig {
         self
     }
 
-    /// Whether SIGTERM and SIGINT stop the server gracefully (`false` by default, as a program
-    /// that embeds a server owns its signals; a daemon always does).
+    /// Whether the server takes its process's signals (`false` by default, as a program that
+    /// embeds a server owns its signals; a daemon always does): SIGTERM and SIGINT then stop
+    /// it gracefully, and SIGHUP is logged and ignored, so a daemon outlives the terminal or
+    /// the session that started it (there is no reload: a shared worker's settings come with
+    /// its start).
+    ///
+    /// Without it the server touches no signal: SIGHUP keeps whatever action the host program
+    /// gave it (by default it ends the process, server and all, as it ends any program).
+    ///
+    /// The signals are taken when the server is bound, and given back when it is dropped or
+    /// its run ends; one server per process at a time may take them, a second one fails to
+    /// bind with [`Error::Signals`].
     pub fn with_stop_on_signals(mut self, enabled: bool) -> Self {
         self.stop_on_signals = enabled;
         self
@@ -267,7 +277,7 @@ impl SharedServerConfig {
         self.socket_activation
     }
 
-    /// Whether SIGTERM and SIGINT stop the server.
+    /// Whether SIGTERM and SIGINT stop the server (and SIGHUP is ignored).
     pub fn stop_on_signals(&self) -> bool {
         self.stop_on_signals
     }

@@ -75,7 +75,7 @@
 //! - A wrong cookie is a typed [`Error::Unauthorized`] for the client; the server logs it (never the cookie or the proof) and keeps serving.
 //! - Past the connection limit, and for a Unix peer of another user (by default), the connection is closed before any hello.
 //! - A Unix socket file is created `0600` (configurable), never more open, in a directory created `0700` when absent.
-//! - A graceful stop (an authenticated client, SIGTERM or SIGINT when asked, [`stop_current`] from inside the worker, a [`StopHandle`], the idle time) stops accepting, removes the socket file only while it is still the one this server bound, runs `on_stop`, answers what the clients already sent, delivers every queued reply, closes (within the drain deadline), and runs `terminate`; `on_stop` and `terminate` run once each.
+//! - A graceful stop (an authenticated client, SIGTERM or SIGINT when asked (SIGHUP is then ignored), [`stop_current`] from inside the worker, a [`StopHandle`], the idle time) stops accepting, removes the socket file only while it is still the one this server bound, runs `on_stop`, answers what the clients already sent, delivers every queued reply, closes (within the drain deadline), and runs `terminate`; `on_stop` and `terminate` run once each.
 //! - systemd's socket activation: when `LISTEN_PID` and `LISTEN_FDS` hand the process its listener, [`SharedServer::bind`] serves on it instead of binding.
 //!
 //! # Daemons
@@ -83,7 +83,7 @@
 //! `worker_bootstrap::registry().shared::<W>()` (with [`SharedRegistryExt`] in scope) registers `W` so that a process started as a shared-worker daemon serves it.
 //! The starter passes [`daemon_extensions`] (address, cookie, settings) in the bootstrap frame, through the private start pipe; the daemon binds, builds `W`, and answers one [`StartReport`] on the channel it was started with (`listening` with its pid, or `failed` with its reason), then closes that channel.
 //! [`start`] and [`connect_or_start`] do all of it (see below); [`wait_until_listening`] reads the report of a daemon started as a `DedicatedWorker`.
-//! Then it serves until stopped, SIGTERM and SIGINT included.
+//! Then it serves until stopped, SIGTERM and SIGINT included; SIGHUP is logged and ignored, so a daemon outlives the terminal or session that started it.
 //!
 //! # Starting on demand
 //!

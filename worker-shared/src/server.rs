@@ -163,6 +163,10 @@ pub struct SharedServer {
     config: SharedServerConfig,
     stop_line: StopLine,
     stop_reader: UnixStream,
+    /// The process's stop signals, taken from the bind on (when the configuration says so),
+    /// so that a daemon that reported `listening` is never killed by a SIGTERM or a SIGHUP
+    /// that comes before its loop runs: the signal waits on the stop line.
+    signals: Option<sys::StopSignals>,
     log: LogSink,
 }
 
@@ -233,6 +237,18 @@ impl SharedServer {
                 source,
             },
         })?;
+        let signals = if config.stop_on_signals() {
+            Some(
+                stop_line
+                    .catch_signals()
+                    .map_err(|source| Error::Signals {
+                        address: address.clone(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
         let pid = std::process::id();
         let log: LogSink = Arc::new(move |level, line: &str| {
             log::log!(
@@ -246,6 +262,7 @@ impl SharedServer {
             config,
             stop_line,
             stop_reader,
+            signals,
             log,
         })
     }
@@ -289,20 +306,13 @@ impl SharedServer {
             config,
             stop_line,
             stop_reader,
+            signals: _signals,
             log,
         } = self;
         let address = bound.address.to_string();
         let serve_error = |source| Error::Serve {
             address: address.clone(),
             source,
-        };
-        let _signals = if config.stop_on_signals() {
-            Some(stop_line.catch_signals().map_err(|source| Error::Signals {
-                address: address.clone(),
-                source,
-            })?)
-        } else {
-            None
         };
         let _current = stop::enter(stop_line.handle());
         let mut event_loop = WorkerLoop::<W>::new().map_err(serve_error)?;
@@ -366,7 +376,14 @@ impl SharedServer {
                       event_loop: &mut WorkerLoop<W>,
                       reader: &mut UnixStream,
                       _| {
-                    match stop::read_reason(reader) {
+                    let heard = stop::read_reasons(reader);
+                    if let Some(ignored) = heard.ignored {
+                        stopping.borrow().log(
+                            Level::Info,
+                            &format!("{ignored}: ignored, serving on (SIGTERM or SIGINT stops)"),
+                        );
+                    }
+                    match heard.stop {
                         Some(reason) => {
                             begin_stop(&stopping, host, event_loop, Cause::Line(reason))
                         }

@@ -23,6 +23,7 @@ mod lifecycle;
 mod messages;
 mod processes;
 mod server;
+mod signals;
 mod sockets;
 mod support;
 mod workers;

@@ -22,6 +22,70 @@ pub enum PeerUids {
     Only(Vec<u32>),
 }
 
+/// What a server does when a callback of its worker panics (`on_connect`, `on_message`,
+/// `on_query`, `on_disconnect`, `on_stop`, `terminate`, a timer or a source of the worker's).
+///
+/// Either way the panic is caught: the connection it was serving (if any) gets a typed error
+/// ([`Error::WorkerFailed`] for the client) and closes once what was queued for it before is
+/// written, never in the middle of a frame; the panic's message is logged; the process's panic
+/// hook still runs (by default a line on standard error).
+///
+/// After a caught panic the worker is in whatever state the panicking callback left it: a
+/// change it was making may be half made, and nothing is rolled back. A worker whose state
+/// cannot be trusted after that should choose [`PanicPolicy::Stop`] (its `on_stop` and
+/// `terminate` still run, on that same state, and may panic too: they are caught and
+/// reported). A panic in `on_stop` does not stop the stop; a panic in `terminate`, `set_loop`
+/// or `initialize` ends the server with [`Error::Serve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PanicPolicy {
+    /// The default (10 panics within 60 s): the other clients go on being served; once
+    /// `max_panics` panics happened within `within`, the server stops gracefully, as
+    /// [`PanicPolicy::Stop`] does at once.
+    Isolate {
+        /// How many panics within `within` stop the server; at least 1.
+        max_panics: u32,
+        /// The window they are counted in (`Duration::MAX`: since the start).
+        #[serde(with = "millis")]
+        within: Duration,
+    },
+    /// Stop gracefully at the first panic: stop accepting, `on_stop`, answer what the others
+    /// already sent, deliver every queued reply, close every connection, `terminate`. The run
+    /// then returns [`Error::Serve`] with the panic.
+    Stop,
+}
+
+impl Default for PanicPolicy {
+    fn default() -> Self {
+        PanicPolicy::Isolate {
+            max_panics: 10,
+            within: Duration::from_secs(60),
+        }
+    }
+}
+
+/// When a connection must prove it knows the client cookie (or the admin cookie) before the
+/// server takes a data message or a query from it.
+///
+/// An unauthenticated peer of a server that does not require it can send the worker any data
+/// message and read its replies, and ask for its public status; only stopping it and the
+/// privileged status need the admin cookie.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// Required on a TCP listener whose address is not a loopback one (`0.0.0.0`, `[::]` and
+    /// every routable address included); not on a Unix socket (its mode and the peer's uid
+    /// decide who connects) nor on `127.0.0.0/8` or `[::1]`. The default.
+    #[default]
+    NonLoopback,
+    /// Required on every listener.
+    Always,
+    /// Never required: anyone who can connect can send data messages.
+    Never,
+}
+
 /// How a shared-worker server behaves: the admin cookie, the data codec, the Unix socket's
 /// mode and who may connect, the limits, and the deadlines.
 ///
@@ -53,6 +117,9 @@ pub enum PeerUids {
 pub struct SharedServerConfig {
     #[serde(with = "cookie_bytes")]
     cookie: Option<AdminCookie>,
+    #[serde(with = "cookie_bytes")]
+    client_cookie: Option<AdminCookie>,
+    client_auth: ClientAuth,
     codec: Codec,
     max_frame_len: u32,
     socket_mode: u32,
@@ -66,6 +133,9 @@ pub struct SharedServerConfig {
     drain_timeout: Duration,
     #[serde(with = "millis_opt")]
     idle_timeout: Option<Duration>,
+    #[serde(with = "millis_opt")]
+    connection_idle_timeout: Option<Duration>,
+    panic_policy: PanicPolicy,
     socket_activation: bool,
     stop_on_signals: bool,
     spin: Spin,
@@ -75,6 +145,8 @@ impl Default for SharedServerConfig {
     fn default() -> Self {
         SharedServerConfig {
             cookie: None,
+            client_cookie: None,
+            client_auth: ClientAuth::NonLoopback,
             codec: Codec::MessagePack,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             socket_mode: 0o600,
@@ -85,6 +157,8 @@ impl Default for SharedServerConfig {
             handshake_timeout: Some(Duration::from_secs(30)),
             drain_timeout: Duration::from_secs(10),
             idle_timeout: None,
+            connection_idle_timeout: None,
+            panic_policy: PanicPolicy::default(),
             socket_activation: true,
             stop_on_signals: false,
             spin: Spin::OFF,
@@ -171,6 +245,46 @@ impl SharedServerConfig {
     /// default: never).
     pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long one connection may stay idle, neither sending a frame nor having replies queued
+    /// for it, before the server closes it (`None`, the default: as long as it likes). Its
+    /// client reads a [`Error::Rejected`] with the code `idle_timeout`, then the end of the
+    /// stream.
+    ///
+    /// A client that only listens for what the worker pushes must send something within the
+    /// timeout (a [`query`](crate::SharedWorker::query) will do). Connections are looked at
+    /// every quarter of the timeout (at least every 10 ms), so one is closed between the
+    /// timeout and a quarter more; `Duration::MAX` is the same as `None`.
+    pub fn with_connection_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connection_idle_timeout = timeout;
+        self
+    }
+
+    /// What the server does when a callback of its worker panics (see [`PanicPolicy`]; by
+    /// default it isolates the panic, and stops after 10 within 60 s).
+    pub fn with_panic_policy(mut self, policy: PanicPolicy) -> Self {
+        self.panic_policy = policy;
+        self
+    }
+
+    /// The client cookie: the secret a connection proves it knows (as it proves the admin
+    /// cookie, by HMAC challenge-response, see [`protocol`](crate::protocol)) to send data
+    /// messages where [client authentication](Self::with_client_auth) is required. It may
+    /// differ from the admin cookie, which authenticates a client too, with its privileges.
+    pub fn with_client_cookie(mut self, cookie: AdminCookie) -> Self {
+        self.client_cookie = Some(cookie);
+        self
+    }
+
+    /// Where a connection must authenticate before any data message or query is accepted
+    /// (see [`ClientAuth`]; by default on a TCP address that is not loopback).
+    ///
+    /// A server that requires it without a client cookie nor an admin cookie could serve
+    /// nobody: binding it is an [`Error::Config`].
+    pub fn with_client_auth(mut self, when: ClientAuth) -> Self {
+        self.client_auth = when;
         self
     }
 
@@ -272,6 +386,26 @@ impl SharedServerConfig {
         self.idle_timeout
     }
 
+    /// How long one connection may stay idle before it is closed.
+    pub fn connection_idle_timeout(&self) -> Option<Duration> {
+        self.connection_idle_timeout
+    }
+
+    /// What the server does when a callback of its worker panics.
+    pub fn panic_policy(&self) -> PanicPolicy {
+        self.panic_policy
+    }
+
+    /// The client cookie, if any.
+    pub fn client_cookie(&self) -> Option<&AdminCookie> {
+        self.client_cookie.as_ref()
+    }
+
+    /// Where client authentication is required.
+    pub fn client_auth(&self) -> ClientAuth {
+        self.client_auth
+    }
+
     /// Whether socket activation is honoured.
     pub fn socket_activation(&self) -> bool {
         self.socket_activation
@@ -311,6 +445,12 @@ impl SharedServerConfig {
         }
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
             return bad("backlog", "is not between 1 and 2^31 - 1");
+        }
+        if let PanicPolicy::Isolate { max_panics: 0, .. } = self.panic_policy {
+            return bad(
+                "panic_policy",
+                "isolates at most 0 panics: say PanicPolicy::Stop to stop at the first",
+            );
         }
         Ok(())
     }

@@ -145,12 +145,13 @@ mod session;
 mod start;
 mod stop;
 mod sys;
+mod throttle;
 mod wire;
 
 pub use client::{DEFAULT_CONTROL_TIMEOUT, SharedWorker, StatusReply};
 #[cfg(feature = "tokio")]
 pub use client_async::AsyncSharedWorker;
-pub use config::{PeerUids, SharedServerConfig};
+pub use config::{ClientAuth, PanicPolicy, PeerUids, SharedServerConfig};
 pub use cookie::AdminCookie;
 pub use daemon::{SharedRegistryExt, StartReport, daemon_extensions, wait_until_listening};
 pub use error::Error;

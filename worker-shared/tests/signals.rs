@@ -48,10 +48,7 @@ fn a_daemon_survives_sighup_keeps_serving_and_still_stops_on_sigterm() {
         )
         .unwrap();
         let pid = wait_until_listening(&mut starter, &address, timeout(30.0)).unwrap();
-        assert_eq!(
-            served(&address, pid),
-            "Hello world ! You're my 1st client."
-        );
+        assert_eq!(served(&address, pid), "Hello world ! You're my 1st client.");
         for _ in 0..hangups {
             kill(pid, libc::SIGHUP);
         }
@@ -62,10 +59,7 @@ fn a_daemon_survives_sighup_keeps_serving_and_still_stops_on_sigterm() {
             "Hello world ! You're my 2nd client.",
             "{hangups} hangups"
         );
-        assert_eq!(
-            served(&address, pid),
-            "Hello world ! You're my 3rd client."
-        );
+        assert_eq!(served(&address, pid), "Hello world ! You're my 3rd client.");
         kill(pid, libc::SIGTERM);
         let status = starter.close().unwrap();
         assert!(status.success(), "{hangups} hangups: {status:?}");

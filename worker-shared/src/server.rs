@@ -1008,7 +1008,8 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
                 send_control(connection, &message)?;
             }
             Step::Query { privileged } => {
-                let status = worker.on_query(privileged);
+                // Caught here to be named; the host ends this connection only.
+                let status = catch_panic("on_query", || worker.on_query(privileged))?;
                 send_control(connection, &session::status(privileged, status))?;
             }
             Step::Stop(ack) => {

@@ -21,6 +21,7 @@ mod handshake;
 mod isolation;
 mod lifecycle;
 mod messages;
+mod panics;
 mod processes;
 mod server;
 mod signals;

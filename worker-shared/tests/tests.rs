@@ -20,6 +20,7 @@ mod cookie;
 mod handshake;
 mod isolation;
 mod lifecycle;
+mod limits;
 mod messages;
 mod panics;
 mod processes;

@@ -586,7 +586,15 @@ struct Session {
     /// Its authentication waits for the end of its peer's throttle window; nothing more is
     /// taken from it.
     held: bool,
+    /// It sent data without authenticating, and was told: what it sends is dropped until this
+    /// timer closes it.
+    refused: Option<TimerId>,
 }
+
+/// How long a connection refused for sending data unauthenticated is kept, its frames
+/// dropped, before it is closed: a client that sent several messages before reading its
+/// refusal gets to read it, instead of a reset that would throw it away.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 type Shared = Rc<RefCell<State>>;
 
@@ -729,10 +737,22 @@ fn close_connection<R: serde::Serialize>(
     why: &str,
     message: &ServerMessage,
 ) {
+    tell_and_log(st, connection, level, why, message);
+    connection.close();
+}
+
+/// The first half of [`close_connection`], for a close that comes later: logs why, and tells
+/// the peer.
+fn tell_and_log<R: serde::Serialize>(
+    st: &State,
+    connection: &mut Connection<R>,
+    level: Level,
+    why: &str,
+    message: &ServerMessage,
+) {
     st.log(level, why);
     // A peer already gone for writing cannot be told; the close goes on.
     let _ = send_control(connection, message);
-    connection.close();
 }
 
 /// Accepts until the listener would block.
@@ -868,6 +888,7 @@ fn admit<W: SharedWorkerImpl>(
             seen_frames: 0,
             busy_at: Instant::now(),
             held: false,
+            refused: None,
         },
     );
     let handshake_timeout = st.settings.handshake_timeout;
@@ -957,7 +978,7 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
             let Some(session) = st.sessions.get_mut(&id) else {
                 return Ok(());
             };
-            if session.held {
+            if session.held || session.refused.is_some() {
                 return Ok(());
             }
             let key = PeerKey::of(&session.peer);
@@ -1066,22 +1087,36 @@ fn throttled_until_now<W: SharedWorkerImpl>(
 /// requires it: the peer is told, and its connection closes.
 fn data_guard<W: SharedWorkerImpl>(state: &Shared) -> DataGuard<W> {
     let state = Rc::clone(state);
-    Box::new(move |connection, _| {
-        let st = state.borrow();
-        let Some(session) = st.sessions.get(&connection.id()) else {
+    Box::new(move |connection, event_loop| {
+        let id = connection.id();
+        let mut st = state.borrow_mut();
+        let Some(session) = st.sessions.get(&id) else {
             return Ok(());
         };
+        if session.refused.is_some() {
+            return Ok(());
+        }
         let why = format!(
             "refused a data message from {}: it has not authenticated; closing its connection",
             session.peer
         );
-        close_connection(
+        tell_and_log(
             &st,
             connection,
             Level::Warn,
             &why,
             &session::authentication_required(),
         );
+        let timer = event_loop.add_timer(
+            REFUSAL_LINGER,
+            move |host: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>| {
+                host.close(event_loop, id)?;
+                Ok(())
+            },
+        );
+        if let Some(session) = st.sessions.get_mut(&id) {
+            session.refused = Some(timer);
+        }
         Ok(())
     })
 }
@@ -1269,7 +1304,7 @@ fn disconnect_handler<W: SharedWorkerImpl>(state: &Shared) -> DisconnectHandler<
     Box::new(move |_, connection, event_loop| {
         let mut st = state.borrow_mut();
         let session = st.sessions.remove(&connection.id());
-        if let Some(timer) = session.as_ref().and_then(|s| s.handshake) {
+        for timer in session.iter().flat_map(|s| s.handshake.into_iter().chain(s.refused)) {
             event_loop.cancel_timer(timer);
         }
         if let (Some(error), Some(session)) = (connection.error(), &session) {

@@ -16,6 +16,7 @@ mod admin;
 #[cfg(feature = "tokio")]
 mod async_client;
 mod children;
+mod client_auth;
 mod cookie;
 mod handshake;
 mod isolation;

@@ -304,24 +304,61 @@ mod tests {
         assert_ne!(fresh_nonce().unwrap(), fresh_nonce().unwrap());
     }
 
-    /// The test vector of the protocol guide, for implementations in other languages (Python's
-    /// `hmac` module gives the same two values from the formula in the guide).
+    /// The test vectors of the protocol guide, one per role, for implementations in other
+    /// languages (Python's `hmac` module gives the same values from the formula in the guide).
     #[test]
-    fn the_documented_test_vector_holds() {
+    fn the_documented_test_vectors_hold() {
         let c = cookie("correct horse battery staple");
         let ns: Nonce = std::array::from_fn(|i| i as u8);
         let nc: Nonce = std::array::from_fn(|i| 0x20 + i as u8);
-        let client = ClientAuth::start(Role::Admin, Some(&c), &ns, nc).unwrap();
-        let server_proof =
-            verify_client(Role::Admin, &[Some(&c)], &ns, &nc, &client.proof()).unwrap();
-        assert_eq!(hex(&client.proof()), DOC_CLIENT_PROOF);
-        assert_eq!(hex(&server_proof), DOC_SERVER_PROOF);
         let guide = include_str!("protocol.rs");
-        assert!(guide.contains(DOC_CLIENT_PROOF) && guide.contains(DOC_SERVER_PROOF));
+        for (role, client_proof, server_proof) in DOC_VECTORS {
+            let client = ClientAuth::start(role, Some(&c), &ns, nc).unwrap();
+            let server = verify_client(role, &[Some(&c)], &ns, &nc, &client.proof()).unwrap();
+            assert_eq!(hex(&client.proof()), client_proof, "{role:?}");
+            assert_eq!(hex(&server), server_proof, "{role:?}");
+            assert!(guide.contains(client_proof) && guide.contains(server_proof));
+        }
     }
 
-    const DOC_CLIENT_PROOF: &str =
-        "5b6e35b4b639d9f6791e3bb104a7cf35fbd99e882d76e7d9209e658d296785d3";
-    const DOC_SERVER_PROOF: &str =
-        "09ef7281443d464b6973f87b60bb01acf8c2992cb33dff4b2046ce6d6faf33d3";
+    /// A proof for one role is worth nothing for the other, even with the same cookie.
+    #[test]
+    fn the_roles_proofs_differ() {
+        let c = cookie("one cookie for both");
+        let client = ClientAuth::start(Role::Client, Some(&c), &NS, NC).unwrap();
+        assert_eq!(
+            verify_client(Role::Admin, &[Some(&c)], &NS, &NC, &client.proof()),
+            Err(AuthError::Unauthorized)
+        );
+        // The client role takes the client cookie, then the admin cookie.
+        let (admin, other) = (cookie("admin"), cookie("client"));
+        let with_admin = ClientAuth::start(Role::Client, Some(&admin), &NS, NC).unwrap();
+        let proof = verify_client(
+            Role::Client,
+            &[Some(&other), Some(&admin)],
+            &NS,
+            &NC,
+            &with_admin.proof(),
+        )
+        .unwrap();
+        assert_eq!(with_admin.verify_server(&proof), Ok(()));
+        assert_eq!(
+            verify_client(Role::Client, &[None, None], &NS, &NC, &with_admin.proof()),
+            Err(AuthError::NoCookie)
+        );
+    }
+
+    /// (role, client proof, server proof) of the guide's test vectors.
+    const DOC_VECTORS: [(Role, &str, &str); 2] = [
+        (
+            Role::Admin,
+            "5b6e35b4b639d9f6791e3bb104a7cf35fbd99e882d76e7d9209e658d296785d3",
+            "09ef7281443d464b6973f87b60bb01acf8c2992cb33dff4b2046ce6d6faf33d3",
+        ),
+        (
+            Role::Client,
+            "38b8cae4922a023a0e110eb00a0256616b953e2e3cb2e87a4619664e3dbebb65",
+            "22369b3a7deec74ecb67c66c80244a964c17ef227546dd5924d3a49758953f86",
+        ),
+    ];
 }

@@ -41,6 +41,13 @@ use crate::{
 /// socket (the seed's `SharedWorkerImplementationInterface`), and that a client holding the
 /// admin cookie can stop.
 ///
+/// A panic in any of its callbacks is caught by the server (see [`PanicPolicy`]): by default
+/// it ends the connection it was serving, and the others are served on, by a worker left as the
+/// panicking callback left it.
+///
+/// Where the server requires client authentication, `on_connect` still runs as a connection
+/// arrives, before it authenticated: what it sends reaches a peer that proved nothing yet.
+///
 /// The server calls, besides [`EventedWorker`]'s callbacks (`on_connect` with the peer's name,
 /// see [`Peer`]): [`on_query`](Self::on_query) for each status query, and
 /// [`on_stop`](Self::on_stop) once when the worker is asked to stop (by an authenticated
@@ -1304,7 +1311,10 @@ fn disconnect_handler<W: SharedWorkerImpl>(state: &Shared) -> DisconnectHandler<
     Box::new(move |_, connection, event_loop| {
         let mut st = state.borrow_mut();
         let session = st.sessions.remove(&connection.id());
-        for timer in session.iter().flat_map(|s| s.handshake.into_iter().chain(s.refused)) {
+        for timer in session
+            .iter()
+            .flat_map(|s| s.handshake.into_iter().chain(s.refused))
+        {
             event_loop.cancel_timer(timer);
         }
         if let (Some(error), Some(session)) = (connection.error(), &session) {

@@ -23,7 +23,7 @@
 //!    - [`Step::Close`]: queue the message, then drop the connection once it is written (after [`MAX_AUTH_FAILURES`] failed authentications, or a malformed control message).
 //!
 //!    The host logs a failed authentication (address and peer, never the proof) and keeps serving everyone else.
-//! 5. **Data frames** go to `on_message` as for any evented worker.
+//! 5. **Data frames** go to `on_message` as for any evented worker, once the connection [may send data](ServerSession::may_send_data): at once, or after it authenticated where the server requires it; until then the host's data guard (`WorkerHost::set_data_guard`) refuses them.
 //!    This module never sees them, so an application message can never be taken for a command.
 //! 6. **Framing errors** (garbage, an oversized header, a frame cut by the end of the stream) end only that connection: the shared host drops it, and the others go on; its disconnect handler logs why ([`Connection::error`](worker_core::Connection::error)) and forgets the session.
 

@@ -54,7 +54,8 @@ const PLACES: [Place; 4] = [
 /// Serves a greeter at `place` with `config`.
 fn serve(place: Place, config: SharedServerConfig) -> Result<Embedded, Error> {
     let dir = tempfile::tempdir().unwrap();
-    let tcp = |at: &str| SharedServer::from_tcp_listener(TcpListener::bind(at).unwrap(), config.clone());
+    let tcp =
+        |at: &str| SharedServer::from_tcp_listener(TcpListener::bind(at).unwrap(), config.clone());
     let server = match place {
         Place::AnyV4 => tcp("0.0.0.0:0")?,
         Place::AnyV6 => tcp("[::]:0")?,
@@ -151,7 +152,8 @@ fn the_client_cookie_opens_the_data_plane_and_only_the_admin_cookie_stops() {
             other => panic!("{place:?}: expected the stop refused, got {other:?}"),
         }
         // The admin cookie opens the data plane too.
-        let mut admin = SharedWorker::connect_with_cookie(&served.address, &admin_cookie()).unwrap();
+        let mut admin =
+            SharedWorker::connect_with_cookie(&served.address, &admin_cookie()).unwrap();
         greeted(&mut admin, "2nd");
         assert!(admin.query_privileged(&admin_cookie()).unwrap().privileged);
         // A wrong cookie opens nothing.
@@ -169,7 +171,7 @@ fn the_client_cookie_opens_the_data_plane_and_only_the_admin_cookie_stops() {
 
 #[test]
 fn a_server_with_only_an_admin_cookie_takes_it_for_data_and_one_without_cookies_cannot_require_auth()
-{
+ {
     let only_admin = SharedServerConfig::default().with_cookie(admin_cookie());
     let served = serve(Place::AnyV4, only_admin).unwrap();
     match SharedWorker::connect_with_cookie(&served.address, &client_cookie()) {
@@ -222,7 +224,10 @@ fn connect_or_start_authenticates_with_its_configurations_cookie() {
             SharedServerConfig::default().with_client_cookie(client_cookie()),
             true,
         ),
-        (SharedServerConfig::default().with_cookie(admin_cookie()), true),
+        (
+            SharedServerConfig::default().with_cookie(admin_cookie()),
+            true,
+        ),
         (cookies(), true),
         (SharedServerConfig::default(), false),
     ];
@@ -244,13 +249,14 @@ fn the_client_cookie_never_crosses_the_wire() {
     let served = serve(Place::LoopbackAlways, cookies()).unwrap();
     let target = Endpoint::Tcp(served.address.trim_start_matches("tcp://").parse().unwrap());
     let relay = Relay::start(target);
-    let mut client =
-        SharedWorker::connect_with_cookie(&relay.address, &client_cookie())
-            .unwrap();
+    let mut client = SharedWorker::connect_with_cookie(&relay.address, &client_cookie()).unwrap();
     greeted(&mut client, "1st");
     drop(client);
     assert!(!contains(&relay.all_bytes(), CLIENT_COOKIE));
-    assert!(contains(&relay.all_bytes(), b"client"), "the role is on the wire");
+    assert!(
+        contains(&relay.all_bytes(), b"client"),
+        "the role is on the wire"
+    );
 }
 
 #[cfg(feature = "tokio")]

@@ -70,7 +70,10 @@ fn idle_peers_are_released_after_the_connection_idle_timeout_and_free_their_slot
                 released_as_idle(peer);
             }
             let waited = idle_since.elapsed();
-            assert!(waited >= idle, "{transport:?}, {how}: released after {waited:?}");
+            assert!(
+                waited >= idle,
+                "{transport:?}, {how}: released after {waited:?}"
+            );
             // The slots are free again.
             let mut newcomer = SharedWorker::connect(&served.address).unwrap();
             newcomer.send_message("newcomer").unwrap();

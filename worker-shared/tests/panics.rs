@@ -347,7 +347,10 @@ fn a_panic_in_on_stop_does_not_stop_the_stop() {
         Err(Error::Serve {
             source: worker_core::Error::Panicked { callback, message },
             ..
-        }) => assert_eq!((callback, message.as_str()), ("on_stop", "panic in on_stop")),
+        }) => assert_eq!(
+            (callback, message.as_str()),
+            ("on_stop", "panic in on_stop")
+        ),
         other => panic!("expected on_stop's panic as the run's error, got {other:?}"),
     }
     assert_eq!(served.calls.terminate.load(Ordering::SeqCst), 1);

@@ -1019,11 +1019,27 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
                     Verdict::Refuse { until, .. } => until,
                     Verdict::Check => now,
                 };
+                // Answered once the peer's window has ended, then closed.
                 let releasing = Rc::clone(&state);
                 event_loop.add_timer(
                     until.saturating_duration_since(now),
                     move |host: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>| {
-                        throttled_until_now(&releasing, host, event_loop, id)
+                        let why = |peer| {
+                            format!(
+                                "refused an authentication from {peer} unchecked (too many \
+                                 failures lately); closing its connection"
+                            )
+                        };
+                        let message = session::throttled();
+                        close_from_timer(
+                            &releasing,
+                            host,
+                            event_loop,
+                            id,
+                            Level::Debug,
+                            why,
+                            &message,
+                        )
                     },
                 );
             }
@@ -1063,13 +1079,16 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
     })
 }
 
-/// Answers a throttled authentication once its peer's window has ended, and closes its
-/// connection.
-fn throttled_until_now<W: SharedWorkerImpl>(
+/// [`close_connection`] from a timer, for connection `id` if it is still there.
+#[allow(clippy::too_many_arguments)]
+fn close_from_timer<W: SharedWorkerImpl>(
     state: &Shared,
     host: &mut WorkerHost<W>,
     event_loop: &mut WorkerLoop<W>,
     id: ConnectionId,
+    level: Level,
+    why: impl FnOnce(Peer) -> String,
+    message: &ServerMessage,
 ) -> Result<(), BoxError> {
     let Some(connection) = host.connections_mut().get_mut(id) else {
         return Ok(());
@@ -1079,12 +1098,7 @@ fn throttled_until_now<W: SharedWorkerImpl>(
         let Some(session) = st.sessions.get(&id) else {
             return Ok(());
         };
-        let why = format!(
-            "refused an authentication from {} unchecked (too many failures lately); closing its \
-             connection",
-            session.peer
-        );
-        close_connection(&st, connection, Level::Debug, &why, &session::throttled());
+        close_connection(&st, connection, level, &why(session.peer), message);
     }
     host.close(event_loop, id)?;
     Ok(())
@@ -1255,26 +1269,20 @@ fn sweep_idle<W: SharedWorkerImpl>(
             }
         }
     }
+    let message = ServerMessage::error(
+        ErrorCode::IdleTimeout,
+        format!("this connection was idle for {timeout:?}"),
+    );
     for id in idle {
-        let Some(connection) = host.connections_mut().get_mut(id) else {
-            continue;
-        };
-        {
-            let st = state.borrow();
-            let Some(session) = st.sessions.get(&id) else {
-                continue;
-            };
-            let why = format!(
-                "closing the connection of {}: idle for {timeout:?}",
-                session.peer
-            );
-            let message = ServerMessage::error(
-                ErrorCode::IdleTimeout,
-                format!("this connection was idle for {timeout:?}"),
-            );
-            close_connection(&st, connection, Level::Debug, &why, &message);
-        }
-        host.close(event_loop, id)?;
+        close_from_timer(
+            state,
+            host,
+            event_loop,
+            id,
+            Level::Debug,
+            |peer| format!("closing the connection of {peer}: idle for {timeout:?}"),
+            &message,
+        )?;
     }
     Ok(())
 }

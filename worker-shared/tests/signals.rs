@@ -1,15 +1,11 @@
 //! Signals a long-running server meets: SIGHUP (a closed terminal, `kill -HUP`) leaves a server
 //! that owns its signals serving; SIGTERM still stops it gracefully afterwards.
 
-use worker_bootstrap::DedicatedWorker;
-use worker_shared::{
-    AdminCookie, SharedServerConfig, SharedWorker, daemon_extensions, wait_until_listening,
-};
+use worker_shared::SharedWorker;
 
 use crate::{
     children::{Helper, exists},
-    processes::daemon_profile,
-    support::{COOKIE, timeout},
+    processes::start_daemon,
 };
 
 /// One round trip on a fresh connection: the server is alive and serving.
@@ -39,15 +35,7 @@ fn a_daemon_survives_sighup_keeps_serving_and_still_stops_on_sigterm() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker.sock");
         let address = format!("unix://{}", path.display());
-        let config = SharedServerConfig::default().with_cookie(AdminCookie::new(COOKIE).unwrap());
-        let mut starter = DedicatedWorker::start_with_extensions(
-            &daemon_profile(),
-            "greeter",
-            None,
-            daemon_extensions(&address, &config).unwrap(),
-        )
-        .unwrap();
-        let pid = wait_until_listening(&mut starter, &address, timeout(30.0)).unwrap();
+        let (starter, pid) = start_daemon(&address);
         assert_eq!(served(&address, pid), "Hello world ! You're my 1st client.");
         for _ in 0..hangups {
             kill(pid, libc::SIGHUP);

@@ -1048,7 +1048,9 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
         };
         match step {
             Step::Reply(message) => {
-                log_refusal(&state, peer, &message, failures, false);
+                if let Some(line) = refusal_line(peer, &message, failures, false) {
+                    state.borrow().log(Level::Warn, &line);
+                }
                 send_control(connection, &message)?;
             }
             Step::Query { privileged } => {
@@ -1068,9 +1070,9 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
                 );
             }
             Step::Close(message) => {
-                log_refusal(&state, peer, &message, failures, true);
-                send_control(connection, &message)?;
-                connection.close();
+                let why = refusal_line(peer, &message, failures, true)
+                    .unwrap_or_else(|| format!("closing the connection of {peer}"));
+                close_connection(&state.borrow(), connection, Level::Warn, &why, &message);
             }
             // Answered by its timer, above.
             Step::Throttled => {}
@@ -1287,10 +1289,16 @@ fn sweep_idle<W: SharedWorkerImpl>(
     Ok(())
 }
 
-/// Logs a refused admin request: a wrong cookie above all, never with the proof.
-fn log_refusal(state: &Shared, peer: Peer, message: &ServerMessage, failures: u32, closing: bool) {
+/// The log line of a refused admin request, if it deserves one: a wrong cookie above all,
+/// never with the proof.
+fn refusal_line(
+    peer: Peer,
+    message: &ServerMessage,
+    failures: u32,
+    closing: bool,
+) -> Option<String> {
     let ServerMessage::Error { code, message } = message else {
-        return;
+        return None;
     };
     let then = if closing {
         "; closing its connection"
@@ -1306,10 +1314,14 @@ fn log_refusal(state: &Shared, peer: Peer, message: &ServerMessage, failures: u3
              {failures} of {MAX_AUTH_FAILURES}){then}"
         ),
         ErrorCode::ProtocolError => format!("{peer} broke the admin protocol: {message}{then}"),
-        // Asking before authenticating, or asking what a newer version offers, is no offence.
-        _ => return,
+        ErrorCode::AuthenticationRequired if closing => {
+            format!("refused a query from {peer}: it has not authenticated{then}")
+        }
+        // Asking to stop before authenticating, or asking what a newer version offers, is no
+        // offence.
+        _ => return None,
     };
-    state.borrow().log(Level::Warn, &line);
+    Some(line)
 }
 
 /// Forgets a connection that ended; logs why when it ended for an error; when it was the last,

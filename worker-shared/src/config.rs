@@ -44,7 +44,7 @@ pub enum PanicPolicy {
     /// `max_panics` panics happened within `within`, the server stops gracefully, as
     /// [`PanicPolicy::Stop`] does at once.
     Isolate {
-        /// How many panics within `within` stop the server; at least 1.
+        /// How many panics within `within` stop the server; 1 to 65536.
         max_panics: u32,
         /// The window they are counted in (`Duration::MAX`: since the start).
         #[serde(with = "millis")]
@@ -55,6 +55,9 @@ pub enum PanicPolicy {
     /// then returns [`Error::Serve`] with the panic.
     Stop,
 }
+
+/// The most panics [`PanicPolicy::Isolate`] may count.
+const MAX_PANICS: u32 = 65536;
 
 impl Default for PanicPolicy {
     fn default() -> Self {
@@ -256,7 +259,8 @@ impl SharedServerConfig {
     /// A client that only listens for what the worker pushes must send something within the
     /// timeout (a [`query`](crate::SharedWorker::query) will do). Connections are looked at
     /// every quarter of the timeout (at least every 10 ms), so one is closed between the
-    /// timeout and a quarter more; `Duration::MAX` is the same as `None`.
+    /// timeout and a quarter more; `Duration::MAX` is the same as `None`, and zero is an
+    /// [`Error::Config`].
     pub fn with_connection_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connection_idle_timeout = timeout;
         self
@@ -446,10 +450,22 @@ impl SharedServerConfig {
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
             return bad("backlog", "is not between 1 and 2^31 - 1");
         }
-        if let PanicPolicy::Isolate { max_panics: 0, .. } = self.panic_policy {
+        if let PanicPolicy::Isolate { max_panics, .. } = self.panic_policy {
+            if max_panics == 0 {
+                return bad(
+                    "panic_policy",
+                    "isolates at most 0 panics: say PanicPolicy::Stop to stop at the first",
+                );
+            }
+            // Each panic of the window is remembered until it leaves the window.
+            if max_panics > MAX_PANICS {
+                return bad("panic_policy", "counts more than 65536 panics");
+            }
+        }
+        if self.connection_idle_timeout == Some(Duration::ZERO) {
             return bad(
-                "panic_policy",
-                "isolates at most 0 panics: say PanicPolicy::Stop to stop at the first",
+                "connection_idle_timeout",
+                "is zero: every connection would be closed as soon as it is looked at",
             );
         }
         Ok(())
@@ -527,7 +543,14 @@ mod tests {
             .with_peer_uids(PeerUids::Only(vec![0, 1000]))
             .with_handshake_timeout(None)
             .with_idle_timeout(Some(Duration::from_millis(1500)))
-            .with_spin(Duration::from_micros(150));
+            .with_spin(Duration::from_micros(150))
+            .with_client_cookie(AdminCookie::new("for clients").unwrap())
+            .with_client_auth(ClientAuth::Always)
+            .with_connection_idle_timeout(Some(Duration::from_secs(90)))
+            .with_panic_policy(PanicPolicy::Isolate {
+                max_panics: 3,
+                within: Duration::from_secs(5),
+            });
         let bytes = Codec::MessagePack.encode(&config).unwrap();
         let back: SharedServerConfig = Codec::MessagePack.decode(&bytes).unwrap();
         assert_eq!(back.cookie().unwrap().expose(), b"s3cret");
@@ -537,6 +560,25 @@ mod tests {
         assert_eq!(back.idle_timeout(), Some(Duration::from_millis(1500)));
         assert_eq!(back.drain_timeout(), Duration::from_secs(10));
         assert_eq!(back.spin(), Spin::from_micros(150));
+        assert_eq!(back.client_cookie().unwrap().expose(), b"for clients");
+        assert_eq!(back.client_auth(), ClientAuth::Always);
+        assert_eq!(
+            back.connection_idle_timeout(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            back.panic_policy(),
+            PanicPolicy::Isolate {
+                max_panics: 3,
+                within: Duration::from_secs(5)
+            }
+        );
+        // A configuration from before these settings reads with their defaults.
+        let old: SharedServerConfig = Codec::Json.decode(br#"{"codec":"json"}"#).unwrap();
+        assert_eq!(old.client_auth(), ClientAuth::NonLoopback);
+        assert_eq!(old.panic_policy(), PanicPolicy::default());
+        assert!(old.client_cookie().is_none());
+        assert_eq!(old.connection_idle_timeout(), None);
     }
 
     #[test]

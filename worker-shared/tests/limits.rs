@@ -134,6 +134,17 @@ fn no_idle_timeout_and_durations_past_the_clock_keep_idle_peers() {
     }
 }
 
+#[test]
+fn a_zero_connection_idle_timeout_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("unix://{}/w.sock", dir.path().display());
+    let config = SharedServerConfig::default().with_connection_idle_timeout(Some(Duration::ZERO));
+    match worker_shared::SharedServer::bind(&address, config) {
+        Err(Error::Config { what, .. }) => assert_eq!(what, "connection_idle_timeout"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
 /// What the attackers' connections saw.
 #[derive(Default)]
 struct Tally {

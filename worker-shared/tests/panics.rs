@@ -357,15 +357,22 @@ fn a_panic_in_on_stop_does_not_stop_the_stop() {
 }
 
 #[test]
-fn isolating_zero_panics_is_a_configuration_error() {
+fn panic_counts_that_cannot_work_are_configuration_errors() {
     let dir = tempfile::tempdir().unwrap();
     let address = format!("unix://{}/w.sock", dir.path().display());
-    let config = SharedServerConfig::default().with_panic_policy(PanicPolicy::Isolate {
-        max_panics: 0,
-        within: Duration::from_secs(1),
-    });
-    match SharedServer::bind(&address, config) {
-        Err(Error::Config { what, .. }) => assert_eq!(what, "panic_policy"),
-        other => panic!("expected a configuration error, got {other:?}"),
+    for (max_panics, within, accepted) in [
+        (0, Duration::from_secs(1), false),
+        (1, Duration::ZERO, true),
+        (65536, Duration::MAX, true),
+        (65537, Duration::from_secs(1), false),
+        (u32::MAX, Duration::MAX, false),
+    ] {
+        let config = SharedServerConfig::default()
+            .with_panic_policy(PanicPolicy::Isolate { max_panics, within });
+        match (SharedServer::bind(&address, config), accepted) {
+            (Ok(_), true) => {}
+            (Err(Error::Config { what, .. }), false) => assert_eq!(what, "panic_policy"),
+            (other, _) => panic!("{max_panics} within {within:?}: got {other:?}"),
+        }
     }
 }

@@ -386,8 +386,8 @@ impl SharedServer {
         }
         let panicking = Rc::clone(&state);
         event_loop.set_panic_handler(
-            move |host: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>, error| {
-                panicked(&panicking, host, event_loop, &error, None);
+            move |_: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>, error| {
+                panicked(&panicking, event_loop, &error, None);
                 Ok(())
             },
         );
@@ -1160,8 +1160,7 @@ fn panic_handler<W: SharedWorkerImpl>(state: &Shared) -> PanicHandler<W> {
             "the worker failed while serving this connection",
         );
         let _ = send_control(connection, &failed);
-        let stopping = Rc::clone(&state);
-        panicked_in(&stopping, event_loop, error, peer);
+        panicked(&state, event_loop, error, peer);
         Ok(())
     })
 }
@@ -1169,16 +1168,6 @@ fn panic_handler<W: SharedWorkerImpl>(state: &Shared) -> PanicHandler<W> {
 /// A callback of the worker, or a handler on the loop, panicked: logs it with the panic's
 /// message, counts it, and begins a graceful stop when the panic policy says so.
 fn panicked<W: SharedWorkerImpl>(
-    state: &Shared,
-    _host: &mut WorkerHost<W>,
-    event_loop: &mut WorkerLoop<W>,
-    error: &worker_core::Error,
-    peer: Option<Peer>,
-) {
-    panicked_in(state, event_loop, error, peer);
-}
-
-fn panicked_in<W: SharedWorkerImpl>(
     state: &Shared,
     event_loop: &mut WorkerLoop<W>,
     error: &worker_core::Error,

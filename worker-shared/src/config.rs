@@ -231,7 +231,8 @@ impl SharedServerConfig {
 
     /// How long a new connection may stay silent (no complete frame) before it is dropped
     /// (30 s by default; `None`: for ever). A client's first message, query or authentication
-    /// counts.
+    /// counts. Where [client authentication](Self::with_client_auth) is required, it is also
+    /// how long a connection has to authenticate: one that has not by then is closed.
     pub fn with_handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.handshake_timeout = timeout;
         self

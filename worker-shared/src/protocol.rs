@@ -72,6 +72,7 @@
 //!
 //! - A connection past the server's limit, or from a Unix peer whose user may not connect, is closed before the hello: the client reads the end of the stream first.
 //! - A client that sends no complete frame within the server's handshake deadline (30 s unless configured) is disconnected; any first frame counts (a data message, `query`, `authenticate`).
+//!   Where the hello said `auth_required`, a client that has not authenticated by that deadline gets `error` `authentication_required`, then the end.
 //! - A frame the server cannot take (a header over the maximum, an unknown kind, a data payload its codec cannot read, a stream that ends inside a frame) ends that connection without a reply; a control frame that is not a control message gets `error` `protocol_error`, then the end.
 //! - A client that does not read its replies is disconnected once the server holds the configured amount for it (1 MiB unless configured); its last frame may be cut.
 //! - A connection idle past the server's connection idle timeout, if it has one, gets `error` `idle_timeout`, then the end.

@@ -919,7 +919,9 @@ fn admit<W: SharedWorkerImpl>(
         .connections()
         .get(id)
         .is_some_and(|c| c.frames_received() == 0);
-    if let (Some(timeout), true) = (handshake_timeout, silent) {
+    // Where authentication is required, the deadline is the authentication's too.
+    let require_auth = state.borrow().settings.require_auth;
+    if let (Some(timeout), true) = (handshake_timeout, silent || require_auth) {
         let expiring = Rc::clone(state);
         let timer = event_loop.add_timer(
             timeout,
@@ -934,7 +936,8 @@ fn admit<W: SharedWorkerImpl>(
     Ok(())
 }
 
-/// Drops a connection that sent no complete frame within the handshake deadline.
+/// Drops a connection that sent no complete frame within the handshake deadline, and closes
+/// one that has not authenticated by then where the server requires it.
 fn handshake_expired<W: SharedWorkerImpl>(
     state: &Shared,
     host: &mut WorkerHost<W>,
@@ -942,13 +945,13 @@ fn handshake_expired<W: SharedWorkerImpl>(
     id: ConnectionId,
     timeout: Duration,
 ) -> Result<(), BoxError> {
-    let peer = {
+    let (peer, unauthenticated) = {
         let mut st = state.borrow_mut();
         let Some(session) = st.sessions.get_mut(&id) else {
             return Ok(());
         };
         session.handshake = None;
-        session.peer
+        (session.peer, !session.admin.may_send_data())
     };
     let silent = host
         .connections()
@@ -960,6 +963,19 @@ fn handshake_expired<W: SharedWorkerImpl>(
             &format!("dropped {peer}: said nothing within {timeout:?} of connecting"),
         );
         host.disconnect(event_loop, id)?;
+    } else if unauthenticated {
+        let why = |peer| {
+            format!("closing the connection of {peer}: not authenticated within {timeout:?}")
+        };
+        close_from_timer(
+            state,
+            host,
+            event_loop,
+            id,
+            Level::Debug,
+            why,
+            &session::authentication_required(),
+        )?;
     }
     Ok(())
 }

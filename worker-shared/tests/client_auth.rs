@@ -138,6 +138,32 @@ fn an_unauthenticated_peer_can_send_no_data_message_and_ask_nothing() {
 }
 
 #[test]
+fn a_peer_that_does_not_authenticate_within_the_handshake_deadline_is_closed() {
+    let deadline = std::time::Duration::from_millis(300);
+    for place in PLACES {
+        let served = serve(place, cookies().with_handshake_timeout(Some(deadline))).unwrap();
+        // It talks (a wrong cookie keeps its connection open), but never authenticates.
+        let mut stranger = SharedWorker::connect(&served.address).unwrap();
+        let connected = std::time::Instant::now();
+        match stranger.stop(&AdminCookie::new("a guess").unwrap()) {
+            Err(Error::Unauthorized { .. }) => {}
+            other => panic!("{place:?}: expected Unauthorized, got {other:?}"),
+        }
+        let result = stranger.receive_message::<String>();
+        refused_then_closed(result, &mut stranger);
+        assert!(connected.elapsed() >= deadline, "{place:?}");
+        // One that authenticated in time stays.
+        let mut client =
+            SharedWorker::connect_with_cookie(&served.address, &client_cookie()).unwrap();
+        match client.receive_message_timeout::<String>(2 * deadline) {
+            Err(Error::Timeout { .. }) => {}
+            other => panic!("{place:?}: expected the client kept, got {other:?}"),
+        }
+        greeted(&mut client, "1st");
+    }
+}
+
+#[test]
 fn the_client_cookie_opens_the_data_plane_and_only_the_admin_cookie_stops() {
     for place in PLACES {
         let served = serve(place, cookies()).unwrap();

@@ -423,6 +423,77 @@ mod tests {
         assert!(!session.is_authenticated());
     }
 
+    /// What a client holding `cookie` sends to authenticate for `role`.
+    fn authenticate_as(cookie: &AdminCookie, role: Role) -> Vec<u8> {
+        let auth = ClientAuth::start(role, Some(cookie), &NS, NC).unwrap();
+        payload(&ClientMessage::Authenticate {
+            nonce: auth.client_nonce().to_vec(),
+            proof: auth.proof(),
+            role,
+        })
+    }
+
+    #[test]
+    fn where_authentication_is_required_only_an_authenticated_connection_gets_data_and_queries() {
+        let (admin, client) = (cookie("admin"), cookie("client"));
+        let cx = Context {
+            admin: Some(&admin),
+            client: Some(&client),
+            throttled: false,
+        };
+        // (role, cookie, then may send data, privileged)
+        let cases = [
+            (Role::Client, &client, true, false),
+            (Role::Client, &admin, true, false),
+            (Role::Admin, &admin, true, true),
+            (Role::Admin, &client, false, false),
+        ];
+        for (role, with, data, privileged) in cases {
+            let mut session = ServerSession::new(NS, true);
+            assert!(!session.may_send_data());
+            let hello = session.hello(&info());
+            assert!(matches!(
+                hello,
+                ServerMessage::Hello(Hello {
+                    auth_required: true,
+                    ..
+                })
+            ));
+            let step = session.handle(&cx, &authenticate_as(with, role));
+            assert_eq!(session.may_send_data(), data, "{role:?}");
+            if !data {
+                assert_eq!(error_code(&step), &ErrorCode::Unauthorized);
+                let query = session.handle(&cx, &payload(&ClientMessage::Query));
+                assert!(matches!(query, Step::Close(_)));
+                assert_eq!(error_code(&query), &ErrorCode::AuthenticationRequired);
+                continue;
+            }
+            assert_eq!(
+                session.handle(&cx, &payload(&ClientMessage::Query)),
+                Step::Query { privileged }
+            );
+            let stop = session.handle(&cx, &payload(&ClientMessage::Stop));
+            assert_eq!(matches!(stop, Step::Stop(_)), privileged, "{role:?}");
+        }
+        // Where it is not required, data flows from the start.
+        assert!(ServerSession::new(NS, false).may_send_data());
+    }
+
+    #[test]
+    fn a_throttled_peers_proof_is_not_checked_even_when_right() {
+        let c = cookie("s3cret");
+        let throttled = Context {
+            admin: Some(&c),
+            throttled: true,
+            ..Context::default()
+        };
+        let mut session = ServerSession::new(NS, true);
+        let (right, _) = authenticate(&c);
+        assert_eq!(session.handle(&throttled, &right), Step::Throttled);
+        assert!(!session.may_send_data());
+        assert_eq!(session.failures(), 0);
+    }
+
     #[test]
     fn status_replies_say_which_answer_they_are() {
         assert_eq!(

@@ -32,7 +32,8 @@ pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
 /// [`Connection::peer_name`].
 ///
 /// An error from a callback, or from a handler the worker registered, ends the runtime with
-/// [`Error::Handler`] naming the callback; a panic unwinds out of the runtime.
+/// [`Error::Handler`] naming the callback; a panic unwinds out of the runtime, unless its host
+/// catches panics ([`WorkerHost::set_panic_handler`], as a shared-worker server does).
 ///
 /// A worker that squares numbers and, on its own timer, tells its master it is alive; a thread
 /// stands in for the master here:
@@ -553,7 +554,9 @@ fn call<T>(
 /// [`WorkerHost::shared`], registers its listener on the loop, hands each accepted stream to
 /// [`WorkerHost::connect`], handles the control frames of its protocol (hello, query, stop)
 /// with [`WorkerHost::set_control_handler`], learns that a connection ended with
-/// [`WorkerHost::set_disconnect_handler`], and ends one connection on purpose with
+/// [`WorkerHost::set_disconnect_handler`], isolates the worker's panics with
+/// [`WorkerHost::set_panic_handler`], keeps data from peers that have not authenticated with
+/// [`WorkerHost::set_data_guard`], and ends one connection on purpose with
 /// [`Connection::close`], [`WorkerHost::close`], [`WorkerHost::finish`] or
 /// [`WorkerHost::disconnect`].
 pub struct WorkerHost<W: EventedWorker> {

@@ -153,14 +153,16 @@ fn a_peer_that_does_not_authenticate_within_the_handshake_deadline_is_closed() {
         let result = stranger.receive_message::<String>();
         refused_then_closed(result, &mut stranger);
         assert!(connected.elapsed() >= deadline, "{place:?}");
-        // One that authenticated in time stays.
-        let mut client =
-            SharedWorker::connect_with_cookie(&served.address, &client_cookie()).unwrap();
-        match client.receive_message_timeout::<String>(2 * deadline) {
-            Err(Error::Timeout { .. }) => {}
-            other => panic!("{place:?}: expected the client kept, got {other:?}"),
+        // One that authenticated in time stays (checked once: it takes two deadlines).
+        if let Place::AnyV4 = place {
+            let mut client =
+                SharedWorker::connect_with_cookie(&served.address, &client_cookie()).unwrap();
+            match client.receive_message_timeout::<String>(2 * deadline) {
+                Err(Error::Timeout { .. }) => {}
+                other => panic!("{place:?}: expected the client kept, got {other:?}"),
+            }
+            greeted(&mut client, "1st");
         }
-        greeted(&mut client, "1st");
     }
 }
 

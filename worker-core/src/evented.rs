@@ -195,6 +195,9 @@ pub struct Connection<R> {
     /// Whether its data frames reach the worker; until then they go to the host's
     /// [`DataGuard`] (see [`WorkerHost::set_data_guard`]).
     data_open: bool,
+    /// Whether [`EventedWorker::on_connect`] ran for it: when it arrived, or, behind a
+    /// [`DataGuard`], once it was opened for data. Only then does `on_disconnect` run for it.
+    announced: bool,
     reply: PhantomData<fn(&R)>,
 }
 
@@ -367,7 +370,8 @@ impl<R: Serialize> Connection<R> {
     }
 
     /// Lets this connection's data frames reach the worker from now on, in a host with a
-    /// [`DataGuard`] (a server's, once the peer authenticated).
+    /// [`DataGuard`] (a server's, once the peer authenticated); called from the
+    /// [`ControlHandler`], after which the host runs [`EventedWorker::on_connect`].
     pub fn open_data(&mut self) {
         self.data_open = true;
     }
@@ -670,8 +674,10 @@ impl<W: EventedWorker> WorkerHost<W> {
     /// `guard` instead (see [`DataGuard`]): how a server makes its peers authenticate first.
     /// Control frames go to the [`ControlHandler`] as before.
     ///
-    /// [`EventedWorker::on_connect`] still runs when the connection arrives, before it is
-    /// opened: what it sends reaches a peer that has proved nothing yet.
+    /// The worker meets such a connection only once it is opened: its
+    /// [`EventedWorker::on_connect`] runs then (right after the [`ControlHandler`] call that
+    /// opened it), not when it arrives, and a connection never opened reaches neither
+    /// `on_connect` nor `on_disconnect`.
     pub fn set_data_guard(&mut self, guard: DataGuard<W>) {
         self.data_guard = Some(guard);
     }
@@ -790,12 +796,18 @@ impl<W: EventedWorker> WorkerHost<W> {
             drop_later,
             doomed: false,
             data_open: self.data_guard.is_none(),
+            announced: false,
             reply: PhantomData,
         };
         let catching = self.catching();
-        let connected = call(catching, "on_connect", || {
-            self.worker.on_connect(&mut connection, event_loop)
-        });
+        let connected = if connection.data_open {
+            connection.announced = true;
+            call(catching, "on_connect", || {
+                self.worker.on_connect(&mut connection, event_loop)
+            })
+        } else {
+            Ok(())
+        };
         self.connections.map.insert(id, connection);
         if let Err(e @ Error::Panicked { .. }) = connected {
             self.panicked(event_loop, id, e)?;
@@ -889,6 +901,13 @@ impl<W: EventedWorker> WorkerHost<W> {
                         control(worker, connection, event_loop, payload)
                     })
                     .map_err(Fault::of_callback)?;
+                    if connection.data_open && !connection.announced {
+                        connection.announced = true;
+                        call(catching, "on_connect", || {
+                            worker.on_connect(connection, event_loop)
+                        })
+                        .map_err(Fault::of_callback)?;
+                    }
                     continue;
                 }
                 None => break,
@@ -979,9 +998,14 @@ impl<W: EventedWorker> WorkerHost<W> {
             return Ok(false);
         };
         let catching = self.catching();
-        let result = match call(catching, "on_disconnect", || {
-            self.worker.on_disconnect(&mut connection, event_loop)
-        }) {
+        let disconnected = if connection.announced {
+            call(catching, "on_disconnect", || {
+                self.worker.on_disconnect(&mut connection, event_loop)
+            })
+        } else {
+            Ok(())
+        };
+        let result = match disconnected {
             // The connection ends anyway; the panic is told, and is its error.
             Err(e @ Error::Panicked { .. }) => {
                 tell_panic(&mut self.on_panic, &mut connection, event_loop, e)

@@ -45,8 +45,9 @@ use crate::{
 /// it ends the connection it was serving, and the others are served on, by a worker left as the
 /// panicking callback left it.
 ///
-/// Where the server requires client authentication, `on_connect` still runs as a connection
-/// arrives, before it authenticated: what it sends reaches a peer that proved nothing yet.
+/// Where the server requires client authentication, the worker meets a connection only once
+/// it authenticated: `on_connect` runs then, and a connection that never does reaches neither
+/// `on_connect` nor `on_disconnect`.
 ///
 /// The server calls, besides [`EventedWorker`]'s callbacks (`on_connect` with the peer's name,
 /// see [`Peer`]): [`on_query`](Self::on_query) for each status query, and

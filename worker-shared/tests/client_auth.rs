@@ -128,10 +128,15 @@ fn an_unauthenticated_peer_can_send_no_data_message_and_ask_nothing() {
         let mut stranger = SharedWorker::connect(&served.address).unwrap();
         let result = stranger.query().map(|_| String::new());
         refused_then_closed(result, &mut stranger);
-        // The first authenticated client is the worker's first client.
+        // The worker never met them: no on_connect, no on_disconnect.
+        assert_eq!(Counts::get(&served.counts.connects), 0, "{place:?}");
+        assert_eq!(Counts::get(&served.counts.disconnects), 0, "{place:?}");
+        // The first authenticated client is the worker's first client, and its first
+        // connection.
         let mut client = SharedWorker::connect_with_cookie(&served.address, &client_cookie())
             .unwrap_or_else(|e| panic!("{place:?}: {e:?}"));
         greeted(&mut client, "1st");
+        assert_eq!(Counts::get(&served.counts.connects), 1, "{place:?}");
         let line = served.log.wait_for("refused a data message from");
         assert!(!line.contains("CLIENT"), "{line}");
     }

@@ -393,6 +393,38 @@ fn killing_the_master_that_started_the_daemon_does_not_stop_it() {
 }
 
 #[test]
+fn a_detached_daemon_survives_a_hangup_of_its_session_and_keeps_serving() {
+    // (whom the hangup goes to): the daemon alone, and its whole session's process group, as
+    // a terminal that goes away sends it.
+    for to_group in [false, true] {
+        let (_dir, address, path) = unix_address();
+        let lines = run_master(&["shared-connect", &address, "first"]);
+        assert_eq!(value(&lines, "reply"), hello("first", 1));
+        let daemon: u32 = value(&lines, "pid").parse().unwrap();
+        let _reap = Reap(daemon);
+        let target = if to_group {
+            let group: libc::pid_t = stat_fields(daemon)[2].parse().unwrap();
+            // SAFETY: getpgrp only reads this process's group id.
+            let ours = unsafe { libc::getpgrp() };
+            assert_ne!(group, ours, "not our own group");
+            -group
+        } else {
+            daemon as libc::pid_t
+        };
+        // SAFETY: kill only sends a signal, to a daemon this test started, or to the process
+        // group of its session, which holds nothing else of ours.
+        assert_eq!(unsafe { libc::kill(target, libc::SIGHUP) }, 0);
+        let mut worker = SharedWorker::connect(&address).unwrap();
+        assert_eq!(worker.pid(), daemon, "to the group: {to_group}");
+        assert_eq!(greet(&mut worker, "second"), hello("second", 2));
+        drop(worker);
+        factory().stop_shared_worker(&address).unwrap();
+        assert!(process_gone(daemon));
+        assert!(!path.exists(), "the stop removed the socket file");
+    }
+}
+
+#[test]
 fn a_daemon_writes_to_the_profiles_output_path() {
     let (dir, address, _path) = unix_address();
     let output = dir.path().join("worker.log");

@@ -65,11 +65,33 @@ pub fn encode_frame<T: Serialize + ?Sized>(
 ) -> Result<(), Error> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    if let Err(e) = codec.encode_into(value, out) {
-        out.truncate(start);
-        return Err(e);
-    }
+    // A `Serialize` that panics half-way leaves no half frame behind either: a host that
+    // catches the panic may still write what was queued before it.
+    let mut partial = Truncate {
+        out: &mut *out,
+        start,
+        armed: true,
+    };
+    codec.encode_into(value, partial.out)?;
+    partial.armed = false;
+    drop(partial);
     finish_header(out, start, kind, max_frame_len)
+}
+
+/// Cuts a buffer back to where a frame began when dropped armed: on an error and on a panic
+/// alike.
+struct Truncate<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    armed: bool,
+}
+
+impl Drop for Truncate<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.out.truncate(self.start);
+        }
+    }
 }
 
 /// Appends one whole frame whose payload is `payload`, already encoded, to `out`.

@@ -28,6 +28,16 @@ pub enum Error {
     },
     /// [`LoopHandle::post`](crate::LoopHandle::post) found the event loop dropped.
     LoopGone,
+    /// A callback or a handler panicked, and the panic was caught (see
+    /// [`EventLoop::set_panic_handler`](crate::EventLoop::set_panic_handler) and
+    /// [`WorkerHost::set_panic_handler`](crate::WorkerHost::set_panic_handler)).
+    Panicked {
+        /// Which callback (`on_message`, `on_query` through `control`, ...), or `handler`,
+        /// `timer`, `posted closure` for what runs on the loop.
+        callback: &'static str,
+        /// The panic's message (its payload when that is text).
+        message: String,
+    },
 }
 
 impl Error {
@@ -48,6 +58,7 @@ impl fmt::Display for Error {
             Error::Channel(_) => f.write_str("channel error"),
             Error::Handler { callback, .. } => write!(f, "{callback} failed"),
             Error::LoopGone => f.write_str("event loop is gone"),
+            Error::Panicked { callback, message } => write!(f, "{callback} panicked: {message}"),
         }
     }
 }
@@ -66,5 +77,38 @@ impl error::Error for Error {
 impl From<worker_channel::Error> for Error {
     fn from(e: worker_channel::Error) -> Self {
         Error::Channel(e)
+    }
+}
+
+/// Runs `f`, turning a panic into [`Error::Panicked`] naming `callback`, with the panic's
+/// message: how a host that isolates panics calls the code it does not trust.
+///
+/// The panic still goes through the process's panic hook (by default a line on standard
+/// error). What `f` changed before it panicked stays changed: the caller decides whether the
+/// state it shares with `f` can still be used.
+///
+/// ```
+/// use worker_core::{Error, catch_panic};
+///
+/// assert_eq!(catch_panic("sum", || 1 + 1).unwrap(), 2);
+/// let caught = catch_panic("on_message", || -> u32 { panic!("no such user") });
+/// assert!(matches!(caught, Err(Error::Panicked { callback: "on_message", message })
+///     if message == "no such user"));
+/// ```
+pub fn catch_panic<T>(callback: &'static str, f: impl FnOnce() -> T) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| Error::Panicked {
+        callback,
+        message: panic_message(&*payload),
+    })
+}
+
+/// The text of a panic's payload: what `panic!` was given, when it was text.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic whose payload is not text".to_owned()
     }
 }

@@ -78,6 +78,14 @@ impl Readiness {
 type TimerHandler<S> = Box<dyn FnMut(&mut S, &mut EventLoop<S>) -> Result<(), BoxError>>;
 type Posted<S> = Box<dyn FnOnce(&mut S, &mut EventLoop<S>) -> Result<(), BoxError> + Send>;
 
+/// What an [`EventLoop`] does with a panic of one of its handlers, once
+/// [`EventLoop::set_panic_handler`] asked it to catch them: the state, the loop, and the panic
+/// as [`Error::Panicked`].
+///
+/// Its error ends the loop as a handler's would; `Ok` goes on with the next event.
+pub type LoopPanicHandler<S> =
+    Box<dyn FnMut(&mut S, &mut EventLoop<S>, Error) -> Result<(), BoxError>>;
+
 /// A registered source together with its handler, type-erased; a source registered with
 /// [`EventLoop::register_ref`] stays with its owner, and its entry holds only the handler.
 trait Entry<S> {
@@ -203,6 +211,11 @@ pub struct EventLoop<S> {
     /// A clone of the poller's registry, made the first time a [`Rearm`] is asked for, which
     /// every rearm shares.
     shared_registry: Option<Arc<Registry>>,
+    /// Catches the handlers' panics when set (see [`EventLoop::set_panic_handler`]); out of
+    /// the loop while it runs.
+    on_panic: Option<LoopPanicHandler<S>>,
+    /// Whether a panic handler is set, even while it is out running.
+    catching: bool,
 }
 
 impl<S> fmt::Debug for EventLoop<S> {
@@ -241,6 +254,8 @@ impl<S: 'static> EventLoop<S> {
             posted_rx,
             stopped: false,
             shared_registry: None,
+            on_panic: None,
+            catching: false,
         })
     }
 
@@ -542,12 +557,55 @@ impl<S: 'static> EventLoop<S> {
         self.timers.len() + usize::from(matches!(self.firing, Some((_, false))))
     }
 
+    /// Catches the panics of the handlers from now on (sources', timers' and posted
+    /// closures'): each is handed to `handler` as [`Error::Panicked`] instead of unwinding
+    /// through [`EventLoop::run`], and the loop goes on when `handler` returns `Ok`.
+    ///
+    /// The handler that panicked stays as it was: a source stays registered, a periodic timer
+    /// keeps its period (a one-shot timer is spent). A panic of `handler` itself unwinds.
+    pub fn set_panic_handler<F>(&mut self, handler: F)
+    where
+        F: FnMut(&mut S, &mut EventLoop<S>, Error) -> Result<(), BoxError> + 'static,
+    {
+        self.on_panic = Some(Box::new(handler));
+        self.catching = true;
+    }
+
+    /// Whether the handlers' panics are caught ([`EventLoop::set_panic_handler`]).
+    pub fn catches_panics(&self) -> bool {
+        self.catching
+    }
+
+    /// Runs `f` (a handler, named `what`), catching its panic when a panic handler is set.
+    fn guarded(
+        &mut self,
+        state: &mut S,
+        what: &'static str,
+        f: impl FnOnce(&mut S, &mut Self) -> Result<(), BoxError>,
+    ) -> Result<(), BoxError> {
+        if !self.catching {
+            return f(state, self);
+        }
+        match crate::catch_panic(what, || f(state, self)) {
+            Ok(result) => result,
+            Err(panicked) => match self.on_panic.take() {
+                Some(mut on_panic) => {
+                    let handled = on_panic(state, self, panicked);
+                    self.on_panic.get_or_insert(on_panic);
+                    handled
+                }
+                // A panic of the panic handler's own calls: nobody is left to tell.
+                None => Err(panicked.into()),
+            },
+        }
+    }
+
     /// Runs the loop until [`EventLoop::stop`] is called, a handler fails, or nothing is
     /// registered any more.
     ///
     /// A handler's error stops the loop at once and is returned; an [`Error`] a handler
     /// returned comes back as it is, any other error as [`Error::Handler`]. A panicking
-    /// handler unwinds through `run`.
+    /// handler unwinds through `run`, unless [`EventLoop::set_panic_handler`] catches it.
     pub fn run(&mut self, state: &mut S) -> Result<(), Error> {
         self.stopped = false;
         loop {
@@ -608,7 +666,9 @@ impl<S: 'static> EventLoop<S> {
         else {
             return Ok(());
         };
-        let result = entry.dispatch(state, self, readiness);
+        let result = self.guarded(state, "handler", |state, event_loop| {
+            entry.dispatch(state, event_loop, readiness)
+        });
         let slot = &mut self.slots[id.index as usize];
         if slot.live {
             let interest = slot.pending_interest.take();
@@ -636,7 +696,8 @@ impl<S: 'static> EventLoop<S> {
 
     fn run_posted(&mut self, state: &mut S) -> Result<(), Error> {
         while let Ok(posted) = self.posted_rx.try_recv() {
-            posted(state, self).map_err(|e| Error::from_handler("posted closure", e))?;
+            self.guarded(state, "posted closure", posted)
+                .map_err(|e| Error::from_handler("posted closure", e))?;
         }
         Ok(())
     }
@@ -668,7 +729,9 @@ impl<S: 'static> EventLoop<S> {
             let Reverse((_, id)) = self.heap.pop().expect("next_deadline saw it");
             let mut timer = self.timers.remove(&id).expect("next_deadline checked it");
             self.firing = Some((id, false));
-            let result = (timer.handler)(state, self);
+            let result = self.guarded(state, "timer", |state, event_loop| {
+                (timer.handler)(state, event_loop)
+            });
             let (_, cancelled) = self.firing.take().expect("set above");
             if let (Some(period), false) = (timer.period, cancelled) {
                 // Re-armed from `now` at the earliest, so a zero or tiny period fires once per

@@ -32,7 +32,8 @@ pub type WorkerLoop<W> = EventLoop<WorkerHost<W>>;
 /// [`Connection::peer_name`].
 ///
 /// An error from a callback, or from a handler the worker registered, ends the runtime with
-/// [`Error::Handler`] naming the callback; a panic unwinds out of the runtime.
+/// [`Error::Handler`] naming the callback; a panic unwinds out of the runtime, unless its host
+/// catches panics ([`WorkerHost::set_panic_handler`], as a shared-worker server does).
 ///
 /// A worker that squares numbers and, on its own timer, tells its master it is alive; a thread
 /// stands in for the master here:
@@ -191,6 +192,12 @@ pub struct Connection<R> {
     drop_later: Option<DropLater>,
     /// Its queue reached its bound in a shared host: it ends at once.
     doomed: bool,
+    /// Whether its data frames reach the worker; until then they go to the host's
+    /// [`DataGuard`] (see [`WorkerHost::set_data_guard`]).
+    data_open: bool,
+    /// Whether [`EventedWorker::on_connect`] ran for it: when it arrived, or, behind a
+    /// [`DataGuard`], once it was opened for data. Only then does `on_disconnect` run for it.
+    announced: bool,
     reply: PhantomData<fn(&R)>,
 }
 
@@ -362,6 +369,19 @@ impl<R: Serialize> Connection<R> {
         self.closing
     }
 
+    /// Lets this connection's data frames reach the worker from now on, in a host with a
+    /// [`DataGuard`] (a server's, once the peer authenticated); called from the
+    /// [`ControlHandler`], after which the host runs [`EventedWorker::on_connect`].
+    pub fn open_data(&mut self) {
+        self.data_open = true;
+    }
+
+    /// Whether this connection's data frames reach the worker: always without a
+    /// [`DataGuard`], and once [`Connection::open_data`] was called with one.
+    pub fn is_data_open(&self) -> bool {
+        self.data_open
+    }
+
     /// How many complete frames (data and control) arrived from the peer so far: a server's
     /// handshake deadline drops a connection that sent none in time.
     pub fn frames_received(&self) -> u64 {
@@ -457,12 +477,78 @@ pub type DisconnectHandler<W> = Box<
     ) -> Result<(), BoxError>,
 >;
 
+/// What a [`WorkerHost`] that isolates panics does when a callback run for a connection
+/// panicked (`on_connect`, `on_message`, a [`ControlHandler`], `on_disconnect`): the
+/// connection, the loop, and the panic as [`Error::Panicked`].
+///
+/// It runs before the connection closes: a last frame queued now (an error for the peer) is
+/// written before the end of the stream. An error from it ends the host as a callback's would
+/// ([`Error::Handler`] naming `panic`).
+pub type PanicHandler<W> = Box<
+    dyn FnMut(
+        &mut Connection<<W as EventedWorker>::Reply>,
+        &mut WorkerLoop<W>,
+        &Error,
+    ) -> Result<(), BoxError>,
+>;
+
+/// What a [`WorkerHost`] with a guard does with a data frame that reaches a connection not
+/// yet [open for data](Connection::open_data): the connection and the loop. The frame is
+/// dropped undecoded whatever the guard does; a server tells its peer why and
+/// [closes](Connection::close) the connection.
+///
+/// An error from it ends the host as a callback's would ([`Error::Handler`] naming `guard`).
+pub type DataGuard<W> = Box<
+    dyn FnMut(
+        &mut Connection<<W as EventedWorker>::Reply>,
+        &mut WorkerLoop<W>,
+    ) -> Result<(), BoxError>,
+>;
+
 /// A connection's failure, told from the worker's.
 enum Fault {
     /// The connection broke the protocol, or its stream failed.
     Connection(Error),
     /// A callback or a handler failed.
     Host(Error),
+    /// A callback run for the connection panicked, in a host that isolates panics.
+    Panic(Error),
+}
+
+impl Fault {
+    /// A callback's failure: a caught panic, or the end of the host.
+    fn of_callback(error: Error) -> Self {
+        match error {
+            Error::Panicked { .. } => Fault::Panic(error),
+            error => Fault::Host(error),
+        }
+    }
+}
+
+/// Calls a worker's callback named `name`, catching its panic when `catching`: a panic (or an
+/// [`Error::Panicked`] the callback passed on, from a panic it caught itself) comes back as
+/// [`Error::Panicked`], any other error as [`Error::Handler`].
+fn call<T>(
+    catching: bool,
+    name: &'static str,
+    f: impl FnOnce() -> Result<T, BoxError>,
+) -> Result<T, Error> {
+    let returned = if catching {
+        crate::catch_panic(name, f)?
+    } else {
+        f()
+    };
+    returned.map_err(|e| match e.downcast::<Error>() {
+        Ok(panicked) if matches!(*panicked, Error::Panicked { .. }) => *panicked,
+        Ok(source) => Error::Handler {
+            callback: name,
+            source,
+        },
+        Err(source) => Error::Handler {
+            callback: name,
+            source,
+        },
+    })
 }
 
 /// An evented worker together with its connections: the state of its [`WorkerLoop`], which
@@ -472,7 +558,9 @@ enum Fault {
 /// [`WorkerHost::shared`], registers its listener on the loop, hands each accepted stream to
 /// [`WorkerHost::connect`], handles the control frames of its protocol (hello, query, stop)
 /// with [`WorkerHost::set_control_handler`], learns that a connection ended with
-/// [`WorkerHost::set_disconnect_handler`], and ends one connection on purpose with
+/// [`WorkerHost::set_disconnect_handler`], isolates the worker's panics with
+/// [`WorkerHost::set_panic_handler`], keeps data from peers that have not authenticated with
+/// [`WorkerHost::set_data_guard`], and ends one connection on purpose with
 /// [`Connection::close`], [`WorkerHost::close`], [`WorkerHost::finish`] or
 /// [`WorkerHost::disconnect`].
 pub struct WorkerHost<W: EventedWorker> {
@@ -480,6 +568,10 @@ pub struct WorkerHost<W: EventedWorker> {
     connections: Connections<W::Reply>,
     control: Option<ControlHandler<W>>,
     on_disconnect: Option<DisconnectHandler<W>>,
+    /// Isolates the worker's panics when set (see [`WorkerHost::set_panic_handler`]).
+    on_panic: Option<PanicHandler<W>>,
+    /// Keeps data frames from the worker until a connection is opened for them.
+    data_guard: Option<DataGuard<W>>,
     /// A control frame's payload, copied out of its channel so the handler can take the
     /// connection mutably; reused.
     control_payload: Vec<u8>,
@@ -538,6 +630,8 @@ impl<W: EventedWorker> WorkerHost<W> {
             },
             control: None,
             on_disconnect: None,
+            on_panic: None,
+            data_guard: None,
             control_payload: Vec::new(),
             next_id: 0,
             dedicated,
@@ -559,6 +653,37 @@ impl<W: EventedWorker> WorkerHost<W> {
     /// Runs `handler` whenever a connection ends (see [`DisconnectHandler`]).
     pub fn set_disconnect_handler(&mut self, handler: DisconnectHandler<W>) {
         self.on_disconnect = Some(handler);
+    }
+
+    /// Isolates the worker's panics from now on: a panic of a callback run for a connection
+    /// (`on_connect`, `on_message`, the [`ControlHandler`], `on_disconnect`) ends that
+    /// connection only, after `handler` has had its say (see [`PanicHandler`]), with
+    /// [`Connection::error`] saying [`Error::Panicked`]; a panic of `set_loop`, `initialize`
+    /// or `terminate` is their error, [`Error::Panicked`]. Without it, a panic unwinds out of
+    /// the host, as it does by default.
+    ///
+    /// The worker is left as the panicking callback left it: a change it was making may be
+    /// half made. The loop's own handlers (the worker's timers and sources) are caught by
+    /// [`EventLoop::set_panic_handler`](crate::EventLoop::set_panic_handler).
+    pub fn set_panic_handler(&mut self, handler: PanicHandler<W>) {
+        self.on_panic = Some(handler);
+    }
+
+    /// Keeps the data frames of every connection connected from now on away from the worker
+    /// until the connection is [opened for them](Connection::open_data), handing each to
+    /// `guard` instead (see [`DataGuard`]): how a server makes its peers authenticate first.
+    /// Control frames go to the [`ControlHandler`] as before.
+    ///
+    /// The worker meets such a connection only once it is opened: its
+    /// [`EventedWorker::on_connect`] runs then (right after the [`ControlHandler`] call that
+    /// opened it), not when it arrives, and a connection never opened reaches neither
+    /// `on_connect` nor `on_disconnect`.
+    pub fn set_data_guard(&mut self, guard: DataGuard<W>) {
+        self.data_guard = Some(guard);
+    }
+
+    fn catching(&self) -> bool {
+        self.on_panic.is_some()
     }
 
     /// The connections, to count or look at them.
@@ -603,10 +728,9 @@ impl<W: EventedWorker> WorkerHost<W> {
         if std::mem::replace(&mut self.started, true) {
             return Ok(());
         }
-        self.worker
-            .set_loop(event_loop)
-            .map_err(callback("set_loop"))?;
-        self.worker.initialize().map_err(callback("initialize"))
+        let catching = self.catching();
+        call(catching, "set_loop", || self.worker.set_loop(event_loop))?;
+        call(catching, "initialize", || self.worker.initialize())
     }
 
     /// Calls [`EventedWorker::terminate`]; only the first call does anything.
@@ -614,9 +738,8 @@ impl<W: EventedWorker> WorkerHost<W> {
         if std::mem::replace(&mut self.terminated, true) {
             return Ok(());
         }
-        self.worker
-            .terminate(event_loop)
-            .map_err(callback("terminate"))
+        let catching = self.catching();
+        call(catching, "terminate", || self.worker.terminate(event_loop))
     }
 
     /// Puts a channel on the loop as a new connection, calls [`EventedWorker::on_connect`],
@@ -672,13 +795,24 @@ impl<W: EventedWorker> WorkerHost<W> {
             error: None,
             drop_later,
             doomed: false,
+            data_open: self.data_guard.is_none(),
+            announced: false,
             reply: PhantomData,
         };
-        let connected = self
-            .worker
-            .on_connect(&mut connection, event_loop)
-            .map_err(callback("on_connect"));
+        let catching = self.catching();
+        let connected = if connection.data_open {
+            connection.announced = true;
+            call(catching, "on_connect", || {
+                self.worker.on_connect(&mut connection, event_loop)
+            })
+        } else {
+            Ok(())
+        };
         self.connections.map.insert(id, connection);
+        if let Err(e @ Error::Panicked { .. }) = connected {
+            self.panicked(event_loop, id, e)?;
+            return Ok(id);
+        }
         connected?;
         // Bytes handed over in the decoder raise no event: handle them now.
         self.drive(event_loop, id, Readiness::default())?;
@@ -706,7 +840,23 @@ impl<W: EventedWorker> WorkerHost<W> {
                 self.disconnect(event_loop, id).map(drop)
             }
             Err(Fault::Connection(e)) => Err(e),
+            Err(Fault::Panic(e)) => self.panicked(event_loop, id, e),
         }
+    }
+
+    /// A callback run for connection `id` panicked: the panic handler has its say, then the
+    /// connection closes once what is queued for it is written.
+    fn panicked(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+        error: Error,
+    ) -> Result<(), Error> {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(());
+        };
+        tell_panic(&mut self.on_panic, connection, event_loop, error)?;
+        self.close(event_loop, id).map(drop)
     }
 
     fn serve(
@@ -715,6 +865,7 @@ impl<W: EventedWorker> WorkerHost<W> {
         id: ConnectionId,
         ready: Readiness,
     ) -> Result<(), Fault> {
+        let catching = self.catching();
         let Some(connection) = self.connections.map.get_mut(&id) else {
             return Ok(());
         };
@@ -725,6 +876,14 @@ impl<W: EventedWorker> WorkerHost<W> {
             let channel = &mut connection.channel;
             let (codec, max_depth) = (channel.codec(), channel.connection().max_depth());
             let message = match channel.receive().map_err(Fault::Connection)? {
+                Some(frame) if frame.kind == FrameKind::Data && !connection.data_open => {
+                    connection.frames_received += 1;
+                    if let Some(guard) = self.data_guard.as_mut() {
+                        guard(connection, event_loop)
+                            .map_err(|e| Fault::Host(callback("guard")(e)))?;
+                    }
+                    continue;
+                }
                 Some(frame) if frame.kind == FrameKind::Data => codec
                     .decode_with_max_depth::<W::Message>(frame.payload, max_depth)
                     .map_err(|e| Fault::Connection(e.into()))?,
@@ -737,21 +896,28 @@ impl<W: EventedWorker> WorkerHost<W> {
                     self.control_payload.clear();
                     self.control_payload.extend_from_slice(frame.payload);
                     connection.frames_received += 1;
-                    control(
-                        &mut self.worker,
-                        connection,
-                        event_loop,
-                        &self.control_payload,
-                    )
-                    .map_err(|e| Fault::Host(callback("control")(e)))?;
+                    let (worker, payload) = (&mut self.worker, &self.control_payload);
+                    call(catching, "control", || {
+                        control(worker, connection, event_loop, payload)
+                    })
+                    .map_err(Fault::of_callback)?;
+                    if connection.data_open && !connection.announced {
+                        connection.announced = true;
+                        call(catching, "on_connect", || {
+                            worker.on_connect(connection, event_loop)
+                        })
+                        .map_err(Fault::of_callback)?;
+                    }
                     continue;
                 }
                 None => break,
             };
             connection.frames_received += 1;
-            self.worker
-                .on_message(message, connection, event_loop)
-                .map_err(|e| Fault::Host(callback("on_message")(e)))?;
+            let worker = &mut self.worker;
+            call(catching, "on_message", || {
+                worker.on_message(message, connection, event_loop)
+            })
+            .map_err(Fault::of_callback)?;
         }
         if connection.doomed {
             return self
@@ -831,10 +997,21 @@ impl<W: EventedWorker> WorkerHost<W> {
         let Some(mut connection) = self.connections.map.remove(&id) else {
             return Ok(false);
         };
-        let result = self
-            .worker
-            .on_disconnect(&mut connection, event_loop)
-            .map_err(callback("on_disconnect"));
+        let catching = self.catching();
+        let disconnected = if connection.announced {
+            call(catching, "on_disconnect", || {
+                self.worker.on_disconnect(&mut connection, event_loop)
+            })
+        } else {
+            Ok(())
+        };
+        let result = match disconnected {
+            // The connection ends anyway; the panic is told, and is its error.
+            Err(e @ Error::Panicked { .. }) => {
+                tell_panic(&mut self.on_panic, &mut connection, event_loop, e)
+            }
+            other => other,
+        };
         let handled = match self.on_disconnect.as_mut() {
             Some(handler) => handler(&mut self.worker, &mut connection, event_loop)
                 .map_err(callback("disconnect")),
@@ -885,4 +1062,20 @@ pub fn run_evented<W: EventedWorker>(worker: W, channel: WorkerChannel) -> Resul
     host.connect(&mut event_loop, channel, "master")?;
     event_loop.run(&mut host)?;
     Ok(())
+}
+
+/// Hands a panic of a connection's callback to the panic handler, then keeps it as the
+/// connection's error.
+fn tell_panic<W: EventedWorker>(
+    on_panic: &mut Option<PanicHandler<W>>,
+    connection: &mut Connection<W::Reply>,
+    event_loop: &mut WorkerLoop<W>,
+    error: Error,
+) -> Result<(), Error> {
+    let told = match on_panic.as_mut() {
+        Some(handler) => handler(connection, event_loop, &error).map_err(callback("panic")),
+        None => Ok(()),
+    };
+    connection.error.get_or_insert(error);
+    told
 }

@@ -66,11 +66,11 @@ mod evented;
 mod nb_channel;
 mod poller;
 
-pub use error::Error;
-pub use event_loop::{EventLoop, LoopHandle, Readiness, SourceId, TimerId};
+pub use error::{Error, catch_panic};
+pub use event_loop::{EventLoop, LoopHandle, LoopPanicHandler, Readiness, SourceId, TimerId};
 pub use evented::{
-    Connection, ConnectionId, Connections, ControlHandler, DisconnectHandler, EventedWorker,
-    WorkerHost, WorkerLoop, run_evented,
+    Connection, ConnectionId, Connections, ControlHandler, DataGuard, DisconnectHandler,
+    EventedWorker, PanicHandler, WorkerHost, WorkerLoop, run_evented,
 };
 pub use nb_channel::NbChannel;
 pub use poller::{Poller, PollerWaker, WAKE_TOKEN};

@@ -342,3 +342,81 @@ fn a_source_kept_by_its_owner_registers_and_leaves_through_itself() {
     assert!(event_loop.deregister_ref(id, &mut pipes));
     drop((master_tx, master_rx));
 }
+
+/// What a loop that catches panics saw: (ticks of the periodic timer, the panics' callbacks
+/// and messages).
+type Seen = (u32, Vec<(&'static str, String)>);
+
+#[test]
+fn caught_panics_of_timers_posted_closures_and_sources_go_to_the_panic_handler() {
+    let _w = watchdog("caught_panics", 10.0);
+    let mut event_loop = EventLoop::<Seen>::new().unwrap();
+    event_loop.set_panic_handler(|seen: &mut Seen, _, error| {
+        match error {
+            Error::Panicked { callback, message } => seen.1.push((callback, message)),
+            other => panic!("not a panic: {other:?}"),
+        }
+        Ok(())
+    });
+    assert!(event_loop.catches_panics());
+    // A periodic timer that panics on every other tick keeps its period.
+    let timer = std::rc::Rc::new(std::cell::Cell::new(None));
+    let own = timer.clone();
+    let id = event_loop.add_periodic_timer(
+        Duration::from_millis(1),
+        move |seen: &mut Seen, event_loop| {
+            seen.0 += 1;
+            if seen.0 == 4 {
+                event_loop.cancel_timer(own.get().unwrap());
+            }
+            if seen.0 % 2 == 1 {
+                panic!("tick {}", seen.0);
+            }
+            Ok(())
+        },
+    );
+    timer.set(Some(id));
+    event_loop
+        .handle()
+        .post(|_: &mut Seen, _| panic!("posted"))
+        .unwrap();
+    // A source whose handler panics, then deregisters itself on its next event.
+    let (mut tx, rx) = pipe::new().unwrap();
+    tx.write_all(b"x").unwrap();
+    let mut panicked = false;
+    event_loop
+        .register(rx, Interest::READABLE, move |_: &mut Seen, _, _, _| {
+            if !std::mem::replace(&mut panicked, true) {
+                panic!("readable");
+            }
+            let _ = event_loop;
+            Ok(())
+        })
+        .unwrap();
+    let mut seen: Seen = (0, Vec::new());
+    // Runs until the timer is done; the source stays, so one turn at a time.
+    while seen.0 < 4 {
+        event_loop.turn(&mut seen, Some(timeout(10.0))).unwrap();
+    }
+    let mut panics = seen.1.clone();
+    panics.sort();
+    assert_eq!(
+        panics,
+        [
+            ("handler", "readable".to_owned()),
+            ("posted closure", "posted".to_owned()),
+            ("timer", "tick 1".to_owned()),
+            ("timer", "tick 3".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn without_a_panic_handler_a_panic_unwinds_through_the_loop() {
+    let mut event_loop = EventLoop::<()>::new().unwrap();
+    assert!(!event_loop.catches_panics());
+    event_loop.add_timer(Duration::ZERO, |_, _| panic!("uncaught"));
+    let unwound =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| event_loop.run(&mut ())));
+    assert!(unwound.is_err());
+}

@@ -19,12 +19,23 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+pub(crate) use crate::wire::Role;
 use crate::{AdminCookie, wire::NONCE_LEN};
 
-/// Domain separation of the client's proof; the protocol version is part of it.
-const CLIENT_LABEL: &[u8] = b"exsyst-worker admin v1 client";
-/// Domain separation of the server's proof.
-const SERVER_LABEL: &[u8] = b"exsyst-worker admin v1 server";
+/// The labels of the client's proof and of the server's, for a role: the domain separation of
+/// the two directions and of the two cookies; the protocol version is part of them.
+fn labels(role: Role) -> (&'static [u8], &'static [u8]) {
+    match role {
+        Role::Admin => (
+            b"exsyst-worker admin v1 client",
+            b"exsyst-worker admin v1 server",
+        ),
+        Role::Client => (
+            b"exsyst-worker client v1 client",
+            b"exsyst-worker client v1 server",
+        ),
+    }
+}
 
 /// A nonce: 32 random bytes, fresh for each connection and each authentication.
 pub(crate) type Nonce = [u8; NONCE_LEN];
@@ -73,6 +84,7 @@ fn nonce(bytes: &[u8]) -> Result<Nonce, AuthError> {
 #[derive(Debug)]
 pub(crate) struct ClientAuth<'c> {
     cookie: &'c AdminCookie,
+    role: Role,
     server_nonce: Nonce,
     client_nonce: Nonce,
 }
@@ -83,6 +95,7 @@ impl<'c> ClientAuth<'c> {
     /// Without a cookie this fails with [`AuthError::NoCookie`] before anything is produced to
     /// send.
     pub(crate) fn start(
+        role: Role,
         cookie: Option<&'c AdminCookie>,
         server_nonce: &[u8],
         client_nonce: Nonce,
@@ -90,9 +103,15 @@ impl<'c> ClientAuth<'c> {
         let cookie = cookie.ok_or(AuthError::NoCookie)?;
         Ok(ClientAuth {
             cookie,
+            role,
             server_nonce: nonce(server_nonce)?,
             client_nonce,
         })
+    }
+
+    /// The role this authentication is for.
+    pub(crate) fn role(&self) -> Role {
+        self.role
     }
 
     /// The client's nonce, to send.
@@ -104,7 +123,7 @@ impl<'c> ClientAuth<'c> {
     pub(crate) fn proof(&self) -> Vec<u8> {
         mac(
             self.cookie,
-            CLIENT_LABEL,
+            labels(self.role).0,
             &self.server_nonce,
             &self.client_nonce,
         )
@@ -117,7 +136,7 @@ impl<'c> ClientAuth<'c> {
     pub(crate) fn verify_server(&self, proof: &[u8]) -> Result<(), AuthError> {
         mac(
             self.cookie,
-            SERVER_LABEL,
+            labels(self.role).1,
             &self.server_nonce,
             &self.client_nonce,
         )
@@ -126,23 +145,40 @@ impl<'c> ClientAuth<'c> {
     }
 }
 
-/// The server's side: checks a client's proof (in constant time) and, when it is right, gives
-/// the server's proof to send back.
+/// The server's side: checks a client's proof for `role` (in constant time) against each
+/// cookie that may authenticate it, and, when one is right, gives the server's proof (made
+/// with that cookie) to send back.
+///
+/// The admin role takes the admin cookie; the client role the client cookie or the admin
+/// cookie (its holder may do more than send data). Without a cookie for the role this fails
+/// with [`AuthError::NoCookie`].
 pub(crate) fn verify_client(
-    cookie: Option<&AdminCookie>,
+    role: Role,
+    cookies: &[Option<&AdminCookie>],
     server_nonce: &Nonce,
     client_nonce: &[u8],
     proof: &[u8],
 ) -> Result<Vec<u8>, AuthError> {
-    let cookie = cookie.ok_or(AuthError::NoCookie)?;
     let client_nonce = nonce(client_nonce)?;
-    mac(cookie, CLIENT_LABEL, server_nonce, &client_nonce)
-        .verify_slice(proof)
-        .map_err(|_| AuthError::Unauthorized)?;
-    Ok(mac(cookie, SERVER_LABEL, server_nonce, &client_nonce)
-        .finalize()
-        .into_bytes()
-        .to_vec())
+    let (client_label, server_label) = labels(role);
+    let mut any = false;
+    for cookie in cookies.iter().flatten() {
+        any = true;
+        if mac(cookie, client_label, server_nonce, &client_nonce)
+            .verify_slice(proof)
+            .is_ok()
+        {
+            return Ok(mac(cookie, server_label, server_nonce, &client_nonce)
+                .finalize()
+                .into_bytes()
+                .to_vec());
+        }
+    }
+    Err(if any {
+        AuthError::Unauthorized
+    } else {
+        AuthError::NoCookie
+    })
 }
 
 #[cfg(test)]
@@ -163,18 +199,30 @@ mod tests {
     #[test]
     fn the_right_cookie_authenticates_both_sides() {
         let c = cookie("s3cret");
-        let client = ClientAuth::start(Some(&c), &NS, NC).unwrap();
-        let server_proof = verify_client(Some(&c), &NS, client.client_nonce(), &client.proof())
-            .expect("the server accepts");
+        let client = ClientAuth::start(Role::Admin, Some(&c), &NS, NC).unwrap();
+        let server_proof = verify_client(
+            Role::Admin,
+            &[Some(&c)],
+            &NS,
+            client.client_nonce(),
+            &client.proof(),
+        )
+        .expect("the server accepts");
         assert_eq!(client.verify_server(&server_proof), Ok(()));
     }
 
     #[test]
     fn a_wrong_cookie_is_unauthorized() {
         let client_cookie = cookie("guess");
-        let client = ClientAuth::start(Some(&client_cookie), &NS, NC).unwrap();
+        let client = ClientAuth::start(Role::Admin, Some(&client_cookie), &NS, NC).unwrap();
         assert_eq!(
-            verify_client(Some(&cookie("s3cret")), &NS, &NC, &client.proof()),
+            verify_client(
+                Role::Admin,
+                &[Some(&cookie("s3cret"))],
+                &NS,
+                &NC,
+                &client.proof()
+            ),
             Err(AuthError::Unauthorized)
         );
     }
@@ -182,16 +230,18 @@ mod tests {
     #[test]
     fn a_proof_is_bound_to_its_connection() {
         let c = cookie("s3cret");
-        let captured = ClientAuth::start(Some(&c), &NS, NC).unwrap().proof();
+        let captured = ClientAuth::start(Role::Admin, Some(&c), &NS, NC)
+            .unwrap()
+            .proof();
         // A new connection has a new server nonce: the captured proof is refused there.
         let other_connection: Nonce = [0x33; NONCE_LEN];
         assert_eq!(
-            verify_client(Some(&c), &other_connection, &NC, &captured),
+            verify_client(Role::Admin, &[Some(&c)], &other_connection, &NC, &captured),
             Err(AuthError::Unauthorized)
         );
         // And it is bound to the client's nonce too.
         assert_eq!(
-            verify_client(Some(&c), &NS, &[0x44; NONCE_LEN], &captured),
+            verify_client(Role::Admin, &[Some(&c)], &NS, &[0x44; NONCE_LEN], &captured),
             Err(AuthError::Unauthorized)
         );
     }
@@ -199,7 +249,7 @@ mod tests {
     #[test]
     fn a_server_that_does_not_know_the_cookie_is_detected() {
         let c = cookie("s3cret");
-        let client = ClientAuth::start(Some(&c), &NS, NC).unwrap();
+        let client = ClientAuth::start(Role::Admin, Some(&c), &NS, NC).unwrap();
         // An impostor can only guess, or reflect the client's own proof.
         for forged in [vec![0; 32], client.proof(), vec![], vec![1; 31]] {
             assert_eq!(
@@ -209,10 +259,11 @@ mod tests {
         }
         // A server with another cookie produces a proof that does not verify either.
         let other = verify_client(
-            Some(&cookie("other")),
+            Role::Admin,
+            &[Some(&cookie("other"))],
             &NS,
             &NC,
-            &ClientAuth::start(Some(&cookie("other")), &NS, NC)
+            &ClientAuth::start(Role::Admin, Some(&cookie("other")), &NS, NC)
                 .unwrap()
                 .proof(),
         )
@@ -226,11 +277,11 @@ mod tests {
     #[test]
     fn without_a_cookie_nothing_starts() {
         assert_eq!(
-            ClientAuth::start(None, &NS, NC).map(|_| ()),
+            ClientAuth::start(Role::Admin, None, &NS, NC).map(|_| ()),
             Err(AuthError::NoCookie)
         );
         assert_eq!(
-            verify_client(None, &NS, &NC, &[0; 32]),
+            verify_client(Role::Admin, &[None], &NS, &NC, &[0; 32]),
             Err(AuthError::NoCookie)
         );
     }
@@ -239,11 +290,11 @@ mod tests {
     fn nonces_of_the_wrong_length_are_refused() {
         let c = cookie("s3cret");
         assert_eq!(
-            ClientAuth::start(Some(&c), &NS[..31], NC).map(|_| ()),
+            ClientAuth::start(Role::Admin, Some(&c), &NS[..31], NC).map(|_| ()),
             Err(AuthError::BadNonce)
         );
         assert_eq!(
-            verify_client(Some(&c), &NS, &NC[..16], &[0; 32]),
+            verify_client(Role::Admin, &[Some(&c)], &NS, &NC[..16], &[0; 32]),
             Err(AuthError::BadNonce)
         );
     }
@@ -253,23 +304,61 @@ mod tests {
         assert_ne!(fresh_nonce().unwrap(), fresh_nonce().unwrap());
     }
 
-    /// The test vector of the protocol guide, for implementations in other languages (Python's
-    /// `hmac` module gives the same two values from the formula in the guide).
+    /// The test vectors of the protocol guide, one per role, for implementations in other
+    /// languages (Python's `hmac` module gives the same values from the formula in the guide).
     #[test]
-    fn the_documented_test_vector_holds() {
+    fn the_documented_test_vectors_hold() {
         let c = cookie("correct horse battery staple");
         let ns: Nonce = std::array::from_fn(|i| i as u8);
         let nc: Nonce = std::array::from_fn(|i| 0x20 + i as u8);
-        let client = ClientAuth::start(Some(&c), &ns, nc).unwrap();
-        let server_proof = verify_client(Some(&c), &ns, &nc, &client.proof()).unwrap();
-        assert_eq!(hex(&client.proof()), DOC_CLIENT_PROOF);
-        assert_eq!(hex(&server_proof), DOC_SERVER_PROOF);
         let guide = include_str!("protocol.rs");
-        assert!(guide.contains(DOC_CLIENT_PROOF) && guide.contains(DOC_SERVER_PROOF));
+        for (role, client_proof, server_proof) in DOC_VECTORS {
+            let client = ClientAuth::start(role, Some(&c), &ns, nc).unwrap();
+            let server = verify_client(role, &[Some(&c)], &ns, &nc, &client.proof()).unwrap();
+            assert_eq!(hex(&client.proof()), client_proof, "{role:?}");
+            assert_eq!(hex(&server), server_proof, "{role:?}");
+            assert!(guide.contains(client_proof) && guide.contains(server_proof));
+        }
     }
 
-    const DOC_CLIENT_PROOF: &str =
-        "5b6e35b4b639d9f6791e3bb104a7cf35fbd99e882d76e7d9209e658d296785d3";
-    const DOC_SERVER_PROOF: &str =
-        "09ef7281443d464b6973f87b60bb01acf8c2992cb33dff4b2046ce6d6faf33d3";
+    /// A proof for one role is worth nothing for the other, even with the same cookie.
+    #[test]
+    fn the_roles_proofs_differ() {
+        let c = cookie("one cookie for both");
+        let client = ClientAuth::start(Role::Client, Some(&c), &NS, NC).unwrap();
+        assert_eq!(
+            verify_client(Role::Admin, &[Some(&c)], &NS, &NC, &client.proof()),
+            Err(AuthError::Unauthorized)
+        );
+        // The client role takes the client cookie, then the admin cookie.
+        let (admin, other) = (cookie("admin"), cookie("client"));
+        let with_admin = ClientAuth::start(Role::Client, Some(&admin), &NS, NC).unwrap();
+        let proof = verify_client(
+            Role::Client,
+            &[Some(&other), Some(&admin)],
+            &NS,
+            &NC,
+            &with_admin.proof(),
+        )
+        .unwrap();
+        assert_eq!(with_admin.verify_server(&proof), Ok(()));
+        assert_eq!(
+            verify_client(Role::Client, &[None, None], &NS, &NC, &with_admin.proof()),
+            Err(AuthError::NoCookie)
+        );
+    }
+
+    /// (role, client proof, server proof) of the guide's test vectors.
+    const DOC_VECTORS: [(Role, &str, &str); 2] = [
+        (
+            Role::Admin,
+            "5b6e35b4b639d9f6791e3bb104a7cf35fbd99e882d76e7d9209e658d296785d3",
+            "09ef7281443d464b6973f87b60bb01acf8c2992cb33dff4b2046ce6d6faf33d3",
+        ),
+        (
+            Role::Client,
+            "38b8cae4922a023a0e110eb00a0256616b953e2e3cb2e87a4619664e3dbebb65",
+            "22369b3a7deec74ecb67c66c80244a964c17ef227546dd5924d3a49758953f86",
+        ),
+    ];
 }

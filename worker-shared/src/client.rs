@@ -14,7 +14,7 @@ use worker_core::{WorkerStatus, deadline_after, time_left};
 use crate::{
     AdminCookie, Error,
     address::{self, Half, Stream},
-    auth::{self, AuthError, ClientAuth},
+    auth::{self, AuthError, ClientAuth, Role},
     wire::{
         self, ClientMessage, ErrorCode, Hello, Inbound, NONCE_LEN, PROTOCOL_VERSION, ServerMessage,
     },
@@ -76,7 +76,8 @@ pub struct SharedWorker {
     backlog: VecDeque<Vec<u8>>,
     backlog_bytes: usize,
     control_timeout: Duration,
-    authenticated: bool,
+    /// What this connection proved, if anything.
+    granted: Option<Role>,
 }
 
 impl SharedWorker {
@@ -115,8 +116,71 @@ impl SharedWorker {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             control_timeout,
-            authenticated: false,
+            granted: None,
         }
+    }
+
+    /// Connects as [`connect`](Self::connect) does, then proves knowledge of the client cookie
+    /// (by HMAC challenge-response: the cookie never crosses the wire), as a worker that
+    /// [requires client authentication](crate::ClientAuth) wants before any data message or
+    /// query; the admin cookie does too, for a worker that has it.
+    ///
+    /// The worker proves it knows the cookie too, so an impostor is found out here
+    /// ([`Error::ServerNotAuthenticated`]), before any message is sent. A wrong cookie is
+    /// [`Error::Unauthorized`]; a worker that has neither a client cookie nor an admin cookie
+    /// is [`Error::ServerHasNoCookie`]; too many wrong ones lately from this user or address
+    /// are [`Error::Throttled`].
+    ///
+    /// ```no_run
+    /// use worker_shared::{AdminCookie, SharedWorker};
+    ///
+    /// let cookie = AdminCookie::from_file("/etc/app/client-cookie")?;
+    /// let mut worker = SharedWorker::connect_with_cookie("tcp://10.0.0.7:7000", &cookie)?;
+    /// worker.send_message("world")?;
+    /// # Ok::<(), worker_shared::Error>(())
+    /// ```
+    pub fn connect_with_cookie(address: &str, cookie: &AdminCookie) -> Result<Self, Error> {
+        Self::connect_with_cookie_timeout(address, cookie, DEFAULT_CONTROL_TIMEOUT)
+    }
+
+    /// As [`connect_with_cookie`](Self::connect_with_cookie), within `timeout` in all (the
+    /// hello and the authentication), which also becomes the control timeout.
+    pub fn connect_with_cookie_timeout(
+        address: &str,
+        cookie: &AdminCookie,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let deadline = deadline_after(timeout);
+        let mut worker = Self::connect_timeout(address, timeout)?;
+        worker.authenticate_as(cookie, Role::Client, deadline)?;
+        Ok(worker)
+    }
+
+    /// Whether the worker takes data messages and queries from this connection only once it
+    /// authenticated (its hello says so): see [`connect_with_cookie`](Self::connect_with_cookie).
+    pub fn requires_auth(&self) -> bool {
+        self.hello.auth_required
+    }
+
+    /// Authenticates for data with `cookie` when the worker requires it and this connection
+    /// has not yet (a connection that authenticated as admin has); the step
+    /// [`connect_or_start`](crate::connect_or_start) takes with its configuration's client
+    /// cookie, or its admin cookie.
+    pub(crate) fn authenticate_if_required(
+        &mut self,
+        cookie: Option<&AdminCookie>,
+    ) -> Result<(), Error> {
+        if !self.hello.auth_required || self.granted.is_some() {
+            return Ok(());
+        }
+        let Some(cookie) = cookie else {
+            return Err(Error::AuthenticationRequired {
+                address: self.link.address.clone(),
+                pid: self.hello.pid,
+            });
+        };
+        let deadline = deadline_after(self.control_timeout);
+        self.authenticate_as(cookie, Role::Client, deadline)
     }
 
     /// The worker's address, in canonical form.
@@ -240,10 +304,14 @@ impl SharedWorker {
             let decoded = codec.decode(frame.payload);
             return decoded.map_err(|e| channel_error(&self.link.address, Some(self.hello.pid), e));
         }
-        // The worker speaks in control frames only when spoken to.
+        // The worker speaks in control frames only when spoken to, or to say why it closes
+        // the connection.
         let payload = frame.payload.to_vec();
         Err(
             match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
+                Inbound::Message(ServerMessage::Error { code, message }) => {
+                    self.refused(code, message)
+                }
                 Inbound::Message(message) => self.link.unexpected(&message, "a data message"),
                 Inbound::Unknown(kind) => self
                     .link
@@ -318,34 +386,46 @@ impl SharedWorker {
         cookie: &AdminCookie,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        if self.authenticated {
+        if self.granted == Some(Role::Admin) {
             return Ok(());
         }
-        let (auth, request) = self.auth_request(cookie)?;
+        self.authenticate_as(cookie, Role::Admin, deadline)
+    }
+
+    /// Proves knowledge of `cookie` for `role`, whatever this connection proved before.
+    fn authenticate_as(
+        &mut self,
+        cookie: &AdminCookie,
+        role: Role,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let (auth, request) = self.auth_request(cookie, role)?;
         self.link
             .send_control(&request, deadline, "authentication")?;
         let reply = self.control_reply(deadline, "authentication")?;
         self.auth_reply(&auth, reply)
     }
 
-    /// Whether this connection proved that it knows the admin cookie.
+    /// What this connection proved, if anything.
     #[cfg(feature = "tokio")]
-    pub(crate) fn is_authenticated(&self) -> bool {
-        self.authenticated
+    pub(crate) fn granted(&self) -> Option<Role> {
+        self.granted
     }
 
-    /// The proof of knowledge of `cookie` for this connection's hello, and the request that
+    /// The proof of knowledge of `cookie` for `role` on this connection, and the request that
     /// carries it.
     pub(crate) fn auth_request<'c>(
         &self,
         cookie: &'c AdminCookie,
+        role: Role,
     ) -> Result<(ClientAuth<'c>, ClientMessage), Error> {
         let client_nonce = auth::fresh_nonce().map_err(Error::Random)?;
-        let auth = ClientAuth::start(Some(cookie), &self.hello.nonce, client_nonce)
+        let auth = ClientAuth::start(role, Some(cookie), &self.hello.nonce, client_nonce)
             .map_err(|e| self.auth_error(e))?;
         let request = ClientMessage::Authenticate {
             nonce: auth.client_nonce().to_vec(),
             proof: auth.proof(),
+            role,
         };
         Ok((auth, request))
     }
@@ -358,8 +438,10 @@ impl SharedWorker {
     ) -> Result<(), Error> {
         match reply {
             ServerMessage::Authenticated { proof } => {
+                // Whatever was proved before does not hold unless this holds too.
+                self.granted = None;
                 auth.verify_server(&proof).map_err(|e| self.auth_error(e))?;
-                self.authenticated = true;
+                self.granted = Some(auth.role());
                 Ok(())
             }
             other => Err(self.link.unexpected(&other, "the reply to authenticate")),
@@ -427,6 +509,9 @@ impl SharedWorker {
         match code {
             ErrorCode::Unauthorized => Error::Unauthorized { address, pid },
             ErrorCode::NoCookie => Error::ServerHasNoCookie { address, pid },
+            ErrorCode::AuthenticationRequired => Error::AuthenticationRequired { address, pid },
+            ErrorCode::TooManyFailures => Error::Throttled { address, pid },
+            ErrorCode::WorkerFailed => Error::WorkerFailed { address, pid },
             code => Error::Rejected {
                 address,
                 pid,

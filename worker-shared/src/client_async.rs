@@ -16,7 +16,7 @@ use crate::{
     AdminCookie, Error, SharedWorker, StatusReply,
     address::{self, Stream},
     client::{DEFAULT_CONTROL_TIMEOUT, Link},
-    wire::{self, ClientMessage, ServerMessage},
+    wire::{self, ClientMessage, Role, ServerMessage},
 };
 
 /// A connection to a shared worker driven from async code: [`send_message`](Self::send_message),
@@ -174,6 +174,27 @@ impl AsyncSharedWorker {
         })
     }
 
+    /// Connects and proves knowledge of the client cookie, as
+    /// [`SharedWorker::connect_with_cookie`] does, with its errors.
+    pub async fn connect_with_cookie(address: &str, cookie: &AdminCookie) -> Result<Self, Error> {
+        Self::connect_with_cookie_timeout(address, cookie, DEFAULT_CONTROL_TIMEOUT).await
+    }
+
+    /// As [`connect_with_cookie`](Self::connect_with_cookie), within `timeout` in all (the
+    /// hello and the authentication), which also becomes the control timeout.
+    pub async fn connect_with_cookie_timeout(
+        address: &str,
+        cookie: &AdminCookie,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        let mut worker = Self::connect_timeout(address, timeout).await?;
+        worker
+            .authenticate_as(cookie, Role::Client, deadline)
+            .await?;
+        Ok(worker)
+    }
+
     /// Registers a connected client's socket with the current runtime's reactor
     /// (see [`SharedWorker::into_async`]).
     ///
@@ -313,10 +334,20 @@ impl AsyncSharedWorker {
         cookie: &AdminCookie,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(), Error> {
-        if self.client.is_authenticated() {
+        if self.client.granted() == Some(Role::Admin) {
             return Ok(());
         }
-        let (auth, request) = self.client.auth_request(cookie)?;
+        self.authenticate_as(cookie, Role::Admin, deadline).await
+    }
+
+    /// Proves knowledge of `cookie` for `role`, whatever this connection proved before.
+    async fn authenticate_as(
+        &mut self,
+        cookie: &AdminCookie,
+        role: Role,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), Error> {
+        let (auth, request) = self.client.auth_request(cookie, role)?;
         let reply = self.control(&request, deadline, "authentication").await?;
         self.client.auth_reply(&auth, reply)
     }

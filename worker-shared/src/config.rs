@@ -22,6 +22,73 @@ pub enum PeerUids {
     Only(Vec<u32>),
 }
 
+/// What a server does when a callback of its worker panics (`on_connect`, `on_message`,
+/// `on_query`, `on_disconnect`, `on_stop`, `terminate`, a timer or a source of the worker's).
+///
+/// Either way the panic is caught: the connection it was serving (if any) gets a typed error
+/// ([`Error::WorkerFailed`] for the client) and closes once what was queued for it before is
+/// written, never in the middle of a frame; the panic's message is logged; the process's panic
+/// hook still runs (by default a line on standard error).
+///
+/// After a caught panic the worker is in whatever state the panicking callback left it: a
+/// change it was making may be half made, and nothing is rolled back. A worker whose state
+/// cannot be trusted after that should choose [`PanicPolicy::Stop`] (its `on_stop` and
+/// `terminate` still run, on that same state, and may panic too: they are caught and
+/// reported). A panic in `on_stop` does not stop the stop; a panic in `terminate`, `set_loop`
+/// or `initialize` ends the server with [`Error::Serve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PanicPolicy {
+    /// The default (10 panics within 60 s): the other clients go on being served; once
+    /// `max_panics` panics happened within `within`, the server stops gracefully, as
+    /// [`PanicPolicy::Stop`] does at once.
+    Isolate {
+        /// How many panics within `within` stop the server; 1 to 65536.
+        max_panics: u32,
+        /// The window they are counted in (`Duration::MAX`: since the start).
+        #[serde(with = "millis")]
+        within: Duration,
+    },
+    /// Stop gracefully at the first panic: stop accepting, `on_stop`, answer what the others
+    /// already sent, deliver every queued reply, close every connection, `terminate`. The run
+    /// then returns [`Error::Serve`] with the panic.
+    Stop,
+}
+
+/// The most panics [`PanicPolicy::Isolate`] may count.
+const MAX_PANICS: u32 = 65536;
+
+impl Default for PanicPolicy {
+    fn default() -> Self {
+        PanicPolicy::Isolate {
+            max_panics: 10,
+            within: Duration::from_secs(60),
+        }
+    }
+}
+
+/// When a connection must prove it knows the client cookie (or the admin cookie) before the
+/// server takes a data message or a query from it.
+///
+/// An unauthenticated peer of a server that does not require it can send the worker any data
+/// message and read its replies, and ask for its public status; only stopping it and the
+/// privileged status need the admin cookie.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// Required on a TCP listener whose address is not a loopback one (`0.0.0.0`, `[::]` and
+    /// every routable address included); not on a Unix socket (its mode and the peer's uid
+    /// decide who connects) nor on `127.0.0.0/8` or `[::1]`. The default.
+    #[default]
+    NonLoopback,
+    /// Required on every listener.
+    Always,
+    /// Never required: anyone who can connect can send data messages.
+    Never,
+}
+
 /// How a shared-worker server behaves: the admin cookie, the data codec, the Unix socket's
 /// mode and who may connect, the limits, and the deadlines.
 ///
@@ -53,6 +120,9 @@ pub enum PeerUids {
 pub struct SharedServerConfig {
     #[serde(with = "cookie_bytes")]
     cookie: Option<AdminCookie>,
+    #[serde(with = "cookie_bytes")]
+    client_cookie: Option<AdminCookie>,
+    client_auth: ClientAuth,
     codec: Codec,
     max_frame_len: u32,
     socket_mode: u32,
@@ -66,6 +136,9 @@ pub struct SharedServerConfig {
     drain_timeout: Duration,
     #[serde(with = "millis_opt")]
     idle_timeout: Option<Duration>,
+    #[serde(with = "millis_opt")]
+    connection_idle_timeout: Option<Duration>,
+    panic_policy: PanicPolicy,
     socket_activation: bool,
     stop_on_signals: bool,
     spin: Spin,
@@ -75,6 +148,8 @@ impl Default for SharedServerConfig {
     fn default() -> Self {
         SharedServerConfig {
             cookie: None,
+            client_cookie: None,
+            client_auth: ClientAuth::NonLoopback,
             codec: Codec::MessagePack,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             socket_mode: 0o600,
@@ -85,6 +160,8 @@ impl Default for SharedServerConfig {
             handshake_timeout: Some(Duration::from_secs(30)),
             drain_timeout: Duration::from_secs(10),
             idle_timeout: None,
+            connection_idle_timeout: None,
+            panic_policy: PanicPolicy::default(),
             socket_activation: true,
             stop_on_signals: false,
             spin: Spin::OFF,
@@ -154,7 +231,8 @@ impl SharedServerConfig {
 
     /// How long a new connection may stay silent (no complete frame) before it is dropped
     /// (30 s by default; `None`: for ever). A client's first message, query or authentication
-    /// counts.
+    /// counts. Where [client authentication](Self::with_client_auth) is required, it is also
+    /// how long a connection has to authenticate: one that has not by then is closed.
     pub fn with_handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.handshake_timeout = timeout;
         self
@@ -174,6 +252,47 @@ impl SharedServerConfig {
         self
     }
 
+    /// How long one connection may stay idle, neither sending a frame nor having replies queued
+    /// for it, before the server closes it (`None`, the default: as long as it likes). Its
+    /// client reads a [`Error::Rejected`] with the code `idle_timeout`, then the end of the
+    /// stream.
+    ///
+    /// A client that only listens for what the worker pushes must send something within the
+    /// timeout (a [`query`](crate::SharedWorker::query) will do). Connections are looked at
+    /// every quarter of the timeout (at least every 10 ms), so one is closed between the
+    /// timeout and a quarter more; `Duration::MAX` is the same as `None`, and zero is an
+    /// [`Error::Config`].
+    pub fn with_connection_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connection_idle_timeout = timeout;
+        self
+    }
+
+    /// What the server does when a callback of its worker panics (see [`PanicPolicy`]; by
+    /// default it isolates the panic, and stops after 10 within 60 s).
+    pub fn with_panic_policy(mut self, policy: PanicPolicy) -> Self {
+        self.panic_policy = policy;
+        self
+    }
+
+    /// The client cookie: the secret a connection proves it knows (as it proves the admin
+    /// cookie, by HMAC challenge-response, see [`protocol`](crate::protocol)) to send data
+    /// messages where [client authentication](Self::with_client_auth) is required. It may
+    /// differ from the admin cookie, which authenticates a client too, with its privileges.
+    pub fn with_client_cookie(mut self, cookie: AdminCookie) -> Self {
+        self.client_cookie = Some(cookie);
+        self
+    }
+
+    /// Where a connection must authenticate before any data message or query is accepted
+    /// (see [`ClientAuth`]; by default on a TCP address that is not loopback).
+    ///
+    /// A server that requires it without a client cookie nor an admin cookie could serve
+    /// nobody: binding it is an [`Error::Config`].
+    pub fn with_client_auth(mut self, when: ClientAuth) -> Self {
+        self.client_auth = when;
+        self
+    }
+
     /// Whether [`SharedServer::bind`](crate::SharedServer::bind) serves on the listener systemd
     /// hands over (`LISTEN_PID`, `LISTEN_FDS`) instead of binding (`true` by default).
     pub fn with_socket_activation(mut self, enabled: bool) -> Self {
@@ -181,8 +300,18 @@ impl SharedServerConfig {
         self
     }
 
-    /// Whether SIGTERM and SIGINT stop the server gracefully (`false` by default, as a program
-    /// that embeds a server owns its signals; a daemon always does).
+    /// Whether the server takes its process's signals (`false` by default, as a program that
+    /// embeds a server owns its signals; a daemon always does): SIGTERM and SIGINT then stop
+    /// it gracefully, and SIGHUP is logged and ignored, so a daemon outlives the terminal or
+    /// the session that started it (there is no reload: a shared worker's settings come with
+    /// its start).
+    ///
+    /// Without it the server touches no signal: SIGHUP keeps whatever action the host program
+    /// gave it (by default it ends the process, server and all, as it ends any program).
+    ///
+    /// The signals are taken when the server is bound, and given back when it is dropped or
+    /// its run ends; one server per process at a time may take them, a second one fails to
+    /// bind with [`Error::Signals`].
     pub fn with_stop_on_signals(mut self, enabled: bool) -> Self {
         self.stop_on_signals = enabled;
         self
@@ -262,12 +391,32 @@ impl SharedServerConfig {
         self.idle_timeout
     }
 
+    /// How long one connection may stay idle before it is closed.
+    pub fn connection_idle_timeout(&self) -> Option<Duration> {
+        self.connection_idle_timeout
+    }
+
+    /// What the server does when a callback of its worker panics.
+    pub fn panic_policy(&self) -> PanicPolicy {
+        self.panic_policy
+    }
+
+    /// The client cookie, if any.
+    pub fn client_cookie(&self) -> Option<&AdminCookie> {
+        self.client_cookie.as_ref()
+    }
+
+    /// Where client authentication is required.
+    pub fn client_auth(&self) -> ClientAuth {
+        self.client_auth
+    }
+
     /// Whether socket activation is honoured.
     pub fn socket_activation(&self) -> bool {
         self.socket_activation
     }
 
-    /// Whether SIGTERM and SIGINT stop the server.
+    /// Whether SIGTERM and SIGINT stop the server (and SIGHUP is ignored).
     pub fn stop_on_signals(&self) -> bool {
         self.stop_on_signals
     }
@@ -301,6 +450,24 @@ impl SharedServerConfig {
         }
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
             return bad("backlog", "is not between 1 and 2^31 - 1");
+        }
+        if let PanicPolicy::Isolate { max_panics, .. } = self.panic_policy {
+            if max_panics == 0 {
+                return bad(
+                    "panic_policy",
+                    "isolates at most 0 panics: say PanicPolicy::Stop to stop at the first",
+                );
+            }
+            // Each panic of the window is remembered until it leaves the window.
+            if max_panics > MAX_PANICS {
+                return bad("panic_policy", "counts more than 65536 panics");
+            }
+        }
+        if self.connection_idle_timeout == Some(Duration::ZERO) {
+            return bad(
+                "connection_idle_timeout",
+                "is zero: every connection would be closed as soon as it is looked at",
+            );
         }
         Ok(())
     }
@@ -377,7 +544,14 @@ mod tests {
             .with_peer_uids(PeerUids::Only(vec![0, 1000]))
             .with_handshake_timeout(None)
             .with_idle_timeout(Some(Duration::from_millis(1500)))
-            .with_spin(Duration::from_micros(150));
+            .with_spin(Duration::from_micros(150))
+            .with_client_cookie(AdminCookie::new("for clients").unwrap())
+            .with_client_auth(ClientAuth::Always)
+            .with_connection_idle_timeout(Some(Duration::from_secs(90)))
+            .with_panic_policy(PanicPolicy::Isolate {
+                max_panics: 3,
+                within: Duration::from_secs(5),
+            });
         let bytes = Codec::MessagePack.encode(&config).unwrap();
         let back: SharedServerConfig = Codec::MessagePack.decode(&bytes).unwrap();
         assert_eq!(back.cookie().unwrap().expose(), b"s3cret");
@@ -387,6 +561,25 @@ mod tests {
         assert_eq!(back.idle_timeout(), Some(Duration::from_millis(1500)));
         assert_eq!(back.drain_timeout(), Duration::from_secs(10));
         assert_eq!(back.spin(), Spin::from_micros(150));
+        assert_eq!(back.client_cookie().unwrap().expose(), b"for clients");
+        assert_eq!(back.client_auth(), ClientAuth::Always);
+        assert_eq!(
+            back.connection_idle_timeout(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            back.panic_policy(),
+            PanicPolicy::Isolate {
+                max_panics: 3,
+                within: Duration::from_secs(5)
+            }
+        );
+        // A configuration from before these settings reads with their defaults.
+        let old: SharedServerConfig = Codec::Json.decode(br#"{"codec":"json"}"#).unwrap();
+        assert_eq!(old.client_auth(), ClientAuth::NonLoopback);
+        assert_eq!(old.panic_policy(), PanicPolicy::default());
+        assert!(old.client_cookie().is_none());
+        assert_eq!(old.connection_idle_timeout(), None);
     }
 
     #[test]

@@ -12,9 +12,31 @@ use zeroize::Zeroizing;
 
 use crate::Error;
 
-/// Cookie files larger than this are refused rather than read: a cookie is a short secret, and
-/// a path that names something huge by mistake should not fill memory.
-const MAX_COOKIE_FILE_LEN: u64 = 64 * 1024;
+/// The most a cookie file may hold: the longest cookie and a line end (`\r\n`); a larger file
+/// is refused without being read, so a path that names something huge by mistake cannot fill
+/// memory.
+const MAX_COOKIE_FILE_LEN: u64 = AdminCookie::MAX_LEN as u64 + 2;
+
+/// The one rule for a cookie's length, wherever it comes from (text, bytes, a file, a profile,
+/// the environment of the operators' programs, a daemon's settings): 1 to
+/// [`AdminCookie::MAX_LEN`] bytes.
+fn check_len(len: usize) -> Result<(), Error> {
+    if len == 0 {
+        return Err(Error::InvalidCookie {
+            reason: "the cookie is empty",
+        });
+    }
+    if len > AdminCookie::MAX_LEN {
+        return Err(too_long());
+    }
+    Ok(())
+}
+
+fn too_long() -> Error {
+    Error::InvalidCookie {
+        reason: "the cookie is longer than 4096 bytes",
+    }
+}
 
 /// The secret that proves a right to stop a shared worker and to see its privileged status
 /// (the seed's "admin cookie").
@@ -37,18 +59,19 @@ pub struct AdminCookie {
 }
 
 impl AdminCookie {
-    /// A cookie from its bytes or its text; an empty one is refused
+    /// The longest cookie, in bytes, from any source: a cookie is a short secret (32 random
+    /// bytes are plenty; HMAC-SHA256 hashes a key longer than 64 bytes down to 32 anyway).
+    pub const MAX_LEN: usize = 4096;
+
+    /// A cookie from its bytes or its text, taken as they are (text as its UTF-8 bytes, with
+    /// no trimming); an empty one, or one longer than [`MAX_LEN`](Self::MAX_LEN), is refused
     /// ([`Error::InvalidCookie`]).
     ///
     /// A `String` or a `Vec<u8>` is taken over without a copy, so no second copy of the secret
     /// is left behind unwiped.
     pub fn new(secret: impl Into<Vec<u8>>) -> Result<Self, Error> {
         let secret = Zeroizing::new(secret.into());
-        if secret.is_empty() {
-            return Err(Error::InvalidCookie {
-                reason: "the cookie is empty",
-            });
-        }
+        check_len(secret.len())?;
         Ok(AdminCookie { secret })
     }
 
@@ -60,9 +83,9 @@ impl AdminCookie {
     /// # Errors
     ///
     /// - [`Error::CookieFileMode`] when the group or others have any permission on the file;
-    /// - [`Error::CookieFile`] when it cannot be read, is not a regular file, or is larger than
-    ///   64 KiB;
-    /// - [`Error::InvalidCookie`] when it holds nothing but line ends.
+    /// - [`Error::CookieFile`] when it cannot be read, or is not a regular file;
+    /// - [`Error::InvalidCookie`] when it holds nothing but line ends, or a cookie longer than
+    ///   [`MAX_LEN`](Self::MAX_LEN) (the rule of [`new`](Self::new)).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let fail = |source| Error::CookieFile {
@@ -88,10 +111,7 @@ impl AdminCookie {
             });
         }
         if meta.len() > MAX_COOKIE_FILE_LEN {
-            return Err(fail(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "larger than 64 KiB",
-            )));
+            return Err(too_long());
         }
         // Read into a buffer that is wiped, and never grown (which would leave copies behind).
         let mut secret = Zeroizing::new(Vec::with_capacity(MAX_COOKIE_FILE_LEN as usize + 1));
@@ -99,20 +119,14 @@ impl AdminCookie {
             .take(MAX_COOKIE_FILE_LEN + 1)
             .read_to_end(&mut secret)
             .map_err(fail)?;
+        // It grew since the check above.
         if secret.len() as u64 > MAX_COOKIE_FILE_LEN {
-            return Err(fail(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "larger than 64 KiB",
-            )));
+            return Err(too_long());
         }
         while matches!(secret.last(), Some(b'\n' | b'\r')) {
             secret.pop();
         }
-        if secret.is_empty() {
-            return Err(Error::InvalidCookie {
-                reason: "the cookie file is empty",
-            });
-        }
+        check_len(secret.len())?;
         Ok(AdminCookie { secret })
     }
 

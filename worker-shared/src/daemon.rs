@@ -17,7 +17,7 @@
 //!    Then it closes that channel for good
 //!    ([`WorkerContext::report`](worker_bootstrap::WorkerContext::report)), so it holds none
 //!    of its starter's descriptors, and serves until it is stopped; SIGTERM and SIGINT stop it
-//!    gracefully.
+//!    gracefully, and SIGHUP is logged and ignored (a daemon survives a hangup).
 //! 3. The starter waits for that report, never polling: through
 //!    [`DetachedStart::receive_report`](worker_bootstrap::DetachedStart::receive_report) for a
 //!    detached daemon, or [`wait_until_listening`] for one started as a [`DedicatedWorker`]. A

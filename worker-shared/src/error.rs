@@ -127,6 +127,32 @@ pub enum Error {
         /// The worker's pid.
         pid: u32,
     },
+    /// The worker takes no data message or query from a connection that has not proved it
+    /// knows the client cookie (or the admin cookie): connect with
+    /// [`SharedWorker::connect_with_cookie`](crate::SharedWorker::connect_with_cookie). The
+    /// worker closed the connection.
+    AuthenticationRequired {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+    },
+    /// The worker refused to check a cookie: too many wrong ones came from this peer (its user,
+    /// or its address) lately. Nothing was checked; try again later.
+    Throttled {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+    },
+    /// The worker failed (a callback of its panicked) while serving this connection, and closed
+    /// it; the worker's other clients are served on, unless its panic policy stops it.
+    WorkerFailed {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+    },
     /// The worker refused a request for a reason this client has no variant for.
     Rejected {
         /// The worker's address.
@@ -361,6 +387,20 @@ impl fmt::Display for Error {
                 f,
                 "shared worker at {address} (pid {pid}) has no admin cookie configured, so it \
                  cannot be stopped or queried with privilege through its socket"
+            ),
+            Error::AuthenticationRequired { address, pid } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) takes data only from authenticated \
+                 clients"
+            ),
+            Error::Throttled { address, pid } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) refused to check a cookie: too many \
+                 failed authentications from this peer"
+            ),
+            Error::WorkerFailed { address, pid } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) failed while serving this connection"
             ),
             Error::Rejected {
                 address,

@@ -73,9 +73,13 @@
 //! - Many connections on one thread; each gets a hello (protocol version, pid, implementation, codec, a fresh nonce) before anything else, and its own bounded queue of replies.
 //! - What goes wrong with one client ends that client's connection only: garbage, an oversized header, a frame cut by the end of the stream, a message that does not decode, silence past the handshake deadline, a queue at its bound (a client that stops reading is dropped, and nobody waits for it), three wrong cookies.
 //! - A wrong cookie is a typed [`Error::Unauthorized`] for the client; the server logs it (never the cookie or the proof) and keeps serving.
+//!   Wrong cookies are checked at most 100 times a second per peer (its user, its IPv4 address or its IPv6 `/64`), across its connections; past that, each is refused unchecked ([`Error::Throttled`]) at the end of the second, and the server logs it once per second.
+//! - On a TCP address that is not loopback (by default, see [`ClientAuth`]), a connection proves it knows the client cookie or the admin cookie ([`SharedWorker::connect_with_cookie`]) before the worker takes a data message or a query from it; before that, either is refused ([`Error::AuthenticationRequired`]) and the connection closed.
+//! - A panic in a callback of the worker ends the connection it was serving only ([`Error::WorkerFailed`] for its client, after what was queued for it before), and is logged with its message; the server stops gracefully after 10 within 60 s, or at the first, as its [`PanicPolicy`] says.
+//! - A connection idle past the [connection idle timeout](SharedServerConfig::with_connection_idle_timeout), when there is one, is closed.
 //! - Past the connection limit, and for a Unix peer of another user (by default), the connection is closed before any hello.
 //! - A Unix socket file is created `0600` (configurable), never more open, in a directory created `0700` when absent.
-//! - A graceful stop (an authenticated client, SIGTERM or SIGINT when asked, [`stop_current`] from inside the worker, a [`StopHandle`], the idle time) stops accepting, removes the socket file only while it is still the one this server bound, runs `on_stop`, answers what the clients already sent, delivers every queued reply, closes (within the drain deadline), and runs `terminate`; `on_stop` and `terminate` run once each.
+//! - A graceful stop (an authenticated client, SIGTERM or SIGINT when asked (SIGHUP is then ignored), [`stop_current`] from inside the worker, a [`StopHandle`], the idle time) stops accepting, removes the socket file only while it is still the one this server bound, runs `on_stop`, answers what the clients already sent, delivers every queued reply, closes (within the drain deadline), and runs `terminate`; `on_stop` and `terminate` run once each.
 //! - systemd's socket activation: when `LISTEN_PID` and `LISTEN_FDS` hand the process its listener, [`SharedServer::bind`] serves on it instead of binding.
 //!
 //! # Daemons
@@ -83,7 +87,7 @@
 //! `worker_bootstrap::registry().shared::<W>()` (with [`SharedRegistryExt`] in scope) registers `W` so that a process started as a shared-worker daemon serves it.
 //! The starter passes [`daemon_extensions`] (address, cookie, settings) in the bootstrap frame, through the private start pipe; the daemon binds, builds `W`, and answers one [`StartReport`] on the channel it was started with (`listening` with its pid, or `failed` with its reason), then closes that channel.
 //! [`start`] and [`connect_or_start`] do all of it (see below); [`wait_until_listening`] reads the report of a daemon started as a `DedicatedWorker`.
-//! Then it serves until stopped, SIGTERM and SIGINT included.
+//! Then it serves until stopped, SIGTERM and SIGINT included; SIGHUP is logged and ignored, so a daemon outlives the terminal or session that started it.
 //!
 //! # Starting on demand
 //!
@@ -145,12 +149,13 @@ mod session;
 mod start;
 mod stop;
 mod sys;
+mod throttle;
 mod wire;
 
 pub use client::{DEFAULT_CONTROL_TIMEOUT, SharedWorker, StatusReply};
 #[cfg(feature = "tokio")]
 pub use client_async::AsyncSharedWorker;
-pub use config::{PeerUids, SharedServerConfig};
+pub use config::{ClientAuth, PanicPolicy, PeerUids, SharedServerConfig};
 pub use cookie::AdminCookie;
 pub use daemon::{SharedRegistryExt, StartReport, daemon_extensions, wait_until_listening};
 pub use error::Error;

@@ -25,16 +25,17 @@
 //! # The conversation
 //!
 //! 1. The client connects, and the server sends `hello` before anything else.
-//! 2. Data frames then flow both ways, at any time, without authentication.
-//! 3. A client sends control requests one at a time, and reads the reply to each before it sends the next.
+//! 2. When the hello's `auth_required` is `true`, the client authenticates first (below, with the role `client` and the client cookie, or with the admin cookie), before any data frame or `query`.
+//! 3. Data frames then flow both ways, at any time.
+//! 4. A client sends control requests one at a time, and reads the reply to each before it sends the next.
 //!    Data frames may arrive between a request and its reply: they belong to the application (the Rust client keeps them for later, in order).
-//!    The server sends control frames only as the hello and as replies.
+//!    The server sends control frames only as the hello, as replies, and as one `error` just before it closes a connection on its own (the codes below that say "closed").
 //!
 //! ## Server to client
 //!
 //! | `type` | other keys | when |
 //! |---|---|---|
-//! | `hello` | `version` (integer, `1`), `pid` (integer), `implementation` (string), `codec` (`"messagepack"` or `"json"`), `max_frame_len` (integer), `nonce` (bin, 32 bytes, fresh and random for each connection) | first frame of every connection |
+//! | `hello` | `version` (integer, `1`), `pid` (integer), `implementation` (string), `codec` (`"messagepack"` or `"json"`), `max_frame_len` (integer), `nonce` (bin, 32 bytes, fresh and random for each connection), `auth_required` (boolean; absent from older servers, meaning `false`) | first frame of every connection |
 //! | `authenticated` | `proof` (bin, 32 bytes) | the client's proof is right; this is the server's |
 //! | `status` | `privileged` (boolean), `status` (a status map, or nil when the worker has nothing to report) | reply to `query` |
 //! | `stopping` | none | reply to `stop`: the worker stops gracefully, then closes every connection |
@@ -47,9 +48,9 @@
 //!
 //! | `type` | other keys | reply |
 //! |---|---|---|
-//! | `authenticate` | `nonce` (bin, 32 fresh random bytes), `proof` (bin, 32 bytes) | `authenticated`, or `error` |
-//! | `query` | none | `status` |
-//! | `stop` | none | `stopping` on an authenticated connection, else `error` `authentication_required` |
+//! | `authenticate` | `nonce` (bin, 32 fresh random bytes), `proof` (bin, 32 bytes), `role` (string, `"admin"` or `"client"`; absent means `"admin"`) | `authenticated`, or `error` |
+//! | `query` | none | `status`; `error` `authentication_required` where the hello said `auth_required` and the connection has not authenticated |
+//! | `stop` | none | `stopping` on a connection authenticated with the role `admin`, else `error` `authentication_required` |
 //!
 //! ## Error codes
 //!
@@ -57,9 +58,13 @@
 //! |---|---|---|
 //! | `unauthorized` | the proof is wrong: the client does not know the cookie | stays open, until the third failure |
 //! | `no_cookie` | the worker has no admin cookie: nobody can authenticate | stays open, until the third failure |
-//! | `authentication_required` | `stop` on a connection that has not authenticated | stays open |
+//! | `authentication_required` | `stop` on a connection that has not authenticated as admin | stays open |
+//! | `authentication_required` | a data frame or a `query` before authenticating, where the hello said `auth_required`; the data frame is dropped unread, as is every later frame | closed: at once after a `query`, within a second after a data frame (so that a client that sent several reads this rather than a reset) |
 //! | `unknown_message` | a control message of a `type` this server does not know | stays open |
 //! | `protocol_error` | a control message the server cannot read (not a map, missing keys, a nonce of the wrong length) | closed after the reply |
+//! | `too_many_failures` | an `authenticate` from a peer that failed too often lately (below): the proof was not checked, and this reply comes only when the peer's window ends | closed after the reply; nothing else from it is answered meanwhile |
+//! | `worker_failed` | the worker failed (panicked) while serving this connection; what it queued before is delivered first, never a cut frame | closed after the reply |
+//! | `idle_timeout` | the connection sent no frame, and had nothing queued for it, for the server's connection idle timeout (none unless configured) | closed after the reply |
 //!
 //! A client meets codes it does not know as a generic refusal; new codes may appear within a version.
 //!
@@ -67,8 +72,11 @@
 //!
 //! - A connection past the server's limit, or from a Unix peer whose user may not connect, is closed before the hello: the client reads the end of the stream first.
 //! - A client that sends no complete frame within the server's handshake deadline (30 s unless configured) is disconnected; any first frame counts (a data message, `query`, `authenticate`).
+//!   Where the hello said `auth_required`, a client that has not authenticated by that deadline gets `error` `authentication_required`, then the end.
 //! - A frame the server cannot take (a header over the maximum, an unknown kind, a data payload its codec cannot read, a stream that ends inside a frame) ends that connection without a reply; a control frame that is not a control message gets `error` `protocol_error`, then the end.
 //! - A client that does not read its replies is disconnected once the server holds the configured amount for it (1 MiB unless configured); its last frame may be cut.
+//! - A connection idle past the server's connection idle timeout, if it has one, gets `error` `idle_timeout`, then the end.
+//! - A connection whose request made the worker fail gets `error` `worker_failed`, then the end; the others are served on (unless the server's panic policy stops it: then as for a stop).
 //! - When the server stops, it answers what each client already sent, sends what it queued, then closes every connection.
 //!
 //! # Authentication
@@ -92,11 +100,32 @@
 //! The client proves itself first, so that a stranger who connects to a worker cannot use it to compute proofs.
 //! A client with no cookie configured does not start at all.
 //!
+//! ## Roles
+//!
+//! The `role` of `authenticate` says which cookie the proof is made with, and is part of the labels, so a proof for one role is worth nothing for the other:
+//!
+//! | role | labels (client, server) | the server checks the proof against | grants |
+//! |---|---|---|---|
+//! | `admin` (the default) | `exsyst-worker admin v1 client`, `exsyst-worker admin v1 server` | the admin cookie | data and `query` where `auth_required`, the privileged `query`, `stop` |
+//! | `client` | `exsyst-worker client v1 client`, `exsyst-worker client v1 server` | the client cookie, then the admin cookie | data and `query` where `auth_required` |
+//!
+//! The server's proof is made with the cookie that matched.
+//! A connection has the role of its last successful `authenticate`; a failed one leaves it with none.
+//! A cookie is 1 to 4096 bytes (`AdminCookie::MAX_LEN`), the same bytes on both sides.
+//!
+//! ## Failures
+//!
+//! A connection is closed after its third failed `authenticate`.
+//! Failures also count per peer, across its connections: a Unix peer is its user id, a TCP peer its IPv4 address or its IPv6 `/64`.
+//! After 100 failures within one second (a window that begins at the peer's first failure), the server checks no proof from that peer until the window ends: it answers each `too_many_failures` then, and closes the connection.
+//!
 //! Test vector: with the cookie `correct horse battery staple` (ASCII), `Ns` the bytes `00 01 02 … 1f` and `Nc` the bytes `20 21 22 … 3f`,
 //!
 //! ```text
-//! client proof = 5b6e35b4b639d9f6791e3bb104a7cf35fbd99e882d76e7d9209e658d296785d3
-//! server proof = 09ef7281443d464b6973f87b60bb01acf8c2992cb33dff4b2046ce6d6faf33d3
+//! admin:  client proof = 5b6e35b4b639d9f6791e3bb104a7cf35fbd99e882d76e7d9209e658d296785d3
+//!         server proof = 09ef7281443d464b6973f87b60bb01acf8c2992cb33dff4b2046ce6d6faf33d3
+//! client: client proof = 38b8cae4922a023a0e110eb00a0256616b953e2e3cb2e87a4619664e3dbebb65
+//!         server proof = 22369b3a7deec74ecb67c66c80244a964c17ef227546dd5924d3a49758953f86
 //! ```
 //!
 //! What this does not do: it authenticates the two ends of a connection, but it neither encrypts nor signs what follows.

@@ -8,36 +8,46 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
     net::TcpListener as StdTcpListener,
     os::unix::net::UnixListener as StdUnixListener,
     rc::Rc,
     sync::{Arc, mpsc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use log::Level;
-use worker_channel::{Codec, FrameKind};
+use worker_channel::FrameKind;
 use worker_core::{
-    BoxError, Connection, ConnectionId, ControlHandler, DisconnectHandler, EventedWorker,
-    NbChannel, SourceId, TimerId, WorkerHost, WorkerLoop, WorkerStatus, error_chain,
+    BoxError, Connection, ConnectionId, ControlHandler, DataGuard, DisconnectHandler,
+    EventedWorker, NbChannel, PanicHandler, SourceId, TimerId, WorkerHost, WorkerLoop,
+    WorkerStatus, catch_panic, deadline_after, error_chain,
     mio::{Interest, net::UnixStream},
 };
 
 use crate::{
-    AdminCookie, Error, Peer, PeerUids, SharedServerConfig, address, auth,
+    AdminCookie, ClientAuth, Error, PanicPolicy, Peer, PeerUids, SharedServerConfig, address, auth,
     listener::{self, Accepted, Bound, Listener, SocketFile},
-    session::{self, MAX_AUTH_FAILURES, ServerInfo, ServerSession, Step},
+    session::{self, Context, MAX_AUTH_FAILURES, ServerInfo, ServerSession, Step},
     stop::{self, StopHandle, StopLine, StopReason},
     sys,
+    throttle::{self, PeerKey, Throttle, Verdict},
     wire::{self, ErrorCode, ServerMessage},
 };
 
 /// A shared worker's implementation: an [`EventedWorker`] that many masters reach over a
 /// socket (the seed's `SharedWorkerImplementationInterface`), and that a client holding the
 /// admin cookie can stop.
+///
+/// A panic in any of its callbacks is caught by the server (see [`PanicPolicy`]): by default
+/// it ends the connection it was serving, and the others are served on, by a worker left as the
+/// panicking callback left it.
+///
+/// Where the server requires client authentication, the worker meets a connection only once
+/// it authenticated: `on_connect` runs then, and a connection that never does reaches neither
+/// `on_connect` nor `on_disconnect`.
 ///
 /// The server calls, besides [`EventedWorker`]'s callbacks (`on_connect` with the peer's name,
 /// see [`Peer`]): [`on_query`](Self::on_query) for each status query, and
@@ -163,6 +173,12 @@ pub struct SharedServer {
     config: SharedServerConfig,
     stop_line: StopLine,
     stop_reader: UnixStream,
+    /// The process's stop signals, taken from the bind on (when the configuration says so),
+    /// so that a daemon that reported `listening` is never killed by a SIGTERM or a SIGHUP
+    /// that comes before its loop runs: the signal waits on the stop line.
+    signals: Option<sys::StopSignals>,
+    /// Whether connections must authenticate before data and queries.
+    require_auth: bool,
     log: LogSink,
 }
 
@@ -226,6 +242,28 @@ impl SharedServer {
 
     fn new(bound: Bound, config: SharedServerConfig) -> Result<Self, Error> {
         let address = bound.address.to_string();
+        let require_auth = match config.client_auth() {
+            ClientAuth::Always => true,
+            ClientAuth::Never => false,
+            // Whatever else `NonLoopback` may come to mean: required unless proven loopback.
+            _ => match &bound.listener {
+                Listener::Tcp(listener) => {
+                    listener.local_addr().is_ok_and(|a| !a.ip().is_loopback())
+                }
+                Listener::Unix(_) => false,
+            },
+        };
+        if require_auth && config.client_cookie().is_none() && config.cookie().is_none() {
+            return Err(Error::Config {
+                what: "client_auth",
+                why: format!(
+                    "requires clients to authenticate at {address}, a TCP address that is not \
+                     loopback or by choice, but there is no client cookie nor admin cookie to \
+                     authenticate with: give one (with_client_cookie), or leave the data plane \
+                     open to anyone who reaches the port (with_client_auth(ClientAuth::Never))"
+                ),
+            });
+        }
         let (stop_line, stop_reader) = StopLine::new().map_err(|source| Error::Serve {
             address: address.clone(),
             source: worker_core::Error::Io {
@@ -233,6 +271,14 @@ impl SharedServer {
                 source,
             },
         })?;
+        let signals = if config.stop_on_signals() {
+            Some(stop_line.catch_signals().map_err(|source| Error::Signals {
+                address: address.clone(),
+                source,
+            })?)
+        } else {
+            None
+        };
         let pid = std::process::id();
         let log: LogSink = Arc::new(move |level, line: &str| {
             log::log!(
@@ -246,6 +292,8 @@ impl SharedServer {
             config,
             stop_line,
             stop_reader,
+            signals,
+            require_auth,
             log,
         })
     }
@@ -254,6 +302,13 @@ impl SharedServer {
     /// with the port the kernel chose).
     pub fn address(&self) -> &str {
         self.bound.address.as_str()
+    }
+
+    /// Whether connections must prove they know the client cookie (or the admin cookie)
+    /// before the server takes a data message or a query from them (see
+    /// [`ClientAuth`]).
+    pub fn requires_client_auth(&self) -> bool {
+        self.require_auth
     }
 
     /// Whether the listener came from systemd's socket activation.
@@ -289,20 +344,14 @@ impl SharedServer {
             config,
             stop_line,
             stop_reader,
+            signals: _signals,
+            require_auth,
             log,
         } = self;
         let address = bound.address.to_string();
         let serve_error = |source| Error::Serve {
             address: address.clone(),
             source,
-        };
-        let _signals = if config.stop_on_signals() {
-            Some(stop_line.catch_signals().map_err(|source| Error::Signals {
-                address: address.clone(),
-                source,
-            })?)
-        } else {
-            None
         };
         let _current = stop::enter(stop_line.handle());
         let mut event_loop = WorkerLoop::<W>::new().map_err(serve_error)?;
@@ -313,24 +362,9 @@ impl SharedServer {
             socket_file,
             ..
         } = bound;
+        let settings = Settings::new(&config, address.clone(), W::NAME, require_auth);
         let state = Rc::new(RefCell::new(State {
-            address: address.clone(),
-            info: ServerInfo {
-                pid: std::process::id(),
-                implementation: W::NAME.to_owned(),
-                codec: config.codec(),
-                max_frame_len: config.max_frame_len(),
-            },
-            cookie: config.cookie().cloned(),
-            peer_uids: config.peer_uids().clone(),
-            euid: sys::geteuid(),
-            codec: config.codec(),
-            max_frame_len: config.max_frame_len(),
-            max_connections: config.max_connections(),
-            max_queued: config.max_queued(),
-            handshake_timeout: config.handshake_timeout(),
-            drain_timeout: config.drain_timeout(),
-            idle_timeout: config.idle_timeout(),
+            settings,
             sessions: HashMap::new(),
             listener: None,
             stop_source: None,
@@ -338,12 +372,26 @@ impl SharedServer {
             idle_timer: None,
             retry_timer: None,
             drain_timer: None,
+            sweep_timer: None,
+            throttle: Throttle::new(Instant::now()),
+            panics: VecDeque::new(),
             stopping: false,
             first_error: None,
             log,
         }));
         host.set_control_handler(control_handler(&state));
         host.set_disconnect_handler(disconnect_handler(&state));
+        host.set_panic_handler(panic_handler(&state));
+        if require_auth {
+            host.set_data_guard(data_guard(&state));
+        }
+        let panicking = Rc::clone(&state);
+        event_loop.set_panic_handler(
+            move |_: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>, error| {
+                panicked(&panicking, event_loop, &error, None);
+                Ok(())
+            },
+        );
         host.start(&mut event_loop).map_err(serve_error)?;
 
         let accepting = Rc::clone(&state);
@@ -366,7 +414,14 @@ impl SharedServer {
                       event_loop: &mut WorkerLoop<W>,
                       reader: &mut UnixStream,
                       _| {
-                    match stop::read_reason(reader) {
+                    let heard = stop::read_reasons(reader);
+                    if let Some(ignored) = heard.ignored {
+                        stopping.borrow().log(
+                            Level::Info,
+                            &format!("{ignored}: ignored, serving on (SIGTERM or SIGINT stops)"),
+                        );
+                    }
+                    match heard.stop {
                         Some(reason) => {
                             begin_stop(&stopping, host, event_loop, Cause::Line(reason))
                         }
@@ -509,6 +564,8 @@ enum Cause {
     Line(StopReason),
     /// Nobody connected for this long.
     Idle(Duration),
+    /// Callbacks panicked, as often as the panic policy allows.
+    Panics(PanicPolicy),
 }
 
 impl fmt::Display for Cause {
@@ -517,6 +574,10 @@ impl fmt::Display for Cause {
             Cause::Client(peer) => write!(f, "asked to stop by {peer}"),
             Cause::Line(reason) => write!(f, "{reason}"),
             Cause::Idle(idle) => write!(f, "no connection for {idle:?}"),
+            Cause::Panics(PanicPolicy::Isolate { max_panics, within }) => {
+                write!(f, "{max_panics} panics within {within:?}")
+            }
+            Cause::Panics(_) => f.write_str("a callback panicked"),
         }
     }
 }
@@ -526,24 +587,98 @@ struct Session {
     admin: ServerSession,
     peer: Peer,
     handshake: Option<TimerId>,
+    /// Frames received when the idle sweep last looked, and when it last saw the connection
+    /// busy.
+    seen_frames: u64,
+    busy_at: Instant,
+    /// Its authentication waits for the end of its peer's throttle window; nothing more is
+    /// taken from it.
+    held: bool,
+    /// It sent data without authenticating, and was told: what it sends is dropped until this
+    /// timer closes it.
+    refused: Option<TimerId>,
 }
+
+/// How long a connection refused for sending data unauthenticated is kept, its frames
+/// dropped, before it is closed: a client that sent several messages before reading its
+/// refusal gets to read it, instead of a reset that would throw it away.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 type Shared = Rc<RefCell<State>>;
 
-/// What the server keeps beside the host.
-struct State {
+/// What the server was told, fixed for its run.
+struct Settings {
     address: String,
     info: ServerInfo,
     cookie: Option<AdminCookie>,
+    client_cookie: Option<AdminCookie>,
+    /// Whether connections must authenticate before data and queries.
+    require_auth: bool,
     peer_uids: PeerUids,
     euid: u32,
-    codec: Codec,
-    max_frame_len: u32,
     max_connections: usize,
     max_queued: usize,
     handshake_timeout: Option<Duration>,
     drain_timeout: Duration,
     idle_timeout: Option<Duration>,
+    /// Only a timeout the clock can reach: `Duration::MAX` is none.
+    connection_idle_timeout: Option<Duration>,
+    panic_policy: PanicPolicy,
+}
+
+impl Settings {
+    fn new(
+        config: &SharedServerConfig,
+        address: String,
+        implementation: &str,
+        require_auth: bool,
+    ) -> Self {
+        Settings {
+            address,
+            info: ServerInfo {
+                pid: std::process::id(),
+                implementation: implementation.to_owned(),
+                codec: config.codec(),
+                max_frame_len: config.max_frame_len(),
+            },
+            cookie: config.cookie().cloned(),
+            client_cookie: config.client_cookie().cloned(),
+            require_auth,
+            peer_uids: config.peer_uids().clone(),
+            euid: sys::geteuid(),
+            max_connections: config.max_connections(),
+            max_queued: config.max_queued(),
+            handshake_timeout: config.handshake_timeout(),
+            drain_timeout: config.drain_timeout(),
+            idle_timeout: config.idle_timeout(),
+            connection_idle_timeout: config
+                .connection_idle_timeout()
+                .filter(|&t| deadline_after(t).is_some()),
+            panic_policy: config.panic_policy(),
+        }
+    }
+
+    fn uid_allowed(&self, uid: u32) -> bool {
+        match &self.peer_uids {
+            PeerUids::Owner => uid == self.euid,
+            PeerUids::Any => true,
+            PeerUids::Only(uids) => uids.contains(&uid),
+        }
+    }
+
+    /// What a session checks control messages against, for a peer throttled or not.
+    fn context(&self, throttled: bool) -> Context<'_> {
+        Context {
+            admin: self.cookie.as_ref(),
+            client: self.client_cookie.as_ref(),
+            throttled,
+        }
+    }
+}
+
+/// What the server keeps beside the host, besides its settings: the state of its run.
+struct State {
+    settings: Settings,
     sessions: HashMap<ConnectionId, Session>,
     listener: Option<(SourceId, Listener)>,
     stop_source: Option<SourceId>,
@@ -551,6 +686,12 @@ struct State {
     idle_timer: Option<TimerId>,
     retry_timer: Option<TimerId>,
     drain_timer: Option<TimerId>,
+    /// Looks for idle connections while there are connections and a timeout for them.
+    sweep_timer: Option<TimerId>,
+    /// Failed authentications per peer, across connections.
+    throttle: Throttle,
+    /// When the panics of the current window happened, oldest first.
+    panics: VecDeque<Instant>,
     stopping: bool,
     first_error: Option<Error>,
     log: LogSink,
@@ -562,17 +703,64 @@ impl State {
     }
 
     fn uid_allowed(&self, uid: u32) -> bool {
-        match &self.peer_uids {
-            PeerUids::Owner => uid == self.euid,
-            PeerUids::Any => true,
-            PeerUids::Only(uids) => uids.contains(&uid),
-        }
+        self.settings.uid_allowed(uid)
     }
 
     fn record(&mut self, error: Error) {
         self.log(Level::Error, &error_chain(&error));
         self.first_error.get_or_insert(error);
     }
+
+    /// Counts a panic at `now`; whether the panic policy says to stop.
+    fn count_panic(&mut self, now: Instant) -> bool {
+        match self.settings.panic_policy {
+            PanicPolicy::Isolate { max_panics, within } => {
+                while self
+                    .panics
+                    .front()
+                    .is_some_and(|&at| now.duration_since(at) >= within)
+                {
+                    self.panics.pop_front();
+                }
+                if self.panics.len() >= max_panics as usize {
+                    self.panics.pop_front();
+                }
+                self.panics.push_back(now);
+                self.panics.len() >= max_panics as usize
+            }
+            // `Stop`, and whatever a later policy may be: stop.
+            _ => true,
+        }
+    }
+}
+
+/// Ends one connection on purpose, the one place that does: logs why at `level`, tells the
+/// peer with `message` (a typed error it reads before the end of the stream), and closes the
+/// connection once what is queued for it is written. From a timer, follow with
+/// [`WorkerHost::close`], since no event of the connection's will come to end it.
+fn close_connection<R: serde::Serialize>(
+    st: &State,
+    connection: &mut Connection<R>,
+    level: Level,
+    why: &str,
+    message: &ServerMessage,
+) {
+    tell_and_log(st, connection, level, why, message);
+    connection.close();
+}
+
+/// The first half of [`close_connection`], for a close that comes later: logs why, and tells
+/// the peer.
+fn tell_and_log<R: serde::Serialize>(
+    st: &State,
+    connection: &mut Connection<R>,
+    level: Level,
+    why: &str,
+    message: &ServerMessage,
+) {
+    st.log(level, why);
+    // A peer already gone for writing cannot be told; the close goes on.
+    let _ = send_control(connection, message);
 }
 
 /// Accepts until the listener would block.
@@ -661,7 +849,7 @@ fn admit<W: SharedWorkerImpl>(
         }
     }
     let connections = host.connections().len();
-    if connections >= st.max_connections {
+    if connections >= st.settings.max_connections {
         st.log(
             Level::Warn,
             &format!("refused {peer}: {connections} connections already, the limit"),
@@ -678,14 +866,15 @@ fn admit<W: SharedWorkerImpl>(
             return Ok(());
         }
     };
-    let admin = ServerSession::new(nonce);
-    let hello = wire::encode(&admin.hello(&st.info))?;
-    let (codec, max_frame_len) = (st.codec, st.max_frame_len);
+    let admin = ServerSession::new(nonce, st.settings.require_auth);
+    let info = &st.settings.info;
+    let hello = wire::encode(&admin.hello(info))?;
+    let (codec, max_frame_len) = (info.codec, info.max_frame_len);
     let channel = match accepted {
         Accepted::Unix(stream) => NbChannel::from_unix_stream(stream, codec, max_frame_len),
         Accepted::Tcp(stream, _) => NbChannel::from_tcp_stream(stream, codec, max_frame_len),
     };
-    let mut channel = channel.with_max_queued(st.max_queued);
+    let mut channel = channel.with_max_queued(st.settings.max_queued);
     // Before `on_connect`, so that it is the first frame the client reads.
     if let Err(e) = channel.send_raw(FrameKind::Control, &hello) {
         st.log(
@@ -704,10 +893,15 @@ fn admit<W: SharedWorkerImpl>(
             admin,
             peer,
             handshake: None,
+            seen_frames: 0,
+            busy_at: Instant::now(),
+            held: false,
+            refused: None,
         },
     );
-    let handshake_timeout = st.handshake_timeout;
+    let handshake_timeout = st.settings.handshake_timeout;
     drop(st);
+    arm_sweep(state, event_loop);
     match host.connect(event_loop, channel, peer.to_string()) {
         Ok(_) => {}
         // The connection could not join the loop: it alone is refused.
@@ -726,7 +920,9 @@ fn admit<W: SharedWorkerImpl>(
         .connections()
         .get(id)
         .is_some_and(|c| c.frames_received() == 0);
-    if let (Some(timeout), true) = (handshake_timeout, silent) {
+    // Where authentication is required, the deadline is the authentication's too.
+    let require_auth = state.borrow().settings.require_auth;
+    if let (Some(timeout), true) = (handshake_timeout, silent || require_auth) {
         let expiring = Rc::clone(state);
         let timer = event_loop.add_timer(
             timeout,
@@ -741,7 +937,8 @@ fn admit<W: SharedWorkerImpl>(
     Ok(())
 }
 
-/// Drops a connection that sent no complete frame within the handshake deadline.
+/// Drops a connection that sent no complete frame within the handshake deadline, and closes
+/// one that has not authenticated by then where the server requires it.
 fn handshake_expired<W: SharedWorkerImpl>(
     state: &Shared,
     host: &mut WorkerHost<W>,
@@ -749,13 +946,13 @@ fn handshake_expired<W: SharedWorkerImpl>(
     id: ConnectionId,
     timeout: Duration,
 ) -> Result<(), BoxError> {
-    let peer = {
+    let (peer, unauthenticated) = {
         let mut st = state.borrow_mut();
         let Some(session) = st.sessions.get_mut(&id) else {
             return Ok(());
         };
         session.handshake = None;
-        session.peer
+        (session.peer, !session.admin.may_send_data())
     };
     let silent = host
         .connections()
@@ -767,6 +964,19 @@ fn handshake_expired<W: SharedWorkerImpl>(
             &format!("dropped {peer}: said nothing within {timeout:?} of connecting"),
         );
         host.disconnect(event_loop, id)?;
+    } else if unauthenticated {
+        let why = |peer| {
+            format!("closing the connection of {peer}: not authenticated within {timeout:?}")
+        };
+        close_from_timer(
+            state,
+            host,
+            event_loop,
+            id,
+            Level::Debug,
+            why,
+            &session::authentication_required(),
+        )?;
     }
     Ok(())
 }
@@ -792,16 +1002,77 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
             let Some(session) = st.sessions.get_mut(&id) else {
                 return Ok(());
             };
-            let step = session.admin.handle(st.cookie.as_ref(), payload);
-            (step, session.peer, session.admin.failures())
+            if session.held || session.refused.is_some() {
+                return Ok(());
+            }
+            let key = PeerKey::of(&session.peer);
+            let now = Instant::now();
+            let verdict = st.throttle.verdict(key, now);
+            let failures = session.admin.failures();
+            let step = session
+                .admin
+                .handle(&st.settings.context(verdict != Verdict::Check), payload);
+            if session.admin.failures() > failures {
+                st.throttle.failed(key, now);
+            }
+            if session.admin.may_send_data() {
+                connection.open_data();
+            }
+            let peer = session.peer;
+            if step == Step::Throttled {
+                session.held = true;
+                if let Verdict::Refuse { log: true, .. } = verdict {
+                    st.log(
+                        Level::Warn,
+                        &format!(
+                            "{peer} failed to authenticate {} times within {:?}: its proofs are \
+                             not checked, and are refused late, until the window ends",
+                            throttle::MAX_FAILURES,
+                            throttle::WINDOW
+                        ),
+                    );
+                }
+                let until = match verdict {
+                    Verdict::Refuse { until, .. } => until,
+                    Verdict::Check => now,
+                };
+                // Answered once the peer's window has ended, then closed.
+                let releasing = Rc::clone(&state);
+                event_loop.add_timer(
+                    until.saturating_duration_since(now),
+                    move |host: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>| {
+                        let why = |peer| {
+                            format!(
+                                "refused an authentication from {peer} unchecked (too many \
+                                 failures lately); closing its connection"
+                            )
+                        };
+                        let message = session::throttled();
+                        close_from_timer(
+                            &releasing,
+                            host,
+                            event_loop,
+                            id,
+                            Level::Debug,
+                            why,
+                            &message,
+                        )
+                    },
+                );
+            }
+            let failures = st.sessions.get(&id).map_or(0, |s| s.admin.failures());
+            (step, peer, failures)
         };
         match step {
             Step::Reply(message) => {
-                log_refusal(&state, peer, &message, failures, false);
+                if let Some(line) = refusal_line(peer, &message, failures, false) {
+                    state.borrow().log(Level::Warn, &line);
+                }
                 send_control(connection, &message)?;
             }
             Step::Query { privileged } => {
-                let status = worker.on_query(privileged);
+                // Caught here to be named; the host ends this connection only.
+                let status = catch_panic("on_query", || worker.on_query(privileged))?;
                 send_control(connection, &session::status(privileged, status))?;
             }
             Step::Stop(ack) => {
@@ -816,19 +1087,224 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
                 );
             }
             Step::Close(message) => {
-                log_refusal(&state, peer, &message, failures, true);
-                send_control(connection, &message)?;
-                connection.close();
+                let why = refusal_line(peer, &message, failures, true)
+                    .unwrap_or_else(|| format!("closing the connection of {peer}"));
+                close_connection(&state.borrow(), connection, Level::Warn, &why, &message);
             }
+            // Answered by its timer, above.
+            Step::Throttled => {}
         }
         Ok(())
     })
 }
 
-/// Logs a refused admin request: a wrong cookie above all, never with the proof.
-fn log_refusal(state: &Shared, peer: Peer, message: &ServerMessage, failures: u32, closing: bool) {
-    let ServerMessage::Error { code, message } = message else {
+/// [`close_connection`] from a timer, for connection `id` if it is still there.
+#[allow(clippy::too_many_arguments)]
+fn close_from_timer<W: SharedWorkerImpl>(
+    state: &Shared,
+    host: &mut WorkerHost<W>,
+    event_loop: &mut WorkerLoop<W>,
+    id: ConnectionId,
+    level: Level,
+    why: impl FnOnce(Peer) -> String,
+    message: &ServerMessage,
+) -> Result<(), BoxError> {
+    let Some(connection) = host.connections_mut().get_mut(id) else {
+        return Ok(());
+    };
+    {
+        let st = state.borrow();
+        let Some(session) = st.sessions.get(&id) else {
+            return Ok(());
+        };
+        close_connection(&st, connection, level, &why(session.peer), message);
+    }
+    host.close(event_loop, id)?;
+    Ok(())
+}
+
+/// Refuses a data message from a connection that has not authenticated, where the server
+/// requires it: the peer is told, and its connection closes.
+fn data_guard<W: SharedWorkerImpl>(state: &Shared) -> DataGuard<W> {
+    let state = Rc::clone(state);
+    Box::new(move |connection, event_loop| {
+        let id = connection.id();
+        let mut st = state.borrow_mut();
+        let Some(session) = st.sessions.get(&id) else {
+            return Ok(());
+        };
+        if session.refused.is_some() {
+            return Ok(());
+        }
+        let why = format!(
+            "refused a data message from {}: it has not authenticated; closing its connection",
+            session.peer
+        );
+        tell_and_log(
+            &st,
+            connection,
+            Level::Warn,
+            &why,
+            &session::authentication_required(),
+        );
+        let timer = event_loop.add_timer(
+            REFUSAL_LINGER,
+            move |host: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>| {
+                host.close(event_loop, id)?;
+                Ok(())
+            },
+        );
+        if let Some(session) = st.sessions.get_mut(&id) {
+            session.refused = Some(timer);
+        }
+        Ok(())
+    })
+}
+
+/// A callback run for a connection panicked: its peer is told, its connection closes (the
+/// host closes it once this returns), and the panic counts.
+fn panic_handler<W: SharedWorkerImpl>(state: &Shared) -> PanicHandler<W> {
+    let state = Rc::clone(state);
+    Box::new(move |connection, event_loop, error| {
+        let peer = state
+            .borrow()
+            .sessions
+            .get(&connection.id())
+            .map(|session| session.peer);
+        // A peer already gone for writing cannot be told.
+        let failed = ServerMessage::error(
+            ErrorCode::WorkerFailed,
+            "the worker failed while serving this connection",
+        );
+        let _ = send_control(connection, &failed);
+        panicked(&state, event_loop, error, peer);
+        Ok(())
+    })
+}
+
+/// A callback of the worker, or a handler on the loop, panicked: logs it with the panic's
+/// message, counts it, and begins a graceful stop when the panic policy says so.
+fn panicked<W: SharedWorkerImpl>(
+    state: &Shared,
+    event_loop: &mut WorkerLoop<W>,
+    error: &worker_core::Error,
+    peer: Option<Peer>,
+) {
+    let mut st = state.borrow_mut();
+    let stop = st.count_panic(Instant::now());
+    let serving = peer.map_or_else(String::new, |peer| {
+        format!(" while serving {peer}, whose connection closes")
+    });
+    let then = if st.stopping {
+        ""
+    } else if stop {
+        "; stopping, as the panic policy says"
+    } else {
+        "; serving the others on"
+    };
+    st.log(Level::Error, &format!("{error}{serving}{then}"));
+    if !stop || st.stopping {
         return;
+    }
+    let address = st.settings.address.clone();
+    let message = match error {
+        worker_core::Error::Panicked { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    let callback = match error {
+        worker_core::Error::Panicked { callback, .. } => callback,
+        _ => &"handler",
+    };
+    st.first_error.get_or_insert(Error::Serve {
+        address,
+        source: worker_core::Error::Panicked { callback, message },
+    });
+    let policy = st.settings.panic_policy;
+    drop(st);
+    let stopping = Rc::clone(state);
+    // Once the current callback returns: the stop needs the whole host.
+    event_loop.add_timer(
+        Duration::ZERO,
+        move |host: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>| {
+            begin_stop(&stopping, host, event_loop, Cause::Panics(policy))
+        },
+    );
+}
+
+/// Looks for idle connections every quarter of their timeout (at least every 10 ms), while
+/// there are connections.
+fn arm_sweep<W: SharedWorkerImpl>(state: &Shared, event_loop: &mut WorkerLoop<W>) {
+    let mut st = state.borrow_mut();
+    let Some(timeout) = st.settings.connection_idle_timeout else {
+        return;
+    };
+    if st.sweep_timer.is_some() || st.stopping || st.sessions.is_empty() {
+        return;
+    }
+    let sweeping = Rc::clone(state);
+    let every = (timeout / 4).max(Duration::from_millis(10));
+    let timer = event_loop.add_periodic_timer(
+        every,
+        move |host: &mut WorkerHost<W>, event_loop: &mut WorkerLoop<W>| {
+            sweep_idle(&sweeping, host, event_loop, timeout)
+        },
+    );
+    st.sweep_timer = Some(timer);
+}
+
+/// Closes every connection that neither sent a frame nor had replies waiting for it within
+/// `timeout`.
+fn sweep_idle<W: SharedWorkerImpl>(
+    state: &Shared,
+    host: &mut WorkerHost<W>,
+    event_loop: &mut WorkerLoop<W>,
+    timeout: Duration,
+) -> Result<(), BoxError> {
+    let now = Instant::now();
+    let mut idle = Vec::new();
+    {
+        let mut st = state.borrow_mut();
+        for (&id, session) in st.sessions.iter_mut() {
+            let Some(connection) = host.connections().get(id) else {
+                continue;
+            };
+            let frames = connection.frames_received();
+            if frames != session.seen_frames || connection.queued_bytes() > 0 {
+                session.seen_frames = frames;
+                session.busy_at = now;
+            } else if !connection.is_closing() && now.duration_since(session.busy_at) >= timeout {
+                idle.push(id);
+            }
+        }
+    }
+    let message = ServerMessage::error(
+        ErrorCode::IdleTimeout,
+        format!("this connection was idle for {timeout:?}"),
+    );
+    for id in idle {
+        close_from_timer(
+            state,
+            host,
+            event_loop,
+            id,
+            Level::Debug,
+            |peer| format!("closing the connection of {peer}: idle for {timeout:?}"),
+            &message,
+        )?;
+    }
+    Ok(())
+}
+
+/// The log line of a refused admin request, if it deserves one: a wrong cookie above all,
+/// never with the proof.
+fn refusal_line(
+    peer: Peer,
+    message: &ServerMessage,
+    failures: u32,
+    closing: bool,
+) -> Option<String> {
+    let ServerMessage::Error { code, message } = message else {
+        return None;
     };
     let then = if closing {
         "; closing its connection"
@@ -844,10 +1320,14 @@ fn log_refusal(state: &Shared, peer: Peer, message: &ServerMessage, failures: u3
              {failures} of {MAX_AUTH_FAILURES}){then}"
         ),
         ErrorCode::ProtocolError => format!("{peer} broke the admin protocol: {message}{then}"),
-        // Asking before authenticating, or asking what a newer version offers, is no offence.
-        _ => return,
+        ErrorCode::AuthenticationRequired if closing => {
+            format!("refused a query from {peer}: it has not authenticated{then}")
+        }
+        // Asking to stop before authenticating, or asking what a newer version offers, is no
+        // offence.
+        _ => return None,
     };
-    state.borrow().log(Level::Warn, &line);
+    Some(line)
 }
 
 /// Forgets a connection that ended; logs why when it ended for an error; when it was the last,
@@ -857,7 +1337,10 @@ fn disconnect_handler<W: SharedWorkerImpl>(state: &Shared) -> DisconnectHandler<
     Box::new(move |_, connection, event_loop| {
         let mut st = state.borrow_mut();
         let session = st.sessions.remove(&connection.id());
-        if let Some(timer) = session.as_ref().and_then(|s| s.handshake) {
+        for timer in session
+            .iter()
+            .flat_map(|s| s.handshake.into_iter().chain(s.refused))
+        {
             event_loop.cancel_timer(timer);
         }
         if let (Some(error), Some(session)) = (connection.error(), &session) {
@@ -871,6 +1354,9 @@ fn disconnect_handler<W: SharedWorkerImpl>(state: &Shared) -> DisconnectHandler<
             );
         }
         if st.sessions.is_empty() {
+            if let Some(timer) = st.sweep_timer.take() {
+                event_loop.cancel_timer(timer);
+            }
             if st.stopping {
                 let ending = Rc::clone(&state);
                 event_loop.add_timer(
@@ -891,7 +1377,7 @@ fn disconnect_handler<W: SharedWorkerImpl>(state: &Shared) -> DisconnectHandler<
 /// Starts counting the idle time, when the server has one and nobody is connected.
 fn arm_idle_timer<W: SharedWorkerImpl>(state: &Shared, event_loop: &mut WorkerLoop<W>) {
     let mut st = state.borrow_mut();
-    let Some(idle) = st.idle_timeout else {
+    let Some(idle) = st.settings.idle_timeout else {
         return;
     };
     if st.stopping || st.idle_timer.is_some() || !st.sessions.is_empty() {
@@ -930,6 +1416,7 @@ fn begin_stop<W: SharedWorkerImpl>(
             .collect();
         timers.extend(st.idle_timer.take());
         timers.extend(st.retry_timer.take());
+        timers.extend(st.sweep_timer.take());
         (
             st.listener.take(),
             st.stop_source.take(),
@@ -954,16 +1441,19 @@ fn begin_stop<W: SharedWorkerImpl>(
                 .log(Level::Warn, &format!("cannot remove the socket file: {e}")),
         }
     }
-    if let Err(source) = host.worker_mut().on_stop(event_loop) {
+    let stopped = catch_panic("on_stop", || host.worker_mut().on_stop(event_loop));
+    let failed = match stopped {
+        Ok(Ok(())) => None,
+        Ok(Err(source)) => Some(worker_core::Error::Handler {
+            callback: "on_stop",
+            source,
+        }),
+        Err(panicked) => Some(panicked),
+    };
+    if let Some(source) = failed {
         let mut st = state.borrow_mut();
-        let address = st.address.clone();
-        st.record(Error::Serve {
-            address,
-            source: worker_core::Error::Handler {
-                callback: "on_stop",
-                source,
-            },
-        });
+        let address = st.settings.address.clone();
+        st.record(Error::Serve { address, source });
     }
     for id in host.connections().ids() {
         host.finish(event_loop, id)?;
@@ -971,7 +1461,7 @@ fn begin_stop<W: SharedWorkerImpl>(
     if host.connections().is_empty() {
         return end_stop(state, host, event_loop);
     }
-    let drain = state.borrow().drain_timeout;
+    let drain = state.borrow().settings.drain_timeout;
     let draining = Rc::clone(state);
     let timer = event_loop.add_timer(
         drain,

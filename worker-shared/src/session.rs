@@ -23,7 +23,7 @@
 //!    - [`Step::Close`]: queue the message, then drop the connection once it is written (after [`MAX_AUTH_FAILURES`] failed authentications, or a malformed control message).
 //!
 //!    The host logs a failed authentication (address and peer, never the proof) and keeps serving everyone else.
-//! 5. **Data frames** go to `on_message` as for any evented worker.
+//! 5. **Data frames** go to `on_message` as for any evented worker, once the connection [may send data](ServerSession::may_send_data): at once, or after it authenticated where the server requires it; until then the host's data guard (`WorkerHost::set_data_guard`) refuses them.
 //!    This module never sees them, so an application message can never be taken for a command.
 //! 6. **Framing errors** (garbage, an oversized header, a frame cut by the end of the stream) end only that connection: the shared host drops it, and the others go on; its disconnect handler logs why ([`Connection::error`](worker_core::Connection::error)) and forgets the session.
 
@@ -32,7 +32,7 @@ use worker_core::WorkerStatus;
 
 use crate::{
     AdminCookie,
-    auth::{self, AuthError, Nonce},
+    auth::{self, AuthError, Nonce, Role},
     wire::{self, ClientMessage, ErrorCode, Hello, Inbound, PROTOCOL_VERSION, ServerMessage},
 };
 
@@ -63,14 +63,47 @@ pub(crate) enum Step {
     Stop(ServerMessage),
     /// Send this, then close the connection.
     Close(ServerMessage),
+    /// An authentication from a peer that failed too often lately: it was not checked. Send
+    /// [`throttled`] once the peer's window ends, then close the connection.
+    Throttled,
+}
+
+/// What a session checks a control message against: the server's cookies and rules, and
+/// whether its peer may have a proof checked now.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Context<'a> {
+    /// The admin cookie, if the server has one.
+    pub(crate) admin: Option<&'a AdminCookie>,
+    /// The client cookie, if the server has one.
+    pub(crate) client: Option<&'a AdminCookie>,
+    /// Whether the peer failed too many authentications lately.
+    pub(crate) throttled: bool,
+}
+
+/// The late answer to an authentication that was [`Step::Throttled`].
+pub(crate) fn throttled() -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::TooManyFailures,
+        "too many failed authentications from this peer lately; the proof was not checked",
+    )
+}
+
+/// The answer to a data message or a query from a connection that must authenticate first.
+pub(crate) fn authentication_required() -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::AuthenticationRequired,
+        "this worker takes data and queries only from authenticated connections",
+    )
 }
 
 /// One connection's admin state.
 #[derive(Debug)]
 pub(crate) struct ServerSession {
     nonce: Nonce,
-    authenticated: bool,
+    /// What the connection proved, if anything.
+    granted: Option<Role>,
     failures: u32,
+    auth_required: bool,
 }
 
 /// The reply to a query.
@@ -81,11 +114,15 @@ pub(crate) fn status(privileged: bool, status: Option<WorkerStatus>) -> ServerMe
 impl ServerSession {
     /// A session for a new connection, with a nonce never used before (see
     /// [`auth::fresh_nonce`]).
-    pub(crate) fn new(nonce: Nonce) -> Self {
+    ///
+    /// `auth_required`: whether the connection must authenticate before data messages and
+    /// queries (the hello says so).
+    pub(crate) fn new(nonce: Nonce, auth_required: bool) -> Self {
         ServerSession {
             nonce,
-            authenticated: false,
+            granted: None,
             failures: 0,
+            auth_required,
         }
     }
 
@@ -98,13 +135,19 @@ impl ServerSession {
             codec: info.codec,
             max_frame_len: info.max_frame_len,
             nonce: self.nonce.to_vec(),
+            auth_required: self.auth_required,
         })
     }
 
-    /// Whether the client proved it knows the cookie.
+    /// Whether the client proved it knows the admin cookie.
     #[cfg(test)]
     pub(crate) fn is_authenticated(&self) -> bool {
-        self.authenticated
+        self.granted == Some(Role::Admin)
+    }
+
+    /// Whether the worker may take data messages from this connection.
+    pub(crate) fn may_send_data(&self) -> bool {
+        !self.auth_required || self.granted.is_some()
     }
 
     /// How many authentications failed on this connection.
@@ -112,8 +155,8 @@ impl ServerSession {
         self.failures
     }
 
-    /// Handles one control payload from the client; `cookie` is the worker's, if it has one.
-    pub(crate) fn handle(&mut self, cookie: Option<&AdminCookie>, payload: &[u8]) -> Step {
+    /// Handles one control payload from the client.
+    pub(crate) fn handle(&mut self, cx: &Context<'_>, payload: &[u8]) -> Step {
         let message = match wire::decode::<ClientMessage>(payload, ClientMessage::TYPES) {
             Inbound::Message(message) => message,
             // A newer client may probe for what this server offers; it is told, not dropped.
@@ -128,41 +171,54 @@ impl ServerSession {
             }
         };
         match message {
-            ClientMessage::Authenticate { nonce, proof } => {
-                match auth::verify_client(cookie, &self.nonce, &nonce, &proof) {
+            ClientMessage::Authenticate { .. } if cx.throttled => Step::Throttled,
+            ClientMessage::Authenticate { nonce, proof, role } => {
+                let cookies = match role {
+                    Role::Admin => [cx.admin, None],
+                    Role::Client => [cx.client, cx.admin],
+                };
+                match auth::verify_client(role, &cookies, &self.nonce, &nonce, &proof) {
                     Ok(proof) => {
-                        self.authenticated = true;
+                        self.granted = Some(role);
                         Step::Reply(ServerMessage::Authenticated { proof })
                     }
                     Err(AuthError::BadNonce) => Step::Close(ServerMessage::error(
                         ErrorCode::ProtocolError,
                         format!("a nonce is {} bytes long", wire::NONCE_LEN),
                     )),
-                    Err(e) => self.failed(e),
+                    Err(e) => self.failed(e, role),
                 }
             }
+            ClientMessage::Query if !self.may_send_data() => Step::Close(authentication_required()),
             ClientMessage::Query => Step::Query {
-                privileged: self.authenticated,
+                privileged: self.granted == Some(Role::Admin),
             },
-            ClientMessage::Stop if self.authenticated => Step::Stop(ServerMessage::Stopping),
+            ClientMessage::Stop if self.granted == Some(Role::Admin) => {
+                Step::Stop(ServerMessage::Stopping)
+            }
             ClientMessage::Stop => Step::Reply(ServerMessage::error(
                 ErrorCode::AuthenticationRequired,
-                "stop needs an authenticated connection",
+                "stop needs a connection authenticated with the admin cookie",
             )),
         }
     }
 
     /// A failed authentication: refused, and the connection closed once it failed too often.
-    fn failed(&mut self, error: AuthError) -> Step {
+    fn failed(&mut self, error: AuthError, role: Role) -> Step {
         // A connection that authenticated before stays so only while it does not fail.
-        self.authenticated = false;
+        self.granted = None;
         self.failures += 1;
-        let reply = match error {
-            AuthError::NoCookie => ServerMessage::error(
+        let reply = match (error, role) {
+            (AuthError::NoCookie, Role::Admin) => ServerMessage::error(
                 ErrorCode::NoCookie,
                 "this worker has no admin cookie configured",
             ),
-            _ => ServerMessage::error(ErrorCode::Unauthorized, "wrong admin cookie"),
+            (AuthError::NoCookie, Role::Client) => ServerMessage::error(
+                ErrorCode::NoCookie,
+                "this worker has no client cookie nor admin cookie configured",
+            ),
+            (_, Role::Admin) => ServerMessage::error(ErrorCode::Unauthorized, "wrong admin cookie"),
+            (_, Role::Client) => ServerMessage::error(ErrorCode::Unauthorized, "wrong cookie"),
         };
         if self.failures >= MAX_AUTH_FAILURES {
             Step::Close(reply)
@@ -191,6 +247,14 @@ mod tests {
         }
     }
 
+    /// The context of a server with `admin` as its only cookie.
+    fn cx(admin: Option<&AdminCookie>) -> Context<'_> {
+        Context {
+            admin,
+            ..Context::default()
+        }
+    }
+
     fn cookie(text: &str) -> AdminCookie {
         AdminCookie::new(text).unwrap()
     }
@@ -201,10 +265,11 @@ mod tests {
 
     /// What a client holding `cookie` sends to authenticate on `session`'s connection.
     fn authenticate(cookie: &AdminCookie) -> (Vec<u8>, ClientAuth<'_>) {
-        let auth = ClientAuth::start(Some(cookie), &NS, NC).unwrap();
+        let auth = ClientAuth::start(Role::Admin, Some(cookie), &NS, NC).unwrap();
         let message = ClientMessage::Authenticate {
             nonce: auth.client_nonce().to_vec(),
             proof: auth.proof(),
+            role: Role::Admin,
         };
         (payload(&message), auth)
     }
@@ -219,7 +284,7 @@ mod tests {
 
     #[test]
     fn the_hello_carries_the_server_and_the_nonce() {
-        let session = ServerSession::new(NS);
+        let session = ServerSession::new(NS, false);
         assert_eq!(
             session.hello(&info()),
             ServerMessage::Hello(Hello {
@@ -229,6 +294,7 @@ mod tests {
                 codec: Codec::Json,
                 max_frame_len: 4096,
                 nonce: NS.to_vec(),
+                auth_required: false,
             })
         );
     }
@@ -236,60 +302,63 @@ mod tests {
     #[test]
     fn the_right_cookie_makes_the_connection_privileged() {
         let c = cookie("s3cret");
-        let mut session = ServerSession::new(NS);
+        let mut session = ServerSession::new(NS, false);
         assert_eq!(
-            session.handle(Some(&c), &payload(&ClientMessage::Query)),
+            session.handle(&cx(Some(&c)), &payload(&ClientMessage::Query)),
             Step::Query { privileged: false }
         );
         let (request, client) = authenticate(&c);
         let Step::Reply(ServerMessage::Authenticated { proof }) =
-            session.handle(Some(&c), &request)
+            session.handle(&cx(Some(&c)), &request)
         else {
             panic!("not authenticated");
         };
         assert_eq!(client.verify_server(&proof), Ok(()));
         assert!(session.is_authenticated());
         assert_eq!(
-            session.handle(Some(&c), &payload(&ClientMessage::Query)),
+            session.handle(&cx(Some(&c)), &payload(&ClientMessage::Query)),
             Step::Query { privileged: true }
         );
         assert_eq!(
-            session.handle(Some(&c), &payload(&ClientMessage::Stop)),
+            session.handle(&cx(Some(&c)), &payload(&ClientMessage::Stop)),
             Step::Stop(ServerMessage::Stopping)
         );
     }
 
     #[test]
     fn a_wrong_cookie_is_refused_and_stop_stays_impossible() {
-        let mut session = ServerSession::new(NS);
+        let mut session = ServerSession::new(NS, false);
         let guess = cookie("guess");
         let (request, _) = authenticate(&guess);
-        let step = session.handle(Some(&cookie("s3cret")), &request);
+        let step = session.handle(&cx(Some(&cookie("s3cret"))), &request);
         assert!(
             matches!(step, Step::Reply(_)),
             "the first failure keeps the connection"
         );
         assert_eq!(error_code(&step), &ErrorCode::Unauthorized);
-        let stop = session.handle(Some(&cookie("s3cret")), &payload(&ClientMessage::Stop));
+        let stop = session.handle(&cx(Some(&cookie("s3cret"))), &payload(&ClientMessage::Stop));
         assert_eq!(error_code(&stop), &ErrorCode::AuthenticationRequired);
         assert_eq!(
-            session.handle(Some(&cookie("s3cret")), &payload(&ClientMessage::Query)),
+            session.handle(
+                &cx(Some(&cookie("s3cret"))),
+                &payload(&ClientMessage::Query)
+            ),
             Step::Query { privileged: false }
         );
     }
 
     #[test]
     fn repeated_failures_close_the_connection() {
-        let mut session = ServerSession::new(NS);
+        let mut session = ServerSession::new(NS, false);
         let (request, _) = authenticate(&cookie("guess"));
         let real = cookie("s3cret");
         for _ in 1..MAX_AUTH_FAILURES {
             assert!(matches!(
-                session.handle(Some(&real), &request),
+                session.handle(&cx(Some(&real)), &request),
                 Step::Reply(_)
             ));
         }
-        let last = session.handle(Some(&real), &request);
+        let last = session.handle(&cx(Some(&real)), &request);
         assert!(matches!(last, Step::Close(_)));
         assert_eq!(error_code(&last), &ErrorCode::Unauthorized);
     }
@@ -298,24 +367,24 @@ mod tests {
     fn a_proof_replayed_on_another_connection_is_refused() {
         let c = cookie("s3cret");
         let (captured, _) = authenticate(&c);
-        let mut first = ServerSession::new(NS);
+        let mut first = ServerSession::new(NS, false);
         assert!(matches!(
-            first.handle(Some(&c), &captured),
+            first.handle(&cx(Some(&c)), &captured),
             Step::Reply(ServerMessage::Authenticated { .. })
         ));
-        let mut second = ServerSession::new([0x77; 32]);
-        let step = second.handle(Some(&c), &captured);
+        let mut second = ServerSession::new([0x77; 32], false);
+        let step = second.handle(&cx(Some(&c)), &captured);
         assert_eq!(error_code(&step), &ErrorCode::Unauthorized);
         assert!(!second.is_authenticated());
     }
 
     #[test]
     fn a_server_without_a_cookie_says_so() {
-        let mut session = ServerSession::new(NS);
+        let mut session = ServerSession::new(NS, false);
         let (request, _) = authenticate(&cookie("s3cret"));
-        let step = session.handle(None, &request);
+        let step = session.handle(&cx(None), &request);
         assert_eq!(error_code(&step), &ErrorCode::NoCookie);
-        let stop = session.handle(None, &payload(&ClientMessage::Stop));
+        let stop = session.handle(&cx(None), &payload(&ClientMessage::Stop));
         assert_eq!(error_code(&stop), &ErrorCode::AuthenticationRequired);
     }
 
@@ -326,18 +395,19 @@ mod tests {
             #[serde(rename = "type")]
             kind: &'static str,
         }
-        let mut session = ServerSession::new(NS);
-        let unknown = session.handle(None, &payload(&Drain { kind: "drain" }));
+        let mut session = ServerSession::new(NS, false);
+        let unknown = session.handle(&cx(None), &payload(&Drain { kind: "drain" }));
         assert!(matches!(unknown, Step::Reply(_)));
         assert_eq!(error_code(&unknown), &ErrorCode::UnknownMessage);
-        let garbage = session.handle(None, b"\xc1\xc1");
+        let garbage = session.handle(&cx(None), b"\xc1\xc1");
         assert!(matches!(garbage, Step::Close(_)));
         assert_eq!(error_code(&garbage), &ErrorCode::ProtocolError);
         let short = ClientMessage::Authenticate {
             nonce: vec![1; 8],
             proof: vec![0; 32],
+            role: Role::Admin,
         };
-        let short = session.handle(Some(&cookie("x")), &payload(&short));
+        let short = session.handle(&cx(Some(&cookie("x"))), &payload(&short));
         assert!(matches!(short, Step::Close(_)));
         assert_eq!(error_code(&short), &ErrorCode::ProtocolError);
     }
@@ -345,12 +415,83 @@ mod tests {
     #[test]
     fn a_failure_after_success_drops_the_privilege() {
         let c = cookie("s3cret");
-        let mut session = ServerSession::new(NS);
+        let mut session = ServerSession::new(NS, false);
         let (good, _) = authenticate(&c);
-        session.handle(Some(&c), &good);
+        session.handle(&cx(Some(&c)), &good);
         let (bad, _) = authenticate(&cookie("guess"));
-        session.handle(Some(&c), &bad);
+        session.handle(&cx(Some(&c)), &bad);
         assert!(!session.is_authenticated());
+    }
+
+    /// What a client holding `cookie` sends to authenticate for `role`.
+    fn authenticate_as(cookie: &AdminCookie, role: Role) -> Vec<u8> {
+        let auth = ClientAuth::start(role, Some(cookie), &NS, NC).unwrap();
+        payload(&ClientMessage::Authenticate {
+            nonce: auth.client_nonce().to_vec(),
+            proof: auth.proof(),
+            role,
+        })
+    }
+
+    #[test]
+    fn where_authentication_is_required_only_an_authenticated_connection_gets_data_and_queries() {
+        let (admin, client) = (cookie("admin"), cookie("client"));
+        let cx = Context {
+            admin: Some(&admin),
+            client: Some(&client),
+            throttled: false,
+        };
+        // (role, cookie, then may send data, privileged)
+        let cases = [
+            (Role::Client, &client, true, false),
+            (Role::Client, &admin, true, false),
+            (Role::Admin, &admin, true, true),
+            (Role::Admin, &client, false, false),
+        ];
+        for (role, with, data, privileged) in cases {
+            let mut session = ServerSession::new(NS, true);
+            assert!(!session.may_send_data());
+            let hello = session.hello(&info());
+            assert!(matches!(
+                hello,
+                ServerMessage::Hello(Hello {
+                    auth_required: true,
+                    ..
+                })
+            ));
+            let step = session.handle(&cx, &authenticate_as(with, role));
+            assert_eq!(session.may_send_data(), data, "{role:?}");
+            if !data {
+                assert_eq!(error_code(&step), &ErrorCode::Unauthorized);
+                let query = session.handle(&cx, &payload(&ClientMessage::Query));
+                assert!(matches!(query, Step::Close(_)));
+                assert_eq!(error_code(&query), &ErrorCode::AuthenticationRequired);
+                continue;
+            }
+            assert_eq!(
+                session.handle(&cx, &payload(&ClientMessage::Query)),
+                Step::Query { privileged }
+            );
+            let stop = session.handle(&cx, &payload(&ClientMessage::Stop));
+            assert_eq!(matches!(stop, Step::Stop(_)), privileged, "{role:?}");
+        }
+        // Where it is not required, data flows from the start.
+        assert!(ServerSession::new(NS, false).may_send_data());
+    }
+
+    #[test]
+    fn a_throttled_peers_proof_is_not_checked_even_when_right() {
+        let c = cookie("s3cret");
+        let throttled = Context {
+            admin: Some(&c),
+            throttled: true,
+            ..Context::default()
+        };
+        let mut session = ServerSession::new(NS, true);
+        let (right, _) = authenticate(&c);
+        assert_eq!(session.handle(&throttled, &right), Step::Throttled);
+        assert!(!session.may_send_data());
+        assert_eq!(session.failures(), 0);
     }
 
     #[test]

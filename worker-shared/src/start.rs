@@ -140,6 +140,7 @@ pub fn connect_or_start_timeout(
     };
     worker.set_control_timeout(DEFAULT_CONTROL_TIMEOUT);
     worker.set_spin(profile.spin().budget());
+    worker.authenticate_if_required(config.client_cookie().or(config.cookie()))?;
     Ok(worker)
 }
 

@@ -33,6 +33,12 @@ const BY_HANDLE: u8 = 0;
 const BY_WORKER: u8 = 255;
 
 impl StopReason {
+    /// Whether this reason stops the server: every one but SIGHUP, which a server that owns
+    /// its process's signals logs and ignores.
+    pub(crate) fn stops(self) -> bool {
+        self != StopReason::Signal(libc::SIGHUP as u8)
+    }
+
     fn from_byte(byte: u8) -> Self {
         match byte {
             BY_HANDLE => StopReason::Handle,
@@ -49,6 +55,7 @@ impl std::fmt::Display for StopReason {
             StopReason::Worker => f.write_str("asked to stop by the worker"),
             StopReason::Signal(s) if i32::from(*s) == libc::SIGTERM => f.write_str("got SIGTERM"),
             StopReason::Signal(s) if i32::from(*s) == libc::SIGINT => f.write_str("got SIGINT"),
+            StopReason::Signal(s) if i32::from(*s) == libc::SIGHUP => f.write_str("got SIGHUP"),
             StopReason::Signal(s) => write!(f, "got signal {s}"),
         }
     }
@@ -79,27 +86,45 @@ impl StopLine {
         }
     }
 
-    /// Makes SIGTERM and SIGINT stop this server while the result lives.
+    /// Makes SIGTERM and SIGINT stop this server, and SIGHUP reach it (to be ignored), while
+    /// the result lives.
     pub(crate) fn catch_signals(&self) -> io::Result<sys::StopSignals> {
         sys::StopSignals::install(self.writer.as_fd())
     }
 }
 
-/// Reads what was written on a stop line's reading end; the first reason, if any.
-pub(crate) fn read_reason(reader: &mut UnixStream) -> Option<StopReason> {
+/// What a stop line said since it was last read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Heard {
+    /// The first reason that stops the server, if any.
+    pub(crate) stop: Option<StopReason>,
+    /// The first reason that does not (SIGHUP), if any.
+    pub(crate) ignored: Option<StopReason>,
+}
+
+/// Reads what was written on a stop line's reading end: a SIGHUP ahead of a SIGTERM does not
+/// hide the SIGTERM.
+pub(crate) fn read_reasons(reader: &mut UnixStream) -> Heard {
     let mut buf = [0; 64];
-    let mut first = None;
+    let mut heard = Heard::default();
     loop {
         match reader.read(&mut buf) {
-            Ok(0) => return first,
+            Ok(0) => return heard,
             Ok(n) => {
-                first = first.or(Some(StopReason::from_byte(buf[0])));
+                for reason in buf[..n].iter().map(|&b| StopReason::from_byte(b)) {
+                    let slot = if reason.stops() {
+                        &mut heard.stop
+                    } else {
+                        &mut heard.ignored
+                    };
+                    slot.get_or_insert(reason);
+                }
                 if n < buf.len() {
-                    return first;
+                    return heard;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return first,
+            Err(_) => return heard,
         }
     }
 }

@@ -271,8 +271,10 @@ pub(crate) fn send_byte(fd: RawFd, byte: u8) -> bool {
 /// Where the stop signals' handler writes: the stop line of the one server that handles them.
 static STOP_FD: AtomicI32 = AtomicI32::new(-1);
 
-/// The signals that stop a server gracefully.
-const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+/// The signals a server that owns its process's signals catches: SIGTERM and SIGINT stop it
+/// gracefully; SIGHUP (a terminal that went away, or `kill -HUP`) is logged and ignored, as a
+/// daemon must survive a hangup.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {
     // Only async-signal-safe calls here: an atomic load, `send`, and errno saved around them.
@@ -286,15 +288,16 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// SIGTERM and SIGINT write their number on a stop line while this lives; the previous
-/// actions come back when it drops.
+/// SIGTERM, SIGINT and SIGHUP write their number on a stop line while this lives; the previous
+/// actions come back when it drops. A handler (unlike `SIG_IGN`) is reset by `exec`, so the
+/// worker's own children start with the default actions.
 #[derive(Debug)]
 pub(crate) struct StopSignals {
     previous: Vec<(libc::c_int, libc::sigaction)>,
 }
 
 impl StopSignals {
-    /// Makes SIGTERM and SIGINT write their number to `fd`, which must stay open while the
+    /// Makes SIGTERM, SIGINT and SIGHUP write their number to `fd`, which must stay open while the
     /// result lives; fails with `AlreadyExists` while another server of this process has them.
     pub(crate) fn install(fd: BorrowedFd<'_>) -> io::Result<StopSignals> {
         if STOP_FD

@@ -49,6 +49,28 @@ pub(crate) struct Hello {
     pub(crate) max_frame_len: u32,
     #[serde(with = "serde_bytes")]
     pub(crate) nonce: Vec<u8>,
+    /// Whether this connection must authenticate before any data message or query; absent
+    /// (from an older server) is `false`.
+    #[serde(default)]
+    pub(crate) auth_required: bool,
+}
+
+/// Which cookie an authentication proves, and so what it grants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Role {
+    /// The admin cookie: data, the privileged query, and stop. The default, when a client
+    /// says no role.
+    #[default]
+    Admin,
+    /// The client cookie (or the admin cookie): data and the public query.
+    Client,
+}
+
+impl Role {
+    fn is_admin(&self) -> bool {
+        *self == Role::Admin
+    }
 }
 
 /// What a client sends, in control frames.
@@ -61,6 +83,9 @@ pub(crate) enum ClientMessage {
         nonce: Vec<u8>,
         #[serde(with = "serde_bytes")]
         proof: Vec<u8>,
+        /// Absent for the admin role, as before roles existed.
+        #[serde(default, skip_serializing_if = "Role::is_admin")]
+        role: Role,
     },
     /// Asks for the worker's status; privileged once the connection is authenticated.
     Query,
@@ -101,6 +126,12 @@ pub(crate) enum ErrorCode {
     UnknownMessage,
     /// A control message the server cannot read.
     ProtocolError,
+    /// Too many failed authentications from this peer lately: the proof was not checked.
+    TooManyFailures,
+    /// A callback of the worker failed while serving this connection, which closes.
+    WorkerFailed,
+    /// The connection was idle past the server's limit, and closes.
+    IdleTimeout,
     /// A code this version does not know.
     Other(String),
 }
@@ -113,6 +144,9 @@ impl ErrorCode {
             ErrorCode::AuthenticationRequired => "authentication_required",
             ErrorCode::UnknownMessage => "unknown_message",
             ErrorCode::ProtocolError => "protocol_error",
+            ErrorCode::TooManyFailures => "too_many_failures",
+            ErrorCode::WorkerFailed => "worker_failed",
+            ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Other(code) => code,
         }
     }
@@ -124,6 +158,9 @@ impl ErrorCode {
             "authentication_required" => ErrorCode::AuthenticationRequired,
             "unknown_message" => ErrorCode::UnknownMessage,
             "protocol_error" => ErrorCode::ProtocolError,
+            "too_many_failures" => ErrorCode::TooManyFailures,
+            "worker_failed" => ErrorCode::WorkerFailed,
+            "idle_timeout" => ErrorCode::IdleTimeout,
             _ => ErrorCode::Other(code),
         }
     }
@@ -220,10 +257,11 @@ mod tests {
             codec: Codec::Json,
             max_frame_len: 1024,
             nonce: vec![7; 2],
+            auth_required: false,
         });
         assert_eq!(
             json(&hello),
-            r#"{"type":"hello","version":1,"pid":42,"implementation":"counter","codec":"json","max_frame_len":1024,"nonce":[7,7]}"#
+            r#"{"type":"hello","version":1,"pid":42,"implementation":"counter","codec":"json","max_frame_len":1024,"nonce":[7,7],"auth_required":false}"#
         );
         assert_eq!(
             json(&ServerMessage::Authenticated { proof: vec![1] }),
@@ -244,7 +282,8 @@ mod tests {
         assert_eq!(
             json(&ClientMessage::Authenticate {
                 nonce: vec![1],
-                proof: vec![2]
+                proof: vec![2],
+                role: Role::Admin,
             }),
             r#"{"type":"authenticate","nonce":[1],"proof":[2]}"#
         );
@@ -262,6 +301,7 @@ mod tests {
                 codec: Codec::MessagePack,
                 max_frame_len: 9,
                 nonce: vec![3; NONCE_LEN],
+                auth_required: false,
             }),
             ServerMessage::Authenticated { proof: vec![9; 32] },
             ServerMessage::Status {
@@ -284,6 +324,7 @@ mod tests {
             ClientMessage::Authenticate {
                 nonce: vec![1; NONCE_LEN],
                 proof: vec![2; 32],
+                role: Role::Admin,
             },
             ClientMessage::Query,
             ClientMessage::Stop,
@@ -301,6 +342,7 @@ mod tests {
         let bytes = encode(&ClientMessage::Authenticate {
             nonce: vec![0xAB; NONCE_LEN],
             proof: vec![0xCD; 32],
+            role: Role::Admin,
         })
         .unwrap();
         // bin 8 (0xc4), length 32, then the bytes themselves.

@@ -82,8 +82,73 @@ fn missing_empty_and_special_cookie_files_are_typed_errors() {
     write(&huge, &vec![b'x'; 64 * 1024 + 1], 0o600);
     assert!(matches!(
         AdminCookie::from_file(&huge),
-        Err(Error::CookieFile { source, .. }) if source.kind() == std::io::ErrorKind::InvalidData
+        Err(Error::InvalidCookie { .. })
     ));
+}
+
+/// Every way a cookie comes in, as a function of its bytes.
+type Source = fn(&[u8], &Path) -> Result<AdminCookie, Error>;
+
+/// Each source of a cookie: text, bytes, the conversions, a file (with and without a line end),
+/// and a bootstrap profile by value and by file (the route of `connect_or_start`, and of the
+/// operators' programs' `$EXSYST_WORKER_ADMIN_COOKIE`, which is `new`).
+const SOURCES: [(&str, Source); 7] = [
+    ("new(String)", |b, _| {
+        AdminCookie::new(String::from_utf8(b.to_vec()).unwrap())
+    }),
+    ("new(Vec<u8>)", |b, _| AdminCookie::new(b.to_vec())),
+    ("try_from(&[u8])", |b, _| AdminCookie::try_from(b)),
+    ("from_file", |b, dir| {
+        let path = dir.join("cookie");
+        write(&path, b, 0o600);
+        AdminCookie::from_file(&path)
+    }),
+    ("from_file, with a line end", |b, dir| {
+        let path = dir.join("cookie-nl");
+        write(&path, &[b, b"\r\n"].concat(), 0o600);
+        AdminCookie::from_file(&path)
+    }),
+    ("profile by value", |b, _| {
+        let profile = worker_bootstrap::BootstrapProfile::new().with_admin_cookie(b.to_vec());
+        AdminCookie::from_profile(&profile).map(Option::unwrap)
+    }),
+    ("profile by file", |b, dir| {
+        let path = dir.join("cookie-profile");
+        write(&path, b, 0o600);
+        let profile = worker_bootstrap::BootstrapProfile::new().with_admin_cookie_file(&path);
+        AdminCookie::from_profile(&profile).map(Option::unwrap)
+    }),
+];
+
+#[test]
+fn one_length_rule_for_every_source_of_a_cookie() {
+    let max = AdminCookie::MAX_LEN;
+    assert_eq!(max, 4096);
+    // (length, accepted)
+    let lengths = [
+        (0, false),
+        (1, true),
+        (32, true),
+        (max - 1, true),
+        (max, true),
+        (max + 1, false),
+        (max + 2, false),
+        (max + 3, false),
+        (64 * 1024, false),
+        (64 * 1024 + 1, false),
+        (1024 * 1024, false),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, source) in SOURCES {
+        for (len, accepted) in lengths {
+            let made = source(&vec![b'k'; len], dir.path());
+            match (accepted, made) {
+                (true, Ok(_)) => {}
+                (false, Err(Error::InvalidCookie { .. })) => {}
+                (_, other) => panic!("{name}, {len} bytes: accepted {accepted}, got {other:?}"),
+            }
+        }
+    }
 }
 
 #[test]

@@ -134,20 +134,27 @@ fn daemon_profile() -> BootstrapProfile {
         .with_close_grace(timeout(10.0))
 }
 
-#[test]
-fn a_daemon_started_through_the_registry_reports_listening_serves_and_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("daemon").join("worker.sock");
-    let address = format!("unix://{}", path.display());
+/// Starts a greeter daemon at `address` through the registry, with the admin cookie; returns
+/// its starter and its pid once it listens.
+pub(crate) fn start_daemon(address: &str) -> (DedicatedWorker, u32) {
     let config = SharedServerConfig::default().with_cookie(cookie());
     let mut starter = DedicatedWorker::start_with_extensions(
         &daemon_profile(),
         "greeter",
         None,
-        daemon_extensions(&address, &config).unwrap(),
+        daemon_extensions(address, &config).unwrap(),
     )
     .unwrap();
-    let pid = wait_until_listening(&mut starter, &address, timeout(30.0)).unwrap();
+    let pid = wait_until_listening(&mut starter, address, timeout(30.0)).unwrap();
+    (starter, pid)
+}
+
+#[test]
+fn a_daemon_started_through_the_registry_reports_listening_serves_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("daemon").join("worker.sock");
+    let address = format!("unix://{}", path.display());
+    let (starter, pid) = start_daemon(&address);
     assert_eq!(pid, starter.pid());
     for nth in ["1st", "2nd", "3rd"] {
         let mut worker = SharedWorker::connect(&address).unwrap();

@@ -16,13 +16,17 @@ mod admin;
 #[cfg(feature = "tokio")]
 mod async_client;
 mod children;
+mod client_auth;
 mod cookie;
 mod handshake;
 mod isolation;
 mod lifecycle;
+mod limits;
 mod messages;
+mod panics;
 mod processes;
 mod server;
+mod signals;
 mod sockets;
 mod support;
 mod workers;

@@ -180,9 +180,10 @@ enum Checkout {
 /// worker is to be executed instead (zygotes are not supported here, or the zygote is busy).
 ///
 /// Runs on the calling thread, holding no lock while it waits; a zygote is started on the
-/// spawner thread. A zygote that had served before and fails is ended and replaced once; one
-/// that cannot start, refuses, or fails at once is [`Error::Zygote`]. Whatever fails, no
-/// worker is left that the caller does not get.
+/// spawner thread. A zygote that fails for a reason of the moment (it had served before, was
+/// killed, or did not answer in time) is ended and replaced once, then the worker is executed;
+/// one that cannot start, refuses, or exits before its first answer is [`Error::Zygote`].
+/// Whatever fails, no worker is left that the caller does not get.
 pub(crate) fn fork(
     image: &Image,
     stderr: StderrMode,
@@ -193,6 +194,8 @@ pub(crate) fn fork(
     if !sys::ZYGOTE_SUPPORTED {
         return Ok(None);
     }
+    // Whether this spawn already replaced a zygote that failed.
+    let mut replaced = false;
     loop {
         let mut zygote = match checkout(image, stderr, settings.idle_timeout) {
             Checkout::Exec => return Ok(None),
@@ -259,18 +262,27 @@ pub(crate) fn fork(
             Err(failure) => {
                 forget(zygote.id);
                 zygote.end();
-                if zygote.served > 0 {
-                    // It served before: it was killed meanwhile (by an operator, the OOM
-                    // killer), or stalled. Another one is started for this spawn.
+                let reason = zygote.describe(&failure);
+                // It served before, or was killed (by an operator, the OOM killer), or stalled:
+                // nothing says that the image cannot be a zygote.
+                let transient = zygote.served > 0
+                    || matches!(failure, Failure::TimedOut(_))
+                    || matches!(failure, Failure::Ended) && zygote.was_killed();
+                if !transient {
+                    return Err(zygote.error(reason));
+                }
+                if replaced {
                     log::warn!(
                         target: LOG_TARGET,
-                        "zygote {zpid} failed ({}); starting another",
-                        zygote.describe(&failure)
+                        "zygote {zpid} failed too ({reason}); this worker is executed"
                     );
-                    continue;
+                    return Ok(None);
                 }
-                let reason = zygote.describe(&failure);
-                return Err(zygote.error(reason));
+                log::warn!(
+                    target: LOG_TARGET,
+                    "zygote {zpid} failed ({reason}); starting another"
+                );
+                replaced = true;
             }
         }
     }
@@ -530,6 +542,17 @@ impl Zygote {
                  {fate:?}",
                 self.process.pid()
             );
+        }
+    }
+
+    /// Whether it ended by a signal (or was reaped elsewhere, so that nobody can tell).
+    fn was_killed(&self) -> bool {
+        match self.process.fate() {
+            Fate::Reaped(status) => {
+                std::os::unix::process::ExitStatusExt::signal(&status).is_some()
+            }
+            Fate::Lost => true,
+            Fate::Unreaped => false,
         }
     }
 

@@ -323,3 +323,41 @@ pub fn set_fd_limit(soft: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Sets the soft limit of open descriptors of process `pid` (its hard one stays); root may
+/// lower and raise another process's.
+pub fn set_fd_limit_of(pid: u32, soft: u64) -> io::Result<()> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit writes the current limits into a live rlimit, and sets none (null).
+    if unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let new = libc::rlimit {
+        rlim_cur: soft.min(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit reads a live rlimit and writes no old value (null).
+    if unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

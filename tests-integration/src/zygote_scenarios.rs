@@ -45,6 +45,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             number(args, 2, "usage: zygote-storm <spawns> <kills>")?,
         ),
         Some("zygote-fd-limit") => fd_limit(args.get(1).map(String::as_str) == Some("zygote")),
+        Some("zygote-fd-limit-in-zygote") => fd_limit_in_zygote(),
         Some("zygote-stall") => stall(),
         Some("zygote-stall-pool") => stall_pool(),
         Some("zygote-fork") => fork(number(args, 1, "usage: zygote-fork <forks>")?),
@@ -406,6 +407,43 @@ fn fd_limit(zygote: bool) -> anyhow::Result<()> {
             println!("zygote{k}={:?}", zygotes());
         }
     }
+    report_leftovers(&pids);
+    Ok(())
+}
+
+/// The zygote's own descriptor limit lowered to 4 (`prlimit`), so that it cannot take a
+/// worker's three descriptors: prints what the spawn got (`at_limit`: `emfile` for an
+/// `Error::Spawn` saying EMFILE), then with the limit raised again (`after`); the zygote before
+/// (`zygote`) and after each (`zygote_at_limit`, `zygote_after`); then what is left behind.
+fn fd_limit_in_zygote() -> anyhow::Result<()> {
+    let profile = profile().with_stderr(StderrMode::Capture);
+    let mut first = DedicatedWorker::spawn::<Probe>(&profile)?;
+    ids(&mut first)?;
+    let zygote = zygote(&[first.pid()])?;
+    println!("zygote={zygote}");
+    first.close()?;
+    let outcome = |spawned: Result<DedicatedWorker, Error>, pids: &mut Vec<u32>| match spawned {
+        Ok(mut worker) => {
+            pids.push(worker.pid());
+            match ids(&mut worker) {
+                Ok(ids) if ids.pid == worker.pid() => "ok".to_owned(),
+                other => format!("{other:?}"),
+            }
+        }
+        Err(Error::Spawn { source, .. }) if source.raw_os_error() == Some(libc::EMFILE) => {
+            "emfile".to_owned()
+        }
+        Err(e) => format!("{}: {e}", variant(&e)),
+    };
+    let mut pids = Vec::new();
+    crate::sys::set_fd_limit_of(zygote, 4)?;
+    let at_limit = outcome(DedicatedWorker::spawn::<Probe>(&profile), &mut pids);
+    println!("at_limit={at_limit}");
+    println!("zygote_at_limit={:?}", zygotes());
+    crate::sys::set_fd_limit_of(zygote, 1024)?;
+    let after = outcome(DedicatedWorker::spawn::<Probe>(&profile), &mut pids);
+    println!("after={after}");
+    println!("zygote_after={:?}", zygotes());
     report_leftovers(&pids);
     Ok(())
 }

@@ -479,6 +479,17 @@ fn one_descriptor_short_a_zygote_spawn_fails_as_an_executed_one_and_the_zygote_l
 }
 
 #[test]
+fn a_zygote_at_its_own_descriptor_limit_refuses_with_emfile_and_lives_on() {
+    let lines = scenario(&["zygote-fd-limit-in-zygote"]);
+    let zygote = format!("[{}]", value(&lines, "zygote"));
+    assert_eq!(value(&lines, "at_limit"), "emfile", "{lines:?}");
+    assert_eq!(value(&lines, "zygote_at_limit"), zygote, "{lines:?}");
+    assert_eq!(value(&lines, "after"), "ok", "{lines:?}");
+    assert_eq!(value(&lines, "zygote_after"), zygote, "{lines:?}");
+    assert_nothing_left(&lines);
+}
+
+#[test]
 fn a_stopped_zygote_blocks_no_other_spawn_and_is_killed_and_replaced_after_its_bound() {
     let lines = scenario(&["zygote-stall"]);
     let bound = number(&lines, "timeout_ms");

@@ -23,7 +23,7 @@ use exsyst_worker::{
 
 use crate::{
     hardening_scenarios::variant,
-    scenarios::children,
+    scenarios::{children, group_members},
     timeout,
     workers::{
         hardening::Stubborn,
@@ -223,28 +223,6 @@ fn zygotes() -> Vec<u32> {
         })
         .map(|(pid, _)| pid)
         .collect()
-}
-
-/// The processes of process group `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command name: state ppid pgrp.
-        let pgrp = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 2..].split(' ').nth(2))
-            .and_then(|p| p.parse::<u32>().ok());
-        if pgrp == Some(pgid) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Waits (bounded) until every child of this process is a living zygote, then prints what is

@@ -81,8 +81,9 @@ pub const DEFAULT_ZYGOTE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// - at most [`MAX_ZYGOTES`](crate::MAX_ZYGOTES) (8) run at once: a spawn that needs a ninth
 ///   ends the one unused for longest, or executes its worker when all are busy;
 /// - each costs a process (the worker executable's resident memory after its start-up, a few
-///   MiB for a small program), three descriptors in the master (its request socket, its pidfd,
-///   its standard error when kept) and one shared memory page.
+///   MiB for a small program), four descriptors in the master (its request socket, its pidfd
+///   and the background thread's copy of it, its standard error when kept) and one shared
+///   memory page.
 ///
 /// A zygote serves one spawn at a time, and a spawn never waits for another's: one that finds
 /// its zygote busy executes its worker instead. A zygote that does not answer within the
@@ -401,7 +402,7 @@ impl BootstrapProfile {
     /// the program's start-up up to `run_if_worker`.
     ///
     /// A zygote costs a process (its resident memory is the worker executable's after its
-    /// start-up: a few MiB for a small program), three descriptors in the master and a shared
+    /// start-up: a few MiB for a small program), four descriptors in the master and a shared
     /// memory page; at most [`MAX_ZYGOTES`](crate::MAX_ZYGOTES) run at once (see
     /// [`SpawnMode`]). The setting of the latest spawn through a zygote applies to it.
     pub fn with_zygote_idle_timeout(mut self, timeout: Duration) -> Self {

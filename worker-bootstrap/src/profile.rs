@@ -665,6 +665,42 @@ mod tests {
     }
 
     #[test]
+    fn the_zygote_bounds_have_documented_defaults_and_travel_with_the_profile() {
+        let default = BootstrapProfile::new();
+        assert_eq!(default.zygote_timeout(), DEFAULT_ZYGOTE_TIMEOUT);
+        assert_eq!(default.zygote_idle_timeout(), DEFAULT_ZYGOTE_IDLE_TIMEOUT);
+        let old: BootstrapProfile = Codec::Json.decode(br#"{"args":["x"]}"#).unwrap();
+        assert_eq!(old.zygote_timeout(), DEFAULT_ZYGOTE_TIMEOUT);
+        // (timeout, idle timeout, accepted): extremes included.
+        let cases = [
+            (Duration::from_millis(1), Duration::ZERO, true),
+            (Duration::from_secs(3), Duration::from_secs(600), true),
+            (Duration::MAX, Duration::MAX, true),
+            (Duration::ZERO, Duration::from_secs(1), false),
+        ];
+        for (timeout, idle, accepted) in cases {
+            let profile = BootstrapProfile::new()
+                .with_zygote_timeout(timeout)
+                .with_zygote_idle_timeout(idle);
+            match profile.validate() {
+                Ok(()) => assert!(accepted, "{timeout:?}"),
+                Err(Error::Config { what, .. }) => {
+                    assert!(!accepted, "{timeout:?}");
+                    assert_eq!(what, "zygote_timeout");
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+            let back: BootstrapProfile = Codec::MessagePack
+                .decode(&Codec::MessagePack.encode(&profile).unwrap())
+                .unwrap();
+            // Whole milliseconds; Duration::MAX stays beyond any deadline.
+            let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX));
+            assert_eq!(millis(back.zygote_timeout()), millis(timeout));
+            assert_eq!(millis(back.zygote_idle_timeout()), millis(idle));
+        }
+    }
+
+    #[test]
     fn the_spawn_mode_is_exec_by_default_and_kept_with_the_profile() {
         assert_eq!(BootstrapProfile::new().spawn_mode(), SpawnMode::Exec);
         let profile = BootstrapProfile::new().with_spawn_mode(SpawnMode::Zygote);

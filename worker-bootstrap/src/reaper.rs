@@ -42,6 +42,10 @@ pub(crate) trait Watch: Send {
     fn service(&mut self, now: Instant) -> Option<Option<Instant>>;
 }
 
+/// The token of every watch's descriptor: which one woke the thread does not matter (every
+/// watch is serviced on each wake-up), but it is not the waker's.
+const WATCH_TOKEN: Token = Token(usize::MAX - 1);
+
 /// What the reaper thread is handed.
 enum Job {
     Dying(Dying),
@@ -125,10 +129,9 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Job>) {
                 Job::Dying(d) => d,
                 Job::Watch(w) => {
                     if let Some(fd) = w.fd() {
-                        // Which source woke the thread does not matter: any token does.
                         let _ = poller.registry().register(
                             &mut SourceFd(&fd.as_raw_fd()),
-                            Token(usize::MAX),
+                            WATCH_TOKEN,
                             Interest::READABLE,
                         );
                     }

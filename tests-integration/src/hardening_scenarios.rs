@@ -30,6 +30,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("sigpipe-default") => sigpipe_default(),
         Some("sigchld-ignored") => sigchld_ignored(profile_for(args.get(1))),
+        Some("sigchld-ignored-storm") => sigchld_ignored_storm(
+            profile_for(args.get(1)),
+            args.get(2)
+                .context("usage: sigchld-ignored-storm <exec|zygote> <count>")?
+                .parse()?,
+        ),
         Some("reaper-thread") => reaper_thread(),
         Some("deleted-exe") => deleted_exe(),
         Some("stubborn-hold") => stubborn_hold(),
@@ -107,6 +113,49 @@ fn sigchld_ignored(profile: BootstrapProfile) -> anyhow::Result<()> {
         "kill={}",
         killed.as_ref().map_or_else(variant, |_| "Ok".into())
     );
+    Ok(())
+}
+
+/// With SIGCHLD ignored and two threads spinning (so that this thread is preempted between any
+/// two system calls, as on a loaded machine), `count` workers exit on request, each received
+/// from once its channel ended: prints how many receives said what.
+///
+/// A receive that sees the end of the channel asks whether the worker exited: a worker that
+/// the kernel finished reaping between two of those questions was once taken for one that
+/// closed its channel and lives on (`ChannelClosed`, issue 17).
+fn sigchld_ignored_storm(profile: BootstrapProfile, count: u32) -> anyhow::Result<()> {
+    crate::sys::set_signal(libc::SIGCHLD, crate::sys::Disposition::Ignore)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    let run = (|| -> anyhow::Result<()> {
+        for _ in 0..count {
+            let mut worker = hostile(&profile)?;
+            worker.send_message(&Act::Exit(5))?;
+            let received = worker.receive_message::<String>();
+            *seen
+                .entry(received.as_ref().map_or_else(variant, |_| "Ok".into()))
+                .or_default() += 1;
+        }
+        Ok(())
+    })();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        let _ = spinner.join();
+    }
+    run?;
+    for (variant, n) in seen {
+        println!("{variant}={n}");
+    }
     Ok(())
 }
 

@@ -32,9 +32,21 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-/// Children of this process that are still there (running or zombie), as `(pid, state)`.
-pub fn children() -> Vec<(u32, char)> {
-    let me = std::process::id();
+/// A process as `/proc/<pid>/stat` shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcStat {
+    /// Its pid.
+    pub pid: u32,
+    /// Its state (`R`, `S`, `Z`...).
+    pub state: char,
+    /// Its parent's pid.
+    pub ppid: u32,
+    /// Its process group.
+    pub pgrp: u32,
+}
+
+/// Every process of the system.
+pub fn processes() -> Vec<ProcStat> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -49,12 +61,35 @@ pub fn children() -> Vec<(u32, char)> {
         };
         let mut fields = rest.split(' ');
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == me {
-            found.push((pid, state));
-        }
+        let mut number = || fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let (ppid, pgrp) = (number(), number());
+        found.push(ProcStat {
+            pid,
+            state,
+            ppid,
+            pgrp,
+        });
     }
     found
+}
+
+/// This process's children, with their state.
+pub fn children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    processes()
+        .into_iter()
+        .filter(|p| p.ppid == me)
+        .map(|p| (p.pid, p.state))
+        .collect()
+}
+
+/// The living processes (not zombies) of process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.pgrp == pgid && !matches!(p.state, 'Z' | 'X'))
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Creates and drops workers `n` times; reports descriptors and children before and after.

@@ -248,3 +248,116 @@ pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
         .unwrap_or(100);
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
+
+/// Forks this process (with its other threads' locks as they are, on purpose) and runs `child`
+/// in the copy, which then ends with the code `child` returned; the copy's pid in the parent.
+///
+/// Only for the fork-safety scenarios: the child runs Rust code after a fork of a
+/// multi-threaded process, which is what they test the library against.
+pub fn fork_and_run(child: impl FnOnce() -> i32) -> io::Result<i32> {
+    // SAFETY: the child runs `child` then `_exit`s without the parent's exit path; whatever
+    // lock another thread held at the fork stays held there, which is what the caller tests.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            let code = child();
+            // SAFETY: ends the child without running the parent's exit path.
+            unsafe { libc::_exit(code) }
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Waits up to `timeout` for child `pid` to end, through a pidfd, and reaps it: its exit code
+/// (a negative signal number when killed); `None` when it still ran (it is killed and reaped).
+pub fn wait_child_within(pid: i32, timeout: Duration) -> io::Result<Option<i32>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor, and it is ours.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut poll = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: polls one live pollfd.
+    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+    let ended = ready > 0;
+    if !ended {
+        kill(pid, libc::SIGKILL)?;
+    }
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a live integer.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return Err(io::Error::last_os_error());
+    }
+    if !ended {
+        return Ok(None);
+    }
+    Ok(Some(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    }))
+}
+
+/// Sets the soft limit of open descriptors (the hard one stays).
+pub fn set_fd_limit(soft: u64) -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit.rlim_cur = soft.min(limit.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sets the soft limit of open descriptors of process `pid` (its hard one stays); root may
+/// lower and raise another process's.
+pub fn set_fd_limit_of(pid: u32, soft: u64) -> io::Result<()> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit writes the current limits into a live rlimit, and sets none (null).
+    if unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let new = libc::rlimit {
+        rlim_cur: soft.min(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit reads a live rlimit and writes no old value (null).
+    if unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

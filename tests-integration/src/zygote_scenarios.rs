@@ -5,20 +5,29 @@
 //! output, one `key=value` per line.
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     path::Path,
-    sync::mpsc,
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use exsyst_worker::{BootstrapProfile, DedicatedWorker, SpawnMode, StderrMode};
+use exsyst_worker::{
+    BootstrapProfile, DedicatedWorker, SpawnMode, StderrMode, WorkerFactory, bootstrap::Error,
+};
 
 use crate::{
-    scenarios::children,
+    hardening_scenarios::variant,
+    scenarios::{children, group_members},
     timeout,
     workers::{
         hardening::Stubborn,
+        pool::{Command as Task, Commands},
         zygote::{Ask, Ids, Probe, SHARED},
     },
 };
@@ -31,8 +40,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("zygote-locks") => locks(Path::new(
             args.get(1).context("usage: zygote-locks <lock file>")?,
         )),
+        Some("zygote-storm") => storm(
+            number(args, 1, "usage: zygote-storm <spawns> <kills>")?,
+            number(args, 2, "usage: zygote-storm <spawns> <kills>")?,
+        ),
+        Some("zygote-fd-limit") => fd_limit(args.get(1).map(String::as_str) == Some("zygote")),
+        Some("zygote-fd-limit-in-zygote") => fd_limit_in_zygote(),
+        Some("zygote-stall") => stall(),
+        Some("zygote-stall-pool") => stall_pool(),
+        Some("zygote-fork") => fork(number(args, 1, "usage: zygote-fork <forks>")?),
+        Some("zygote-bounds") => bounds(),
         other => anyhow::bail!("unknown zygote scenario {other:?}"),
     }
+}
+
+fn number(args: &[String], i: usize, usage: &str) -> anyhow::Result<usize> {
+    Ok(args.get(i).context(usage.to_owned())?.parse()?)
 }
 
 /// The profile of every scenario here: workers forked from a zygote.
@@ -103,12 +126,13 @@ fn restart() -> anyhow::Result<()> {
     ids(&mut first)?;
     let old = zygote(&[first.pid()])?;
     crate::sys::kill(old as i32, libc::SIGKILL)?;
-    // Dead, not reaped yet: a zombie of ours until the next spawn finds it gone.
+    // Reaped as it dies, by the background thread, without waiting for a spawn.
     let deadline = Instant::now() + timeout(Duration::from_secs(10));
-    while !children().contains(&(old, 'Z')) {
-        anyhow::ensure!(Instant::now() < deadline, "zygote {old} never died");
+    while children().iter().any(|(pid, _)| *pid == old) {
+        anyhow::ensure!(Instant::now() < deadline, "zygote {old} was never reaped");
         std::thread::park_timeout(Duration::from_millis(5));
     }
+    println!("old_zygote_reaped_before_next_spawn=true");
     // The worker it forked is the master's child, not the zygote's: it lives on.
     let first_ids = ids(&mut first)?;
     println!("first_alive={}", first_ids.pid == first.pid());
@@ -184,5 +208,412 @@ fn locks(path: &Path) -> anyhow::Result<()> {
     holder
         .join()
         .map_err(|_| anyhow::anyhow!("holder panicked"))?;
+    Ok(())
+}
+
+/// The zygotes among this process's children: living children whose standard input is a socket
+/// (a worker's is its channel's pipe, once it has put it in place).
+fn zygotes() -> Vec<u32> {
+    children()
+        .into_iter()
+        .filter(|(pid, state)| {
+            *state != 'Z'
+                && std::fs::read_link(format!("/proc/{pid}/fd/0"))
+                    .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Waits (bounded) until every child of this process is a living zygote, then prints what is
+/// left besides: `zombies`, `orphans` (children that are not zygotes) and `group_members`
+/// (processes in the groups of the workers `pids`).
+fn report_leftovers(pids: &[u32]) {
+    let deadline = Instant::now() + timeout(Duration::from_secs(10));
+    let leftovers = || {
+        let zygotes = zygotes();
+        let (zombies, orphans): (Vec<_>, Vec<_>) = children()
+            .into_iter()
+            .filter(|(pid, _)| !zygotes.contains(pid))
+            .partition(|(_, state)| *state == 'Z');
+        let members: Vec<u32> = pids.iter().flat_map(|p| group_members(*p)).collect();
+        (zombies, orphans, members)
+    };
+    let mut left = leftovers();
+    while (!left.0.is_empty() || !left.1.is_empty() || !left.2.is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::park_timeout(Duration::from_millis(10));
+        left = leftovers();
+    }
+    println!("zombies={:?}", left.0);
+    println!("orphans={:?}", left.1);
+    println!("group_members={:?}", left.2);
+}
+
+/// A small generator for the storm's timing: no dependency for a few random delays.
+struct Jitter(u64);
+
+impl Jitter {
+    fn below(&mut self, n: u64) -> u64 {
+        // xorshift64
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// `spawns` workers forked from a zygote, one after the other, each asked who it is, while
+/// another thread SIGKILLs the zygote at random moments, `kills` times at most. Prints how the
+/// spawns went (`ok`, `mismatches`: a handle whose `pid()` is not the process that answers on
+/// its channel, the errors by variant), then what is left behind once every handle is dropped.
+fn storm(spawns: usize, kills: usize) -> anyhow::Result<()> {
+    let profile = profile().with_stderr(StderrMode::Capture);
+    let me = std::process::id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (stop, killed) = (Arc::clone(&stop), Arc::clone(&killed));
+        std::thread::spawn(move || {
+            let mut jitter = Jitter(u64::from(std::process::id()) | 1);
+            while !stop.load(Ordering::Relaxed) && killed.load(Ordering::Relaxed) < kills {
+                // Random moments, not synchronisation: anywhere in a spawn or between two.
+                std::thread::sleep(Duration::from_micros(jitter.below(4000)));
+                for zygote in zygotes() {
+                    if crate::sys::kill(zygote as i32, libc::SIGKILL).is_ok() {
+                        killed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let mut pids = Vec::new();
+    let mut outcomes = BTreeMap::<String, usize>::new();
+    for _ in 0..spawns {
+        let outcome = match DedicatedWorker::spawn::<Probe>(&profile) {
+            Ok(mut worker) => {
+                pids.push(worker.pid());
+                match ids(&mut worker) {
+                    Ok(ids) if ids.pid == worker.pid() && ids.ppid == me => "ok".to_owned(),
+                    Ok(ids) => {
+                        eprintln!("handle {} talks to {ids:?}", worker.pid());
+                        "mismatches".to_owned()
+                    }
+                    // Its worker was killed too (a zygote's fresh fork looks like a zygote).
+                    Err(e) => match e.downcast_ref::<Error>() {
+                        Some(e) => format!("worker_{}", variant(e)),
+                        None => format!("worker_other: {e}"),
+                    },
+                }
+            }
+            Err(e) => format!("spawn_{}", variant(&e)),
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    killer
+        .join()
+        .map_err(|_| anyhow::anyhow!("killer panicked"))?;
+    println!("killed={}", killed.load(Ordering::Relaxed));
+    for (outcome, n) in &outcomes {
+        println!("{outcome}={n}");
+    }
+    report_leftovers(&pids);
+    Ok(())
+}
+
+/// The descriptor limit under which this process can open exactly `free` more descriptors
+/// (the lowest free numbers are taken first, so holes below the highest count).
+fn limit_with_free(free: u64) -> anyhow::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // The listing takes the lowest free number, which a probe learns first: not an open one.
+    let listing = std::fs::File::open("/dev/null")?.as_raw_fd() as u64;
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .filter(|fd| *fd != listing)
+        .collect();
+    let (mut limit, mut free_below) = (0u64, 0u64);
+    while free_below < free || open.contains(&limit) {
+        if !open.contains(&limit) {
+            free_below += 1;
+        }
+        limit += 1;
+    }
+    Ok(limit)
+}
+
+/// Spawns under descriptor limits from the highest descriptor up: `k<n>=ok` or
+/// `k<n>=emfile` (an `Error::Spawn` saying EMFILE) or the error, for each; with `zygote`, the
+/// zygote's pid after each (`zygote<n>=`) and before (`zygote=`); then what is left behind.
+fn fd_limit(zygote: bool) -> anyhow::Result<()> {
+    let mode = if zygote {
+        SpawnMode::Zygote
+    } else {
+        SpawnMode::Exec
+    };
+    let profile = BootstrapProfile::new()
+        .with_spawn_mode(mode)
+        .with_stderr(StderrMode::Capture);
+    let mut first = DedicatedWorker::spawn::<Probe>(&profile)?;
+    ids(&mut first)?;
+    if zygote {
+        println!("zygote={}", self::zygote(&[first.pid()])?);
+    }
+    first.close()?;
+    let mut pids = Vec::new();
+    for k in 0..14u64 {
+        crate::sys::set_fd_limit(limit_with_free(k)?)?;
+        let spawned = DedicatedWorker::spawn::<Probe>(&profile);
+        crate::sys::raise_fd_limit();
+        let outcome = match spawned {
+            Ok(mut worker) => {
+                pids.push(worker.pid());
+                let ids = ids(&mut worker)?;
+                anyhow::ensure!(ids.pid == worker.pid(), "{ids:?} from {}", worker.pid());
+                worker.close()?;
+                "ok".to_owned()
+            }
+            Err(Error::Spawn { source, .. }) if source.raw_os_error() == Some(libc::EMFILE) => {
+                "emfile".to_owned()
+            }
+            Err(e) => format!("{}: {e}", variant(&e)),
+        };
+        println!("k{k}={outcome}");
+        if zygote {
+            println!("zygote{k}={:?}", zygotes());
+        }
+    }
+    report_leftovers(&pids);
+    Ok(())
+}
+
+/// The zygote's own descriptor limit lowered to 4 (`prlimit`), so that it cannot take a
+/// worker's three descriptors: prints what the spawn got (`at_limit`: `emfile` for an
+/// `Error::Spawn` saying EMFILE), then with the limit raised again (`after`); the zygote before
+/// (`zygote`) and after each (`zygote_at_limit`, `zygote_after`); then what is left behind.
+fn fd_limit_in_zygote() -> anyhow::Result<()> {
+    let profile = profile().with_stderr(StderrMode::Capture);
+    let mut first = DedicatedWorker::spawn::<Probe>(&profile)?;
+    ids(&mut first)?;
+    let zygote = zygote(&[first.pid()])?;
+    println!("zygote={zygote}");
+    first.close()?;
+    let outcome = |spawned: Result<DedicatedWorker, Error>, pids: &mut Vec<u32>| match spawned {
+        Ok(mut worker) => {
+            pids.push(worker.pid());
+            match ids(&mut worker) {
+                Ok(ids) if ids.pid == worker.pid() => "ok".to_owned(),
+                other => format!("{other:?}"),
+            }
+        }
+        Err(Error::Spawn { source, .. }) if source.raw_os_error() == Some(libc::EMFILE) => {
+            "emfile".to_owned()
+        }
+        Err(e) => format!("{}: {e}", variant(&e)),
+    };
+    let mut pids = Vec::new();
+    crate::sys::set_fd_limit_of(zygote, 4)?;
+    let at_limit = outcome(DedicatedWorker::spawn::<Probe>(&profile), &mut pids);
+    println!("at_limit={at_limit}");
+    println!("zygote_at_limit={:?}", zygotes());
+    crate::sys::set_fd_limit_of(zygote, 1024)?;
+    let after = outcome(DedicatedWorker::spawn::<Probe>(&profile), &mut pids);
+    println!("after={after}");
+    println!("zygote_after={:?}", zygotes());
+    report_leftovers(&pids);
+    Ok(())
+}
+
+/// Stops the zygote (SIGSTOP), then two threads spawn at once with a zygote timeout of 1 s
+/// (scaled): prints how long the quicker (`fast_ms`) and the slower (`slow_ms`) took, the
+/// timeout (`timeout_ms`), whether both workers are who their handles say (`both_ok`), whether
+/// the stopped zygote is gone (`old_zygote_gone`) and another runs (`new_zygote`).
+fn stall() -> anyhow::Result<()> {
+    let bound = timeout(Duration::from_secs(1));
+    let profile = profile().with_zygote_timeout(bound);
+    let mut first = DedicatedWorker::spawn::<Probe>(&profile)?;
+    ids(&mut first)?;
+    let old = zygote(&[first.pid()])?;
+    crate::sys::kill(old as i32, libc::SIGSTOP)?;
+    let barrier = Arc::new(Barrier::new(2));
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let (barrier, profile) = (Arc::clone(&barrier), profile.clone());
+            std::thread::spawn(
+                move || -> anyhow::Result<(Duration, DedicatedWorker, bool)> {
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut worker = DedicatedWorker::spawn::<Probe>(&profile)?;
+                    let took = start.elapsed();
+                    let ids = ids(&mut worker)?;
+                    let ok = ids.pid == worker.pid() && ids.ppid == std::process::id();
+                    Ok((took, worker, ok))
+                },
+            )
+        })
+        .collect();
+    let mut results = Vec::new();
+    for spawner in spawners {
+        results.push(
+            spawner
+                .join()
+                .map_err(|_| anyhow::anyhow!("spawner panicked"))??,
+        );
+    }
+    results.sort_by_key(|(took, _, _)| *took);
+    println!("timeout_ms={}", bound.as_millis());
+    println!("fast_ms={}", results[0].0.as_millis());
+    println!("slow_ms={}", results[1].0.as_millis());
+    println!("both_ok={}", results.iter().all(|(_, _, ok)| *ok));
+    let deadline = Instant::now() + timeout(Duration::from_secs(10));
+    while children().iter().any(|(pid, _)| *pid == old) && Instant::now() < deadline {
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    println!(
+        "old_zygote_gone={}",
+        !children().iter().any(|(pid, _)| *pid == old)
+    );
+    let now = zygotes();
+    println!(
+        "new_zygote={}",
+        now.len() == 1 && now.iter().all(|pid| *pid != old)
+    );
+    let mut pids = vec![first.pid()];
+    for (_, worker, _) in results {
+        pids.push(worker.pid());
+        worker.close()?;
+    }
+    first.close()?;
+    report_leftovers(&pids);
+    Ok(())
+}
+
+/// A pool of one, its workers forked from a zygote with a timeout of 1 s (scaled): the zygote
+/// is stopped (SIGSTOP), then a task makes the worker exit, so the pool respawns through the
+/// stopped zygote. Prints the answers of the tasks after (`after`), and whether the pool still
+/// has its worker.
+fn stall_pool() -> anyhow::Result<()> {
+    let profile = profile().with_zygote_timeout(timeout(Duration::from_secs(1)));
+    let pool = WorkerFactory::with_profile(profile)
+        .create_worker_pool_builder()
+        .size(1)
+        .build_tasks::<Commands>()?;
+    let pid: u64 = pool.submit(Task::Pid)?.wait()?;
+    let old = zygote(&[pid as u32])?;
+    crate::sys::kill(old as i32, libc::SIGSTOP)?;
+    let exit = pool.submit(Task::Exit(3))?.wait();
+    println!("exit_task={}", exit.is_err());
+    let after: Vec<Result<u64, String>> = (0..3)
+        .map(|n| {
+            pool.submit(Task::Echo(n))
+                .and_then(|h| h.wait())
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    println!("after={after:?}");
+    println!(
+        "old_zygote_gone={}",
+        !children()
+            .iter()
+            .any(|(p, state)| *p == old && *state != 'Z')
+    );
+    Ok(())
+}
+
+/// While another thread spawns through the zygote without pause, forks this process `forks`
+/// times; each copy spawns a worker through a zygote, checks who it is, and exits 0 (1 on an
+/// error, 2 on a worker that is not who its handle says). Prints `ok`, `hung` (a copy that did
+/// not end within 10 s, scaled) and `failed`.
+fn fork(forks: usize) -> anyhow::Result<()> {
+    let profile = profile().with_stderr(StderrMode::Capture);
+    let mut first = DedicatedWorker::spawn::<Probe>(&profile)?;
+    ids(&mut first)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (stop, profile) = (Arc::clone(&stop), profile.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut worker) = DedicatedWorker::spawn::<Probe>(&profile) {
+                    let _ = ids(&mut worker);
+                }
+            }
+        })
+    };
+    let (mut ok, mut hung, mut failed) = (0, 0, 0);
+    for _ in 0..forks {
+        let profile = profile.clone();
+        let child = crate::sys::fork_and_run(move || {
+            let me = std::process::id();
+            let checked = DedicatedWorker::spawn::<Probe>(&profile)
+                .map_err(anyhow::Error::from)
+                .and_then(|mut worker| {
+                    let ids = ids(&mut worker)?;
+                    Ok(ids.pid == worker.pid() && ids.ppid == me)
+                });
+            match checked {
+                Ok(true) => 0,
+                Ok(false) => 2,
+                Err(_) => 1,
+            }
+        })?;
+        match crate::sys::wait_child_within(child, timeout(Duration::from_secs(10)))? {
+            Some(0) => ok += 1,
+            None => hung += 1,
+            Some(_) => failed += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    busy.join()
+        .map_err(|_| anyhow::anyhow!("spawner panicked"))?;
+    println!("ok={ok}");
+    println!("hung={hung}");
+    println!("failed={failed}");
+    Ok(())
+}
+
+/// Zygotes are bounded: workers of twelve profiles that differ by their environment (each its
+/// own zygote), never idle long enough to expire, then one whose zygote expires after 300 ms
+/// (scaled). Prints the most zygotes seen at once (`most_zygotes`), how long the last one
+/// lived unused (`expired_after_ms`, or `never`) and the idle timeout (`idle_ms`).
+fn bounds() -> anyhow::Result<()> {
+    let mut most = 0;
+    for n in 0..12 {
+        let profile = profile()
+            .with_env("EXSYST_TEST_ZYGOTE_PROFILE", n.to_string())
+            .with_zygote_idle_timeout(Duration::MAX);
+        let mut worker = DedicatedWorker::spawn::<Probe>(&profile)?;
+        ids(&mut worker)?;
+        worker.close()?;
+        most = most.max(zygotes().len());
+    }
+    println!("most_zygotes={most}");
+    let idle = timeout(Duration::from_millis(300));
+    let profile = profile()
+        .with_env("EXSYST_TEST_ZYGOTE_PROFILE", "idle")
+        .with_zygote_idle_timeout(idle);
+    let before = zygotes();
+    let mut worker = DedicatedWorker::spawn::<Probe>(&profile)?;
+    ids(&mut worker)?;
+    let pid = worker.pid();
+    worker.close()?;
+    let closed = Instant::now();
+    let fresh: Vec<u32> = zygotes()
+        .into_iter()
+        .filter(|z| !before.contains(z) && *z != pid)
+        .collect();
+    anyhow::ensure!(fresh.len() == 1, "no one new zygote: {fresh:?}");
+    let deadline = closed + idle + timeout(Duration::from_secs(10));
+    while children().iter().any(|(p, _)| *p == fresh[0]) && Instant::now() < deadline {
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    println!("idle_ms={}", idle.as_millis());
+    if children().iter().any(|(p, _)| *p == fresh[0]) {
+        println!("expired_after_ms=never");
+    } else {
+        println!("expired_after_ms={}", closed.elapsed().as_millis());
+    }
+    println!("zygotes_after={}", zygotes().len());
     Ok(())
 }

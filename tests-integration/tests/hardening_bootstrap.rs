@@ -21,6 +21,7 @@ use exsyst_worker::{
 };
 use tests_integration::{
     hardening_scenarios::variant,
+    scenarios::group_members,
     workers::{
         dedicated::Squarer,
         hardening::DEFAULT_SIGPIPE,
@@ -227,29 +228,6 @@ fn a7_a_dead_worker_is_seen_while_its_grandchild_holds_the_channel() {
         "left in the worker's group: {:?}",
         group_members(pid)
     );
-}
-
-/// Processes whose process group is `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split(' ').collect();
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
-            && !matches!(fields[0], "Z" | "X")
-        {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 // A8: bounded memory during a send.

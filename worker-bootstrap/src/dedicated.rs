@@ -901,13 +901,7 @@ impl DedicatedWorker {
         if let Some(e) = self.exited_error() {
             return e;
         }
-        let exited = self.process.has_exited().unwrap_or(false)
-            || (self.process.is_exiting()
-                && self
-                    .process
-                    .wait_exited(worker_core::deadline_after(EXITING_WAIT))
-                    .unwrap_or(false));
-        if exited {
+        if self.process.exits_within(EXITING_WAIT) {
             self.died()
         } else {
             Error::ChannelClosed { pid: self.pid }

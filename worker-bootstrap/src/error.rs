@@ -121,9 +121,14 @@ pub enum Error {
         source: io::Error,
     },
     /// A worker could not be forked from its zygote
-    /// ([`SpawnMode::Zygote`](crate::SpawnMode::Zygote)): the zygote refused (it has more than
-    /// one thread), did not answer in time, or ended before it answered (a zygote that had
-    /// served before is replaced once first). The zygote is ended; the next spawn starts another.
+    /// ([`SpawnMode::Zygote`](crate::SpawnMode::Zygote)): before its first answer the zygote
+    /// refused (it has more than one thread), exited, or said something that is not an answer,
+    /// so its executable cannot be a zygote. The zygote is ended; the next spawn starts another.
+    ///
+    /// A zygote that fails for a reason of the moment (killed, silent past the profile's
+    /// [`zygote_timeout`](crate::BootstrapProfile::with_zygote_timeout), or failing after it
+    /// served) is not this error: it is replaced for the same spawn, and if the new one fails
+    /// too, the worker is executed instead.
     Zygote {
         /// The zygote's process id.
         pid: u32,

@@ -110,8 +110,11 @@ pub use dedicated::DedicatedWorker;
 pub use dedicated_async::AsyncDedicatedWorker;
 pub use detached::{DetachedStart, spawn_detached, start_detached};
 pub use error::{Error, describe_exit};
-pub use profile::{BootstrapProfile, SpawnMode, StderrMode};
+pub use profile::{
+    BootstrapProfile, DEFAULT_ZYGOTE_IDLE_TIMEOUT, DEFAULT_ZYGOTE_TIMEOUT, SpawnMode, StderrMode,
+};
 pub use registry::{EXIT_FAILURE, Registry, WorkerContext, registry};
+pub use zygote::MAX_ZYGOTES;
 
 /// What [`enable_test_support!`] expands to refers to; not part of the API.
 #[doc(hidden)]

@@ -106,10 +106,24 @@ impl Process {
         }
     }
 
-    /// Whether the kernel is tearing the process down (it called `exit`, or was killed), though
-    /// it cannot be reaped yet.
-    pub(crate) fn is_exiting(&self) -> bool {
-        self.fate == Fate::Unreaped && sys::is_exiting(self.pid)
+    /// Whether the process has exited, or is exiting (the kernel is tearing it down: it called
+    /// `exit`, or was killed) and finishes within `wait`; a process that is not exiting is not
+    /// waited for.
+    ///
+    /// Asked in the order the states come: exiting first, exited second. Asked the other way
+    /// round, a process that was exiting when its exit was asked about and was gone (reaped by
+    /// the kernel, with SIGCHLD ignored) when it was found exiting would be neither: its
+    /// `/proc` entry is gone by then (seen under load, issue 17).
+    pub(crate) fn exits_within(&self, wait: Duration) -> bool {
+        if self.fate != Fate::Unreaped {
+            return true;
+        }
+        let exiting = sys::is_exiting(self.pid);
+        self.has_exited().unwrap_or(false)
+            || (exiting
+                && self
+                    .wait_exited(worker_core::deadline_after(wait))
+                    .unwrap_or(false))
     }
 
     /// Waits until the process has exited or `deadline` passes; returns whether it exited.

@@ -39,6 +39,14 @@ pub enum StderrMode {
     Log,
 }
 
+/// How long a spawn waits for its zygote's answer by default
+/// ([`BootstrapProfile::with_zygote_timeout`]).
+pub const DEFAULT_ZYGOTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a zygote may stay unused by default before it is ended
+/// ([`BootstrapProfile::with_zygote_idle_timeout`]).
+pub const DEFAULT_ZYGOTE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How dedicated workers are started: by executing the worker executable afresh (the default),
 /// or by forking a zygote (Linux with glibc).
 ///
@@ -67,8 +75,27 @@ pub enum StderrMode {
 ///
 /// There is one zygote per worker executable and setting that shapes a process image (program,
 /// arguments, environment, working directory, standard error mode), started on the first spawn
-/// that needs it and living until the master exits; one that dies is replaced at the next spawn
-/// (which fails with [`Error::Zygote`](crate::Error::Zygote) if the new one fails too).
+/// that needs it. It is bounded:
+/// - it is ended once unused for the profile's idle timeout
+///   ([`BootstrapProfile::with_zygote_idle_timeout`], 60 s by default);
+/// - at most [`MAX_ZYGOTES`](crate::MAX_ZYGOTES) (8) run at once: a spawn that needs a ninth
+///   ends the one unused for longest, or executes its worker when all are busy;
+/// - each costs a process (the worker executable's resident memory after its start-up, a few
+///   MiB for a small program), four descriptors in the master (its request socket, its pidfd
+///   and the background thread's copy of it, its standard error when kept) and one shared
+///   memory page.
+///
+/// A zygote serves one spawn at a time, and a spawn never waits for another's: one that finds
+/// its zygote busy executes its worker instead. A zygote that does not answer within the
+/// profile's bound ([`BootstrapProfile::with_zygote_timeout`], 10 s by default) is killed; one
+/// that dies (an operator's `kill`, the OOM killer) is reaped at once by the process's
+/// background thread. Whatever is killed and whenever, a spawn returns a handle to the process
+/// its `pid()` names, or an error and no process left behind: the kernel writes the pid of each
+/// worker the zygote forks into memory its master shares, before the worker runs, so that the
+/// master ends a worker whose zygote died before it answered. A zygote that had served before
+/// and fails is replaced by a new one for the same spawn (which fails with
+/// [`Error::Zygote`](crate::Error::Zygote) if the new one fails too). A process forked from the
+/// master does not use (nor end) its parent's zygotes: it starts its own.
 /// Detached workers (shared-worker daemons) are always executed afresh.
 ///
 /// # When not to use it
@@ -149,6 +176,10 @@ pub struct BootstrapProfile {
     #[serde(with = "millis")]
     close_grace: Duration,
     spawn_mode: SpawnMode,
+    #[serde(with = "millis")]
+    zygote_timeout: Duration,
+    #[serde(with = "millis")]
+    zygote_idle_timeout: Duration,
     /// The latency mode (whole microseconds when serialized).
     spin: Spin,
 }
@@ -188,6 +219,8 @@ impl Default for BootstrapProfile {
             admin_cookie_file: None,
             close_grace: Duration::from_secs(1),
             spawn_mode: SpawnMode::default(),
+            zygote_timeout: DEFAULT_ZYGOTE_TIMEOUT,
+            zygote_idle_timeout: DEFAULT_ZYGOTE_IDLE_TIMEOUT,
             spin: Spin::OFF,
         }
     }
@@ -341,6 +374,45 @@ impl BootstrapProfile {
     /// How dedicated workers are started.
     pub fn spawn_mode(&self) -> SpawnMode {
         self.spawn_mode
+    }
+
+    /// How long a spawn waits for its zygote's answer ([`SpawnMode::Zygote`]): 10 s by default
+    /// ([`DEFAULT_ZYGOTE_TIMEOUT`]), the zygote's own start included for the spawn that starts
+    /// it; `Duration::MAX` waits as long as it takes; zero is refused
+    /// ([`Error::Config`](crate::Error::Config)).
+    ///
+    /// A zygote that does not answer in time (stopped, or starved on a stalled machine) is
+    /// killed, with any worker it forked for that spawn; one that had served before is then
+    /// replaced by a new zygote, which that spawn asks instead, so a pool's respawn goes on.
+    /// Other spawns meanwhile never wait for it: a spawn that finds its zygote busy executes
+    /// its worker instead.
+    pub fn with_zygote_timeout(mut self, timeout: Duration) -> Self {
+        self.zygote_timeout = timeout;
+        self
+    }
+
+    /// How long a spawn waits for its zygote's answer.
+    pub fn zygote_timeout(&self) -> Duration {
+        self.zygote_timeout
+    }
+
+    /// How long a zygote ([`SpawnMode::Zygote`]) may stay unused before it is ended: 60 s by
+    /// default ([`DEFAULT_ZYGOTE_IDLE_TIMEOUT`]); `Duration::MAX` keeps it for the master's whole
+    /// life. The next spawn that needs it starts another, which costs one executed spawn and
+    /// the program's start-up up to `run_if_worker`.
+    ///
+    /// A zygote costs a process (its resident memory is the worker executable's after its
+    /// start-up: a few MiB for a small program), four descriptors in the master and a shared
+    /// memory page; at most [`MAX_ZYGOTES`](crate::MAX_ZYGOTES) run at once (see
+    /// [`SpawnMode`]). The setting of the latest spawn through a zygote applies to it.
+    pub fn with_zygote_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.zygote_idle_timeout = timeout;
+        self
+    }
+
+    /// How long a zygote may stay unused before it is ended.
+    pub fn zygote_idle_timeout(&self) -> Duration {
+        self.zygote_idle_timeout
     }
 
     /// The latency mode (see [`Spin`]): a master's receive that finds no reply yet (the one
@@ -518,6 +590,12 @@ impl BootstrapProfile {
         if self.max_depth == 0 {
             return Err(config("max_depth", "must be at least 1"));
         }
+        if self.zygote_timeout.is_zero() {
+            return Err(config(
+                "zygote_timeout",
+                "is zero: no zygote could ever answer in time",
+            ));
+        }
         if self.admin_cookie().is_some_and(<[u8]>::is_empty) {
             return Err(config("admin_cookie", "is empty"));
         }
@@ -584,6 +662,42 @@ mod tests {
             back.output_path(),
             Some(Path::new("/var/log/app/worker.log"))
         );
+    }
+
+    #[test]
+    fn the_zygote_bounds_have_documented_defaults_and_travel_with_the_profile() {
+        let default = BootstrapProfile::new();
+        assert_eq!(default.zygote_timeout(), DEFAULT_ZYGOTE_TIMEOUT);
+        assert_eq!(default.zygote_idle_timeout(), DEFAULT_ZYGOTE_IDLE_TIMEOUT);
+        let old: BootstrapProfile = Codec::Json.decode(br#"{"args":["x"]}"#).unwrap();
+        assert_eq!(old.zygote_timeout(), DEFAULT_ZYGOTE_TIMEOUT);
+        // (timeout, idle timeout, accepted): extremes included.
+        let cases = [
+            (Duration::from_millis(1), Duration::ZERO, true),
+            (Duration::from_secs(3), Duration::from_secs(600), true),
+            (Duration::MAX, Duration::MAX, true),
+            (Duration::ZERO, Duration::from_secs(1), false),
+        ];
+        for (timeout, idle, accepted) in cases {
+            let profile = BootstrapProfile::new()
+                .with_zygote_timeout(timeout)
+                .with_zygote_idle_timeout(idle);
+            match profile.validate() {
+                Ok(()) => assert!(accepted, "{timeout:?}"),
+                Err(Error::Config { what, .. }) => {
+                    assert!(!accepted, "{timeout:?}");
+                    assert_eq!(what, "zygote_timeout");
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+            let back: BootstrapProfile = Codec::MessagePack
+                .decode(&Codec::MessagePack.encode(&profile).unwrap())
+                .unwrap();
+            // Whole milliseconds; Duration::MAX stays beyond any deadline.
+            let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX));
+            assert_eq!(millis(back.zygote_timeout()), millis(timeout));
+            assert_eq!(millis(back.zygote_idle_timeout()), millis(idle));
+        }
     }
 
     #[test]

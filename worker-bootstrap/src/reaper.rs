@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, BorrowedFd},
     sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
@@ -15,7 +15,7 @@ use worker_core::{
 
 use crate::{
     process::{Fate, Process},
-    sys::Pipes,
+    sys::{ForkLocal, Pipes},
 };
 
 /// How often the reaper checks workers it cannot watch through a pidfd (old kernels).
@@ -30,11 +30,33 @@ struct Dying {
     killed: bool,
 }
 
-type Handle = (u32, mpsc::Sender<Dying>, PollerWaker);
+/// Something else the reaper thread looks after (a zygote, see `zygote.rs`): a descriptor whose
+/// readiness wakes the thread, and a service it calls on every wake-up.
+pub(crate) trait Watch: Send {
+    /// The descriptor to watch (a pidfd), open until [`service`](Self::service) says done;
+    /// `None` to be woken by the deadline only.
+    fn fd(&self) -> Option<BorrowedFd<'_>>;
 
-/// The reaper of this process: its queue, its waker, and the process id it was started in (a
-/// forked child has no reaper thread, and starts its own).
-static REAPER: Mutex<Option<Handle>> = Mutex::new(None);
+    /// Looks again: `None` when done with, else when to look at the latest (`Some(None)`: on
+    /// an event only).
+    fn service(&mut self, now: Instant) -> Option<Option<Instant>>;
+}
+
+/// The token of every watch's descriptor: which one woke the thread does not matter (every
+/// watch is serviced on each wake-up), but it is not the waker's.
+const WATCH_TOKEN: Token = Token(usize::MAX - 1);
+
+/// What the reaper thread is handed.
+enum Job {
+    Dying(Dying),
+    Watch(Box<dyn Watch>),
+}
+
+type Handle = (mpsc::Sender<Job>, PollerWaker);
+
+/// The reaper of this process: its queue and its waker. A forked child has no reaper thread
+/// (and maybe this lock held for good by a thread it did not inherit): it starts its own.
+static REAPER: ForkLocal<Mutex<Option<Handle>>> = ForkLocal::new(|| Mutex::new(None));
 
 /// Hands a worker to the reaper thread: its channel is closed now; it gets until `deadline` to
 /// exit, then its process group is killed; it is reaped in any case.
@@ -46,25 +68,46 @@ pub(crate) fn hand_over(process: Process, mut pipes: Pipes, deadline: Option<Ins
         deadline,
         killed: false,
     };
-    if let Ok((tx, waker)) = reaper() {
-        match tx.send(dying) {
-            Ok(()) => {
-                let _ = waker.wake();
-                return;
-            }
-            Err(mpsc::SendError(returned)) => dying = returned,
-        }
+    if let Err(Job::Dying(returned)) = send(Job::Dying(dying)) {
+        dying = returned;
+        // No reaper thread can be started: end the worker here, at once.
+        let _ = dying.process.kill_and_reap();
     }
-    // No reaper thread can be started: end the worker here, at once.
-    let _ = dying.process.kill_and_reap();
 }
 
-fn reaper() -> io::Result<(mpsc::Sender<Dying>, PollerWaker)> {
-    let mut reaper = REAPER.lock().unwrap_or_else(|e| e.into_inner());
-    let me = std::process::id();
-    if let Some((pid, tx, waker)) = &*reaper
-        && *pid == me
-    {
+/// Hands `watch` to the reaper thread, which services it until it says done; the watch back
+/// when no reaper thread can be started.
+pub(crate) fn watch(watch: Box<dyn Watch>) -> Result<(), Box<dyn Watch>> {
+    match send(Job::Watch(watch)) {
+        Ok(()) => Ok(()),
+        Err(Job::Watch(watch)) => Err(watch),
+        Err(Job::Dying(_)) => unreachable!("a watch was sent"),
+    }
+}
+
+/// Wakes the reaper thread, so that it services every watch now.
+pub(crate) fn wake() {
+    if let Ok((_, waker)) = reaper() {
+        let _ = waker.wake();
+    }
+}
+
+fn send(job: Job) -> Result<(), Job> {
+    let Ok((tx, waker)) = reaper() else {
+        return Err(job);
+    };
+    match tx.send(job) {
+        Ok(()) => {
+            let _ = waker.wake();
+            Ok(())
+        }
+        Err(mpsc::SendError(returned)) => Err(returned),
+    }
+}
+
+fn reaper() -> io::Result<(mpsc::Sender<Job>, PollerWaker)> {
+    let mut reaper = REAPER.get().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((tx, waker)) = &*reaper {
         return Ok((tx.clone(), waker.clone()));
     }
     let poller = Poller::new().map_err(io::Error::other)?;
@@ -73,14 +116,29 @@ fn reaper() -> io::Result<(mpsc::Sender<Dying>, PollerWaker)> {
     std::thread::Builder::new()
         .name("exsyst-worker-reaper".into())
         .spawn(move || run(poller, rx))?;
-    *reaper = Some((me, tx.clone(), waker.clone()));
+    *reaper = Some((tx.clone(), waker.clone()));
     Ok((tx, waker))
 }
 
-fn run(mut poller: Poller, rx: mpsc::Receiver<Dying>) {
+fn run(mut poller: Poller, rx: mpsc::Receiver<Job>) {
     let mut dying: Vec<Option<Dying>> = Vec::new();
+    let mut watches: Vec<(Box<dyn Watch>, Option<Instant>)> = Vec::new();
     loop {
-        while let Ok(d) = rx.try_recv() {
+        while let Ok(job) = rx.try_recv() {
+            let d = match job {
+                Job::Dying(d) => d,
+                Job::Watch(w) => {
+                    if let Some(fd) = w.fd() {
+                        let _ = poller.registry().register(
+                            &mut SourceFd(&fd.as_raw_fd()),
+                            WATCH_TOKEN,
+                            Interest::READABLE,
+                        );
+                    }
+                    watches.push((w, None));
+                    continue;
+                }
+            };
             let slot = dying.iter().position(Option::is_none).unwrap_or_else(|| {
                 dying.push(None);
                 dying.len() - 1
@@ -100,6 +158,24 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Dying>) {
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
+        watches.retain_mut(|(w, wake)| match w.service(now) {
+            Some(at) => {
+                *wake = at;
+                true
+            }
+            None => {
+                if let Some(fd) = w.fd() {
+                    let _ = poller.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+                }
+                false
+            }
+        });
+        for (_, wake) in &watches {
+            next = match (next, *wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         for slot in dying.iter_mut() {
             let Some(d) = slot else { continue };
             if !service(d, now) {

@@ -128,7 +128,11 @@ pub(crate) fn spawn(
             ErrEnd::Fd(fd) => fd.as_fd(),
         };
         let stdio = [theirs.stdin.as_fd(), theirs.stdout.as_fd(), stderr];
-        zygote::fork(&image, profile.stderr(), implementation, stdio)?
+        let settings = zygote::Settings {
+            timeout: profile.zygote_timeout(),
+            idle_timeout: profile.zygote_idle_timeout(),
+        };
+        zygote::fork(&image, profile.stderr(), implementation, stdio, settings)?
     } else {
         None
     };

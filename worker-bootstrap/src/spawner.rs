@@ -11,11 +11,13 @@ use std::{
     sync::{Mutex, mpsc},
 };
 
+use crate::sys::ForkLocal;
+
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The spawner of this process: its sender, and the process id it was started in (a forked
-/// child of the master has no spawner thread, and starts its own).
-static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Job>)>> = Mutex::new(None);
+/// The spawner of this process: its sender. A forked child of the master has no spawner thread
+/// (and maybe this lock held for good by a thread it did not inherit): it starts its own.
+static SPAWNER: ForkLocal<Mutex<Option<mpsc::Sender<Job>>>> = ForkLocal::new(|| Mutex::new(None));
 
 /// Runs `job` on the spawner thread and returns its result.
 pub(crate) fn run<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
@@ -30,7 +32,7 @@ pub(crate) fn run<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -
             Ok(()) => break,
             Err(mpsc::SendError(returned)) => {
                 job = Some(returned);
-                *SPAWNER.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *SPAWNER.get().lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
         }
     }
@@ -42,11 +44,8 @@ pub(crate) fn run<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -
 }
 
 fn sender() -> io::Result<mpsc::Sender<Job>> {
-    let mut spawner = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
-    let me = std::process::id();
-    if let Some((pid, sender)) = &*spawner
-        && *pid == me
-    {
+    let mut spawner = SPAWNER.get().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(sender) = &*spawner {
         return Ok(sender.clone());
     }
     let (tx, rx) = mpsc::channel::<Job>();
@@ -59,6 +58,6 @@ fn sender() -> io::Result<mpsc::Sender<Job>> {
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
             }
         })?;
-    *spawner = Some((me, tx.clone()));
+    *spawner = Some(tx.clone());
     Ok(tx)
 }

@@ -597,7 +597,8 @@ pub(crate) fn send_with_fds(
 /// Receives one message from a sequenced-packet socket into `buf`: its length and the
 /// descriptors attached (owned, close-on-exec); `Ok(None)` at the end of the stream (the peer is
 /// gone). A message longer than `buf`, or with more than [`MAX_PASSED_FDS`] descriptors, is an
-/// `InvalidData` error, its descriptors closed.
+/// `InvalidData` error, its descriptors closed; descriptors that this process cannot take (at
+/// its descriptor limit) make it an `EMFILE` error.
 pub(crate) fn recv_with_fds(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -645,7 +646,12 @@ pub(crate) fn recv_with_fds(
             header = libc::CMSG_NXTHDR(&msg, header);
         }
     }
-    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 || fds.len() > MAX_PASSED_FDS {
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 && msg.msg_flags & libc::MSG_TRUNC == 0 {
+        // The buffer holds a dozen descriptors, and no peer of ours sends more than three: the
+        // kernel could not install them, this process being at its descriptor limit.
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 || fds.len() > MAX_PASSED_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "a message too long, or with too many descriptors",
@@ -730,8 +736,8 @@ impl ForkContext {
 pub(crate) enum Forked {
     /// The new process.
     Child,
-    /// The zygote, with the new process's id and, on Linux 5.2 and later, a pidfd for it.
-    Parent { pid: u32, pidfd: Option<OwnedFd> },
+    /// The zygote, with the new process's id.
+    Parent { pid: u32 },
 }
 
 /// Forks this process into a *sibling*: a child of this process's parent (`CLONE_PARENT`), so
@@ -740,28 +746,33 @@ pub(crate) enum Forked {
 /// master's spawner thread). Done as glibc's `fork` does it otherwise (see [`ForkContext`]),
 /// without running `pthread_atfork` handlers.
 ///
+/// The kernel writes the new process's id into `slot` (`CLONE_PARENT_SETTID`), memory the
+/// master shares, before the new process runs and before this call returns: whenever the
+/// zygote is killed, its master learns of every worker it forked. (A pidfd from the clone would
+/// take the same argument, and the master opens its own.)
+///
 /// Only called in the zygote, which checked that it has a single thread: forking a
 /// single-threaded process is sound, and the child goes on running Rust code.
-pub(crate) fn fork_sibling(context: &ForkContext) -> io::Result<Forked> {
+pub(crate) fn fork_sibling(context: &ForkContext, slot: &SharedSlot) -> io::Result<Forked> {
     let flags = libc::CLONE_PARENT
-        | libc::CLONE_PIDFD
+        | libc::CLONE_PARENT_SETTID
         | libc::CLONE_CHILD_SETTID
         | libc::CLONE_CHILD_CLEARTID
         | libc::SIGCHLD;
-    let mut pidfd: libc::c_int = -1;
     let tid = context.tid_address as *mut libc::c_int;
     // SAFETY: no CLONE_VM: the child gets a copy of this single-threaded process, running on a
-    // copy of this stack (a null stack pointer), as after fork. The pidfd pointer is live; the
-    // thread-id address is this thread's own (checked in `ForkContext::new`), where the kernel
-    // writes the child's id in the child's copy. It is passed as both the fourth and the fifth
-    // argument, whichever the architecture reads as the child's thread-id address (the other
-    // is the TLS pointer, unused without CLONE_SETTLS).
+    // copy of this stack (a null stack pointer), as after fork. The parent's thread-id address
+    // (the third argument on every supported architecture) is the shared slot's word, mapped
+    // for as long as `slot` lives; the child's thread-id address is this thread's own (checked
+    // in `ForkContext::new`), where the kernel writes the child's id in the child's copy. It is
+    // passed as both the fourth and the fifth argument, whichever the architecture reads as the
+    // child's thread-id address (the other is the TLS pointer, unused without CLONE_SETTLS).
     let res = unsafe {
         libc::syscall(
             libc::SYS_clone,
             flags as libc::c_ulong,
             0 as libc::c_ulong,
-            &mut pidfd as *mut libc::c_int,
+            slot.word.as_ptr(),
             tid,
             tid,
         )
@@ -783,15 +794,141 @@ pub(crate) fn fork_sibling(context: &ForkContext) -> io::Result<Forked> {
         }
         return Ok(Forked::Child);
     }
-    // Kernels before 5.2 ignore CLONE_PIDFD and leave -1.
-    let pidfd = (pidfd >= 0).then(|| {
-        // SAFETY: the kernel just created this descriptor (close-on-exec) for us.
-        unsafe { OwnedFd::from_raw_fd(pidfd) }
-    });
-    Ok(Forked::Parent {
-        pid: res as u32,
-        pidfd,
-    })
+    Ok(Forked::Parent { pid: res as u32 })
+}
+
+/// A word of memory shared by a master and its zygote (a page of a `memfd`, mapped by both),
+/// where the kernel writes the id of each worker the zygote forks (see [`fork_sibling`]).
+#[derive(Debug)]
+pub(crate) struct SharedSlot {
+    word: std::ptr::NonNull<std::sync::atomic::AtomicU32>,
+}
+
+// SAFETY: the slot is a word of shared memory only ever accessed atomically; the mapping lives
+// until the value is dropped, whichever thread drops it.
+unsafe impl Send for SharedSlot {}
+// SAFETY: as above: every access is atomic.
+unsafe impl Sync for SharedSlot {}
+
+/// The size of a [`SharedSlot`]'s mapping: one page on every supported architecture (the
+/// kernel rounds it up where pages are larger).
+const SLOT_MAP_LEN: usize = 4096;
+
+impl SharedSlot {
+    /// A new slot, zero, and the descriptor to hand the zygote (close-on-exec) so that it maps
+    /// the same memory.
+    pub(crate) fn create() -> io::Result<(SharedSlot, OwnedFd)> {
+        // SAFETY: memfd_create takes a NUL-terminated name and flags, and returns a new
+        // descriptor or -1.
+        let fd = syscall!(memfd_create(
+            c"exsyst-worker-zygote".as_ptr(),
+            libc::MFD_CLOEXEC
+        ))?;
+        // SAFETY: the kernel just created this descriptor, and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate only sizes the file behind a descriptor we own.
+        syscall!(ftruncate(fd.as_raw_fd(), SLOT_MAP_LEN as libc::off_t))?;
+        let slot = SharedSlot::map(fd.as_fd())?;
+        Ok((slot, fd))
+    }
+
+    /// Maps the slot that `fd` (from [`create`](Self::create)) holds.
+    pub(crate) fn map(fd: BorrowedFd<'_>) -> io::Result<SharedSlot> {
+        // SAFETY: a new shared mapping of one page of the file, at an address the kernel
+        // chooses; nothing else in this process refers to it.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SLOT_MAP_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // Kept in memory (best effort: RLIMIT_MEMLOCK may refuse), so that the kernel's write
+        // of a worker's id, as the zygote forks it, cannot be lost to a page fault that a kill
+        // interrupts.
+        // SAFETY: mlock only pins the page just mapped.
+        let _ = unsafe { libc::mlock(address, SLOT_MAP_LEN) };
+        let word = std::ptr::NonNull::new(address.cast()).ok_or(io::ErrorKind::Other)?;
+        Ok(SharedSlot { word })
+    }
+
+    fn atomic(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the mapping is page-aligned, readable and writable, and lives as long as
+        // `self`; it is only ever accessed atomically.
+        unsafe { self.word.as_ref() }
+    }
+
+    /// The pid the kernel wrote, 0 when none since the last [`clear`](Self::clear).
+    pub(crate) fn load(&self) -> u32 {
+        self.atomic().load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sets the slot to 0, before a request.
+    pub(crate) fn clear(&self) {
+        self.atomic().store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value made, which nothing refers to any more.
+        unsafe { libc::munmap(self.word.as_ptr().cast(), SLOT_MAP_LEN) };
+    }
+}
+
+/// A process-wide value that a process forked from this one does not inherit: the fork gets a
+/// fresh one on first use, and the value its parent had (with any lock another thread held
+/// across the fork, for good) is left untouched, and leaked.
+///
+/// Without it, a `Mutex` in a static that another thread holds when the program forks stays
+/// locked for ever in the child, which then hangs on it: no `pthread_atfork` handler is needed.
+pub(crate) struct ForkLocal<T: 'static> {
+    current: std::sync::atomic::AtomicPtr<(u32, T)>,
+    init: fn() -> T,
+}
+
+impl<T: Send + Sync + 'static> ForkLocal<T> {
+    /// A value made by `init` on first use in each process.
+    pub(crate) const fn new(init: fn() -> T) -> Self {
+        ForkLocal {
+            current: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            init,
+        }
+    }
+
+    /// This process's value.
+    pub(crate) fn get(&self) -> &'static T {
+        use std::sync::atomic::Ordering;
+        let me = getpid();
+        loop {
+            let current = self.current.load(Ordering::Acquire);
+            // SAFETY: a published pointer comes from `Box::into_raw` below and is never freed.
+            if let Some((owner, value)) = unsafe { current.as_ref() }
+                && *owner == me
+            {
+                return value;
+            }
+            let fresh = Box::into_raw(Box::new((me, (self.init)())));
+            match self
+                .current
+                .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // SAFETY: just published, never freed; the parent's value is leaked.
+                Ok(_) => return unsafe { &(*fresh).1 },
+                Err(_) => {
+                    // Another thread of this process published first: use its value.
+                    // SAFETY: `fresh` was never published, so this is its only owner.
+                    drop(unsafe { Box::from_raw(fresh) });
+                }
+            }
+        }
+    }
 }
 
 /// Puts the calling process in a new process group of its own (its pgid becomes its pid).

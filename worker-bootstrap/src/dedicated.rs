@@ -25,9 +25,6 @@ use crate::{
     sys::{self, Pipes},
 };
 
-/// How long the master waits for a dead worker's last standard error bytes.
-const STDERR_DRAIN_WAIT: Duration = Duration::from_millis(500);
-
 /// How often a blocking wait checks for the worker's exit on kernels without pidfd.
 pub(crate) const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
 
@@ -628,7 +625,12 @@ impl DedicatedWorker {
         }
         let deadline = worker_core::deadline_after(self.grace);
         match self.connection.transport().try_clone() {
-            Ok(pipes) => reaper::hand_over(self.process.hand_over(), pipes, deadline),
+            Ok(pipes) => reaper::hand_over(
+                self.process.hand_over(),
+                pipes,
+                self.stderr.take(),
+                deadline,
+            ),
             // Without a descriptor to spare, end it here, at once.
             Err(_) => {
                 let _ = self.process.kill_and_reap();
@@ -938,10 +940,12 @@ impl DedicatedWorker {
                 "worker {pid} ({implementation}) exited unexpectedly, reaped elsewhere"
             ),
         }
+        // Reaped, it can write no more: what it wrote is all in the pipe, read now, and the
+        // pipe is closed whatever its descendants hold.
         let tail = || {
             self.stderr
                 .as_ref()
-                .map(|t| t.text(STDERR_DRAIN_WAIT))
+                .map(StderrTail::finish)
                 .unwrap_or_default()
         };
         self.exited = match fate {

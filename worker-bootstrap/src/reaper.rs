@@ -1,20 +1,23 @@
-//! The process-wide reaper thread: ends the workers handed to it (grace period, kill, reap)
-//! without making anyone wait, however many there are.
+//! The process's one I/O thread, its readiness loop watching every worker: it reads every
+//! worker's standard error (see [`StderrTail`](crate::stderr::StderrTail)), and ends the
+//! workers handed to it (grace period, kill, reap) without making anyone wait, however many
+//! there are. The library's thread count does not grow with the number of workers.
 
 use std::{
     io,
-    os::fd::AsRawFd,
-    sync::{Mutex, mpsc},
+    os::fd::{AsRawFd, RawFd},
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
 use worker_core::{
-    Poller, PollerWaker,
-    mio::{Interest, Token, unix::SourceFd},
+    Poller, PollerWaker, WAKE_TOKEN,
+    mio::{Interest, Registry, Token, unix::SourceFd},
 };
 
 use crate::{
     process::{Fate, Process},
+    stderr::{Pumped, StderrTail, Stream, TURN_READS},
     sys::Pipes,
 };
 
@@ -25,41 +28,91 @@ const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
 struct Dying {
     process: Process,
     pipes: Pipes,
+    /// Its standard error, closed once it is reaped.
+    stderr: Option<StderrTail>,
     /// When it is killed if it has not exited.
     deadline: Option<Instant>,
     killed: bool,
 }
 
-type Handle = (u32, mpsc::Sender<Dying>, PollerWaker);
+/// What the I/O thread is asked to do.
+enum Command {
+    /// End a worker.
+    Dying(Dying),
+    /// Read a worker's standard error.
+    Watch(Arc<Stream>),
+    /// Stop reading a worker's standard error, and close it.
+    Close(Arc<Stream>),
+}
 
-/// The reaper of this process: its queue, its waker, and the process id it was started in (a
-/// forked child has no reaper thread, and starts its own).
+/// What the I/O thread watches under one token.
+enum Entry {
+    Dying(Dying),
+    Stderr(Arc<Stream>),
+}
+
+type Handle = (u32, mpsc::Sender<Command>, PollerWaker);
+
+/// The I/O thread of this process: its queue, its waker, and the process id it was started in
+/// (a forked child has no I/O thread, and starts its own).
 static REAPER: Mutex<Option<Handle>> = Mutex::new(None);
 
-/// Hands a worker to the reaper thread: its channel is closed now; it gets until `deadline` to
-/// exit, then its process group is killed; it is reaped in any case.
-pub(crate) fn hand_over(process: Process, mut pipes: Pipes, deadline: Option<Instant>) {
+/// Hands a worker to the I/O thread: its channel is closed now; it gets until `deadline` to
+/// exit, then its process group is killed; it is reaped in any case, and its standard error
+/// closed then.
+pub(crate) fn hand_over(
+    process: Process,
+    mut pipes: Pipes,
+    stderr: Option<StderrTail>,
+    deadline: Option<Instant>,
+) {
     pipes.close_input();
-    let mut dying = Dying {
+    let dying = Dying {
         process,
         pipes,
+        stderr,
         deadline,
         killed: false,
     };
-    if let Ok((tx, waker)) = reaper() {
-        match tx.send(dying) {
-            Ok(()) => {
-                let _ = waker.wake();
-                return;
-            }
-            Err(mpsc::SendError(returned)) => dying = returned,
+    if let Err(Command::Dying(mut dying)) = send(Command::Dying(dying)) {
+        // No I/O thread can be started: end the worker here, at once.
+        let _ = dying.process.kill_and_reap();
+        if let Some(stderr) = dying.stderr.take() {
+            stderr.finish();
         }
     }
-    // No reaper thread can be started: end the worker here, at once.
-    let _ = dying.process.kill_and_reap();
 }
 
-fn reaper() -> io::Result<(mpsc::Sender<Dying>, PollerWaker)> {
+/// Has the I/O thread read `stream` until it ends or is closed.
+pub(crate) fn watch_stderr(stream: Arc<Stream>) -> io::Result<()> {
+    send(Command::Watch(stream))
+        .map_err(|_| io::Error::other("the exsyst-worker I/O thread cannot be started"))
+}
+
+/// Has the I/O thread stop reading `stream` and close it.
+pub(crate) fn close_stderr(stream: Arc<Stream>) {
+    if let Err(Command::Close(stream)) = send(Command::Close(stream)) {
+        // No I/O thread: nothing watches it, so it is closed here.
+        stream.close(|_| {});
+    }
+}
+
+/// Sends `command` to the I/O thread (started on first use); gives it back when no thread can
+/// take it.
+fn send(command: Command) -> Result<(), Command> {
+    let Ok((tx, waker)) = reaper() else {
+        return Err(command);
+    };
+    match tx.send(command) {
+        Ok(()) => {
+            let _ = waker.wake();
+            Ok(())
+        }
+        Err(mpsc::SendError(returned)) => Err(returned),
+    }
+}
+
+fn reaper() -> io::Result<(mpsc::Sender<Command>, PollerWaker)> {
     let mut reaper = REAPER.lock().unwrap_or_else(|e| e.into_inner());
     let me = std::process::id();
     if let Some((pid, tx, waker)) = &*reaper
@@ -71,62 +124,127 @@ fn reaper() -> io::Result<(mpsc::Sender<Dying>, PollerWaker)> {
     let waker = poller.waker();
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
-        .name("exsyst-worker-reaper".into())
+        .name("exsyst-worker-io".into())
         .spawn(move || run(poller, rx))?;
     *reaper = Some((me, tx.clone(), waker.clone()));
     Ok((tx, waker))
 }
 
-fn run(mut poller: Poller, rx: mpsc::Receiver<Dying>) {
-    let mut dying: Vec<Option<Dying>> = Vec::new();
+fn register(registry: &Registry, fd: RawFd, token: usize) -> io::Result<()> {
+    registry.register(&mut SourceFd(&fd), Token(token), Interest::READABLE)
+}
+
+fn deregister(registry: &Registry, fd: RawFd) {
+    let _ = registry.deregister(&mut SourceFd(&fd));
+}
+
+/// The slot of a new entry: the first free one.
+fn free_slot(entries: &mut Vec<Option<Entry>>) -> usize {
+    entries.iter().position(Option::is_none).unwrap_or_else(|| {
+        entries.push(None);
+        entries.len() - 1
+    })
+}
+
+fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
+    let mut entries: Vec<Option<Entry>> = Vec::new();
+    // Tokens whose sources had events (or are new) since the last turn.
+    let mut due: Vec<usize> = Vec::new();
     loop {
-        while let Ok(d) = rx.try_recv() {
-            let slot = dying.iter().position(Option::is_none).unwrap_or_else(|| {
-                dying.push(None);
-                dying.len() - 1
-            });
-            let token = Token(slot);
+        while let Ok(command) = rx.try_recv() {
             let registry = poller.registry();
-            let _ = registry.register(
-                &mut SourceFd(&d.pipes.output().as_raw_fd()),
-                token,
-                Interest::READABLE,
-            );
-            if let Some(pidfd) = d.process.pidfd() {
-                let _ =
-                    registry.register(&mut SourceFd(&pidfd.as_raw_fd()), token, Interest::READABLE);
+            match command {
+                Command::Dying(d) => {
+                    let slot = free_slot(&mut entries);
+                    let _ = register(registry, d.pipes.output().as_raw_fd(), slot);
+                    if let Some(pidfd) = d.process.pidfd() {
+                        let _ = register(registry, pidfd.as_raw_fd(), slot);
+                    }
+                    entries[slot] = Some(Entry::Dying(d));
+                    due.push(slot);
+                }
+                Command::Watch(stream) => {
+                    let slot = free_slot(&mut entries);
+                    let registered = stream.fd().map(|fd| register(registry, fd, slot));
+                    if let Some(Ok(())) = registered {
+                        stream.set_token(slot);
+                        entries[slot] = Some(Entry::Stderr(stream));
+                        due.push(slot);
+                    } else {
+                        // Closed already, or the kernel will not watch it: read it no more.
+                        stream.close(|_| {});
+                    }
+                }
+                Command::Close(stream) => {
+                    if let Some(slot) = stream.close(|fd| deregister(registry, fd)) {
+                        entries[slot] = None;
+                    }
+                }
             }
-            dying[slot] = Some(d);
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        for slot in dying.iter_mut() {
-            let Some(d) = slot else { continue };
-            if !service(d, now) {
-                continue;
-            }
-            let registry = poller.registry();
-            let _ = registry.deregister(&mut SourceFd(&d.pipes.output().as_raw_fd()));
-            if let Some(pidfd) = d.process.pidfd() {
-                let _ = registry.deregister(&mut SourceFd(&pidfd.as_raw_fd()));
-            }
-            *slot = None;
-        }
-        for d in dying.iter().flatten() {
-            let wake = if d.process.needs_polling() {
-                worker_core::deadline_after(EXIT_POLL_TICK)
-            } else if d.killed {
-                None
-            } else {
-                d.deadline
+        let mut again = Vec::new();
+        due.sort_unstable();
+        due.dedup();
+        for (slot, entry) in entries.iter_mut().enumerate() {
+            let fired = due.binary_search(&slot).is_ok();
+            let done = match entry {
+                None => false,
+                Some(Entry::Stderr(stream)) if fired => match stream.pump(TURN_READS) {
+                    Pumped::Empty => false,
+                    Pumped::More => {
+                        again.push(slot);
+                        false
+                    }
+                    Pumped::Ended => {
+                        stream.close(|fd| deregister(poller.registry(), fd));
+                        true
+                    }
+                },
+                Some(Entry::Stderr(_)) => false,
+                Some(Entry::Dying(d)) => {
+                    let expired = !d.killed && d.deadline.is_some_and(|deadline| now >= deadline);
+                    if (fired || expired || d.process.needs_polling()) && service(d, now) {
+                        let registry = poller.registry();
+                        deregister(registry, d.pipes.output().as_raw_fd());
+                        if let Some(pidfd) = d.process.pidfd() {
+                            deregister(registry, pidfd.as_raw_fd());
+                        }
+                        if let Some(stderr) = d.stderr.take() {
+                            stderr.finish();
+                        }
+                        true
+                    } else {
+                        let wake = if d.process.needs_polling() {
+                            worker_core::deadline_after(EXIT_POLL_TICK)
+                        } else if d.killed {
+                            None
+                        } else {
+                            d.deadline
+                        };
+                        next = match (next, wake) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        false
+                    }
+                }
             };
-            next = match (next, wake) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            if done {
+                *entry = None;
+            }
         }
-        // Which source woke it does not matter: every dying worker is looked at again.
-        let _ = poller.wait(next, |_, _| {});
+        // A stream with more to read is read again at once, after the others had their turn.
+        due = again;
+        if !due.is_empty() {
+            next = Some(now);
+        }
+        let _ = poller.wait(next, |token, _| {
+            if token != WAKE_TOKEN {
+                due.push(token.0);
+            }
+        });
     }
 }
 

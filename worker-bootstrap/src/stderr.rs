@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    os::fd::OwnedFd,
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
@@ -161,11 +161,134 @@ impl Tail {
     }
 }
 
-/// The tail of a worker's standard error, filled by a thread that drains the pipe, so a chatty
-/// worker never blocks on a full pipe.
-#[derive(Clone)]
+/// Reads of one turn of the I/O thread on one worker's standard error (8 KiB each): past them,
+/// the other workers get their turn before this one is read again, so one that writes without
+/// pause cannot starve them.
+pub(crate) const TURN_READS: usize = 16;
+
+/// Reads of the last look at a reaped worker's standard error: enough for everything a worker
+/// can have left in its pipe (1 MiB), bounded so that a descendant that goes on writing cannot
+/// hold the caller.
+const FINISH_READS: usize = 128;
+
+/// What one turn of reading found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// The pipe is empty for now.
+    Empty,
+    /// The turn's reads were all used: there may be more.
+    More,
+    /// Nothing more will be read: the pipe ended, or the worker was reaped.
+    Ended,
+}
+
+/// A worker's standard error as the I/O thread drains it: the pipe, where its bytes go, and
+/// their tail.
+pub(crate) struct Stream {
+    state: Mutex<State>,
+    ended: Condvar,
+}
+
+struct State {
+    /// Our end of the pipe (non-blocking), until the I/O thread closes it.
+    pipe: Option<std::fs::File>,
+    /// Where the I/O thread watches the pipe, once it does.
+    token: Option<usize>,
+    /// Copied to the master's standard error.
+    forward: bool,
+    /// Cut into `log` records.
+    lines: Option<LineLogger>,
+    tail: Tail,
+}
+
+impl Stream {
+    /// Reads what the pipe holds, at most `reads` times.
+    pub(crate) fn pump(&self, reads: usize) -> Pumped {
+        self.lock().pump(reads)
+    }
+
+    /// The pipe, while it is open.
+    pub(crate) fn fd(&self) -> Option<RawFd> {
+        self.lock().pipe.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Records where the I/O thread watches the pipe.
+    pub(crate) fn set_token(&self, token: usize) {
+        self.lock().token = Some(token);
+    }
+
+    /// Closes the pipe, after `deregister` was given its descriptor, and stops the reading for
+    /// good; returns the token it was watched under, the first time.
+    pub(crate) fn close(&self, deregister: impl FnOnce(RawFd)) -> Option<usize> {
+        let mut state = self.lock();
+        if let Some(pipe) = state.pipe.take() {
+            deregister(pipe.as_raw_fd());
+        }
+        state.end();
+        self.ended.notify_all();
+        state.token.take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn pump(&mut self, reads: usize) -> Pumped {
+        if self.tail.done {
+            return Pumped::Ended;
+        }
+        let Some(pipe) = &mut self.pipe else {
+            return Pumped::Ended;
+        };
+        let mut buf = [0u8; 8192];
+        for _ in 0..reads {
+            let n = match pipe.read(&mut buf) {
+                Ok(0) => {
+                    self.end();
+                    return Pumped::Ended;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Pumped::Empty,
+                Err(_) => {
+                    self.end();
+                    return Pumped::Ended;
+                }
+            };
+            if self.forward {
+                // The master's stderr being gone must not stop the draining.
+                let _ = std::io::stderr().lock().write_all(&buf[..n]);
+            }
+            if let Some(lines) = &mut self.lines {
+                lines.feed(&buf[..n]);
+            }
+            self.tail.feed(&buf[..n]);
+        }
+        Pumped::More
+    }
+
+    /// Nothing more is read: the last unfinished line goes to `log`.
+    fn end(&mut self) {
+        if !self.tail.done
+            && let Some(lines) = &mut self.lines
+        {
+            lines.finish();
+        }
+        self.tail.done = true;
+    }
+}
+
+/// The tail of a worker's standard error, drained by the process's one I/O thread (see
+/// [`reaper`](crate::reaper)), so a chatty worker never blocks on a full pipe and no thread is
+/// started per worker.
+///
+/// The pipe is closed when the pipe ends, when the worker is reaped
+/// ([`finish`](Self::finish)), or when this is dropped, whichever comes first: a descendant
+/// that keeps the worker's standard error open holds nothing of ours.
 pub(crate) struct StderrTail {
-    shared: Arc<(Mutex<Tail>, Condvar)>,
+    stream: Arc<Stream>,
 }
 
 impl std::fmt::Debug for StderrTail {
@@ -177,75 +300,66 @@ impl std::fmt::Debug for StderrTail {
 impl StderrTail {
     /// Starts draining `stderr`, sending it to `sink` as well.
     pub(crate) fn start(stderr: OwnedFd, sink: Sink, pid: u32) -> std::io::Result<Self> {
-        let mut stderr = std::fs::File::from(stderr);
-        let tail = StderrTail {
-            shared: Arc::new((Mutex::new(Tail::default()), Condvar::new())),
+        worker_core::sys::set_nonblocking(stderr.as_fd(), true)?;
+        let (forward, lines) = match sink {
+            Sink::None => (false, None),
+            Sink::Stderr => (true, None),
+            Sink::Log(target) => (
+                false,
+                Some(LineLogger {
+                    target,
+                    pid,
+                    line: Vec::new(),
+                    cut: 0,
+                }),
+            ),
         };
-        let shared = Arc::clone(&tail.shared);
-        std::thread::Builder::new()
-            .name(format!("worker-{pid}-stderr"))
-            .spawn(move || {
-                let (forward, mut lines) = match sink {
-                    Sink::None => (false, None),
-                    Sink::Stderr => (true, None),
-                    Sink::Log(target) => (
-                        false,
-                        Some(LineLogger {
-                            target,
-                            pid,
-                            line: Vec::new(),
-                            cut: 0,
-                        }),
-                    ),
-                };
-                let mut buf = [0u8; 8192];
-                loop {
-                    let n = match stderr.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
-                    };
-                    if forward {
-                        // The master's stderr being gone must not stop the draining.
-                        let _ = std::io::stderr().lock().write_all(&buf[..n]);
-                    }
-                    if let Some(lines) = &mut lines {
-                        lines.feed(&buf[..n]);
-                    }
-                    let mut tail = shared.0.lock().unwrap_or_else(|e| e.into_inner());
-                    tail.feed(&buf[..n]);
-                }
-                if let Some(lines) = &mut lines {
-                    lines.finish();
-                }
-                // Closed before `done` is told, so a master that saw the worker reaped and its
-                // stderr drained holds no descriptor of it any more.
-                drop(stderr);
-                let mut tail = shared.0.lock().unwrap_or_else(|e| e.into_inner());
-                tail.done = true;
-                shared.1.notify_all();
-            })?;
-        Ok(tail)
+        let stream = Arc::new(Stream {
+            state: Mutex::new(State {
+                pipe: Some(stderr.into()),
+                token: None,
+                forward,
+                lines,
+                tail: Tail::default(),
+            }),
+            ended: Condvar::new(),
+        });
+        crate::reaper::watch_stderr(Arc::clone(&stream))?;
+        Ok(StderrTail { stream })
     }
 
-    /// The last lines written, waiting up to `wait` for the worker's last bytes to be drained.
+    /// The worker was reaped: reads what it left in the pipe (everything it wrote, since it can
+    /// write no more), stops reading and has the pipe closed, whatever its descendants still
+    /// hold; returns the last lines.
+    pub(crate) fn finish(&self) -> String {
+        {
+            let mut state = self.stream.lock();
+            state.pump(FINISH_READS);
+            state.end();
+        }
+        self.stream.ended.notify_all();
+        crate::reaper::close_stderr(Arc::clone(&self.stream));
+        self.text(Duration::ZERO)
+    }
+
+    /// The last lines written, waiting up to `wait` for the pipe to end.
     pub(crate) fn text(&self, wait: Duration) -> String {
         let deadline = worker_core::deadline_after(wait);
-        let mut tail = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
-        while !tail.done {
+        let mut state = self.stream.lock();
+        while !state.tail.done {
             let left = deadline.map_or(wait, |d| d.saturating_duration_since(Instant::now()));
             if left.is_zero() {
                 break;
             }
-            tail = self
-                .shared
-                .1
-                .wait_timeout(tail, left)
+            state = self
+                .stream
+                .ended
+                .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let text = tail.text();
+        let text = state.tail.text();
+        drop(state);
         let bytes = &text[text.len().saturating_sub(TAIL_LEN)..];
         // Start at a line boundary when the tail was cut.
         let bytes = if text.len() > TAIL_LEN {
@@ -257,6 +371,14 @@ impl StderrTail {
             bytes
         };
         String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+impl Drop for StderrTail {
+    fn drop(&mut self) {
+        if self.stream.lock().pipe.is_some() {
+            crate::reaper::close_stderr(Arc::clone(&self.stream));
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use std::{
 };
 
 use anyhow::Context;
-use exsyst_worker::{BootstrapProfile, DedicatedWorker, WorkerFactory, bootstrap::Error};
+use exsyst_worker::{
+    BootstrapProfile, DedicatedWorker, StderrMode, WorkerFactory, bootstrap::Error,
+};
 
 use crate::{
     timeout,
@@ -33,6 +35,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("reaper-thread") => reaper_thread(),
         Some("deleted-exe") => deleted_exe(),
         Some("stubborn-hold") => stubborn_hold(),
+        Some("stderr-held") => stderr_held(stderr_mode(args.get(1))?),
+        Some("many-workers") => many_workers(args.get(1).map_or(Ok(200), |n| n.parse())?),
         Some("detach") => detach(args.get(1).context("usage: detach <socket path>")?),
         Some(zygote) if zygote.starts_with("zygote-") => crate::zygote_scenarios::run(args),
         other => anyhow::bail!("unknown scenario {other:?}"),
@@ -45,6 +49,121 @@ fn profile_for(mode: Option<&String>) -> BootstrapProfile {
         Some("zygote") => crate::zygote_scenarios::profile(),
         _ => BootstrapProfile::new(),
     }
+}
+
+/// The standard error mode named `forward`, `capture` or `log`.
+fn stderr_mode(name: Option<&String>) -> anyhow::Result<StderrMode> {
+    Ok(match name.map(String::as_str) {
+        Some("forward") => StderrMode::Forward,
+        Some("capture") => StderrMode::Capture,
+        Some("log") => StderrMode::Log,
+        other => anyhow::bail!("unknown stderr mode {other:?}"),
+    })
+}
+
+/// Threads of this process.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// Waits until this process's threads and descriptors are back to `baseline`, for up to
+/// `limit`; returns how long that took, or `None` when they were not.
+fn back_to(baseline: (usize, usize), limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if (threads(), crate::scenarios::open_fds()) == baseline {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        // Nothing signals the I/O thread's closing of a descriptor: look again shortly.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Five times: a worker whose grandchild (out of its process group) holds its standard error
+/// for 20 s is created and dropped; after each drop, this process's threads and descriptors
+/// must come back to what they were. Then a worker that exits behind such a grandchild: its
+/// error carries its last stderr line.
+fn stderr_held(mode: StderrMode) -> anyhow::Result<()> {
+    let profile = BootstrapProfile::new().with_stderr(mode);
+    let mut grandchildren = Vec::new();
+    let fds = crate::scenarios::open_fds();
+    // One cycle first: the library's threads (spawner, I/O thread) start on first use, and
+    // the I/O thread keeps two descriptors (its epoll and its waker).
+    drop(hostile(&profile)?);
+    let baseline = (threads(), fds + 2);
+    println!("threads_before={}", baseline.0);
+    println!("fds_before={}", baseline.1);
+    for _ in 0..5 {
+        let mut worker = hostile(&profile)?;
+        worker.send_message(&Act::ForkHoldingStderr(20_000))?;
+        grandchildren.push(worker.receive_message::<i32>()?);
+        drop(worker);
+        match back_to(baseline, timeout(Duration::from_secs(1))) {
+            Some(took) => println!("back_after_ms={}", took.as_millis()),
+            None => println!(
+                "not_back=threads {} fds {}",
+                threads(),
+                crate::scenarios::open_fds()
+            ),
+        }
+    }
+    let mut worker = hostile(&profile)?;
+    worker.send_message(&Act::ForkHoldingStderr(20_000))?;
+    grandchildren.push(worker.receive_message::<i32>()?);
+    worker.send_message(&Act::Exit(3))?;
+    let start = Instant::now();
+    match worker.receive_message::<String>() {
+        Err(Error::WorkerExited {
+            status,
+            stderr_tail,
+            ..
+        }) => {
+            println!("exit_code={:?}", status.code());
+            println!("tail={}", stderr_tail.trim_end().replace('\n', "|"));
+        }
+        other => println!("exit=unexpected {other:?}"),
+    }
+    println!("exit_seen_ms={}", start.elapsed().as_millis());
+    drop(worker);
+    match back_to(baseline, timeout(Duration::from_secs(1))) {
+        Some(took) => println!("back_after_ms={}", took.as_millis()),
+        None => println!(
+            "not_back=threads {} fds {}",
+            threads(),
+            crate::scenarios::open_fds()
+        ),
+    }
+    for pid in grandchildren {
+        crate::sys::kill(pid, libc::SIGKILL)?;
+    }
+    Ok(())
+}
+
+/// `n` dedicated workers at once, each answering: this process's threads before the first and
+/// with all of them running.
+fn many_workers(n: usize) -> anyhow::Result<()> {
+    crate::sys::raise_fd_limit();
+    let profile = BootstrapProfile::new().with_stderr(StderrMode::Capture);
+    drop(hostile(&profile)?);
+    println!("threads_before={}", threads());
+    let mut workers = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut worker = DedicatedWorker::spawn::<Squarer>(&profile)?;
+        worker.send_message(&(i as i64))?;
+        workers.push(worker);
+    }
+    for (i, worker) in workers.iter_mut().enumerate() {
+        let i = i as i64;
+        anyhow::ensure!(worker.receive_message::<String>()? == format!("{i} squared is {}", i * i));
+    }
+    println!("workers={}", workers.len());
+    println!("threads_with_workers={}", threads());
+    drop(workers);
+    println!("threads_after={}", threads());
+    Ok(())
 }
 
 /// The name of an error's variant (`WorkerExited`, `ChannelClosed`, ...).

@@ -589,3 +589,34 @@ fn nb_queue_message_and_flush_never_wait_and_the_queue_is_bounded() {
         "worker {pid} was not reaped in the background"
     );
 }
+
+// Issue 17 §3: one I/O thread for every worker.
+
+#[test]
+fn a_dropped_worker_whose_grandchild_holds_its_stderr_leaves_no_thread_and_no_descriptor() {
+    for mode in ["forward", "capture", "log"] {
+        let lines = scenario(&["stderr-held", mode]);
+        let not_back: Vec<_> = lines.iter().filter(|(k, _)| k == "not_back").collect();
+        assert!(not_back.is_empty(), "{mode}: {lines:?}");
+        let backs = lines.iter().filter(|(k, _)| k == "back_after_ms").count();
+        assert_eq!(backs, 6, "{mode}: {lines:?}");
+        // The error of a worker that exits behind such a grandchild still has its stderr.
+        assert_eq!(value(&lines, "exit_code"), "Some(3)", "{mode}: {lines:?}");
+        assert_eq!(
+            value(&lines, "tail"),
+            "a grandchild holds this stderr",
+            "{mode}: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn two_hundred_dedicated_workers_start_no_thread() {
+    let lines = scenario(&["many-workers", "200"]);
+    assert_eq!(value(&lines, "workers"), "200");
+    let before: usize = value(&lines, "threads_before").parse().unwrap();
+    // The main thread, the spawner and the I/O thread.
+    assert_eq!(before, 3, "{lines:?}");
+    assert_eq!(value(&lines, "threads_with_workers"), "3", "{lines:?}");
+    assert_eq!(value(&lines, "threads_after"), "3", "{lines:?}");
+}

@@ -620,3 +620,98 @@ fn two_hundred_dedicated_workers_start_no_thread() {
     assert_eq!(value(&lines, "threads_with_workers"), "3", "{lines:?}");
     assert_eq!(value(&lines, "threads_after"), "3", "{lines:?}");
 }
+
+// Issue 17 §4: a blocking receive without deadline reads the output directly; the I/O thread
+// ends that read when the worker dies, whoever holds the pipe.
+
+#[test]
+fn a_receive_without_deadline_sees_every_death_after_every_message() {
+    struct Case {
+        name: &'static str,
+        /// Acts sent; then `replies` messages are received, then the exit.
+        acts: Vec<Act>,
+        /// The pid of a grandchild that outlives the worker comes first.
+        escaped: bool,
+        replies: usize,
+        code: i32,
+    }
+    let words = "w".repeat(100);
+    let cases = [
+        Case {
+            name: "nobody else holds the pipe",
+            acts: vec![Act::Reply("last words".into()), Act::Exit(4)],
+            escaped: false,
+            replies: 1,
+            code: 4,
+        },
+        Case {
+            name: "a grandchild in its process group holds the pipe",
+            acts: vec![
+                Act::Reply("last words".into()),
+                Act::ForkAndExit {
+                    code: 7,
+                    millis: 600_000,
+                },
+            ],
+            escaped: false,
+            replies: 1,
+            code: 7,
+        },
+        Case {
+            name: "a grandchild out of its process group holds the pipe",
+            acts: vec![Act::ForkHoldingStderr(600_000), Act::Exit(3)],
+            escaped: true,
+            replies: 0,
+            code: 3,
+        },
+        Case {
+            name: "the pipe is full when it dies, a grandchild holding it",
+            acts: vec![
+                Act::Burst {
+                    count: 5000,
+                    text: Some(words.clone()),
+                },
+                Act::ForkAndExit {
+                    code: 5,
+                    millis: 600_000,
+                },
+            ],
+            escaped: false,
+            replies: 5000,
+            code: 5,
+        },
+    ];
+    for case in cases {
+        let mut worker = hostile(&profile().with_stderr(exsyst_worker::StderrMode::Capture));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let expected = if case.replies == 1 {
+            "last words".to_owned()
+        } else {
+            words.clone()
+        };
+        // The receives run on a thread of their own, so that a hang fails the test.
+        std::thread::spawn(move || {
+            for act in &case.acts {
+                worker.send_message(act).unwrap();
+            }
+            let grandchild = case
+                .escaped
+                .then(|| worker.receive_message::<i32>().unwrap());
+            let received: Vec<String> = (0..case.replies)
+                .map(|_| worker.receive_message::<String>().unwrap())
+                .collect();
+            let ended = worker.receive_message::<String>();
+            if let Some(pid) = grandchild {
+                let _ = tests_integration::sys::kill(pid, libc::SIGKILL);
+            }
+            let _ = tx.send((received, ended));
+        });
+        let (received, ended) = rx
+            .recv_timeout(timeout(Duration::from_secs(20)))
+            .unwrap_or_else(|_| panic!("{}: the receive never ended", case.name));
+        assert_eq!(received.len(), case.replies, "{}", case.name);
+        assert!(received.iter().all(|r| *r == expected), "{}", case.name);
+        let (status, _) = expect_exited(ended);
+        assert_eq!(status.code(), Some(case.code), "{}", case.name);
+    }
+}

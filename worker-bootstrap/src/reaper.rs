@@ -1,12 +1,22 @@
 //! The process's one I/O thread, its readiness loop watching every worker: it reads every
-//! worker's standard error (see [`StderrTail`](crate::stderr::StderrTail)), and ends the
-//! workers handed to it (grace period, kill, reap) without making anyone wait, however many
-//! there are. The library's thread count does not grow with the number of workers.
+//! worker's standard error (see [`StderrTail`](crate::stderr::StderrTail)), watches the exit of
+//! every living dedicated worker for its handle (see [`ExitWatch`]), and ends the workers
+//! handed to it (grace period, kill, reap) without making anyone wait, however many there are.
+//! The library's thread count does not grow with the number of workers.
+//!
+//! Descriptors the I/O thread watches for a handle are closed by that handle, on its own
+//! thread, under the lock they share with the I/O thread (taken out of the poller first,
+//! through a registry shared with it): dropping a handle leaves nothing open behind it, and
+//! the I/O thread only frees the slot afterwards.
 
 use std::{
-    io,
-    os::fd::{AsRawFd, RawFd},
-    sync::{Arc, Mutex, mpsc},
+    io::{self, Write},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -18,10 +28,11 @@ use worker_core::{
 use crate::{
     process::{Fate, Process},
     stderr::{Pumped, StderrTail, Stream, TURN_READS},
-    sys::Pipes,
+    sys::{self, Pipes},
 };
 
-/// How often the reaper checks workers it cannot watch through a pidfd (old kernels).
+/// How often the reaper checks workers it cannot watch through a pidfd (old kernels), and
+/// tries again to tell a handle of its worker's death when no descriptor was to spare.
 const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
 
 /// A worker on its way out.
@@ -41,21 +52,179 @@ enum Command {
     Dying(Dying),
     /// Read a worker's standard error.
     Watch(Arc<Stream>),
-    /// Stop reading a worker's standard error, and close it.
-    Close(Arc<Stream>),
+    /// Watch a living worker's exit.
+    WatchExit(Arc<Watched>),
+    /// Free a slot whose descriptors its owner closed.
+    Forget(usize),
 }
 
 /// What the I/O thread watches under one token.
 enum Entry {
     Dying(Dying),
     Stderr(Arc<Stream>),
+    Exit(Arc<Watched>),
 }
 
-type Handle = (u32, mpsc::Sender<Command>, PollerWaker);
+/// The I/O thread of this process: its queue, its waker, its registry, and the process id it
+/// was started in (a forked child has no I/O thread, and starts its own).
+#[derive(Clone)]
+struct Handle {
+    pid: u32,
+    tx: mpsc::Sender<Command>,
+    waker: PollerWaker,
+    registry: Arc<Registry>,
+}
 
-/// The I/O thread of this process: its queue, its waker, and the process id it was started in
-/// (a forked child has no I/O thread, and starts its own).
 static REAPER: Mutex<Option<Handle>> = Mutex::new(None);
+
+/// The notice the I/O thread writes into a worker's output once the worker has exited: a
+/// control frame with an empty payload, which no codec produces, so no worker sends it. It
+/// ends a blocking receive's read (see [`ExitWatch`]) and is skipped by every receive.
+pub(crate) const EXIT_NOTICE: [u8; worker_channel::HEADER_LEN] =
+    [0, 0, 0, 0, worker_channel::FrameKind::Control.to_byte()];
+
+/// A living worker whose exit the I/O thread watches for its handle.
+struct Watched {
+    state: Mutex<WatchState>,
+    /// Set once the worker has exited, before the notice is written.
+    dead: AtomicBool,
+}
+
+struct WatchState {
+    /// The worker's pidfd (a descriptor of our own) and the blocking description of its output
+    /// that the handle reads (see [`sys::open_blocking`]), through which the pipe is opened for
+    /// writing once the worker is dead. Closed only by the handle: `None` once it stopped the
+    /// watch.
+    fds: Option<(OwnedFd, OwnedFd)>,
+    /// The writing end opened to write the notice, kept while the pipe is full.
+    writer: Option<std::fs::File>,
+    /// Where the I/O thread watches it, while it does.
+    token: Option<usize>,
+}
+
+impl Watched {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl WatchState {
+    /// Takes the watched descriptors out of `registry` and closes the writing end; returns the
+    /// token, the first time. The pidfd and the output stay, for the handle to close.
+    fn unwatch(&mut self, registry: Option<&Registry>) -> Option<usize> {
+        if let Some(registry) = registry.filter(|_| self.token.is_some()) {
+            if let Some((pidfd, _)) = &self.fds {
+                deregister(registry, pidfd.as_raw_fd());
+            }
+            if let Some(writer) = &self.writer {
+                deregister(registry, writer.as_raw_fd());
+            }
+        }
+        self.writer = None;
+        self.token.take()
+    }
+}
+
+/// The I/O thread watching a living worker's exit, for its handle's blocking receives: they
+/// read the worker's output without also polling its pidfd (one system call less per message,
+/// and none that touches the process), because once the worker has exited the I/O thread sets
+/// [`is_dead`](Self::is_dead) and writes [`EXIT_NOTICE`] into the output, after everything the
+/// worker wrote, which ends a read blocked there even while a grandchild holds the pipe.
+/// Dropping it stops the watch and closes its descriptors.
+pub(crate) struct ExitWatch {
+    watched: Arc<Watched>,
+    /// The blocking description of the worker's output, which only dropping this closes.
+    blocking: RawFd,
+}
+
+impl std::fmt::Debug for ExitWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExitWatch")
+            .field("dead", &self.is_dead())
+            .finish()
+    }
+}
+
+impl ExitWatch {
+    /// Watches the worker whose pidfd is `pidfd` and whose output (our reading end) is
+    /// `output`; `None` when there is no I/O thread, no `/proc` or no descriptor to spare.
+    pub(crate) fn start(pidfd: BorrowedFd<'_>, output: BorrowedFd<'_>) -> Option<Self> {
+        let fds = (
+            pidfd.try_clone_to_owned().ok()?,
+            sys::open_blocking(output).ok()?,
+        );
+        let blocking = fds.1.as_raw_fd();
+        let watched = Arc::new(Watched {
+            state: Mutex::new(WatchState {
+                fds: Some(fds),
+                writer: None,
+                token: None,
+            }),
+            dead: AtomicBool::new(false),
+        });
+        send(Command::WatchExit(Arc::clone(&watched))).ok()?;
+        Some(ExitWatch { watched, blocking })
+    }
+
+    /// Whether the worker has exited (seen by the I/O thread).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.watched.dead.load(Ordering::Acquire)
+    }
+
+    /// The worker's output through a description that blocks: a read there ends with bytes,
+    /// the end of the output, or the notice of the worker's death. Open as long as this is
+    /// (only dropping it closes it).
+    pub(crate) fn blocking_output(&self) -> RawFd {
+        self.blocking
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        let registry = io_thread().ok().map(|h| h.registry);
+        let mut state = self.watched.lock();
+        let token = state.unwatch(registry.as_deref());
+        state.fds = None;
+        drop(state);
+        if let Some(slot) = token {
+            let _ = send(Command::Forget(slot));
+        }
+    }
+}
+
+/// What telling a handle of its worker's death came to.
+enum Notice {
+    /// Written, or nobody reads the output any more.
+    Done,
+    /// The pipe is full: written once it is writable.
+    Pending,
+    /// The pipe cannot be opened now (no descriptor to spare): tried again later.
+    Retry,
+}
+
+/// Marks the watched worker dead and writes the notice into its output (through the writer
+/// kept, or a writing end opened now).
+fn tell_death(watched: &Watched, state: &mut WatchState) -> Notice {
+    watched.dead.store(true, Ordering::Release);
+    let Some((_, output)) = &state.fds else {
+        return Notice::Done;
+    };
+    if state.writer.is_none() {
+        match sys::reopen(output.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK) {
+            Ok(fd) => state.writer = Some(fd.into()),
+            // No reader left: the handle is gone.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Notice::Done,
+            Err(_) => return Notice::Retry,
+        }
+    }
+    let pipe = state.writer.as_mut().expect("opened above");
+    // The notice is smaller than PIPE_BUF: written whole or not at all.
+    match sys::without_sigpipe(|| pipe.write(&EXIT_NOTICE)) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Notice::Pending,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Notice::Pending,
+        _ => Notice::Done,
+    }
+}
 
 /// Hands a worker to the I/O thread: its channel is closed now; it gets until `deadline` to
 /// exit, then its process group is killed; it is reaped in any case, and its standard error
@@ -89,49 +258,60 @@ pub(crate) fn watch_stderr(stream: Arc<Stream>) -> io::Result<()> {
         .map_err(|_| io::Error::other("the exsyst-worker I/O thread cannot be started"))
 }
 
-/// Has the I/O thread stop reading `stream` and close it.
-pub(crate) fn close_stderr(stream: Arc<Stream>) {
-    if let Err(Command::Close(stream)) = send(Command::Close(stream)) {
-        // No I/O thread: nothing watches it, so it is closed here.
-        stream.close(|_| {});
+/// Stops the reading of `stream` and closes it, here and now.
+pub(crate) fn close_stderr(stream: &Stream) {
+    let registry = io_thread().ok().map(|h| h.registry);
+    let token = stream.close(|fd| {
+        if let Some(registry) = &registry {
+            deregister(registry, fd);
+        }
+    });
+    if let Some(slot) = token {
+        let _ = send(Command::Forget(slot));
     }
 }
 
 /// Sends `command` to the I/O thread (started on first use); gives it back when no thread can
 /// take it.
 fn send(command: Command) -> Result<(), Command> {
-    let Ok((tx, waker)) = reaper() else {
+    let Ok(handle) = io_thread() else {
         return Err(command);
     };
-    match tx.send(command) {
+    match handle.tx.send(command) {
         Ok(()) => {
-            let _ = waker.wake();
+            let _ = handle.waker.wake();
             Ok(())
         }
         Err(mpsc::SendError(returned)) => Err(returned),
     }
 }
 
-fn reaper() -> io::Result<(mpsc::Sender<Command>, PollerWaker)> {
+fn io_thread() -> io::Result<Handle> {
     let mut reaper = REAPER.lock().unwrap_or_else(|e| e.into_inner());
     let me = std::process::id();
-    if let Some((pid, tx, waker)) = &*reaper
-        && *pid == me
+    if let Some(handle) = &*reaper
+        && handle.pid == me
     {
-        return Ok((tx.clone(), waker.clone()));
+        return Ok(handle.clone());
     }
     let poller = Poller::new().map_err(io::Error::other)?;
-    let waker = poller.waker();
+    let registry = Arc::new(poller.registry().try_clone()?);
     let (tx, rx) = mpsc::channel();
+    let handle = Handle {
+        pid: me,
+        tx,
+        waker: poller.waker(),
+        registry,
+    };
     std::thread::Builder::new()
         .name("exsyst-worker-io".into())
         .spawn(move || run(poller, rx))?;
-    *reaper = Some((me, tx.clone(), waker.clone()));
-    Ok((tx, waker))
+    *reaper = Some(handle.clone());
+    Ok(handle)
 }
 
-fn register(registry: &Registry, fd: RawFd, token: usize) -> io::Result<()> {
-    registry.register(&mut SourceFd(&fd), Token(token), Interest::READABLE)
+fn register(registry: &Registry, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+    registry.register(&mut SourceFd(&fd), Token(token), interest)
 }
 
 fn deregister(registry: &Registry, fd: RawFd) {
@@ -146,28 +326,37 @@ fn free_slot(entries: &mut Vec<Option<Entry>>) -> usize {
     })
 }
 
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
     let mut entries: Vec<Option<Entry>> = Vec::new();
     // Tokens whose sources had events (or are new) since the last turn.
     let mut due: Vec<usize> = Vec::new();
+    // Exit watches whose notice could not be written: tried again after a tick.
+    let mut later: Vec<usize> = Vec::new();
     loop {
         while let Ok(command) = rx.try_recv() {
             let registry = poller.registry();
             match command {
                 Command::Dying(d) => {
                     let slot = free_slot(&mut entries);
-                    let _ = register(registry, d.pipes.output().as_raw_fd(), slot);
+                    let readable = Interest::READABLE;
+                    let _ = register(registry, d.pipes.output().as_raw_fd(), slot, readable);
                     if let Some(pidfd) = d.process.pidfd() {
-                        let _ = register(registry, pidfd.as_raw_fd(), slot);
+                        let _ = register(registry, pidfd.as_raw_fd(), slot, readable);
                     }
                     entries[slot] = Some(Entry::Dying(d));
                     due.push(slot);
                 }
                 Command::Watch(stream) => {
                     let slot = free_slot(&mut entries);
-                    let registered = stream.fd().map(|fd| register(registry, fd, slot));
-                    if let Some(Ok(())) = registered {
-                        stream.set_token(slot);
+                    if stream.register(slot, |fd| register(registry, fd, slot, Interest::READABLE))
+                    {
                         entries[slot] = Some(Entry::Stderr(stream));
                         due.push(slot);
                     } else {
@@ -175,20 +364,35 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
                         stream.close(|_| {});
                     }
                 }
-                Command::Close(stream) => {
-                    if let Some(slot) = stream.close(|fd| deregister(registry, fd)) {
-                        entries[slot] = None;
+                Command::WatchExit(watched) => {
+                    let slot = free_slot(&mut entries);
+                    let mut state = watched.lock();
+                    let Some((pidfd, _)) = &state.fds else {
+                        continue;
+                    };
+                    if register(registry, pidfd.as_raw_fd(), slot, Interest::READABLE).is_ok() {
+                        state.token = Some(slot);
+                        drop(state);
+                        entries[slot] = Some(Entry::Exit(watched));
+                        due.push(slot);
+                    } else {
+                        // Unwatched, the death is told at once: the handle polls from now on.
+                        tell_death(&watched, &mut state);
+                        state.unwatch(None);
                     }
                 }
+                Command::Forget(slot) => entries[slot] = None,
             }
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut again = Vec::new();
+        let retry = std::mem::take(&mut later);
         due.sort_unstable();
         due.dedup();
         for (slot, entry) in entries.iter_mut().enumerate() {
             let fired = due.binary_search(&slot).is_ok();
+            let registry = poller.registry();
             let done = match entry {
                 None => false,
                 Some(Entry::Stderr(stream)) if fired => match stream.pump(TURN_READS) {
@@ -197,16 +401,42 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
                         again.push(slot);
                         false
                     }
-                    Pumped::Ended => {
-                        stream.close(|fd| deregister(poller.registry(), fd));
-                        true
-                    }
+                    // Its slot is freed by whoever closes it first.
+                    Pumped::Ended => stream.close(|fd| deregister(registry, fd)).is_some(),
                 },
                 Some(Entry::Stderr(_)) => false,
+                Some(Entry::Exit(watched)) if fired || retry.contains(&slot) => {
+                    let mut state = watched.lock();
+                    let exited = match &state.fds {
+                        Some((pidfd, _)) => {
+                            state.writer.is_some()
+                                || sys::is_readable_now(pidfd.as_fd()).unwrap_or(true)
+                        }
+                        None => false,
+                    };
+                    match exited.then(|| tell_death(watched, &mut state)) {
+                        Some(Notice::Done) => state.unwatch(Some(registry)).is_some(),
+                        Some(Notice::Pending) => {
+                            if let Some(pipe) = &state.writer {
+                                let fd = pipe.as_raw_fd();
+                                let writable = Interest::WRITABLE;
+                                if register(registry, fd, slot, writable).is_err() {
+                                    later.push(slot);
+                                }
+                            }
+                            false
+                        }
+                        Some(Notice::Retry) => {
+                            later.push(slot);
+                            false
+                        }
+                        None => false,
+                    }
+                }
+                Some(Entry::Exit(_)) => false,
                 Some(Entry::Dying(d)) => {
                     let expired = !d.killed && d.deadline.is_some_and(|deadline| now >= deadline);
                     if (fired || expired || d.process.needs_polling()) && service(d, now) {
-                        let registry = poller.registry();
                         deregister(registry, d.pipes.output().as_raw_fd());
                         if let Some(pidfd) = d.process.pidfd() {
                             deregister(registry, pidfd.as_raw_fd());
@@ -223,10 +453,7 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
                         } else {
                             d.deadline
                         };
-                        next = match (next, wake) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
+                        next = earliest(next, wake);
                         false
                     }
                 }
@@ -239,6 +466,9 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
         due = again;
         if !due.is_empty() {
             next = Some(now);
+        }
+        if !later.is_empty() {
+            next = earliest(next, worker_core::deadline_after(EXIT_POLL_TICK));
         }
         let _ = poller.wait(next, |token, _| {
             if token != WAKE_TOKEN {

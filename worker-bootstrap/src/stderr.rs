@@ -207,18 +207,27 @@ impl Stream {
         self.lock().pump(reads)
     }
 
-    /// The pipe, while it is open.
-    pub(crate) fn fd(&self) -> Option<RawFd> {
-        self.lock().pipe.as_ref().map(AsRawFd::as_raw_fd)
-    }
-
-    /// Records where the I/O thread watches the pipe.
-    pub(crate) fn set_token(&self, token: usize) {
-        self.lock().token = Some(token);
+    /// Has `register` watch the pipe under `token`, unless it is closed already; returns
+    /// whether it does.
+    pub(crate) fn register(
+        &self,
+        token: usize,
+        register: impl FnOnce(RawFd) -> std::io::Result<()>,
+    ) -> bool {
+        let mut state = self.lock();
+        let Some(pipe) = &state.pipe else {
+            return false;
+        };
+        if register(pipe.as_raw_fd()).is_err() {
+            return false;
+        }
+        state.token = Some(token);
+        true
     }
 
     /// Closes the pipe, after `deregister` was given its descriptor, and stops the reading for
-    /// good; returns the token it was watched under, the first time.
+    /// good; returns the token it was watched under, the first time (whoever gets it frees the
+    /// I/O thread's slot).
     pub(crate) fn close(&self, deregister: impl FnOnce(RawFd)) -> Option<usize> {
         let mut state = self.lock();
         if let Some(pipe) = state.pipe.take() {
@@ -338,7 +347,7 @@ impl StderrTail {
             state.end();
         }
         self.stream.ended.notify_all();
-        crate::reaper::close_stderr(Arc::clone(&self.stream));
+        crate::reaper::close_stderr(&self.stream);
         self.text(Duration::ZERO)
     }
 
@@ -376,9 +385,7 @@ impl StderrTail {
 
 impl Drop for StderrTail {
     fn drop(&mut self) {
-        if self.stream.lock().pipe.is_some() {
-            crate::reaper::close_stderr(Arc::clone(&self.stream));
-        }
+        crate::reaper::close_stderr(&self.stream);
     }
 }
 

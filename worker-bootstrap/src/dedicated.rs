@@ -64,7 +64,8 @@ pub struct DedicatedWorker {
     process: Process,
     /// The framing, over the channel's pipes: the one read buffer and decoder, the one queue,
     /// the codec and the limits. The blocking calls wait for readiness with `poll(2)` (on the
-    /// pipes and the pidfd) between its non-blocking calls.
+    /// pipes and the pidfd) between its non-blocking calls, except a receive without deadline
+    /// of a worker the I/O thread watches, which reads the output directly (see `exit_watch`).
     connection: FramedConnection<Pipes>,
     /// Whether the worker's input is registered in a `mio` registry (see the `Source` impl).
     input_registered: bool,

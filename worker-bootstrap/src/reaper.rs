@@ -1,5 +1,5 @@
 //! The process's one I/O thread, its readiness loop watching every worker: it reads every
-//! worker's standard error (see [`StderrTail`](crate::stderr::StderrTail)), watches the exit of
+//! worker's standard error (see [`StderrTail`]), watches the exit of
 //! every living dedicated worker for its handle (see [`ExitWatch`]), and ends the workers
 //! handed to it (grace period, kill, reap) without making anyone wait, however many there are.
 //! The library's thread count does not grow with the number of workers.

@@ -36,7 +36,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("deleted-exe") => deleted_exe(),
         Some("stubborn-hold") => stubborn_hold(),
         Some("stderr-held") => stderr_held(stderr_mode(args.get(1))?),
-        Some("many-workers") => many_workers(args.get(1).map_or(Ok(200), |n| n.parse())?),
+        Some("stderr-stuck") => stderr_stuck(),
+        Some("many-workers") => many_workers(
+            args.get(1).map_or(Ok(200), |n| n.parse())?,
+            stderr_mode(args.get(2))?,
+        ),
         Some("detach") => detach(args.get(1).context("usage: detach <socket path>")?),
         Some(zygote) if zygote.starts_with("zygote-") => crate::zygote_scenarios::run(args),
         other => anyhow::bail!("unknown scenario {other:?}"),
@@ -142,11 +146,68 @@ fn stderr_held(mode: StderrMode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `n` dedicated workers at once, each answering: this process's threads before the first and
-/// with all of them running.
-fn many_workers(n: usize) -> anyhow::Result<()> {
+/// The master's standard error is a pipe nobody reads, and a worker floods its own standard
+/// error (forwarded there) until everything on the way is full: another worker's death behind a
+/// grandchild must still be seen, and a third closed in the background still reaped.
+fn stderr_stuck() -> anyhow::Result<()> {
+    let (_reader, writer) = std::io::pipe()?;
+    crate::sys::dup_onto_stderr(&writer)?;
+    let profile = BootstrapProfile::new().with_stderr(StderrMode::Forward);
+    let mut flooder = hostile(&profile)?;
+    flooder.send_message(&Act::FloodStderr(16 << 20))?;
+    // Whether the flood is under way when the other worker dies does not matter: both orders
+    // must work. Its reply cannot come while the master's stderr is stuck.
+    let dying = hostile(&profile)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut dying = dying;
+        let ended = dying
+            .send_message(&Act::ForkAndExit {
+                code: 7,
+                millis: 600_000,
+            })
+            .map_err(|e| variant(&e))
+            .and_then(|()| match dying.receive_message::<String>() {
+                Err(Error::WorkerExited { status, .. }) => Ok(status.code()),
+                other => Err(format!("{other:?}")),
+            });
+        let _ = tx.send(ended);
+    });
+    match rx.recv_timeout(timeout(Duration::from_secs(10))) {
+        Ok(ended) => println!("dying={ended:?}"),
+        Err(_) => println!("dying=hung"),
+    }
+    let background = hostile(&profile)?;
+    let pid = background.pid();
+    background.close_in_background();
+    let deadline = Instant::now() + timeout(Duration::from_secs(10));
+    while crate::scenarios::children().iter().any(|(p, _)| *p == pid) && Instant::now() < deadline {
+        // Nothing signals the I/O thread's reaping: look again shortly.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "background_reaped={}",
+        !crate::scenarios::children().iter().any(|(p, _)| *p == pid)
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(flooder);
+        let _ = tx.send(());
+    });
+    println!(
+        "flooder_dropped={}",
+        rx.recv_timeout(timeout(Duration::from_secs(20))).is_ok()
+    );
+    // Whatever is stuck, the findings are out: end here.
+    std::io::stdout().flush()?;
+    std::process::exit(0)
+}
+
+/// `n` dedicated workers at once, each answering, their standard error in `mode`: this
+/// process's threads after a first one, with all of them running, and after.
+fn many_workers(n: usize, mode: StderrMode) -> anyhow::Result<()> {
     crate::sys::raise_fd_limit();
-    let profile = BootstrapProfile::new().with_stderr(StderrMode::Capture);
+    let profile = BootstrapProfile::new().with_stderr(mode);
     drop(hostile(&profile)?);
     println!("threads_before={}", threads());
     let mut workers = Vec::with_capacity(n);

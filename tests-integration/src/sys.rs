@@ -68,6 +68,15 @@ pub fn fork_escaped_sleeper(millis: u64) -> io::Result<i32> {
     }
 }
 
+/// Makes `fd` this process's standard error (descriptor 2).
+pub fn dup_onto_stderr(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: dup2 onto descriptor 2, which this process owns; the old description is released.
+    if unsafe { libc::dup2(fd.as_raw_fd(), 2) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Replaces descriptor `fd` by `/dev/null`, so whatever it held is closed for good.
 pub fn null_out(fd: impl AsRawFd) -> io::Result<()> {
     let null = std::fs::File::open("/dev/null")?;

@@ -612,13 +612,23 @@ fn a_dropped_worker_whose_grandchild_holds_its_stderr_leaves_no_thread_and_no_de
 
 #[test]
 fn two_hundred_dedicated_workers_start_no_thread() {
-    let lines = scenario(&["many-workers", "200"]);
-    assert_eq!(value(&lines, "workers"), "200");
-    let before: usize = value(&lines, "threads_before").parse().unwrap();
-    // The main thread, the spawner and the I/O thread.
-    assert_eq!(before, 3, "{lines:?}");
-    assert_eq!(value(&lines, "threads_with_workers"), "3", "{lines:?}");
-    assert_eq!(value(&lines, "threads_after"), "3", "{lines:?}");
+    // The main thread, the spawner and the I/O thread; forwarding adds the thread that writes
+    // to the master's standard error.
+    for (mode, threads) in [("capture", "3"), ("log", "3"), ("forward", "4")] {
+        let lines = scenario(&["many-workers", "200", mode]);
+        assert_eq!(value(&lines, "workers"), "200", "{mode}");
+        assert_eq!(
+            value(&lines, "threads_before"),
+            threads,
+            "{mode}: {lines:?}"
+        );
+        assert_eq!(
+            value(&lines, "threads_with_workers"),
+            threads,
+            "{mode}: {lines:?}"
+        );
+        assert_eq!(value(&lines, "threads_after"), threads, "{mode}: {lines:?}");
+    }
 }
 
 // Issue 17 §4: a blocking receive without deadline reads the output directly; the I/O thread
@@ -714,4 +724,12 @@ fn a_receive_without_deadline_sees_every_death_after_every_message() {
         let (status, _) = expect_exited(ended);
         assert_eq!(status.code(), Some(case.code), "{}", case.name);
     }
+}
+
+#[test]
+fn a_master_whose_stderr_is_stuck_still_sees_deaths_and_reaps_in_the_background() {
+    let lines = scenario(&["stderr-stuck"]);
+    assert_eq!(value(&lines, "dying"), "Ok(Some(7))", "{lines:?}");
+    assert_eq!(value(&lines, "background_reaped"), "true", "{lines:?}");
+    assert_eq!(value(&lines, "flooder_dropped"), "true", "{lines:?}");
 }

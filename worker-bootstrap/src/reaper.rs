@@ -31,8 +31,9 @@ use crate::{
     sys::{self, Pipes},
 };
 
-/// How often the reaper checks workers it cannot watch through a pidfd (old kernels), and
-/// tries again to tell a handle of its worker's death when no descriptor was to spare.
+/// How often the reaper checks workers it cannot watch through a pidfd (old kernels), tries
+/// again to tell a handle of its worker's death when no descriptor was to spare, and to forward
+/// standard error the master's did not take.
 const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
 
 /// A worker on its way out.
@@ -337,7 +338,8 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
     let mut entries: Vec<Option<Entry>> = Vec::new();
     // Tokens whose sources had events (or are new) since the last turn.
     let mut due: Vec<usize> = Vec::new();
-    // Exit watches whose notice could not be written: tried again after a tick.
+    // Exit watches whose notice could not be written, and standard errors the master's could
+    // not take: tried again after a tick.
     let mut later: Vec<usize> = Vec::new();
     loop {
         while let Ok(command) = rx.try_recv() {
@@ -395,15 +397,21 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
             let registry = poller.registry();
             let done = match entry {
                 None => false,
-                Some(Entry::Stderr(stream)) if fired => match stream.pump(TURN_READS) {
-                    Pumped::Empty => false,
-                    Pumped::More => {
-                        again.push(slot);
-                        false
+                Some(Entry::Stderr(stream)) if fired || retry.contains(&slot) => {
+                    match stream.pump(TURN_READS) {
+                        Pumped::Empty => false,
+                        Pumped::More => {
+                            again.push(slot);
+                            false
+                        }
+                        Pumped::Held => {
+                            later.push(slot);
+                            false
+                        }
+                        // Its slot is freed by whoever closes it first.
+                        Pumped::Ended => stream.close(|fd| deregister(registry, fd)).is_some(),
                     }
-                    // Its slot is freed by whoever closes it first.
-                    Pumped::Ended => stream.close(|fd| deregister(registry, fd)).is_some(),
-                },
+                }
                 Some(Entry::Stderr(_)) => false,
                 Some(Entry::Exit(watched)) if fired || retry.contains(&slot) => {
                     let mut state = watched.lock();

@@ -4,7 +4,7 @@
 use std::{
     io::{Read, Write},
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
-    sync::{Arc, Condvar, Mutex},
+    sync::{Arc, Condvar, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -180,6 +180,59 @@ pub(crate) enum Pumped {
     More,
     /// Nothing more will be read: the pipe ended, or the worker was reaped.
     Ended,
+    /// The master's standard error takes no more for now: read again a little later (the
+    /// worker meanwhile waits on its full pipe, as it would writing to a slow terminal).
+    Held,
+}
+
+/// Chunks of workers' standard error waiting for the master's own.
+const FORWARD_QUEUE: usize = 64;
+
+/// How long a reaped worker's last forwarded bytes may take to reach the master's standard
+/// error before its exit is reported (a master that exits at once keeps them).
+const FORWARD_FLUSH_WAIT: Duration = Duration::from_millis(500);
+
+/// What the forwarding thread is given.
+enum Forward {
+    Bytes(Vec<u8>),
+    /// Set once everything queued before it is written.
+    Flushed(Arc<(Mutex<bool>, Condvar)>),
+}
+
+/// The forwarding thread of this process and the process id it was started in.
+static FORWARDER: Mutex<Option<(u32, mpsc::SyncSender<Forward>)>> = Mutex::new(None);
+
+/// The one thread that copies workers' standard error to the master's (started on first use):
+/// that write may block for as long as the master's standard error does (a pipe nobody reads,
+/// a terminal on hold), so it is kept off the I/O thread, which must go on watching and
+/// reaping the other workers meanwhile.
+fn forwarder() -> std::io::Result<mpsc::SyncSender<Forward>> {
+    let mut forwarder = FORWARDER.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    if let Some((pid, tx)) = &*forwarder
+        && *pid == me
+    {
+        return Ok(tx.clone());
+    }
+    let (tx, rx) = mpsc::sync_channel::<Forward>(FORWARD_QUEUE);
+    std::thread::Builder::new()
+        .name("exsyst-worker-stderr".into())
+        .spawn(move || {
+            for forward in rx {
+                match forward {
+                    // The master's stderr being gone must not stop the draining.
+                    Forward::Bytes(bytes) => {
+                        let _ = std::io::stderr().lock().write_all(&bytes);
+                    }
+                    Forward::Flushed(flushed) => {
+                        *flushed.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                        flushed.1.notify_all();
+                    }
+                }
+            }
+        })?;
+    *forwarder = Some((me, tx.clone()));
+    Ok(tx)
 }
 
 /// A worker's standard error as the I/O thread drains it: the pipe, where its bytes go, and
@@ -194,17 +247,19 @@ struct State {
     pipe: Option<std::fs::File>,
     /// Where the I/O thread watches the pipe, once it does.
     token: Option<usize>,
-    /// Copied to the master's standard error.
-    forward: bool,
+    /// Copied to the master's standard error, through the forwarding thread.
+    forward: Option<mpsc::SyncSender<Forward>>,
+    /// Bytes read that the forwarding thread had no room for yet.
+    held: Option<Vec<u8>>,
     /// Cut into `log` records.
     lines: Option<LineLogger>,
     tail: Tail,
 }
 
 impl Stream {
-    /// Reads what the pipe holds, at most `reads` times.
+    /// Reads what the pipe holds, at most `reads` times (on the I/O thread).
     pub(crate) fn pump(&self, reads: usize) -> Pumped {
-        self.lock().pump(reads)
+        self.lock().pump(reads, true)
     }
 
     /// Has `register` watch the pipe under `token`, unless it is closed already; returns
@@ -244,15 +299,23 @@ impl Stream {
 }
 
 impl State {
-    fn pump(&mut self, reads: usize) -> Pumped {
+    /// Reads what the pipe holds, at most `reads` times. With `hold`, bytes the forwarding
+    /// thread has no room for are kept and the reading stops ([`Pumped::Held`]); without, they
+    /// are dropped (a reaped worker's last bytes, which must not make its handle wait).
+    fn pump(&mut self, reads: usize, hold: bool) -> Pumped {
         if self.tail.done {
             return Pumped::Ended;
         }
-        let Some(pipe) = &mut self.pipe else {
-            return Pumped::Ended;
-        };
+        if let Some(bytes) = self.held.take()
+            && !self.forward(bytes, hold)
+        {
+            return Pumped::Held;
+        }
         let mut buf = [0u8; 8192];
         for _ in 0..reads {
+            let Some(pipe) = &mut self.pipe else {
+                return Pumped::Ended;
+            };
             let n = match pipe.read(&mut buf) {
                 Ok(0) => {
                     self.end();
@@ -266,16 +329,29 @@ impl State {
                     return Pumped::Ended;
                 }
             };
-            if self.forward {
-                // The master's stderr being gone must not stop the draining.
-                let _ = std::io::stderr().lock().write_all(&buf[..n]);
-            }
             if let Some(lines) = &mut self.lines {
                 lines.feed(&buf[..n]);
             }
             self.tail.feed(&buf[..n]);
+            if self.forward.is_some() && !self.forward(buf[..n].to_vec(), hold) {
+                return Pumped::Held;
+            }
         }
         Pumped::More
+    }
+
+    /// Queues `bytes` for the master's standard error; false when they are held for later.
+    fn forward(&mut self, bytes: Vec<u8>, hold: bool) -> bool {
+        let Some(tx) = &self.forward else {
+            return true;
+        };
+        match tx.try_send(Forward::Bytes(bytes)) {
+            Err(mpsc::TrySendError::Full(Forward::Bytes(bytes))) if hold => {
+                self.held = Some(bytes);
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Nothing more is read: the last unfinished line goes to `log`.
@@ -311,10 +387,10 @@ impl StderrTail {
     pub(crate) fn start(stderr: OwnedFd, sink: Sink, pid: u32) -> std::io::Result<Self> {
         worker_core::sys::set_nonblocking(stderr.as_fd(), true)?;
         let (forward, lines) = match sink {
-            Sink::None => (false, None),
-            Sink::Stderr => (true, None),
+            Sink::None => (None, None),
+            Sink::Stderr => (Some(forwarder()?), None),
             Sink::Log(target) => (
-                false,
+                None,
                 Some(LineLogger {
                     target,
                     pid,
@@ -328,6 +404,7 @@ impl StderrTail {
                 pipe: Some(stderr.into()),
                 token: None,
                 forward,
+                held: None,
                 lines,
                 tail: Tail::default(),
             }),
@@ -341,13 +418,34 @@ impl StderrTail {
     /// write no more), stops reading and has the pipe closed, whatever its descendants still
     /// hold; returns the last lines.
     pub(crate) fn finish(&self) -> String {
-        {
+        let forward = {
             let mut state = self.stream.lock();
-            state.pump(FINISH_READS);
+            state.pump(FINISH_READS, false);
             state.end();
-        }
+            state.forward.clone()
+        };
         self.stream.ended.notify_all();
         crate::reaper::close_stderr(&self.stream);
+        if let Some(tx) = forward {
+            // What the worker wrote reaches the master's standard error before its exit is
+            // reported, unless that takes long.
+            let flushed = Arc::new((Mutex::new(false), Condvar::new()));
+            if tx.try_send(Forward::Flushed(Arc::clone(&flushed))).is_ok() {
+                let deadline = worker_core::deadline_after(FORWARD_FLUSH_WAIT);
+                let mut done = flushed.0.lock().unwrap_or_else(|e| e.into_inner());
+                while !*done {
+                    let Some(left) = worker_core::time_left(deadline).filter(|l| !l.is_zero())
+                    else {
+                        break;
+                    };
+                    done = flushed
+                        .1
+                        .wait_timeout(done, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
         self.text(Duration::ZERO)
     }
 

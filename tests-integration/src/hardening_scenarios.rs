@@ -70,18 +70,22 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
 }
 
-/// Waits until this process's threads and descriptors are back to `baseline`, for up to
-/// `limit`; returns how long that took, or `None` when they were not.
-fn back_to(baseline: (usize, usize), limit: Duration) -> Option<Duration> {
+/// Waits until this process's threads and descriptors are back to `baseline`, for up to a
+/// second (scaled); prints how long that took (`back_after_ms`), or what is left (`not_back`).
+fn report_back_to(baseline: (usize, usize)) {
+    let limit = timeout(Duration::from_secs(1));
     let start = Instant::now();
     loop {
-        if (threads(), crate::scenarios::open_fds()) == baseline {
-            return Some(start.elapsed());
+        let now = (threads(), crate::scenarios::open_fds());
+        if now == baseline {
+            println!("back_after_ms={}", start.elapsed().as_millis());
+            return;
         }
         if start.elapsed() > limit {
-            return None;
+            println!("not_back=threads {} fds {}", now.0, now.1);
+            return;
         }
-        // Nothing signals the I/O thread's closing of a descriptor: look again shortly.
+        // Nothing signals that a descriptor was closed: look again shortly.
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -104,14 +108,7 @@ fn stderr_held(mode: StderrMode) -> anyhow::Result<()> {
         worker.send_message(&Act::ForkHoldingStderr(20_000))?;
         grandchildren.push(worker.receive_message::<i32>()?);
         drop(worker);
-        match back_to(baseline, timeout(Duration::from_secs(1))) {
-            Some(took) => println!("back_after_ms={}", took.as_millis()),
-            None => println!(
-                "not_back=threads {} fds {}",
-                threads(),
-                crate::scenarios::open_fds()
-            ),
-        }
+        report_back_to(baseline);
     }
     let mut worker = hostile(&profile)?;
     worker.send_message(&Act::ForkHoldingStderr(20_000))?;
@@ -131,14 +128,7 @@ fn stderr_held(mode: StderrMode) -> anyhow::Result<()> {
     }
     println!("exit_seen_ms={}", start.elapsed().as_millis());
     drop(worker);
-    match back_to(baseline, timeout(Duration::from_secs(1))) {
-        Some(took) => println!("back_after_ms={}", took.as_millis()),
-        None => println!(
-            "not_back=threads {} fds {}",
-            threads(),
-            crate::scenarios::open_fds()
-        ),
-    }
+    report_back_to(baseline);
     // Cleaning up: a grandchild already gone is no failure of the master's.
     for pid in grandchildren {
         let _ = crate::sys::kill(pid, libc::SIGKILL);

@@ -37,6 +37,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("stubborn-hold") => stubborn_hold(),
         Some("stderr-held") => stderr_held(stderr_mode(args.get(1))?),
         Some("stderr-stuck") => stderr_stuck(),
+        Some("panicking-logger") => panicking_logger(),
         Some("many-workers") => many_workers(
             args.get(1).map_or(Ok(200), |n| n.parse())?,
             stderr_mode(args.get(2))?,
@@ -189,6 +190,69 @@ fn stderr_stuck() -> anyhow::Result<()> {
         rx.recv_timeout(timeout(Duration::from_secs(20))).is_ok()
     );
     // Whatever is stuck, the findings are out: end here.
+    std::io::stdout().flush()?;
+    std::process::exit(0)
+}
+
+/// A logger that panics on every record of a worker's standard error.
+struct PanickingLogger;
+
+impl log::Log for PanickingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target().starts_with("exsyst_worker::worker::") {
+            panic!("this logger panics on a worker's line");
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// A `log` implementation that panics on the lines of a worker's standard error (the I/O
+/// thread calls it): another worker's death behind a grandchild must still be seen, and one
+/// closed in the background reaped.
+fn panicking_logger() -> anyhow::Result<()> {
+    log::set_logger(&PanickingLogger).map_err(|e| anyhow::anyhow!("{e}"))?;
+    log::set_max_level(log::LevelFilter::Info);
+    // The panics' messages are expected: kept out of the findings.
+    std::panic::set_hook(Box::new(|_| {}));
+    let profile = BootstrapProfile::new().with_stderr(StderrMode::Log);
+    let mut talker = hostile(&profile)?;
+    // Its line reaches the logger on the I/O thread, which panics.
+    talker.send_message(&Act::ForkHoldingStderr(1))?;
+    let _grandchild: i32 = talker.receive_message()?;
+    let mut dying = hostile(&profile)?;
+    dying.send_message(&Act::ForkAndExit {
+        code: 7,
+        millis: 600_000,
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ended = match dying.receive_message::<String>() {
+            Err(Error::WorkerExited { status, .. }) => Ok(status.code()),
+            other => Err(format!("{other:?}")),
+        };
+        let _ = tx.send(ended);
+    });
+    match rx.recv_timeout(timeout(Duration::from_secs(10))) {
+        Ok(ended) => println!("dying={ended:?}"),
+        Err(_) => println!("dying=hung"),
+    }
+    let background = hostile(&BootstrapProfile::new().with_stderr(StderrMode::Capture))?;
+    let pid = background.pid();
+    background.close_in_background();
+    let deadline = Instant::now() + timeout(Duration::from_secs(10));
+    while crate::scenarios::children().iter().any(|(p, _)| *p == pid) && Instant::now() < deadline {
+        // Nothing signals the I/O thread's reaping: look again shortly.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "background_reaped={}",
+        !crate::scenarios::children().iter().any(|(p, _)| *p == pid)
+    );
     std::io::stdout().flush()?;
     std::process::exit(0)
 }

@@ -733,3 +733,10 @@ fn a_master_whose_stderr_is_stuck_still_sees_deaths_and_reaps_in_the_background(
     assert_eq!(value(&lines, "background_reaped"), "true", "{lines:?}");
     assert_eq!(value(&lines, "flooder_dropped"), "true", "{lines:?}");
 }
+
+#[test]
+fn a_logger_that_panics_on_a_workers_line_stops_no_other_worker() {
+    let lines = scenario(&["panicking-logger"]);
+    assert_eq!(value(&lines, "dying"), "Ok(Some(7))", "{lines:?}");
+    assert_eq!(value(&lines, "background_reaped"), "true", "{lines:?}");
+}

@@ -12,6 +12,7 @@
 use std::{
     io::{self, Write},
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
+    panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -342,147 +343,153 @@ fn run(mut poller: Poller, rx: mpsc::Receiver<Command>) {
     // not take: tried again after a tick.
     let mut later: Vec<usize> = Vec::new();
     loop {
-        while let Ok(command) = rx.try_recv() {
-            let registry = poller.registry();
-            match command {
-                Command::Dying(d) => {
-                    let slot = free_slot(&mut entries);
-                    let readable = Interest::READABLE;
-                    let _ = register(registry, d.pipes.output().as_raw_fd(), slot, readable);
-                    if let Some(pidfd) = d.process.pidfd() {
-                        let _ = register(registry, pidfd.as_raw_fd(), slot, readable);
-                    }
-                    entries[slot] = Some(Entry::Dying(d));
-                    due.push(slot);
-                }
-                Command::Watch(stream) => {
-                    let slot = free_slot(&mut entries);
-                    if stream.register(slot, |fd| register(registry, fd, slot, Interest::READABLE))
-                    {
-                        entries[slot] = Some(Entry::Stderr(stream));
-                        due.push(slot);
-                    } else {
-                        // Closed already, or the kernel will not watch it: read it no more.
-                        stream.close(|_| {});
-                    }
-                }
-                Command::WatchExit(watched) => {
-                    let slot = free_slot(&mut entries);
-                    let mut state = watched.lock();
-                    let Some((pidfd, _)) = &state.fds else {
-                        continue;
-                    };
-                    if register(registry, pidfd.as_raw_fd(), slot, Interest::READABLE).is_ok() {
-                        state.token = Some(slot);
-                        drop(state);
-                        entries[slot] = Some(Entry::Exit(watched));
-                        due.push(slot);
-                    } else {
-                        // Unwatched, the death is told at once: the handle polls from now on.
-                        tell_death(&watched, &mut state);
-                        state.unwatch(None);
-                    }
-                }
-                Command::Forget(slot) => entries[slot] = None,
-            }
-        }
-        let now = Instant::now();
-        let mut next: Option<Instant> = None;
-        let mut again = Vec::new();
-        let retry = std::mem::take(&mut later);
-        due.sort_unstable();
-        due.dedup();
-        for (slot, entry) in entries.iter_mut().enumerate() {
-            let fired = due.binary_search(&slot).is_ok();
-            let registry = poller.registry();
-            let done = match entry {
-                None => false,
-                Some(Entry::Stderr(stream)) if fired || retry.contains(&slot) => {
-                    match stream.pump(TURN_READS) {
-                        Pumped::Empty => false,
-                        Pumped::More => {
-                            again.push(slot);
-                            false
-                        }
-                        Pumped::Held => {
-                            later.push(slot);
-                            false
-                        }
-                        // Its slot is freed by whoever closes it first.
-                        Pumped::Ended => stream.close(|fd| deregister(registry, fd)).is_some(),
-                    }
-                }
-                Some(Entry::Stderr(_)) => false,
-                Some(Entry::Exit(watched)) if fired || retry.contains(&slot) => {
-                    let mut state = watched.lock();
-                    let exited = match &state.fds {
-                        Some((pidfd, _)) => {
-                            state.writer.is_some()
-                                || sys::is_readable_now(pidfd.as_fd()).unwrap_or(true)
-                        }
-                        None => false,
-                    };
-                    match exited.then(|| tell_death(watched, &mut state)) {
-                        Some(Notice::Done) => state.unwatch(Some(registry)).is_some(),
-                        Some(Notice::Pending) => {
-                            if let Some(pipe) = &state.writer {
-                                let fd = pipe.as_raw_fd();
-                                let writable = Interest::WRITABLE;
-                                if register(registry, fd, slot, writable).is_err() {
-                                    later.push(slot);
-                                }
-                            }
-                            false
-                        }
-                        Some(Notice::Retry) => {
-                            later.push(slot);
-                            false
-                        }
-                        None => false,
-                    }
-                }
-                Some(Entry::Exit(_)) => false,
-                Some(Entry::Dying(d)) => {
-                    let expired = !d.killed && d.deadline.is_some_and(|deadline| now >= deadline);
-                    if (fired || expired || d.process.needs_polling()) && service(d, now) {
-                        deregister(registry, d.pipes.output().as_raw_fd());
+        // A panic in one turn (a `log` implementation's, say) costs that turn only: the thread
+        // every worker depends on goes on.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            while let Ok(command) = rx.try_recv() {
+                let registry = poller.registry();
+                match command {
+                    Command::Dying(d) => {
+                        let slot = free_slot(&mut entries);
+                        let readable = Interest::READABLE;
+                        let _ = register(registry, d.pipes.output().as_raw_fd(), slot, readable);
                         if let Some(pidfd) = d.process.pidfd() {
-                            deregister(registry, pidfd.as_raw_fd());
+                            let _ = register(registry, pidfd.as_raw_fd(), slot, readable);
                         }
-                        if let Some(stderr) = d.stderr.take() {
-                            stderr.finish();
-                        }
-                        true
-                    } else {
-                        let wake = if d.process.needs_polling() {
-                            worker_core::deadline_after(EXIT_POLL_TICK)
-                        } else if d.killed {
-                            None
-                        } else {
-                            d.deadline
-                        };
-                        next = earliest(next, wake);
-                        false
+                        entries[slot] = Some(Entry::Dying(d));
+                        due.push(slot);
                     }
+                    Command::Watch(stream) => {
+                        let slot = free_slot(&mut entries);
+                        if stream
+                            .register(slot, |fd| register(registry, fd, slot, Interest::READABLE))
+                        {
+                            entries[slot] = Some(Entry::Stderr(stream));
+                            due.push(slot);
+                        } else {
+                            // Closed already, or the kernel will not watch it: read it no more.
+                            stream.close(|_| {});
+                        }
+                    }
+                    Command::WatchExit(watched) => {
+                        let slot = free_slot(&mut entries);
+                        let mut state = watched.lock();
+                        let Some((pidfd, _)) = &state.fds else {
+                            continue;
+                        };
+                        if register(registry, pidfd.as_raw_fd(), slot, Interest::READABLE).is_ok() {
+                            state.token = Some(slot);
+                            drop(state);
+                            entries[slot] = Some(Entry::Exit(watched));
+                            due.push(slot);
+                        } else {
+                            // Unwatched, the death is told at once: the handle polls from now on.
+                            tell_death(&watched, &mut state);
+                            state.unwatch(None);
+                        }
+                    }
+                    Command::Forget(slot) => entries[slot] = None,
                 }
-            };
-            if done {
-                *entry = None;
             }
-        }
-        // A stream with more to read is read again at once, after the others had their turn.
-        due = again;
-        if !due.is_empty() {
-            next = Some(now);
-        }
-        if !later.is_empty() {
-            next = earliest(next, worker_core::deadline_after(EXIT_POLL_TICK));
-        }
-        let _ = poller.wait(next, |token, _| {
-            if token != WAKE_TOKEN {
-                due.push(token.0);
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            let mut again = Vec::new();
+            let retry = std::mem::take(&mut later);
+            due.sort_unstable();
+            due.dedup();
+            for (slot, entry) in entries.iter_mut().enumerate() {
+                let fired = due.binary_search(&slot).is_ok();
+                let registry = poller.registry();
+                let done = match entry {
+                    None => false,
+                    Some(Entry::Stderr(stream)) if fired || retry.contains(&slot) => {
+                        match stream.pump(TURN_READS) {
+                            Pumped::Empty => false,
+                            Pumped::More => {
+                                again.push(slot);
+                                false
+                            }
+                            Pumped::Held => {
+                                later.push(slot);
+                                false
+                            }
+                            // Its slot is freed by whoever closes it first.
+                            Pumped::Ended => stream.close(|fd| deregister(registry, fd)).is_some(),
+                        }
+                    }
+                    Some(Entry::Stderr(_)) => false,
+                    Some(Entry::Exit(watched)) if fired || retry.contains(&slot) => {
+                        let mut state = watched.lock();
+                        let exited = match &state.fds {
+                            Some((pidfd, _)) => {
+                                state.writer.is_some()
+                                    || sys::is_readable_now(pidfd.as_fd()).unwrap_or(true)
+                            }
+                            None => false,
+                        };
+                        match exited.then(|| tell_death(watched, &mut state)) {
+                            Some(Notice::Done) => state.unwatch(Some(registry)).is_some(),
+                            Some(Notice::Pending) => {
+                                if let Some(pipe) = &state.writer {
+                                    let fd = pipe.as_raw_fd();
+                                    let writable = Interest::WRITABLE;
+                                    if register(registry, fd, slot, writable).is_err() {
+                                        later.push(slot);
+                                    }
+                                }
+                                false
+                            }
+                            Some(Notice::Retry) => {
+                                later.push(slot);
+                                false
+                            }
+                            None => false,
+                        }
+                    }
+                    Some(Entry::Exit(_)) => false,
+                    Some(Entry::Dying(d)) => {
+                        let expired =
+                            !d.killed && d.deadline.is_some_and(|deadline| now >= deadline);
+                        if (fired || expired || d.process.needs_polling()) && service(d, now) {
+                            deregister(registry, d.pipes.output().as_raw_fd());
+                            if let Some(pidfd) = d.process.pidfd() {
+                                deregister(registry, pidfd.as_raw_fd());
+                            }
+                            if let Some(stderr) = d.stderr.take() {
+                                stderr.finish();
+                            }
+                            true
+                        } else {
+                            let wake = if d.process.needs_polling() {
+                                worker_core::deadline_after(EXIT_POLL_TICK)
+                            } else if d.killed {
+                                None
+                            } else {
+                                d.deadline
+                            };
+                            next = earliest(next, wake);
+                            false
+                        }
+                    }
+                };
+                if done {
+                    *entry = None;
+                }
             }
-        });
+            // A stream with more to read is read again at once, after the others had their turn.
+            due = again;
+            if !due.is_empty() {
+                next = Some(now);
+            }
+            if !later.is_empty() {
+                next = earliest(next, worker_core::deadline_after(EXIT_POLL_TICK));
+            }
+            let _ = poller.wait(next, |token, _| {
+                if token != WAKE_TOKEN {
+                    due.push(token.0);
+                }
+            });
+        }));
     }
 }
 

@@ -148,38 +148,7 @@ fn stderr_stuck() -> anyhow::Result<()> {
     flooder.send_message(&Act::FloodStderr(16 << 20))?;
     // Whether the flood is under way when the other worker dies does not matter: both orders
     // must work. Its reply cannot come while the master's stderr is stuck.
-    let dying = hostile(&profile)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut dying = dying;
-        let ended = dying
-            .send_message(&Act::ForkAndExit {
-                code: 7,
-                millis: 600_000,
-            })
-            .map_err(|e| variant(&e))
-            .and_then(|()| match dying.receive_message::<String>() {
-                Err(Error::WorkerExited { status, .. }) => Ok(status.code()),
-                other => Err(format!("{other:?}")),
-            });
-        let _ = tx.send(ended);
-    });
-    match rx.recv_timeout(timeout(Duration::from_secs(10))) {
-        Ok(ended) => println!("dying={ended:?}"),
-        Err(_) => println!("dying=hung"),
-    }
-    let background = hostile(&profile)?;
-    let pid = background.pid();
-    background.close_in_background();
-    let deadline = Instant::now() + timeout(Duration::from_secs(10));
-    while crate::scenarios::children().iter().any(|(p, _)| *p == pid) && Instant::now() < deadline {
-        // Nothing signals the I/O thread's reaping: look again shortly.
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    println!(
-        "background_reaped={}",
-        !crate::scenarios::children().iter().any(|(p, _)| *p == pid)
-    );
+    others_still_served(&profile)?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(flooder);
@@ -192,6 +161,40 @@ fn stderr_stuck() -> anyhow::Result<()> {
     // Whatever is stuck, the findings are out: end here.
     std::io::stdout().flush()?;
     std::process::exit(0)
+}
+
+/// While something holds up the standard error of other workers: a worker started with
+/// `profile` dies behind a grandchild holding its channel (`dying`: its exit code, or `hung`),
+/// and another is closed in the background (`background_reaped`).
+fn others_still_served(profile: &BootstrapProfile) -> anyhow::Result<()> {
+    let mut dying = hostile(profile)?;
+    dying.send_message(&Act::ForkAndExit {
+        code: 7,
+        millis: 600_000,
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ended = match dying.receive_message::<String>() {
+            Err(Error::WorkerExited { status, .. }) => Ok(status.code()),
+            other => Err(format!("{other:?}")),
+        };
+        let _ = tx.send(ended);
+    });
+    match rx.recv_timeout(timeout(Duration::from_secs(10))) {
+        Ok(ended) => println!("dying={ended:?}"),
+        Err(_) => println!("dying=hung"),
+    }
+    let background = hostile(profile)?;
+    let pid = background.pid();
+    background.close_in_background();
+    let gone = || !crate::scenarios::children().iter().any(|(p, _)| *p == pid);
+    let deadline = Instant::now() + timeout(Duration::from_secs(10));
+    while !gone() && Instant::now() < deadline {
+        // Nothing signals the I/O thread's reaping: look again shortly.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("background_reaped={}", gone());
+    Ok(())
 }
 
 /// A logger that panics on every record of a worker's standard error.
@@ -224,35 +227,7 @@ fn panicking_logger() -> anyhow::Result<()> {
     // Its line reaches the logger on the I/O thread, which panics.
     talker.send_message(&Act::ForkHoldingStderr(1))?;
     let _grandchild: i32 = talker.receive_message()?;
-    let mut dying = hostile(&profile)?;
-    dying.send_message(&Act::ForkAndExit {
-        code: 7,
-        millis: 600_000,
-    })?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let ended = match dying.receive_message::<String>() {
-            Err(Error::WorkerExited { status, .. }) => Ok(status.code()),
-            other => Err(format!("{other:?}")),
-        };
-        let _ = tx.send(ended);
-    });
-    match rx.recv_timeout(timeout(Duration::from_secs(10))) {
-        Ok(ended) => println!("dying={ended:?}"),
-        Err(_) => println!("dying=hung"),
-    }
-    let background = hostile(&BootstrapProfile::new().with_stderr(StderrMode::Capture))?;
-    let pid = background.pid();
-    background.close_in_background();
-    let deadline = Instant::now() + timeout(Duration::from_secs(10));
-    while crate::scenarios::children().iter().any(|(p, _)| *p == pid) && Instant::now() < deadline {
-        // Nothing signals the I/O thread's reaping: look again shortly.
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    println!(
-        "background_reaped={}",
-        !crate::scenarios::children().iter().any(|(p, _)| *p == pid)
-    );
+    others_still_served(&BootstrapProfile::new().with_stderr(StderrMode::Capture))?;
     std::io::stdout().flush()?;
     std::process::exit(0)
 }

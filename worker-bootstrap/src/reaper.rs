@@ -212,7 +212,7 @@ fn tell_death(watched: &Watched, state: &mut WatchState) -> Notice {
         return Notice::Done;
     };
     if state.writer.is_none() {
-        match sys::reopen(output.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK) {
+        match sys::reopen_pipe(output.as_fd(), true) {
             Ok(fd) => state.writer = Some(fd.into()),
             // No reader left: the handle is gone.
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Notice::Done,

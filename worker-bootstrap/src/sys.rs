@@ -166,21 +166,22 @@ impl io::Read for Pipes {
 /// spare.
 pub(crate) fn open_blocking(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // Opened non-blocking, which never waits for a writer, then made blocking.
-    let blocking = reopen(fd, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    let blocking = reopen_pipe(fd, false)?;
     sys::set_nonblocking(blocking.as_fd(), false)?;
     Ok(blocking)
 }
 
-/// Opens the file `fd` names anew through `/proc/self/fd`, close-on-exec, with `flags`: for a
-/// pipe, a new open file description (its own blocking flag), or with `O_PATH` a reference that
-/// neither reads nor writes it.
-pub(crate) fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .expect("no NUL in a path of digits");
-    // SAFETY: `path` is a live NUL-terminated string; open returns a new descriptor or -1.
-    let fd = syscall!(open(path.as_ptr(), flags | libc::O_CLOEXEC))?;
-    // SAFETY: the kernel just created this descriptor, and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Opens the pipe `fd` names anew through `/proc/self/fd`, close-on-exec and non-blocking, for
+/// reading or (with `write`) for writing: a new open file description of the same pipe. For
+/// writing it fails with `ENXIO` when nobody reads the pipe any more.
+pub(crate) fn reopen_pipe(fd: BorrowedFd<'_>, write: bool) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let pipe = std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    Ok(pipe.into())
 }
 
 /// A pidfd for child `pid` (Linux 5.3 and later), close-on-exec.

@@ -14,7 +14,9 @@ use std::{
 };
 
 use anyhow::Context;
-use exsyst_worker::{BootstrapProfile, DedicatedWorker, WorkerFactory, bootstrap::Error};
+use exsyst_worker::{
+    BootstrapProfile, DedicatedWorker, StderrMode, WorkerFactory, bootstrap::Error,
+};
 
 use crate::{
     timeout,
@@ -39,6 +41,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("reaper-thread") => reaper_thread(),
         Some("deleted-exe") => deleted_exe(),
         Some("stubborn-hold") => stubborn_hold(),
+        Some("stderr-held") => stderr_held(stderr_mode(args.get(1))?),
+        Some("stderr-stuck") => stderr_stuck(),
+        Some("panicking-logger") => panicking_logger(),
+        Some("many-workers") => many_workers(
+            args.get(1).map_or(Ok(200), |n| n.parse())?,
+            stderr_mode(args.get(2))?,
+        ),
         Some("detach") => detach(args.get(1).context("usage: detach <socket path>")?),
         Some(zygote) if zygote.starts_with("zygote-") => crate::zygote_scenarios::run(args),
         other => anyhow::bail!("unknown scenario {other:?}"),
@@ -51,6 +60,206 @@ fn profile_for(mode: Option<&String>) -> BootstrapProfile {
         Some("zygote") => crate::zygote_scenarios::profile(),
         _ => BootstrapProfile::new(),
     }
+}
+
+/// The standard error mode named `forward`, `capture` or `log`.
+fn stderr_mode(name: Option<&String>) -> anyhow::Result<StderrMode> {
+    Ok(match name.map(String::as_str) {
+        Some("forward") => StderrMode::Forward,
+        Some("capture") => StderrMode::Capture,
+        Some("log") => StderrMode::Log,
+        other => anyhow::bail!("unknown stderr mode {other:?}"),
+    })
+}
+
+/// Threads of this process.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// Waits until this process's threads and descriptors are back to `baseline`, for up to a
+/// second (scaled); prints how long that took (`back_after_ms`), or what is left (`not_back`).
+fn report_back_to(baseline: (usize, usize)) {
+    let limit = timeout(Duration::from_secs(1));
+    let start = Instant::now();
+    loop {
+        let now = (threads(), crate::scenarios::open_fds());
+        if now == baseline {
+            println!("back_after_ms={}", start.elapsed().as_millis());
+            return;
+        }
+        if start.elapsed() > limit {
+            println!("not_back=threads {} fds {}", now.0, now.1);
+            return;
+        }
+        // Nothing signals that a descriptor was closed: look again shortly.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Five times: a worker whose grandchild (out of its process group) holds its standard error
+/// for 20 s is created and dropped; after each drop, this process's threads and descriptors
+/// must come back to what they were. Then a worker that exits behind such a grandchild: its
+/// error carries its last stderr line.
+fn stderr_held(mode: StderrMode) -> anyhow::Result<()> {
+    let profile = BootstrapProfile::new().with_stderr(mode);
+    let mut grandchildren = Vec::new();
+    // One cycle first: the library's threads (spawner, I/O thread) and their descriptors
+    // start on first use.
+    drop(hostile(&profile)?);
+    let baseline = (threads(), crate::scenarios::open_fds());
+    println!("threads_before={}", baseline.0);
+    println!("fds_before={}", baseline.1);
+    for _ in 0..5 {
+        let mut worker = hostile(&profile)?;
+        worker.send_message(&Act::ForkHoldingStderr(20_000))?;
+        grandchildren.push(worker.receive_message::<i32>()?);
+        drop(worker);
+        report_back_to(baseline);
+    }
+    let mut worker = hostile(&profile)?;
+    worker.send_message(&Act::ForkHoldingStderr(20_000))?;
+    grandchildren.push(worker.receive_message::<i32>()?);
+    worker.send_message(&Act::Exit(3))?;
+    let start = Instant::now();
+    match worker.receive_message::<String>() {
+        Err(Error::WorkerExited {
+            status,
+            stderr_tail,
+            ..
+        }) => {
+            println!("exit_code={:?}", status.code());
+            println!("tail={}", stderr_tail.trim_end().replace('\n', "|"));
+        }
+        other => println!("exit=unexpected {other:?}"),
+    }
+    println!("exit_seen_ms={}", start.elapsed().as_millis());
+    drop(worker);
+    report_back_to(baseline);
+    // Cleaning up: a grandchild already gone is no failure of the master's.
+    for pid in grandchildren {
+        let _ = crate::sys::kill(pid, libc::SIGKILL);
+    }
+    Ok(())
+}
+
+/// The master's standard error is a pipe nobody reads, and a worker floods its own standard
+/// error (forwarded there) until everything on the way is full: another worker's death behind a
+/// grandchild must still be seen, and a third closed in the background still reaped.
+fn stderr_stuck() -> anyhow::Result<()> {
+    let (_reader, writer) = std::io::pipe()?;
+    crate::sys::dup_onto_stderr(&writer)?;
+    let profile = BootstrapProfile::new().with_stderr(StderrMode::Forward);
+    let mut flooder = hostile(&profile)?;
+    flooder.send_message(&Act::FloodStderr(16 << 20))?;
+    // Whether the flood is under way when the other worker dies does not matter: both orders
+    // must work. Its reply cannot come while the master's stderr is stuck.
+    others_still_served(&profile)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(flooder);
+        let _ = tx.send(());
+    });
+    println!(
+        "flooder_dropped={}",
+        rx.recv_timeout(timeout(Duration::from_secs(20))).is_ok()
+    );
+    // Whatever is stuck, the findings are out: end here.
+    std::io::stdout().flush()?;
+    std::process::exit(0)
+}
+
+/// While something holds up the standard error of other workers: a worker started with
+/// `profile` dies behind a grandchild holding its channel (`dying`: its exit code, or `hung`),
+/// and another is closed in the background (`background_reaped`).
+fn others_still_served(profile: &BootstrapProfile) -> anyhow::Result<()> {
+    let mut dying = hostile(profile)?;
+    dying.send_message(&Act::ForkAndExit {
+        code: 7,
+        millis: 600_000,
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ended = match dying.receive_message::<String>() {
+            Err(Error::WorkerExited { status, .. }) => Ok(status.code()),
+            other => Err(format!("{other:?}")),
+        };
+        let _ = tx.send(ended);
+    });
+    match rx.recv_timeout(timeout(Duration::from_secs(10))) {
+        Ok(ended) => println!("dying={ended:?}"),
+        Err(_) => println!("dying=hung"),
+    }
+    let background = hostile(profile)?;
+    let pid = background.pid();
+    background.close_in_background();
+    let gone = || !crate::scenarios::children().iter().any(|(p, _)| *p == pid);
+    let deadline = Instant::now() + timeout(Duration::from_secs(10));
+    while !gone() && Instant::now() < deadline {
+        // Nothing signals the I/O thread's reaping: look again shortly.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("background_reaped={}", gone());
+    Ok(())
+}
+
+/// A logger that panics on every record of a worker's standard error.
+struct PanickingLogger;
+
+impl log::Log for PanickingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target().starts_with("exsyst_worker::worker::") {
+            panic!("this logger panics on a worker's line");
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// A `log` implementation that panics on the lines of a worker's standard error (the I/O
+/// thread calls it): another worker's death behind a grandchild must still be seen, and one
+/// closed in the background reaped.
+fn panicking_logger() -> anyhow::Result<()> {
+    log::set_logger(&PanickingLogger).map_err(|e| anyhow::anyhow!("{e}"))?;
+    log::set_max_level(log::LevelFilter::Info);
+    // The panics' messages are expected: kept out of the findings.
+    std::panic::set_hook(Box::new(|_| {}));
+    let profile = BootstrapProfile::new().with_stderr(StderrMode::Log);
+    let mut talker = hostile(&profile)?;
+    // Its line reaches the logger on the I/O thread, which panics.
+    talker.send_message(&Act::ForkHoldingStderr(1))?;
+    let _grandchild: i32 = talker.receive_message()?;
+    others_still_served(&BootstrapProfile::new().with_stderr(StderrMode::Capture))?;
+    std::io::stdout().flush()?;
+    std::process::exit(0)
+}
+
+/// `n` dedicated workers at once, each answering, their standard error in `mode`: this
+/// process's threads after a first one, with all of them running, and after.
+fn many_workers(n: usize, mode: StderrMode) -> anyhow::Result<()> {
+    crate::sys::raise_fd_limit();
+    let profile = BootstrapProfile::new().with_stderr(mode);
+    drop(hostile(&profile)?);
+    println!("threads_before={}", threads());
+    let mut workers = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut worker = DedicatedWorker::spawn::<Squarer>(&profile)?;
+        worker.send_message(&(i as i64))?;
+        workers.push(worker);
+    }
+    for (i, worker) in workers.iter_mut().enumerate() {
+        let i = i as i64;
+        anyhow::ensure!(worker.receive_message::<String>()? == format!("{i} squared is {}", i * i));
+    }
+    println!("workers={}", workers.len());
+    println!("threads_with_workers={}", threads());
+    drop(workers);
+    println!("threads_after={}", threads());
+    Ok(())
 }
 
 /// The name of an error's variant (`WorkerExited`, `ChannelClosed`, ...).

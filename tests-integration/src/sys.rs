@@ -48,6 +48,35 @@ pub fn fork_sleeper(millis: u64) -> io::Result<()> {
     }
 }
 
+/// Forks a child that leaves for a session (and process group) of its own, so that killing
+/// this process's group spares it, keeps every descriptor of this process, sleeps `millis`,
+/// then exits 0; returns its pid in the parent.
+pub fn fork_escaped_sleeper(millis: u64) -> io::Result<i32> {
+    // SAFETY: the child only calls setsid, sleeps (nanosleep) and `_exit`s, all
+    // async-signal-safe, so it is sound after fork even in a process with other threads.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: setsid takes no argument; it cannot fail in a fresh child, which leads
+            // no group.
+            unsafe { libc::setsid() };
+            std::thread::sleep(Duration::from_millis(millis));
+            // SAFETY: ends the child without running the parent's exit path.
+            unsafe { libc::_exit(0) }
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Makes `fd` this process's standard error (descriptor 2).
+pub fn dup_onto_stderr(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: dup2 onto descriptor 2, which this process owns; the old description is released.
+    if unsafe { libc::dup2(fd.as_raw_fd(), 2) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Replaces descriptor `fd` by `/dev/null`, so whatever it held is closed for good.
 pub fn null_out(fd: impl AsRawFd) -> io::Result<()> {
     let null = std::fs::File::open("/dev/null")?;

@@ -567,3 +567,154 @@ fn nb_queue_message_and_flush_never_wait_and_the_queue_is_bounded() {
         "worker {pid} was not reaped in the background"
     );
 }
+
+// Issue 17 §3: one I/O thread for every worker.
+
+#[test]
+fn a_dropped_worker_whose_grandchild_holds_its_stderr_leaves_no_thread_and_no_descriptor() {
+    for mode in ["forward", "capture", "log"] {
+        let lines = scenario(&["stderr-held", mode]);
+        let not_back: Vec<_> = lines.iter().filter(|(k, _)| k == "not_back").collect();
+        assert!(not_back.is_empty(), "{mode}: {lines:?}");
+        let backs = lines.iter().filter(|(k, _)| k == "back_after_ms").count();
+        assert_eq!(backs, 6, "{mode}: {lines:?}");
+        // The error of a worker that exits behind such a grandchild still has its stderr.
+        assert_eq!(value(&lines, "exit_code"), "Some(3)", "{mode}: {lines:?}");
+        assert_eq!(
+            value(&lines, "tail"),
+            "a grandchild holds this stderr",
+            "{mode}: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn two_hundred_dedicated_workers_start_no_thread() {
+    // The main thread, the spawner and the I/O thread; forwarding adds the thread that writes
+    // to the master's standard error.
+    for (mode, threads) in [("capture", "3"), ("log", "3"), ("forward", "4")] {
+        let lines = scenario(&["many-workers", "200", mode]);
+        assert_eq!(value(&lines, "workers"), "200", "{mode}");
+        assert_eq!(
+            value(&lines, "threads_before"),
+            threads,
+            "{mode}: {lines:?}"
+        );
+        assert_eq!(
+            value(&lines, "threads_with_workers"),
+            threads,
+            "{mode}: {lines:?}"
+        );
+        assert_eq!(value(&lines, "threads_after"), threads, "{mode}: {lines:?}");
+    }
+}
+
+// Issue 17 §4: a blocking receive without deadline reads the output directly; the I/O thread
+// ends that read when the worker dies, whoever holds the pipe.
+
+#[test]
+fn a_receive_without_deadline_sees_every_death_after_every_message() {
+    struct Case {
+        name: &'static str,
+        /// Acts sent; then `replies` messages are received, then the exit.
+        acts: Vec<Act>,
+        /// The pid of a grandchild that outlives the worker comes first.
+        escaped: bool,
+        replies: usize,
+        code: i32,
+    }
+    let words = "w".repeat(100);
+    let cases = [
+        Case {
+            name: "nobody else holds the pipe",
+            acts: vec![Act::Reply("last words".into()), Act::Exit(4)],
+            escaped: false,
+            replies: 1,
+            code: 4,
+        },
+        Case {
+            name: "a grandchild in its process group holds the pipe",
+            acts: vec![
+                Act::Reply("last words".into()),
+                Act::ForkAndExit {
+                    code: 7,
+                    millis: 600_000,
+                },
+            ],
+            escaped: false,
+            replies: 1,
+            code: 7,
+        },
+        Case {
+            name: "a grandchild out of its process group holds the pipe",
+            acts: vec![Act::ForkHoldingStderr(600_000), Act::Exit(3)],
+            escaped: true,
+            replies: 0,
+            code: 3,
+        },
+        Case {
+            name: "the pipe is full when it dies, a grandchild holding it",
+            acts: vec![
+                Act::Burst {
+                    count: 5000,
+                    text: Some(words.clone()),
+                },
+                Act::ForkAndExit {
+                    code: 5,
+                    millis: 600_000,
+                },
+            ],
+            escaped: false,
+            replies: 5000,
+            code: 5,
+        },
+    ];
+    for case in cases {
+        let mut worker = hostile(&profile().with_stderr(exsyst_worker::StderrMode::Capture));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let expected = if case.replies == 1 {
+            "last words".to_owned()
+        } else {
+            words.clone()
+        };
+        // The receives run on a thread of their own, so that a hang fails the test.
+        std::thread::spawn(move || {
+            for act in &case.acts {
+                worker.send_message(act).unwrap();
+            }
+            let grandchild = case
+                .escaped
+                .then(|| worker.receive_message::<i32>().unwrap());
+            let received: Vec<String> = (0..case.replies)
+                .map(|_| worker.receive_message::<String>().unwrap())
+                .collect();
+            let ended = worker.receive_message::<String>();
+            if let Some(pid) = grandchild {
+                let _ = tests_integration::sys::kill(pid, libc::SIGKILL);
+            }
+            let _ = tx.send((received, ended));
+        });
+        let (received, ended) = rx
+            .recv_timeout(timeout(Duration::from_secs(20)))
+            .unwrap_or_else(|_| panic!("{}: the receive never ended", case.name));
+        assert_eq!(received.len(), case.replies, "{}", case.name);
+        assert!(received.iter().all(|r| *r == expected), "{}", case.name);
+        let (status, _) = expect_exited(ended);
+        assert_eq!(status.code(), Some(case.code), "{}", case.name);
+    }
+}
+
+#[test]
+fn a_master_whose_stderr_is_stuck_still_sees_deaths_and_reaps_in_the_background() {
+    let lines = scenario(&["stderr-stuck"]);
+    assert_eq!(value(&lines, "dying"), "Ok(Some(7))", "{lines:?}");
+    assert_eq!(value(&lines, "background_reaped"), "true", "{lines:?}");
+    assert_eq!(value(&lines, "flooder_dropped"), "true", "{lines:?}");
+}
+
+#[test]
+fn a_logger_that_panics_on_a_workers_line_stops_no_other_worker() {
+    let lines = scenario(&["panicking-logger"]);
+    assert_eq!(value(&lines, "dying"), "Ok(Some(7))", "{lines:?}");
+    assert_eq!(value(&lines, "background_reaped"), "true", "{lines:?}");
+}

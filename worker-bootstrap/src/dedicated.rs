@@ -25,9 +25,6 @@ use crate::{
     sys::{self, Pipes},
 };
 
-/// How long the master waits for a dead worker's last standard error bytes.
-const STDERR_DRAIN_WAIT: Duration = Duration::from_millis(500);
-
 /// How often a blocking wait checks for the worker's exit on kernels without pidfd.
 pub(crate) const EXIT_POLL_TICK: Duration = Duration::from_millis(20);
 
@@ -67,7 +64,8 @@ pub struct DedicatedWorker {
     process: Process,
     /// The framing, over the channel's pipes: the one read buffer and decoder, the one queue,
     /// the codec and the limits. The blocking calls wait for readiness with `poll(2)` (on the
-    /// pipes and the pidfd) between its non-blocking calls.
+    /// pipes and the pidfd) between its non-blocking calls, except a receive without deadline
+    /// of a worker the I/O thread watches, which reads the output directly (see `exit_watch`).
     connection: FramedConnection<Pipes>,
     /// Whether the worker's input is registered in a `mio` registry (see the `Source` impl).
     input_registered: bool,
@@ -88,6 +86,11 @@ pub struct DedicatedWorker {
     background_drop: bool,
     /// The latency mode of the blocking receives.
     spin: Spin,
+    /// The I/O thread watching the worker's exit, so that a blocking receive without deadline
+    /// reads the output directly instead of polling it with the pidfd (see
+    /// [`ExitWatch`](reaper::ExitWatch)); `None` once reaped, for daemons' starters, and where
+    /// it cannot be had (no pidfd, no `/proc`, no descriptor to spare).
+    exit_watch: Option<reaper::ExitWatch>,
 }
 
 /// How a reaped worker ended, with the tail of its standard error.
@@ -214,12 +217,50 @@ impl DedicatedWorker {
             exit_check: false,
             background_drop: false,
             spin: profile.spin(),
+            exit_watch: None,
         };
+        if mode == Mode::Dedicated {
+            worker.watch_exit();
+        }
         worker.queue(FrameKind::Control, &init)?;
         worker.connection.set_codec(profile.codec());
         worker.connection.set_max_frame_len(profile.max_frame_len());
         worker.write_out(None, true)?;
         Ok(worker)
+    }
+
+    /// Has the I/O thread watch the worker's exit, with the blocking description of its output
+    /// that the blocking receives then read; without it, they poll as before.
+    fn watch_exit(&mut self) {
+        let Some(pidfd) = self.process.pidfd() else {
+            return;
+        };
+        let output = self.connection.transport().output();
+        self.exit_watch = reaper::ExitWatch::start(pidfd, output);
+    }
+
+    /// Prepares a blocking receive without deadline to read the worker's output directly, the
+    /// read blocking until bytes come, the output ends, or the I/O thread's notice of the
+    /// worker's death arrives; returns false when it must wait with [`wait`](Self::wait)
+    /// instead. A death the I/O thread has seen is taken in here (the worker is reaped).
+    fn block_on_read(&mut self) -> bool {
+        let Some(watch) = &self.exit_watch else {
+            return false;
+        };
+        if self.exited.is_some() || self.connection.is_read_closed() {
+            return false;
+        }
+        if watch.is_dead() {
+            self.died();
+            // Reaped now: the receive hands out what is left, then the exit.
+            return self.exited.is_some();
+        }
+        let blocking = watch.blocking_output();
+        self.connection
+            .transport_mut()
+            .block_next_read(Some(blocking));
+        self.connection.note_readable();
+        true
     }
 
     /// The worker's process id (also its process group id).
@@ -447,7 +488,11 @@ impl DedicatedWorker {
         kind: FrameKind,
     ) -> Result<Option<T>, Error> {
         loop {
-            if let Some(message) = self.receive_step(kind)? {
+            let step = self.receive_step(kind);
+            // A read set up to block that did not happen (a frame was buffered) must not make
+            // a later, non-blocking one block.
+            self.connection.transport_mut().block_next_read(None);
+            if let Some(message) = step? {
                 return Ok(Some(message));
             }
             // The latency mode: read again without blocking for up to the budget before the
@@ -460,6 +505,9 @@ impl DedicatedWorker {
             })?;
             if let Some(message) = spun {
                 return Ok(Some(message));
+            }
+            if deadline.is_none() && self.block_on_read() {
+                continue;
             }
             match self.wait(deadline, false)? {
                 Wait::Timeout => return Ok(None),
@@ -509,7 +557,14 @@ impl DedicatedWorker {
     fn try_receive<T: DeserializeOwned>(&mut self, kind: FrameKind) -> Result<Option<T>, Error> {
         let pid = self.pid;
         let (codec, max_depth) = (self.connection.codec(), self.connection.max_depth());
-        match self.connection.try_receive_frame() {
+        let mut frame = self.connection.try_receive_frame();
+        // The I/O thread's notice of the worker's death (never a worker's frame) is skipped.
+        while let Ok(Some(f)) = &frame
+            && is_exit_notice(f.kind, f.payload)
+        {
+            frame = self.connection.try_receive_frame();
+        }
+        match frame {
             Ok(Some(frame)) if frame.kind == kind => codec
                 .decode_with_max_depth(frame.payload, max_depth)
                 .map(Some)
@@ -628,7 +683,12 @@ impl DedicatedWorker {
         }
         let deadline = worker_core::deadline_after(self.grace);
         match self.connection.transport().try_clone() {
-            Ok(pipes) => reaper::hand_over(self.process.hand_over(), pipes, deadline),
+            Ok(pipes) => reaper::hand_over(
+                self.process.hand_over(),
+                pipes,
+                self.stderr.take(),
+                deadline,
+            ),
             // Without a descriptor to spare, end it here, at once.
             Err(_) => {
                 let _ = self.process.kill_and_reap();
@@ -932,10 +992,12 @@ impl DedicatedWorker {
                 "worker {pid} ({implementation}) exited unexpectedly, reaped elsewhere"
             ),
         }
+        // Reaped, it can write no more: what it wrote is all in the pipe, read now, and the
+        // pipe is closed whatever its descendants hold.
         let tail = || {
             self.stderr
                 .as_ref()
-                .map(|t| t.text(STDERR_DRAIN_WAIT))
+                .map(StderrTail::finish)
                 .unwrap_or_default()
         };
         self.exited = match fate {
@@ -943,6 +1005,7 @@ impl DedicatedWorker {
             Fate::Lost => Some(Exited::Lost(tail())),
             Fate::Unreaped => return,
         };
+        self.exit_watch = None;
     }
 
     /// The recorded exit status, or the error that says it was lost.
@@ -1036,6 +1099,12 @@ fn error(pid: u32, e: worker_channel::Error) -> Error {
         },
         source => Error::Channel { pid, source },
     }
+}
+
+/// Whether a frame is the I/O thread's notice of a worker's death (see
+/// [`EXIT_NOTICE`](reaper::EXIT_NOTICE)): a control frame with an empty payload.
+fn is_exit_notice(kind: FrameKind, payload: &[u8]) -> bool {
+    kind == FrameKind::Control && payload.is_empty()
 }
 
 fn unreachable_timeout(pid: u32) -> Error {

@@ -70,6 +70,12 @@
 //! thread would otherwise die with it. Workers live as long as their handles, whichever thread
 //! created them.
 //!
+//! One more thread, the I/O thread, serves every worker with one readiness loop: it reads their
+//! standard error (forwarded, logged, its tail kept for errors), watches their exits, and ends
+//! the workers closed in the background. The library's threads are these two, however many
+//! workers there are; a worker's standard error is closed once it is reaped, whatever its
+//! descendants still hold.
+//!
 //! The master tracks each worker through a pidfd taken at spawn: it sees the worker's death even
 //! while a grandchild still holds the channel, and never signals another process that reused
 //! its pid. On kernels before 5.3 (no pidfd) death is polled for, and signals go by pid, only

@@ -13,6 +13,11 @@
 //! | 1 | kind: `0x00` data (a user message), `0x01` control (the library's own messages) |
 //! | length | the payload, encoded with the channel's codec |
 //!
+//! A control frame with an empty payload is reserved: no codec produces one, so no worker
+//! sends it, and this crate's masters put one into a dedicated worker's output themselves once
+//! the worker has exited (after everything it wrote), to end a read blocked there; a master
+//! skips it wherever it reads.
+//!
 //! The codecs are MessagePack (structs as maps with field names, byte strings as `bin`) and
 //! JSON (UTF-8, no trailing characters); how each Rust shape (enums, `Option`, tuples, bytes)
 //! looks in each, byte for byte, is the table of [`worker_channel::Codec`]. A header announcing

@@ -3,8 +3,8 @@
 
 use std::{
     io::{Read, Write},
-    os::fd::OwnedFd,
-    sync::{Arc, Condvar, Mutex},
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    sync::{Arc, Condvar, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -161,11 +161,219 @@ impl Tail {
     }
 }
 
-/// The tail of a worker's standard error, filled by a thread that drains the pipe, so a chatty
-/// worker never blocks on a full pipe.
-#[derive(Clone)]
+/// Reads of one turn of the I/O thread on one worker's standard error (8 KiB each): past them,
+/// the other workers get their turn before this one is read again, so one that writes without
+/// pause cannot starve them.
+pub(crate) const TURN_READS: usize = 16;
+
+/// Reads of the last look at a reaped worker's standard error: enough for everything a worker
+/// can have left in its pipe (1 MiB), bounded so that a descendant that goes on writing cannot
+/// hold the caller.
+const FINISH_READS: usize = 128;
+
+/// What one turn of reading found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// The pipe is empty for now.
+    Empty,
+    /// The turn's reads were all used: there may be more.
+    More,
+    /// Nothing more will be read: the pipe ended, or the worker was reaped.
+    Ended,
+    /// The master's standard error takes no more for now: read again a little later (the
+    /// worker meanwhile waits on its full pipe, as it would writing to a slow terminal).
+    Held,
+}
+
+/// Chunks of workers' standard error waiting for the master's own.
+const FORWARD_QUEUE: usize = 64;
+
+/// How long a reaped worker's last forwarded bytes may take to reach the master's standard
+/// error before its exit is reported (a master that exits at once keeps them).
+const FORWARD_FLUSH_WAIT: Duration = Duration::from_millis(500);
+
+/// What the forwarding thread is given.
+enum Forward {
+    Bytes(Vec<u8>),
+    /// Set once everything queued before it is written.
+    Flushed(Arc<(Mutex<bool>, Condvar)>),
+}
+
+/// The forwarding thread of this process and the process id it was started in.
+static FORWARDER: Mutex<Option<(u32, mpsc::SyncSender<Forward>)>> = Mutex::new(None);
+
+/// The one thread that copies workers' standard error to the master's (started on first use):
+/// that write may block for as long as the master's standard error does (a pipe nobody reads,
+/// a terminal on hold), so it is kept off the I/O thread, which must go on watching and
+/// reaping the other workers meanwhile.
+fn forwarder() -> std::io::Result<mpsc::SyncSender<Forward>> {
+    let mut forwarder = FORWARDER.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    if let Some((pid, tx)) = &*forwarder
+        && *pid == me
+    {
+        return Ok(tx.clone());
+    }
+    let (tx, rx) = mpsc::sync_channel::<Forward>(FORWARD_QUEUE);
+    std::thread::Builder::new()
+        .name("exsyst-worker-stderr".into())
+        .spawn(move || {
+            for forward in rx {
+                match forward {
+                    // The master's stderr being gone must not stop the draining.
+                    Forward::Bytes(bytes) => {
+                        let _ = std::io::stderr().lock().write_all(&bytes);
+                    }
+                    Forward::Flushed(flushed) => {
+                        *flushed.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                        flushed.1.notify_all();
+                    }
+                }
+            }
+        })?;
+    *forwarder = Some((me, tx.clone()));
+    Ok(tx)
+}
+
+/// A worker's standard error as the I/O thread drains it: the pipe, where its bytes go, and
+/// their tail.
+pub(crate) struct Stream {
+    state: Mutex<State>,
+    ended: Condvar,
+}
+
+struct State {
+    /// Our end of the pipe (non-blocking), until the I/O thread closes it.
+    pipe: Option<std::fs::File>,
+    /// Where the I/O thread watches the pipe, once it does.
+    token: Option<usize>,
+    /// Copied to the master's standard error, through the forwarding thread.
+    forward: Option<mpsc::SyncSender<Forward>>,
+    /// Bytes read that the forwarding thread had no room for yet.
+    held: Option<Vec<u8>>,
+    /// Cut into `log` records.
+    lines: Option<LineLogger>,
+    tail: Tail,
+}
+
+impl Stream {
+    /// Reads what the pipe holds, at most `reads` times (on the I/O thread).
+    pub(crate) fn pump(&self, reads: usize) -> Pumped {
+        self.lock().pump(reads, true)
+    }
+
+    /// Has `register` watch the pipe under `token`, unless it is closed already; returns
+    /// whether it does.
+    pub(crate) fn register(
+        &self,
+        token: usize,
+        register: impl FnOnce(RawFd) -> std::io::Result<()>,
+    ) -> bool {
+        let mut state = self.lock();
+        let Some(pipe) = &state.pipe else {
+            return false;
+        };
+        if register(pipe.as_raw_fd()).is_err() {
+            return false;
+        }
+        state.token = Some(token);
+        true
+    }
+
+    /// Closes the pipe, after `deregister` was given its descriptor, and stops the reading for
+    /// good; returns the token it was watched under, the first time (whoever gets it frees the
+    /// I/O thread's slot).
+    pub(crate) fn close(&self, deregister: impl FnOnce(RawFd)) -> Option<usize> {
+        let mut state = self.lock();
+        if let Some(pipe) = state.pipe.take() {
+            deregister(pipe.as_raw_fd());
+        }
+        state.end();
+        self.ended.notify_all();
+        state.token.take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// Reads what the pipe holds, at most `reads` times. With `hold`, bytes the forwarding
+    /// thread has no room for are kept and the reading stops ([`Pumped::Held`]); without, they
+    /// are dropped (a reaped worker's last bytes, which must not make its handle wait).
+    fn pump(&mut self, reads: usize, hold: bool) -> Pumped {
+        if self.tail.done {
+            return Pumped::Ended;
+        }
+        if let Some(bytes) = self.held.take()
+            && !self.forward(bytes, hold)
+        {
+            return Pumped::Held;
+        }
+        let mut buf = [0u8; 8192];
+        for _ in 0..reads {
+            let Some(pipe) = &mut self.pipe else {
+                return Pumped::Ended;
+            };
+            let n = match pipe.read(&mut buf) {
+                Ok(0) => {
+                    self.end();
+                    return Pumped::Ended;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Pumped::Empty,
+                Err(_) => {
+                    self.end();
+                    return Pumped::Ended;
+                }
+            };
+            if let Some(lines) = &mut self.lines {
+                lines.feed(&buf[..n]);
+            }
+            self.tail.feed(&buf[..n]);
+            if self.forward.is_some() && !self.forward(buf[..n].to_vec(), hold) {
+                return Pumped::Held;
+            }
+        }
+        Pumped::More
+    }
+
+    /// Queues `bytes` for the master's standard error; false when they are held for later.
+    fn forward(&mut self, bytes: Vec<u8>, hold: bool) -> bool {
+        let Some(tx) = &self.forward else {
+            return true;
+        };
+        match tx.try_send(Forward::Bytes(bytes)) {
+            Err(mpsc::TrySendError::Full(Forward::Bytes(bytes))) if hold => {
+                self.held = Some(bytes);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Nothing more is read: the last unfinished line goes to `log`.
+    fn end(&mut self) {
+        if !self.tail.done
+            && let Some(lines) = &mut self.lines
+        {
+            lines.finish();
+        }
+        self.tail.done = true;
+    }
+}
+
+/// The tail of a worker's standard error, drained by the process's one I/O thread (see
+/// [`reaper`](crate::reaper)), so a chatty worker never blocks on a full pipe and no thread is
+/// started per worker.
+///
+/// The pipe is closed when the pipe ends, when the worker is reaped
+/// ([`finish`](Self::finish)), or when this is dropped, whichever comes first: a descendant
+/// that keeps the worker's standard error open holds nothing of ours.
 pub(crate) struct StderrTail {
-    shared: Arc<(Mutex<Tail>, Condvar)>,
+    stream: Arc<Stream>,
 }
 
 impl std::fmt::Debug for StderrTail {
@@ -177,75 +385,88 @@ impl std::fmt::Debug for StderrTail {
 impl StderrTail {
     /// Starts draining `stderr`, sending it to `sink` as well.
     pub(crate) fn start(stderr: OwnedFd, sink: Sink, pid: u32) -> std::io::Result<Self> {
-        let mut stderr = std::fs::File::from(stderr);
-        let tail = StderrTail {
-            shared: Arc::new((Mutex::new(Tail::default()), Condvar::new())),
+        worker_core::sys::set_nonblocking(stderr.as_fd(), true)?;
+        let (forward, lines) = match sink {
+            Sink::None => (None, None),
+            Sink::Stderr => (Some(forwarder()?), None),
+            Sink::Log(target) => (
+                None,
+                Some(LineLogger {
+                    target,
+                    pid,
+                    line: Vec::new(),
+                    cut: 0,
+                }),
+            ),
         };
-        let shared = Arc::clone(&tail.shared);
-        std::thread::Builder::new()
-            .name(format!("worker-{pid}-stderr"))
-            .spawn(move || {
-                let (forward, mut lines) = match sink {
-                    Sink::None => (false, None),
-                    Sink::Stderr => (true, None),
-                    Sink::Log(target) => (
-                        false,
-                        Some(LineLogger {
-                            target,
-                            pid,
-                            line: Vec::new(),
-                            cut: 0,
-                        }),
-                    ),
-                };
-                let mut buf = [0u8; 8192];
-                loop {
-                    let n = match stderr.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
-                    };
-                    if forward {
-                        // The master's stderr being gone must not stop the draining.
-                        let _ = std::io::stderr().lock().write_all(&buf[..n]);
-                    }
-                    if let Some(lines) = &mut lines {
-                        lines.feed(&buf[..n]);
-                    }
-                    let mut tail = shared.0.lock().unwrap_or_else(|e| e.into_inner());
-                    tail.feed(&buf[..n]);
-                }
-                if let Some(lines) = &mut lines {
-                    lines.finish();
-                }
-                // Closed before `done` is told, so a master that saw the worker reaped and its
-                // stderr drained holds no descriptor of it any more.
-                drop(stderr);
-                let mut tail = shared.0.lock().unwrap_or_else(|e| e.into_inner());
-                tail.done = true;
-                shared.1.notify_all();
-            })?;
-        Ok(tail)
+        let stream = Arc::new(Stream {
+            state: Mutex::new(State {
+                pipe: Some(stderr.into()),
+                token: None,
+                forward,
+                held: None,
+                lines,
+                tail: Tail::default(),
+            }),
+            ended: Condvar::new(),
+        });
+        crate::reaper::watch_stderr(Arc::clone(&stream))?;
+        Ok(StderrTail { stream })
     }
 
-    /// The last lines written, waiting up to `wait` for the worker's last bytes to be drained.
+    /// The worker was reaped: reads what it left in the pipe (everything it wrote, since it can
+    /// write no more), stops reading and has the pipe closed, whatever its descendants still
+    /// hold; returns the last lines.
+    pub(crate) fn finish(&self) -> String {
+        let forward = {
+            let mut state = self.stream.lock();
+            state.pump(FINISH_READS, false);
+            state.end();
+            state.forward.clone()
+        };
+        self.stream.ended.notify_all();
+        crate::reaper::close_stderr(&self.stream);
+        if let Some(tx) = forward {
+            // What the worker wrote reaches the master's standard error before its exit is
+            // reported, unless that takes long.
+            let flushed = Arc::new((Mutex::new(false), Condvar::new()));
+            if tx.try_send(Forward::Flushed(Arc::clone(&flushed))).is_ok() {
+                let deadline = worker_core::deadline_after(FORWARD_FLUSH_WAIT);
+                let mut done = flushed.0.lock().unwrap_or_else(|e| e.into_inner());
+                while !*done {
+                    let Some(left) = worker_core::time_left(deadline).filter(|l| !l.is_zero())
+                    else {
+                        break;
+                    };
+                    done = flushed
+                        .1
+                        .wait_timeout(done, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        self.text(Duration::ZERO)
+    }
+
+    /// The last lines written, waiting up to `wait` for the pipe to end.
     pub(crate) fn text(&self, wait: Duration) -> String {
         let deadline = worker_core::deadline_after(wait);
-        let mut tail = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
-        while !tail.done {
+        let mut state = self.stream.lock();
+        while !state.tail.done {
             let left = deadline.map_or(wait, |d| d.saturating_duration_since(Instant::now()));
             if left.is_zero() {
                 break;
             }
-            tail = self
-                .shared
-                .1
-                .wait_timeout(tail, left)
+            state = self
+                .stream
+                .ended
+                .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let text = tail.text();
+        let text = state.tail.text();
+        drop(state);
         let bytes = &text[text.len().saturating_sub(TAIL_LEN)..];
         // Start at a line boundary when the tail was cut.
         let bytes = if text.len() > TAIL_LEN {
@@ -257,6 +478,12 @@ impl StderrTail {
             bytes
         };
         String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+impl Drop for StderrTail {
+    fn drop(&mut self) {
+        crate::reaper::close_stderr(&self.stream);
     }
 }
 

@@ -48,6 +48,9 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 #[derive(Debug)]
 pub(crate) struct Pipes {
     output: OwnedFd,
+    /// The next read (only) goes to this descriptor: the worker's output through a description
+    /// that blocks (see [`open_blocking`]).
+    block_next: Option<RawFd>,
     /// `None` once closed, so the worker reads the end of its input.
     input: Option<OwnedFd>,
     _input_reader: OwnedFd,
@@ -69,6 +72,7 @@ impl Pipes {
         sys::set_nonblocking(output.as_fd(), true)?;
         let pipes = Pipes {
             output,
+            block_next: None,
             input: Some(input),
             _input_reader: stdin.try_clone()?,
         };
@@ -79,6 +83,7 @@ impl Pipes {
     pub(crate) fn try_clone(&self) -> io::Result<Self> {
         Ok(Pipes {
             output: self.output.try_clone()?,
+            block_next: None,
             input: self.input.as_ref().map(OwnedFd::try_clone).transpose()?,
             _input_reader: self._input_reader.try_clone()?,
         })
@@ -87,6 +92,12 @@ impl Pipes {
     /// Closes the worker's input: it reads the end of its channel, and can still write.
     pub(crate) fn close_input(&mut self) {
         self.input = None;
+    }
+
+    /// Makes the next read (only) go to `blocking`, a description of the worker's output that
+    /// blocks until bytes come or the output ends (`None`: the next read does not block).
+    pub(crate) fn block_next_read(&mut self, blocking: Option<RawFd>) {
+        self.block_next = blocking;
     }
 
     /// The reading end of the worker's output.
@@ -141,14 +152,36 @@ impl io::Write for Pipes {
 /// The reading half of the channel: the worker's output.
 impl io::Read for Pipes {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // The blocking description is its owner's until the handle ends, and it is set for one
+        // read of that handle's: still open here.
+        let fd = self.block_next.take().unwrap_or(self.output.as_raw_fd());
         // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
-        syscall!(read(
-            self.output.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len()
-        ))
-        .map(|n| n as usize)
+        syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
     }
+}
+
+/// Opens the pipe `fd` reads anew, through `/proc/self/fd`, as a reading description of its
+/// own that blocks (`fd`'s stays non-blocking for the event loops), so that a blocking receive
+/// can read without asking `poll` first. Fails without `/proc`, or without a descriptor to
+/// spare.
+pub(crate) fn open_blocking(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // Opened non-blocking, which never waits for a writer, then made blocking.
+    let blocking = reopen_pipe(fd, false)?;
+    sys::set_nonblocking(blocking.as_fd(), false)?;
+    Ok(blocking)
+}
+
+/// Opens the pipe `fd` names anew through `/proc/self/fd`, close-on-exec and non-blocking, for
+/// reading or (with `write`) for writing: a new open file description of the same pipe. For
+/// writing it fails with `ENXIO` when nobody reads the pipe any more.
+pub(crate) fn reopen_pipe(fd: BorrowedFd<'_>, write: bool) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let pipe = std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    Ok(pipe.into())
 }
 
 /// A pidfd for child `pid` (Linux 5.3 and later), close-on-exec.

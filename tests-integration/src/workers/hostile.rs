@@ -59,6 +59,12 @@ pub enum Act {
         /// How long the grandchild sleeps holding the channel.
         millis: u64,
     },
+    /// Writes a line to its standard error, forks a grandchild that leaves the worker's process
+    /// group (so it outlives the worker's end) holding every descriptor, its standard error
+    /// included, for `millis`, and replies with the grandchild's pid.
+    ForkHoldingStderr(u64),
+    /// Writes this many bytes to its standard error, then replies `flooded`.
+    FloodStderr(u64),
     /// Sends `count` messages of `len` bytes each without reading anything (`u64::MAX`: until
     /// the channel breaks), then waits to be killed.
     Stream {
@@ -128,6 +134,23 @@ impl RawWorker for Hostile {
                     return Ok(());
                 }
                 Act::ForkAndExit { code, millis } => fork_and_exit(code, millis),
+                Act::ForkHoldingStderr(millis) => {
+                    eprintln!("a grandchild holds this stderr");
+                    let pid = crate::sys::fork_escaped_sleeper(millis)?;
+                    channel.send_message(&pid)?;
+                }
+                Act::FloodStderr(bytes) => {
+                    let line = [b'e'; 4096];
+                    let mut left = bytes;
+                    let mut stderr = std::io::stderr().lock();
+                    while left > 0 {
+                        let n = left.min(line.len() as u64) as usize;
+                        stderr.write_all(&line[..n])?;
+                        left -= n as u64;
+                    }
+                    drop(stderr);
+                    channel.send_message("flooded")?;
+                }
                 Act::Stream { count, len } => {
                     let blob = exsyst_worker::channel::serde_bytes::ByteBuf::from(vec![7u8; len]);
                     let mut sent = 0u64;

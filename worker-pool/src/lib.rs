@@ -79,12 +79,13 @@ mod error;
 mod inbox;
 mod job;
 mod pool;
-mod protocol;
+pub mod protocol;
 mod readiness;
 mod room;
 mod supervisor;
 mod task_worker;
 mod tasks;
+mod wire;
 
 pub use builder::WorkerPoolBuilder;
 pub use error::{Error, TrySubmitError};

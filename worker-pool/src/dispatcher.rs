@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     pub(crate) failed_tasks: AtomicU64,
     pub(crate) restarted: AtomicU64,
     pub(crate) recycled: AtomicU64,
+    pub(crate) resent: AtomicU64,
     /// The pool's receivers that wait for results: ended as the dispatcher thread ends.
     pub(crate) waiting: Arc<Waiting>,
     /// Async submitters waiting for room in the queue: woken as jobs leave it.
@@ -132,6 +133,7 @@ pub(crate) fn start<W: TaskWorker>(
         failed_tasks: AtomicU64::new(0),
         restarted: AtomicU64::new(0),
         recycled: AtomicU64::new(0),
+        resent: AtomicU64::new(0),
         waiting: Arc::default(),
         room: Room::default(),
     });
@@ -873,6 +875,10 @@ impl<W: TaskWorker> Dispatcher<W> {
     /// Puts tasks a worker did not start in front of every other, in their order.
     fn requeue(&mut self, pendings: impl IntoIterator<Item = Pending<W::Item, W::Output>>) {
         let jobs: Vec<_> = pendings.into_iter().map(Pending::into_job).collect();
+        let tasks: usize = jobs.iter().map(|job| job.sink.tasks()).sum();
+        self.shared
+            .resent
+            .fetch_add(tasks as u64, Ordering::Relaxed);
         for job in jobs.into_iter().rev() {
             self.held.push_front(job);
         }

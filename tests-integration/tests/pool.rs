@@ -734,18 +734,18 @@ fn a_short_task_never_waits_behind_a_long_one_while_another_worker_is_idle() {
         let two = pool.submit(second.command()).unwrap();
         let (pid_two, release_two) = second.started();
         assert_ne!(pid_one, pid_two, "depth {depth:?}");
-        // Short tasks meanwhile: with a pinned depth, each worker takes as many as it has room
-        // for behind its long task.
-        let shorts: Vec<_> = (0..SHORT)
-            .map(|_| pool.submit(Command::Pid).unwrap())
-            .collect();
-        if let Some(depth) = depth {
-            let behind = SHORT.min(2 * (depth - 1));
-            assert!(
-                wait_until(Duration::from_secs(10), || pool.stats().in_flight == 2 + behind),
-                "depth {depth:?}: {:?}",
-                pool.stats()
-            );
+        // Short tasks meanwhile, one at a time: with a pinned depth, the least loaded worker
+        // takes each while it has room, so both have some queued behind their long task.
+        let mut shorts = Vec::new();
+        for k in 0..SHORT {
+            shorts.push(pool.submit(Command::Pid).unwrap());
+            if let Some(depth) = depth.filter(|d| k < 2 * (d - 1)) {
+                assert!(
+                    wait_until(Duration::from_secs(10), || pool.stats().in_flight == 3 + k),
+                    "depth {depth}: {:?}",
+                    pool.stats()
+                );
+            }
         }
         // The first worker becomes free: every short task is answered by it while the second
         // long task still runs, those that waited behind it included.
@@ -843,8 +843,14 @@ fn a_worker_killed_for_a_timeout_has_the_tasks_it_had_not_started_run_elsewhere(
         }
         let stats = pool.stats();
         assert_eq!(
-            (stats.failed, stats.restarted, stats.resent),
-            (size as u64, size as u64, (BEHIND * size) as u64),
+            (stats.failed, stats.restarted),
+            (size as u64, size as u64),
+            "size {size}: {stats:?}"
+        );
+        // Each was sent again at least once; with two workers, some twice (to the other long
+        // task's worker, before it timed out too).
+        assert!(
+            stats.resent >= (BEHIND * size) as u64,
             "size {size}: {stats:?}"
         );
         drop(streams);
@@ -867,7 +873,8 @@ fn each_task_is_answered_when_it_is_done_not_when_its_batch_mates_are() {
             .collect();
         let two = pool.submit(second.command()).unwrap();
         assert!(
-            wait_until(Duration::from_secs(10), || pool.stats().in_flight == BEFORE + 2),
+            wait_until(Duration::from_secs(10), || pool.stats().in_flight
+                == BEFORE + 2),
             "depth {depth}: {:?}",
             pool.stats()
         );

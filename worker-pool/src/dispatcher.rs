@@ -847,18 +847,29 @@ impl<W: TaskWorker> Dispatcher<W> {
             self.protocol(index, "tasks given back unasked");
             return false;
         }
+        // Both in the order the tasks were sent: one pass sorts them out.
+        let mut wanted = ids.iter().peekable();
+        let mut kept = VecDeque::with_capacity(slot.fifo.len());
         let mut back = Vec::with_capacity(ids.len());
-        for &id in ids {
-            let Some(at) = slot.fifo.iter().position(|p| p.id == id) else {
-                self.protocol(index, "a task given back that it does not hold");
-                return false;
-            };
-            let pending = &slot.fifo[at];
-            if pending.left != pending.items.len() {
-                self.protocol(index, "a task given back that it started");
-                return false;
+        let mut started = false;
+        for pending in slot.fifo.drain(..) {
+            if wanted.next_if_eq(&&pending.id).is_some() {
+                started |= pending.left != pending.items.len();
+                back.push(pending);
+            } else {
+                kept.push_back(pending);
             }
-            back.push(slot.fifo.remove(at).expect("found"));
+        }
+        slot.fifo = kept;
+        if wanted.peek().is_some() || started {
+            slot.fifo.extend(back);
+            let what = if started {
+                "a task given back that it started"
+            } else {
+                "a task given back that it does not hold"
+            };
+            self.protocol(index, what);
+            return false;
         }
         let tasks: usize = back.iter().map(Pending::tasks).sum();
         if tasks > 0 {
@@ -894,7 +905,9 @@ impl<W: TaskWorker> Dispatcher<W> {
             if self.failed.is_some() {
                 return;
             }
-            if !self.may_take_back(index) || self.take_back_due(index).is_none_or(|due| now < due) {
+            // Looked at again for each worker: one that took back may have been replaced.
+            let due = self.take_back_due(index);
+            if due.is_none_or(|due| now < due) || !self.may_take_back(index, self.any_idle()) {
                 continue;
             }
             let slot = &mut self.slots[index];
@@ -915,16 +928,18 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
-    /// Whether worker `index` holds tasks behind its head that another, idle, worker could run
-    /// now.
-    fn may_take_back(&self, index: usize) -> bool {
+    /// Whether a worker is idle and may be sent tasks.
+    fn any_idle(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.load == 0 && !s.retiring && s.worker.queued_bytes() == 0)
+    }
+
+    /// Whether worker `index` holds tasks behind its head that another could run now, given
+    /// whether one is idle (`index` is not: it holds tasks).
+    fn may_take_back(&self, index: usize, any_idle: bool) -> bool {
         let slot = &self.slots[index];
-        slot.fifo.len() > 1
-            && !slot.taking_back
-            && slot.worker.queued_bytes() == 0
-            && self.slots.iter().enumerate().any(|(i, other)| {
-                i != index && other.load == 0 && !other.retiring && other.worker.queued_bytes() == 0
-            })
+        any_idle && slot.fifo.len() > 1 && !slot.taking_back && slot.worker.queued_bytes() == 0
     }
 
     /// When the head of worker `index` will have run well past its expected time.
@@ -976,8 +991,9 @@ impl<W: TaskWorker> Dispatcher<W> {
                 .filter(|s| !s.fifo.is_empty())
                 .filter_map(move |s| worker_core::deadline_from(s.head_since, timeout))
         });
+        let any_idle = self.any_idle();
         let take_backs = (0..self.slots.len())
-            .filter(|&i| self.may_take_back(i))
+            .filter(|&i| self.may_take_back(i, any_idle))
             .filter_map(|i| self.take_back_due(i));
         timeouts.into_iter().flatten().chain(take_backs).min()
     }

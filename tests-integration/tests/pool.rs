@@ -608,15 +608,7 @@ fn an_explicit_in_flight_per_worker_still_pins_the_depth() {
 #[test]
 fn a_slow_task_holds_no_tiny_tasks_behind_it_while_another_worker_serves() {
     let pool = builder().size(2).build_tasks::<Commands>().unwrap();
-    // Both workers learn the pace of tiny tasks.
-    for _ in 0..4 {
-        let warm: Vec<_> = (0..500)
-            .map(|n| pool.submit(Command::Echo(n)).unwrap())
-            .collect();
-        for (n, h) in warm.into_iter().enumerate() {
-            assert_eq!(h.wait().unwrap(), n as u64);
-        }
-    }
+    warm_up(&pool);
     assert!(
         pool.stats().max_in_flight > 1,
         "tiny tasks travel several at once"
@@ -711,7 +703,7 @@ fn commands_pool(
 /// Runs tiny tasks until every worker knows their pace.
 fn warm_up(pool: &exsyst_worker::pool::TaskPool<Commands>) {
     for _ in 0..4 {
-        let warm: Vec<_> = (0..200)
+        let warm: Vec<_> = (0..500)
             .map(|n| pool.submit(Command::Echo(n)).unwrap())
             .collect();
         for (n, h) in warm.into_iter().enumerate() {

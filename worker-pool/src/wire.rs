@@ -79,33 +79,25 @@ pub(crate) enum ReceivedRequest<I> {
     TakeBack,
 }
 
+impl<'de, I: Deserialize<'de>> Tagged<'de> for ReceivedRequest<I> {
+    const EXPECTING: &'static str = "a task request: [0 or 1, id, [item, ...]] or [2]";
+
+    fn rest<A: SeqAccess<'de>>(tag: u8, seq: &mut A) -> Result<Option<Self>, A::Error> {
+        let shape = match tag {
+            EACH => Shape::Each,
+            CHUNK => Shape::Chunk,
+            TAKE_BACK => return Ok(Some(ReceivedRequest::TakeBack)),
+            _ => return Ok(None),
+        };
+        let id = next::<_, _, Self>(seq, 1)?;
+        let items = next::<_, _, Self>(seq, 2)?;
+        Ok(Some(ReceivedRequest::Run { shape, id, items }))
+    }
+}
+
 impl<'de, I: Deserialize<'de>> Deserialize<'de> for ReceivedRequest<I> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V<I>(PhantomData<I>);
-        impl<'de, I: Deserialize<'de>> Visitor<'de> for V<I> {
-            type Value = ReceivedRequest<I>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a task request: [0 or 1, id, [item, ...]] or [2]")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let tag: u8 = next(&mut seq, 0, &self)?;
-                let shape = match tag {
-                    EACH => Shape::Each,
-                    CHUNK => Shape::Chunk,
-                    TAKE_BACK => return Ok(ReceivedRequest::TakeBack),
-                    other => {
-                        return Err(de::Error::invalid_value(
-                            de::Unexpected::Unsigned(other.into()),
-                            &self,
-                        ));
-                    }
-                };
-                let id = next(&mut seq, 1, &self)?;
-                let items = next(&mut seq, 2, &self)?;
-                Ok(ReceivedRequest::Run { shape, id, items })
-            }
-        }
-        deserializer.deserialize_seq(V(PhantomData))
+        deserializer.deserialize_seq(TaggedVisitor(PhantomData))
     }
 }
 
@@ -145,41 +137,62 @@ pub(crate) enum ReceivedReply<O> {
     NotStarted(Vec<u64>),
 }
 
-impl<'de, O: Deserialize<'de>> Deserialize<'de> for ReceivedReply<O> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V<O>(PhantomData<O>);
-        impl<'de, O: Deserialize<'de>> Visitor<'de> for V<O> {
-            type Value = ReceivedReply<O>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a task reply: [0, id, [outcome, ...]] or [1, [id, ...]]")
+impl<'de, O: Deserialize<'de>> Tagged<'de> for ReceivedReply<O> {
+    const EXPECTING: &'static str = "a task reply: [0, id, [outcome, ...]] or [1, [id, ...]]";
+
+    fn rest<A: SeqAccess<'de>>(tag: u8, seq: &mut A) -> Result<Option<Self>, A::Error> {
+        Ok(Some(match tag {
+            OUTCOMES => {
+                let id = next::<_, _, Self>(seq, 1)?;
+                let outcomes = next::<_, _, Self>(seq, 2)?;
+                ReceivedReply::Outcomes(id, outcomes)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                match next::<u8, _>(&mut seq, 0, &self)? {
-                    OUTCOMES => {
-                        let id = next(&mut seq, 1, &self)?;
-                        let outcomes = next(&mut seq, 2, &self)?;
-                        Ok(ReceivedReply::Outcomes(id, outcomes))
-                    }
-                    NOT_STARTED => Ok(ReceivedReply::NotStarted(next(&mut seq, 1, &self)?)),
-                    other => Err(de::Error::invalid_value(
-                        de::Unexpected::Unsigned(other.into()),
-                        &self,
-                    )),
-                }
-            }
-        }
-        deserializer.deserialize_seq(V(PhantomData))
+            NOT_STARTED => ReceivedReply::NotStarted(next::<_, _, Self>(seq, 1)?),
+            _ => return Ok(None),
+        }))
     }
 }
 
-/// The next element of a message, which must be there.
-fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+impl<'de, O: Deserialize<'de>> Deserialize<'de> for ReceivedReply<O> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(TaggedVisitor(PhantomData))
+    }
+}
+
+/// A message that is an array whose first element, a tag, says what follows.
+trait Tagged<'de>: Sized {
+    /// What the message looks like, for errors.
+    const EXPECTING: &'static str;
+
+    /// The message after its `tag`; `None` for a tag it does not have.
+    fn rest<A: SeqAccess<'de>>(tag: u8, seq: &mut A) -> Result<Option<Self>, A::Error>;
+}
+
+/// Decodes a [`Tagged`] message.
+struct TaggedVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Tagged<'de>> Visitor<'de> for TaggedVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        let tag: u8 = next::<_, _, T>(&mut seq, 0)?;
+        T::rest(tag, &mut seq)?.ok_or_else(|| {
+            de::Error::invalid_value(de::Unexpected::Unsigned(tag.into()), &T::EXPECTING)
+        })
+    }
+}
+
+/// The element `index` of a message `M`, which must be there.
+fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>, M: Tagged<'de>>(
     seq: &mut A,
     index: usize,
-    expected: &dyn de::Expected,
 ) -> Result<T, A::Error> {
     seq.next_element()?
-        .ok_or_else(|| de::Error::invalid_length(index, expected))
+        .ok_or_else(|| de::Error::invalid_length(index, &M::EXPECTING))
 }
 
 /// What became of one item.
@@ -221,6 +234,116 @@ impl<O> Outcome<O> {
                 codec,
                 source: text.into(),
             })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages in JSON exactly as the protocol guide shows them, both ways.
+    #[test]
+    fn messages_look_as_the_guide_says_in_json() {
+        let json = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        let items = ["slow".to_string(), "quick".to_string()];
+        let cases: [(Vec<u8>, &str); 5] = [
+            (
+                Codec::Json
+                    .encode(&Request::Run {
+                        shape: Shape::Each,
+                        id: 7,
+                        items: &items,
+                    })
+                    .unwrap(),
+                r#"[0,7,["slow","quick"]]"#,
+            ),
+            (
+                Codec::Json
+                    .encode(&Request::Run {
+                        shape: Shape::Chunk,
+                        id: 9,
+                        items: &items[..1],
+                    })
+                    .unwrap(),
+                r#"[1,9,["slow"]]"#,
+            ),
+            (Codec::Json.encode(&Request::<u8>::TakeBack).unwrap(), "[2]"),
+            (
+                Codec::Json.encode(&Reply::<()>::NotStarted(&[8])).unwrap(),
+                "[1,[8]]",
+            ),
+            (
+                Codec::Json
+                    .encode(&Reply::Outcomes(7, &[Outcome::Ok(42u32)]))
+                    .unwrap(),
+                r#"[0,7,[{"Ok":42}]]"#,
+            ),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(json(bytes), expected);
+        }
+    }
+
+    #[test]
+    fn every_message_decodes_as_it_was_sent_with_both_codecs() {
+        for codec in [Codec::MessagePack, Codec::Json] {
+            let items = [3u64, 4];
+            let each = Request::Run {
+                shape: Shape::Each,
+                id: u64::MAX - 1,
+                items: &items,
+            };
+            let run = codec
+                .decode::<ReceivedRequest<u64>>(&codec.encode(&each).unwrap())
+                .unwrap();
+            assert!(
+                matches!(run, ReceivedRequest::Run { shape: Shape::Each, id, ref items }
+                    if id == u64::MAX - 1 && items == &[3, 4]),
+                "{codec:?}: {run:?}"
+            );
+            let back = codec
+                .decode::<ReceivedRequest<u64>>(&codec.encode(&Request::<u64>::TakeBack).unwrap())
+                .unwrap();
+            assert!(matches!(back, ReceivedRequest::TakeBack), "{codec:?}");
+            let given = codec
+                .decode::<ReceivedReply<u64>>(
+                    &codec.encode(&Reply::<u64>::NotStarted(&[1, 2])).unwrap(),
+                )
+                .unwrap();
+            assert!(
+                matches!(given, ReceivedReply::NotStarted(ref ids) if ids == &[1, 2]),
+                "{codec:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_with_another_tag_or_too_few_elements_is_refused() {
+        let cases: [&[u8]; 5] = [
+            br#"[3]"#,
+            br#"[9, 1, []]"#,
+            br#"[0, 1]"#,
+            br#"[]"#,
+            br#"[1]"#,
+        ];
+        for bytes in cases {
+            assert!(
+                matches!(
+                    Codec::Json.decode::<ReceivedRequest<u64>>(bytes),
+                    Err(worker_channel::Error::Decode { .. })
+                ),
+                "request {}",
+                String::from_utf8_lossy(bytes)
+            );
+            assert!(
+                matches!(
+                    Codec::Json.decode::<ReceivedReply<u64>>(bytes),
+                    Err(worker_channel::Error::Decode { .. })
+                ),
+                "reply {}",
+                String::from_utf8_lossy(bytes)
+            );
         }
     }
 }

@@ -109,8 +109,8 @@ impl WorkerPoolBuilder {
     /// A depth of more than one, adaptive or pinned, hides the round-trip latency of tiny
     /// tasks. Tasks that wait in the queue together travel to a worker together, in one
     /// message (up to the worker's free room), but each is answered as soon as it is done. A
-    /// worker runs its tasks in order; when the task it runs has taken well over the time its
-    /// recent tasks took while another worker is idle, the pool takes back the tasks waiting
+    /// worker runs its tasks in order; when the task it runs has taken longer than its
+    /// recent tasks did while another worker is idle, the pool takes back the tasks waiting
     /// behind it (the worker answers at once which it has not started) and gives them to the
     /// idle worker, so a slow task holds up no other while a worker is free (see the
     /// [`protocol`](crate::protocol) guide).

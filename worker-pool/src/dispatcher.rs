@@ -290,12 +290,25 @@ impl Pace {
     }
 
     /// After how many seconds at the worker a task of `tasks` tasks is well past the time
-    /// expected of it; [`STALL_UNKNOWN`] while nothing is known.
+    /// expected of it.
     fn stall_after(&self, tasks: usize) -> f64 {
+        2.0 * self.expected(tasks) + 100e-6
+    }
+
+    /// After how many seconds at the worker a task of `tasks` tasks has taken longer than
+    /// expected, so that the tasks behind it are better taken back while another worker is
+    /// idle (the cost of being wrong is one round trip); [`STALL_UNKNOWN`] while nothing is
+    /// known.
+    fn take_back_after(&self, tasks: usize) -> f64 {
         if !self.known() {
             return STALL_UNKNOWN;
         }
-        2.0 * (self.overhead + self.service * tasks as f64) + 100e-6
+        self.expected(tasks) + 50e-6
+    }
+
+    /// The time from a send to the reply expected of a task of `tasks` tasks.
+    fn expected(&self, tasks: usize) -> f64 {
+        self.overhead + self.service * tasks as f64
     }
 }
 
@@ -895,9 +908,9 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
-    /// Asks the workers whose task at the head runs well past its expected time, with tasks
-    /// queued behind it, to give those back while another worker is idle: a long task holds no
-    /// other up while a worker is free. The worker's reader answers at once, whatever its task
+    /// Asks the workers whose task at the head runs longer than expected, with tasks queued
+    /// behind it, to give those back while another worker is idle: a long task holds no other
+    /// up while a worker is free. The worker's reader answers at once, whatever its task
     /// does.
     fn take_back(&mut self) {
         let now = Instant::now();
@@ -942,11 +955,11 @@ impl<W: TaskWorker> Dispatcher<W> {
         any_idle && slot.fifo.len() > 1 && !slot.taking_back && slot.worker.queued_bytes() == 0
     }
 
-    /// When the head of worker `index` will have run well past its expected time.
+    /// When the head of worker `index` will have run longer than expected.
     fn take_back_due(&self, index: usize) -> Option<Instant> {
         let slot = &self.slots[index];
         let head = slot.fifo.front()?;
-        let after = slot.pace.stall_after(head.tasks());
+        let after = slot.pace.take_back_after(head.tasks());
         worker_core::deadline_from(slot.head_since, Duration::from_secs_f64(after))
     }
 

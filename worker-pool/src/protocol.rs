@@ -61,9 +61,9 @@
 //!   when it started. Past it, the worker is killed; that task fails with
 //!   [`Error::TaskTimeout`](crate::Error::TaskTimeout), and the worker's tasks not started
 //!   go to another worker.
-//! - The pool asks for a take-back when the task a worker runs has taken well over the time its
-//!   recent tasks took (or over a millisecond while none was answered yet), tasks wait behind
-//!   it, and another worker is idle.
+//! - The pool asks for a take-back when the task a worker runs has taken longer than its recent
+//!   tasks took (or over a millisecond while none was answered yet), tasks wait behind it, and
+//!   another worker is idle.
 //!
 //! # Example
 //!

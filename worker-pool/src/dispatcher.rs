@@ -329,6 +329,9 @@ struct Slot<I, O> {
     pace: Pace,
     /// A take-back was sent and not answered yet.
     taking_back: bool,
+    /// It gave tasks back, and still runs the task it ran then: it gets no other until that
+    /// one is answered, so that what it gave back does not come back to it.
+    gave_back: bool,
 }
 
 impl<I, O> Slot<I, O> {
@@ -343,6 +346,7 @@ impl<I, O> Slot<I, O> {
             last_done: Instant::now(),
             pace: Pace::default(),
             taking_back: false,
+            gave_back: false,
         }
     }
 }
@@ -498,7 +502,11 @@ impl<W: TaskWorker> Dispatcher<W> {
             let load = slot.load;
             // A worker whose input has not taken its last request yet gets no other: what
             // waits for a worker waits in the queue, where any worker can take it.
-            if slot.retiring || load >= self.depth(i) || slot.worker.queued_bytes() > 0 {
+            if slot.retiring
+                || slot.gave_back
+                || load >= self.depth(i)
+                || slot.worker.queued_bytes() > 0
+            {
                 continue;
             }
             // Adaptive depth: nothing queues behind a task running well past its expected time.
@@ -828,6 +836,7 @@ impl<W: TaskWorker> Dispatcher<W> {
         slot.pace.learn(tasks, elapsed, since_previous);
         slot.last_done = now;
         slot.head_since = now;
+        slot.gave_back = false;
         slot.load -= tasks;
         if slot.load == 0 {
             self.shared.busy.fetch_sub(1, Ordering::Relaxed);
@@ -885,6 +894,7 @@ impl<W: TaskWorker> Dispatcher<W> {
             return false;
         }
         let tasks: usize = back.iter().map(Pending::tasks).sum();
+        slot.gave_back = !slot.fifo.is_empty();
         if tasks > 0 {
             slot.load -= tasks;
             if slot.load == 0 {

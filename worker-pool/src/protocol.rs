@@ -56,7 +56,8 @@
 //!   worker is killed and replaced, and the tasks it held fail with
 //!   [`Error::Protocol`](crate::Error::Protocol). So does an answer to a take-back the pool did
 //!   not send, or one that names a task the worker does not hold or already answered in part.
-//! - Tasks given back go to the next free worker, before any task still queued.
+//! - Tasks given back go to the next free worker, before any task still queued; the worker
+//!   that gave them back gets no task until it answers the one it runs.
 //! - A task's timeout ([`task_timeout`](crate::WorkerPoolBuilder::task_timeout)) runs from
 //!   when it started. Past it, the worker is killed; that task fails with
 //!   [`Error::TaskTimeout`](crate::Error::TaskTimeout), and the worker's tasks not started

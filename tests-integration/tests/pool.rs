@@ -886,3 +886,61 @@ fn each_task_is_answered_when_it_is_done_not_when_its_batch_mates_are() {
         assert_eq!(two.wait().unwrap(), u64::from(pid));
     }
 }
+
+#[test]
+fn a_worker_that_dies_fails_only_the_task_it_ran_and_the_others_run_elsewhere() {
+    const BEHIND: usize = 3;
+    // Killed while a long task runs; or exits in a task of its own, queued behind a long one
+    // with the short ones.
+    for (name, code, signal) in [("killed", None, Some(9)), ("exits", Some(3), None)] {
+        let pool = commands_pool(1, Some(BEHIND + 2), None);
+        let pid = pool.pids()[0];
+        let held = Held::new();
+        let long = pool.submit(held.command()).unwrap();
+        let (_, release) = held.started();
+        let dying = (name == "exits").then(|| pool.submit(Command::Exit(3)).unwrap());
+        let shorts: Vec<_> = (0..BEHIND)
+            .map(|_| pool.submit(Command::Pid).unwrap())
+            .collect();
+        let sent = BEHIND + 1 + usize::from(dying.is_some());
+        assert!(
+            wait_until(Duration::from_secs(10), || pool.stats().in_flight == sent),
+            "{name}: {:?}",
+            pool.stats()
+        );
+        let limit = timeout(Duration::from_secs(10));
+        let died = match dying {
+            None => {
+                sigkill(pid);
+                long
+            }
+            Some(dying) => {
+                drop(release);
+                assert_eq!(long.wait_timeout(limit).unwrap(), u64::from(pid), "{name}");
+                dying
+            }
+        };
+        match died.wait_timeout(limit) {
+            Err(Error::Worker { pid: p, source, .. }) => match &*source {
+                Bootstrap::WorkerExited { status, .. } => {
+                    assert_eq!(p, pid, "{name}");
+                    assert_eq!((status.code(), status.signal()), (code, signal), "{name}");
+                }
+                other => panic!("{name}: expected the worker's death, got {other:?}"),
+            },
+            other => panic!("{name}: expected the worker's death, got {other:?}"),
+        }
+        for short in shorts {
+            let answer = short
+                .wait_timeout(limit)
+                .unwrap_or_else(|e| panic!("{name}: a task it had not started failed: {e:?}"));
+            assert_ne!(answer, u64::from(pid), "{name}");
+        }
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.failed, stats.restarted, stats.resent),
+            (1, 1, BEHIND as u64),
+            "{name}: {stats:?}"
+        );
+    }
+}

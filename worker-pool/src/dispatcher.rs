@@ -429,6 +429,15 @@ fn run<W: TaskWorker>(
     }
 }
 
+/// Whether a worker's error says its process ended (as opposed to a channel it broke).
+fn exited(error: &worker_bootstrap::Error) -> bool {
+    matches!(
+        error,
+        worker_bootstrap::Error::WorkerExited { .. }
+            | worker_bootstrap::Error::ExitStatusLost { .. }
+    )
+}
+
 fn panic_text(panic: &(dyn Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
@@ -718,7 +727,13 @@ impl<W: TaskWorker> Dispatcher<W> {
             }
             Err(source) => {
                 let pid = self.slots[index].worker.pid();
+                let died = exited(&source);
                 let error = Error::worker(index, pid, source);
+                if died {
+                    // Never started: another worker runs it.
+                    self.held.push_front(Job { items, sink });
+                    return self.lost_worker(index, error);
+                }
                 self.shared
                     .failed_tasks
                     .fetch_add(sink.tasks() as u64, Ordering::Relaxed);
@@ -726,6 +741,15 @@ impl<W: TaskWorker> Dispatcher<W> {
                 sink.fail(len, error);
             }
         }
+    }
+
+    /// [`lost`](Self::lost) for a worker that failed with `error`: when its process died,
+    /// only the task it ran fails, and those it had not started go to another worker; when it
+    /// broke its channel or the protocol, every task it held fails.
+    fn lost_worker(&mut self, index: usize, error: Error) {
+        let died = matches!(&error, Error::Worker { source, .. } if exited(source));
+        let rest = (!died).then(|| error.clone());
+        self.lost(index, error, rest);
     }
 
     /// The one place a request is written to a worker: it is queued, and written as far as
@@ -764,7 +788,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                 Err(source) => Err(Error::worker(index, slot.worker.pid(), source)),
             };
             if let Err(error) = flushed {
-                self.lost(index, error.clone(), Some(error));
+                self.lost_worker(index, error);
             }
         }
     }
@@ -789,8 +813,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                     Ok(None) => break,
                     Err(source) => {
                         let pid = slot.worker.pid();
-                        let error = Error::worker(index, pid, source);
-                        self.lost(index, error.clone(), Some(error));
+                        self.lost_worker(index, Error::worker(index, pid, source));
                         break;
                     }
                 }
@@ -946,7 +969,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                 Err(source) => Err(Error::worker(index, slot.worker.pid(), source)),
             };
             if let Err(error) = sent {
-                self.lost(index, error.clone(), Some(error));
+                self.lost_worker(index, error);
             }
         }
     }

@@ -53,11 +53,13 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 ///
 /// # Failures
 ///
-/// A worker that dies fails only the tasks it held ([`Error::Worker`], carrying
+/// A worker that dies fails only the task it was running ([`Error::Worker`], carrying
 /// [`worker_bootstrap::Error::WorkerExited`] with its exit status or signal and the tail of its
-/// standard error); it is replaced and the others go on. So is a worker that breaks the task
-/// protocol ([`Error::Protocol`]): every request and reply carries an id, and a reply that
-/// answers no task, or another task than the one its worker runs, is never handed to a task.
+/// standard error); the tasks it held and had not started go to another worker, it is replaced
+/// and the others go on. So is a worker killed for a task timeout. A worker that breaks the
+/// task protocol ([`Error::Protocol`]) is replaced too, and every task it held fails with that
+/// error: every request and reply carries an id, and a reply that answers no task, or another
+/// task than the one its worker runs, is never handed to a task.
 /// An item, or a result, that cannot be encoded into one frame fails alone
 /// ([`Error::Encode`]), even when it travels with others. Past the restart limit
 /// ([`max_restarts`](crate::WorkerPoolBuilder::max_restarts)) the pool fails: every task

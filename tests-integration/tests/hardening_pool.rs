@@ -789,3 +789,74 @@ fn a_message_pool_built_and_repaired_on_threads_that_exit_keeps_its_workers() {
     }
     assert_eq!(pool.restarted(), 1);
 }
+
+// ---- Issue 17: a worker that breaks the take-back step ----
+
+#[test]
+fn a_worker_that_breaks_the_take_back_step_is_replaced_and_holds_nothing_up() {
+    use tests_integration::workers::hostile_tasks::{GiveBack, Rogue, RogueTask};
+    for give_back in [GiveBack::Unknown, GiveBack::Twice, GiveBack::Never] {
+        let pool = builder()
+            .size(2)
+            .in_flight_per_worker(4)
+            .build_tasks::<Rogue>()
+            .unwrap();
+        // One worker waits for the test, the other holds a task for good.
+        let waiting = Held::new();
+        let first = pool.submit(RogueTask::Wait(waiting.path.clone())).unwrap();
+        let (waiter, release) = waiting.started();
+        let hold = pool.submit(RogueTask::Hold(give_back)).unwrap();
+        let holder = *pool.pids().iter().find(|p| **p != waiter).unwrap();
+        // Two short tasks behind each (the least loaded worker takes each).
+        let mut shorts = Vec::new();
+        for n in 0..4 {
+            shorts.push(pool.submit(RogueTask::Echo(n)).unwrap());
+            assert!(
+                wait_until(Duration::from_secs(10), || pool.stats().in_flight
+                    == 3 + n as usize),
+                "{give_back:?}: {:?}",
+                pool.stats()
+            );
+        }
+        // The waiting worker becomes idle: the pool asks the holder for its tasks back.
+        drop(release);
+        let limit = timeout(Duration::from_secs(10));
+        assert_eq!(first.wait_timeout(limit).unwrap(), u64::from(waiter));
+        let expected = match give_back {
+            GiveBack::Unknown => Some("a task given back that it does not hold"),
+            GiveBack::Twice => Some("tasks given back unasked"),
+            GiveBack::Never => None,
+        };
+        let Some(what) = expected else {
+            // No answer: nothing is given back, and the other worker goes on serving.
+            for n in 10..30 {
+                let echo = pool.submit(RogueTask::Echo(n)).unwrap();
+                assert_eq!(echo.wait_timeout(limit).unwrap(), n, "{give_back:?}");
+            }
+            assert!(hold.try_result().is_none());
+            assert_eq!((pool.stats().restarted, pool.stats().resent), (0, 0));
+            continue;
+        };
+        match hold.wait_timeout(limit) {
+            Err(Error::Protocol { pid, what: w, .. }) => {
+                assert_eq!((pid, w), (holder, what), "{give_back:?}");
+            }
+            other => panic!("{give_back:?}: expected a protocol error, got {other:?}"),
+        }
+        let answers: Vec<_> = shorts.into_iter().map(|h| h.wait_timeout(limit)).collect();
+        let ok = answers.iter().filter(|a| a.is_ok()).count();
+        let refused = answers
+            .iter()
+            .filter(|a| matches!(a, Err(Error::Protocol { pid, .. }) if *pid == holder))
+            .count();
+        // Given back before the worker broke the protocol: they ran on the other worker.
+        let given_back = if give_back == GiveBack::Twice { 2 } else { 0 };
+        assert_eq!(
+            (ok, refused),
+            (2 + given_back, 2 - given_back),
+            "{give_back:?}: {answers:?}"
+        );
+        assert!(wait_until(Duration::from_secs(10), || process_gone(holder)));
+        assert_eq!(pool.stats().restarted, 1, "{give_back:?}");
+    }
+}

@@ -538,11 +538,12 @@ fn a_worker_too_stuck_to_take_its_input_does_not_hold_the_dispatcher() {
         .submit(Command::Len(ByteBuf::from(vec![7u8; 4 << 20])))
         .unwrap();
     let limit = timeout(Duration::from_secs(10));
-    assert!(stuck.wait_timeout(limit).is_err(), "the stuck task fails");
     assert!(
-        big.wait_timeout(limit).is_err(),
-        "the task that could not be sent fails"
+        matches!(stuck.wait_timeout(limit), Err(Error::TaskTimeout { pid, .. }) if pid == before[0]),
+        "the stuck task fails"
     );
+    // The task the stuck worker never started goes to its replacement.
+    assert_eq!(big.wait_timeout(limit).unwrap(), 4 << 20);
     assert!(wait_until(Duration::from_secs(10), || pool.pids() != before));
     assert!(process_gone(before[0]));
     // The replacement serves, large payloads included.
@@ -607,15 +608,7 @@ fn an_explicit_in_flight_per_worker_still_pins_the_depth() {
 #[test]
 fn a_slow_task_holds_no_tiny_tasks_behind_it_while_another_worker_serves() {
     let pool = builder().size(2).build_tasks::<Commands>().unwrap();
-    // Both workers learn the pace of tiny tasks.
-    for _ in 0..4 {
-        let warm: Vec<_> = (0..500)
-            .map(|n| pool.submit(Command::Echo(n)).unwrap())
-            .collect();
-        for (n, h) in warm.into_iter().enumerate() {
-            assert_eq!(h.wait().unwrap(), n as u64);
-        }
-    }
+    warm_up(&pool);
     assert!(
         pool.stats().max_in_flight > 1,
         "tiny tasks travel several at once"
@@ -687,4 +680,267 @@ fn long_work_reports_its_progress_exactly_and_keeps_its_order() {
         .map_with_progress(std::iter::empty(), |_, _| panic!("no item, no progress"))
         .unwrap();
     assert!(outputs.is_empty());
+}
+
+// ---- Issue 17, section 1: no task stranded behind a long one ----
+
+/// A task pool of `size` workers of [`Commands`], its depth pinned to `depth` (or adaptive).
+fn commands_pool(
+    size: usize,
+    depth: Option<usize>,
+    task_timeout: Option<Duration>,
+) -> exsyst_worker::pool::TaskPool<Commands> {
+    let mut b = builder().size(size);
+    if let Some(depth) = depth {
+        b = b.in_flight_per_worker(depth);
+    }
+    if let Some(t) = task_timeout {
+        b = b.task_timeout(t);
+    }
+    b.build_tasks::<Commands>().unwrap()
+}
+
+/// Runs tiny tasks until every worker knows their pace.
+fn warm_up(pool: &exsyst_worker::pool::TaskPool<Commands>) {
+    for _ in 0..4 {
+        let warm: Vec<_> = (0..500)
+            .map(|n| pool.submit(Command::Echo(n)).unwrap())
+            .collect();
+        for (n, h) in warm.into_iter().enumerate() {
+            assert_eq!(h.wait().unwrap(), n as u64);
+        }
+    }
+}
+
+#[test]
+fn a_short_task_never_waits_behind_a_long_one_while_another_worker_is_idle() {
+    const SHORT: usize = 6;
+    for depth in [Some(2), Some(8), None] {
+        let pool = commands_pool(2, depth, None);
+        warm_up(&pool);
+        let resent_before = pool.stats().resent;
+        // Both workers run a long task, which runs until the test lets it go.
+        let (first, second) = (Held::new(), Held::new());
+        let one = pool.submit(first.command()).unwrap();
+        let (pid_one, release_one) = first.started();
+        let two = pool.submit(second.command()).unwrap();
+        let (pid_two, release_two) = second.started();
+        assert_ne!(pid_one, pid_two, "depth {depth:?}");
+        // Short tasks meanwhile, one at a time: with a pinned depth, the least loaded worker
+        // takes each while it has room, so both have some queued behind their long task.
+        let mut shorts = Vec::new();
+        for k in 0..SHORT {
+            shorts.push(pool.submit(Command::Pid).unwrap());
+            if let Some(depth) = depth.filter(|d| k < 2 * (d - 1)) {
+                assert!(
+                    wait_until(Duration::from_secs(10), || pool.stats().in_flight == 3 + k),
+                    "depth {depth}: {:?}",
+                    pool.stats()
+                );
+            }
+        }
+        // The first worker becomes free: every short task is answered by it while the second
+        // long task still runs, those that waited behind it included.
+        drop(release_one);
+        assert_eq!(one.wait().unwrap(), u64::from(pid_one));
+        let limit = timeout(Duration::from_secs(10));
+        for short in shorts {
+            let pid = short
+                .wait_timeout(limit)
+                .unwrap_or_else(|e| panic!("depth {depth:?}: a short task waited: {e:?}"));
+            assert_eq!(pid, u64::from(pid_one), "depth {depth:?}");
+        }
+        assert!(two.try_result().is_none(), "depth {depth:?}: still running");
+        let stats = pool.stats();
+        if depth.is_some() {
+            assert!(
+                stats.resent > resent_before,
+                "depth {depth:?}: nothing was taken back: {stats:?}"
+            );
+        }
+        drop(release_two);
+        assert_eq!(two.wait().unwrap(), u64::from(pid_two));
+        assert_eq!((pool.stats().failed, pool.stats().restarted), (0, 0));
+    }
+}
+
+#[test]
+fn a_task_timeout_never_fires_on_a_task_that_waited_behind_others() {
+    // Each task takes a quarter of the timeout; together, more than the timeout per worker.
+    let limit = timeout(Duration::from_millis(400));
+    let micros = u64::try_from((limit / 4).as_micros()).unwrap();
+    for (size, depth) in [(1, Some(16)), (2, Some(16)), (1, None)] {
+        let pool = commands_pool(size, depth, Some(limit));
+        let handles: Vec<_> = (0..12)
+            .map(|n| pool.submit(Command::EchoAfter { n, micros }).unwrap())
+            .collect();
+        for (n, h) in handles.into_iter().enumerate() {
+            assert_eq!(
+                h.wait_timeout(timeout(Duration::from_secs(30))).unwrap(),
+                n as u64,
+                "size {size}, depth {depth:?}"
+            );
+        }
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.failed, stats.restarted),
+            (0, 0),
+            "size {size}, depth {depth:?}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_killed_for_a_timeout_has_the_tasks_it_had_not_started_run_elsewhere() {
+    const BEHIND: usize = 3;
+    for size in [1, 2] {
+        let pool = commands_pool(
+            size,
+            Some(BEHIND + 1),
+            Some(timeout(Duration::from_millis(300))),
+        );
+        // Every worker runs a task that never ends, with short tasks queued behind it.
+        let held: Vec<_> = (0..size).map(|_| Held::new()).collect();
+        let mut long = Vec::new();
+        let mut long_pids = Vec::new();
+        let mut streams = Vec::new();
+        for h in &held {
+            long.push(pool.submit(h.command()).unwrap());
+            let (pid, stream) = h.started();
+            long_pids.push(pid);
+            streams.push(stream);
+        }
+        let shorts: Vec<_> = (0..BEHIND * size)
+            .map(|_| pool.submit(Command::Pid).unwrap())
+            .collect();
+        // The precondition, seen: every short task is at a worker, behind a long one.
+        assert!(
+            wait_until(Duration::from_secs(10), || pool.stats().in_flight
+                == (BEHIND + 1) * size),
+            "size {size}: {:?}",
+            pool.stats()
+        );
+        let limit = timeout(Duration::from_secs(20));
+        for h in long {
+            match h.wait_timeout(limit) {
+                Err(Error::TaskTimeout { pid, .. }) => assert!(long_pids.contains(&pid)),
+                other => panic!("size {size}: expected the task timeout, got {other:?}"),
+            }
+        }
+        for short in shorts {
+            let pid = short
+                .wait_timeout(limit)
+                .unwrap_or_else(|e| panic!("size {size}: a task not started failed: {e:?}"));
+            assert!(!long_pids.contains(&(pid as u32)), "size {size}");
+        }
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.failed, stats.restarted),
+            (size as u64, size as u64),
+            "size {size}: {stats:?}"
+        );
+        // Each was sent again at least once; with two workers, some twice (to the other long
+        // task's worker, before it timed out too).
+        assert!(
+            stats.resent >= (BEHIND * size) as u64,
+            "size {size}: {stats:?}"
+        );
+        drop(streams);
+    }
+}
+
+#[test]
+fn each_task_is_answered_when_it_is_done_not_when_its_batch_mates_are() {
+    const BEFORE: usize = 3;
+    for depth in [BEFORE + 2, 16] {
+        // One worker: nothing can be taken back, the results come from it alone.
+        let pool = commands_pool(1, Some(depth), None);
+        let (first, second) = (Held::new(), Held::new());
+        let one = pool.submit(first.command()).unwrap();
+        let (pid, release_one) = first.started();
+        // These travel to the worker together while it runs the first long task: short tasks,
+        // then a second long one.
+        let shorts: Vec<_> = (0..BEFORE)
+            .map(|n| pool.submit(Command::Echo(n as u64)).unwrap())
+            .collect();
+        let two = pool.submit(second.command()).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || pool.stats().in_flight
+                == BEFORE + 2),
+            "depth {depth}: {:?}",
+            pool.stats()
+        );
+        drop(release_one);
+        assert_eq!(one.wait().unwrap(), u64::from(pid));
+        // The second long task runs: the short ones before it are done, and answered.
+        let (_, release_two) = second.started();
+        let limit = timeout(Duration::from_secs(10));
+        for (n, short) in shorts.into_iter().enumerate() {
+            let answer = short
+                .wait_timeout(limit)
+                .unwrap_or_else(|e| panic!("depth {depth}: waited for its batch-mate: {e:?}"));
+            assert_eq!(answer, n as u64);
+        }
+        assert!(two.try_result().is_none(), "depth {depth}: still running");
+        drop(release_two);
+        assert_eq!(two.wait().unwrap(), u64::from(pid));
+    }
+}
+
+#[test]
+fn a_worker_that_dies_fails_only_the_task_it_ran_and_the_others_run_elsewhere() {
+    const BEHIND: usize = 3;
+    // Killed while a long task runs; or exits in a task of its own, queued behind a long one
+    // with the short ones.
+    for (name, code, signal) in [("killed", None, Some(9)), ("exits", Some(3), None)] {
+        let pool = commands_pool(1, Some(BEHIND + 2), None);
+        let pid = pool.pids()[0];
+        let held = Held::new();
+        let long = pool.submit(held.command()).unwrap();
+        let (_, release) = held.started();
+        let dying = (name == "exits").then(|| pool.submit(Command::Exit(3)).unwrap());
+        let shorts: Vec<_> = (0..BEHIND)
+            .map(|_| pool.submit(Command::Pid).unwrap())
+            .collect();
+        let sent = BEHIND + 1 + usize::from(dying.is_some());
+        assert!(
+            wait_until(Duration::from_secs(10), || pool.stats().in_flight == sent),
+            "{name}: {:?}",
+            pool.stats()
+        );
+        let limit = timeout(Duration::from_secs(10));
+        let died = match dying {
+            None => {
+                sigkill(pid);
+                long
+            }
+            Some(dying) => {
+                drop(release);
+                assert_eq!(long.wait_timeout(limit).unwrap(), u64::from(pid), "{name}");
+                dying
+            }
+        };
+        match died.wait_timeout(limit) {
+            Err(Error::Worker { pid: p, source, .. }) => match &*source {
+                Bootstrap::WorkerExited { status, .. } => {
+                    assert_eq!(p, pid, "{name}");
+                    assert_eq!((status.code(), status.signal()), (code, signal), "{name}");
+                }
+                other => panic!("{name}: expected the worker's death, got {other:?}"),
+            },
+            other => panic!("{name}: expected the worker's death, got {other:?}"),
+        }
+        for short in shorts {
+            let answer = short
+                .wait_timeout(limit)
+                .unwrap_or_else(|e| panic!("{name}: a task it had not started failed: {e:?}"));
+            assert_ne!(answer, u64::from(pid), "{name}");
+        }
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.failed, stats.restarted, stats.resent),
+            (1, 1, BEHIND as u64),
+            "{name}: {stats:?}"
+        );
+    }
 }

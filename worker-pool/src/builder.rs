@@ -103,15 +103,17 @@ impl WorkerPoolBuilder {
     /// round trip (the time from a send to its reply, less the service time) with service
     /// time, `1 + ceil(overhead / service - 1/8)`, at least 2 while tasks take under a
     /// millisecond and at most 64. Tiny tasks get many in flight, slow ones one, and a worker
-    /// whose task runs well past its expected time is sent nothing more until it answers, so a
-    /// slow task does not hold tiny ones behind it while another worker could take them.
+    /// whose task runs well past its expected time is sent nothing more until it answers.
     /// [`PoolStats::max_in_flight`](crate::PoolStats::max_in_flight) shows the depth reached.
     ///
-    /// A pinned depth of more than one hides the round-trip latency of tiny tasks; a worker
-    /// answers its tasks in order, so a slow task delays those sent behind it. Tasks that wait
-    /// in the queue together travel to a worker together, in one message answered by one
-    /// message (up to the worker's free room), so their results arrive together and a task
-    /// timeout covers the message.
+    /// A depth of more than one, adaptive or pinned, hides the round-trip latency of tiny
+    /// tasks. Tasks that wait in the queue together travel to a worker together, in one
+    /// message (up to the worker's free room), but each is answered as soon as it is done. A
+    /// worker runs its tasks in order; when the task it runs has taken longer than its
+    /// recent tasks did while another worker is idle, the pool takes back the tasks waiting
+    /// behind it (the worker answers at once which it has not started) and gives them to the
+    /// idle worker, so a slow task holds up no other while a worker is free (see the
+    /// [`protocol`](crate::protocol) guide).
     pub fn in_flight_per_worker(mut self, n: usize) -> Self {
         self.in_flight = Some(n);
         self.task_only("in_flight_per_worker")
@@ -126,13 +128,13 @@ impl WorkerPoolBuilder {
     }
 
     /// The longest a task may run (task pools). Past it the worker is killed and replaced: the
-    /// task fails with [`Error::TaskTimeout`], and the worker's other tasks in flight with
-    /// [`Error::Cancelled`]. A task's time starts when its worker starts it (when the reply to
-    /// the message before it arrives), not when it is sent; tasks batched into one message (see
-    /// [`in_flight_per_worker`](Self::in_flight_per_worker)) share one deadline and all fail
-    /// with [`Error::TaskTimeout`]. A worker that does not even take a task's message within
-    /// the timeout (it is stuck and its input is full) is replaced the same way, so a stuck
-    /// worker never holds up the others; without a task timeout, that send waits.
+    /// task fails with [`Error::TaskTimeout`], and the worker's other tasks in flight, which it
+    /// had not started, are sent to another worker. A task's time starts when its worker starts
+    /// it (when it is sent to an idle worker, else when the reply to the task before it
+    /// arrives), so a task that never started never fails with [`Error::TaskTimeout`], whatever
+    /// it travelled with. A worker that does not even take a task's message within the timeout
+    /// (it is stuck and its input is full) is replaced the same way, so a stuck worker never
+    /// holds up the others; without a task timeout, that send waits.
     ///
     /// [`Duration::MAX`] (or any timeout too long to reach) is the same as none; zero is
     /// refused.

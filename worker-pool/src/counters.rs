@@ -21,9 +21,10 @@ fn total(prefix: &str, name: &str, value: u64) -> Counter {
 impl PoolStats {
     /// These statistics as status counters named `{prefix}workers`, `{prefix}busy`,
     /// `{prefix}idle`, `{prefix}queued`, `{prefix}in_flight`, `{prefix}completed`,
-    /// `{prefix}failed`, `{prefix}restarted` and `{prefix}recycled`, in that order.
+    /// `{prefix}failed`, `{prefix}restarted`, `{prefix}recycled` and `{prefix}resent`, in that
+    /// order.
     ///
-    /// Gauges have a minimum of 0 (`busy` and `idle` a maximum of `workers` too); the four
+    /// Gauges have a minimum of 0 (`busy` and `idle` a maximum of `workers` too); the five
     /// counts that only grow have the unit `c`.
     /// `Vec::<Counter>::from(stats)` gives the same with the prefix `pool_`.
     ///
@@ -48,6 +49,7 @@ impl PoolStats {
             total(prefix, "failed", self.failed),
             total(prefix, "restarted", self.restarted),
             total(prefix, "recycled", self.recycled),
+            total(prefix, "resent", self.resent),
         ]
     }
 }
@@ -90,6 +92,7 @@ mod tests {
             failed: 2,
             restarted: 1,
             recycled: 6,
+            resent: 8,
         };
         let counters = stats.to_counters("p.");
         let shown: Vec<String> = counters.iter().map(ToString::to_string).collect();
@@ -105,6 +108,7 @@ mod tests {
                 "p.failed: 2 c (min 0)",
                 "p.restarted: 1 c (min 0)",
                 "p.recycled: 6 c (min 0)",
+                "p.resent: 8 c (min 0)",
             ]
         );
         let from: Vec<Counter> = stats.into();

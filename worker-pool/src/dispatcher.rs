@@ -19,10 +19,10 @@ use crate::{
     Error, TaskWorker,
     inbox::Waiting,
     job::{Items, Job, Sink},
-    protocol::{ReceivedReply, Request},
     readiness::ReadySet,
     room::Room,
     supervisor::{LOG_TARGET, RestartLimit, Spawner},
+    wire::{ReceivedReply, Request, Shape},
 };
 
 /// What a task pool's dispatcher needs.
@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     pub(crate) failed_tasks: AtomicU64,
     pub(crate) restarted: AtomicU64,
     pub(crate) recycled: AtomicU64,
+    pub(crate) resent: AtomicU64,
     /// The pool's receivers that wait for results: ended as the dispatcher thread ends.
     pub(crate) waiting: Arc<Waiting>,
     /// Async submitters waiting for room in the queue: woken as jobs leave it.
@@ -132,6 +133,7 @@ pub(crate) fn start<W: TaskWorker>(
         failed_tasks: AtomicU64::new(0),
         restarted: AtomicU64::new(0),
         recycled: AtomicU64::new(0),
+        resent: AtomicU64::new(0),
         waiting: Arc::default(),
         room: Room::default(),
     });
@@ -181,16 +183,32 @@ impl Drop for Ended {
 
 pub(crate) type JobOf<W> = Job<<W as TaskWorker>::Item, <W as TaskWorker>::Output>;
 
-/// A request sent and not fully answered.
-struct Pending<O> {
+/// A task sent and not fully answered: a single task, or a `map` chunk.
+struct Pending<I, O> {
     id: u64,
     /// Items not answered yet.
     left: usize,
+    /// Its items, kept until it is answered, to be sent again should its worker give it back
+    /// or be killed before it started it.
+    items: Items<I>,
     sink: Sink<O>,
-    /// Tasks it counts for.
-    tasks: usize,
     /// When it was sent.
     sent_at: Instant,
+}
+
+impl<I, O> Pending<I, O> {
+    /// Tasks it counts for.
+    fn tasks(&self) -> usize {
+        self.sink.tasks()
+    }
+
+    /// The job again, to be sent to another worker (it was not started).
+    fn into_job(self) -> Job<I, O> {
+        Job {
+            items: self.items,
+            sink: self.sink,
+        }
+    }
 }
 
 /// The most tasks the adaptive depth keeps in flight at one worker.
@@ -201,6 +219,9 @@ const MAX_DEPTH: usize = 64;
 const PIPELINE_BELOW: f64 = 1e-3;
 /// The overhead assumed of a round trip before one was measured apart from the service time.
 const OVERHEAD_PRIOR: f64 = 50e-6;
+/// How long a worker's first task may run before the tasks behind it are taken back, while
+/// its pace is not known yet.
+const STALL_UNKNOWN: f64 = 1e-3;
 
 /// A worker's recent pace, for the adaptive in-flight depth: moving averages (weight 1/8) of the
 /// service time per task and of a round trip's overhead (from a request's send to its reply,
@@ -262,20 +283,43 @@ impl Pace {
         (1 + cover.min(MAX_DEPTH as f64) as usize).clamp(floor, MAX_DEPTH)
     }
 
-    /// Whether a request of `tasks` tasks that has run `age` seconds at the worker is well past
+    /// Whether a task of `tasks` tasks that has run `age` seconds at the worker is well past
     /// the time expected of it: a slow task, which nothing more should queue behind.
     fn stalled(&self, tasks: usize, age: f64) -> bool {
-        self.known() && age > 2.0 * (self.overhead + self.service * tasks as f64) + 100e-6
+        self.known() && age > self.stall_after(tasks)
+    }
+
+    /// After how many seconds at the worker a task of `tasks` tasks is well past the time
+    /// expected of it.
+    fn stall_after(&self, tasks: usize) -> f64 {
+        2.0 * self.expected(tasks) + 100e-6
+    }
+
+    /// After how many seconds at the worker a task of `tasks` tasks has taken longer than
+    /// expected, so that the tasks behind it are better taken back while another worker is
+    /// idle (the cost of being wrong is one round trip); [`STALL_UNKNOWN`] while nothing is
+    /// known.
+    fn take_back_after(&self, tasks: usize) -> f64 {
+        if !self.known() {
+            return STALL_UNKNOWN;
+        }
+        self.expected(tasks) + 50e-6
+    }
+
+    /// The time from a send to the reply expected of a task of `tasks` tasks.
+    fn expected(&self, tasks: usize) -> f64 {
+        self.overhead + self.service * tasks as f64
     }
 }
 
-struct Slot<O> {
+struct Slot<I, O> {
     worker: DedicatedWorker,
-    /// Requests sent and not answered, in the order the worker answers them.
-    fifo: VecDeque<Pending<O>>,
+    /// Tasks sent and not answered, in the order the worker runs them.
+    fifo: VecDeque<Pending<I, O>>,
     /// Tasks in `fifo`.
     load: usize,
-    /// When the worker started the request at the head of `fifo`.
+    /// When the worker started the task at the head of `fifo`: when it was sent to an idle
+    /// worker, else when the task before it was answered.
     head_since: Instant,
     sent: u64,
     /// Recycling: gets no more tasks, and is replaced once `fifo` is empty.
@@ -283,9 +327,14 @@ struct Slot<O> {
     /// When its last request was answered.
     last_done: Instant,
     pace: Pace,
+    /// A take-back was sent and not answered yet.
+    taking_back: bool,
+    /// It gave tasks back, and still runs the task it ran then: it gets no other until that
+    /// one is answered, so that what it gave back does not come back to it.
+    gave_back: bool,
 }
 
-impl<O> Slot<O> {
+impl<I, O> Slot<I, O> {
     fn new(worker: DedicatedWorker) -> Self {
         Slot {
             worker,
@@ -296,6 +345,8 @@ impl<O> Slot<O> {
             retiring: false,
             last_done: Instant::now(),
             pace: Pace::default(),
+            taking_back: false,
+            gave_back: false,
         }
     }
 }
@@ -303,7 +354,7 @@ impl<O> Slot<O> {
 struct Dispatcher<W: TaskWorker> {
     spawner: Spawner,
     ready: ReadySet,
-    slots: Vec<Slot<W::Output>>,
+    slots: Vec<Slot<W::Item, W::Output>>,
     rx: Receiver<JobOf<W>>,
     shared: Arc<Shared>,
     /// Pinned depth, or `None` for each worker's [`Pace`].
@@ -349,7 +400,7 @@ fn run<W: TaskWorker>(
     shared.workers.store(slots.len(), Ordering::Relaxed);
     *lock(&shared.pids) = slots
         .iter()
-        .map(|s: &Slot<W::Output>| s.worker.pid())
+        .map(|s: &Slot<W::Item, W::Output>| s.worker.pid())
         .collect();
     let _ = started.send(Ok(()));
     let mut dispatcher = Dispatcher::<W> {
@@ -378,6 +429,15 @@ fn run<W: TaskWorker>(
     }
 }
 
+/// Whether a worker's error says its process ended (as opposed to a channel it broke).
+fn exited(error: &worker_bootstrap::Error) -> bool {
+    matches!(
+        error,
+        worker_bootstrap::Error::WorkerExited { .. }
+            | worker_bootstrap::Error::ExitStatusLost { .. }
+    )
+}
+
 fn panic_text(panic: &(dyn Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
@@ -399,6 +459,7 @@ impl<W: TaskWorker> Dispatcher<W> {
             self.flush_requests();
             self.read_replies();
             self.expire();
+            self.take_back();
             self.feed();
             self.shared.room.freed(std::mem::take(&mut self.taken));
             if self.failed.is_some() {
@@ -450,14 +511,18 @@ impl<W: TaskWorker> Dispatcher<W> {
             let load = slot.load;
             // A worker whose input has not taken its last request yet gets no other: what
             // waits for a worker waits in the queue, where any worker can take it.
-            if slot.retiring || load >= self.depth(i) || slot.worker.queued_bytes() > 0 {
+            if slot.retiring
+                || slot.gave_back
+                || load >= self.depth(i)
+                || slot.worker.queued_bytes() > 0
+            {
                 continue;
             }
             // Adaptive depth: nothing queues behind a task running well past its expected time.
             if self.in_flight.is_none()
                 && slot.fifo.front().is_some_and(|head| {
                     let age = now.saturating_duration_since(slot.head_since);
-                    slot.pace.stalled(head.tasks, age.as_secs_f64())
+                    slot.pace.stalled(head.tasks(), age.as_secs_f64())
                 })
             {
                 continue;
@@ -473,38 +538,27 @@ impl<W: TaskWorker> Dispatcher<W> {
     }
 
     /// Sends waiting tasks to workers with room. Single tasks waiting together go to one worker
-    /// in one message, as many as it has room for: one write and one reply for the lot, which
-    /// is what makes tiny tasks cheap when several are in flight.
+    /// in one message, as many as it has room for: one write for the lot, which is what makes
+    /// tiny tasks cheap when several are in flight. The worker still answers each of them as
+    /// soon as it is done.
     fn feed(&mut self) {
         while self.failed.is_none() {
             let Some(index) = self.pick() else { return };
-            let job = match self.held.pop_front() {
-                Some(job) => job,
-                None if self.closing => return,
-                None => match self.take_job() {
-                    Ok(job) => job,
-                    Err(TryRecvError::Empty) => return,
-                    Err(TryRecvError::Disconnected) => {
-                        self.closing = true;
-                        return;
-                    }
-                },
-            };
+            let Some(job) = self.next_job() else { return };
             let room = self.depth(index) - self.slots[index].load;
             if room < 2 || !matches!(job.sink, Sink::One(_)) {
                 self.send(index, job);
                 continue;
             }
             let mut batch = vec![job];
-            while batch.len() < room && !self.closing {
-                match self.take_job() {
-                    Ok(job) if matches!(job.sink, Sink::One(_)) => batch.push(job),
-                    Ok(job) => {
-                        self.held.push_back(job);
+            while batch.len() < room {
+                match self.next_job() {
+                    Some(job) if matches!(job.sink, Sink::One(_)) => batch.push(job),
+                    Some(job) => {
+                        self.held.push_front(job);
                         break;
                     }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => self.closing = true,
+                    None => break,
                 }
             }
             if batch.len() == 1 {
@@ -527,6 +581,24 @@ impl<W: TaskWorker> Dispatcher<W> {
                     sink: Sink::Batch(txs),
                 },
             );
+        }
+    }
+
+    /// The next job to send: a held one (given back, or put aside) first, then the queue's.
+    fn next_job(&mut self) -> Option<JobOf<W>> {
+        if let Some(job) = self.held.pop_front() {
+            return Some(job);
+        }
+        if self.closing {
+            return None;
+        }
+        match self.take_job() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.closing = true;
+                None
+            }
         }
     }
 
@@ -559,12 +631,15 @@ impl<W: TaskWorker> Dispatcher<W> {
         if self.slots[index].worker.queued_bytes() > 0 {
             return self.held.push_back(Job { items, sink });
         }
+        let shape = match sink {
+            Sink::Map { .. } => Shape::Chunk,
+            Sink::One(_) | Sink::Batch(_) => Shape::Each,
+        };
         let id = self.next_id;
-        self.next_id += 1;
         // The items' `Serialize` is user code: a panic fails the pool (see `run`), these tasks
         // included.
         let written = panic::catch_unwind(AssertUnwindSafe(|| {
-            self.write_request(index, id, items.as_slice())
+            self.write_request(index, shape, id, items.as_slice())
         }));
         let written = match written {
             Ok(written) => written,
@@ -582,13 +657,31 @@ impl<W: TaskWorker> Dispatcher<W> {
                     slot.head_since = now;
                     self.shared.busy.fetch_add(1, Ordering::Relaxed);
                 }
-                slot.fifo.push_back(Pending {
-                    id,
-                    left: len,
-                    sink,
-                    tasks,
-                    sent_at: now,
-                });
+                match (items, sink) {
+                    // Tasks of their own, answered one by one: `id`, `id + 1`, ...
+                    (Items::Many(items), Sink::Batch(txs)) => {
+                        for (k, (item, tx)) in items.into_iter().zip(txs).enumerate() {
+                            slot.fifo.push_back(Pending {
+                                id: id + k as u64,
+                                left: 1,
+                                items: Items::One(item),
+                                sink: Sink::One(tx),
+                                sent_at: now,
+                            });
+                        }
+                    }
+                    (items, sink) => slot.fifo.push_back(Pending {
+                        id,
+                        left: len,
+                        items,
+                        sink,
+                        sent_at: now,
+                    }),
+                }
+                self.next_id += match shape {
+                    Shape::Each => len as u64,
+                    Shape::Chunk => 1,
+                };
                 slot.load += tasks;
                 self.shared
                     .max_in_flight
@@ -601,7 +694,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                 // The rest of the request goes as the worker's input finds room.
                 if slot.worker.queued_bytes() > 0 {
                     if let Err(e) = self.ready.want_write(index, &mut slot.worker, true) {
-                        self.lost(index, e.clone(), e);
+                        self.lost(index, e.clone(), Some(e));
                     }
                 }
             }
@@ -634,14 +727,29 @@ impl<W: TaskWorker> Dispatcher<W> {
             }
             Err(source) => {
                 let pid = self.slots[index].worker.pid();
+                let died = exited(&source);
                 let error = Error::worker(index, pid, source);
+                if died {
+                    // Never started: another worker runs it.
+                    self.held.push_front(Job { items, sink });
+                    return self.lost_worker(index, error);
+                }
                 self.shared
                     .failed_tasks
                     .fetch_add(sink.tasks() as u64, Ordering::Relaxed);
-                self.lost(index, error.clone(), error.clone());
+                self.lost(index, error.clone(), Some(error.clone()));
                 sink.fail(len, error);
             }
         }
+    }
+
+    /// [`lost`](Self::lost) for a worker that failed with `error`: when its process died,
+    /// only the task it ran fails, and those it had not started go to another worker; when it
+    /// broke its channel or the protocol, every task it held fails.
+    fn lost_worker(&mut self, index: usize, error: Error) {
+        let died = matches!(&error, Error::Worker { source, .. } if exited(source));
+        let rest = (!died).then(|| error.clone());
+        self.lost(index, error, rest);
     }
 
     /// The one place a request is written to a worker: it is queued, and written as far as
@@ -655,10 +763,12 @@ impl<W: TaskWorker> Dispatcher<W> {
     fn write_request(
         &mut self,
         index: usize,
+        shape: Shape,
         id: u64,
         items: &[W::Item],
     ) -> Result<(), worker_bootstrap::Error> {
-        self.slots[index].worker.queue_message(&Request(id, items))
+        let request = Request::Run { shape, id, items };
+        self.slots[index].worker.queue_message(&request)
     }
 
     /// Writes what is queued to the workers whose input found room.
@@ -678,7 +788,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                 Err(source) => Err(Error::worker(index, slot.worker.pid(), source)),
             };
             if let Err(error) = flushed {
-                self.lost(index, error.clone(), error);
+                self.lost_worker(index, error);
             }
         }
     }
@@ -703,8 +813,7 @@ impl<W: TaskWorker> Dispatcher<W> {
                     Ok(None) => break,
                     Err(source) => {
                         let pid = slot.worker.pid();
-                        let error = Error::worker(index, pid, source);
-                        self.lost(index, error.clone(), error);
+                        self.lost_worker(index, Error::worker(index, pid, source));
                         break;
                     }
                 }
@@ -712,13 +821,14 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
-    /// Hands a reply to the request at the head of the worker's queue; `false` when the reply
-    /// did not fit and the worker was replaced, or the worker retired.
-    fn complete(
-        &mut self,
-        index: usize,
-        ReceivedReply(id, outcomes): ReceivedReply<W::Output>,
-    ) -> bool {
+    /// Takes a worker's message in: outcomes for the task at the head of its queue, or the
+    /// answer to a take-back. `false` when the message did not fit and the worker was replaced,
+    /// or the worker retired.
+    fn complete(&mut self, index: usize, reply: ReceivedReply<W::Output>) -> bool {
+        let (id, outcomes) = match reply {
+            ReceivedReply::Outcomes(id, outcomes) => (id, outcomes),
+            ReceivedReply::NotStarted(ids) => return self.given_back(index, &ids),
+        };
         let slot = &mut self.slots[index];
         let codec = slot.worker.codec();
         let Some(head) = slot.fifo.front_mut() else {
@@ -745,21 +855,27 @@ impl<W: TaskWorker> Dispatcher<W> {
         let since_previous = (done.sent_at <= slot.last_done)
             .then(|| now.saturating_duration_since(slot.last_done).as_secs_f64());
         let elapsed = now.saturating_duration_since(done.sent_at).as_secs_f64();
-        slot.pace.learn(done.tasks, elapsed, since_previous);
+        let tasks = done.tasks();
+        slot.pace.learn(tasks, elapsed, since_previous);
         slot.last_done = now;
         slot.head_since = now;
-        slot.load -= done.tasks;
+        slot.gave_back = false;
+        slot.load -= tasks;
         if slot.load == 0 {
             self.shared.busy.fetch_sub(1, Ordering::Relaxed);
         }
-        self.shared
-            .in_flight
-            .fetch_sub(done.tasks, Ordering::Relaxed);
+        self.shared.in_flight.fetch_sub(tasks, Ordering::Relaxed);
         self.shared
             .completed
-            .fetch_add(done.tasks as u64, Ordering::Relaxed);
+            .fetch_add(tasks as u64, Ordering::Relaxed);
         done.sink.deliver(outcomes, codec);
         drop(done);
+        self.retire_if_done(index)
+    }
+
+    /// Replaces a retiring worker once it holds no task; `false` when it did.
+    fn retire_if_done(&mut self, index: usize) -> bool {
+        let slot = &self.slots[index];
         if slot.retiring && slot.fifo.is_empty() {
             self.recycle(index);
             return false;
@@ -767,10 +883,123 @@ impl<W: TaskWorker> Dispatcher<W> {
         true
     }
 
+    /// Takes back from worker `index` the tasks it says it had not started, to be sent to any
+    /// worker before the queued ones. A task it does not hold, or one it answered in part,
+    /// breaks the protocol.
+    fn given_back(&mut self, index: usize, ids: &[u64]) -> bool {
+        let slot = &mut self.slots[index];
+        if !std::mem::take(&mut slot.taking_back) {
+            self.protocol(index, "tasks given back unasked");
+            return false;
+        }
+        // Both in the order the tasks were sent: one pass sorts them out.
+        let mut wanted = ids.iter().peekable();
+        let mut kept = VecDeque::with_capacity(slot.fifo.len());
+        let mut back = Vec::with_capacity(ids.len());
+        let mut started = false;
+        for pending in slot.fifo.drain(..) {
+            if wanted.next_if_eq(&&pending.id).is_some() {
+                started |= pending.left != pending.items.len();
+                back.push(pending);
+            } else {
+                kept.push_back(pending);
+            }
+        }
+        slot.fifo = kept;
+        if wanted.peek().is_some() || started {
+            slot.fifo.extend(back);
+            let what = if started {
+                "a task given back that it started"
+            } else {
+                "a task given back that it does not hold"
+            };
+            self.protocol(index, what);
+            return false;
+        }
+        let tasks: usize = back.iter().map(Pending::tasks).sum();
+        slot.gave_back = !slot.fifo.is_empty();
+        if tasks > 0 {
+            slot.load -= tasks;
+            if slot.load == 0 {
+                self.shared.busy.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.shared.in_flight.fetch_sub(tasks, Ordering::Relaxed);
+        }
+        self.requeue(back);
+        self.retire_if_done(index)
+    }
+
+    /// Puts tasks a worker did not start in front of every other, in their order.
+    fn requeue(&mut self, pendings: impl IntoIterator<Item = Pending<W::Item, W::Output>>) {
+        let jobs: Vec<_> = pendings.into_iter().map(Pending::into_job).collect();
+        let tasks: usize = jobs.iter().map(|job| job.sink.tasks()).sum();
+        self.shared
+            .resent
+            .fetch_add(tasks as u64, Ordering::Relaxed);
+        for job in jobs.into_iter().rev() {
+            self.held.push_front(job);
+        }
+    }
+
+    /// Asks the workers whose task at the head runs longer than expected, with tasks queued
+    /// behind it, to give those back while another worker is idle: a long task holds no other
+    /// up while a worker is free. The worker's reader answers at once, whatever its task
+    /// does.
+    fn take_back(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            if self.failed.is_some() {
+                return;
+            }
+            // Looked at again for each worker: one that took back may have been replaced.
+            let due = self.take_back_due(index);
+            if due.is_none_or(|due| now < due) || !self.may_take_back(index, self.any_idle()) {
+                continue;
+            }
+            let slot = &mut self.slots[index];
+            let sent = match slot.worker.queue_message(&Request::<W::Item>::TakeBack) {
+                Ok(()) => {
+                    slot.taking_back = true;
+                    if slot.worker.queued_bytes() > 0 {
+                        self.ready.want_write(index, &mut slot.worker, true)
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(source) => Err(Error::worker(index, slot.worker.pid(), source)),
+            };
+            if let Err(error) = sent {
+                self.lost_worker(index, error);
+            }
+        }
+    }
+
+    /// Whether a worker is idle and may be sent tasks.
+    fn any_idle(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.load == 0 && !s.retiring && s.worker.queued_bytes() == 0)
+    }
+
+    /// Whether worker `index` holds tasks behind its head that another could run now, given
+    /// whether one is idle (`index` is not: it holds tasks).
+    fn may_take_back(&self, index: usize, any_idle: bool) -> bool {
+        let slot = &self.slots[index];
+        any_idle && slot.fifo.len() > 1 && !slot.taking_back && slot.worker.queued_bytes() == 0
+    }
+
+    /// When the head of worker `index` will have run longer than expected.
+    fn take_back_due(&self, index: usize) -> Option<Instant> {
+        let slot = &self.slots[index];
+        let head = slot.fifo.front()?;
+        let after = slot.pace.take_back_after(head.tasks());
+        worker_core::deadline_from(slot.head_since, Duration::from_secs_f64(after))
+    }
+
     fn protocol(&mut self, index: usize, what: &'static str) {
         let pid = self.slots[index].worker.pid();
         let error = Error::Protocol { index, pid, what };
-        self.lost(index, error.clone(), error);
+        self.lost(index, error.clone(), Some(error));
     }
 
     /// Kills the workers at the head of whose queue a task ran too long.
@@ -794,25 +1023,33 @@ impl<W: TaskWorker> Dispatcher<W> {
                 pid,
                 timeout,
             };
-            self.lost(index, head, Error::Cancelled { index, pid });
+            // The others never started: another worker runs them.
+            self.lost(index, head, None);
         }
     }
 
-    /// When the next task times out, if one can.
+    /// When the dispatcher must look again without an event: the next task timeout, or the
+    /// next take-back.
     fn next_deadline(&self) -> Option<Instant> {
-        let timeout = self.task_timeout?;
-        self.slots
-            .iter()
-            .filter(|s| !s.fifo.is_empty())
-            .filter_map(|s| worker_core::deadline_from(s.head_since, timeout))
-            .min()
+        let timeouts = self.task_timeout.map(|timeout| {
+            self.slots
+                .iter()
+                .filter(|s| !s.fifo.is_empty())
+                .filter_map(move |s| worker_core::deadline_from(s.head_since, timeout))
+        });
+        let any_idle = self.any_idle();
+        let take_backs = (0..self.slots.len())
+            .filter(|&i| self.may_take_back(i, any_idle))
+            .filter_map(|i| self.take_back_due(i));
+        timeouts.into_iter().flatten().chain(take_backs).min()
     }
 
     /// Replaces a worker that died or was killed, within the restart limit, then fails the
-    /// tasks it held: the first (the one it was running) with `first`, the others with `rest`.
-    /// Replacing first means that whoever sees a task fail finds the pool whole again.
-    fn lost(&mut self, index: usize, first: Error, rest: Error) {
-        let fifo = self.take_fifo(index);
+    /// tasks it held: the first (the one it was running) with `first`, the others with `rest`,
+    /// or, without `rest`, sends them to another worker (it never started them). Replacing
+    /// first means that whoever sees a task fail finds the pool whole again.
+    fn lost(&mut self, index: usize, first: Error, rest: Option<Error>) {
+        let mut fifo = self.take_fifo(index);
         let slot = &mut self.slots[index];
         self.ready.unwatch(index, &mut slot.worker);
         // SIGKILL to its process group, and the reaping that follows at once; nothing waits
@@ -828,9 +1065,24 @@ impl<W: TaskWorker> Dispatcher<W> {
                 self.slots[index].worker.pid()
             );
         }
-        let mut first = Some(first);
-        for pending in fifo {
-            let error = first.take().unwrap_or_else(|| rest.clone());
+        let head = fifo.pop_front();
+        let failed = match rest {
+            Some(rest) => {
+                let failed: Vec<_> = fifo.drain(..).map(|p| (p, rest.clone())).collect();
+                failed
+            }
+            None => Vec::new(),
+        };
+        let tasks: usize = head
+            .iter()
+            .chain(failed.iter().map(|(p, _)| p))
+            .map(Pending::tasks)
+            .sum();
+        self.shared
+            .failed_tasks
+            .fetch_add(tasks as u64, Ordering::Relaxed);
+        self.requeue(fifo);
+        for (pending, error) in head.map(|p| (p, first)).into_iter().chain(failed) {
             pending.sink.fail(pending.left, error);
         }
         if let Err(e) = replaced {
@@ -838,8 +1090,9 @@ impl<W: TaskWorker> Dispatcher<W> {
         }
     }
 
-    /// Takes the requests a worker held out of the counters.
-    fn take_fifo(&mut self, index: usize) -> VecDeque<Pending<W::Output>> {
+    /// Takes the tasks a worker held out of the counters of tasks in flight (the caller
+    /// counts those that fail).
+    fn take_fifo(&mut self, index: usize) -> VecDeque<Pending<W::Item, W::Output>> {
         let slot = &mut self.slots[index];
         let fifo = std::mem::take(&mut slot.fifo);
         let tasks = std::mem::take(&mut slot.load);
@@ -847,9 +1100,6 @@ impl<W: TaskWorker> Dispatcher<W> {
             self.shared.busy.fetch_sub(1, Ordering::Relaxed);
         }
         self.shared.in_flight.fetch_sub(tasks, Ordering::Relaxed);
-        self.shared
-            .failed_tasks
-            .fetch_add(tasks as u64, Ordering::Relaxed);
         fifo
     }
 
@@ -910,6 +1160,9 @@ impl<W: TaskWorker> Dispatcher<W> {
         for index in 0..self.slots.len() {
             let _ = self.slots[index].worker.kill();
             for pending in self.take_fifo(index) {
+                self.shared
+                    .failed_tasks
+                    .fetch_add(pending.tasks() as u64, Ordering::Relaxed);
                 pending.sink.fail(pending.left, error.clone());
             }
         }

@@ -60,13 +60,6 @@ pub enum Error {
         /// The pool's task timeout.
         timeout: Duration,
     },
-    /// The task was waiting on a worker that was killed because another task on it timed out.
-    Cancelled {
-        /// The worker's place in the pool.
-        index: usize,
-        /// The process that was killed.
-        pid: u32,
-    },
     /// A worker answered something that does not fit the task protocol (a reply to no task,
     /// or to another task than the one it was running); it was killed and replaced, and the
     /// tasks it held fail with this error.
@@ -144,11 +137,6 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "task ran longer than {timeout:?}; pool worker {index} (pid {pid}) was killed"
-            ),
-            Error::Cancelled { index, pid } => write!(
-                f,
-                "task cancelled: pool worker {index} (pid {pid}) was killed after another task \
-                 on it timed out"
             ),
             Error::Protocol { index, pid, what } => {
                 write!(

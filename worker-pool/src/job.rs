@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use worker_channel::Codec;
 
-use crate::{Error, inbox::InboxSender, protocol::Outcome};
+use crate::{Error, inbox::InboxSender, wire::Outcome};
 
 /// What the pool's handle queues for the dispatcher.
 #[derive(Debug)]

@@ -58,8 +58,9 @@
 //! results of a map as a `futures_core::Stream`. No feature is on by default.
 //!
 //! Neither pool hangs when a worker dies (its death is seen through its pidfd, even while a
-//! grandchild it forked holds its channel): the tasks or messages it held fail with
-//! [`Error::Worker`], which carries the worker's exit status and the tail of its standard error.
+//! grandchild it forked holds its channel): the task it ran, or the messages it held, fail with
+//! [`Error::Worker`], which carries the worker's exit status and the tail of its standard error
+//! (the tasks it had not started go to another worker).
 //! Nor when a worker misbehaves: a frame header the channel cannot accept breaks only that
 //! worker's channel and the worker is replaced; a task reply with the wrong id is
 //! [`Error::Protocol`] and the worker is replaced; an item or result too large for a frame fails
@@ -79,12 +80,13 @@ mod error;
 mod inbox;
 mod job;
 mod pool;
-mod protocol;
+pub mod protocol;
 mod readiness;
 mod room;
 mod supervisor;
 mod task_worker;
 mod tasks;
+mod wire;
 
 pub use builder::WorkerPoolBuilder;
 pub use error::{Error, TrySubmitError};

@@ -37,8 +37,9 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 /// One dispatcher thread per pool owns the workers: it has them started, sends them tasks (as
 /// many each as cover a round trip of its recent service time, or
 /// [`in_flight_per_worker`](crate::WorkerPoolBuilder::in_flight_per_worker) when set, to the
-/// least loaded), reads their replies as they become readable, times tasks out and replaces workers
-/// that died. It never waits for one worker: a request is queued and written as the worker's
+/// least loaded), reads their replies as they become readable (each task's as soon as it is
+/// done), takes back the tasks waiting behind one that runs long while another worker is idle,
+/// times tasks out and replaces workers that died. It never waits for one worker: a request is queued and written as the worker's
 /// input takes it, replies are read as the one readiness layer reports them, a worker's death
 /// is seen through its pidfd (even while a grandchild it forked holds its channel), and a worker
 /// let go is reaped in the background. Every worker is started by worker-bootstrap's one
@@ -52,11 +53,13 @@ const DROP_WAIT: Duration = Duration::from_millis(500);
 ///
 /// # Failures
 ///
-/// A worker that dies fails only the tasks it held ([`Error::Worker`], carrying
+/// A worker that dies fails only the task it was running ([`Error::Worker`], carrying
 /// [`worker_bootstrap::Error::WorkerExited`] with its exit status or signal and the tail of its
-/// standard error); it is replaced and the others go on. So is a worker that breaks the task
-/// protocol ([`Error::Protocol`]): every request and reply carries an id, and a reply that
-/// answers no task, or another task than the one its worker runs, is never handed to a task.
+/// standard error); the tasks it held and had not started go to another worker, it is replaced
+/// and the others go on. So is a worker killed for a task timeout. A worker that breaks the
+/// task protocol ([`Error::Protocol`]) is replaced too, and every task it held fails with that
+/// error: every request and reply carries an id, and a reply that answers no task, or another
+/// task than the one its worker runs, is never handed to a task.
 /// An item, or a result, that cannot be encoded into one frame fails alone
 /// ([`Error::Encode`]), even when it travels with others. Past the restart limit
 /// ([`max_restarts`](crate::WorkerPoolBuilder::max_restarts)) the pool fails: every task
@@ -117,6 +120,9 @@ pub struct PoolStats {
     pub restarted: u64,
     /// Workers replaced after serving their quota of tasks.
     pub recycled: u64,
+    /// Tasks sent again, to another worker, which their worker had not started: given back
+    /// while it ran a long task, or held by a worker killed for a task timeout.
+    pub resent: u64,
 }
 
 impl<W: TaskWorker> TaskPool<W> {
@@ -175,6 +181,7 @@ impl<W: TaskWorker> TaskPool<W> {
             failed: s.failed_tasks.load(Ordering::Relaxed),
             restarted: s.restarted.load(Ordering::Relaxed),
             recycled: s.recycled.load(Ordering::Relaxed),
+            resent: s.resent.load(Ordering::Relaxed),
         }
     }
 

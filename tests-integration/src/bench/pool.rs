@@ -1,6 +1,7 @@
 //! Pool benchmarks: tiny tasks one by one against raw-pipe workers fed round-robin, the same
 //! from async code (tokio) against the blocking calls, the default (adaptive) in-flight depth
-//! against a pinned one and against the ideal makespan of uneven work, a fresh process per task
+//! against a pinned one and against the ideal makespan of uneven work, short tasks' p99 latency
+//! among long ones with the default depth against a depth of one, a fresh process per task
 //! forked from a zygote against the same executed afresh, and `map` against Python's
 //! `multiprocessing.Pool.map`.
 //!
@@ -100,6 +101,17 @@ pub fn run(cfg: &Config) -> Vec<Line> {
         let mut line = Line::new(cfg.name("pool uneven default"), "ms");
         for _ in 0..cfg.rounds {
             line.rounds.push(uneven());
+        }
+        lines.push(line);
+    }
+    if cfg.wants("pool short task p99 with long ones") {
+        let name = cfg.name("pool short task p99 with long ones");
+        let mut line = Line::new(name, "ms");
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        for round in 0..cfg.rounds {
+            let ours = || short_p99_with_long_ones(&runtime, None);
+            let base = || short_p99_with_long_ones(&runtime, Some(1));
+            line.rounds.push(alternate(round, ours, base));
         }
         lines.push(line);
     }
@@ -303,6 +315,60 @@ fn uneven() -> (f64, f64) {
     let makespan = start.elapsed();
     let ideal = total / WORKERS as u32;
     (makespan.as_secs_f64() * 1e3, ideal.as_secs_f64() * 1e3)
+}
+
+/// Tasks in `pool short task p99 with long ones`: they arrive [`BURST`] at a time every
+/// [`BURST_EVERY`]; 1 in [`LONG_EVERY`] takes [`LONG_US`], the others [`SHORT_US`].
+const BURSTY_TASKS: u64 = 1000;
+const BURST: u64 = 5;
+const BURST_EVERY: Duration = Duration::from_millis(40);
+const LONG_EVERY: u64 = 50;
+const LONG_US: u64 = 200_000;
+const SHORT_US: u64 = 50;
+
+/// Bursts of short tasks with a long one now and then, on a pool of [`WORKERS`] with the
+/// in-flight depth pinned to `depth` (or the default): the 99th percentile of the short tasks'
+/// latency (from submit to result), in milliseconds. Each task is submitted and awaited by a
+/// tokio task of its own, so that each latency ends when its own result arrives.
+fn short_p99_with_long_ones(runtime: &tokio::runtime::Runtime, depth: Option<usize>) -> f64 {
+    let mut builder = builder();
+    if let Some(depth) = depth {
+        builder = builder.in_flight_per_worker(depth);
+    }
+    let pool = Arc::new(builder.build_tasks::<Commands>().expect("task pool"));
+    pool.map((0..1000).map(Task::Echo)).expect("warm-up");
+    let mut shorts = runtime.block_on(async {
+        let start = tokio::time::Instant::now();
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..BURSTY_TASKS {
+            if i % BURST == 0 {
+                let burst = u32::try_from(i / BURST).expect("few bursts");
+                tokio::time::sleep_until(start + BURST_EVERY * burst).await;
+            }
+            let long = i % LONG_EVERY == LONG_EVERY / 2;
+            let micros = if long { LONG_US } else { SHORT_US };
+            let pool = pool.clone();
+            requests.spawn(async move {
+                let submitted = Instant::now();
+                pool.submit(Task::Work(micros))
+                    .expect("submit")
+                    .await
+                    .expect("result");
+                (long, submitted.elapsed())
+            });
+        }
+        let mut shorts = Vec::new();
+        while let Some(done) = requests.join_next().await {
+            let (long, latency) = done.expect("joined");
+            if !long {
+                shorts.push(latency);
+            }
+        }
+        shorts
+    });
+    shorts.sort_unstable();
+    let p99 = shorts[(shorts.len() * 99).div_ceil(100) - 1];
+    p99.as_secs_f64() * 1e3
 }
 
 /// `map` over `n` tiny items with the default (Python's) chunking.

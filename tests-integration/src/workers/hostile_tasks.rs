@@ -32,6 +32,7 @@ pub fn register(registry: Registry) -> Registry {
         .raw::<Stunts>()
         .task::<Blob>()
         .task::<Fragile>()
+        .raw::<Rogue>()
 }
 
 /// What the relay does to a [`Trick`]'s reply.
@@ -341,5 +342,110 @@ impl RawWorker for Stunts {
     fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
         self.channel = Some(channel_fds(channel));
         run_task_worker(self, channel)
+    }
+}
+
+/// What a [`Rogue`] does with a take-back that comes while it holds a [`RogueTask::Hold`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub enum GiveBack {
+    /// Gives back a task it was never sent.
+    Unknown,
+    /// Gives back the tasks it holds behind the held one, as it should, then answers once
+    /// more, unasked.
+    Twice,
+    /// Never answers.
+    Never,
+}
+
+/// What a [`Rogue`] task does.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum RogueTask {
+    /// Answers `n`.
+    Echo(u64),
+    /// Connects to the Unix socket at this path, writes its pid as one line and waits for the
+    /// other end to close, reading nothing from the pool meanwhile, then answers its pid.
+    Wait(PathBuf),
+    /// Never answers, and keeps every task sent after it; answers a take-back as said.
+    Hold(GiveBack),
+}
+
+/// A task worker that speaks the task protocol by hand, to break its take-back step on
+/// command: each request's tasks are answered in order, except from a [`RogueTask::Hold`] on.
+#[derive(Debug)]
+pub struct Rogue;
+
+impl Worker for Rogue {
+    const NAME: &'static str = "pool-rogue";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(Rogue)
+    }
+}
+
+/// The pool's side of the types; the worker's side is [`Rogue`]'s raw loop.
+impl TaskWorker for Rogue {
+    type Item = RogueTask;
+    type Output = u64;
+    fn handle(&mut self, _: RogueTask) -> Result<u64, String> {
+        Err("served by the raw loop".into())
+    }
+}
+
+/// A message from the pool, as the protocol guide writes it.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum FromPool {
+    Run(u8, u64, Vec<RogueTask>),
+    TakeBack([u8; 1]),
+}
+
+/// An outcome, as the protocol guide writes it.
+#[derive(Serialize, Debug)]
+enum Answer {
+    Ok(u64),
+}
+
+impl RawWorker for Rogue {
+    fn run(&mut self, channel: &mut WorkerChannel) -> Result<(), BoxError> {
+        let pid = u64::from(std::process::id());
+        let mut held: Option<GiveBack> = None;
+        let mut behind = Vec::new();
+        while let Some(message) = channel.next_message::<FromPool>()? {
+            match message {
+                FromPool::Run(tag, _, _) if tag != 0 => return Err("only single tasks".into()),
+                FromPool::TakeBack([tag]) if tag != 2 => return Err("an unknown request".into()),
+                FromPool::Run(_, id, tasks) => {
+                    for (k, task) in (id..).zip(tasks) {
+                        if held.is_some() {
+                            behind.push(k);
+                            continue;
+                        }
+                        let answer = match task {
+                            RogueTask::Echo(n) => n,
+                            RogueTask::Wait(path) => {
+                                let mut stream = UnixStream::connect(path)?;
+                                writeln!(stream, "{pid}")?;
+                                stream.read_to_end(&mut Vec::new())?;
+                                pid
+                            }
+                            RogueTask::Hold(give_back) => {
+                                held = Some(give_back);
+                                continue;
+                            }
+                        };
+                        channel.send_message(&(0u8, k, [Answer::Ok(answer)]))?;
+                    }
+                }
+                FromPool::TakeBack(_) => match held {
+                    Some(GiveBack::Unknown) => channel.send_message(&(1u8, [u64::MAX]))?,
+                    Some(GiveBack::Twice) => {
+                        channel.send_message(&(1u8, std::mem::take(&mut behind)))?;
+                        channel.send_message(&(1u8, [0u64; 0]))?;
+                    }
+                    Some(GiveBack::Never) | None => {}
+                },
+            }
+        }
+        Ok(())
     }
 }

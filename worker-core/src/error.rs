@@ -28,6 +28,15 @@ pub enum Error {
     },
     /// [`LoopHandle::post`](crate::LoopHandle::post) found the event loop dropped.
     LoopGone,
+    /// A peer of a [shared](crate::WorkerHost::shared) host stopped reading: its outgoing
+    /// queue stayed at its bound and it took no byte for its
+    /// [stall timeout](crate::NbChannel::stall_timeout).
+    Stalled {
+        /// Bytes that were waiting for it.
+        queued: usize,
+        /// How long it took none.
+        waited: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -48,6 +57,10 @@ impl fmt::Display for Error {
             Error::Channel(_) => f.write_str("channel error"),
             Error::Handler { callback, .. } => write!(f, "{callback} failed"),
             Error::LoopGone => f.write_str("event loop is gone"),
+            Error::Stalled { queued, waited } => write!(
+                f,
+                "peer stopped reading ({queued} bytes queued, none taken for {waited:?})"
+            ),
         }
     }
 }

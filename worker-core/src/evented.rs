@@ -8,7 +8,7 @@ use worker_channel::FrameKind;
 use mio::Interest;
 
 use crate::{
-    BoxError, Error, EventLoop, NbChannel, Readiness, SourceId, Worker, WorkerChannel,
+    BoxError, Error, EventLoop, NbChannel, Readiness, SourceId, TimerId, Worker, WorkerChannel,
     event_loop::Rearm,
 };
 
@@ -186,16 +186,29 @@ pub struct Connection<R> {
     frames_received: u64,
     /// Why the host ended this connection, when it ended it for an error of its own.
     error: Option<Error>,
-    /// In a shared host: schedules this connection's end from outside its callbacks (a send
-    /// from a timer that found its queue at the bound).
-    drop_later: Option<DropLater>,
-    /// Its queue reached its bound in a shared host: it ends at once.
+    /// In a shared host: schedules work on this connection from outside its callbacks (its
+    /// end, after a send from a timer that failed; a watch on a queue at its bound).
+    later: Option<Later>,
+    /// A failure of its own in a shared host (a failed write, a peer that cannot keep up):
+    /// it ends at once.
     doomed: bool,
+    /// In a shared host, while its queue is at the bound: the timer that checks it progresses
+    /// (`None` until the loop armed it).
+    stall_watch: Option<Option<TimerId>>,
     reply: PhantomData<fn(&R)>,
 }
 
-/// Posts "disconnect this connection" to the host's loop.
-type DropLater = Arc<dyn Fn(ConnectionId) + Send + Sync>;
+/// What a connection asks its host's loop to do for it, from wherever it is.
+#[derive(Clone, Copy, Debug)]
+enum Deferred {
+    /// Disconnect it.
+    Drop,
+    /// Watch that its queue, at the bound, makes progress.
+    WatchStall,
+}
+
+/// Posts work on a connection to the host's loop.
+type Later = Arc<dyn Fn(ConnectionId, Deferred) + Send + Sync>;
 
 impl<R> fmt::Debug for Connection<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -222,9 +235,12 @@ impl<R: Serialize> Connection<R> {
     /// Sends a reply, writing at once when nothing is queued (see [`NbChannel::send`] for the
     /// queue bound and what happens once the peer is gone).
     ///
-    /// In a [shared](WorkerHost::shared) host a peer whose queue reaches its bound (it stopped
-    /// reading) is dropped instead: the send returns `Ok`, the message is dropped with the
-    /// connection, and [`Connection::error`] says [`worker_channel::Error::QueueFull`].
+    /// In a [shared](WorkerHost::shared) host a send never fails: a peer that cannot take it is
+    /// dropped instead, and the message with it, and [`Connection::error`] says why. A peer is
+    /// judged by whether it reads, never by the size of one frame: one whose queue stays at its
+    /// bound with no byte taken for [`NbChannel::stall_timeout`] is dropped ([`Error::Stalled`]),
+    /// and so is one that would have the bound plus one largest frame waiting
+    /// ([`worker_channel::Error::QueueFull`]).
     pub fn send(&mut self, reply: &R) -> Result<(), Error> {
         if self.doomed {
             return Ok(());
@@ -253,7 +269,7 @@ impl<R: Serialize> Connection<R> {
             return Ok(());
         }
         match self.sync_write_interest() {
-            Err(e) if self.drop_later.is_some() => {
+            Err(e) if self.later.is_some() => {
                 self.fail(e);
                 Ok(())
             }
@@ -283,7 +299,7 @@ impl<R: Serialize> Connection<R> {
     }
 
     fn judge(&mut self, result: Result<(), Error>) -> Result<(), Error> {
-        if self.drop_later.is_none() {
+        if self.later.is_none() {
             return result;
         }
         match result {
@@ -294,13 +310,7 @@ impl<R: Serialize> Connection<R> {
                 // What the socket takes now does not count against the bound.
                 match self.channel.flush() {
                     Err(e) => self.fail(e),
-                    Ok(_) if self.channel.is_backpressured() => {
-                        let e = worker_channel::Error::QueueFull {
-                            queued: self.channel.queued_bytes(),
-                            limit: self.channel.max_queued(),
-                        };
-                        self.fail(Error::Channel(e));
-                    }
+                    Ok(_) if self.channel.is_backpressured() => self.watch_stall(),
                     Ok(_) => {}
                 }
             }
@@ -309,14 +319,25 @@ impl<R: Serialize> Connection<R> {
         Ok(())
     }
 
+    /// Has the host's loop watch that the peer takes bytes while its queue is at the bound
+    /// (see [`WorkerHost::check_stall`]), unless it does already.
+    fn watch_stall(&mut self) {
+        if self.stall_watch.is_none() {
+            self.stall_watch = Some(None);
+            if let Some(later) = &self.later {
+                later(self.id, Deferred::WatchStall);
+            }
+        }
+    }
+
     /// Marks the connection to be dropped at once, and makes sure someone does.
     fn fail(&mut self, error: Error) {
         if std::mem::replace(&mut self.doomed, true) {
             return;
         }
         self.error = Some(error);
-        if let Some(drop_later) = &self.drop_later {
-            drop_later(self.id);
+        if let Some(later) = &self.later {
+            later(self.id, Deferred::Drop);
         }
     }
 
@@ -521,8 +542,9 @@ impl<W: EventedWorker> WorkerHost<W> {
     /// Its connections are isolated from each other: what goes wrong with one peer ends that
     /// connection only, and the host serves the others on. That is garbage or a frame of a kind
     /// nobody handles, an oversized header, a frame cut by the end of the stream, a data
-    /// message that does not decode, a failing read or write, and a peer whose outgoing queue
-    /// reaches its bound (it stopped reading: it is dropped at once, and nobody waits for it).
+    /// message that does not decode, a failing read or write, and a peer that stopped reading
+    /// (its queue at the bound, no byte taken for its [stall
+    /// timeout](NbChannel::stall_timeout); nobody else waits for it meanwhile).
     /// [`EventedWorker::on_disconnect`] runs as for a peer that left, and
     /// [`Connection::error`] says why. (A dedicated host ends on such errors instead: its one
     /// master must hear of them.)
@@ -643,15 +665,18 @@ impl<W: EventedWorker> WorkerHost<W> {
                 host.drive(event_loop, id, ready).map_err(Into::into)
             },
         )?;
-        let drop_later = (!self.dedicated).then(|| {
+        let later = (!self.dedicated).then(|| {
             let handle = event_loop.handle();
-            Arc::new(move |id| {
+            Arc::new(move |id, work| {
                 // Only fails once the loop is gone, and the connection with it.
                 let _ = handle.post(move |host: &mut WorkerHost<W>, event_loop| {
-                    host.disconnect(event_loop, id)?;
+                    match work {
+                        Deferred::Drop => drop(host.disconnect(event_loop, id)?),
+                        Deferred::WatchStall => host.arm_stall_check(event_loop, id),
+                    }
                     Ok(())
                 });
-            }) as DropLater
+            }) as Later
         });
         let rearm = match event_loop.rearm(source) {
             Ok(rearm) => rearm,
@@ -670,8 +695,9 @@ impl<W: EventedWorker> WorkerHost<W> {
             closing: false,
             frames_received: 0,
             error: None,
-            drop_later,
+            later,
             doomed: false,
+            stall_watch: None,
             reply: PhantomData,
         };
         let connected = self
@@ -831,6 +857,9 @@ impl<W: EventedWorker> WorkerHost<W> {
         let Some(mut connection) = self.connections.map.remove(&id) else {
             return Ok(false);
         };
+        if let Some(Some(timer)) = connection.stall_watch.take() {
+            event_loop.cancel_timer(timer);
+        }
         let result = self
             .worker
             .on_disconnect(&mut connection, event_loop)
@@ -850,6 +879,56 @@ impl<W: EventedWorker> WorkerHost<W> {
             self.terminate(event_loop)?;
         }
         Ok(true)
+    }
+}
+
+impl<W: EventedWorker> WorkerHost<W> {
+    /// Arms the check that connection `id`, whose queue is at its bound, takes bytes within
+    /// its stall timeout.
+    fn arm_stall_check(&mut self, event_loop: &mut WorkerLoop<W>, id: ConnectionId) {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return;
+        };
+        let mark = connection.channel.written_bytes();
+        let timer = event_loop.add_timer(connection.channel.stall_timeout(), move |host, el| {
+            host.check_stall(el, id, mark)
+        });
+        connection.stall_watch = Some(Some(timer));
+    }
+
+    /// A stall timer fired: a peer whose queue is still at its bound and took no byte since
+    /// `mark` stopped reading, and is dropped; one that took some is watched on; one whose
+    /// queue drained below the bound is no longer watched.
+    fn check_stall(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+        mark: u64,
+    ) -> Result<(), BoxError> {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(());
+        };
+        connection.stall_watch = None;
+        // The peer may have read since the last event: what the socket takes now counts.
+        if let Err(e) = connection.channel.flush() {
+            connection.error = Some(e);
+            self.disconnect(event_loop, id)?;
+            return Ok(());
+        }
+        if !connection.channel.is_backpressured() {
+            return Ok(());
+        }
+        if connection.channel.written_bytes() != mark {
+            connection.stall_watch = Some(None);
+            self.arm_stall_check(event_loop, id);
+            return Ok(());
+        }
+        connection.error = Some(Error::Stalled {
+            queued: connection.channel.queued_bytes(),
+            waited: connection.channel.stall_timeout(),
+        });
+        self.disconnect(event_loop, id)?;
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Serialize, de::DeserializeOwned};
 use worker_channel::{Channel, Codec, DEFAULT_MAX_FRAME_LEN, FrameKind, Spin};
-use worker_core::{WorkerStatus, deadline_after, time_left};
+use worker_core::{WorkerStatus, deadline_after};
 
 use crate::{
     AdminCookie, Error,
@@ -26,10 +26,6 @@ pub const DEFAULT_CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most bytes buffered while a frame is incomplete: one whole frame always fits.
 const READ_AHEAD_LIMIT: usize = 2 * DEFAULT_MAX_FRAME_LEN as usize;
-
-/// The shortest read timeout a wait without a deadline leaves on the socket rather than
-/// clearing it (see `Link::fill`).
-const KEPT_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Data messages kept for later while waiting for a control reply, in bytes; past it the wait
 /// fails with [`Error::Backlog`] rather than filling memory.
@@ -176,9 +172,14 @@ impl SharedWorker {
     /// A send that fails (the worker went away, say) may have sent part of a frame: every later
     /// call then fails with [`Error::Broken`].
     pub fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
-        self.link.usable()?;
-        let result = self.link.channel.send(FrameKind::Data, message);
-        self.link.sent(result)
+        let sent = self
+            .link
+            .send(|c| c.queue(FrameKind::Data, message), None)?;
+        debug_assert!(
+            sent,
+            "a send without a deadline returned before it was written"
+        );
+        Ok(())
     }
 
     /// Receives one message, blocking until it arrives.
@@ -275,8 +276,12 @@ impl SharedWorker {
     }
 
     fn ask_status(&mut self, deadline: Option<Instant>) -> Result<StatusReply, Error> {
-        self.link
-            .send_control(&ClientMessage::Query, deadline, "query")?;
+        self.link.send_control(
+            &ClientMessage::Query,
+            deadline,
+            "query",
+            self.control_timeout,
+        )?;
         let reply = self.control_reply(deadline, "query")?;
         self.status_reply(reply)
     }
@@ -300,7 +305,7 @@ impl SharedWorker {
         let deadline = deadline_after(self.control_timeout);
         self.authenticate(cookie, deadline)?;
         self.link
-            .send_control(&ClientMessage::Stop, deadline, "stop")?;
+            .send_control(&ClientMessage::Stop, deadline, "stop", self.control_timeout)?;
         let reply = self.control_reply(deadline, "stop")?;
         self.stop_reply(reply)
     }
@@ -323,7 +328,7 @@ impl SharedWorker {
         }
         let (auth, request) = self.auth_request(cookie)?;
         self.link
-            .send_control(&request, deadline, "authentication")?;
+            .send_control(&request, deadline, "authentication", self.control_timeout)?;
         let reply = self.control_reply(deadline, "authentication")?;
         self.auth_reply(&auth, reply)
     }
@@ -437,16 +442,19 @@ impl SharedWorker {
     }
 }
 
-/// The connection under a [`SharedWorker`]: the framed channel, reads bounded by deadlines,
-/// and errors that name the address (and the pid, once the hello told it).
+/// The connection under a [`SharedWorker`]: the framed channel over a non-blocking socket,
+/// waits bounded by deadlines, and errors that name the address (and the pid, once the hello
+/// told it).
+///
+/// The socket never blocks: the blocking client waits for readiness with the project's one
+/// deadline poll (`worker_core::sys::poll`), the async client with tokio's reactor, and both
+/// read and write through the same steps. No call leaves a timeout on the socket for the next.
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) address: String,
     pub(crate) channel: Channel<Half, Half>,
     /// The pid from the hello, once it arrived.
     pid: Option<u32>,
-    /// The read timeout last set on the socket, so the hot path makes no needless system call.
-    read_timeout: Option<Duration>,
     /// A send failed, perhaps part-way through a frame.
     broken: bool,
     /// The latency mode of the receives.
@@ -455,6 +463,11 @@ pub(crate) struct Link {
 
 impl Link {
     pub(crate) fn new(address: String, stream: Stream) -> Result<Self, Error> {
+        stream.set_nonblocking(true).map_err(|source| Error::Io {
+            address: address.clone(),
+            pid: None,
+            source,
+        })?;
         // One descriptor for both directions: no dup on the connect path.
         let stream = Half(std::sync::Arc::new(stream));
         Ok(Link {
@@ -462,7 +475,6 @@ impl Link {
             // Control frames are always MessagePack; the data codec comes with the hello.
             channel: Channel::new(stream.clone(), stream, Codec::MessagePack),
             pid: None,
-            read_timeout: None,
             broken: false,
             spin: Spin::OFF,
         })
@@ -516,15 +528,16 @@ impl Link {
 
     /// Reads until a whole frame is buffered (`true`) or the deadline passes (`false`).
     ///
-    /// A read timeout only ends one read: the bytes of a frame that did arrive stay in the
-    /// decoder, so a timeout never cuts a frame.
+    /// Each read takes what the socket has and stops when it would block, so a frame that
+    /// arrived whole is handed out at once, whatever its size; the bytes of a frame that did
+    /// not arrive whole by the deadline stay in the decoder, so a timeout never cuts a frame.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
         loop {
             if self.filled()? {
                 return Ok(true);
             }
-            // The latency mode: look for bytes without blocking for up to the budget; the read
-            // below takes them then without blocking (or blocks as usual once it is spent).
+            // The latency mode: look for bytes without blocking for up to the budget; the wait
+            // below returns at once then (or blocks as usual once it is spent).
             let socket = self.channel.reader().as_fd();
             let _ = self.spin.run(deadline, || {
                 Ok::<_, ()>(
@@ -533,21 +546,27 @@ impl Link {
                         .then_some(()),
                 )
             });
-            let left = time_left(deadline);
-            if left.is_some_and(|left| left.is_zero()) {
+            if !self.wait(deadline, false)?.readable {
                 return Ok(false);
             }
-            // Waiting for ever, a read timeout of a second or more left from a bounded wait
-            // (the hello's, say) is harmless: a read that times out only makes this loop read
-            // again, rarely. Keeping it saves a system call on the first receive of every
-            // connection.
-            let kept = left.is_none() && self.read_timeout.is_some_and(|t| t >= KEPT_READ_TIMEOUT);
-            if !kept {
-                self.set_read_timeout(left)?;
-            }
-            // The socket blocks up to the read timeout: a read that times out is a would-block.
             self.read_more()?;
         }
+    }
+
+    /// Waits until the socket is readable, or (with `write`) writable, or `deadline` passes;
+    /// says which. An end of stream or an error to report counts as readable (and as writable
+    /// while writing: the write says what is wrong).
+    fn wait(&self, deadline: Option<Instant>, write: bool) -> Result<Ready, Error> {
+        let socket = self.channel.reader().as_fd();
+        let ready = worker_core::sys::poll(&[(socket, true, write)], deadline)
+            .map_err(|e| self.io_error(e))?;
+        Ok(match ready {
+            None => Ready::default(),
+            Some([ready, ..]) => Ready {
+                readable: ready.can_read(),
+                writable: write && (ready.writable || ready.hangup),
+            },
+        })
     }
 
     /// Whether a whole frame is buffered; the error that says how the stream ended when it
@@ -594,39 +613,92 @@ impl Link {
         Ok((frame.kind, frame.payload.to_vec()))
     }
 
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        if self.read_timeout != timeout {
-            self.channel
-                .reader()
-                .set_read_timeout(timeout)
-                .map_err(|e| self.io_error(e))?;
-            self.read_timeout = timeout;
-        }
-        Ok(())
-    }
-
-    /// Sends a control message, with the socket's writes bounded by the deadline.
+    /// Sends a control message, waiting for the socket until the deadline at most
+    /// ([`Error::Timeout`] naming `operation`, as having waited `timeout`, after it).
     fn send_control(
         &mut self,
         message: &ClientMessage,
         deadline: Option<Instant>,
         operation: &'static str,
+        timeout: Duration,
     ) -> Result<(), Error> {
-        self.usable()?;
         let payload = wire::encode(message).map_err(|e| self.channel_error(e))?;
-        let left = match time_left(deadline) {
-            Some(left) if left.is_zero() => return Err(self.timeout(operation, Duration::ZERO)),
-            left => left,
+        if self.send(|c| c.queue_raw(FrameKind::Control, &payload), deadline)? {
+            Ok(())
+        } else {
+            Err(self.timeout(operation, timeout))
+        }
+    }
+
+    /// Queues one frame with `queue` and writes it whole, after what an earlier send left (a
+    /// cancelled async send), waiting for room until `deadline`; `false` when it passed first.
+    /// The frame is taken back then if none of it left, and otherwise the link is broken, since
+    /// the worker would read a cut frame.
+    pub(crate) fn send(
+        &mut self,
+        queue: impl FnOnce(&mut Connection) -> Result<(), worker_channel::Error>,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Error> {
+        self.usable()?;
+        if self.queued_bytes() > 0 && !self.write_out(deadline)? {
+            return Ok(false);
+        }
+        // Encoding failed before anything was queued: the link is as it was.
+        queue(self.channel.connection_mut()).map_err(|e| self.channel_error(e))?;
+        let frame_len = self.queued_bytes();
+        if self.write_out(deadline)? {
+            return Ok(true);
+        }
+        if self.queued_bytes() == frame_len {
+            self.channel.connection_mut().discard_queued();
+        } else {
+            self.broken = true;
+        }
+        Ok(false)
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.channel.connection().queued_bytes()
+    }
+
+    /// Writes the queue whole (`true`), waiting for room until `deadline` (`false` once it
+    /// passed), and reads what the worker sends meanwhile (up to the read-ahead limit), so
+    /// neither side waits on a full buffer.
+    fn write_out(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
+        while !self.flush()? {
+            let ready = self.wait(deadline, true)?;
+            if ready.readable {
+                match self.read_more() {
+                    // What is buffered waits for the receives; room to write comes first.
+                    Ok(())
+                    | Err(Error::Channel {
+                        source: worker_channel::Error::ReceiveBufferFull { .. },
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e),
+                }
+            } else if !ready.writable {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes what the socket takes now; whether the queue is written. A failure (the worker
+    /// went away) breaks the link with the blocking write's error.
+    pub(crate) fn flush(&mut self) -> Result<bool, Error> {
+        let connection = self.channel.connection_mut();
+        let result = match connection.flush() {
+            Ok(true) if connection.is_write_closed() => Err(worker_channel::Error::Io(
+                connection
+                    .write_closed_error()
+                    .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
+            )),
+            Ok(empty) => return Ok(empty),
+            Err(e) => Err(e),
         };
-        let writer = self.channel.writer();
-        writer
-            .set_write_timeout(left)
-            .map_err(|e| self.io_error(e))?;
-        let result = self.channel.send_raw(FrameKind::Control, &payload);
-        // Data sends block for as long as they must, as a channel's always did.
-        let reset = self.channel.writer().set_write_timeout(None);
-        self.sent(result)?;
-        reset.map_err(|e| self.io_error(e))
+        self.sent(result).map(|()| true)
     }
 
     /// Turns a send's result into ours, marking the link broken when bytes may have left in
@@ -695,6 +767,16 @@ impl Link {
             "unexpected {kind} message while waiting for {awaited}"
         ))
     }
+}
+
+/// The framed connection under a link.
+pub(crate) type Connection = worker_channel::FramedConnection<worker_channel::Duplex<Half, Half>>;
+
+/// What [`Link::wait`] found.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ready {
+    readable: bool,
+    writable: bool,
 }
 
 /// A channel error with its context; a free function so it can be built while the decoder is

@@ -183,10 +183,7 @@ impl AsyncSharedWorker {
     /// registration with tokio's reactor does. The timeouts and the control requests also
     /// need the runtime's timer (`enable_time`; `enable_all` gives both).
     pub fn new(client: SharedWorker) -> Result<Self, Error> {
-        let stream: &Stream = client.link.channel.reader();
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| client.link.io_error(e))?;
+        // The socket is non-blocking already: both clients wait for readiness their own way.
         let fd = register(&client.link)?;
         Ok(AsyncSharedWorker { fd, client })
     }
@@ -195,10 +192,6 @@ impl AsyncSharedWorker {
     pub fn into_inner(self) -> Result<SharedWorker, Error> {
         let AsyncSharedWorker { fd, client } = self;
         drop(fd);
-        let stream: &Stream = client.link.channel.reader();
-        stream
-            .set_nonblocking(false)
-            .map_err(|e| client.link.io_error(e))?;
         Ok(client)
     }
 
@@ -378,32 +371,16 @@ impl AsyncSharedWorker {
 
     /// Bytes of a cancelled send not yet written (the next call writes them first).
     pub fn queued_bytes(&self) -> usize {
-        self.client.link.channel.connection().queued_bytes()
+        self.client.link.queued_bytes()
     }
 
     /// Writes the queue whole, waiting for the socket as the blocking client's writes do; a
     /// failure (the worker went away) breaks the link, as theirs does.
     async fn write_out(&mut self) -> Result<(), Error> {
-        while !self.flush()? {
+        while !self.client.link.flush()? {
             poll_fn(|cx| self.poll_ready(cx, false, true)).await?;
         }
         Ok(())
-    }
-
-    /// Writes what the socket takes now; whether the queue is written. A failure (the worker
-    /// went away) breaks the link with the blocking write's error.
-    fn flush(&mut self) -> Result<bool, Error> {
-        let connection = self.client.link.channel.connection_mut();
-        let result = match connection.flush() {
-            Ok(true) if connection.is_write_closed() => Err(worker_channel::Error::Io(
-                connection
-                    .write_closed_error()
-                    .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
-            )),
-            Ok(empty) => return Ok(empty),
-            Err(e) => Err(e),
-        };
-        self.client.link.sent(result).map(|()| true)
     }
 
     /// Reads until a whole frame is buffered, writing what a cancelled send left meanwhile.
@@ -416,7 +393,7 @@ impl AsyncSharedWorker {
             if poll_fn(|cx| self.poll_ready(cx, true, write)).await? {
                 self.client.link.read_more()?;
             } else {
-                self.flush()?;
+                self.client.link.flush()?;
             }
         }
     }

@@ -328,6 +328,7 @@ impl SharedServer {
             max_frame_len: config.max_frame_len(),
             max_connections: config.max_connections(),
             max_queued: config.max_queued(),
+            stall_timeout: config.stall_timeout(),
             handshake_timeout: config.handshake_timeout(),
             drain_timeout: config.drain_timeout(),
             idle_timeout: config.idle_timeout(),
@@ -541,6 +542,7 @@ struct State {
     max_frame_len: u32,
     max_connections: usize,
     max_queued: usize,
+    stall_timeout: Duration,
     handshake_timeout: Option<Duration>,
     drain_timeout: Duration,
     idle_timeout: Option<Duration>,
@@ -685,7 +687,9 @@ fn admit<W: SharedWorkerImpl>(
         Accepted::Unix(stream) => NbChannel::from_unix_stream(stream, codec, max_frame_len),
         Accepted::Tcp(stream, _) => NbChannel::from_tcp_stream(stream, codec, max_frame_len),
     };
-    let mut channel = channel.with_max_queued(st.max_queued);
+    let mut channel = channel
+        .with_max_queued(st.max_queued)
+        .with_stall_timeout(st.stall_timeout);
     // Before `on_connect`, so that it is the first frame the client reads.
     if let Err(e) = channel.send_raw(FrameKind::Control, &hello) {
         st.log(

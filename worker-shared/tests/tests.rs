@@ -23,6 +23,7 @@ mod lifecycle;
 mod messages;
 mod processes;
 mod server;
+mod sizes;
 mod sockets;
 mod support;
 mod workers;

@@ -195,6 +195,9 @@ pub struct Connection<R> {
     /// In a shared host, while its queue is at the bound: the timer that checks it progresses
     /// (`None` until the loop armed it).
     stall_watch: Option<Option<TimerId>>,
+    /// Its frames are being handed out (the host arms what its callbacks ask for itself,
+    /// without posting).
+    serving: bool,
     reply: PhantomData<fn(&R)>,
 }
 
@@ -324,7 +327,7 @@ impl<R: Serialize> Connection<R> {
     fn watch_stall(&mut self) {
         if self.stall_watch.is_none() {
             self.stall_watch = Some(None);
-            if let Some(later) = &self.later {
+            if let Some(later) = self.later.as_ref().filter(|_| !self.serving) {
                 later(self.id, Deferred::WatchStall);
             }
         }
@@ -698,6 +701,7 @@ impl<W: EventedWorker> WorkerHost<W> {
             later,
             doomed: false,
             stall_watch: None,
+            serving: false,
             reply: PhantomData,
         };
         let connected = self
@@ -746,6 +750,44 @@ impl<W: EventedWorker> WorkerHost<W> {
         };
         connection.channel.note_readiness(ready);
         connection.channel.flush().map_err(Fault::Connection)?;
+        connection.serving = true;
+        let served = self.dispatch(event_loop, id);
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return served;
+        };
+        connection.serving = false;
+        served?;
+        // A reply its callbacks sent left the queue at its bound: watch that the peer reads.
+        let watch = matches!(connection.stall_watch, Some(None));
+        if connection.doomed {
+            return self
+                .disconnect(event_loop, id)
+                .map(drop)
+                .map_err(Fault::Host);
+        }
+        let channel = &mut connection.channel;
+        let finished = channel.is_finished()
+            || (connection.closing && channel.flush().map_err(Fault::Connection)?);
+        if finished {
+            self.disconnect(event_loop, id).map_err(Fault::Host)?;
+        } else {
+            // Replies the peer did not take yet need a writable event; a drained queue none.
+            connection
+                .sync_write_interest()
+                .map_err(Fault::Connection)?;
+            if watch {
+                self.arm_stall_check(event_loop, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every complete frame connection `id` received to the worker (or the control
+    /// handler), until none is left, the queue is at its bound, or the connection ends.
+    fn dispatch(&mut self, event_loop: &mut WorkerLoop<W>, id: ConnectionId) -> Result<(), Fault> {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(());
+        };
         // Once the peer is gone for writing, nobody is left to reply to.
         while !connection.closing && !connection.doomed && !connection.channel.is_write_closed() {
             let channel = &mut connection.channel;
@@ -778,23 +820,6 @@ impl<W: EventedWorker> WorkerHost<W> {
             self.worker
                 .on_message(message, connection, event_loop)
                 .map_err(|e| Fault::Host(callback("on_message")(e)))?;
-        }
-        if connection.doomed {
-            return self
-                .disconnect(event_loop, id)
-                .map(drop)
-                .map_err(Fault::Host);
-        }
-        let channel = &mut connection.channel;
-        let finished = channel.is_finished()
-            || (connection.closing && channel.flush().map_err(Fault::Connection)?);
-        if finished {
-            self.disconnect(event_loop, id).map_err(Fault::Host)?;
-        } else {
-            // Replies the peer did not take yet need a writable event; a drained queue none.
-            connection
-                .sync_write_interest()
-                .map_err(Fault::Connection)?;
         }
         Ok(())
     }
@@ -889,6 +914,10 @@ impl<W: EventedWorker> WorkerHost<W> {
         let Some(connection) = self.connections.map.get_mut(&id) else {
             return;
         };
+        // Armed already, or no longer wanted.
+        if !matches!(connection.stall_watch, Some(None)) {
+            return;
+        }
         let mark = connection.channel.written_bytes();
         let timer = event_loop.add_timer(connection.channel.stall_timeout(), move |host, el| {
             host.check_stall(el, id, mark)

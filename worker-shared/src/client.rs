@@ -67,7 +67,9 @@ pub struct StatusReply {
 #[derive(Debug)]
 pub struct SharedWorker {
     pub(crate) link: Link,
-    hello: Hello,
+    /// The worker's hello; `None` until it arrived, for a client that did not wait for it
+    /// ([`SharedWorker::connect_with_codec`]).
+    hello: Option<Hello>,
     /// Payloads of data frames that arrived while a control reply was awaited.
     backlog: VecDeque<Vec<u8>>,
     backlog_bytes: usize,
@@ -93,18 +95,85 @@ impl SharedWorker {
     /// bound; addresses given as IP literals need no resolution.
     pub fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
         let deadline = deadline_after(timeout);
-        let parsed = address::parse(address)?;
-        let stream = address::connect(&parsed, deadline).map_err(|source| Error::Connect {
-            address: parsed.to_string(),
-            source,
-        })?;
-        let mut link = Link::new(parsed.to_string(), stream)?;
+        let mut link = Link::open(address, deadline)?;
         let hello = link.read_hello(deadline, timeout)?;
-        Ok(Self::from_link(link, hello, timeout))
+        Ok(Self::from_link(link, Some(hello), timeout))
     }
 
-    /// A client over a link whose hello arrived.
-    pub(crate) fn from_link(link: Link, hello: Hello, control_timeout: Duration) -> Self {
+    /// Connects to the shared worker at `address` without waiting for its hello: the first
+    /// message can leave at once, encoded with `codec`, the codec the caller knows the worker
+    /// speaks (the one of the configuration it was started with, say).
+    ///
+    /// The client tells the worker which codec it encodes with before anything else, and the
+    /// worker closes a connection that expects another one without reading its messages, so a
+    /// message is never taken for another. The hello is read on first need: a receive, a query,
+    /// a stop, or [`wait_hello`](Self::wait_hello); that call fails with
+    /// [`Error::CodecMismatch`] when the worker speaks another codec. Until then
+    /// [`pid`](Self::pid) is 0 and [`implementation`](Self::implementation) is empty.
+    /// The control timeout is [`DEFAULT_CONTROL_TIMEOUT`]; it also bounds the connect.
+    ///
+    /// This saves the wait for the hello before the first message: a client that sends one
+    /// message and reads one reply waits for the worker once, not twice.
+    pub fn connect_with_codec(address: &str, codec: Codec) -> Result<Self, Error> {
+        let timeout = DEFAULT_CONTROL_TIMEOUT;
+        let mut link = Link::open(address, deadline_after(timeout))?;
+        link.expect_codec(codec)?;
+        Ok(Self::from_link(link, None, timeout))
+    }
+
+    /// Reads the worker's hello if it has not arrived yet (see
+    /// [`connect_with_codec`](Self::connect_with_codec)), waiting at most the
+    /// [control timeout](Self::set_control_timeout).
+    pub fn wait_hello(&mut self) -> Result<(), Error> {
+        let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "hello")
+    }
+
+    /// Whether the worker's hello arrived.
+    pub fn has_hello(&self) -> bool {
+        self.hello.is_some()
+    }
+
+    /// Reads the hello if it has not arrived yet, until `deadline` ([`Error::Timeout`] naming
+    /// `operation` after it).
+    fn need_hello(
+        &mut self,
+        deadline: Option<Instant>,
+        operation: &'static str,
+    ) -> Result<(), Error> {
+        while self.hello.is_none() {
+            if !self.link.fill(deadline)? {
+                return Err(self.link.timeout(operation, self.control_timeout));
+            }
+            self.take_hello_if_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Once the link is filled: takes the buffered frame as the hello (`true`) if it has not
+    /// arrived yet, and checks that the worker speaks the codec this client encodes with.
+    pub(crate) fn take_hello_if_pending(&mut self) -> Result<bool, Error> {
+        if self.hello.is_some() {
+            return Ok(false);
+        }
+        let expected = self.link.channel.codec();
+        let hello = self.link.accept_hello()?;
+        if hello.codec != expected {
+            // What this client sent is in the wrong codec: the worker closes the connection.
+            self.link.broken = true;
+            return Err(Error::CodecMismatch {
+                address: self.link.address.clone(),
+                pid: hello.pid,
+                expected,
+                announced: hello.codec,
+            });
+        }
+        self.hello = Some(hello);
+        Ok(true)
+    }
+
+    /// A client over a link, with its hello if it arrived.
+    pub(crate) fn from_link(link: Link, hello: Option<Hello>, control_timeout: Duration) -> Self {
         SharedWorker {
             link,
             hello,
@@ -120,25 +189,30 @@ impl SharedWorker {
         &self.link.address
     }
 
-    /// The worker's process id, from its hello.
+    /// The worker's process id, from its hello (0 before the hello arrived, see
+    /// [`connect_with_codec`](Self::connect_with_codec)).
     pub fn pid(&self) -> u32 {
-        self.hello.pid
+        self.hello.as_ref().map_or(0, |hello| hello.pid)
     }
 
-    /// The name of the implementation the worker runs, from its hello.
+    /// The name of the implementation the worker runs, from its hello (empty before the hello
+    /// arrived).
     pub fn implementation(&self) -> &str {
-        &self.hello.implementation
+        self.hello
+            .as_ref()
+            .map_or("", |hello| hello.implementation.as_str())
     }
 
     /// Whether the process at the other end is the one the hello named, as this process names
     /// it (see `local::peer_is`).
     pub(crate) fn peer_is_announced_pid(&self) -> bool {
-        crate::local::peer_is(self.link.channel.reader(), self.hello.pid)
+        crate::local::peer_is(self.link.channel.reader(), self.pid())
     }
 
-    /// The codec of data messages, from the worker's hello.
+    /// The codec of data messages, from the worker's hello (or the one given to
+    /// [`connect_with_codec`](Self::connect_with_codec), which the hello must confirm).
     pub fn codec(&self) -> Codec {
-        self.hello.codec
+        self.link.channel.codec()
     }
 
     /// How long a query, an authentication or a stop waits for its reply.
@@ -212,6 +286,10 @@ impl SharedWorker {
         if let Some(message) = self.take_backlogged() {
             return message.map(Some);
         }
+        match self.need_hello(deadline, "message") {
+            Err(Error::Timeout { .. }) => return Ok(None),
+            other => other?,
+        }
         if !self.link.fill(deadline)? {
             return Ok(None);
         }
@@ -228,18 +306,18 @@ impl SharedWorker {
 
     /// Takes the buffered frame out as a data message (once the link is filled).
     pub(crate) fn take_message<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
-        let codec = self.link.channel.codec();
+        let (codec, pid) = (self.link.channel.codec(), self.link.pid);
         let frame = self
             .link
             .channel
             .connection_mut()
             .try_receive_frame()
-            .map_err(|e| channel_error(&self.link.address, Some(self.hello.pid), e))?
+            .map_err(|e| channel_error(&self.link.address, pid, e))?
             .expect("fill promised a frame");
         if frame.kind == FrameKind::Data {
             // Decoded straight from the decoder's buffer: no copy on the common path.
             let decoded = codec.decode(frame.payload);
-            return decoded.map_err(|e| channel_error(&self.link.address, Some(self.hello.pid), e));
+            return decoded.map_err(|e| channel_error(&self.link.address, pid, e));
         }
         // The worker speaks in control frames only when spoken to.
         let payload = frame.payload.to_vec();
@@ -260,6 +338,7 @@ impl SharedWorker {
     /// Waits at most the [control timeout](SharedWorker::set_control_timeout).
     pub fn query(&mut self) -> Result<StatusReply, Error> {
         let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "query")?;
         self.ask_status(deadline)
     }
 
@@ -271,6 +350,7 @@ impl SharedWorker {
     /// Waits at most the [control timeout](SharedWorker::set_control_timeout) in all.
     pub fn query_privileged(&mut self, cookie: &AdminCookie) -> Result<StatusReply, Error> {
         let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "query")?;
         self.authenticate(cookie, deadline)?;
         self.ask_status(deadline)
     }
@@ -303,6 +383,7 @@ impl SharedWorker {
     /// Waits at most the [control timeout](SharedWorker::set_control_timeout) in all.
     pub fn stop(&mut self, cookie: &AdminCookie) -> Result<(), Error> {
         let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "stop")?;
         self.authenticate(cookie, deadline)?;
         self.link
             .send_control(&ClientMessage::Stop, deadline, "stop", self.control_timeout)?;
@@ -346,7 +427,11 @@ impl SharedWorker {
         cookie: &'c AdminCookie,
     ) -> Result<(ClientAuth<'c>, ClientMessage), Error> {
         let client_nonce = auth::fresh_nonce().map_err(Error::Random)?;
-        let auth = ClientAuth::start(Some(cookie), &self.hello.nonce, client_nonce)
+        let hello = self
+            .hello
+            .as_ref()
+            .expect("a control request waits for the hello");
+        let auth = ClientAuth::start(Some(cookie), &hello.nonce, client_nonce)
             .map_err(|e| self.auth_error(e))?;
         let request = ClientMessage::Authenticate {
             nonce: auth.client_nonce().to_vec(),
@@ -372,7 +457,7 @@ impl SharedWorker {
     }
 
     fn auth_error(&self, error: AuthError) -> Error {
-        let (address, pid) = (self.link.address.clone(), self.hello.pid);
+        let (address, pid) = (self.link.address.clone(), self.pid());
         match error {
             AuthError::NoCookie => Error::NoCookie { address },
             AuthError::Unauthorized => Error::Unauthorized { address, pid },
@@ -408,7 +493,7 @@ impl SharedWorker {
             if self.backlog_bytes > MAX_BACKLOG {
                 return Err(Error::Backlog {
                     address: self.link.address.clone(),
-                    pid: self.hello.pid,
+                    pid: self.pid(),
                     limit: MAX_BACKLOG,
                 });
             }
@@ -428,7 +513,7 @@ impl SharedWorker {
     }
 
     fn refused(&self, code: ErrorCode, message: String) -> Error {
-        let (address, pid) = (self.link.address.clone(), self.hello.pid);
+        let (address, pid) = (self.link.address.clone(), self.pid());
         match code {
             ErrorCode::Unauthorized => Error::Unauthorized { address, pid },
             ErrorCode::NoCookie => Error::ServerHasNoCookie { address, pid },
@@ -455,8 +540,9 @@ pub(crate) struct Link {
     pub(crate) channel: Channel<Half, Half>,
     /// The pid from the hello, once it arrived.
     pid: Option<u32>,
-    /// A send failed, perhaps part-way through a frame.
-    broken: bool,
+    /// A send failed, perhaps part-way through a frame (or went out in a codec the worker
+    /// does not speak).
+    pub(crate) broken: bool,
     /// The latency mode of the receives.
     spin: Spin,
 }
@@ -478,6 +564,30 @@ impl Link {
             broken: false,
             spin: Spin::OFF,
         })
+    }
+
+    /// Connects to `address`, trying until `deadline`.
+    fn open(address: &str, deadline: Option<Instant>) -> Result<Self, Error> {
+        let parsed = address::parse(address)?;
+        let stream = address::connect(&parsed, deadline).map_err(|source| Error::Connect {
+            address: parsed.to_string(),
+            source,
+        })?;
+        Link::new(parsed.to_string(), stream)
+    }
+
+    /// Encodes data messages with `codec` before the hello came, and tells the worker so (see
+    /// [`SharedWorker::connect_with_codec`]).
+    fn expect_codec(&mut self, codec: Codec) -> Result<(), Error> {
+        self.channel.set_codec(codec);
+        let payload =
+            wire::encode(&ClientMessage::Codec { codec }).map_err(|e| self.channel_error(e))?;
+        let sent = self.send(|c| c.queue_raw(FrameKind::Control, &payload), None)?;
+        debug_assert!(
+            sent,
+            "a send without a deadline returned before it was written"
+        );
+        Ok(())
     }
 
     /// Reads the hello, and sets the channel up as it says.

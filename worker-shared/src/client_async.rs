@@ -170,7 +170,7 @@ impl AsyncSharedWorker {
         let Connecting { fd, link } = connecting;
         Ok(AsyncSharedWorker {
             fd,
-            client: SharedWorker::from_link(link, hello, timeout),
+            client: SharedWorker::from_link(link, Some(hello), timeout),
         })
     }
 
@@ -246,6 +246,7 @@ impl AsyncSharedWorker {
         if let Some(message) = self.client.take_backlogged() {
             return message;
         }
+        self.hello().await?;
         self.fill().await?;
         self.client.take_message()
     }
@@ -270,6 +271,7 @@ impl AsyncSharedWorker {
     /// arrive meanwhile are kept, and the next receives return them first, in order.
     pub async fn query(&mut self) -> Result<StatusReply, Error> {
         let deadline = self.control_deadline();
+        self.hello_within(deadline, "query").await?;
         let reply = self
             .control(&ClientMessage::Query, deadline, "query")
             .await?;
@@ -281,6 +283,7 @@ impl AsyncSharedWorker {
     /// in all.
     pub async fn query_privileged(&mut self, cookie: &AdminCookie) -> Result<StatusReply, Error> {
         let deadline = self.control_deadline();
+        self.hello_within(deadline, "query").await?;
         self.authenticate(cookie, deadline).await?;
         let reply = self
             .control(&ClientMessage::Query, deadline, "query")
@@ -292,9 +295,35 @@ impl AsyncSharedWorker {
     /// acknowledged (as [`SharedWorker::stop`]), within the control timeout in all.
     pub async fn stop(&mut self, cookie: &AdminCookie) -> Result<(), Error> {
         let deadline = self.control_deadline();
+        self.hello_within(deadline, "stop").await?;
         self.authenticate(cookie, deadline).await?;
         let reply = self.control(&ClientMessage::Stop, deadline, "stop").await?;
         self.client.stop_reply(reply)
+    }
+
+    /// Reads the hello if it has not arrived yet (a client made with
+    /// [`SharedWorker::connect_with_codec`]). Cancel-safe.
+    async fn hello(&mut self) -> Result<(), Error> {
+        while !self.client.has_hello() {
+            self.fill().await?;
+            self.client.take_hello_if_pending()?;
+        }
+        Ok(())
+    }
+
+    /// [`hello`](Self::hello) until `deadline` ([`Error::Timeout`] naming `operation`).
+    async fn hello_within(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+        operation: &'static str,
+    ) -> Result<(), Error> {
+        match within(deadline, self.hello()).await {
+            Some(result) => result,
+            None => Err(self
+                .client
+                .link
+                .timeout(operation, self.client.control_timeout())),
+        }
     }
 
     fn control_deadline(&self) -> Option<tokio::time::Instant> {

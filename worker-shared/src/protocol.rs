@@ -25,6 +25,8 @@
 //! # The conversation
 //!
 //! 1. The client connects, and the server sends `hello` before anything else.
+//!    A client that knows the worker's codec need not wait for it: it sends `codec` first, then its data frames at once, and reads the hello before the first reply.
+//!    A server whose codec is another closes such a connection (after `error` `codec_mismatch`) without handing any of its data frames to the worker.
 //! 2. Data frames then flow both ways, at any time, without authentication.
 //! 3. A client sends control requests one at a time, and reads the reply to each before it sends the next.
 //!    Data frames may arrive between a request and its reply: they belong to the application (the Rust client keeps them for later, in order).
@@ -50,6 +52,7 @@
 //! | `authenticate` | `nonce` (bin, 32 fresh random bytes), `proof` (bin, 32 bytes) | `authenticated`, or `error` |
 //! | `query` | none | `status` |
 //! | `stop` | none | `stopping` on an authenticated connection, else `error` `authentication_required` |
+//! | `codec` | `codec` (`"messagepack"` or `"json"`): the codec of the data frames that follow | none when it is the worker's; else `error` `codec_mismatch`, then the end |
 //!
 //! ## Error codes
 //!
@@ -60,6 +63,7 @@
 //! | `authentication_required` | `stop` on a connection that has not authenticated | stays open |
 //! | `unknown_message` | a control message of a `type` this server does not know | stays open |
 //! | `protocol_error` | a control message the server cannot read (not a map, missing keys, a nonce of the wrong length) | closed after the reply |
+//! | `codec_mismatch` | `codec` named another codec than the worker's: the data frames after it are not read | closed after the reply |
 //!
 //! A client meets codes it does not know as a generic refusal; new codes may appear within a version.
 //!
@@ -68,7 +72,9 @@
 //! - A connection past the server's limit, or from a Unix peer whose user may not connect, is closed before the hello: the client reads the end of the stream first.
 //! - A client that sends no complete frame within the server's handshake deadline (30 s unless configured) is disconnected; any first frame counts (a data message, `query`, `authenticate`).
 //! - A frame the server cannot take (a header over the maximum, an unknown kind, a data payload its codec cannot read, a stream that ends inside a frame) ends that connection without a reply; a control frame that is not a control message gets `error` `protocol_error`, then the end.
-//! - A client that does not read its replies is disconnected once the server holds the configured amount for it (1 MiB unless configured); its last frame may be cut.
+//! - Any one reply up to the maximum frame length is sent whole to a client that reads it.
+//!   Once the server holds its configured amount for a client (1 MiB unless configured), it reads nothing more from that client until the client has read enough of its replies.
+//!   A client whose replies stay at that amount and that takes no byte of them for the stall timeout (30 s unless configured) has stopped reading, and is disconnected; so is one for which the worker would hold that amount plus one largest frame. Its last frame may be cut then.
 //! - When the server stops, it answers what each client already sent, sends what it queued, then closes every connection.
 //!
 //! # Authentication

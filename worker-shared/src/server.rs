@@ -796,7 +796,7 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
             let Some(session) = st.sessions.get_mut(&id) else {
                 return Ok(());
             };
-            let step = session.admin.handle(st.cookie.as_ref(), payload);
+            let step = session.admin.handle(st.cookie.as_ref(), st.codec, payload);
             (step, session.peer, session.admin.failures())
         };
         match step {
@@ -824,6 +824,7 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
                 send_control(connection, &message)?;
                 connection.close();
             }
+            Step::Nothing => {}
         }
         Ok(())
     })

@@ -63,6 +63,8 @@ pub(crate) enum Step {
     Stop(ServerMessage),
     /// Send this, then close the connection.
     Close(ServerMessage),
+    /// Nothing to send.
+    Nothing,
 }
 
 /// One connection's admin state.
@@ -112,8 +114,14 @@ impl ServerSession {
         self.failures
     }
 
-    /// Handles one control payload from the client; `cookie` is the worker's, if it has one.
-    pub(crate) fn handle(&mut self, cookie: Option<&AdminCookie>, payload: &[u8]) -> Step {
+    /// Handles one control payload from the client; `cookie` is the worker's, if it has one,
+    /// and `codec` its data codec.
+    pub(crate) fn handle(
+        &mut self,
+        cookie: Option<&AdminCookie>,
+        codec: Codec,
+        payload: &[u8],
+    ) -> Step {
         let message = match wire::decode::<ClientMessage>(payload, ClientMessage::TYPES) {
             Inbound::Message(message) => message,
             // A newer client may probe for what this server offers; it is told, not dropped.
@@ -148,6 +156,12 @@ impl ServerSession {
             ClientMessage::Stop => Step::Reply(ServerMessage::error(
                 ErrorCode::AuthenticationRequired,
                 "stop needs an authenticated connection",
+            )),
+            ClientMessage::Codec { codec: expected } if expected == codec => Step::Nothing,
+            // Its data frames are in another codec: none of them may reach the worker.
+            ClientMessage::Codec { codec: expected } => Step::Close(ServerMessage::error(
+                ErrorCode::CodecMismatch,
+                format!("this worker's codec is {codec}, not {expected}"),
             )),
         }
     }
@@ -238,23 +252,31 @@ mod tests {
         let c = cookie("s3cret");
         let mut session = ServerSession::new(NS);
         assert_eq!(
-            session.handle(Some(&c), &payload(&ClientMessage::Query)),
+            session.handle(
+                Some(&c),
+                Codec::MessagePack,
+                &payload(&ClientMessage::Query)
+            ),
             Step::Query { privileged: false }
         );
         let (request, client) = authenticate(&c);
         let Step::Reply(ServerMessage::Authenticated { proof }) =
-            session.handle(Some(&c), &request)
+            session.handle(Some(&c), Codec::MessagePack, &request)
         else {
             panic!("not authenticated");
         };
         assert_eq!(client.verify_server(&proof), Ok(()));
         assert!(session.is_authenticated());
         assert_eq!(
-            session.handle(Some(&c), &payload(&ClientMessage::Query)),
+            session.handle(
+                Some(&c),
+                Codec::MessagePack,
+                &payload(&ClientMessage::Query)
+            ),
             Step::Query { privileged: true }
         );
         assert_eq!(
-            session.handle(Some(&c), &payload(&ClientMessage::Stop)),
+            session.handle(Some(&c), Codec::MessagePack, &payload(&ClientMessage::Stop)),
             Step::Stop(ServerMessage::Stopping)
         );
     }
@@ -264,16 +286,24 @@ mod tests {
         let mut session = ServerSession::new(NS);
         let guess = cookie("guess");
         let (request, _) = authenticate(&guess);
-        let step = session.handle(Some(&cookie("s3cret")), &request);
+        let step = session.handle(Some(&cookie("s3cret")), Codec::MessagePack, &request);
         assert!(
             matches!(step, Step::Reply(_)),
             "the first failure keeps the connection"
         );
         assert_eq!(error_code(&step), &ErrorCode::Unauthorized);
-        let stop = session.handle(Some(&cookie("s3cret")), &payload(&ClientMessage::Stop));
+        let stop = session.handle(
+            Some(&cookie("s3cret")),
+            Codec::MessagePack,
+            &payload(&ClientMessage::Stop),
+        );
         assert_eq!(error_code(&stop), &ErrorCode::AuthenticationRequired);
         assert_eq!(
-            session.handle(Some(&cookie("s3cret")), &payload(&ClientMessage::Query)),
+            session.handle(
+                Some(&cookie("s3cret")),
+                Codec::MessagePack,
+                &payload(&ClientMessage::Query)
+            ),
             Step::Query { privileged: false }
         );
     }
@@ -285,11 +315,11 @@ mod tests {
         let real = cookie("s3cret");
         for _ in 1..MAX_AUTH_FAILURES {
             assert!(matches!(
-                session.handle(Some(&real), &request),
+                session.handle(Some(&real), Codec::MessagePack, &request),
                 Step::Reply(_)
             ));
         }
-        let last = session.handle(Some(&real), &request);
+        let last = session.handle(Some(&real), Codec::MessagePack, &request);
         assert!(matches!(last, Step::Close(_)));
         assert_eq!(error_code(&last), &ErrorCode::Unauthorized);
     }
@@ -300,11 +330,11 @@ mod tests {
         let (captured, _) = authenticate(&c);
         let mut first = ServerSession::new(NS);
         assert!(matches!(
-            first.handle(Some(&c), &captured),
+            first.handle(Some(&c), Codec::MessagePack, &captured),
             Step::Reply(ServerMessage::Authenticated { .. })
         ));
         let mut second = ServerSession::new([0x77; 32]);
-        let step = second.handle(Some(&c), &captured);
+        let step = second.handle(Some(&c), Codec::MessagePack, &captured);
         assert_eq!(error_code(&step), &ErrorCode::Unauthorized);
         assert!(!second.is_authenticated());
     }
@@ -313,9 +343,9 @@ mod tests {
     fn a_server_without_a_cookie_says_so() {
         let mut session = ServerSession::new(NS);
         let (request, _) = authenticate(&cookie("s3cret"));
-        let step = session.handle(None, &request);
+        let step = session.handle(None, Codec::MessagePack, &request);
         assert_eq!(error_code(&step), &ErrorCode::NoCookie);
-        let stop = session.handle(None, &payload(&ClientMessage::Stop));
+        let stop = session.handle(None, Codec::MessagePack, &payload(&ClientMessage::Stop));
         assert_eq!(error_code(&stop), &ErrorCode::AuthenticationRequired);
     }
 
@@ -327,17 +357,17 @@ mod tests {
             kind: &'static str,
         }
         let mut session = ServerSession::new(NS);
-        let unknown = session.handle(None, &payload(&Drain { kind: "drain" }));
+        let unknown = session.handle(None, Codec::MessagePack, &payload(&Drain { kind: "drain" }));
         assert!(matches!(unknown, Step::Reply(_)));
         assert_eq!(error_code(&unknown), &ErrorCode::UnknownMessage);
-        let garbage = session.handle(None, b"\xc1\xc1");
+        let garbage = session.handle(None, Codec::MessagePack, b"\xc1\xc1");
         assert!(matches!(garbage, Step::Close(_)));
         assert_eq!(error_code(&garbage), &ErrorCode::ProtocolError);
         let short = ClientMessage::Authenticate {
             nonce: vec![1; 8],
             proof: vec![0; 32],
         };
-        let short = session.handle(Some(&cookie("x")), &payload(&short));
+        let short = session.handle(Some(&cookie("x")), Codec::MessagePack, &payload(&short));
         assert!(matches!(short, Step::Close(_)));
         assert_eq!(error_code(&short), &ErrorCode::ProtocolError);
     }
@@ -347,9 +377,9 @@ mod tests {
         let c = cookie("s3cret");
         let mut session = ServerSession::new(NS);
         let (good, _) = authenticate(&c);
-        session.handle(Some(&c), &good);
+        session.handle(Some(&c), Codec::MessagePack, &good);
         let (bad, _) = authenticate(&cookie("guess"));
-        session.handle(Some(&c), &bad);
+        session.handle(Some(&c), Codec::MessagePack, &bad);
         assert!(!session.is_authenticated());
     }
 
@@ -362,5 +392,19 @@ mod tests {
                 status: Some(WorkerStatus::new("full"))
             }
         );
+    }
+
+    #[test]
+    fn a_client_expecting_another_codec_is_closed_and_one_expecting_this_one_hears_nothing() {
+        let mut session = ServerSession::new(NS);
+        let json = payload(&ClientMessage::Codec { codec: Codec::Json });
+        assert_eq!(session.handle(None, Codec::Json, &json), Step::Nothing);
+        match session.handle(None, Codec::MessagePack, &json) {
+            Step::Close(ServerMessage::Error { code, message }) => {
+                assert_eq!(code, ErrorCode::CodecMismatch);
+                assert_eq!(message, "this worker's codec is messagepack, not json");
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
     }
 }

@@ -66,12 +66,16 @@ pub(crate) enum ClientMessage {
     Query,
     /// Asks the worker to stop; only on an authenticated connection.
     Stop,
+    /// The data codec the client already encodes its messages with, sent before it read the
+    /// hello: the server closes a connection that expects another one, without reading its
+    /// data, and replies nothing otherwise.
+    Codec { codec: Codec },
 }
 
 impl ClientMessage {
     /// The `type` of every client message this version knows, to tell an unknown message from a
     /// malformed one.
-    pub(crate) const TYPES: &'static [&'static str] = &["authenticate", "query", "stop"];
+    pub(crate) const TYPES: &'static [&'static str] = &["authenticate", "query", "stop", "codec"];
 }
 
 impl ServerMessage {
@@ -101,6 +105,8 @@ pub(crate) enum ErrorCode {
     UnknownMessage,
     /// A control message the server cannot read.
     ProtocolError,
+    /// The client announced a data codec that is not the worker's.
+    CodecMismatch,
     /// A code this version does not know.
     Other(String),
 }
@@ -113,6 +119,7 @@ impl ErrorCode {
             ErrorCode::AuthenticationRequired => "authentication_required",
             ErrorCode::UnknownMessage => "unknown_message",
             ErrorCode::ProtocolError => "protocol_error",
+            ErrorCode::CodecMismatch => "codec_mismatch",
             ErrorCode::Other(code) => code,
         }
     }
@@ -124,6 +131,7 @@ impl ErrorCode {
             "authentication_required" => ErrorCode::AuthenticationRequired,
             "unknown_message" => ErrorCode::UnknownMessage,
             "protocol_error" => ErrorCode::ProtocolError,
+            "codec_mismatch" => ErrorCode::CodecMismatch,
             _ => ErrorCode::Other(code),
         }
     }

@@ -325,7 +325,10 @@ pub fn run(cfg: &Config) -> Vec<Line> {
             "µs",
             |address| {
                 time_round_trips(N, || {
-                    let mut w = SharedWorker::connect(address).expect("connect");
+                    // The client knows the worker's codec: its message need not wait for the
+                    // hello.
+                    let mut w = SharedWorker::connect_with_codec(address, Codec::MessagePack)
+                        .expect("connect");
                     w.send_message(&message).unwrap();
                     let _: ByteBuf = w.receive_message().unwrap();
                 })

@@ -577,17 +577,16 @@ impl Link {
     }
 
     /// Encodes data messages with `codec` before the hello came, and tells the worker so (see
-    /// [`SharedWorker::connect_with_codec`]).
+    /// [`SharedWorker::connect_with_codec`]): the message is queued, and leaves with the first
+    /// send, in the same write, before any data frame.
     fn expect_codec(&mut self, codec: Codec) -> Result<(), Error> {
         self.channel.set_codec(codec);
         let payload =
             wire::encode(&ClientMessage::Codec { codec }).map_err(|e| self.channel_error(e))?;
-        let sent = self.send(|c| c.queue_raw(FrameKind::Control, &payload), None)?;
-        debug_assert!(
-            sent,
-            "a send without a deadline returned before it was written"
-        );
-        Ok(())
+        self.channel
+            .connection_mut()
+            .queue_raw(FrameKind::Control, &payload)
+            .map_err(|e| self.channel_error(e))
     }
 
     /// Reads the hello, and sets the channel up as it says.
@@ -740,17 +739,20 @@ impl Link {
         }
     }
 
-    /// Queues one frame with `queue` and writes it whole, after what an earlier send left (a
-    /// cancelled async send), waiting for room until `deadline`; `false` when it passed first.
-    /// The frame is taken back then if none of it left, and otherwise the link is broken, since
-    /// the worker would read a cut frame.
+    /// Queues one frame with `queue` and writes it whole, after what is queued already (the
+    /// `codec` of a client that did not wait for the hello, what a cancelled async send left),
+    /// waiting for room until `deadline`; `false` when it passed first. The frame is taken
+    /// back then if none of it left, and otherwise the link is broken, since the worker would
+    /// read a cut frame.
     pub(crate) fn send(
         &mut self,
         queue: impl FnOnce(&mut Connection) -> Result<(), worker_channel::Error>,
         deadline: Option<Instant>,
     ) -> Result<bool, Error> {
         self.usable()?;
-        if self.queued_bytes() > 0 && !self.write_out(deadline)? {
+        // Without a deadline nothing is taken back, so the frame joins the queue and one write
+        // carries both; with one, the queue is written first so that it holds only this frame.
+        if self.queued_bytes() > 0 && deadline.is_some() && !self.write_out(deadline)? {
             return Ok(false);
         }
         // Encoding failed before anything was queued: the link is as it was.

@@ -44,19 +44,21 @@ const SIZES: &[usize] = &[
 
 /// A master of one of the paths.
 enum Master {
-    Worker(DedicatedWorker),
-    Pool(WorkerPool),
+    Worker(Box<DedicatedWorker>),
+    Pool(Box<WorkerPool>),
 }
 
 impl Master {
     fn start(path: Path) -> Master {
         let factory = WorkerFactory::with_profile(profile());
         match path {
-            Path::Dedicated => Master::Worker(factory.create_worker::<Echo>().unwrap()),
-            Path::Evented => {
-                Master::Worker(factory.create_worker_with_args::<EventedEcho>(&0).unwrap())
-            }
-            Path::Pool => Master::Pool(factory.create_worker_pool::<Echo>(Some(2)).unwrap()),
+            Path::Dedicated => Master::Worker(Box::new(factory.create_worker::<Echo>().unwrap())),
+            Path::Evented => Master::Worker(Box::new(
+                factory.create_worker_with_args::<EventedEcho>(&0).unwrap(),
+            )),
+            Path::Pool => Master::Pool(Box::new(
+                factory.create_worker_pool::<Echo>(Some(2)).unwrap(),
+            )),
         }
     }
 

@@ -579,7 +579,7 @@ impl Link {
     /// Encodes data messages with `codec` before the hello came, and tells the worker so (see
     /// [`SharedWorker::connect_with_codec`]): the message is queued, and leaves with the first
     /// send, in the same write, before any data frame.
-    fn expect_codec(&mut self, codec: Codec) -> Result<(), Error> {
+    pub(crate) fn expect_codec(&mut self, codec: Codec) -> Result<(), Error> {
         self.channel.set_codec(codec);
         let payload =
             wire::encode(&ClientMessage::Codec { codec }).map_err(|e| self.channel_error(e))?;

@@ -141,21 +141,7 @@ impl AsyncSharedWorker {
     /// [`SharedWorker::connect_timeout`]'s.
     pub async fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
-        let parsed = address::parse(address)?;
-        let connect_error = |source| Error::Connect {
-            address: parsed.to_string(),
-            source,
-        };
-        let stream = match within(deadline, address::connect_async(&parsed)).await {
-            Some(stream) => stream.map_err(connect_error)?,
-            None => {
-                return Err(connect_error(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no address answered in time",
-                )));
-            }
-        };
-        let link = Link::new(parsed.to_string(), stream)?;
+        let link = open(address, deadline).await?;
         let fd = register(&link)?;
         // A link without its hello yet: the client is built once it came.
         let mut connecting = Connecting { fd, link };
@@ -171,6 +157,25 @@ impl AsyncSharedWorker {
         Ok(AsyncSharedWorker {
             fd,
             client: SharedWorker::from_link(link, Some(hello), timeout),
+        })
+    }
+
+    /// Connects to the shared worker at `address` without waiting for its hello, as
+    /// [`SharedWorker::connect_with_codec`] does: the first message leaves at once, encoded
+    /// with `codec`, and the hello is read on first need.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with IO and the timer enabled (`enable_all`).
+    pub async fn connect_with_codec(address: &str, codec: Codec) -> Result<Self, Error> {
+        let timeout = DEFAULT_CONTROL_TIMEOUT;
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        let mut link = open(address, deadline).await?;
+        link.expect_codec(codec)?;
+        let fd = register(&link)?;
+        Ok(AsyncSharedWorker {
+            fd,
+            client: SharedWorker::from_link(link, None, timeout),
         })
     }
 
@@ -470,6 +475,25 @@ impl Connecting {
             self.link.read_more()?;
         }
     }
+}
+
+/// Connects to `address` without blocking the runtime's thread, until `deadline`.
+async fn open(address: &str, deadline: Option<tokio::time::Instant>) -> Result<Link, Error> {
+    let parsed = address::parse(address)?;
+    let connect_error = |source| Error::Connect {
+        address: parsed.to_string(),
+        source,
+    };
+    let stream = match within(deadline, address::connect_async(&parsed)).await {
+        Some(stream) => stream.map_err(connect_error)?,
+        None => {
+            return Err(connect_error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no address answered in time",
+            )));
+        }
+    };
+    Link::new(parsed.to_string(), stream)
 }
 
 /// Registers the link's socket with the current runtime's reactor.

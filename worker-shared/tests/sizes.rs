@@ -27,6 +27,8 @@ enum Face {
     NoHelloWait,
     /// [`worker_shared::AsyncSharedWorker`] on a current-thread tokio runtime.
     Async,
+    /// [`worker_shared::AsyncSharedWorker::connect_with_codec`].
+    AsyncNoHelloWait,
 }
 
 /// One way a message travels.
@@ -56,6 +58,8 @@ const PATHS: &[Path] = &[
     path(Face::Async, Transport::Unix, Codec::Json),
     path(Face::Async, Transport::Tcp4, Codec::MessagePack),
     path(Face::Async, Transport::Tcp4, Codec::Json),
+    path(Face::AsyncNoHelloWait, Transport::Unix, Codec::MessagePack),
+    path(Face::AsyncNoHelloWait, Transport::Tcp4, Codec::MessagePack),
 ];
 
 /// A message's size: its text's length in bytes, or the largest text whose payload fits the
@@ -139,7 +143,7 @@ fn codec_cost(codec: Codec, message: &str) -> Duration {
 fn conversations(path: Path, address: String, report: mpsc::Sender<Report>) {
     match path.face {
         Face::Blocking | Face::NoHelloWait => blocking(path, &address, &report),
-        Face::Async => asynchronous(path, &address, &report),
+        Face::Async | Face::AsyncNoHelloWait => asynchronous(path, &address, &report),
     }
 }
 
@@ -205,7 +209,17 @@ fn asynchronous(path: Path, address: &str, report: &mpsc::Sender<Report>) {
             }
             Ok(took)
         }
-        let mut after_timeout = AsyncSharedWorker::connect(address).await.unwrap();
+        let connect = || async {
+            match path.face {
+                Face::AsyncNoHelloWait => {
+                    AsyncSharedWorker::connect_with_codec(address, path.codec)
+                        .await
+                        .unwrap()
+                }
+                _ => AsyncSharedWorker::connect(address).await.unwrap(),
+            }
+        };
+        let mut after_timeout = connect().await;
         match after_timeout
             .receive_message_timeout::<String>(expiring())
             .await
@@ -216,7 +230,7 @@ fn asynchronous(path: Path, address: &str, report: &mpsc::Sender<Report>) {
         for (i, size) in SIZES.iter().enumerate() {
             let message = text(size.len(path.codec), i);
             let cost = codec_cost(path.codec, &message);
-            let mut fresh = AsyncSharedWorker::connect(address).await.unwrap();
+            let mut fresh = connect().await;
             let outcome = exchange(&mut fresh, &message).await;
             let _ = report.send((format!("{size:?} on a fresh connection"), outcome, cost));
             let outcome = exchange(&mut after_timeout, &message).await;

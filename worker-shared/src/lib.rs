@@ -71,7 +71,8 @@
 //! # What the server guarantees
 //!
 //! - Many connections on one thread; each gets a hello (protocol version, pid, implementation, codec, a fresh nonce) before anything else, and its own bounded queue of replies.
-//! - What goes wrong with one client ends that client's connection only: garbage, an oversized header, a frame cut by the end of the stream, a message that does not decode, silence past the handshake deadline, a queue at its bound (a client that stops reading is dropped, and nobody waits for it), three wrong cookies.
+//! - What goes wrong with one client ends that client's connection only: garbage, an oversized header, a frame cut by the end of the stream, a message that does not decode, silence past the handshake deadline, a client that stops reading (its replies at the queue's bound, none of them taken for the stall timeout: it is dropped, and nobody waits for it), three wrong cookies.
+//!   A reply is never refused for its size: any one up to the frame limit reaches a client that reads it, whatever the queue's bound.
 //! - A wrong cookie is a typed [`Error::Unauthorized`] for the client; the server logs it (never the cookie or the proof) and keeps serving.
 //! - Past the connection limit, and for a Unix peer of another user (by default), the connection is closed before any hello.
 //! - A Unix socket file is created `0600` (configurable), never more open, in a directory created `0700` when absent.

@@ -655,24 +655,24 @@ impl Link {
                         .then_some(()),
                 )
             });
-            if !self.wait(deadline, false)?.readable {
+            if !self.wait(deadline, true, false)?.readable {
                 return Ok(false);
             }
             self.read_more()?;
         }
     }
 
-    /// Waits until the socket is readable, or (with `write`) writable, or `deadline` passes;
-    /// says which. An end of stream or an error to report counts as readable (and as writable
-    /// while writing: the write says what is wrong).
-    fn wait(&self, deadline: Option<Instant>, write: bool) -> Result<Ready, Error> {
+    /// Waits until the socket is readable (with `read`) or writable (with `write`), or
+    /// `deadline` passes; says which. An end of stream or an error to report counts as both:
+    /// the read or the write says what is wrong.
+    fn wait(&self, deadline: Option<Instant>, read: bool, write: bool) -> Result<Ready, Error> {
         let socket = self.channel.reader().as_fd();
-        let ready = worker_core::sys::poll(&[(socket, true, write)], deadline)
+        let ready = worker_core::sys::poll(&[(socket, read, write)], deadline)
             .map_err(|e| self.io_error(e))?;
         Ok(match ready {
             None => Ready::default(),
             Some([ready, ..]) => Ready {
-                readable: ready.can_read(),
+                readable: read && ready.can_read(),
                 writable: write && (ready.writable || ready.hangup),
             },
         })
@@ -779,7 +779,11 @@ impl Link {
     /// neither side waits on a full buffer.
     fn write_out(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
         while !self.flush()? {
-            let ready = self.wait(deadline, true)?;
+            // Past the read-ahead limit only room to write is waited for: the worker's replies
+            // wait in the socket, and a worker that cannot send judges this client.
+            let read = self.channel.connection().buffered_bytes() <= READ_AHEAD_LIMIT
+                && !self.channel.connection().is_read_closed();
+            let ready = self.wait(deadline, read, true)?;
             if ready.readable {
                 match self.read_more() {
                     // What is buffered waits for the receives; room to write comes first.

@@ -749,7 +749,12 @@ impl<W: EventedWorker> WorkerHost<W> {
             return Ok(());
         };
         connection.channel.note_readiness(ready);
-        connection.channel.flush().map_err(Fault::Connection)?;
+        // Room first, when the queue holds back the reading; otherwise what the callbacks add
+        // joins what waits, and one write below carries it all (a shared server's hello and
+        // its first reply, say).
+        if connection.channel.is_backpressured() {
+            connection.channel.flush().map_err(Fault::Connection)?;
+        }
         connection.serving = true;
         let served = self.dispatch(event_loop, id);
         let Some(connection) = self.connections.map.get_mut(&id) else {
@@ -757,6 +762,7 @@ impl<W: EventedWorker> WorkerHost<W> {
         };
         connection.serving = false;
         served?;
+        connection.channel.flush().map_err(Fault::Connection)?;
         // A reply its callbacks sent left the queue at its bound: watch that the peer reads.
         let watch = matches!(connection.stall_watch, Some(None));
         if connection.doomed {

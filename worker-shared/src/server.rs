@@ -690,8 +690,13 @@ fn admit<W: SharedWorkerImpl>(
     let mut channel = channel
         .with_max_queued(st.max_queued)
         .with_stall_timeout(st.stall_timeout);
-    // Before `on_connect`, so that it is the first frame the client reads.
-    if let Err(e) = channel.send_raw(FrameKind::Control, &hello) {
+    // Before `on_connect`, so that it is the first frame the client reads. Queued, not
+    // written: the host writes it with the replies to what the client already sent, in one
+    // write, when the client did not wait for it.
+    if let Err(e) = channel
+        .connection_mut()
+        .queue_raw(FrameKind::Control, &hello)
+    {
         st.log(
             Level::Debug,
             &format!("dropped {peer}: cannot say hello ({})", error_chain(&e)),

@@ -654,16 +654,12 @@ impl<W: EventedWorker> WorkerHost<W> {
     ) -> Result<ConnectionId, Error> {
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
-        // Writability matters only while bytes are queued (a hello the socket did not take).
-        let write_interest = channel.queued_bytes() > 0;
-        let interest = if write_interest {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
+        // Writability matters only while bytes are queued: what is queued now (a hello) is
+        // written by the drive below, which watches writability if the socket did not take it.
+        let write_interest = false;
         let source = event_loop.register_ref(
             &mut channel,
-            interest,
+            Interest::READABLE,
             move |host: &mut WorkerHost<W>, event_loop, ready| {
                 host.drive(event_loop, id, ready).map_err(Into::into)
             },

@@ -19,6 +19,7 @@ mod logging;
 mod pool;
 mod protocol;
 mod shared;
+mod sizes;
 mod support;
 mod test_support;
 mod zygote;

@@ -38,6 +38,15 @@ pub enum Error {
         /// The panic's message (its payload when that is text).
         message: String,
     },
+    /// A peer of a [shared](crate::WorkerHost::shared) host stopped reading: its outgoing
+    /// queue stayed at its bound and it took no byte for its
+    /// [stall timeout](crate::NbChannel::stall_timeout).
+    Stalled {
+        /// Bytes that were waiting for it.
+        queued: usize,
+        /// How long it took none.
+        waited: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -59,6 +68,10 @@ impl fmt::Display for Error {
             Error::Handler { callback, .. } => write!(f, "{callback} failed"),
             Error::LoopGone => f.write_str("event loop is gone"),
             Error::Panicked { callback, message } => write!(f, "{callback} panicked: {message}"),
+            Error::Stalled { queued, waited } => write!(
+                f,
+                "peer stopped reading ({queued} bytes queued, none taken for {waited:?})"
+            ),
         }
     }
 }

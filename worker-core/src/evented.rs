@@ -8,7 +8,7 @@ use worker_channel::FrameKind;
 use mio::Interest;
 
 use crate::{
-    BoxError, Error, EventLoop, NbChannel, Readiness, SourceId, Worker, WorkerChannel,
+    BoxError, Error, EventLoop, NbChannel, Readiness, SourceId, TimerId, Worker, WorkerChannel,
     event_loop::Rearm,
 };
 
@@ -187,10 +187,11 @@ pub struct Connection<R> {
     frames_received: u64,
     /// Why the host ended this connection, when it ended it for an error of its own.
     error: Option<Error>,
-    /// In a shared host: schedules this connection's end from outside its callbacks (a send
-    /// from a timer that found its queue at the bound).
-    drop_later: Option<DropLater>,
-    /// Its queue reached its bound in a shared host: it ends at once.
+    /// In a shared host: schedules work on this connection from outside its callbacks (its
+    /// end, after a send from a timer that failed; a watch on a queue at its bound).
+    later: Option<Later>,
+    /// A failure of its own in a shared host (a failed write, a peer that cannot keep up):
+    /// it ends at once.
     doomed: bool,
     /// Whether its data frames reach the worker; until then they go to the host's
     /// [`DataGuard`] (see [`WorkerHost::set_data_guard`]).
@@ -198,11 +199,26 @@ pub struct Connection<R> {
     /// Whether [`EventedWorker::on_connect`] ran for it: when it arrived, or, behind a
     /// [`DataGuard`], once it was opened for data. Only then does `on_disconnect` run for it.
     announced: bool,
+    /// In a shared host, while its queue is at the bound: the timer that checks it progresses
+    /// (`None` until the loop armed it).
+    stall_watch: Option<Option<TimerId>>,
+    /// Its frames are being handed out (the host arms what its callbacks ask for itself,
+    /// without posting).
+    serving: bool,
     reply: PhantomData<fn(&R)>,
 }
 
-/// Posts "disconnect this connection" to the host's loop.
-type DropLater = Arc<dyn Fn(ConnectionId) + Send + Sync>;
+/// What a connection asks its host's loop to do for it, from wherever it is.
+#[derive(Clone, Copy, Debug)]
+enum Deferred {
+    /// Disconnect it.
+    Drop,
+    /// Watch that its queue, at the bound, makes progress.
+    WatchStall,
+}
+
+/// Posts work on a connection to the host's loop.
+type Later = Arc<dyn Fn(ConnectionId, Deferred) + Send + Sync>;
 
 impl<R> fmt::Debug for Connection<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -229,9 +245,12 @@ impl<R: Serialize> Connection<R> {
     /// Sends a reply, writing at once when nothing is queued (see [`NbChannel::send`] for the
     /// queue bound and what happens once the peer is gone).
     ///
-    /// In a [shared](WorkerHost::shared) host a peer whose queue reaches its bound (it stopped
-    /// reading) is dropped instead: the send returns `Ok`, the message is dropped with the
-    /// connection, and [`Connection::error`] says [`worker_channel::Error::QueueFull`].
+    /// In a [shared](WorkerHost::shared) host a send never fails: a peer that cannot take it is
+    /// dropped instead, and the message with it, and [`Connection::error`] says why. A peer is
+    /// judged by whether it reads, never by the size of one frame: one whose queue stays at its
+    /// bound with no byte taken for [`NbChannel::stall_timeout`] is dropped ([`Error::Stalled`]),
+    /// and so is one that would have the bound plus one largest frame waiting
+    /// ([`worker_channel::Error::QueueFull`]).
     pub fn send(&mut self, reply: &R) -> Result<(), Error> {
         if self.doomed {
             return Ok(());
@@ -260,7 +279,7 @@ impl<R: Serialize> Connection<R> {
             return Ok(());
         }
         match self.sync_write_interest() {
-            Err(e) if self.drop_later.is_some() => {
+            Err(e) if self.later.is_some() => {
                 self.fail(e);
                 Ok(())
             }
@@ -290,7 +309,7 @@ impl<R: Serialize> Connection<R> {
     }
 
     fn judge(&mut self, result: Result<(), Error>) -> Result<(), Error> {
-        if self.drop_later.is_none() {
+        if self.later.is_none() {
             return result;
         }
         match result {
@@ -301,13 +320,7 @@ impl<R: Serialize> Connection<R> {
                 // What the socket takes now does not count against the bound.
                 match self.channel.flush() {
                     Err(e) => self.fail(e),
-                    Ok(_) if self.channel.is_backpressured() => {
-                        let e = worker_channel::Error::QueueFull {
-                            queued: self.channel.queued_bytes(),
-                            limit: self.channel.max_queued(),
-                        };
-                        self.fail(Error::Channel(e));
-                    }
+                    Ok(_) if self.channel.is_backpressured() => self.watch_stall(),
                     Ok(_) => {}
                 }
             }
@@ -316,14 +329,25 @@ impl<R: Serialize> Connection<R> {
         Ok(())
     }
 
+    /// Has the host's loop watch that the peer takes bytes while its queue is at the bound
+    /// (see [`WorkerHost::check_stall`]), unless it does already.
+    fn watch_stall(&mut self) {
+        if self.stall_watch.is_none() {
+            self.stall_watch = Some(None);
+            if let Some(later) = self.later.as_ref().filter(|_| !self.serving) {
+                later(self.id, Deferred::WatchStall);
+            }
+        }
+    }
+
     /// Marks the connection to be dropped at once, and makes sure someone does.
     fn fail(&mut self, error: Error) {
         if std::mem::replace(&mut self.doomed, true) {
             return;
         }
         self.error = Some(error);
-        if let Some(drop_later) = &self.drop_later {
-            drop_later(self.id);
+        if let Some(later) = &self.later {
+            later(self.id, Deferred::Drop);
         }
     }
 
@@ -613,8 +637,9 @@ impl<W: EventedWorker> WorkerHost<W> {
     /// Its connections are isolated from each other: what goes wrong with one peer ends that
     /// connection only, and the host serves the others on. That is garbage or a frame of a kind
     /// nobody handles, an oversized header, a frame cut by the end of the stream, a data
-    /// message that does not decode, a failing read or write, and a peer whose outgoing queue
-    /// reaches its bound (it stopped reading: it is dropped at once, and nobody waits for it).
+    /// message that does not decode, a failing read or write, and a peer that stopped reading
+    /// (its queue at the bound, no byte taken for its [stall
+    /// timeout](NbChannel::stall_timeout); nobody else waits for it meanwhile).
     /// [`EventedWorker::on_disconnect`] runs as for a peer that left, and
     /// [`Connection::error`] says why. (A dedicated host ends on such errors instead: its one
     /// master must hear of them.)
@@ -752,29 +777,28 @@ impl<W: EventedWorker> WorkerHost<W> {
     ) -> Result<ConnectionId, Error> {
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
-        // Writability matters only while bytes are queued (a hello the socket did not take).
-        let write_interest = channel.queued_bytes() > 0;
-        let interest = if write_interest {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
+        // Writability matters only while bytes are queued: what is queued now (a hello) is
+        // written by the drive below, which watches writability if the socket did not take it.
+        let write_interest = false;
         let source = event_loop.register_ref(
             &mut channel,
-            interest,
+            Interest::READABLE,
             move |host: &mut WorkerHost<W>, event_loop, ready| {
                 host.drive(event_loop, id, ready).map_err(Into::into)
             },
         )?;
-        let drop_later = (!self.dedicated).then(|| {
+        let later = (!self.dedicated).then(|| {
             let handle = event_loop.handle();
-            Arc::new(move |id| {
+            Arc::new(move |id, work| {
                 // Only fails once the loop is gone, and the connection with it.
                 let _ = handle.post(move |host: &mut WorkerHost<W>, event_loop| {
-                    host.disconnect(event_loop, id)?;
+                    match work {
+                        Deferred::Drop => drop(host.disconnect(event_loop, id)?),
+                        Deferred::WatchStall => host.arm_stall_check(event_loop, id),
+                    }
                     Ok(())
                 });
-            }) as DropLater
+            }) as Later
         });
         let rearm = match event_loop.rearm(source) {
             Ok(rearm) => rearm,
@@ -793,10 +817,12 @@ impl<W: EventedWorker> WorkerHost<W> {
             closing: false,
             frames_received: 0,
             error: None,
-            drop_later,
+            later,
             doomed: false,
             data_open: self.data_guard.is_none(),
             announced: false,
+            stall_watch: None,
+            serving: false,
             reply: PhantomData,
         };
         let catching = self.catching();
@@ -865,12 +891,56 @@ impl<W: EventedWorker> WorkerHost<W> {
         id: ConnectionId,
         ready: Readiness,
     ) -> Result<(), Fault> {
-        let catching = self.catching();
         let Some(connection) = self.connections.map.get_mut(&id) else {
             return Ok(());
         };
         connection.channel.note_readiness(ready);
+        // Room first, when the queue holds back the reading; otherwise what the callbacks add
+        // joins what waits, and one write below carries it all (a shared server's hello and
+        // its first reply, say).
+        if connection.channel.is_backpressured() {
+            connection.channel.flush().map_err(Fault::Connection)?;
+        }
+        connection.serving = true;
+        let served = self.dispatch(event_loop, id);
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return served;
+        };
+        connection.serving = false;
+        served?;
         connection.channel.flush().map_err(Fault::Connection)?;
+        // A reply its callbacks sent left the queue at its bound: watch that the peer reads.
+        let watch = matches!(connection.stall_watch, Some(None));
+        if connection.doomed {
+            return self
+                .disconnect(event_loop, id)
+                .map(drop)
+                .map_err(Fault::Host);
+        }
+        let channel = &mut connection.channel;
+        let finished = channel.is_finished()
+            || (connection.closing && channel.flush().map_err(Fault::Connection)?);
+        if finished {
+            self.disconnect(event_loop, id).map_err(Fault::Host)?;
+        } else {
+            // Replies the peer did not take yet need a writable event; a drained queue none.
+            connection
+                .sync_write_interest()
+                .map_err(Fault::Connection)?;
+            if watch {
+                self.arm_stall_check(event_loop, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every complete frame connection `id` received to the worker (or the control
+    /// handler), until none is left, the queue is at its bound, or the connection ends.
+    fn dispatch(&mut self, event_loop: &mut WorkerLoop<W>, id: ConnectionId) -> Result<(), Fault> {
+        let catching = self.catching();
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(());
+        };
         // Once the peer is gone for writing, nobody is left to reply to.
         while !connection.closing && !connection.doomed && !connection.channel.is_write_closed() {
             let channel = &mut connection.channel;
@@ -918,23 +988,6 @@ impl<W: EventedWorker> WorkerHost<W> {
                 worker.on_message(message, connection, event_loop)
             })
             .map_err(Fault::of_callback)?;
-        }
-        if connection.doomed {
-            return self
-                .disconnect(event_loop, id)
-                .map(drop)
-                .map_err(Fault::Host);
-        }
-        let channel = &mut connection.channel;
-        let finished = channel.is_finished()
-            || (connection.closing && channel.flush().map_err(Fault::Connection)?);
-        if finished {
-            self.disconnect(event_loop, id).map_err(Fault::Host)?;
-        } else {
-            // Replies the peer did not take yet need a writable event; a drained queue none.
-            connection
-                .sync_write_interest()
-                .map_err(Fault::Connection)?;
         }
         Ok(())
     }
@@ -997,6 +1050,9 @@ impl<W: EventedWorker> WorkerHost<W> {
         let Some(mut connection) = self.connections.map.remove(&id) else {
             return Ok(false);
         };
+        if let Some(Some(timer)) = connection.stall_watch.take() {
+            event_loop.cancel_timer(timer);
+        }
         let catching = self.catching();
         let disconnected = if connection.announced {
             call(catching, "on_disconnect", || {
@@ -1027,6 +1083,60 @@ impl<W: EventedWorker> WorkerHost<W> {
             self.terminate(event_loop)?;
         }
         Ok(true)
+    }
+}
+
+impl<W: EventedWorker> WorkerHost<W> {
+    /// Arms the check that connection `id`, whose queue is at its bound, takes bytes within
+    /// its stall timeout.
+    fn arm_stall_check(&mut self, event_loop: &mut WorkerLoop<W>, id: ConnectionId) {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return;
+        };
+        // Armed already, or no longer wanted.
+        if !matches!(connection.stall_watch, Some(None)) {
+            return;
+        }
+        let mark = connection.channel.written_bytes();
+        let timer = event_loop.add_timer(connection.channel.stall_timeout(), move |host, el| {
+            host.check_stall(el, id, mark)
+        });
+        connection.stall_watch = Some(Some(timer));
+    }
+
+    /// A stall timer fired: a peer whose queue is still at its bound and took no byte since
+    /// `mark` stopped reading, and is dropped; one that took some is watched on; one whose
+    /// queue drained below the bound is no longer watched.
+    fn check_stall(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+        mark: u64,
+    ) -> Result<(), BoxError> {
+        let Some(connection) = self.connections.map.get_mut(&id) else {
+            return Ok(());
+        };
+        connection.stall_watch = None;
+        // The peer may have read since the last event: what the socket takes now counts.
+        if let Err(e) = connection.channel.flush() {
+            connection.error = Some(e);
+            self.disconnect(event_loop, id)?;
+            return Ok(());
+        }
+        if !connection.channel.is_backpressured() {
+            return Ok(());
+        }
+        if connection.channel.written_bytes() != mark {
+            connection.stall_watch = Some(None);
+            self.arm_stall_check(event_loop, id);
+            return Ok(());
+        }
+        connection.error = Some(Error::Stalled {
+            queued: connection.channel.queued_bytes(),
+            waited: connection.channel.stall_timeout(),
+        });
+        self.disconnect(event_loop, id)?;
+        Ok(())
     }
 }
 

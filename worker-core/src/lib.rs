@@ -72,7 +72,7 @@ pub use evented::{
     Connection, ConnectionId, Connections, ControlHandler, DataGuard, DisconnectHandler,
     EventedWorker, PanicHandler, WorkerHost, WorkerLoop, run_evented,
 };
-pub use nb_channel::NbChannel;
+pub use nb_channel::{DEFAULT_STALL_TIMEOUT, NbChannel};
 pub use poller::{Poller, PollerWaker, WAKE_TOKEN};
 /// The latency mode of every blocking receive and wait (from `worker-channel`).
 #[doc(no_inline)]

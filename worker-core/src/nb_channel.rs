@@ -4,6 +4,7 @@ use std::{
     fmt,
     io::{self, Read, Write},
     os::fd::OwnedFd,
+    time::Duration,
 };
 
 use mio::{
@@ -13,7 +14,9 @@ use mio::{
     unix::pipe::{Receiver, Sender},
 };
 use serde::Serialize;
-use worker_channel::{Codec, FrameKind, FrameRef, FramedConnection};
+use worker_channel::{
+    Codec, DEFAULT_MAX_QUEUED, FrameKind, FrameRef, FramedConnection, HEADER_LEN,
+};
 
 use crate::{ChannelOutput, Error, Readiness};
 
@@ -191,11 +194,15 @@ fn update_half<S: Source>(
 ///   would block, so frames that arrived together are never left waiting for another event.
 /// - Sending ([`NbChannel::send`]) writes at once when nothing is queued (no wait for a writable
 ///   event), and queues what the stream does not take.
-/// - Backpressure: a send that finds [`NbChannel::max_queued`] bytes or more already queued is
-///   refused with [`worker_channel::Error::QueueFull`] (in [`Error::Channel`]), and
-///   [`NbChannel::receive`] hands out nothing while the queue is at its bound, so a peer that
-///   sends but never reads cannot make this side grow without bound. The queue holds at most
-///   the bound plus one frame.
+/// - Backpressure: while [`NbChannel::max_queued`] bytes or more wait for the peer
+///   ([`NbChannel::is_backpressured`]), [`NbChannel::receive`] hands out nothing, so a peer that
+///   sends but does not read its replies is slowed down to the pace at which it reads. The
+///   bound never refuses one frame, whatever its size (up to the frame limit): a send is
+///   refused with [`worker_channel::Error::QueueFull`] (in [`Error::Channel`]) only once the
+///   bound plus one largest frame wait, so the queue holds at most the bound plus two frames.
+///   Whether a peer still reads is judged by progress: [`NbChannel::written_bytes`] counts
+///   what it took, and a [shared](crate::WorkerHost::shared) host drops a peer whose queue
+///   stayed at the bound with nothing taken for [`NbChannel::stall_timeout`].
 ///
 /// Register it with a [`Poller`](crate::Poller) or an
 /// [`EventLoop`](crate::EventLoop::register_ref) like any mio source: it registers its
@@ -208,21 +215,44 @@ fn update_half<S: Source>(
 /// reading its replies wakes nobody up.
 pub struct NbChannel {
     connection: FramedConnection<Transport>,
+    /// Past it, nothing more is read from the peer (the connection's own bound, which refuses
+    /// frames, is this plus one largest frame).
+    max_queued: usize,
+    /// How long a shared host lets a peer at the bound take nothing.
+    stall_timeout: Duration,
+    /// Bytes written to the peer so far: progress.
+    written: u64,
 }
+
+/// How long a [shared](crate::WorkerHost::shared) host lets a peer whose queue is at its bound
+/// take no byte before it drops it, unless told otherwise: 30 s.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl fmt::Debug for NbChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NbChannel")
             .field("connection", &self.connection)
-            .finish()
+            .field("max_queued", &self.max_queued)
+            .field("stall_timeout", &self.stall_timeout)
+            .finish_non_exhaustive()
     }
 }
 
 impl NbChannel {
     fn with_transport(transport: Transport, codec: Codec, max_frame_len: u32) -> Self {
+        let connection = FramedConnection::new(transport, codec).with_max_frame_len(max_frame_len);
+        Self::over(connection)
+    }
+
+    /// A channel over `connection`, with the default bound and stall timeout.
+    fn over(connection: FramedConnection<Transport>) -> Self {
         NbChannel {
-            connection: FramedConnection::new(transport, codec).with_max_frame_len(max_frame_len),
+            connection,
+            max_queued: 0,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            written: 0,
         }
+        .with_max_queued(DEFAULT_MAX_QUEUED)
     }
 
     /// The two halves as a transport, both switched to non-blocking mode.
@@ -272,7 +302,8 @@ impl NbChannel {
             rx.set_nonblocking(true)?;
             tx.set_nonblocking(true)?;
         }
-        Ok(NbChannel { connection })
+        let max_queued = connection.max_queued();
+        Ok(Self::over(connection).with_max_queued(max_queued))
     }
 
     /// A channel over one Unix stream socket (already non-blocking, as mio's are).
@@ -285,11 +316,34 @@ impl NbChannel {
         Self::with_transport(Transport::Tcp(stream), codec, max_frame_len)
     }
 
-    /// Sets the bound of the outgoing queue (see the type's documentation).
-    pub fn with_max_queued(self, max_queued: usize) -> Self {
-        NbChannel {
-            connection: self.connection.with_max_queued(max_queued),
-        }
+    /// Sets the bound of the outgoing queue (see the type's documentation); sends are refused
+    /// only past it plus one frame of the channel's largest size, as it is now.
+    pub fn with_max_queued(mut self, max_queued: usize) -> Self {
+        let one_frame = self.connection.max_frame_len() as usize + HEADER_LEN;
+        self.max_queued = max_queued;
+        self.connection = self
+            .connection
+            .with_max_queued(max_queued.saturating_add(one_frame));
+        self
+    }
+
+    /// Sets how long a [shared](crate::WorkerHost::shared) host lets this peer take no byte
+    /// while its queue is at the bound, before it drops it ([`DEFAULT_STALL_TIMEOUT`] unless
+    /// told otherwise; `Duration::MAX`: never).
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// How long a shared host lets this peer take no byte while its queue is at the bound.
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
+    /// Bytes written to the peer so far (dropped ones included once it is gone): whether it
+    /// still reads.
+    pub fn written_bytes(&self) -> u64 {
+        self.written
     }
 
     /// The framed connection underneath: limits, buffered bytes, and its own methods.
@@ -304,9 +358,9 @@ impl NbChannel {
         &mut self.connection
     }
 
-    /// The bound of the outgoing queue.
+    /// The bound of the outgoing queue: past it, nothing more is received from the peer.
     pub fn max_queued(&self) -> usize {
-        self.connection.max_queued()
+        self.max_queued
     }
 
     /// The channel's codec.
@@ -324,8 +378,7 @@ impl NbChannel {
         self.connection.queued_bytes()
     }
 
-    /// Whether the queue is at its bound: sends are refused and nothing is received until it
-    /// drains.
+    /// Whether the queue is at its bound: nothing is received until it drains below.
     pub fn is_backpressured(&self) -> bool {
         self.queued_bytes() >= self.max_queued()
     }
@@ -361,7 +414,8 @@ impl NbChannel {
 
     /// Sends one message as a frame of `kind`, writing at once when nothing is queued.
     ///
-    /// Refused with [`worker_channel::Error::QueueFull`] when the queue is at its bound, and
+    /// Refused with [`worker_channel::Error::QueueFull`] when the bound plus one largest frame
+    /// wait already, and
     /// with the channel's error when the message cannot be encoded or is too large (all in
     /// [`Error::Channel`]); nothing is queued then. Once the peer is gone
     /// ([`NbChannel::is_write_closed`]) sends succeed and are dropped, as a message in flight
@@ -402,7 +456,11 @@ impl NbChannel {
     /// The peer having closed its end is not an error here: the queue is dropped and
     /// [`NbChannel::is_write_closed`] turns true.
     pub fn flush(&mut self) -> Result<bool, Error> {
-        Ok(self.connection.flush()?)
+        let before = self.queued_bytes();
+        let flushed = self.connection.flush();
+        // Flushing only takes bytes out of the queue.
+        self.written += (before - self.queued_bytes()) as u64;
+        Ok(flushed?)
     }
 
     /// The next complete frame, reading from the stream when none is buffered.

@@ -16,7 +16,7 @@ fn pair() -> (NbChannel, std::os::unix::net::UnixStream) {
 }
 
 #[test]
-fn send_past_the_bound_is_refused_and_nothing_is_received_meanwhile() {
+fn send_past_the_bound_and_one_largest_frame_is_refused_and_nothing_is_received_meanwhile() {
     let (channel, mut peer) = pair();
     let mut channel = channel.with_max_queued(4096);
     // The peer sends a frame the channel could read, but never reads itself.
@@ -41,12 +41,15 @@ fn send_past_the_bound_is_refused_and_nothing_is_received_meanwhile() {
     };
     match err {
         Error::Channel(worker_channel::Error::QueueFull { queued, limit }) => {
-            assert_eq!(limit, 4096);
-            assert!((4096..4096 + 1100).contains(&queued), "queued {queued}");
+            // The bound never refuses one frame: only past it plus one of the largest.
+            let hard = 4096 + (1 << 20) + worker_channel::HEADER_LEN;
+            assert_eq!(limit, hard);
+            assert!((hard..hard + 1100).contains(&queued), "queued {queued}");
         }
         other => panic!("unexpected error {other:?}"),
     }
     assert!(channel.is_backpressured());
+    assert_eq!(channel.max_queued(), 4096);
     channel.note_readiness(Readiness {
         readable: true,
         ..Readiness::default()
@@ -116,5 +119,43 @@ fn end_of_stream_between_frames_is_a_close_and_inside_one_an_error() {
             assert_eq!((expected, received), (wire.len(), wire.len() - 1));
         }
         other => panic!("unexpected result {other:?}"),
+    }
+}
+
+#[test]
+fn one_frame_of_any_size_up_to_the_limit_is_queued_whole_past_the_bound() {
+    for (bound, len) in [
+        (1, 1usize),
+        (4096, 4097),
+        (4096, 64 * 1024),
+        (1, (1 << 20) - 8),
+    ] {
+        let (channel, mut peer) = pair();
+        let mut channel = channel.with_max_queued(bound);
+        let payload = worker_channel::serde_bytes::ByteBuf::from(vec![3u8; len]);
+        channel
+            .send(FrameKind::Data, &payload)
+            .unwrap_or_else(|e| panic!("bound {bound}, {len} bytes: {e:?}"));
+        // Whatever the socket did not take waits whole; the peer reading it is progress.
+        let reader = std::thread::spawn(move || {
+            let mut wire = Vec::new();
+            let mut buf = vec![0; 64 * 1024];
+            while wire.len() < 4
+                || wire.len() < 5 + u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize
+            {
+                let n = peer.read(&mut buf).unwrap();
+                assert!(n > 0, "the stream ended inside the frame");
+                wire.extend_from_slice(&buf[..n]);
+            }
+            wire
+        });
+        while !channel.flush().unwrap() {
+            std::thread::yield_now();
+        }
+        let wire = reader.join().unwrap();
+        assert_eq!(channel.written_bytes(), wire.len() as u64);
+        let back: worker_channel::serde_bytes::ByteBuf =
+            Codec::MessagePack.decode(&wire[5..]).unwrap();
+        assert_eq!(back, payload, "bound {bound}, {len} bytes");
     }
 }

@@ -10,7 +10,7 @@ use std::{
         fd::{AsFd, BorrowedFd},
         unix::net::UnixStream,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use worker_killswitch::Address;
@@ -85,16 +85,7 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
-    /// Bounds each later read (`None`: no bound). Shared by every handle on the socket.
-    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_read_timeout(timeout),
-            Stream::Tcp(s) => s.set_read_timeout(timeout),
-        }
-    }
-
     /// Makes reads and writes return `WouldBlock` rather than wait (`true`), or wait again.
-    #[cfg(feature = "tokio")]
     pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_nonblocking(nonblocking),
@@ -109,14 +100,6 @@ impl Stream {
         match self {
             Stream::Unix(s) => worker_core::sys::send_nosignal(s.as_fd(), buf),
             Stream::Tcp(s) => (&*s).write(buf),
-        }
-    }
-
-    /// Bounds each later write (`None`: no bound). Shared by every handle on the socket.
-    pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_write_timeout(timeout),
-            Stream::Tcp(s) => s.set_write_timeout(timeout),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Serialize, de::DeserializeOwned};
 use worker_channel::{Channel, Codec, DEFAULT_MAX_FRAME_LEN, FrameKind, Spin};
-use worker_core::{WorkerStatus, deadline_after, time_left};
+use worker_core::{WorkerStatus, deadline_after};
 
 use crate::{
     AdminCookie, Error,
@@ -26,10 +26,6 @@ pub const DEFAULT_CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most bytes buffered while a frame is incomplete: one whole frame always fits.
 const READ_AHEAD_LIMIT: usize = 2 * DEFAULT_MAX_FRAME_LEN as usize;
-
-/// The shortest read timeout a wait without a deadline leaves on the socket rather than
-/// clearing it (see `Link::fill`).
-const KEPT_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Data messages kept for later while waiting for a control reply, in bytes; past it the wait
 /// fails with [`Error::Backlog`] rather than filling memory.
@@ -71,7 +67,9 @@ pub struct StatusReply {
 #[derive(Debug)]
 pub struct SharedWorker {
     pub(crate) link: Link,
-    hello: Hello,
+    /// The worker's hello; `None` until it arrived, for a client that did not wait for it
+    /// ([`SharedWorker::connect_with_codec`]).
+    hello: Option<Hello>,
     /// Payloads of data frames that arrived while a control reply was awaited.
     backlog: VecDeque<Vec<u8>>,
     backlog_bytes: usize,
@@ -98,18 +96,85 @@ impl SharedWorker {
     /// bound; addresses given as IP literals need no resolution.
     pub fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
         let deadline = deadline_after(timeout);
-        let parsed = address::parse(address)?;
-        let stream = address::connect(&parsed, deadline).map_err(|source| Error::Connect {
-            address: parsed.to_string(),
-            source,
-        })?;
-        let mut link = Link::new(parsed.to_string(), stream)?;
+        let mut link = Link::open(address, deadline)?;
         let hello = link.read_hello(deadline, timeout)?;
-        Ok(Self::from_link(link, hello, timeout))
+        Ok(Self::from_link(link, Some(hello), timeout))
     }
 
-    /// A client over a link whose hello arrived.
-    pub(crate) fn from_link(link: Link, hello: Hello, control_timeout: Duration) -> Self {
+    /// Connects to the shared worker at `address` without waiting for its hello: the first
+    /// message can leave at once, encoded with `codec`, the codec the caller knows the worker
+    /// speaks (the one of the configuration it was started with, say).
+    ///
+    /// The client tells the worker which codec it encodes with before anything else, and the
+    /// worker closes a connection that expects another one without reading its messages, so a
+    /// message is never taken for another. The hello is read on first need: a receive, a query,
+    /// a stop, or [`wait_hello`](Self::wait_hello); that call fails with
+    /// [`Error::CodecMismatch`] when the worker speaks another codec. Until then
+    /// [`pid`](Self::pid) is 0 and [`implementation`](Self::implementation) is empty.
+    /// The control timeout is [`DEFAULT_CONTROL_TIMEOUT`]; it also bounds the connect.
+    ///
+    /// This saves the wait for the hello before the first message: a client that sends one
+    /// message and reads one reply waits for the worker once, not twice.
+    pub fn connect_with_codec(address: &str, codec: Codec) -> Result<Self, Error> {
+        let timeout = DEFAULT_CONTROL_TIMEOUT;
+        let mut link = Link::open(address, deadline_after(timeout))?;
+        link.expect_codec(codec)?;
+        Ok(Self::from_link(link, None, timeout))
+    }
+
+    /// Reads the worker's hello if it has not arrived yet (see
+    /// [`connect_with_codec`](Self::connect_with_codec)), waiting at most the
+    /// [control timeout](Self::set_control_timeout).
+    pub fn wait_hello(&mut self) -> Result<(), Error> {
+        let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "hello")
+    }
+
+    /// Whether the worker's hello arrived.
+    pub fn has_hello(&self) -> bool {
+        self.hello.is_some()
+    }
+
+    /// Reads the hello if it has not arrived yet, until `deadline` ([`Error::Timeout`] naming
+    /// `operation` after it).
+    fn need_hello(
+        &mut self,
+        deadline: Option<Instant>,
+        operation: &'static str,
+    ) -> Result<(), Error> {
+        while self.hello.is_none() {
+            if !self.link.fill(deadline)? {
+                return Err(self.link.timeout(operation, self.control_timeout));
+            }
+            self.take_hello_if_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Once the link is filled: takes the buffered frame as the hello (`true`) if it has not
+    /// arrived yet, and checks that the worker speaks the codec this client encodes with.
+    pub(crate) fn take_hello_if_pending(&mut self) -> Result<bool, Error> {
+        if self.hello.is_some() {
+            return Ok(false);
+        }
+        let expected = self.link.channel.codec();
+        let hello = self.link.accept_hello()?;
+        if hello.codec != expected {
+            // What this client sent is in the wrong codec: the worker closes the connection.
+            self.link.broken = true;
+            return Err(Error::CodecMismatch {
+                address: self.link.address.clone(),
+                pid: hello.pid,
+                expected,
+                announced: hello.codec,
+            });
+        }
+        self.hello = Some(hello);
+        Ok(true)
+    }
+
+    /// A client over a link, with its hello if it arrived.
+    pub(crate) fn from_link(link: Link, hello: Option<Hello>, control_timeout: Duration) -> Self {
         SharedWorker {
             link,
             hello,
@@ -157,9 +222,11 @@ impl SharedWorker {
     }
 
     /// Whether the worker takes data messages and queries from this connection only once it
-    /// authenticated (its hello says so): see [`connect_with_cookie`](Self::connect_with_cookie).
+    /// authenticated (its hello says so; `false` before the hello arrived, see
+    /// [`connect_with_codec`](Self::connect_with_codec)): see
+    /// [`connect_with_cookie`](Self::connect_with_cookie).
     pub fn requires_auth(&self) -> bool {
-        self.hello.auth_required
+        self.hello.as_ref().is_some_and(|hello| hello.auth_required)
     }
 
     /// Authenticates for data with `cookie` when the worker requires it and this connection
@@ -170,16 +237,17 @@ impl SharedWorker {
         &mut self,
         cookie: Option<&AdminCookie>,
     ) -> Result<(), Error> {
-        if !self.hello.auth_required || self.granted.is_some() {
+        let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "hello")?;
+        if !self.requires_auth() || self.granted.is_some() {
             return Ok(());
         }
         let Some(cookie) = cookie else {
             return Err(Error::AuthenticationRequired {
                 address: self.link.address.clone(),
-                pid: self.hello.pid,
+                pid: self.pid(),
             });
         };
-        let deadline = deadline_after(self.control_timeout);
         self.authenticate_as(cookie, Role::Client, deadline)
     }
 
@@ -188,25 +256,30 @@ impl SharedWorker {
         &self.link.address
     }
 
-    /// The worker's process id, from its hello.
+    /// The worker's process id, from its hello (0 before the hello arrived, see
+    /// [`connect_with_codec`](Self::connect_with_codec)).
     pub fn pid(&self) -> u32 {
-        self.hello.pid
+        self.hello.as_ref().map_or(0, |hello| hello.pid)
     }
 
-    /// The name of the implementation the worker runs, from its hello.
+    /// The name of the implementation the worker runs, from its hello (empty before the hello
+    /// arrived).
     pub fn implementation(&self) -> &str {
-        &self.hello.implementation
+        self.hello
+            .as_ref()
+            .map_or("", |hello| hello.implementation.as_str())
     }
 
     /// Whether the process at the other end is the one the hello named, as this process names
     /// it (see `local::peer_is`).
     pub(crate) fn peer_is_announced_pid(&self) -> bool {
-        crate::local::peer_is(self.link.channel.reader(), self.hello.pid)
+        crate::local::peer_is(self.link.channel.reader(), self.pid())
     }
 
-    /// The codec of data messages, from the worker's hello.
+    /// The codec of data messages, from the worker's hello (or the one given to
+    /// [`connect_with_codec`](Self::connect_with_codec), which the hello must confirm).
     pub fn codec(&self) -> Codec {
-        self.hello.codec
+        self.link.channel.codec()
     }
 
     /// How long a query, an authentication or a stop waits for its reply.
@@ -240,9 +313,14 @@ impl SharedWorker {
     /// A send that fails (the worker went away, say) may have sent part of a frame: every later
     /// call then fails with [`Error::Broken`].
     pub fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
-        self.link.usable()?;
-        let result = self.link.channel.send(FrameKind::Data, message);
-        self.link.sent(result)
+        let sent = self
+            .link
+            .send(|c| c.queue(FrameKind::Data, message), None)?;
+        debug_assert!(
+            sent,
+            "a send without a deadline returned before it was written"
+        );
+        Ok(())
     }
 
     /// Receives one message, blocking until it arrives.
@@ -275,6 +353,10 @@ impl SharedWorker {
         if let Some(message) = self.take_backlogged() {
             return message.map(Some);
         }
+        match self.need_hello(deadline, "message") {
+            Err(Error::Timeout { .. }) => return Ok(None),
+            other => other?,
+        }
         if !self.link.fill(deadline)? {
             return Ok(None);
         }
@@ -291,18 +373,18 @@ impl SharedWorker {
 
     /// Takes the buffered frame out as a data message (once the link is filled).
     pub(crate) fn take_message<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
-        let codec = self.link.channel.codec();
+        let (codec, pid) = (self.link.channel.codec(), self.link.pid);
         let frame = self
             .link
             .channel
             .connection_mut()
             .try_receive_frame()
-            .map_err(|e| channel_error(&self.link.address, Some(self.hello.pid), e))?
+            .map_err(|e| channel_error(&self.link.address, pid, e))?
             .expect("fill promised a frame");
         if frame.kind == FrameKind::Data {
             // Decoded straight from the decoder's buffer: no copy on the common path.
             let decoded = codec.decode(frame.payload);
-            return decoded.map_err(|e| channel_error(&self.link.address, Some(self.hello.pid), e));
+            return decoded.map_err(|e| channel_error(&self.link.address, pid, e));
         }
         // The worker speaks in control frames only when spoken to, or to say why it closes
         // the connection.
@@ -327,6 +409,7 @@ impl SharedWorker {
     /// Waits at most the [control timeout](SharedWorker::set_control_timeout).
     pub fn query(&mut self) -> Result<StatusReply, Error> {
         let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "query")?;
         self.ask_status(deadline)
     }
 
@@ -338,13 +421,18 @@ impl SharedWorker {
     /// Waits at most the [control timeout](SharedWorker::set_control_timeout) in all.
     pub fn query_privileged(&mut self, cookie: &AdminCookie) -> Result<StatusReply, Error> {
         let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "query")?;
         self.authenticate(cookie, deadline)?;
         self.ask_status(deadline)
     }
 
     fn ask_status(&mut self, deadline: Option<Instant>) -> Result<StatusReply, Error> {
-        self.link
-            .send_control(&ClientMessage::Query, deadline, "query")?;
+        self.link.send_control(
+            &ClientMessage::Query,
+            deadline,
+            "query",
+            self.control_timeout,
+        )?;
         let reply = self.control_reply(deadline, "query")?;
         self.status_reply(reply)
     }
@@ -366,9 +454,10 @@ impl SharedWorker {
     /// Waits at most the [control timeout](SharedWorker::set_control_timeout) in all.
     pub fn stop(&mut self, cookie: &AdminCookie) -> Result<(), Error> {
         let deadline = deadline_after(self.control_timeout);
+        self.need_hello(deadline, "stop")?;
         self.authenticate(cookie, deadline)?;
         self.link
-            .send_control(&ClientMessage::Stop, deadline, "stop")?;
+            .send_control(&ClientMessage::Stop, deadline, "stop", self.control_timeout)?;
         let reply = self.control_reply(deadline, "stop")?;
         self.stop_reply(reply)
     }
@@ -399,9 +488,10 @@ impl SharedWorker {
         role: Role,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
+        self.need_hello(deadline, "authentication")?;
         let (auth, request) = self.auth_request(cookie, role)?;
         self.link
-            .send_control(&request, deadline, "authentication")?;
+            .send_control(&request, deadline, "authentication", self.control_timeout)?;
         let reply = self.control_reply(deadline, "authentication")?;
         self.auth_reply(&auth, reply)
     }
@@ -420,7 +510,11 @@ impl SharedWorker {
         role: Role,
     ) -> Result<(ClientAuth<'c>, ClientMessage), Error> {
         let client_nonce = auth::fresh_nonce().map_err(Error::Random)?;
-        let auth = ClientAuth::start(role, Some(cookie), &self.hello.nonce, client_nonce)
+        let hello = self
+            .hello
+            .as_ref()
+            .expect("a control request waits for the hello");
+        let auth = ClientAuth::start(role, Some(cookie), &hello.nonce, client_nonce)
             .map_err(|e| self.auth_error(e))?;
         let request = ClientMessage::Authenticate {
             nonce: auth.client_nonce().to_vec(),
@@ -449,7 +543,7 @@ impl SharedWorker {
     }
 
     fn auth_error(&self, error: AuthError) -> Error {
-        let (address, pid) = (self.link.address.clone(), self.hello.pid);
+        let (address, pid) = (self.link.address.clone(), self.pid());
         match error {
             AuthError::NoCookie => Error::NoCookie { address },
             AuthError::Unauthorized => Error::Unauthorized { address, pid },
@@ -485,7 +579,7 @@ impl SharedWorker {
             if self.backlog_bytes > MAX_BACKLOG {
                 return Err(Error::Backlog {
                     address: self.link.address.clone(),
-                    pid: self.hello.pid,
+                    pid: self.pid(),
                     limit: MAX_BACKLOG,
                 });
             }
@@ -505,7 +599,7 @@ impl SharedWorker {
     }
 
     fn refused(&self, code: ErrorCode, message: String) -> Error {
-        let (address, pid) = (self.link.address.clone(), self.hello.pid);
+        let (address, pid) = (self.link.address.clone(), self.pid());
         match code {
             ErrorCode::Unauthorized => Error::Unauthorized { address, pid },
             ErrorCode::NoCookie => Error::ServerHasNoCookie { address, pid },
@@ -522,24 +616,33 @@ impl SharedWorker {
     }
 }
 
-/// The connection under a [`SharedWorker`]: the framed channel, reads bounded by deadlines,
-/// and errors that name the address (and the pid, once the hello told it).
+/// The connection under a [`SharedWorker`]: the framed channel over a non-blocking socket,
+/// waits bounded by deadlines, and errors that name the address (and the pid, once the hello
+/// told it).
+///
+/// The socket never blocks: the blocking client waits for readiness with the project's one
+/// deadline poll (`worker_core::sys::poll`), the async client with tokio's reactor, and both
+/// read and write through the same steps. No call leaves a timeout on the socket for the next.
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) address: String,
     pub(crate) channel: Channel<Half, Half>,
     /// The pid from the hello, once it arrived.
     pid: Option<u32>,
-    /// The read timeout last set on the socket, so the hot path makes no needless system call.
-    read_timeout: Option<Duration>,
-    /// A send failed, perhaps part-way through a frame.
-    broken: bool,
+    /// A send failed, perhaps part-way through a frame (or went out in a codec the worker
+    /// does not speak).
+    pub(crate) broken: bool,
     /// The latency mode of the receives.
     spin: Spin,
 }
 
 impl Link {
     pub(crate) fn new(address: String, stream: Stream) -> Result<Self, Error> {
+        stream.set_nonblocking(true).map_err(|source| Error::Io {
+            address: address.clone(),
+            pid: None,
+            source,
+        })?;
         // One descriptor for both directions: no dup on the connect path.
         let stream = Half(std::sync::Arc::new(stream));
         Ok(Link {
@@ -547,10 +650,32 @@ impl Link {
             // Control frames are always MessagePack; the data codec comes with the hello.
             channel: Channel::new(stream.clone(), stream, Codec::MessagePack),
             pid: None,
-            read_timeout: None,
             broken: false,
             spin: Spin::OFF,
         })
+    }
+
+    /// Connects to `address`, trying until `deadline`.
+    fn open(address: &str, deadline: Option<Instant>) -> Result<Self, Error> {
+        let parsed = address::parse(address)?;
+        let stream = address::connect(&parsed, deadline).map_err(|source| Error::Connect {
+            address: parsed.to_string(),
+            source,
+        })?;
+        Link::new(parsed.to_string(), stream)
+    }
+
+    /// Encodes data messages with `codec` before the hello came, and tells the worker so (see
+    /// [`SharedWorker::connect_with_codec`]): the message is queued, and leaves with the first
+    /// send, in the same write, before any data frame.
+    pub(crate) fn expect_codec(&mut self, codec: Codec) -> Result<(), Error> {
+        self.channel.set_codec(codec);
+        let payload =
+            wire::encode(&ClientMessage::Codec { codec }).map_err(|e| self.channel_error(e))?;
+        self.channel
+            .connection_mut()
+            .queue_raw(FrameKind::Control, &payload)
+            .map_err(|e| self.channel_error(e))
     }
 
     /// Reads the hello, and sets the channel up as it says.
@@ -601,15 +726,16 @@ impl Link {
 
     /// Reads until a whole frame is buffered (`true`) or the deadline passes (`false`).
     ///
-    /// A read timeout only ends one read: the bytes of a frame that did arrive stay in the
-    /// decoder, so a timeout never cuts a frame.
+    /// Each read takes what the socket has and stops when it would block, so a frame that
+    /// arrived whole is handed out at once, whatever its size; the bytes of a frame that did
+    /// not arrive whole by the deadline stay in the decoder, so a timeout never cuts a frame.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
         loop {
             if self.filled()? {
                 return Ok(true);
             }
-            // The latency mode: look for bytes without blocking for up to the budget; the read
-            // below takes them then without blocking (or blocks as usual once it is spent).
+            // The latency mode: look for bytes without blocking for up to the budget; the wait
+            // below returns at once then (or blocks as usual once it is spent).
             let socket = self.channel.reader().as_fd();
             let _ = self.spin.run(deadline, || {
                 Ok::<_, ()>(
@@ -618,21 +744,27 @@ impl Link {
                         .then_some(()),
                 )
             });
-            let left = time_left(deadline);
-            if left.is_some_and(|left| left.is_zero()) {
+            if !self.wait(deadline, true, false)?.readable {
                 return Ok(false);
             }
-            // Waiting for ever, a read timeout of a second or more left from a bounded wait
-            // (the hello's, say) is harmless: a read that times out only makes this loop read
-            // again, rarely. Keeping it saves a system call on the first receive of every
-            // connection.
-            let kept = left.is_none() && self.read_timeout.is_some_and(|t| t >= KEPT_READ_TIMEOUT);
-            if !kept {
-                self.set_read_timeout(left)?;
-            }
-            // The socket blocks up to the read timeout: a read that times out is a would-block.
             self.read_more()?;
         }
+    }
+
+    /// Waits until the socket is readable (with `read`) or writable (with `write`), or
+    /// `deadline` passes; says which. An end of stream or an error to report counts as both:
+    /// the read or the write says what is wrong.
+    fn wait(&self, deadline: Option<Instant>, read: bool, write: bool) -> Result<Ready, Error> {
+        let socket = self.channel.reader().as_fd();
+        let ready = worker_core::sys::poll(&[(socket, read, write)], deadline)
+            .map_err(|e| self.io_error(e))?;
+        Ok(match ready {
+            None => Ready::default(),
+            Some([ready, ..]) => Ready {
+                readable: read && ready.can_read(),
+                writable: write && (ready.writable || ready.hangup),
+            },
+        })
     }
 
     /// Whether a whole frame is buffered; the error that says how the stream ended when it
@@ -679,39 +811,99 @@ impl Link {
         Ok((frame.kind, frame.payload.to_vec()))
     }
 
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        if self.read_timeout != timeout {
-            self.channel
-                .reader()
-                .set_read_timeout(timeout)
-                .map_err(|e| self.io_error(e))?;
-            self.read_timeout = timeout;
-        }
-        Ok(())
-    }
-
-    /// Sends a control message, with the socket's writes bounded by the deadline.
+    /// Sends a control message, waiting for the socket until the deadline at most
+    /// ([`Error::Timeout`] naming `operation`, as having waited `timeout`, after it).
     fn send_control(
         &mut self,
         message: &ClientMessage,
         deadline: Option<Instant>,
         operation: &'static str,
+        timeout: Duration,
     ) -> Result<(), Error> {
-        self.usable()?;
         let payload = wire::encode(message).map_err(|e| self.channel_error(e))?;
-        let left = match time_left(deadline) {
-            Some(left) if left.is_zero() => return Err(self.timeout(operation, Duration::ZERO)),
-            left => left,
+        if self.send(|c| c.queue_raw(FrameKind::Control, &payload), deadline)? {
+            Ok(())
+        } else {
+            Err(self.timeout(operation, timeout))
+        }
+    }
+
+    /// Queues one frame with `queue` and writes it whole, after what is queued already (the
+    /// `codec` of a client that did not wait for the hello, what a cancelled async send left),
+    /// waiting for room until `deadline`; `false` when it passed first. The frame is taken
+    /// back then if none of it left, and otherwise the link is broken, since the worker would
+    /// read a cut frame.
+    pub(crate) fn send(
+        &mut self,
+        queue: impl FnOnce(&mut Connection) -> Result<(), worker_channel::Error>,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Error> {
+        self.usable()?;
+        // Without a deadline nothing is taken back, so the frame joins the queue and one write
+        // carries both; with one, the queue is written first so that it holds only this frame.
+        if self.queued_bytes() > 0 && deadline.is_some() && !self.write_out(deadline)? {
+            return Ok(false);
+        }
+        // Encoding failed before anything was queued: the link is as it was.
+        queue(self.channel.connection_mut()).map_err(|e| self.channel_error(e))?;
+        let frame_len = self.queued_bytes();
+        if self.write_out(deadline)? {
+            return Ok(true);
+        }
+        if self.queued_bytes() == frame_len {
+            self.channel.connection_mut().discard_queued();
+        } else {
+            self.broken = true;
+        }
+        Ok(false)
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.channel.connection().queued_bytes()
+    }
+
+    /// Writes the queue whole (`true`), waiting for room until `deadline` (`false` once it
+    /// passed), and reads what the worker sends meanwhile (up to the read-ahead limit), so
+    /// neither side waits on a full buffer.
+    fn write_out(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
+        while !self.flush()? {
+            // Past the read-ahead limit only room to write is waited for: the worker's replies
+            // wait in the socket, and a worker that cannot send judges this client.
+            let read = self.channel.connection().buffered_bytes() <= READ_AHEAD_LIMIT
+                && !self.channel.connection().is_read_closed();
+            let ready = self.wait(deadline, read, true)?;
+            if ready.readable {
+                match self.read_more() {
+                    // What is buffered waits for the receives; room to write comes first.
+                    Ok(())
+                    | Err(Error::Channel {
+                        source: worker_channel::Error::ReceiveBufferFull { .. },
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e),
+                }
+            } else if !ready.writable {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes what the socket takes now; whether the queue is written. A failure (the worker
+    /// went away) breaks the link with the blocking write's error.
+    pub(crate) fn flush(&mut self) -> Result<bool, Error> {
+        let connection = self.channel.connection_mut();
+        let result = match connection.flush() {
+            Ok(true) if connection.is_write_closed() => Err(worker_channel::Error::Io(
+                connection
+                    .write_closed_error()
+                    .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
+            )),
+            Ok(empty) => return Ok(empty),
+            Err(e) => Err(e),
         };
-        let writer = self.channel.writer();
-        writer
-            .set_write_timeout(left)
-            .map_err(|e| self.io_error(e))?;
-        let result = self.channel.send_raw(FrameKind::Control, &payload);
-        // Data sends block for as long as they must, as a channel's always did.
-        let reset = self.channel.writer().set_write_timeout(None);
-        self.sent(result)?;
-        reset.map_err(|e| self.io_error(e))
+        self.sent(result).map(|()| true)
     }
 
     /// Turns a send's result into ours, marking the link broken when bytes may have left in
@@ -780,6 +972,16 @@ impl Link {
             "unexpected {kind} message while waiting for {awaited}"
         ))
     }
+}
+
+/// The framed connection under a link.
+pub(crate) type Connection = worker_channel::FramedConnection<worker_channel::Duplex<Half, Half>>;
+
+/// What [`Link::wait`] found.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ready {
+    readable: bool,
+    writable: bool,
 }
 
 /// A channel error with its context; a free function so it can be built while the decoder is

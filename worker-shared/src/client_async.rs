@@ -141,21 +141,7 @@ impl AsyncSharedWorker {
     /// [`SharedWorker::connect_timeout`]'s.
     pub async fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
-        let parsed = address::parse(address)?;
-        let connect_error = |source| Error::Connect {
-            address: parsed.to_string(),
-            source,
-        };
-        let stream = match within(deadline, address::connect_async(&parsed)).await {
-            Some(stream) => stream.map_err(connect_error)?,
-            None => {
-                return Err(connect_error(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no address answered in time",
-                )));
-            }
-        };
-        let link = Link::new(parsed.to_string(), stream)?;
+        let link = open(address, deadline).await?;
         let fd = register(&link)?;
         // A link without its hello yet: the client is built once it came.
         let mut connecting = Connecting { fd, link };
@@ -170,7 +156,26 @@ impl AsyncSharedWorker {
         let Connecting { fd, link } = connecting;
         Ok(AsyncSharedWorker {
             fd,
-            client: SharedWorker::from_link(link, hello, timeout),
+            client: SharedWorker::from_link(link, Some(hello), timeout),
+        })
+    }
+
+    /// Connects to the shared worker at `address` without waiting for its hello, as
+    /// [`SharedWorker::connect_with_codec`] does: the first message leaves at once, encoded
+    /// with `codec`, and the hello is read on first need.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with IO and the timer enabled (`enable_all`).
+    pub async fn connect_with_codec(address: &str, codec: Codec) -> Result<Self, Error> {
+        let timeout = DEFAULT_CONTROL_TIMEOUT;
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        let mut link = open(address, deadline).await?;
+        link.expect_codec(codec)?;
+        let fd = register(&link)?;
+        Ok(AsyncSharedWorker {
+            fd,
+            client: SharedWorker::from_link(link, None, timeout),
         })
     }
 
@@ -204,10 +209,7 @@ impl AsyncSharedWorker {
     /// registration with tokio's reactor does. The timeouts and the control requests also
     /// need the runtime's timer (`enable_time`; `enable_all` gives both).
     pub fn new(client: SharedWorker) -> Result<Self, Error> {
-        let stream: &Stream = client.link.channel.reader();
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| client.link.io_error(e))?;
+        // The socket is non-blocking already: both clients wait for readiness their own way.
         let fd = register(&client.link)?;
         Ok(AsyncSharedWorker { fd, client })
     }
@@ -216,10 +218,6 @@ impl AsyncSharedWorker {
     pub fn into_inner(self) -> Result<SharedWorker, Error> {
         let AsyncSharedWorker { fd, client } = self;
         drop(fd);
-        let stream: &Stream = client.link.channel.reader();
-        stream
-            .set_nonblocking(false)
-            .map_err(|e| client.link.io_error(e))?;
         Ok(client)
     }
 
@@ -274,6 +272,7 @@ impl AsyncSharedWorker {
         if let Some(message) = self.client.take_backlogged() {
             return message;
         }
+        self.hello().await?;
         self.fill().await?;
         self.client.take_message()
     }
@@ -298,6 +297,7 @@ impl AsyncSharedWorker {
     /// arrive meanwhile are kept, and the next receives return them first, in order.
     pub async fn query(&mut self) -> Result<StatusReply, Error> {
         let deadline = self.control_deadline();
+        self.hello_within(deadline, "query").await?;
         let reply = self
             .control(&ClientMessage::Query, deadline, "query")
             .await?;
@@ -309,6 +309,7 @@ impl AsyncSharedWorker {
     /// in all.
     pub async fn query_privileged(&mut self, cookie: &AdminCookie) -> Result<StatusReply, Error> {
         let deadline = self.control_deadline();
+        self.hello_within(deadline, "query").await?;
         self.authenticate(cookie, deadline).await?;
         let reply = self
             .control(&ClientMessage::Query, deadline, "query")
@@ -320,9 +321,35 @@ impl AsyncSharedWorker {
     /// acknowledged (as [`SharedWorker::stop`]), within the control timeout in all.
     pub async fn stop(&mut self, cookie: &AdminCookie) -> Result<(), Error> {
         let deadline = self.control_deadline();
+        self.hello_within(deadline, "stop").await?;
         self.authenticate(cookie, deadline).await?;
         let reply = self.control(&ClientMessage::Stop, deadline, "stop").await?;
         self.client.stop_reply(reply)
+    }
+
+    /// Reads the hello if it has not arrived yet (a client made with
+    /// [`SharedWorker::connect_with_codec`]). Cancel-safe.
+    async fn hello(&mut self) -> Result<(), Error> {
+        while !self.client.has_hello() {
+            self.fill().await?;
+            self.client.take_hello_if_pending()?;
+        }
+        Ok(())
+    }
+
+    /// [`hello`](Self::hello) until `deadline` ([`Error::Timeout`] naming `operation`).
+    async fn hello_within(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+        operation: &'static str,
+    ) -> Result<(), Error> {
+        match within(deadline, self.hello()).await {
+            Some(result) => result,
+            None => Err(self
+                .client
+                .link
+                .timeout(operation, self.client.control_timeout())),
+        }
     }
 
     fn control_deadline(&self) -> Option<tokio::time::Instant> {
@@ -409,32 +436,16 @@ impl AsyncSharedWorker {
 
     /// Bytes of a cancelled send not yet written (the next call writes them first).
     pub fn queued_bytes(&self) -> usize {
-        self.client.link.channel.connection().queued_bytes()
+        self.client.link.queued_bytes()
     }
 
     /// Writes the queue whole, waiting for the socket as the blocking client's writes do; a
     /// failure (the worker went away) breaks the link, as theirs does.
     async fn write_out(&mut self) -> Result<(), Error> {
-        while !self.flush()? {
+        while !self.client.link.flush()? {
             poll_fn(|cx| self.poll_ready(cx, false, true)).await?;
         }
         Ok(())
-    }
-
-    /// Writes what the socket takes now; whether the queue is written. A failure (the worker
-    /// went away) breaks the link with the blocking write's error.
-    fn flush(&mut self) -> Result<bool, Error> {
-        let connection = self.client.link.channel.connection_mut();
-        let result = match connection.flush() {
-            Ok(true) if connection.is_write_closed() => Err(worker_channel::Error::Io(
-                connection
-                    .write_closed_error()
-                    .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
-            )),
-            Ok(empty) => return Ok(empty),
-            Err(e) => Err(e),
-        };
-        self.client.link.sent(result).map(|()| true)
     }
 
     /// Reads until a whole frame is buffered, writing what a cancelled send left meanwhile.
@@ -447,7 +458,7 @@ impl AsyncSharedWorker {
             if poll_fn(|cx| self.poll_ready(cx, true, write)).await? {
                 self.client.link.read_more()?;
             } else {
-                self.flush()?;
+                self.client.link.flush()?;
             }
         }
     }
@@ -495,6 +506,25 @@ impl Connecting {
             self.link.read_more()?;
         }
     }
+}
+
+/// Connects to `address` without blocking the runtime's thread, until `deadline`.
+async fn open(address: &str, deadline: Option<tokio::time::Instant>) -> Result<Link, Error> {
+    let parsed = address::parse(address)?;
+    let connect_error = |source| Error::Connect {
+        address: parsed.to_string(),
+        source,
+    };
+    let stream = match within(deadline, address::connect_async(&parsed)).await {
+        Some(stream) => stream.map_err(connect_error)?,
+        None => {
+            return Err(connect_error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no address answered in time",
+            )));
+        }
+    };
+    Link::new(parsed.to_string(), stream)
 }
 
 /// Registers the link's socket with the current runtime's reactor.

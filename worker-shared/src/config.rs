@@ -130,6 +130,8 @@ pub struct SharedServerConfig {
     backlog: u32,
     max_connections: usize,
     max_queued: usize,
+    #[serde(with = "millis")]
+    stall_timeout: Duration,
     #[serde(with = "millis_opt")]
     handshake_timeout: Option<Duration>,
     #[serde(with = "millis")]
@@ -157,6 +159,7 @@ impl Default for SharedServerConfig {
             backlog: 1024,
             max_connections: 4096,
             max_queued: 1024 * 1024,
+            stall_timeout: worker_core::DEFAULT_STALL_TIMEOUT,
             handshake_timeout: Some(Duration::from_secs(30)),
             drain_timeout: Duration::from_secs(10),
             idle_timeout: None,
@@ -222,10 +225,24 @@ impl SharedServerConfig {
         self
     }
 
-    /// How many bytes of replies may wait for one client that does not read (1 MiB by
-    /// default); a client whose queue reaches it is dropped, and nobody else waits for it.
+    /// How many bytes of replies may wait for one client before the server reads nothing more
+    /// from it (1 MiB by default): a client that sends faster than it reads is slowed down.
+    ///
+    /// The bound never cuts a reply: any one reply up to the frame limit is queued whole,
+    /// whatever the bound, and a client that reads gets it. A client whose queue stays at the
+    /// bound and takes no byte for the [stall timeout](Self::with_stall_timeout) stopped
+    /// reading and is dropped, and so is one that would have the bound plus one largest frame
+    /// waiting (its worker sends more than it reads); nobody else waits for it.
     pub fn with_max_queued(mut self, max: usize) -> Self {
         self.max_queued = max;
+        self
+    }
+
+    /// How long a client whose queue is at the [bound](Self::with_max_queued) may take no byte
+    /// of its replies before it is dropped as one that stopped reading (30 s by default;
+    /// `Duration::MAX`: never).
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
         self
     }
 
@@ -376,6 +393,11 @@ impl SharedServerConfig {
         self.max_queued
     }
 
+    /// How long a client at the queue's bound may take nothing.
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
     /// How long a new connection may stay silent.
     pub fn handshake_timeout(&self) -> Option<Duration> {
         self.handshake_timeout
@@ -444,6 +466,12 @@ impl SharedServerConfig {
         }
         if self.max_queued == 0 {
             return bad("max_queued", "is zero: no reply could be queued");
+        }
+        if self.stall_timeout.is_zero() {
+            return bad(
+                "stall_timeout",
+                "is zero: a client would be dropped the moment its replies filled the queue",
+            );
         }
         if self.max_frame_len == 0 {
             return bad("max_frame_len", "is zero: no message could cross");
@@ -618,6 +646,10 @@ mod tests {
                 "max_frame_len",
             ),
             (SharedServerConfig::default().with_backlog(0), "backlog"),
+            (
+                SharedServerConfig::default().with_stall_timeout(Duration::ZERO),
+                "stall_timeout",
+            ),
         ] {
             match config.validate() {
                 Err(Error::Config { what: s, .. }) => assert_eq!(s, setting),

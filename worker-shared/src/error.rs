@@ -89,6 +89,19 @@ pub enum Error {
         /// The version its hello announced.
         version: u32,
     },
+    /// The worker speaks another data codec than the one a client that did not wait for its
+    /// hello encoded its messages with ([`SharedWorker::connect_with_codec`](crate::SharedWorker::connect_with_codec));
+    /// the worker closes the connection without reading them.
+    CodecMismatch {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid.
+        pid: u32,
+        /// The codec the client encoded with.
+        expected: worker_channel::Codec,
+        /// The codec the worker's hello announced.
+        announced: worker_channel::Codec,
+    },
     /// More data arrived while waiting for a control reply than a client keeps for later.
     Backlog {
         /// The worker's address.
@@ -361,6 +374,16 @@ impl fmt::Display for Error {
                 "shared worker at {address} speaks admin protocol version {version}, this client \
                  speaks version {}",
                 crate::wire::PROTOCOL_VERSION
+            ),
+            Error::CodecMismatch {
+                address,
+                pid,
+                expected,
+                announced,
+            } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) speaks {announced}, not the {expected} \
+                 its messages were sent in"
             ),
             Error::Backlog {
                 address,

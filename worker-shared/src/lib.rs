@@ -71,7 +71,8 @@
 //! # What the server guarantees
 //!
 //! - Many connections on one thread; each gets a hello (protocol version, pid, implementation, codec, a fresh nonce) before anything else, and its own bounded queue of replies.
-//! - What goes wrong with one client ends that client's connection only: garbage, an oversized header, a frame cut by the end of the stream, a message that does not decode, silence past the handshake deadline, a queue at its bound (a client that stops reading is dropped, and nobody waits for it), three wrong cookies.
+//! - What goes wrong with one client ends that client's connection only: garbage, an oversized header, a frame cut by the end of the stream, a message that does not decode, silence past the handshake deadline, a client that stops reading (its replies at the queue's bound, none of them taken for the stall timeout: it is dropped, and nobody waits for it), three wrong cookies.
+//!   A reply is never refused for its size: any one up to the frame limit reaches a client that reads it, whatever the queue's bound.
 //! - A wrong cookie is a typed [`Error::Unauthorized`] for the client; the server logs it (never the cookie or the proof) and keeps serving.
 //!   Wrong cookies are checked at most 100 times a second per peer (its user, its IPv4 address or its IPv6 `/64`), across its connections; past that, each is refused unchecked ([`Error::Throttled`]) at the end of the second, and the server logs it once per second.
 //! - On a TCP address that is not loopback (by default, see [`ClientAuth`]), a connection proves it knows the client cookie or the admin cookie ([`SharedWorker::connect_with_cookie`]) before the worker takes a data message or a query from it; before that, either is refused ([`Error::AuthenticationRequired`]) and the connection closed.

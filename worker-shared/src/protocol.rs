@@ -25,6 +25,8 @@
 //! # The conversation
 //!
 //! 1. The client connects, and the server sends `hello` before anything else.
+//!    A client that knows the worker's codec need not wait for it: it sends `codec` first, then its data frames at once, and reads the hello before the first reply.
+//!    A server whose codec is another closes such a connection (after `error` `codec_mismatch`) without handing any of its data frames to the worker.
 //! 2. When the hello's `auth_required` is `true`, the client authenticates first (below, with the role `client` and the client cookie, or with the admin cookie), before any data frame or `query`.
 //! 3. Data frames then flow both ways, at any time.
 //! 4. A client sends control requests one at a time, and reads the reply to each before it sends the next.
@@ -51,6 +53,7 @@
 //! | `authenticate` | `nonce` (bin, 32 fresh random bytes), `proof` (bin, 32 bytes), `role` (string, `"admin"` or `"client"`; absent means `"admin"`) | `authenticated`, or `error` |
 //! | `query` | none | `status`; `error` `authentication_required` where the hello said `auth_required` and the connection has not authenticated |
 //! | `stop` | none | `stopping` on a connection authenticated with the role `admin`, else `error` `authentication_required` |
+//! | `codec` | `codec` (`"messagepack"` or `"json"`): the codec of the data frames that follow | none when it is the worker's; else `error` `codec_mismatch`, then the end |
 //!
 //! ## Error codes
 //!
@@ -65,6 +68,7 @@
 //! | `too_many_failures` | an `authenticate` from a peer that failed too often lately (below): the proof was not checked, and this reply comes only when the peer's window ends | closed after the reply; nothing else from it is answered meanwhile |
 //! | `worker_failed` | the worker failed (panicked) while serving this connection; what it queued before is delivered first, never a cut frame | closed after the reply |
 //! | `idle_timeout` | the connection sent no frame, and had nothing queued for it, for the server's connection idle timeout (none unless configured) | closed after the reply |
+//! | `codec_mismatch` | `codec` named another codec than the worker's: the data frames after it are not read | closed after the reply |
 //!
 //! A client meets codes it does not know as a generic refusal; new codes may appear within a version.
 //!
@@ -74,7 +78,9 @@
 //! - A client that sends no complete frame within the server's handshake deadline (30 s unless configured) is disconnected; any first frame counts (a data message, `query`, `authenticate`).
 //!   Where the hello said `auth_required`, a client that has not authenticated by that deadline gets `error` `authentication_required`, then the end.
 //! - A frame the server cannot take (a header over the maximum, an unknown kind, a data payload its codec cannot read, a stream that ends inside a frame) ends that connection without a reply; a control frame that is not a control message gets `error` `protocol_error`, then the end.
-//! - A client that does not read its replies is disconnected once the server holds the configured amount for it (1 MiB unless configured); its last frame may be cut.
+//! - Any one reply up to the maximum frame length is sent whole to a client that reads it.
+//!   Once the server holds its configured amount for a client (1 MiB unless configured), it reads nothing more from that client until the client has read enough of its replies.
+//!   A client whose replies stay at that amount and that takes no byte of them for the stall timeout (30 s unless configured) has stopped reading, and is disconnected; so is one for which the worker would hold that amount plus one largest frame. Its last frame may be cut then.
 //! - A connection idle past the server's connection idle timeout, if it has one, gets `error` `idle_timeout`, then the end.
 //! - A connection whose request made the worker fail gets `error` `worker_failed`, then the end; the others are served on (unless the server's panic policy stops it: then as for a stop).
 //! - When the server stops, it answers what each client already sent, sends what it queued, then closes every connection.

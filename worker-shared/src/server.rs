@@ -618,6 +618,7 @@ struct Settings {
     euid: u32,
     max_connections: usize,
     max_queued: usize,
+    stall_timeout: Duration,
     handshake_timeout: Option<Duration>,
     drain_timeout: Duration,
     idle_timeout: Option<Duration>,
@@ -648,6 +649,7 @@ impl Settings {
             euid: sys::geteuid(),
             max_connections: config.max_connections(),
             max_queued: config.max_queued(),
+            stall_timeout: config.stall_timeout(),
             handshake_timeout: config.handshake_timeout(),
             drain_timeout: config.drain_timeout(),
             idle_timeout: config.idle_timeout(),
@@ -672,6 +674,7 @@ impl Settings {
             admin: self.cookie.as_ref(),
             client: self.client_cookie.as_ref(),
             throttled,
+            codec: self.info.codec,
         }
     }
 }
@@ -874,9 +877,16 @@ fn admit<W: SharedWorkerImpl>(
         Accepted::Unix(stream) => NbChannel::from_unix_stream(stream, codec, max_frame_len),
         Accepted::Tcp(stream, _) => NbChannel::from_tcp_stream(stream, codec, max_frame_len),
     };
-    let mut channel = channel.with_max_queued(st.settings.max_queued);
-    // Before `on_connect`, so that it is the first frame the client reads.
-    if let Err(e) = channel.send_raw(FrameKind::Control, &hello) {
+    let mut channel = channel
+        .with_max_queued(st.settings.max_queued)
+        .with_stall_timeout(st.settings.stall_timeout);
+    // Before `on_connect`, so that it is the first frame the client reads. Queued, not
+    // written: the host writes it with the replies to what the client already sent, in one
+    // write, when the client did not wait for it.
+    if let Err(e) = channel
+        .connection_mut()
+        .queue_raw(FrameKind::Control, &hello)
+    {
         st.log(
             Level::Debug,
             &format!("dropped {peer}: cannot say hello ({})", error_chain(&e)),
@@ -1093,6 +1103,7 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
             }
             // Answered by its timer, above.
             Step::Throttled => {}
+            Step::Nothing => {}
         }
         Ok(())
     })

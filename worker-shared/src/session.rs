@@ -66,6 +66,8 @@ pub(crate) enum Step {
     /// An authentication from a peer that failed too often lately: it was not checked. Send
     /// [`throttled`] once the peer's window ends, then close the connection.
     Throttled,
+    /// Nothing to send.
+    Nothing,
 }
 
 /// What a session checks a control message against: the server's cookies and rules, and
@@ -78,6 +80,8 @@ pub(crate) struct Context<'a> {
     pub(crate) client: Option<&'a AdminCookie>,
     /// Whether the peer failed too many authentications lately.
     pub(crate) throttled: bool,
+    /// The worker's data codec.
+    pub(crate) codec: Codec,
 }
 
 /// The late answer to an authentication that was [`Step::Throttled`].
@@ -199,6 +203,12 @@ impl ServerSession {
             ClientMessage::Stop => Step::Reply(ServerMessage::error(
                 ErrorCode::AuthenticationRequired,
                 "stop needs a connection authenticated with the admin cookie",
+            )),
+            ClientMessage::Codec { codec: expected } if expected == cx.codec => Step::Nothing,
+            // Its data frames are in another codec: none of them may reach the worker.
+            ClientMessage::Codec { codec: expected } => Step::Close(ServerMessage::error(
+                ErrorCode::CodecMismatch,
+                format!("this worker's codec is {}, not {expected}", cx.codec),
             )),
         }
     }
@@ -439,7 +449,7 @@ mod tests {
         let cx = Context {
             admin: Some(&admin),
             client: Some(&client),
-            throttled: false,
+            ..Context::default()
         };
         // (role, cookie, then may send data, privileged)
         let cases = [
@@ -503,5 +513,23 @@ mod tests {
                 status: Some(WorkerStatus::new("full"))
             }
         );
+    }
+
+    #[test]
+    fn a_client_expecting_another_codec_is_closed_and_one_expecting_this_one_hears_nothing() {
+        let mut session = ServerSession::new(NS, false);
+        let json = payload(&ClientMessage::Codec { codec: Codec::Json });
+        let with = |codec| Context {
+            codec,
+            ..Context::default()
+        };
+        assert_eq!(session.handle(&with(Codec::Json), &json), Step::Nothing);
+        match session.handle(&with(Codec::MessagePack), &json) {
+            Step::Close(ServerMessage::Error { code, message }) => {
+                assert_eq!(code, ErrorCode::CodecMismatch);
+                assert_eq!(message, "this worker's codec is messagepack, not json");
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
     }
 }

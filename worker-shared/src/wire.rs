@@ -91,12 +91,16 @@ pub(crate) enum ClientMessage {
     Query,
     /// Asks the worker to stop; only on an authenticated connection.
     Stop,
+    /// The data codec the client already encodes its messages with, sent before it read the
+    /// hello: the server closes a connection that expects another one, without reading its
+    /// data, and replies nothing otherwise.
+    Codec { codec: Codec },
 }
 
 impl ClientMessage {
     /// The `type` of every client message this version knows, to tell an unknown message from a
     /// malformed one.
-    pub(crate) const TYPES: &'static [&'static str] = &["authenticate", "query", "stop"];
+    pub(crate) const TYPES: &'static [&'static str] = &["authenticate", "query", "stop", "codec"];
 }
 
 impl ServerMessage {
@@ -132,6 +136,8 @@ pub(crate) enum ErrorCode {
     WorkerFailed,
     /// The connection was idle past the server's limit, and closes.
     IdleTimeout,
+    /// The client announced a data codec that is not the worker's.
+    CodecMismatch,
     /// A code this version does not know.
     Other(String),
 }
@@ -147,6 +153,7 @@ impl ErrorCode {
             ErrorCode::TooManyFailures => "too_many_failures",
             ErrorCode::WorkerFailed => "worker_failed",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::CodecMismatch => "codec_mismatch",
             ErrorCode::Other(code) => code,
         }
     }
@@ -161,6 +168,7 @@ impl ErrorCode {
             "too_many_failures" => ErrorCode::TooManyFailures,
             "worker_failed" => ErrorCode::WorkerFailed,
             "idle_timeout" => ErrorCode::IdleTimeout,
+            "codec_mismatch" => ErrorCode::CodecMismatch,
             _ => ErrorCode::Other(code),
         }
     }

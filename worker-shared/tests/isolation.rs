@@ -165,6 +165,61 @@ fn a_client_that_never_reads_is_dropped_at_its_queue_bound_and_others_are_unaffe
 }
 
 #[test]
+fn replies_far_past_the_queue_bound_reach_a_client_that_reads() {
+    // (bound, replies, bytes each): one reply, or several in a row, each larger than the bound.
+    for (bound, replies, size) in [
+        (1024 * 1024, 1, 2 * 1024 * 1024),
+        (1024 * 1024, 1, 15 * 1024 * 1024),
+        (64 * 1024, 3, 4 * 1024 * 1024),
+        (1, 2, 1024 * 1024),
+    ] {
+        let served = embedded(
+            Transport::Unix,
+            SharedServerConfig::default().with_max_queued(bound),
+        );
+        let mut reader = SharedWorker::connect(&served.address).unwrap();
+        reader
+            .send_message(&format!("flood {replies} {size}"))
+            .unwrap();
+        for _ in 0..replies {
+            let reply: String = reader
+                .receive_message_timeout(timeout(30.0))
+                .unwrap_or_else(|e| panic!("bound {bound}, {replies} x {size}: {e:?}"));
+            assert_eq!(reply.len(), size);
+        }
+        assert_served(&mut reader, "after the flood");
+        assert!(
+            !served.log.all().iter().any(|l| l.contains("dropped")),
+            "{:?}",
+            served.log.all()
+        );
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_the_stall_timeout_and_others_are_unaffected() {
+    let stall = timeout(0.3);
+    let served = embedded(
+        Transport::Unix,
+        SharedServerConfig::default()
+            .with_max_queued(64 * 1024)
+            .with_stall_timeout(stall),
+    );
+    let mut deaf = SharedWorker::connect(&served.address).unwrap();
+    let mut other = SharedWorker::connect(&served.address).unwrap();
+    // One reply, within every size limit, that the client never reads.
+    let started = Instant::now();
+    deaf.send_message("flood 1 8388608").unwrap();
+    let line = served.log.wait_for("peer stopped reading");
+    assert!(
+        started.elapsed() >= stall,
+        "dropped before the stall timeout: {line}"
+    );
+    assert!(line.contains("dropped connection from unix:"), "{line}");
+    assert_served(&mut other, "other");
+}
+
+#[test]
 fn a_thousand_clients_are_served_at_once() {
     crate::support::raise_fd_limit(4096);
     let served = embedded(Transport::Unix, SharedServerConfig::default());

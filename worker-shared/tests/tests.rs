@@ -27,6 +27,7 @@ mod panics;
 mod processes;
 mod server;
 mod signals;
+mod sizes;
 mod sockets;
 mod support;
 mod workers;

@@ -251,20 +251,7 @@ pub(crate) fn embedded_with(
     adjust: impl FnOnce(Greeter) -> Greeter + Send + 'static,
 ) -> Embedded {
     let dir = tempfile::tempdir().unwrap();
-    let server = match transport {
-        Transport::Unix => {
-            let address = format!("unix://{}/run/worker.sock", dir.path().display());
-            SharedServer::bind(&address, config).unwrap()
-        }
-        Transport::Tcp4 => {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            SharedServer::from_tcp_listener(listener, config).unwrap()
-        }
-        Transport::Tcp6 => {
-            let listener = TcpListener::bind("[::1]:0").unwrap();
-            SharedServer::from_tcp_listener(listener, config).unwrap()
-        }
-    };
+    let server = bind(transport, config, &dir);
     let (log, sink) = Log::new();
     let counts = Arc::new(Counts::default());
     let theirs = Arc::clone(&counts);
@@ -279,5 +266,61 @@ pub(crate) fn embedded_with(
         counts,
         log,
         dir,
+    }
+}
+
+/// A server over `transport` with `config`; a Unix socket goes in `dir/run`, which does not
+/// exist yet.
+pub(crate) fn bind(
+    transport: Transport,
+    config: SharedServerConfig,
+    dir: &TempDir,
+) -> SharedServer {
+    match transport {
+        Transport::Unix => {
+            let address = format!("unix://{}/run/worker.sock", dir.path().display());
+            SharedServer::bind(&address, config).unwrap()
+        }
+        Transport::Tcp4 => {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            SharedServer::from_tcp_listener(listener, config).unwrap()
+        }
+        Transport::Tcp6 => {
+            let listener = TcpListener::bind("[::1]:0").unwrap();
+            SharedServer::from_tcp_listener(listener, config).unwrap()
+        }
+    }
+}
+
+/// Sends every message back as it came: the size matrix's worker.
+#[derive(Debug, Default)]
+pub(crate) struct Echo;
+
+impl Worker for Echo {
+    const NAME: &'static str = "echo";
+    type Args = ();
+    fn new((): ()) -> Result<Self, BoxError> {
+        Ok(Echo)
+    }
+}
+
+impl EventedWorker for Echo {
+    type Message = String;
+    type Reply = String;
+
+    fn on_message(
+        &mut self,
+        message: String,
+        connection: &mut Connection<String>,
+        _: &mut WorkerLoop<Self>,
+    ) -> Result<(), BoxError> {
+        connection.send(&message)?;
+        Ok(())
+    }
+}
+
+impl SharedWorkerImpl for Echo {
+    fn on_query(&mut self, _privileged: bool) -> Option<WorkerStatus> {
+        None
     }
 }

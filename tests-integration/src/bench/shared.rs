@@ -1,4 +1,5 @@
-//! Shared-worker benchmarks: round trip, connect, auto-start, and 1,000 concurrent clients.
+//! Shared-worker benchmarks: round trip, 1 MiB messages, connect, auto-start, and 1,000
+//! concurrent clients.
 //!
 //! Ours is a [`SharedEcho`] daemon started on demand (this binary re-executed); the baselines
 //! are this binary re-executed with `EXSYST_BENCH_SHARED_PEER` set, serving the same Unix
@@ -30,6 +31,8 @@ use crate::workers::{dedicated::Echo, shared::SharedEcho};
 const PEER_ENV: &str = "EXSYST_BENCH_SHARED_PEER";
 /// The message of every benchmark, as the issue asks: 16 bytes.
 const LEN: usize = 16;
+/// The message of `shared 1 MiB`, each way.
+const MIB: usize = 1024 * 1024;
 /// Concurrent clients of `shared 1000 clients`.
 const CLIENTS: usize = 1000;
 /// Messages each of them exchanges, one at a time, per round.
@@ -54,7 +57,8 @@ fn blocking_echo(path: &Path) -> io::Result<()> {
     let listener = UnixListener::bind(path)?;
     println!("ready");
     io::stdout().flush()?;
-    let mut buf = [0u8; 4096];
+    // Large enough that a 1 MiB message costs few system calls here either.
+    let mut buf = vec![0u8; 64 * 1024];
     for stream in listener.incoming() {
         let mut stream = stream?;
         loop {
@@ -242,6 +246,7 @@ pub fn run(cfg: &Config) -> Vec<Line> {
             cfg,
             dir,
             "shared round trip",
+            "µs",
             |address| {
                 let mut w = SharedWorker::connect(address).expect("connect");
                 time_round_trips(N, || {
@@ -257,6 +262,27 @@ pub fn run(cfg: &Config) -> Vec<Line> {
                     s.read_exact(&mut raw).unwrap();
                 })
             },
+        ));
+    }
+    if cfg.wants("shared 1 MiB") {
+        // MiB/s moved (request and reply): higher is better, so the ratio is ours / baseline.
+        const N: u32 = 200;
+        let big = ByteBuf::from(vec![5u8; MIB]);
+        lines.push(against_raw_echo(
+            cfg,
+            dir,
+            "shared 1 MiB",
+            "MiB/s",
+            |address| {
+                let mut w = SharedWorker::connect(address).expect("connect");
+                let each = time_round_trips(N, || {
+                    w.send_message(&big).unwrap();
+                    let back: ByteBuf = w.receive_message().unwrap();
+                    assert_eq!(back.len(), MIB);
+                });
+                2.0 * 1e6 / each
+            },
+            |path| 2.0 * 1e6 / raw_round_trips_of(path, MIB, N),
         ));
     }
     if cfg.wants("shared round trip spin") {
@@ -296,9 +322,13 @@ pub fn run(cfg: &Config) -> Vec<Line> {
             cfg,
             dir,
             "shared connect",
+            "µs",
             |address| {
                 time_round_trips(N, || {
-                    let mut w = SharedWorker::connect(address).expect("connect");
+                    // The client knows the worker's codec: its message need not wait for the
+                    // hello.
+                    let mut w = SharedWorker::connect_with_codec(address, Codec::MessagePack)
+                        .expect("connect");
                     w.send_message(&message).unwrap();
                     let _: ByteBuf = w.receive_message().unwrap();
                 })
@@ -378,17 +408,41 @@ pub fn run(cfg: &Config) -> Vec<Line> {
     lines
 }
 
-/// A line of µs per operation: each round, `ours` runs twice against a fresh daemon (given its
+/// Mean µs per round trip of a `len`-byte message through the raw echo at `path`: a thread
+/// writes each message while this one reads the echo, as the echo sends it back while it still
+/// reads.
+fn raw_round_trips_of(path: &Path, len: usize, n: u32) -> f64 {
+    let mut reader = UnixStream::connect(path).expect("connect");
+    let mut writer = reader.try_clone().expect("clone");
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let writing = std::thread::spawn(move || {
+        let message = vec![5u8; len];
+        while wait.recv().is_ok() {
+            writer.write_all(&message).unwrap();
+        }
+    });
+    let mut back = vec![0u8; len];
+    let each = time_round_trips(n, || {
+        go.send(()).unwrap();
+        reader.read_exact(&mut back).unwrap();
+    });
+    drop(go);
+    writing.join().unwrap();
+    each
+}
+
+/// A line in `unit`: each round, `ours` runs twice against a fresh daemon (given its
 /// address) and `base` twice against a fresh raw echo peer (given its socket's path); the
 /// second, warm, run of each counts.
 fn against_raw_echo(
     cfg: &Config,
     dir: &Path,
     name: &str,
+    unit: &'static str,
     ours: impl Fn(&str) -> f64,
     base: impl Fn(&Path) -> f64,
 ) -> Line {
-    let mut line = Line::new(cfg.name(name), "µs");
+    let mut line = Line::new(cfg.name(name), unit);
     for round in 0..cfg.rounds {
         let ours = || {
             let daemon = Daemon::start(dir, round);

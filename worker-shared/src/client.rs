@@ -12,7 +12,7 @@ use worker_channel::{Channel, Codec, DEFAULT_MAX_FRAME_LEN, FrameKind, Spin};
 use worker_core::{WorkerStatus, deadline_after, time_left};
 
 use crate::{
-    AdminCookie, Error,
+    AdminCookie, Error, PeerUids,
     address::{self, Half, Stream},
     auth::{self, AuthError, ClientAuth},
     wire::{
@@ -95,13 +95,31 @@ impl SharedWorker {
     /// A worker that accepts the connection but never says hello gives [`Error::Timeout`].
     /// Resolving a host name goes through the system's resolver, which this timeout does not
     /// bound; addresses given as IP literals need no resolution.
+    ///
+    /// A Unix socket must be served by this process's own user or root
+    /// ([`Error::UntrustedServer`] otherwise, before anything is sent): see
+    /// [`connect_trusting`](Self::connect_trusting) for others.
     pub fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
+        Self::connect_trusting(address, timeout, &PeerUids::Owner)
+    }
+
+    /// As [`connect_timeout`](Self::connect_timeout), trusting the Unix sockets served by the
+    /// users in `servers` ([`PeerUids::Owner`]: this process's own user, and root). The kernel
+    /// says who serves a socket (`SO_PEERCRED`); a server of another user is
+    /// [`Error::UntrustedServer`], and nothing is sent to it. TCP servers have no user to
+    /// check.
+    pub fn connect_trusting(
+        address: &str,
+        timeout: Duration,
+        servers: &PeerUids,
+    ) -> Result<Self, Error> {
         let deadline = deadline_after(timeout);
         let parsed = address::parse(address)?;
         let stream = address::connect(&parsed, deadline).map_err(|source| Error::Connect {
             address: parsed.to_string(),
             source,
         })?;
+        crate::local::check_server(&stream, parsed.as_str(), servers)?;
         let mut link = Link::new(parsed.to_string(), stream)?;
         let hello = link.read_hello(deadline, timeout)?;
         Ok(Self::from_link(link, hello, timeout))

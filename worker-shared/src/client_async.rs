@@ -13,7 +13,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use worker_channel::{Codec, FrameKind};
 
 use crate::{
-    AdminCookie, Error, SharedWorker, StatusReply,
+    AdminCookie, Error, PeerUids, SharedWorker, StatusReply,
     address::{self, Stream},
     client::{DEFAULT_CONTROL_TIMEOUT, Link},
     wire::{self, ClientMessage, ServerMessage},
@@ -140,6 +140,16 @@ impl AsyncSharedWorker {
     /// becomes the [control timeout](Self::set_control_timeout); the errors are
     /// [`SharedWorker::connect_timeout`]'s.
     pub async fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
+        Self::connect_trusting(address, timeout, &PeerUids::Owner).await
+    }
+
+    /// As [`connect_timeout`](Self::connect_timeout), trusting the Unix sockets served by the
+    /// users in `servers`, as [`SharedWorker::connect_trusting`] does.
+    pub async fn connect_trusting(
+        address: &str,
+        timeout: Duration,
+        servers: &PeerUids,
+    ) -> Result<Self, Error> {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         let parsed = address::parse(address)?;
         let connect_error = |source| Error::Connect {
@@ -155,6 +165,7 @@ impl AsyncSharedWorker {
                 )));
             }
         };
+        crate::local::check_server(&stream, parsed.as_str(), servers)?;
         let link = Link::new(parsed.to_string(), stream)?;
         let fd = register(&link)?;
         // A link without its hello yet: the client is built once it came.

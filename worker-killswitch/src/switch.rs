@@ -412,16 +412,17 @@ impl KillSwitch {
 
     fn lock_shared(&self) -> Result<Option<File>, Error> {
         let lock_path = self.lock_path()?;
-        let file = match File::open(&lock_path) {
+        let file = match open_lock_file(OpenOptions::new().read(true), &lock_path) {
             Ok(file) => Some(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o644)
-                    .open(&lock_path)
-                {
+                match open_lock_file(
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .mode(0o644),
+                    &lock_path,
+                ) {
                     Ok(file) => Some(file),
                     // A reader that cannot create the lock file (read-only directory or file
                     // system, or no directory at all) can still read safely: the file is only
@@ -464,18 +465,22 @@ impl KillSwitch {
             path: dir.to_owned(),
             source,
         })?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&lock_path)
-            .or_else(|e| match e.kind() {
-                // flock does not need write access: a lock file owned by another user will do.
-                io::ErrorKind::PermissionDenied => File::open(&lock_path),
-                _ => Err(e),
-            })
+        let file = open_lock_file(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644),
+            &lock_path,
+        )
+        .or_else(|e| match e.kind() {
+            // flock does not need write access: a lock file owned by another user will do.
+            io::ErrorKind::PermissionDenied => {
+                open_lock_file(OpenOptions::new().read(true), &lock_path)
+            }
+            _ => Err(e),
+        })
             .map_err(|source| Error::Io {
                 path: lock_path.clone(),
                 source,
@@ -714,6 +719,23 @@ fn temp_file_owner(name: &[u8]) -> Option<&[u8]> {
     let rest = digits_after_last_dot(rest)?;
     let owner = rest.strip_suffix(b".tmp")?.strip_prefix(b".")?;
     (!owner.is_empty()).then_some(owner)
+}
+
+/// Opens the lock file as `options` say, never through a link at its name (in a directory
+/// others may write to, another user's link would make this one create, or lock, a file of
+/// their choosing), nor blocking on what is not a regular file (a FIFO), and only when it is a
+/// regular file.
+fn open_lock_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the lock file is not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 fn can_read_unlocked(e: &io::Error) -> bool {

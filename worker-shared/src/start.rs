@@ -492,7 +492,8 @@ impl StartLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            // Nor blocking on a FIFO put there: it is refused below.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path);
         let file = match opened {
             Ok(file) => file,

@@ -129,6 +129,26 @@ impl KillSwitch {
         logged(check_start(&self.read()?, &address))
     }
 
+    /// As [`check_start`](Self::check_start), without the shared lock, so without ever
+    /// waiting: for a first look that spares a disabled worker's starter its wait for the start
+    /// lock, to be confirmed under [`lock`](Self::lock) or [`try_lock`](Self::try_lock) with
+    /// [`KillSwitchLock::check_start`].
+    ///
+    /// The file is only ever replaced by rename, so it is never seen half written; a change in
+    /// progress (one that holds the exclusive lock) may not be seen yet.
+    ///
+    /// # Errors
+    ///
+    /// As for [`check_start`](Self::check_start).
+    pub fn peek_start(&self, address: &str) -> Result<(), Error> {
+        let address = Address::parse(address)?;
+        let state = self
+            .read_file()?
+            .map(|(state, _)| state)
+            .unwrap_or_default();
+        logged(check_start(&state, &address))
+    }
+
     /// Takes the kill switch's exclusive lock, waiting for as long as another holder keeps it.
     ///
     /// While the returned [`KillSwitchLock`] lives, no change of this kill switch can happen,

@@ -297,8 +297,9 @@ fn ensure_running(
     }
     let switch = profile.kill_switch_path().map(KillSwitch::new);
     if let Some(switch) = &switch {
+        // Without waiting for a lock: the start's deadline bounds only the waits below.
         switch
-            .check_start(&canonical)
+            .peek_start(&canonical)
             .map_err(|e| kill_switch_error(&canonical, e))?;
     }
     let mut config = config.clone();

@@ -117,7 +117,7 @@ fn socket_activation_serves_on_the_listener_handed_over() {
 
 /// A profile that starts this test binary as the `daemon` role, its channel moved out of
 /// libtest's way (see `children::daemon`).
-fn daemon_profile() -> BootstrapProfile {
+pub(crate) fn daemon_profile() -> BootstrapProfile {
     BootstrapProfile::new()
         .with_program("/bin/sh")
         .with_args([

@@ -25,6 +25,7 @@ mod processes;
 mod server;
 mod sockets;
 mod support;
+mod trust;
 mod workers;
 
 /// Where each helper role lives.

@@ -31,6 +31,10 @@ const READ_AHEAD_LIMIT: usize = 2 * DEFAULT_MAX_FRAME_LEN as usize;
 /// clearing it (see `Link::fill`).
 const KEPT_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a failed send looks for the stopping notice in what the worker sent before it
+/// closed (which has all arrived by then).
+const STOPPING_NOTICE_WAIT: Duration = Duration::from_secs(1);
+
 /// Data messages kept for later while waiting for a control reply, in bytes; past it the wait
 /// fails with [`Error::Backlog`] rather than filling memory.
 const MAX_BACKLOG: usize = 64 * 1024 * 1024;
@@ -196,7 +200,30 @@ impl SharedWorker {
     pub fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
         self.link.usable()?;
         let result = self.link.channel.send(FrameKind::Data, message);
-        self.link.sent(result)
+        let sent = self.link.sent(result);
+        sent.map_err(|e| self.why_send_failed(e))
+    }
+
+    /// The error of a send that failed: [`Error::Stopping`] when the worker said so before it
+    /// closed (its notice waits in the socket, behind the replies, which are kept for the
+    /// receives), else `error` as it is.
+    pub(crate) fn why_send_failed(&mut self, error: Error) -> Error {
+        if !matches!(error, Error::Io { .. }) {
+            return error;
+        }
+        // The worker closed its end: all it said is here already, so this does not wait.
+        let deadline = deadline_after(STOPPING_NOTICE_WAIT);
+        loop {
+            match self.link.fill(deadline) {
+                Ok(true) => match self.control_frame() {
+                    Ok(_) => {}
+                    Err(stopping @ Error::Stopping { .. }) => return stopping,
+                    Err(_) => return error,
+                },
+                Err(stopping @ Error::Stopping { .. }) => return stopping,
+                _ => return error,
+            }
+        }
     }
 
     /// Receives one message, blocking until it arrives.
@@ -262,6 +289,10 @@ impl SharedWorker {
         let payload = frame.payload.to_vec();
         Err(
             match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
+                Inbound::Message(ServerMessage::Error {
+                    code: ErrorCode::Stopping,
+                    ..
+                }) => self.link.stopping(),
                 Inbound::Message(message) => self.link.unexpected(&message, "a data message"),
                 Inbound::Unknown(kind) => self
                     .link
@@ -293,8 +324,10 @@ impl SharedWorker {
     }
 
     fn ask_status(&mut self, deadline: Option<Instant>) -> Result<StatusReply, Error> {
-        self.link
-            .send_control(&ClientMessage::Query, deadline, "query")?;
+        let sent = self
+            .link
+            .send_control(&ClientMessage::Query, deadline, "query");
+        sent.map_err(|e| self.why_send_failed(e))?;
         let reply = self.control_reply(deadline, "query")?;
         self.status_reply(reply)
     }
@@ -317,8 +350,10 @@ impl SharedWorker {
     pub fn stop(&mut self, cookie: &AdminCookie) -> Result<(), Error> {
         let deadline = deadline_after(self.control_timeout);
         self.authenticate(cookie, deadline)?;
-        self.link
-            .send_control(&ClientMessage::Stop, deadline, "stop")?;
+        let sent = self
+            .link
+            .send_control(&ClientMessage::Stop, deadline, "stop");
+        sent.map_err(|e| self.why_send_failed(e))?;
         let reply = self.control_reply(deadline, "stop")?;
         self.stop_reply(reply)
     }
@@ -340,8 +375,10 @@ impl SharedWorker {
             return Ok(());
         }
         let (auth, request) = self.auth_request(cookie)?;
-        self.link
-            .send_control(&request, deadline, "authentication")?;
+        let sent = self
+            .link
+            .send_control(&request, deadline, "authentication");
+        sent.map_err(|e| self.why_send_failed(e))?;
         let reply = self.control_reply(deadline, "authentication")?;
         self.auth_reply(&auth, reply)
     }
@@ -429,6 +466,10 @@ impl SharedWorker {
             return Ok(None);
         }
         match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
+            Inbound::Message(ServerMessage::Error {
+                code: ErrorCode::Stopping,
+                ..
+            }) => Err(self.link.stopping()),
             Inbound::Message(ServerMessage::Error { code, message }) => {
                 Err(self.refused(code, message))
             }
@@ -467,6 +508,8 @@ pub(crate) struct Link {
     read_timeout: Option<Duration>,
     /// A send failed, perhaps part-way through a frame.
     broken: bool,
+    /// The worker said it is stopping.
+    stopping: bool,
     /// The latency mode of the receives.
     spin: Spin,
 }
@@ -482,6 +525,7 @@ impl Link {
             pid: None,
             read_timeout: None,
             broken: false,
+            stopping: false,
             spin: Spin::OFF,
         })
     }
@@ -503,6 +547,11 @@ impl Link {
         }
         let hello = match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
             Inbound::Message(ServerMessage::Hello(hello)) => hello,
+            // A server that accepted the connection while stopping says so instead.
+            Inbound::Message(ServerMessage::Error {
+                code: ErrorCode::Stopping,
+                ..
+            }) => return Err(self.stopping()),
             // A hello of another version may not even have this version's shape.
             _ => {
                 return Err(match wire::hello_version(&payload) {
@@ -581,6 +630,7 @@ impl Link {
                 Ok(_) => worker_channel::Error::Closed,
             };
             return Err(match end {
+                worker_channel::Error::Closed if self.stopping => self.stopping(),
                 worker_channel::Error::Closed => Error::Closed {
                     address: self.address.clone(),
                     pid: self.pid,
@@ -662,6 +712,12 @@ impl Link {
     }
 
     pub(crate) fn usable(&self) -> Result<(), Error> {
+        if self.stopping {
+            return Err(Error::Stopping {
+                address: self.address.clone(),
+                pid: self.pid,
+            });
+        }
         if self.broken {
             return Err(Error::Broken {
                 address: self.address.clone(),
@@ -670,6 +726,16 @@ impl Link {
             });
         }
         Ok(())
+    }
+
+    /// Notes that the worker said it is stopping, and says so: every later call on this link
+    /// fails the same way.
+    pub(crate) fn stopping(&mut self) -> Error {
+        self.stopping = true;
+        Error::Stopping {
+            address: self.address.clone(),
+            pid: self.pid,
+        }
     }
 
     pub(crate) fn io_error(&self, source: io::Error) -> Error {

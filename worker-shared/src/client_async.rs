@@ -254,7 +254,8 @@ impl AsyncSharedWorker {
     /// A send that fails (the worker went away, say) may have sent part of a frame: every later
     /// call then fails with [`Error::Broken`], as with the blocking client. Cancel-safe.
     pub async fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
-        self.send(Outgoing::Data(message)).await
+        let sent = self.send(Outgoing::Data(message)).await;
+        sent.map_err(|e| self.client.why_send_failed(e))
     }
 
     /// Receives one message, waiting asynchronously until it arrives.
@@ -341,7 +342,8 @@ impl AsyncSharedWorker {
         operation: &'static str,
     ) -> Result<ServerMessage, Error> {
         let exchange = async {
-            self.send(Outgoing::<()>::Control(request)).await?;
+            let sent = self.send(Outgoing::<()>::Control(request)).await;
+            sent.map_err(|e| self.client.why_send_failed(e))?;
             loop {
                 self.fill().await?;
                 if let Some(reply) = self.client.control_frame()? {

@@ -28,7 +28,7 @@
 //! 2. Data frames then flow both ways, at any time, without authentication.
 //! 3. A client sends control requests one at a time, and reads the reply to each before it sends the next.
 //!    Data frames may arrive between a request and its reply: they belong to the application (the Rust client keeps them for later, in order).
-//!    The server sends control frames only as the hello and as replies.
+//!    The server sends control frames only as the hello, as replies, and as its last frame when it stops (`error` `stopping`, below).
 //!
 //! ## Server to client
 //!
@@ -60,6 +60,7 @@
 //! | `authentication_required` | `stop` on a connection that has not authenticated | stays open |
 //! | `unknown_message` | a control message of a `type` this server does not know | stays open |
 //! | `protocol_error` | a control message the server cannot read (not a map, missing keys, a nonce of the wrong length) | closed after the reply |
+//! | `stopping` | not a reply but a notice, sent unasked: the worker is stopping; it answered what the connection sent before, and this is its last frame | closed after it |
 //!
 //! A client meets codes it does not know as a generic refusal; new codes may appear within a version.
 //!
@@ -69,7 +70,10 @@
 //! - A client that sends no complete frame within the server's handshake deadline (30 s unless configured) is disconnected; any first frame counts (a data message, `query`, `authenticate`).
 //! - A frame the server cannot take (a header over the maximum, an unknown kind, a data payload its codec cannot read, a stream that ends inside a frame) ends that connection without a reply; a control frame that is not a control message gets `error` `protocol_error`, then the end.
 //! - A client that does not read its replies is disconnected once the server holds the configured amount for it (1 MiB unless configured); its last frame may be cut.
-//! - When the server stops, it answers what each client already sent, sends what it queued, then closes every connection.
+//! - When the server stops, it first removes its Unix socket file (new connections find nothing there), answers what each client already sent, sends what it queued, then `error` `stopping` as the last frame of every connection, and closes them.
+//!   Data a client sends after that is not read; a client whose write fails because the server closed (`EPIPE`, `ECONNRESET`) finds the notice in what it can still read, and can tell a worker that stopped from one that died.
+//!   A client that connected just before the stop, still waiting in the listener's backlog, gets `error` `stopping` instead of a hello, then the end.
+//!   Either way, a client that wants the worker connects again: the next connection finds the worker gone (or its successor), never the stopping one.
 //!
 //! # Authentication
 //!

@@ -11,7 +11,10 @@ use std::{
     collections::HashMap,
     fmt,
     net::TcpListener as StdTcpListener,
-    os::unix::net::UnixListener as StdUnixListener,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::net::UnixListener as StdUnixListener,
+    },
     rc::Rc,
     sync::{Arc, mpsc},
     thread,
@@ -334,6 +337,8 @@ impl SharedServer {
             sessions: HashMap::new(),
             listener: None,
             stop_source: None,
+            stop_probe: stop_reader.as_fd().try_clone_to_owned().ok(),
+            stop_asked: false,
             socket_file,
             idle_timer: None,
             retry_timer: None,
@@ -547,6 +552,10 @@ struct State {
     sessions: HashMap<ConnectionId, Session>,
     listener: Option<(SourceId, Listener)>,
     stop_source: Option<SourceId>,
+    /// The stop line's reading end again, to see a stop asked for but not begun yet.
+    stop_probe: Option<OwnedFd>,
+    /// A client's stop was acknowledged, and the stop begins once its callback returned.
+    stop_asked: bool,
     socket_file: Option<SocketFile>,
     idle_timer: Option<TimerId>,
     retry_timer: Option<TimerId>,
@@ -569,6 +578,69 @@ impl State {
         }
     }
 
+    /// Who is at the other end of a connection just accepted, if it may connect; otherwise
+    /// why not, to log.
+    fn admitted_peer(&self, accepted: &Accepted) -> Result<Peer, String> {
+        let peer = match accepted {
+            Accepted::Unix(_) => match sys::peer_cred(accepted.as_fd()) {
+                Ok(cred) => Peer::Unix {
+                    pid: u32::try_from(cred.pid).ok().filter(|&pid| pid != 0),
+                    uid: cred.uid,
+                    gid: cred.gid,
+                },
+                Err(e) => return Err(format!("refused a connection: cannot tell its peer ({e})")),
+            },
+            Accepted::Tcp(stream, addr) => {
+                // One frame is one write; replies wait on no delayed acknowledgement.
+                let _ = stream.set_nodelay(true);
+                Peer::Tcp(*addr)
+            }
+        };
+        if let Peer::Unix { uid, .. } = peer {
+            if !self.uid_allowed(uid) {
+                return Err(format!("refused {peer}: user {uid} may not connect"));
+            }
+        }
+        Ok(peer)
+    }
+
+    /// Tells the connections still waiting in the listener's backlog that this server is
+    /// stopping (their first and last frame, instead of a hello), and closes them.
+    fn turn_away(&self, listener: &Listener) {
+        let Ok(notice) = wire::encode(&ServerMessage::stopping()) else {
+            return;
+        };
+        loop {
+            let accepted = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            if self.admitted_peer(&accepted).is_err() {
+                continue;
+            }
+            let mut channel = match accepted {
+                Accepted::Unix(stream) => {
+                    NbChannel::from_unix_stream(stream, self.codec, self.max_frame_len)
+                }
+                Accepted::Tcp(stream, _) => {
+                    NbChannel::from_tcp_stream(stream, self.codec, self.max_frame_len)
+                }
+            };
+            // A fresh socket takes a frame this small at once.
+            let _ = channel.send_raw(FrameKind::Control, &notice);
+        }
+    }
+
+    /// Whether a stop is asked for and not begun yet: no hello is said then, since the
+    /// stop's notice would follow it at once (the backlog is told by [`State::turn_away`]).
+    fn stop_pending(&self) -> bool {
+        self.stop_asked
+            || self.stop_probe.as_ref().is_some_and(|probe| {
+                worker_core::sys::readable_now(probe.as_fd()).unwrap_or(false)
+            })
+    }
+
     fn record(&mut self, error: Error) {
         self.log(Level::Error, &error_chain(&error));
         self.first_error.get_or_insert(error);
@@ -581,6 +653,9 @@ fn accept_all<W: SharedWorkerImpl>(
     host: &mut WorkerHost<W>,
     event_loop: &mut WorkerLoop<W>,
 ) -> Result<(), BoxError> {
+    if state.borrow().stop_pending() {
+        return Ok(());
+    }
     loop {
         let accepted = match state.borrow().listener.as_ref() {
             Some((_, listener)) => listener.accept(),
@@ -628,38 +703,15 @@ fn admit<W: SharedWorkerImpl>(
     accepted: Accepted,
 ) -> Result<(), BoxError> {
     let mut st = state.borrow_mut();
-    let peer = match &accepted {
-        Accepted::Unix(_) => match sys::peer_cred(accepted.as_fd()) {
-            Ok(cred) => Peer::Unix {
-                pid: u32::try_from(cred.pid).ok().filter(|&pid| pid != 0),
-                uid: cred.uid,
-                gid: cred.gid,
-            },
-            Err(e) => {
-                st.log(
-                    Level::Warn,
-                    &format!("refused a connection: cannot tell its peer ({e})"),
-                );
-                return Ok(());
-            }
-        },
-        Accepted::Tcp(stream, addr) => {
-            // One frame is one write; replies wait on no delayed acknowledgement.
-            let _ = stream.set_nodelay(true);
-            Peer::Tcp(*addr)
-        }
-    };
     // Refused connections are closed at once, before any hello: the client sees the end of
     // the stream.
-    if let Peer::Unix { uid, .. } = peer {
-        if !st.uid_allowed(uid) {
-            st.log(
-                Level::Warn,
-                &format!("refused {peer}: user {uid} may not connect"),
-            );
+    let peer = match st.admitted_peer(&accepted) {
+        Ok(peer) => peer,
+        Err(why) => {
+            st.log(Level::Warn, &why);
             return Ok(());
         }
-    }
+    };
     let connections = host.connections().len();
     if connections >= st.max_connections {
         st.log(
@@ -806,6 +858,7 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
             }
             Step::Stop(ack) => {
                 send_control(connection, &ack)?;
+                state.borrow_mut().stop_asked = true;
                 let stopping = Rc::clone(&state);
                 // Once this callback returns: the stop needs the whole host.
                 event_loop.add_timer(
@@ -937,15 +990,8 @@ fn begin_stop<W: SharedWorkerImpl>(
             st.socket_file.take(),
         )
     };
-    if let Some((id, mut listener)) = listener {
-        event_loop.deregister_ref(id, &mut listener);
-    }
-    if let Some(id) = stop_source {
-        event_loop.deregister(id);
-    }
-    for timer in timers {
-        event_loop.cancel_timer(timer);
-    }
+    // The socket's name first, so that no new connection reaches the listener; then those
+    // already waiting in its backlog are told, rather than cut off when it closes.
     if let Some(mut file) = socket_file {
         match file.remove_if_ours() {
             Ok(_) => {}
@@ -953,6 +999,16 @@ fn begin_stop<W: SharedWorkerImpl>(
                 .borrow()
                 .log(Level::Warn, &format!("cannot remove the socket file: {e}")),
         }
+    }
+    if let Some((id, mut listener)) = listener {
+        event_loop.deregister_ref(id, &mut listener);
+        state.borrow().turn_away(&listener);
+    }
+    if let Some(id) = stop_source {
+        event_loop.deregister(id);
+    }
+    for timer in timers {
+        event_loop.cancel_timer(timer);
     }
     if let Err(source) = host.worker_mut().on_stop(event_loop) {
         let mut st = state.borrow_mut();
@@ -965,8 +1021,11 @@ fn begin_stop<W: SharedWorkerImpl>(
             },
         });
     }
+    // Each connection's last frame says why it ends: a client tells a stopping worker from
+    // one that died.
+    let notice = wire::encode(&ServerMessage::stopping())?;
     for id in host.connections().ids() {
-        host.finish(event_loop, id)?;
+        host.finish_with(event_loop, id, Some((FrameKind::Control, &notice)))?;
     }
     if host.connections().is_empty() {
         return end_stop(state, host, event_loop);

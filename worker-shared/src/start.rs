@@ -293,6 +293,8 @@ fn ensure_running(
             });
         }
         Err(e) if e.is_not_running() => {}
+        // Going away: its successor is started (or found) below, under the lock.
+        Err(Error::Stopping { .. }) if local::is_local(&parsed)? => {}
         Err(e) => return Err(e),
     }
     let switch = profile.kill_switch_path().map(KillSwitch::new);
@@ -404,6 +406,8 @@ fn try_connect(address: &str, deadline: Option<Instant>) -> Result<Probe, Error>
             Ok(Probe::Refused)
         }
         Err(e) if e.is_not_running() => Ok(Probe::Absent),
+        // A stopping worker removed its socket file before it said so.
+        Err(Error::Stopping { .. }) => Ok(Probe::Absent),
         Err(e) => Err(e),
     }
 }

@@ -79,6 +79,11 @@ impl ServerMessage {
     pub(crate) const TYPES: &'static [&'static str] =
         &["hello", "authenticated", "status", "stopping", "error"];
 
+    /// The notice a stopping server sends on every connection, last.
+    pub(crate) fn stopping() -> Self {
+        Self::error(ErrorCode::Stopping, "the worker is stopping")
+    }
+
     pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         ServerMessage::Error {
             code,
@@ -101,6 +106,9 @@ pub(crate) enum ErrorCode {
     UnknownMessage,
     /// A control message the server cannot read.
     ProtocolError,
+    /// Not a refusal of a request but a notice: the worker is stopping, has answered what the
+    /// connection sent before, and closes it.
+    Stopping,
     /// A code this version does not know.
     Other(String),
 }
@@ -113,6 +121,7 @@ impl ErrorCode {
             ErrorCode::AuthenticationRequired => "authentication_required",
             ErrorCode::UnknownMessage => "unknown_message",
             ErrorCode::ProtocolError => "protocol_error",
+            ErrorCode::Stopping => "stopping",
             ErrorCode::Other(code) => code,
         }
     }
@@ -124,6 +133,7 @@ impl ErrorCode {
             "authentication_required" => ErrorCode::AuthenticationRequired,
             "unknown_message" => ErrorCode::UnknownMessage,
             "protocol_error" => ErrorCode::ProtocolError,
+            "stopping" => ErrorCode::Stopping,
             _ => ErrorCode::Other(code),
         }
     }

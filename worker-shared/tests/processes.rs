@@ -45,8 +45,8 @@ fn sigterm_stops_a_server_gracefully_delivering_the_replies_in_flight() {
                     assert!(reply.starts_with("Hello "), "{reply}");
                     answered += 1;
                 }
-                Err(Error::Closed { .. }) => break,
-                Err(e) => panic!("expected replies then the end, got {e:?}"),
+                Err(Error::Stopping { .. }) => break,
+                Err(e) => panic!("expected replies then the stopping notice, got {e:?}"),
             }
         }
     }

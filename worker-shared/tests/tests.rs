@@ -24,6 +24,7 @@ mod messages;
 mod processes;
 mod server;
 mod sockets;
+mod stopping;
 mod support;
 mod trust;
 mod workers;

@@ -501,10 +501,10 @@ impl KillSwitch {
             }
             _ => Err(e),
         })
-            .map_err(|source| Error::Io {
-                path: lock_path.clone(),
-                source,
-            })?;
+        .map_err(|source| Error::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
         let locked = if wait {
             retry_interrupted(|| fs2::FileExt::lock_exclusive(&file))
         } else {

@@ -217,7 +217,9 @@ fn another_users_link_or_fifo_at_the_lock_file_is_never_followed() {
         ] {
             match result {
                 Err(Error::Io { path: failed, .. }) => assert_eq!(failed, lock, "{what} {call}"),
-                other => panic!("{what} {call}: expected Error::Io on the lock file, got {other:?}"),
+                other => {
+                    panic!("{what} {call}: expected Error::Io on the lock file, got {other:?}")
+                }
             }
             assert!(
                 fs::symlink_metadata(&victim).is_err(),

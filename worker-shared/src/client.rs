@@ -375,9 +375,7 @@ impl SharedWorker {
             return Ok(());
         }
         let (auth, request) = self.auth_request(cookie)?;
-        let sent = self
-            .link
-            .send_control(&request, deadline, "authentication");
+        let sent = self.link.send_control(&request, deadline, "authentication");
         sent.map_err(|e| self.why_send_failed(e))?;
         let reply = self.control_reply(deadline, "authentication")?;
         self.auth_reply(&auth, reply)

@@ -343,11 +343,9 @@ impl fmt::Display for Error {
                 "shared worker at {address}{} closed the connection",
                 Pid(*pid)
             ),
-            Error::Stopping { address, pid } => write!(
-                f,
-                "shared worker at {address}{} is stopping",
-                Pid(*pid)
-            ),
+            Error::Stopping { address, pid } => {
+                write!(f, "shared worker at {address}{} is stopping", Pid(*pid))
+            }
             Error::UntrustedServer { address, uid } => write!(
                 f,
                 "shared worker at {address} is served by user {uid}, whom this client does not \
@@ -357,11 +355,7 @@ impl fmt::Display for Error {
                 path,
                 owner,
                 reason,
-            } => write!(
-                f,
-                "refusing {} (owner {owner}): {reason}",
-                path.display()
-            ),
+            } => write!(f, "refusing {} (owner {owner}): {reason}", path.display()),
             Error::Channel { address, pid, .. } => write!(
                 f,
                 "channel to shared worker at {address}{} failed",

@@ -148,15 +148,13 @@ pub(crate) fn socket_dir(
     // The directory the socket's name resolves in, so through links.
     let meta = match fs::metadata(dir) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .and_then(|()| fs::set_permissions(dir, Permissions::from_mode(0o700)))
-                .and_then(|()| fs::metadata(dir))
-                .map_err(io_error)?
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| fs::set_permissions(dir, Permissions::from_mode(0o700)))
+            .and_then(|()| fs::metadata(dir))
+            .map_err(io_error)?,
         Err(e) => return Err(io_error(e)),
     };
     check_dir(dir, &meta).map(drop)

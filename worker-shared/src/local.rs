@@ -38,7 +38,11 @@ fn is_local_ip(ip: IpAddr) -> bool {
 /// `servers` (the kernel's `SO_PEERCRED`, recorded when the server listened):
 /// [`PeerUids::Owner`] is this process's effective user or root. TCP has no such answer: its
 /// servers are authenticated by the admin cookie alone.
-pub(crate) fn check_server(stream: &Stream, address: &str, servers: &PeerUids) -> Result<(), Error> {
+pub(crate) fn check_server(
+    stream: &Stream,
+    address: &str,
+    servers: &PeerUids,
+) -> Result<(), Error> {
     let Stream::Unix(socket) = stream else {
         return Ok(());
     };

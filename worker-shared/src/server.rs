@@ -636,9 +636,10 @@ impl State {
     /// stop's notice would follow it at once (the backlog is told by [`State::turn_away`]).
     fn stop_pending(&self) -> bool {
         self.stop_asked
-            || self.stop_probe.as_ref().is_some_and(|probe| {
-                worker_core::sys::readable_now(probe.as_fd()).unwrap_or(false)
-            })
+            || self
+                .stop_probe
+                .as_ref()
+                .is_some_and(|probe| worker_core::sys::readable_now(probe.as_fd()).unwrap_or(false))
     }
 
     fn record(&mut self, error: Error) {

@@ -516,13 +516,11 @@ impl StartLock {
         };
         let meta = file.metadata().map_err(fail)?;
         listener::check_own_file(&path, &meta, meta.is_file(), "not a regular file")?;
-        let locked = wait_for(deadline, || {
-            match fs2::FileExt::try_lock_exclusive(&file) {
-                Ok(()) => Ok(Some(())),
-                Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(None),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-                Err(e) => Err(e),
-            }
+        let locked = wait_for(deadline, || match fs2::FileExt::try_lock_exclusive(&file) {
+            Ok(()) => Ok(Some(())),
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
         })
         .map_err(fail)?;
         Ok(locked.map(|()| StartLock { _file: file }))

@@ -2,7 +2,7 @@
 //! and `connect_or_start` onto a stopping worker ends up on a fresh daemon.
 
 use std::{
-    fs::{self, File},
+    fs::File,
     process::Command,
     sync::mpsc,
     thread,
@@ -33,7 +33,12 @@ enum Doing {
 }
 
 /// Whether `result` is the one error of a stopping worker, naming it.
-fn assert_stopping<T: std::fmt::Debug>(what: &str, result: Result<T, Error>, address: &str, pid: u32) {
+fn assert_stopping<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, Error>,
+    address: &str,
+    pid: u32,
+) {
     match result {
         Err(Error::Stopping {
             address: said,
@@ -115,11 +120,18 @@ fn connect_or_start_onto_a_stopping_worker_ends_up_on_a_fresh_daemon() {
     let address = format!("unix://{}", path.display());
     let profile = daemon_profile();
     let config = SharedServerConfig::default().with_cookie(cookie());
-    let mut first = connect_or_start_timeout(&profile, &address, "greeter", &config, timeout(30.0)).unwrap();
+    let mut first =
+        connect_or_start_timeout(&profile, &address, "greeter", &config, timeout(30.0)).unwrap();
     let old = first.pid();
     // The old daemon's loop blocks on a FIFO until the test writes it.
     let fifo = dir.path().join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     first
         .send_message(&format!("stop-after {}", fifo.display()))
         .unwrap();
@@ -128,15 +140,23 @@ fn connect_or_start_onto_a_stopping_worker_ends_up_on_a_fresh_daemon() {
     let (tx, rx) = mpsc::channel();
     let (starting, started_config) = (address.clone(), config.clone());
     thread::spawn(move || {
-        let started =
-            connect_or_start_timeout(&daemon_profile(), &starting, "greeter", &started_config, timeout(30.0));
+        let started = connect_or_start_timeout(
+            &daemon_profile(),
+            &starting,
+            "greeter",
+            &started_config,
+            timeout(30.0),
+        );
         let _ = tx.send(started);
     });
     // Its connection waits in the old daemon's backlog.
     let deadline = Instant::now() + timeout(30.0);
     let mut pause = Duration::from_millis(1);
     while backlog(&path) == 0 {
-        assert!(Instant::now() < deadline, "the connection never reached the backlog");
+        assert!(
+            Instant::now() < deadline,
+            "the connection never reached the backlog"
+        );
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
@@ -152,7 +172,15 @@ fn connect_or_start_onto_a_stopping_worker_ends_up_on_a_fresh_daemon() {
         fresh.receive_message::<String>().unwrap(),
         "Hello world ! You're my 1st client."
     );
-    assert_eq!(first.receive_message::<String>().unwrap(), "stop_current: true");
-    assert_stopping("the old daemon's master", first.receive_message::<String>(), &address, old);
+    assert_eq!(
+        first.receive_message::<String>().unwrap(),
+        "stop_current: true"
+    );
+    assert_stopping(
+        "the old daemon's master",
+        first.receive_message::<String>(),
+        &address,
+        old,
+    );
     stop(&address, &cookie(), timeout(30.0)).unwrap();
 }

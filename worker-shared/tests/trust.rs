@@ -155,10 +155,8 @@ fn marked_processes(mark: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.split(|&b| b == 0)
-                    .any(|var| var == needle.as_bytes())
-            })
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
         })
         .collect()
 }
@@ -213,7 +211,9 @@ fn another_users_file_at_the_lock_path_is_refused_at_once_and_never_followed() {
         ),
     ];
     for (what, make, reason) in cases {
-        let socket = shared.sticky.join(format!("{}.sock", what.replace(' ', "-")));
+        let socket = shared
+            .sticky
+            .join(format!("{}.sock", what.replace(' ', "-")));
         let address = format!("unix://{}", socket.display());
         let lock = PathBuf::from(format!("{}.lock", socket.display()));
         let _holder = make(&lock, &victim);
@@ -236,14 +236,28 @@ fn another_users_file_at_the_lock_path_is_refused_at_once_and_never_followed() {
                 owner,
                 reason: said,
             }) => {
-                assert_eq!((path, owner, said), (lock.clone(), NOBODY, reason), "{what}");
+                assert_eq!(
+                    (path, owner, said),
+                    (lock.clone(), NOBODY, reason),
+                    "{what}"
+                );
             }
             other => panic!("{what}: expected Error::Untrusted, got {other:?}"),
         }
-        assert!(took < timeout(1.0), "{what}: refused at once, not after {took:?}");
-        assert!(!victim.exists(), "{what}: nothing is created through a link");
+        assert!(
+            took < timeout(1.0),
+            "{what}: refused at once, not after {took:?}"
+        );
+        assert!(
+            !victim.exists(),
+            "{what}: nothing is created through a link"
+        );
         assert!(!socket.exists(), "{what}: no daemon bound");
-        assert_eq!(marked_processes(&mark), Vec::<u32>::new(), "{what}: nothing spawned");
+        assert_eq!(
+            marked_processes(&mark),
+            Vec::<u32>::new(),
+            "{what}: nothing spawned"
+        );
     }
 }
 
@@ -299,7 +313,8 @@ fn a_lock_held_past_the_start_timeout_ends_the_start_in_time_with_nothing_spawne
         let starting = address.clone();
         thread::spawn(move || {
             let began = Instant::now();
-            let started = connect_or_start_timeout(&profile, &starting, "greeter", &config(), limit);
+            let started =
+                connect_or_start_timeout(&profile, &starting, "greeter", &config(), limit);
             let _ = tx.send((started.map(|w| w.pid()), began.elapsed()));
         });
         let margin = timeout(1.0);
@@ -307,7 +322,10 @@ fn a_lock_held_past_the_start_timeout_ends_the_start_in_time_with_nothing_spawne
         // Released either way, so that a start that waits for ever ends and is seen.
         drop(holder);
         let (started, took) = outcome
-            .or_else(|_| rx.recv_timeout(timeout(30.0)).map(|(s, _)| (s, Duration::MAX)))
+            .or_else(|_| {
+                rx.recv_timeout(timeout(30.0))
+                    .map(|(s, _)| (s, Duration::MAX))
+            })
             .unwrap();
         if started.is_ok() {
             stop_if_running(&address);
@@ -325,7 +343,11 @@ fn a_lock_held_past_the_start_timeout_ends_the_start_in_time_with_nothing_spawne
             took >= limit && took < limit + margin,
             "{what}: ended after {took:?}, for a timeout of {limit:?}"
         );
-        assert_eq!(marked_processes(&mark), Vec::<u32>::new(), "{what}: nothing spawned");
+        assert_eq!(
+            marked_processes(&mark),
+            Vec::<u32>::new(),
+            "{what}: nothing spawned"
+        );
         assert!(!socket.exists(), "{what}: no daemon bound");
     }
 }
@@ -340,17 +362,28 @@ fn an_impostor_serving_in_another_users_directory_gets_not_one_byte() {
     let mark = fresh_mark("impostor");
     type Call = fn(&str, &str) -> Result<SharedWorker, Error>;
     let refused: [(&str, Call); 3] = [
-        ("connect", |address, _| SharedWorker::connect_timeout(address, timeout(3.0))),
+        ("connect", |address, _| {
+            SharedWorker::connect_timeout(address, timeout(3.0))
+        }),
         ("connect_trusting root only", |address, _| {
             SharedWorker::connect_trusting(address, timeout(3.0), &PeerUids::Only(vec![0]))
         }),
         ("connect_or_start", |address, mark| {
-            connect_or_start_timeout(&marked_profile(mark), address, "greeter", &config(), timeout(3.0))
+            connect_or_start_timeout(
+                &marked_profile(mark),
+                address,
+                "greeter",
+                &config(),
+                timeout(3.0),
+            )
         }),
     ];
     for (what, call) in refused {
         match call(&address, &mark) {
-            Err(Error::UntrustedServer { address: failed, uid }) => {
+            Err(Error::UntrustedServer {
+                address: failed,
+                uid,
+            }) => {
                 assert_eq!((failed.as_str(), uid), (address.as_str(), NOBODY), "{what}");
             }
             Ok(mut worker) => {
@@ -360,12 +393,21 @@ fn an_impostor_serving_in_another_users_directory_gets_not_one_byte() {
             }
             other => panic!("{what}: expected Error::UntrustedServer, got {other:?}"),
         }
-        assert_eq!(impostor.expect("received"), "0", "{what}: no byte reached it");
+        assert_eq!(
+            impostor.expect("received"),
+            "0",
+            "{what}: no byte reached it"
+        );
     }
-    assert_eq!(marked_processes(&mark), Vec::<u32>::new(), "nothing spawned");
+    assert_eq!(
+        marked_processes(&mark),
+        Vec::<u32>::new(),
+        "nothing spawned"
+    );
     // Trusting that user is a choice the caller can make.
-    let trusting = SharedWorker::connect_trusting(&address, timeout(3.0), &PeerUids::Only(vec![NOBODY]))
-        .unwrap();
+    let trusting =
+        SharedWorker::connect_trusting(&address, timeout(3.0), &PeerUids::Only(vec![NOBODY]))
+            .unwrap();
     assert_eq!(trusting.implementation(), "counter");
     drop(trusting);
     assert_eq!(impostor.expect("received"), "0");
@@ -387,8 +429,13 @@ fn a_socket_directory_others_control_is_refused_and_a_sticky_one_is_used() {
         let dir = shared.dir(&what.replace(['\'', ' '], "-"), owner, mode);
         let address = format!("unix://{}", dir.join("worker.sock").display());
         let mark = fresh_mark("dir");
-        let started =
-            connect_or_start_timeout(&marked_profile(&mark), &address, "greeter", &config(), timeout(30.0));
+        let started = connect_or_start_timeout(
+            &marked_profile(&mark),
+            &address,
+            "greeter",
+            &config(),
+            timeout(30.0),
+        );
         let bound = SharedServer::bind(&address, config()).map(drop);
         if started.is_ok() {
             stop_if_running(&address);
@@ -400,14 +447,16 @@ fn a_socket_directory_others_control_is_refused_and_a_sticky_one_is_used() {
         for (call, result) in [("connect_or_start", started.map(drop)), ("bind", bound)] {
             match result {
                 Err(Error::Untrusted {
-                    path,
-                    owner: said,
-                    ..
+                    path, owner: said, ..
                 }) => assert_eq!((path, said), (dir.clone(), owner), "{what} {call}"),
                 other => panic!("{what} {call}: expected Error::Untrusted, got {other:?}"),
             }
         }
-        assert_eq!(marked_processes(&mark), Vec::<u32>::new(), "{what}: nothing spawned");
+        assert_eq!(
+            marked_processes(&mark),
+            Vec::<u32>::new(),
+            "{what}: nothing spawned"
+        );
     }
 }
 
@@ -420,15 +469,26 @@ fn another_users_stale_socket_in_a_sticky_directory_is_not_taken_over() {
     stale.expect("bound");
     assert!(stale.wait().success());
     let mark = fresh_mark("stale");
-    let started =
-        connect_or_start_timeout(&marked_profile(&mark), &address, "greeter", &config(), timeout(30.0));
+    let started = connect_or_start_timeout(
+        &marked_profile(&mark),
+        &address,
+        "greeter",
+        &config(),
+        timeout(30.0),
+    );
     if started.is_ok() {
         stop_if_running(&address);
     }
     match started {
-        Err(Error::Untrusted { path, owner, .. }) => assert_eq!((path, owner), (socket.clone(), NOBODY)),
+        Err(Error::Untrusted { path, owner, .. }) => {
+            assert_eq!((path, owner), (socket.clone(), NOBODY))
+        }
         other => panic!("expected Error::Untrusted, got {other:?}"),
     }
     assert!(socket.exists(), "their socket file is left alone");
-    assert_eq!(marked_processes(&mark), Vec::<u32>::new(), "nothing spawned");
+    assert_eq!(
+        marked_processes(&mark),
+        Vec::<u32>::new(),
+        "nothing spawned"
+    );
 }

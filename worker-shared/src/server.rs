@@ -654,10 +654,12 @@ fn accept_all<W: SharedWorkerImpl>(
     host: &mut WorkerHost<W>,
     event_loop: &mut WorkerLoop<W>,
 ) -> Result<(), BoxError> {
-    if state.borrow().stop_pending() {
-        return Ok(());
-    }
     loop {
+        // Looked at before each accept: the callbacks of the connection admitted last (its
+        // first message may be read as it joins the loop) may have asked for the stop.
+        if state.borrow().stop_pending() {
+            return Ok(());
+        }
         let accepted = match state.borrow().listener.as_ref() {
             Some((_, listener)) => listener.accept(),
             None => return Ok(()),

@@ -2,7 +2,7 @@
 //! and `connect_or_start` onto a stopping worker ends up on a fresh daemon.
 
 use std::{
-    fs::File,
+    fs::{self, File},
     process::Command,
     sync::mpsc,
     thread,
@@ -118,7 +118,8 @@ fn connect_or_start_onto_a_stopping_worker_ends_up_on_a_fresh_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("worker.sock");
     let address = format!("unix://{}", path.display());
-    let profile = daemon_profile();
+    let log_path = dir.path().join("daemon.log");
+    let profile = daemon_profile().with_output_path(&log_path);
     let config = SharedServerConfig::default().with_cookie(cookie());
     let mut first =
         connect_or_start_timeout(&profile, &address, "greeter", &config, timeout(30.0)).unwrap();
@@ -166,7 +167,12 @@ fn connect_or_start_onto_a_stopping_worker_ends_up_on_a_fresh_daemon() {
         .recv_timeout(timeout(60.0))
         .unwrap()
         .unwrap_or_else(|e| panic!("expected a fresh daemon, got {e:?}"));
-    assert_ne!(fresh.pid(), old, "a new daemon, not the stopping one");
+    assert_ne!(
+        fresh.pid(),
+        old,
+        "a new daemon, not the stopping one; the old one's log:\n{}",
+        fs::read_to_string(&log_path).unwrap_or_default()
+    );
     fresh.send_message("world").unwrap();
     assert_eq!(
         fresh.receive_message::<String>().unwrap(),

@@ -64,8 +64,14 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// - [`Error::StartFailed`]: the daemon said why it could not start (its constructor, its
 ///   socket, its settings); [`Error::Start`]: it could not be spawned, or died before it said;
 ///   [`Error::Timeout`] (operation `start`): it said nothing in time, and was killed;
-/// - [`Error::StartLock`]: the lock file could not be taken;
-/// - any error of connecting to a running worker, other than finding nothing there.
+/// - [`Error::StartLock`]: the lock file could not be taken; [`Error::Timeout`] (operation
+///   `start lock`): another starter held it, or the kill switch's lock, until the deadline
+///   (nothing was spawned);
+/// - [`Error::Untrusted`]: the socket's directory, the lock file, a stale socket file or the
+///   [runtime directory](runtime_dir) is another user's, or others may change it;
+/// - any error of connecting to a running worker, other than finding nothing there or a
+///   worker that is stopping ([`Error::UntrustedServer`] for a socket served by another
+///   user).
 pub fn start(
     profile: &BootstrapProfile,
     address: &str,
@@ -81,8 +87,8 @@ pub fn start(
     )
 }
 
-/// As [`start`], waiting at most `timeout` for a running worker's hello or a new daemon's
-/// report (`Duration::MAX`: no limit).
+/// As [`start`], within `timeout` in all (`Duration::MAX`: no limit): the running worker's
+/// hello, the locks, and the new daemon's report.
 pub fn start_timeout(
     profile: &BootstrapProfile,
     address: &str,
@@ -121,8 +127,9 @@ pub fn connect_or_start(
     )
 }
 
-/// As [`connect_or_start`], waiting at most `timeout` for a running worker's hello or a new
-/// daemon's report. The connection's [control
+/// As [`connect_or_start`], within `timeout` in all: the running worker's hello, the locks,
+/// the new daemon's report and the connection to it (whose error then names the daemon's
+/// pid, as it runs). The connection's [control
 /// timeout](SharedWorker::set_control_timeout) is [`DEFAULT_CONTROL_TIMEOUT`], and its
 /// [latency mode](SharedWorker::set_spin) the profile's.
 pub fn connect_or_start_timeout(

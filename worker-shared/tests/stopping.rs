@@ -67,25 +67,20 @@ fn masters_racing_a_stop_all_get_the_one_stopping_error() {
             let mut stopper = SharedWorker::connect(&server.address).unwrap();
             stopper.stop(&cookie()).unwrap();
             let (tx, rx) = mpsc::channel();
-            for (n, mut master) in masters.drain(..).enumerate() {
+            // The even masters block, the odd ones are async.
+            for (n, master) in masters.drain(..).enumerate() {
                 let (tx, address, what) = (tx.clone(), server.address.clone(), what.clone());
                 thread::spawn(move || {
                     let what = format!("{what} master {n}");
-                    let end = match doing {
-                        Doing::Sending => loop {
-                            if let Err(e) = master.send_message("racing") {
-                                break Err::<String, _>(e);
-                            }
-                            if let Err(e) = master.receive_message::<String>() {
-                                break Err(e);
-                            }
-                        },
-                        Doing::Receiving => master.receive_message::<String>(),
+                    let (end, send, receive) = if n % 2 == 0 {
+                        race(master, doing)
+                    } else {
+                        race_async(master, doing)
                     };
                     assert_stopping(&what, end, &address, pid);
                     // And so on, for every later call.
-                    assert_stopping(&what, master.send_message("again"), &address, pid);
-                    assert_stopping(&what, master.receive_message::<String>(), &address, pid);
+                    assert_stopping(&what, send, &address, pid);
+                    assert_stopping(&what, receive, &address, pid);
                     tx.send(()).unwrap();
                 });
             }
@@ -97,6 +92,66 @@ fn masters_racing_a_stop_all_get_the_one_stopping_error() {
             server.server.join().unwrap();
         }
     }
+}
+
+/// What a blocking master racing a stop gets: the call that failed first, then a send and a
+/// receive after it.
+fn race(mut master: SharedWorker, doing: Doing) -> Outcome {
+    let end = match doing {
+        Doing::Sending => loop {
+            if let Err(e) = master.send_message("racing") {
+                break Err::<String, _>(e);
+            }
+            if let Err(e) = master.receive_message::<String>() {
+                break Err(e);
+            }
+        },
+        Doing::Receiving => master.receive_message::<String>(),
+    };
+    (
+        end,
+        master.send_message("again"),
+        master.receive_message::<String>(),
+    )
+}
+
+type Outcome = (
+    Result<String, Error>,
+    Result<(), Error>,
+    Result<String, Error>,
+);
+
+/// As [`race`], for the async client (the odd masters; the blocking one without tokio).
+#[cfg(feature = "tokio")]
+fn race_async(master: SharedWorker, doing: Doing) -> Outcome {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut master = master.into_async().unwrap();
+        let end = match doing {
+            Doing::Sending => loop {
+                if let Err(e) = master.send_message("racing").await {
+                    break Err::<String, _>(e);
+                }
+                if let Err(e) = master.receive_message::<String>().await {
+                    break Err(e);
+                }
+            },
+            Doing::Receiving => master.receive_message::<String>().await,
+        };
+        (
+            end,
+            master.send_message("again").await,
+            master.receive_message::<String>().await,
+        )
+    })
+}
+
+#[cfg(not(feature = "tokio"))]
+fn race_async(master: SharedWorker, doing: Doing) -> Outcome {
+    race(master, doing)
 }
 
 /// How many connections wait in the backlog of the Unix listener at `path` (`ss`'s Recv-Q).

@@ -49,6 +49,7 @@ pub(crate) fn play(role: &str) {
         "daemon" => daemon(),
         "impostor" => crate::trust::impostor(),
         "stale" => crate::trust::stale(),
+        "runtime-dir" => crate::trust::runtime_dir_role(),
         other => panic!("unknown role {other:?}"),
     }
 }
@@ -133,6 +134,13 @@ impl Helper {
         env: &[(&str, &str)],
     ) -> Helper {
         Self::spawn_configured(role, address, stdin, shell, env, |_| {})
+    }
+
+    /// As [`Helper::spawn`], with `XDG_RUNTIME_DIR` set to `dir`.
+    pub(crate) fn spawn_with_runtime_dir(role: &str, dir: &Path) -> Helper {
+        Self::spawn_configured(role, "", None, None, &[], |command| {
+            command.env("XDG_RUNTIME_DIR", dir);
+        })
     }
 
     /// As [`Helper::spawn`], running as user and group `uid` (the tests run as root).

@@ -63,6 +63,23 @@ pub(crate) fn stale() {
     report("bound");
 }
 
+/// The `runtime-dir` role: reports what `runtime_dir` says under this process's
+/// `XDG_RUNTIME_DIR`.
+pub(crate) fn runtime_dir_role() {
+    match runtime_dir() {
+        Ok(dir) => report(&format!("runtime ok {}", dir.display())),
+        Err(Error::Untrusted {
+            path,
+            owner,
+            reason,
+        }) => report(&format!(
+            "runtime untrusted {} {owner} {reason}",
+            path.display()
+        )),
+        Err(e) => report(&format!("runtime error {e:?}")),
+    }
+}
+
 /// A temporary directory others may enter (`0755`), holding a sticky directory anyone may
 /// write to (`01777`), as the system's temporary directory is.
 struct Shared {
@@ -491,4 +508,61 @@ fn another_users_stale_socket_in_a_sticky_directory_is_not_taken_over() {
         Vec::<u32>::new(),
         "nothing spawned"
     );
+}
+
+#[test]
+fn a_runtime_directory_others_control_is_refused() {
+    type Make = fn(&Path);
+    // (what, how the runtime directory is made, what `runtime_dir` says)
+    let cases: [(&str, Make, &str); 5] = [
+        ("absent", |_| {}, "ok"),
+        (
+            "own private",
+            |dir| {
+                fs::create_dir(dir).unwrap();
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+            },
+            "ok",
+        ),
+        (
+            "own but open",
+            |dir| {
+                fs::create_dir(dir).unwrap();
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+            },
+            "untrusted 0 others may enter this user's runtime directory",
+        ),
+        (
+            "another user's",
+            |dir| {
+                fs::create_dir(dir).unwrap();
+                chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+            },
+            "untrusted 65534 another user owns the directory, and could replace what is in it",
+        ),
+        (
+            "another user's link",
+            |dir| {
+                let target = dir.with_file_name("elsewhere");
+                fs::create_dir(&target).unwrap();
+                as_nobody("ln", &[Path::new("-s"), &target, dir]);
+            },
+            "untrusted 65534 a symbolic link, which is never followed",
+        ),
+    ];
+    for (what, make, expected) in cases {
+        let shared = Shared::new();
+        let dir = shared.sticky.join("exsyst-worker");
+        make(&dir);
+        let helper = Helper::spawn_with_runtime_dir("runtime-dir", &shared.sticky);
+        let said = helper.expect("runtime");
+        let expected = match expected {
+            "ok" => format!("ok {}", dir.display()),
+            other => {
+                let (owner_reason, path) = (other.trim_start_matches("untrusted "), &dir);
+                format!("untrusted {} {owner_reason}", path.display())
+            }
+        };
+        assert_eq!(said, expected, "{what}");
+    }
 }

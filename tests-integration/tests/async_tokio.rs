@@ -548,12 +548,12 @@ async fn async_clients_of_an_embedded_shared_worker_greet_query_and_stop_it() {
         format!("Hello late ! You're my {} client.", ordinal(9))
     );
     converted.stop(&cookie).await.unwrap();
-    // The stop closes every connection.
+    // The stop ends every connection with its notice.
     match clients[1].receive_message::<String>().await {
-        Err(exsyst_worker::shared::Error::Closed { pid, .. }) => {
+        Err(exsyst_worker::shared::Error::Stopping { pid, .. }) => {
             assert_eq!(pid, Some(std::process::id()))
         }
-        other => panic!("expected the connection closed, got {other:?}"),
+        other => panic!("expected the stopping notice, got {other:?}"),
     }
     server.join().unwrap();
 }

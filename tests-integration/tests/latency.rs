@@ -196,7 +196,7 @@ fn a_shared_worker_with_spinning_server_and_client_answers_and_ends_the_same() {
     server.join().unwrap();
     assert!(matches!(
         client.receive_message::<ByteBuf>(),
-        Err(exsyst_worker::shared::Error::Closed { .. })
+        Err(exsyst_worker::shared::Error::Stopping { .. })
     ));
 }
 

@@ -1004,6 +1004,18 @@ impl<W: EventedWorker> WorkerHost<W> {
         event_loop: &mut WorkerLoop<W>,
         id: ConnectionId,
     ) -> Result<bool, Error> {
+        self.finish_with(event_loop, id, None)
+    }
+
+    /// As [`finish`](Self::finish), sending `last` (a frame's kind and payload, with the queue
+    /// rules of [`Connection::send_raw`]) after the replies to what was read, as the last frame
+    /// the peer gets: a server's notice that it is stopping, say.
+    pub fn finish_with(
+        &mut self,
+        event_loop: &mut WorkerLoop<W>,
+        id: ConnectionId,
+        last: Option<(FrameKind, &[u8])>,
+    ) -> Result<bool, Error> {
         let Some(connection) = self.connections.map.get_mut(&id) else {
             return Ok(false);
         };
@@ -1014,6 +1026,12 @@ impl<W: EventedWorker> WorkerHost<W> {
             ..Readiness::default()
         });
         self.drive(event_loop, id, Readiness::default())?;
+        if let (Some((kind, payload)), Some(connection)) = (last, self.connections.map.get_mut(&id))
+        {
+            if !connection.closing {
+                connection.send_raw(kind, payload)?;
+            }
+        }
         self.close(event_loop, id)
     }
 

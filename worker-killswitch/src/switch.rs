@@ -129,6 +129,26 @@ impl KillSwitch {
         logged(check_start(&self.read()?, &address))
     }
 
+    /// As [`check_start`](Self::check_start), without the shared lock, so without ever
+    /// waiting: for a first look that spares a disabled worker's starter its wait for the start
+    /// lock, to be confirmed under [`lock`](Self::lock) or [`try_lock`](Self::try_lock) with
+    /// [`KillSwitchLock::check_start`].
+    ///
+    /// The file is only ever replaced by rename, so it is never seen half written; a change in
+    /// progress (one that holds the exclusive lock) may not be seen yet.
+    ///
+    /// # Errors
+    ///
+    /// As for [`check_start`](Self::check_start).
+    pub fn peek_start(&self, address: &str) -> Result<(), Error> {
+        let address = Address::parse(address)?;
+        let state = self
+            .read_file()?
+            .map(|(state, _)| state)
+            .unwrap_or_default();
+        logged(check_start(&state, &address))
+    }
+
     /// Takes the kill switch's exclusive lock, waiting for as long as another holder keeps it.
     ///
     /// While the returned [`KillSwitchLock`] lives, no change of this kill switch can happen,
@@ -412,16 +432,17 @@ impl KillSwitch {
 
     fn lock_shared(&self) -> Result<Option<File>, Error> {
         let lock_path = self.lock_path()?;
-        let file = match File::open(&lock_path) {
+        let file = match open_lock_file(OpenOptions::new().read(true), &lock_path) {
             Ok(file) => Some(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o644)
-                    .open(&lock_path)
-                {
+                match open_lock_file(
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .mode(0o644),
+                    &lock_path,
+                ) {
                     Ok(file) => Some(file),
                     // A reader that cannot create the lock file (read-only directory or file
                     // system, or no directory at all) can still read safely: the file is only
@@ -464,22 +485,26 @@ impl KillSwitch {
             path: dir.to_owned(),
             source,
         })?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&lock_path)
-            .or_else(|e| match e.kind() {
-                // flock does not need write access: a lock file owned by another user will do.
-                io::ErrorKind::PermissionDenied => File::open(&lock_path),
-                _ => Err(e),
-            })
-            .map_err(|source| Error::Io {
-                path: lock_path.clone(),
-                source,
-            })?;
+        let file = open_lock_file(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644),
+            &lock_path,
+        )
+        .or_else(|e| match e.kind() {
+            // flock does not need write access: a lock file owned by another user will do.
+            io::ErrorKind::PermissionDenied => {
+                open_lock_file(OpenOptions::new().read(true), &lock_path)
+            }
+            _ => Err(e),
+        })
+        .map_err(|source| Error::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
         let locked = if wait {
             retry_interrupted(|| fs2::FileExt::lock_exclusive(&file))
         } else {
@@ -714,6 +739,23 @@ fn temp_file_owner(name: &[u8]) -> Option<&[u8]> {
     let rest = digits_after_last_dot(rest)?;
     let owner = rest.strip_suffix(b".tmp")?.strip_prefix(b".")?;
     (!owner.is_empty()).then_some(owner)
+}
+
+/// Opens the lock file as `options` say, never through a link at its name (in a directory
+/// others may write to, another user's link would make this one create, or lock, a file of
+/// their choosing), nor blocking on what is not a regular file (a FIFO), and only when it is a
+/// regular file.
+fn open_lock_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the lock file is not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 fn can_read_unlocked(e: &io::Error) -> bool {

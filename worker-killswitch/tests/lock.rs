@@ -174,3 +174,58 @@ fn what_is_checked_under_the_lock_does_not_take_it_again() {
     drop(lock);
     assert!(switch.reset().unwrap());
 }
+
+/// Runs `program` with `args` as user and group 65534 (nobody), which must succeed.
+fn as_nobody(program: &str, args: &[&std::ffi::OsStr]) {
+    let status = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{program} as nobody: {status:?}");
+}
+
+/// Another user's link, or FIFO, at the lock file's name in a shared sticky directory: the lock
+/// and the read refuse it, and never create (nor block on) what it points to.
+#[test]
+fn another_users_link_or_fifo_at_the_lock_file_is_never_followed() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = tempfile::tempdir().unwrap();
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = root.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    // Where nobody could create a file, and root could.
+    let victim = root.path().join("victim");
+    let path = shared.join("switch.json");
+    let lock = shared.join("switch.json.lock");
+    type Make = fn(&Path, &Path);
+    let cases: [(&str, Make); 2] = [
+        ("link", |lock, victim| {
+            as_nobody("ln", &["-s".as_ref(), victim.as_os_str(), lock.as_os_str()])
+        }),
+        ("fifo", |lock, _| as_nobody("mkfifo", &[lock.as_os_str()])),
+    ];
+    for (what, make) in cases {
+        make(&lock, &victim);
+        let switch = KillSwitch::new(&path);
+        for (call, result) in [
+            ("lock", switch.lock().map(drop)),
+            ("try_lock", switch.try_lock().map(drop)),
+            ("check_start", switch.check_start("unix:///run/w.sock")),
+        ] {
+            match result {
+                Err(Error::Io { path: failed, .. }) => assert_eq!(failed, lock, "{what} {call}"),
+                other => {
+                    panic!("{what} {call}: expected Error::Io on the lock file, got {other:?}")
+                }
+            }
+            assert!(
+                fs::symlink_metadata(&victim).is_err(),
+                "{what} {call}: nothing is created through the link"
+            );
+        }
+        fs::remove_file(&lock).unwrap();
+    }
+}

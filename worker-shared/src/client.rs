@@ -12,7 +12,7 @@ use worker_channel::{Channel, Codec, DEFAULT_MAX_FRAME_LEN, FrameKind, Spin};
 use worker_core::{WorkerStatus, deadline_after};
 
 use crate::{
-    AdminCookie, Error,
+    AdminCookie, Error, PeerUids,
     address::{self, Half, Stream},
     auth::{self, AuthError, ClientAuth, Role},
     wire::{
@@ -26,6 +26,10 @@ pub const DEFAULT_CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most bytes buffered while a frame is incomplete: one whole frame always fits.
 const READ_AHEAD_LIMIT: usize = 2 * DEFAULT_MAX_FRAME_LEN as usize;
+
+/// How long a failed send looks for the stopping notice in what the worker sent before it
+/// closed (which has all arrived by then).
+const STOPPING_NOTICE_WAIT: Duration = Duration::from_secs(1);
 
 /// Data messages kept for later while waiting for a control reply, in bytes; past it the wait
 /// fails with [`Error::Backlog`] rather than filling memory.
@@ -94,9 +98,26 @@ impl SharedWorker {
     /// A worker that accepts the connection but never says hello gives [`Error::Timeout`].
     /// Resolving a host name goes through the system's resolver, which this timeout does not
     /// bound; addresses given as IP literals need no resolution.
+    ///
+    /// A Unix socket must be served by this process's own user or root
+    /// ([`Error::UntrustedServer`] otherwise, before anything is sent): see
+    /// [`connect_trusting`](Self::connect_trusting) for others.
     pub fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
+        Self::connect_trusting(address, timeout, &PeerUids::Owner)
+    }
+
+    /// As [`connect_timeout`](Self::connect_timeout), trusting the Unix sockets served by the
+    /// users in `servers` ([`PeerUids::Owner`]: this process's own user, and root). The kernel
+    /// says who serves a socket (`SO_PEERCRED`); a server of another user is
+    /// [`Error::UntrustedServer`], and nothing is sent to it. TCP servers have no user to
+    /// check.
+    pub fn connect_trusting(
+        address: &str,
+        timeout: Duration,
+        servers: &PeerUids,
+    ) -> Result<Self, Error> {
         let deadline = deadline_after(timeout);
-        let mut link = Link::open(address, deadline)?;
+        let mut link = Link::open(address, deadline, servers)?;
         let hello = link.read_hello(deadline, timeout)?;
         Ok(Self::from_link(link, Some(hello), timeout))
     }
@@ -117,7 +138,7 @@ impl SharedWorker {
     /// message and reads one reply waits for the worker once, not twice.
     pub fn connect_with_codec(address: &str, codec: Codec) -> Result<Self, Error> {
         let timeout = DEFAULT_CONTROL_TIMEOUT;
-        let mut link = Link::open(address, deadline_after(timeout))?;
+        let mut link = Link::open(address, deadline_after(timeout), &PeerUids::Owner)?;
         link.expect_codec(codec)?;
         Ok(Self::from_link(link, None, timeout))
     }
@@ -315,12 +336,35 @@ impl SharedWorker {
     pub fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
         let sent = self
             .link
-            .send(|c| c.queue(FrameKind::Data, message), None)?;
+            .send(|c| c.queue(FrameKind::Data, message), None)
+            .map_err(|e| self.why_send_failed(e))?;
         debug_assert!(
             sent,
             "a send without a deadline returned before it was written"
         );
         Ok(())
+    }
+
+    /// The error of a send that failed: [`Error::Stopping`] when the worker said so before it
+    /// closed (its notice waits in the socket, behind the replies, which are kept for the
+    /// receives), else `error` as it is.
+    pub(crate) fn why_send_failed(&mut self, error: Error) -> Error {
+        if !matches!(error, Error::Io { .. }) {
+            return error;
+        }
+        // The worker closed its end: all it said is here already, so this does not wait.
+        let deadline = deadline_after(STOPPING_NOTICE_WAIT);
+        loop {
+            match self.link.fill(deadline) {
+                Ok(true) => match self.control_frame() {
+                    Ok(_) => {}
+                    Err(stopping @ Error::Stopping { .. }) => return stopping,
+                    Err(_) => return error,
+                },
+                Err(stopping @ Error::Stopping { .. }) => return stopping,
+                _ => return error,
+            }
+        }
     }
 
     /// Receives one message, blocking until it arrives.
@@ -391,6 +435,10 @@ impl SharedWorker {
         let payload = frame.payload.to_vec();
         Err(
             match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
+                Inbound::Message(ServerMessage::Error {
+                    code: ErrorCode::Stopping,
+                    ..
+                }) => self.link.stopping(),
                 Inbound::Message(ServerMessage::Error { code, message }) => {
                     self.refused(code, message)
                 }
@@ -427,12 +475,13 @@ impl SharedWorker {
     }
 
     fn ask_status(&mut self, deadline: Option<Instant>) -> Result<StatusReply, Error> {
-        self.link.send_control(
+        let sent = self.link.send_control(
             &ClientMessage::Query,
             deadline,
             "query",
             self.control_timeout,
-        )?;
+        );
+        sent.map_err(|e| self.why_send_failed(e))?;
         let reply = self.control_reply(deadline, "query")?;
         self.status_reply(reply)
     }
@@ -456,8 +505,10 @@ impl SharedWorker {
         let deadline = deadline_after(self.control_timeout);
         self.need_hello(deadline, "stop")?;
         self.authenticate(cookie, deadline)?;
-        self.link
-            .send_control(&ClientMessage::Stop, deadline, "stop", self.control_timeout)?;
+        let sent =
+            self.link
+                .send_control(&ClientMessage::Stop, deadline, "stop", self.control_timeout);
+        sent.map_err(|e| self.why_send_failed(e))?;
         let reply = self.control_reply(deadline, "stop")?;
         self.stop_reply(reply)
     }
@@ -490,8 +541,10 @@ impl SharedWorker {
     ) -> Result<(), Error> {
         self.need_hello(deadline, "authentication")?;
         let (auth, request) = self.auth_request(cookie, role)?;
-        self.link
-            .send_control(&request, deadline, "authentication", self.control_timeout)?;
+        let sent =
+            self.link
+                .send_control(&request, deadline, "authentication", self.control_timeout);
+        sent.map_err(|e| self.why_send_failed(e))?;
         let reply = self.control_reply(deadline, "authentication")?;
         self.auth_reply(&auth, reply)
     }
@@ -587,6 +640,10 @@ impl SharedWorker {
             return Ok(None);
         }
         match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
+            Inbound::Message(ServerMessage::Error {
+                code: ErrorCode::Stopping,
+                ..
+            }) => Err(self.link.stopping()),
             Inbound::Message(ServerMessage::Error { code, message }) => {
                 Err(self.refused(code, message))
             }
@@ -632,6 +689,8 @@ pub(crate) struct Link {
     /// A send failed, perhaps part-way through a frame (or went out in a codec the worker
     /// does not speak).
     pub(crate) broken: bool,
+    /// The worker said it is stopping.
+    stopping: bool,
     /// The latency mode of the receives.
     spin: Spin,
 }
@@ -651,17 +710,21 @@ impl Link {
             channel: Channel::new(stream.clone(), stream, Codec::MessagePack),
             pid: None,
             broken: false,
+            stopping: false,
             spin: Spin::OFF,
         })
     }
 
     /// Connects to `address`, trying until `deadline`.
-    fn open(address: &str, deadline: Option<Instant>) -> Result<Self, Error> {
+    /// Connects to `address`, refusing a Unix socket that a user outside `servers` serves
+    /// before anything is sent (see [`SharedWorker::connect_trusting`]).
+    fn open(address: &str, deadline: Option<Instant>, servers: &PeerUids) -> Result<Self, Error> {
         let parsed = address::parse(address)?;
         let stream = address::connect(&parsed, deadline).map_err(|source| Error::Connect {
             address: parsed.to_string(),
             source,
         })?;
+        crate::local::check_server(&stream, parsed.as_str(), servers)?;
         Link::new(parsed.to_string(), stream)
     }
 
@@ -695,6 +758,11 @@ impl Link {
         }
         let hello = match wire::decode::<ServerMessage>(&payload, ServerMessage::TYPES) {
             Inbound::Message(ServerMessage::Hello(hello)) => hello,
+            // A server that accepted the connection while stopping says so instead.
+            Inbound::Message(ServerMessage::Error {
+                code: ErrorCode::Stopping,
+                ..
+            }) => return Err(self.stopping()),
             // A hello of another version may not even have this version's shape.
             _ => {
                 return Err(match wire::hello_version(&payload) {
@@ -780,6 +848,7 @@ impl Link {
                 Ok(_) => worker_channel::Error::Closed,
             };
             return Err(match end {
+                worker_channel::Error::Closed if self.stopping => self.stopping(),
                 worker_channel::Error::Closed => Error::Closed {
                     address: self.address.clone(),
                     pid: self.pid,
@@ -921,6 +990,12 @@ impl Link {
     }
 
     pub(crate) fn usable(&self) -> Result<(), Error> {
+        if self.stopping {
+            return Err(Error::Stopping {
+                address: self.address.clone(),
+                pid: self.pid,
+            });
+        }
         if self.broken {
             return Err(Error::Broken {
                 address: self.address.clone(),
@@ -929,6 +1004,16 @@ impl Link {
             });
         }
         Ok(())
+    }
+
+    /// Notes that the worker said it is stopping, and says so: every later call on this link
+    /// fails the same way.
+    pub(crate) fn stopping(&mut self) -> Error {
+        self.stopping = true;
+        Error::Stopping {
+            address: self.address.clone(),
+            pid: self.pid,
+        }
     }
 
     pub(crate) fn io_error(&self, source: io::Error) -> Error {

@@ -13,7 +13,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use worker_channel::{Codec, FrameKind};
 
 use crate::{
-    AdminCookie, Error, SharedWorker, StatusReply,
+    AdminCookie, Error, PeerUids, SharedWorker, StatusReply,
     address::{self, Stream},
     client::{DEFAULT_CONTROL_TIMEOUT, Link},
     wire::{self, ClientMessage, Role, ServerMessage},
@@ -140,8 +140,18 @@ impl AsyncSharedWorker {
     /// becomes the [control timeout](Self::set_control_timeout); the errors are
     /// [`SharedWorker::connect_timeout`]'s.
     pub async fn connect_timeout(address: &str, timeout: Duration) -> Result<Self, Error> {
+        Self::connect_trusting(address, timeout, &PeerUids::Owner).await
+    }
+
+    /// As [`connect_timeout`](Self::connect_timeout), trusting the Unix sockets served by the
+    /// users in `servers`, as [`SharedWorker::connect_trusting`] does.
+    pub async fn connect_trusting(
+        address: &str,
+        timeout: Duration,
+        servers: &PeerUids,
+    ) -> Result<Self, Error> {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
-        let link = open(address, deadline).await?;
+        let link = open(address, deadline, servers).await?;
         let fd = register(&link)?;
         // A link without its hello yet: the client is built once it came.
         let mut connecting = Connecting { fd, link };
@@ -170,7 +180,7 @@ impl AsyncSharedWorker {
     pub async fn connect_with_codec(address: &str, codec: Codec) -> Result<Self, Error> {
         let timeout = DEFAULT_CONTROL_TIMEOUT;
         let deadline = tokio::time::Instant::now().checked_add(timeout);
-        let mut link = open(address, deadline).await?;
+        let mut link = open(address, deadline, &PeerUids::Owner).await?;
         link.expect_codec(codec)?;
         let fd = register(&link)?;
         Ok(AsyncSharedWorker {
@@ -262,7 +272,8 @@ impl AsyncSharedWorker {
     /// A send that fails (the worker went away, say) may have sent part of a frame: every later
     /// call then fails with [`Error::Broken`], as with the blocking client. Cancel-safe.
     pub async fn send_message<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<(), Error> {
-        self.send(Outgoing::Data(message)).await
+        let sent = self.send(Outgoing::Data(message)).await;
+        sent.map_err(|e| self.client.why_send_failed(e))
     }
 
     /// Receives one message, waiting asynchronously until it arrives.
@@ -388,7 +399,8 @@ impl AsyncSharedWorker {
         operation: &'static str,
     ) -> Result<ServerMessage, Error> {
         let exchange = async {
-            self.send(Outgoing::<()>::Control(request)).await?;
+            let sent = self.send(Outgoing::<()>::Control(request)).await;
+            sent.map_err(|e| self.client.why_send_failed(e))?;
             loop {
                 self.fill().await?;
                 if let Some(reply) = self.client.control_frame()? {
@@ -509,7 +521,13 @@ impl Connecting {
 }
 
 /// Connects to `address` without blocking the runtime's thread, until `deadline`.
-async fn open(address: &str, deadline: Option<tokio::time::Instant>) -> Result<Link, Error> {
+/// Connects to `address` within `deadline`, refusing a Unix socket that a user outside
+/// `servers` serves before anything is sent.
+async fn open(
+    address: &str,
+    deadline: Option<tokio::time::Instant>,
+    servers: &PeerUids,
+) -> Result<Link, Error> {
     let parsed = address::parse(address)?;
     let connect_error = |source| Error::Connect {
         address: parsed.to_string(),
@@ -524,6 +542,7 @@ async fn open(address: &str, deadline: Option<tokio::time::Instant>) -> Result<L
             )));
         }
     };
+    crate::local::check_server(&stream, parsed.as_str(), servers)?;
     Link::new(parsed.to_string(), stream)
 }
 

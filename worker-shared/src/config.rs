@@ -8,12 +8,16 @@ use worker_channel::{Codec, DEFAULT_MAX_FRAME_LEN, Spin};
 use crate::{AdminCookie, Error};
 
 /// Which Unix peers a server accepts, by the user id the kernel recorded when they connected
-/// (`SO_PEERCRED`). TCP peers have no user id: this does not apply to them.
+/// (`SO_PEERCRED`); and which servers a client trusts
+/// ([`SharedWorker::connect_trusting`](crate::SharedWorker::connect_trusting)), by the user id
+/// recorded when they listened. TCP peers have no user id: this does not apply to them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum PeerUids {
-    /// Only processes running as the server's own effective user. The default.
+    /// For a server, only processes running as its own effective user; for a client, servers
+    /// running as its own effective user or as root (who could impersonate anyone anyway).
+    /// The default.
     #[default]
     Owner,
     /// Anyone who can open the socket file (its mode decides who can).

@@ -31,9 +31,13 @@ pub enum Error {
     Timeout {
         /// The worker's address.
         address: String,
-        /// The worker's pid, when its hello arrived.
+        /// The worker's pid, when its hello arrived; for a start, the daemon it started, which
+        /// runs (a start never leaves a daemon of its own behind an error without naming it).
         pid: Option<u32>,
-        /// What was awaited: `hello`, `query`, `authentication`, `stop` or `message`.
+        /// What was awaited: `hello`, `query`, `authentication`, `stop` or `message`; for a
+        /// start, `start lock` (another starter held a lock until the start's deadline:
+        /// nothing was spawned), `start` (the daemon did not report in time: it was killed)
+        /// or `exit` (a stop).
         operation: &'static str,
         /// How long the call waited.
         waited: Duration,
@@ -44,6 +48,37 @@ pub enum Error {
         address: String,
         /// The worker's pid, when its hello arrived.
         pid: Option<u32>,
+    },
+    /// The worker is stopping: it said so (the `stopping` notice of the
+    /// [`protocol`](crate::protocol) guide), after answering what this connection had sent
+    /// before, and closes the connection. Every later call on the connection fails the same
+    /// way; a new connection finds the worker gone, or its successor.
+    Stopping {
+        /// The worker's address.
+        address: String,
+        /// The worker's pid, when its hello arrived (a connection the worker accepted only to
+        /// say it is stopping gets no hello).
+        pid: Option<u32>,
+    },
+    /// The process that serves the Unix socket runs as a user this client does not trust
+    /// (by default, any but this process's own and root): whoever could put that socket
+    /// there is not the worker. Nothing was sent.
+    UntrustedServer {
+        /// The worker's address.
+        address: String,
+        /// The user the kernel says serves the socket (`SO_PEERCRED`).
+        uid: u32,
+    },
+    /// A file or directory of the start path is not this user's to trust: another user owns
+    /// it, others may change it, or it is not what it should be (a symbolic link where a lock
+    /// file belongs, say). Nothing was created, locked or started there.
+    Untrusted {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A frame could not be encoded or decoded, or the stream broke the frame protocol (a
     /// truncated or oversized frame, an unknown frame kind).
@@ -347,6 +382,19 @@ impl fmt::Display for Error {
                 "shared worker at {address}{} closed the connection",
                 Pid(*pid)
             ),
+            Error::Stopping { address, pid } => {
+                write!(f, "shared worker at {address}{} is stopping", Pid(*pid))
+            }
+            Error::UntrustedServer { address, uid } => write!(
+                f,
+                "shared worker at {address} is served by user {uid}, whom this client does not \
+                 trust: nothing was sent"
+            ),
+            Error::Untrusted {
+                path,
+                owner,
+                reason,
+            } => write!(f, "refusing {} (owner {owner}): {reason}", path.display()),
             Error::Channel { address, pid, .. } => write!(
                 f,
                 "channel to shared worker at {address}{} failed",

@@ -99,18 +99,21 @@
 //! 1. Connect.
 //!    A worker that answers is running: it is used as it is (its pid is the answer of [`start`]), whatever the kill switch says, since disabling a worker does not stop it.
 //! 2. A worker that cannot be reached at an address that is not this machine's (the connection failed, or gave no hello in time) is [`Error::NotLocal`], and nothing is spawned: only a Unix socket, or TCP on a host whose every address is a loopback, unspecified or local one, is started here.
-//! 3. Only "nothing listens there" goes on (no socket file, or a refused connection); every other failure is returned (a socket of another user's, say, is never taken over).
+//! 3. Only "nothing listens there" goes on (no socket file, or a refused connection), and a worker that says it is stopping ([`Error::Stopping`]: its successor is started, or found, under the lock); every other failure is returned (a socket served by another user, say, is [`Error::UntrustedServer`] and never taken over).
 //! 4. The kill switch, if the profile names one, is read: a disabled worker fails at once with [`Error::Disabled`] (and an unreadable switch with [`Error::KillSwitch`]), without waiting for the start lock.
 //! 5. Take the **start lock**, an exclusive `flock(2)` on a lock file: for a Unix socket, the socket's path with `.lock` appended, beside it (its directory is created `0700` when absent); for TCP, one file per address in the [runtime directory](runtime_dir()).
+//!    The lock is waited for within the start's timeout (asked again and again without blocking, with a back-off of up to 10 ms): a lock held past it ends the start with [`Error::Timeout`] (operation `start lock`), and nothing is spawned.
+//!    Nothing another user controls is used: the lock file is opened without following a link, and only when it is a regular file of this user's; an existing socket directory only when this user or root owns it and nobody else may write to it, unless it is sticky (the system's temporary directory), where only this user's files are used; anything else is [`Error::Untrusted`].
 //!    The lock files are never removed (removing one would let two starters lock two files).
 //! 6. Under it, connect again: a master that held the lock before us may have started the worker; it is used then, and nothing is spawned (so a loser's constructor never runs).
-//! 7. Under it, take the kill switch's own exclusive lock and check again ([`KillSwitchLock::check_start`](worker_killswitch::KillSwitchLock::check_start)); that lock is kept until the daemon has answered, so a worker disabled meanwhile cannot start: the disable waits for the start, and the stop that follows it (disable, *then* stop) finds the worker.
-//! 8. Under it, a Unix socket file that refused the connection is stale (its daemon died without removing it, say by SIGKILL): it is removed, if it is a socket.
+//! 7. Under it, take the kill switch's own exclusive lock (within the start's timeout too) and check again ([`KillSwitchLock::check_start`](worker_killswitch::KillSwitchLock::check_start)); that lock is kept until the daemon has answered, so a worker disabled meanwhile cannot start: the disable waits for the start, and the stop that follows it (disable, *then* stop) finds the worker.
+//! 8. Under it, a Unix socket file that refused the connection is stale (its daemon died without removing it, say by SIGKILL): it is removed, if it is a socket of this user's (another user's is [`Error::Untrusted`]).
 //!    A file that is not a socket is left alone (the daemon's bind then says the address is in use).
 //! 9. Spawn the daemon through the one spawn path, detached ([`start_detached`](worker_bootstrap::start_detached)): a session of its own, `/` as its working directory unless the profile sets one, `/dev/null` as its standard input, the profile's output path (or `/dev/null`) as its standard output and error, no parent-death signal, no descriptor of its starter's.
 //!    Its settings, the admin cookie among them, travel in the bootstrap frame through its private pipe, never on its command line, in its environment or in a file.
 //! 10. Wait for its [`StartReport`] on that pipe, never polling: it binds, builds the worker, and says `listening` (the start's answer is its pid) or why it cannot ([`Error::StartFailed`], in its own words); a daemon that dies first is [`Error::Start`] at once.
 //!     One that says nothing within the start timeout is killed, and the start fails with [`Error::Timeout`].
+//!     A daemon that listens is never hidden behind an error: when [`connect_or_start`]'s connection to it fails in the time left, the error names its pid.
 //! 11. Release the kill switch's lock, then the start lock.
 //!
 //! Exactly one daemon runs per address: starters of one address are serialised by the start lock, each looks again under it, and a daemon binds its socket before its constructor runs, so even a starter that does not share the lock (another user's, or one with another runtime directory for a TCP address) cannot run a second constructor; it gets the first daemon instead, when it can connect to it.
@@ -122,7 +125,7 @@
 //! One can through the daemon's own code: its constructor runs while its starter holds both locks, so a constructor that itself starts another shared worker (with a kill switch) waits for the kill switch's lock its starter holds until the start times out.
 //! Start other shared workers from `initialize` instead, which runs after the daemon has answered.
 //!
-//! A starter waits for the start lock as long as another starter holds it, which is at most that starter's start timeout (and not at all once it died: the kernel releases its lock).
+//! A starter waits for the start lock at most its own start timeout, and another starter holds it at most that starter's start timeout (and not at all once it died: the kernel releases its lock).
 //!
 //! # Logging
 //!

@@ -137,13 +137,81 @@ impl Drop for SocketFile {
     }
 }
 
-/// Creates the directory of the Unix socket at `path` when it does not exist, `0700`: for
-/// this socket alone, so nobody else may even look inside.
-pub(crate) fn create_socket_dir(path: &Path) -> io::Result<()> {
+/// The directory of the Unix socket at `path`, created `0700` when it does not exist (for this
+/// socket alone, so nobody else may even look inside); an existing one must be one this user
+/// may trust (see [`check_dir`]). `io_error` names an error of the file system.
+pub(crate) fn socket_dir(
+    path: &Path,
+    io_error: impl FnOnce(io::Error) -> Error,
+) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    if !dir.exists() {
-        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        fs::set_permissions(dir, Permissions::from_mode(0o700))?;
+    // The directory the socket's name resolves in, so through links.
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| fs::set_permissions(dir, Permissions::from_mode(0o700)))
+            .and_then(|()| fs::metadata(dir))
+            .map_err(io_error)?,
+        Err(e) => return Err(io_error(e)),
+    };
+    check_dir(dir, &meta).map(drop)
+}
+
+/// The sticky bit: in such a directory only a file's owner (or the directory's, or root) may
+/// remove or rename it.
+const STICKY: u32 = 0o1000;
+
+/// Checks that `dir` (described by `meta`) is a directory this user may trust with a socket or
+/// a lock: owned by this user or root, and writable by nobody else, unless it is sticky (the
+/// system's temporary directory), where others cannot replace this user's files and only the
+/// files this user owns are used. Returns whether it is sticky.
+pub(crate) fn check_dir(dir: &Path, meta: &fs::Metadata) -> Result<bool, Error> {
+    let untrusted = |reason| Error::Untrusted {
+        path: dir.to_owned(),
+        owner: meta.uid(),
+        reason,
+    };
+    if !meta.is_dir() {
+        return Err(untrusted("not a directory"));
+    }
+    if meta.uid() != sys::geteuid() && meta.uid() != 0 {
+        return Err(untrusted(
+            "another user owns the directory, and could replace what is in it",
+        ));
+    }
+    let sticky = meta.mode() & STICKY != 0;
+    if meta.mode() & 0o022 != 0 && !sticky {
+        return Err(untrusted(
+            "others may write to the directory, which is not sticky",
+        ));
+    }
+    Ok(sticky)
+}
+
+/// Checks that a file this user is about to use (`meta`, read without following links) is a
+/// file of `kind` that this user owns.
+pub(crate) fn check_own_file(
+    path: &Path,
+    meta: &fs::Metadata,
+    is_kind: bool,
+    kind: &'static str,
+) -> Result<(), Error> {
+    let untrusted = |reason| Error::Untrusted {
+        path: path.to_owned(),
+        owner: meta.uid(),
+        reason,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(untrusted("a symbolic link, which is never followed"));
+    }
+    if !is_kind {
+        return Err(untrusted(kind));
+    }
+    if meta.uid() != sys::geteuid() {
+        return Err(untrusted("another user's file"));
     }
     Ok(())
 }
@@ -183,7 +251,7 @@ pub(crate) fn bind(address: &Address, config: &SharedServerConfig) -> Result<Bou
     if let Some(path) = address.unix_path() {
         // Refused before any directory is made for it.
         sys::check_unix_path(path).map_err(bind_error(address.as_str()))?;
-        create_socket_dir(path).map_err(fail)?;
+        socket_dir(path, fail)?;
         let mode = config.socket_mode();
         let fd = sys::bind_unix(path, mode, backlog).map_err(bind_error(address.as_str()))?;
         // The file came out as `mode` less the umask: widen it to `mode` exactly.

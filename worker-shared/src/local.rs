@@ -8,7 +8,7 @@ use std::{
 
 use worker_killswitch::Address;
 
-use crate::{Error, address::Stream, sys};
+use crate::{Error, PeerUids, address::Stream, sys};
 
 /// Whether `address` is this machine's, so that a daemon may be started there: a Unix socket,
 /// or TCP on a host whose every address is a loopback, unspecified or local one.
@@ -32,6 +32,38 @@ pub(crate) fn is_local(address: &Address) -> Result<bool, Error> {
 
 fn is_local_ip(ip: IpAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified() || UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// Checks, before anything is sent, that the process serving a Unix socket runs as a user in
+/// `servers` (the kernel's `SO_PEERCRED`, recorded when the server listened):
+/// [`PeerUids::Owner`] is this process's effective user or root. TCP has no such answer: its
+/// servers are authenticated by the admin cookie alone.
+pub(crate) fn check_server(
+    stream: &Stream,
+    address: &str,
+    servers: &PeerUids,
+) -> Result<(), Error> {
+    let Stream::Unix(socket) = stream else {
+        return Ok(());
+    };
+    let uid = sys::peer_cred(socket.as_fd())
+        .map_err(|source| Error::Connect {
+            address: address.to_owned(),
+            source,
+        })?
+        .uid;
+    let trusted = match servers {
+        PeerUids::Owner => uid == sys::geteuid() || uid == 0,
+        PeerUids::Any => true,
+        PeerUids::Only(uids) => uids.contains(&uid),
+    };
+    if !trusted {
+        return Err(Error::UntrustedServer {
+            address: address.to_owned(),
+            uid,
+        });
+    }
+    Ok(())
 }
 
 /// Whether the process at the other end of `stream` is `pid` as this process names it: the

@@ -31,7 +31,7 @@
 //! 3. Data frames then flow both ways, at any time.
 //! 4. A client sends control requests one at a time, and reads the reply to each before it sends the next.
 //!    Data frames may arrive between a request and its reply: they belong to the application (the Rust client keeps them for later, in order).
-//!    The server sends control frames only as the hello, as replies, and as one `error` just before it closes a connection on its own (the codes below that say "closed").
+//!    The server sends control frames only as the hello, as replies, as one `error` just before it closes a connection on its own (the codes below that say "closed"), and as its last frame when it stops (`error` `stopping`, below).
 //!
 //! ## Server to client
 //!
@@ -69,6 +69,7 @@
 //! | `worker_failed` | the worker failed (panicked) while serving this connection; what it queued before is delivered first, never a cut frame | closed after the reply |
 //! | `idle_timeout` | the connection sent no frame, and had nothing queued for it, for the server's connection idle timeout (none unless configured) | closed after the reply |
 //! | `codec_mismatch` | `codec` named another codec than the worker's: the data frames after it are not read | closed after the reply |
+//! | `stopping` | not a reply but a notice, sent unasked: the worker is stopping; it answered what the connection sent before, and this is its last frame | closed after it |
 //!
 //! A client meets codes it does not know as a generic refusal; new codes may appear within a version.
 //!
@@ -83,7 +84,10 @@
 //!   A client whose replies stay at that amount and that takes no byte of them for the stall timeout (30 s unless configured) has stopped reading, and is disconnected; so is one for which the worker would hold that amount plus one largest frame. Its last frame may be cut then.
 //! - A connection idle past the server's connection idle timeout, if it has one, gets `error` `idle_timeout`, then the end.
 //! - A connection whose request made the worker fail gets `error` `worker_failed`, then the end; the others are served on (unless the server's panic policy stops it: then as for a stop).
-//! - When the server stops, it answers what each client already sent, sends what it queued, then closes every connection.
+//! - When the server stops, it first removes its Unix socket file (new connections find nothing there), answers what each client already sent, sends what it queued, then `error` `stopping` as the last frame of every connection, and closes them.
+//!   Data a client sends after that is not read; a client whose write fails because the server closed (`EPIPE`, `ECONNRESET`) finds the notice in what it can still read, and can tell a worker that stopped from one that died.
+//!   A client that connected just before the stop, still waiting in the listener's backlog, gets `error` `stopping` instead of a hello, then the end.
+//!   Either way, a client that wants the worker connects again: the next connection finds the worker gone (or its successor), never the stopping one.
 //!
 //! # Authentication
 //!

@@ -11,7 +11,10 @@ use std::{
     collections::{HashMap, VecDeque},
     fmt,
     net::TcpListener as StdTcpListener,
-    os::unix::net::UnixListener as StdUnixListener,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::net::UnixListener as StdUnixListener,
+    },
     rc::Rc,
     sync::{Arc, mpsc},
     thread,
@@ -368,6 +371,8 @@ impl SharedServer {
             sessions: HashMap::new(),
             listener: None,
             stop_source: None,
+            stop_probe: stop_reader.as_fd().try_clone_to_owned().ok(),
+            stop_asked: false,
             socket_file,
             idle_timer: None,
             retry_timer: None,
@@ -425,7 +430,9 @@ impl SharedServer {
                         Some(reason) => {
                             begin_stop(&stopping, host, event_loop, Cause::Line(reason))
                         }
-                        None => Ok(()),
+                        // The accepts put off while the line was unread (it might have been a
+                        // stop) are made now: the listener says nothing new for them.
+                        None => accept_all(&stopping, host, event_loop),
                     }
                 },
             )
@@ -685,6 +692,10 @@ struct State {
     sessions: HashMap<ConnectionId, Session>,
     listener: Option<(SourceId, Listener)>,
     stop_source: Option<SourceId>,
+    /// The stop line's reading end again, to see a stop asked for but not begun yet.
+    stop_probe: Option<OwnedFd>,
+    /// A client's stop was acknowledged, and the stop begins once its callback returned.
+    stop_asked: bool,
     socket_file: Option<SocketFile>,
     idle_timer: Option<TimerId>,
     retry_timer: Option<TimerId>,
@@ -707,6 +718,70 @@ impl State {
 
     fn uid_allowed(&self, uid: u32) -> bool {
         self.settings.uid_allowed(uid)
+    }
+
+    /// Who is at the other end of a connection just accepted, if it may connect; otherwise
+    /// why not, to log.
+    fn admitted_peer(&self, accepted: &Accepted) -> Result<Peer, String> {
+        let peer = match accepted {
+            Accepted::Unix(_) => match sys::peer_cred(accepted.as_fd()) {
+                Ok(cred) => Peer::Unix {
+                    pid: u32::try_from(cred.pid).ok().filter(|&pid| pid != 0),
+                    uid: cred.uid,
+                    gid: cred.gid,
+                },
+                Err(e) => return Err(format!("refused a connection: cannot tell its peer ({e})")),
+            },
+            Accepted::Tcp(stream, addr) => {
+                // One frame is one write; replies wait on no delayed acknowledgement.
+                let _ = stream.set_nodelay(true);
+                Peer::Tcp(*addr)
+            }
+        };
+        if let Peer::Unix { uid, .. } = peer {
+            if !self.uid_allowed(uid) {
+                return Err(format!("refused {peer}: user {uid} may not connect"));
+            }
+        }
+        Ok(peer)
+    }
+
+    /// Tells the connections still waiting in the listener's backlog that this server is
+    /// stopping (their first and last frame, instead of a hello), and closes them.
+    fn turn_away(&self, listener: &Listener) {
+        let Ok(notice) = wire::encode(&ServerMessage::stopping()) else {
+            return;
+        };
+        loop {
+            let accepted = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            if self.admitted_peer(&accepted).is_err() {
+                continue;
+            }
+            let mut channel = match accepted {
+                Accepted::Unix(stream) => {
+                    NbChannel::from_unix_stream(stream, self.settings.info.codec, self.settings.info.max_frame_len)
+                }
+                Accepted::Tcp(stream, _) => {
+                    NbChannel::from_tcp_stream(stream, self.settings.info.codec, self.settings.info.max_frame_len)
+                }
+            };
+            // A fresh socket takes a frame this small at once.
+            let _ = channel.send_raw(FrameKind::Control, &notice);
+        }
+    }
+
+    /// Whether a stop is asked for and not begun yet: no hello is said then, since the
+    /// stop's notice would follow it at once (the backlog is told by [`State::turn_away`]).
+    fn stop_pending(&self) -> bool {
+        self.stop_asked
+            || self
+                .stop_probe
+                .as_ref()
+                .is_some_and(|probe| worker_core::sys::readable_now(probe.as_fd()).unwrap_or(false))
     }
 
     fn record(&mut self, error: Error) {
@@ -773,6 +848,11 @@ fn accept_all<W: SharedWorkerImpl>(
     event_loop: &mut WorkerLoop<W>,
 ) -> Result<(), BoxError> {
     loop {
+        // Looked at before each accept: the callbacks of the connection admitted last (its
+        // first message may be read as it joins the loop) may have asked for the stop.
+        if state.borrow().stop_pending() {
+            return Ok(());
+        }
         let accepted = match state.borrow().listener.as_ref() {
             Some((_, listener)) => listener.accept(),
             None => return Ok(()),
@@ -819,38 +899,15 @@ fn admit<W: SharedWorkerImpl>(
     accepted: Accepted,
 ) -> Result<(), BoxError> {
     let mut st = state.borrow_mut();
-    let peer = match &accepted {
-        Accepted::Unix(_) => match sys::peer_cred(accepted.as_fd()) {
-            Ok(cred) => Peer::Unix {
-                pid: u32::try_from(cred.pid).ok().filter(|&pid| pid != 0),
-                uid: cred.uid,
-                gid: cred.gid,
-            },
-            Err(e) => {
-                st.log(
-                    Level::Warn,
-                    &format!("refused a connection: cannot tell its peer ({e})"),
-                );
-                return Ok(());
-            }
-        },
-        Accepted::Tcp(stream, addr) => {
-            // One frame is one write; replies wait on no delayed acknowledgement.
-            let _ = stream.set_nodelay(true);
-            Peer::Tcp(*addr)
-        }
-    };
     // Refused connections are closed at once, before any hello: the client sees the end of
     // the stream.
-    if let Peer::Unix { uid, .. } = peer {
-        if !st.uid_allowed(uid) {
-            st.log(
-                Level::Warn,
-                &format!("refused {peer}: user {uid} may not connect"),
-            );
+    let peer = match st.admitted_peer(&accepted) {
+        Ok(peer) => peer,
+        Err(why) => {
+            st.log(Level::Warn, &why);
             return Ok(());
         }
-    }
+    };
     let connections = host.connections().len();
     if connections >= st.settings.max_connections {
         st.log(
@@ -1087,6 +1144,7 @@ fn control_handler<W: SharedWorkerImpl>(state: &Shared) -> ControlHandler<W> {
             }
             Step::Stop(ack) => {
                 send_control(connection, &ack)?;
+                state.borrow_mut().stop_asked = true;
                 let stopping = Rc::clone(&state);
                 // Once this callback returns: the stop needs the whole host.
                 event_loop.add_timer(
@@ -1435,15 +1493,8 @@ fn begin_stop<W: SharedWorkerImpl>(
             st.socket_file.take(),
         )
     };
-    if let Some((id, mut listener)) = listener {
-        event_loop.deregister_ref(id, &mut listener);
-    }
-    if let Some(id) = stop_source {
-        event_loop.deregister(id);
-    }
-    for timer in timers {
-        event_loop.cancel_timer(timer);
-    }
+    // The socket's name first, so that no new connection reaches the listener; then those
+    // already waiting in its backlog are told, rather than cut off when it closes.
     if let Some(mut file) = socket_file {
         match file.remove_if_ours() {
             Ok(_) => {}
@@ -1451,6 +1502,16 @@ fn begin_stop<W: SharedWorkerImpl>(
                 .borrow()
                 .log(Level::Warn, &format!("cannot remove the socket file: {e}")),
         }
+    }
+    if let Some((id, mut listener)) = listener {
+        event_loop.deregister_ref(id, &mut listener);
+        state.borrow().turn_away(&listener);
+    }
+    if let Some(id) = stop_source {
+        event_loop.deregister(id);
+    }
+    for timer in timers {
+        event_loop.cancel_timer(timer);
     }
     let stopped = catch_panic("on_stop", || host.worker_mut().on_stop(event_loop));
     let failed = match stopped {
@@ -1466,8 +1527,11 @@ fn begin_stop<W: SharedWorkerImpl>(
         let address = st.settings.address.clone();
         st.record(Error::Serve { address, source });
     }
+    // Each connection's last frame says why it ends: a client tells a stopping worker from
+    // one that died.
+    let notice = wire::encode(&ServerMessage::stopping())?;
     for id in host.connections().ids() {
-        host.finish(event_loop, id)?;
+        host.finish_with(event_loop, id, Some((FrameKind::Control, &notice)))?;
     }
     if host.connections().is_empty() {
         return end_stop(state, host, event_loop);

@@ -64,8 +64,14 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// - [`Error::StartFailed`]: the daemon said why it could not start (its constructor, its
 ///   socket, its settings); [`Error::Start`]: it could not be spawned, or died before it said;
 ///   [`Error::Timeout`] (operation `start`): it said nothing in time, and was killed;
-/// - [`Error::StartLock`]: the lock file could not be taken;
-/// - any error of connecting to a running worker, other than finding nothing there.
+/// - [`Error::StartLock`]: the lock file could not be taken; [`Error::Timeout`] (operation
+///   `start lock`): another starter held it, or the kill switch's lock, until the deadline
+///   (nothing was spawned);
+/// - [`Error::Untrusted`]: the socket's directory, the lock file, a stale socket file or the
+///   [runtime directory](runtime_dir) is another user's, or others may change it;
+/// - any error of connecting to a running worker, other than finding nothing there or a
+///   worker that is stopping ([`Error::UntrustedServer`] for a socket served by another
+///   user).
 pub fn start(
     profile: &BootstrapProfile,
     address: &str,
@@ -81,8 +87,8 @@ pub fn start(
     )
 }
 
-/// As [`start`], waiting at most `timeout` for a running worker's hello or a new daemon's
-/// report (`Duration::MAX`: no limit).
+/// As [`start`], within `timeout` in all (`Duration::MAX`: no limit): the running worker's
+/// hello, the locks, and the new daemon's report.
 pub fn start_timeout(
     profile: &BootstrapProfile,
     address: &str,
@@ -121,8 +127,9 @@ pub fn connect_or_start(
     )
 }
 
-/// As [`connect_or_start`], waiting at most `timeout` for a running worker's hello or a new
-/// daemon's report. The connection's [control
+/// As [`connect_or_start`], within `timeout` in all: the running worker's hello, the locks,
+/// the new daemon's report and the connection to it (whose error then names the daemon's
+/// pid, as it runs). The connection's [control
 /// timeout](SharedWorker::set_control_timeout) is [`DEFAULT_CONTROL_TIMEOUT`], and its
 /// [latency mode](SharedWorker::set_spin) the profile's.
 pub fn connect_or_start_timeout(
@@ -135,8 +142,31 @@ pub fn connect_or_start_timeout(
     let mut worker = match ensure_running(profile, address, implementation, config, timeout)? {
         Running::Connected(worker) => *worker,
         Running::Started {
-            address, deadline, ..
-        } => SharedWorker::connect_timeout(&address, time_left(deadline).unwrap_or(Duration::MAX))?,
+            pid,
+            address,
+            deadline,
+        } => {
+            let left = time_left(deadline).unwrap_or(Duration::MAX);
+            // The daemon runs: an error names it rather than hide it.
+            SharedWorker::connect_timeout(&address, left).map_err(|e| match e {
+                Error::Timeout {
+                    address,
+                    operation,
+                    waited,
+                    ..
+                } => Error::Timeout {
+                    address,
+                    pid: Some(pid),
+                    operation,
+                    waited,
+                },
+                Error::Closed { address, .. } => Error::Closed {
+                    address,
+                    pid: Some(pid),
+                },
+                e => e,
+            })?
+        }
     };
     worker.set_control_timeout(DEFAULT_CONTROL_TIMEOUT);
     worker.set_spin(profile.spin().budget());
@@ -213,13 +243,20 @@ pub fn runtime_dir() -> Result<PathBuf, Error> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(fail(e)),
     }
-    // In a shared temporary directory someone else may have made it first.
+    // In a shared temporary directory someone else may have made it first: a link, another
+    // user's directory, or one that others may enter.
     let meta = fs::symlink_metadata(&dir).map_err(fail)?;
-    if !meta.is_dir() || meta.uid() != sys::geteuid() || meta.mode() & 0o077 != 0 {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "not a directory of this user's that only this user may enter",
-        )));
+    let untrusted = |reason| Error::Untrusted {
+        path: dir.clone(),
+        owner: meta.uid(),
+        reason,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(untrusted("a symbolic link, which is never followed"));
+    }
+    listener::check_dir(&dir, &meta)?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(untrusted("others may enter this user's runtime directory"));
     }
     Ok(dir)
 }
@@ -264,12 +301,15 @@ fn ensure_running(
             });
         }
         Err(e) if e.is_not_running() => {}
+        // Going away: its successor is started (or found) below, under the lock.
+        Err(Error::Stopping { .. }) if local::is_local(&parsed)? => {}
         Err(e) => return Err(e),
     }
     let switch = profile.kill_switch_path().map(KillSwitch::new);
     if let Some(switch) = &switch {
+        // Without waiting for a lock: the start's deadline bounds only the waits below.
         switch
-            .check_start(&canonical)
+            .peek_start(&canonical)
             .map_err(|e| kill_switch_error(&canonical, e))?;
     }
     let mut config = config.clone();
@@ -280,7 +320,15 @@ fn ensure_running(
     }
     let extensions = daemon_extensions(&canonical, &config)?;
 
-    let _start_lock = StartLock::take(&parsed)?;
+    let lock_timeout = || Error::Timeout {
+        address: canonical.clone(),
+        pid: None,
+        operation: "start lock",
+        waited: timeout,
+    };
+    let Some(_start_lock) = StartLock::take(&parsed, deadline)? else {
+        return Err(lock_timeout());
+    };
     // Looked at before connecting, so that only the file that refused is removed.
     let socket_file = parsed.unix_path().and_then(SocketFile::find);
     let refused = match try_connect(&canonical, deadline)? {
@@ -290,9 +338,9 @@ fn ensure_running(
     };
     let _switch_lock: Option<KillSwitchLock> = match &switch {
         Some(switch) => {
-            let lock = switch
-                .lock()
-                .map_err(|e| kill_switch_error(&canonical, e))?;
+            let lock = wait_for(deadline, || switch.try_lock())
+                .map_err(|e| kill_switch_error(&canonical, e))?
+                .ok_or_else(lock_timeout)?;
             lock.check_start(&parsed)
                 .map_err(|e| kill_switch_error(&canonical, e))?;
             Some(lock)
@@ -300,10 +348,14 @@ fn ensure_running(
         None => None,
     };
     if let Some(stale) = socket_file.filter(|_| refused) {
-        stale.remove().map_err(|source| Error::Bind {
+        stale.remove(|source| Error::Bind {
             address: canonical.clone(),
             source,
         })?;
+    }
+    // Past the deadline nothing is spawned: a daemon nobody waits for would start unseen.
+    if time_left(deadline).is_some_and(|left| left.is_zero()) {
+        return Err(lock_timeout());
     }
     let mut daemon = worker_bootstrap::start_detached(profile, implementation, None, extensions)
         .map_err(|source| Error::Start {
@@ -362,6 +414,8 @@ fn try_connect(address: &str, deadline: Option<Instant>) -> Result<Probe, Error>
             Ok(Probe::Refused)
         }
         Err(e) if e.is_not_running() => Ok(Probe::Absent),
+        // A stopping worker removed its socket file before it said so.
+        Err(Error::Stopping { .. }) => Ok(Probe::Absent),
         Err(e) => Err(e),
     }
 }
@@ -393,8 +447,7 @@ fn kill_switch_error(address: &str, e: worker_killswitch::Error) -> Error {
 /// A socket file, known by device and inode.
 struct SocketFile {
     path: PathBuf,
-    dev: u64,
-    ino: u64,
+    meta: fs::Metadata,
 }
 
 impl SocketFile {
@@ -404,23 +457,24 @@ impl SocketFile {
         let meta = fs::symlink_metadata(path).ok()?;
         meta.file_type().is_socket().then(|| SocketFile {
             path: path.to_owned(),
-            dev: meta.dev(),
-            ino: meta.ino(),
+            meta,
         })
     }
 
-    /// Removes the file, if it is still the one found (which refused a connection since).
-    fn remove(self) -> io::Result<()> {
+    /// Removes the file, if it is still the one found (which refused a connection since) and
+    /// this user's: another user's stale socket is not this user's to take over.
+    fn remove(self, io_error: impl FnOnce(io::Error) -> Error) -> Result<(), Error> {
+        listener::check_own_file(&self.path, &self.meta, true, "not a socket")?;
         match fs::symlink_metadata(&self.path) {
-            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+            Ok(meta) if meta.dev() == self.meta.dev() && meta.ino() == self.meta.ino() => {
                 match fs::remove_file(&self.path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(e)),
                     _ => Ok(()),
                 }
             }
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(io_error(e)),
         }
     }
 }
@@ -433,22 +487,51 @@ struct StartLock {
 }
 
 impl StartLock {
-    fn take(address: &Address) -> Result<StartLock, Error> {
+    /// Takes the lock of `address`'s starters, waiting at most until `deadline`: `Ok(None)`
+    /// when another starter held it all along.
+    ///
+    /// The lock file is opened without following links, and used only when it is a regular
+    /// file of this user's: another user's file (or link) at its path, in a shared directory,
+    /// is refused rather than locked, created through, or waited for.
+    fn take(address: &Address, deadline: Option<Instant>) -> Result<Option<StartLock>, Error> {
         let path = lock_path(address)?;
         let fail = |source| Error::StartLock {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&path)
-            .map_err(fail)?;
-        sys::lock_exclusive(&file).map_err(fail)?;
-        Ok(StartLock { _file: file })
+            // Nor blocking on a FIFO put there: it is refused below.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let file = match opened {
+            Ok(file) => file,
+            // ELOOP: the last component is a link; EACCES: another user's file.
+            Err(e) => {
+                return Err(match fs::symlink_metadata(&path) {
+                    Ok(meta) => {
+                        listener::check_own_file(&path, &meta, meta.is_file(), "not a regular file")
+                            .err()
+                            .unwrap_or_else(|| fail(e))
+                    }
+                    Err(_) => fail(e),
+                });
+            }
+        };
+        let meta = file.metadata().map_err(fail)?;
+        listener::check_own_file(&path, &meta, meta.is_file(), "not a regular file")?;
+        let locked = wait_for(deadline, || match fs2::FileExt::try_lock_exclusive(&file) {
+            Ok(()) => Ok(Some(())),
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        })
+        .map_err(fail)?;
+        Ok(locked.map(|()| StartLock { _file: file }))
     }
 }
 
@@ -456,7 +539,7 @@ impl StartLock {
 fn lock_path(address: &Address) -> Result<PathBuf, Error> {
     if let Some(path) = address.unix_path() {
         // As the server would: for this socket alone.
-        listener::create_socket_dir(path).map_err(|source| Error::StartLock {
+        listener::socket_dir(path, |source| Error::StartLock {
             path: path.parent().unwrap_or(Path::new("/")).to_owned(),
             source,
         })?;
@@ -467,6 +550,26 @@ fn lock_path(address: &Address) -> Result<PathBuf, Error> {
     let host = address.tcp_host().unwrap_or_default();
     let port = address.tcp_port().unwrap_or_default();
     Ok(runtime_dir()?.join(format!("tcp-{host}-{port}.lock")))
+}
+
+/// Asks `probe` until it has an answer or `deadline` passes (`Ok(None)` then), pausing between
+/// two questions from 100 µs, doubling up to 10 ms: for what the kernel offers no wait on (a
+/// lock held by another process, a process's exit without a pidfd).
+fn wait_for<T, E>(
+    deadline: Option<Instant>,
+    mut probe: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if let Some(answer) = probe()? {
+            return Ok(Some(answer));
+        }
+        match time_left(deadline) {
+            Some(left) if left.is_zero() => return Ok(None),
+            left => std::thread::sleep(left.map_or(pause, |l| l.min(pause))),
+        }
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
 }
 
 /// Waits for a process to exit.
@@ -489,16 +592,9 @@ impl ExitWatch {
             return sys::wait_readable(pidfd.as_fd(), deadline).unwrap_or(false);
         }
         // Kernels without pidfds: ask, with a back-off.
-        let mut pause = Duration::from_micros(100);
-        loop {
-            if !sys::process_exists(self.pid) {
-                return true;
-            }
-            match time_left(deadline) {
-                Some(left) if left.is_zero() => return false,
-                left => std::thread::sleep(left.map_or(pause, |l| l.min(pause))),
-            }
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
+        let exited = wait_for(deadline, || {
+            Ok::<_, ()>((!sys::process_exists(self.pid)).then_some(()))
+        });
+        exited == Ok(Some(()))
     }
 }

@@ -370,16 +370,3 @@ pub(crate) fn process_exists(pid: u32) -> bool {
         Err(e) => e.raw_os_error() == Some(libc::EPERM),
     }
 }
-
-/// Takes an exclusive `flock(2)` on `file`, waiting as long as another holder keeps it; a wait
-/// interrupted by a signal handler goes on.
-pub(crate) fn lock_exclusive(file: &std::fs::File) -> io::Result<()> {
-    loop {
-        // SAFETY: flock on a descriptor the caller owns; it only takes a lock.
-        match syscall!(flock(file.as_raw_fd(), libc::LOCK_EX)) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}

@@ -108,6 +108,11 @@ impl ServerMessage {
     pub(crate) const TYPES: &'static [&'static str] =
         &["hello", "authenticated", "status", "stopping", "error"];
 
+    /// The notice a stopping server sends on every connection, last.
+    pub(crate) fn stopping() -> Self {
+        Self::error(ErrorCode::Stopping, "the worker is stopping")
+    }
+
     pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         ServerMessage::Error {
             code,
@@ -138,6 +143,9 @@ pub(crate) enum ErrorCode {
     IdleTimeout,
     /// The client announced a data codec that is not the worker's.
     CodecMismatch,
+    /// Not a refusal of a request but a notice: the worker is stopping, has answered what the
+    /// connection sent before, and closes it.
+    Stopping,
     /// A code this version does not know.
     Other(String),
 }
@@ -154,6 +162,7 @@ impl ErrorCode {
             ErrorCode::WorkerFailed => "worker_failed",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::CodecMismatch => "codec_mismatch",
+            ErrorCode::Stopping => "stopping",
             ErrorCode::Other(code) => code,
         }
     }
@@ -169,6 +178,7 @@ impl ErrorCode {
             "worker_failed" => ErrorCode::WorkerFailed,
             "idle_timeout" => ErrorCode::IdleTimeout,
             "codec_mismatch" => ErrorCode::CodecMismatch,
+            "stopping" => ErrorCode::Stopping,
             _ => ErrorCode::Other(code),
         }
     }

@@ -35,7 +35,7 @@ const MARKER: &str = "@@shared@@ ";
 /// The arguments that make this test binary run the `helper` test alone.
 pub(crate) const HELPER_ARGS: [&str; 4] = ["--exact", "helper", "--nocapture", "--test-threads=1"];
 
-fn report(line: &str) {
+pub(crate) fn report(line: &str) {
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n{MARKER}{line}").unwrap();
     out.flush().unwrap();
@@ -47,6 +47,9 @@ pub(crate) fn play(role: &str) {
         "serve" => serve(false),
         "activated" => serve(true),
         "daemon" => daemon(),
+        "impostor" => crate::trust::impostor(),
+        "stale" => crate::trust::stale(),
+        "runtime-dir" => crate::trust::runtime_dir_role(),
         other => panic!("unknown role {other:?}"),
     }
 }
@@ -130,6 +133,32 @@ impl Helper {
         shell: Option<&str>,
         env: &[(&str, &str)],
     ) -> Helper {
+        Self::spawn_configured(role, address, stdin, shell, env, |_| {})
+    }
+
+    /// As [`Helper::spawn`], with `XDG_RUNTIME_DIR` set to `dir`.
+    pub(crate) fn spawn_with_runtime_dir(role: &str, dir: &Path) -> Helper {
+        Self::spawn_configured(role, "", None, None, &[], |command| {
+            command.env("XDG_RUNTIME_DIR", dir);
+        })
+    }
+
+    /// As [`Helper::spawn`], running as user and group `uid` (the tests run as root).
+    pub(crate) fn spawn_as(role: &str, address: &str, uid: u32) -> Helper {
+        Self::spawn_configured(role, address, None, None, &[], |command| {
+            std::os::unix::process::CommandExt::uid(command, uid);
+            std::os::unix::process::CommandExt::gid(command, uid);
+        })
+    }
+
+    fn spawn_configured(
+        role: &str,
+        address: &str,
+        stdin: Option<OwnedFd>,
+        shell: Option<&str>,
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Helper {
         let exe = std::env::current_exe().unwrap();
         let mut command = match shell {
             Some(script) => {
@@ -150,6 +179,7 @@ impl Helper {
             .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        configure(&mut command);
         let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, reports) = mpsc::channel();

@@ -19,7 +19,7 @@ fn cookie() -> AdminCookie {
     AdminCookie::new(COOKIE).unwrap()
 }
 
-/// Reads `n` greetings, then the end of the stream; returns the ordinals.
+/// Reads `n` greetings, then the stopping worker's notice; returns the ordinals.
 fn greetings_then_end(client: &mut SharedWorker, n: usize) -> Vec<String> {
     let mut ordinals = Vec::new();
     for _ in 0..n {
@@ -31,8 +31,8 @@ fn greetings_then_end(client: &mut SharedWorker, n: usize) -> Vec<String> {
         ordinals.push(ordinal.to_owned());
     }
     match client.receive_message::<String>() {
-        Err(Error::Closed { .. }) => {}
-        other => panic!("expected the end after the replies, got {other:?}"),
+        Err(Error::Stopping { .. }) => {}
+        other => panic!("expected the stopping notice after the replies, got {other:?}"),
     }
     ordinals
 }
@@ -84,7 +84,7 @@ fn stop_current_stops_the_worker_from_inside() {
     );
     assert!(matches!(
         client.receive_message::<String>(),
-        Err(Error::Closed { .. })
+        Err(Error::Stopping { .. })
     ));
     served.server.join().unwrap();
     served.log.wait_for("stopping: asked to stop by the worker");

@@ -266,7 +266,8 @@ fn a_panicking_callback_ends_its_own_connection_and_everyone_else_is_served_on()
 }
 
 /// The server stopped because of panics: the bystander got every reply to what it had sent,
-/// then a clean end; `on_stop` and `terminate` ran once; the run says why.
+/// then the notice that the worker is stopping; `on_stop` and `terminate` ran once; the run
+/// says why.
 fn stopped_gracefully(served: Served, mut bystander: SharedWorker, in_flight: usize) {
     for i in 0..in_flight {
         assert_eq!(
@@ -275,8 +276,8 @@ fn stopped_gracefully(served: Served, mut bystander: SharedWorker, in_flight: us
         );
     }
     match bystander.receive_message::<String>() {
-        Err(Error::Closed { .. }) => {}
-        other => panic!("expected a clean end, got {other:?}"),
+        Err(Error::Stopping { .. }) => {}
+        other => panic!("expected the stopping notice, got {other:?}"),
     }
     match served.server.join() {
         Err(Error::Serve {
@@ -340,8 +341,8 @@ fn a_panic_in_on_stop_does_not_stop_the_stop() {
     echo(&mut bystander, "arm stop");
     served.server.stop();
     match bystander.receive_message::<String>() {
-        Err(Error::Closed { .. }) => {}
-        other => panic!("expected a clean end, got {other:?}"),
+        Err(Error::Stopping { .. }) => {}
+        other => panic!("expected the stopping notice, got {other:?}"),
     }
     match served.server.join() {
         Err(Error::Serve {

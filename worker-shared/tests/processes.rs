@@ -45,8 +45,8 @@ fn sigterm_stops_a_server_gracefully_delivering_the_replies_in_flight() {
                     assert!(reply.starts_with("Hello "), "{reply}");
                     answered += 1;
                 }
-                Err(Error::Closed { .. }) => break,
-                Err(e) => panic!("expected replies then the end, got {e:?}"),
+                Err(Error::Stopping { .. }) => break,
+                Err(e) => panic!("expected replies then the stopping notice, got {e:?}"),
             }
         }
     }
@@ -117,7 +117,7 @@ fn socket_activation_serves_on_the_listener_handed_over() {
 
 /// A profile that starts this test binary as the `daemon` role, its channel moved out of
 /// libtest's way (see `children::daemon`).
-fn daemon_profile() -> BootstrapProfile {
+pub(crate) fn daemon_profile() -> BootstrapProfile {
     BootstrapProfile::new()
         .with_program("/bin/sh")
         .with_args([

@@ -29,7 +29,9 @@ mod server;
 mod signals;
 mod sizes;
 mod sockets;
+mod stopping;
 mod support;
+mod trust;
 mod workers;
 
 /// Where each helper role lives.

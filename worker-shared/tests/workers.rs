@@ -36,6 +36,7 @@ impl Counts {
 /// tells its counter to anyone who queries. A few messages are commands, for the tests:
 /// - `flood N SIZE`: sends N replies of SIZE bytes;
 /// - `stop-current`: stops the worker from inside;
+/// - `stop-after FIFO`: blocks until the FIFO is written and closed, then stops from inside;
 /// - `peer`: replies with the connection's peer name.
 #[derive(Debug, Default)]
 pub(crate) struct Greeter {
@@ -118,6 +119,12 @@ impl EventedWorker for Greeter {
                 }
             }
             (Some("stop-current"), None, None) => {
+                let stopping = worker_shared::stop_current();
+                connection.send(&format!("stop_current: {stopping}"))?;
+            }
+            (Some("stop-after"), Some(fifo), None) => {
+                // Blocks the whole loop until the test has written the FIFO and closed it.
+                let _ = std::fs::read(fifo);
                 let stopping = worker_shared::stop_current();
                 connection.send(&format!("stop_current: {stopping}"))?;
             }

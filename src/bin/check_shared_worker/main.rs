@@ -239,8 +239,10 @@ fn state_of(error: &Error) -> State {
     match error {
         Error::Connect { .. }
         | Error::Closed { .. }
+        | Error::Stopping { .. }
         | Error::Io { .. }
         | Error::Timeout { .. }
+        | Error::UntrustedServer { .. }
         | Error::ServerNotAuthenticated { .. } => State::Critical,
         _ => State::Unknown,
     }

@@ -644,7 +644,9 @@ fn connection_closed(worker: &mut SharedWorker, by: Instant) -> anyhow::Result<b
     loop {
         match worker.receive_message_timeout::<serde::de::IgnoredAny>(common::left(by)) {
             Ok(_) => {}
-            Err(Error::Closed { .. } | Error::Io { .. }) => return Ok(true),
+            Err(Error::Closed { .. } | Error::Stopping { .. } | Error::Io { .. }) => {
+                return Ok(true);
+            }
             Err(Error::Timeout { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
         }

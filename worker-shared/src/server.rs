@@ -762,12 +762,16 @@ impl State {
                 continue;
             }
             let mut channel = match accepted {
-                Accepted::Unix(stream) => {
-                    NbChannel::from_unix_stream(stream, self.settings.info.codec, self.settings.info.max_frame_len)
-                }
-                Accepted::Tcp(stream, _) => {
-                    NbChannel::from_tcp_stream(stream, self.settings.info.codec, self.settings.info.max_frame_len)
-                }
+                Accepted::Unix(stream) => NbChannel::from_unix_stream(
+                    stream,
+                    self.settings.info.codec,
+                    self.settings.info.max_frame_len,
+                ),
+                Accepted::Tcp(stream, _) => NbChannel::from_tcp_stream(
+                    stream,
+                    self.settings.info.codec,
+                    self.settings.info.max_frame_len,
+                ),
             };
             // A fresh socket takes a frame this small at once.
             let _ = channel.send_raw(FrameKind::Control, &notice);

@@ -142,6 +142,58 @@
 //! Someone who can change the bytes in transit (not merely listen) could relay an exchange and alter the request after it.
 //! Over networks you do not trust, carry the TCP connection in a tunnel (SSH, WireGuard, TLS), or keep the worker on a Unix socket.
 //!
+//! # For implementers in other languages
+//!
+//! What the sections above leave to be guessed, said once.
+//!
+//! ## The cookie's bytes
+//!
+//! A cookie is a byte string of 1 to 4096 bytes (`AdminCookie::MAX_LEN`), used as the HMAC key exactly as it is: no normalization, no trimming, no terminator.
+//! - Given as text (`AdminCookie::new("…")`, `with_admin_cookie`, `$EXSYST_WORKER_ADMIN_COOKIE` in the operators' programs): its UTF-8 bytes, spaces and line ends included.
+//! - Read from a file (`AdminCookie::from_file`, `with_admin_cookie_file`, `--admin-cookie-file`): the file's bytes less every `\n` and `\r` at its end, so a file written by `echo secret > file` holds `secret`; a line end inside the cookie stays. The file must be a regular file that only its owner may read (mode `0600` or stricter), of at most 4096 bytes after that trimming.
+//! - A cookie of 0 bytes, or of more than 4096, is refused wherever it comes from.
+//!
+//! Both ends must hold the same bytes: a client in another language that reads the same cookie file strips the same trailing line ends.
+//!
+//! ## Sizes
+//!
+//! - The hello is a few hundred bytes plus the implementation's name; the Rust client reads a first frame of up to 16 MiB (its own maximum frame length), and a client may refuse a larger one as a protocol error. A client in another language may bound it lower (64 KiB is ample).
+//! - Every later frame, in both directions, is at most the smaller of the hello's `max_frame_len` and the client's own maximum (the Rust client's is 16 MiB). The server drops a connection whose frame header announces more, without reading its payload.
+//! - A control frame's payload is at most 64 KiB in practice (a status map is the largest); the server reads control frames of any size up to its maximum frame length.
+//!
+//! ## Knowing that a stop has finished
+//!
+//! `stopping` says the stop has begun, not that it has ended. Then:
+//! 1. The server answers what each connection had already sent, sends `error` `stopping` as the last frame of each (this one included), and closes them: the end of the stream on a connection means that connection is done with, not that the process has exited.
+//! 2. To know that the process has exited, watch its pid: on a Unix socket, take the server's pid from the kernel (`SO_PEERCRED`; it equals the hello's `pid` unless the server lives in another pid namespace) and open a pidfd for it (`pidfd_open`, Linux 5.3) *before* sending `stop`, so that the pid cannot be reused under you, then wait for the pidfd to be readable; without pidfds, probe with `kill(pid, 0)` until it fails with `ESRCH`. This is what the Rust `stop()` does.
+//! 3. Over TCP, or when the pid cannot be confirmed, connect again: a refused connection means nothing serves the address; a hello with another `pid` is a successor; `error` `stopping` instead of a hello means the old server is still draining.
+//!
+//! ## How Rust types map to MessagePack
+//!
+//! Control frames are the maps of the tables above.
+//! Data frames carry whatever the application's types are, in the worker's codec; how each Rust shape (structs, enums and their variants, `Option`, tuples, byte strings, numbers) looks in MessagePack and in JSON is the table of `worker_channel::Codec`, byte for byte. In short: structs are maps with field names, enums are externally tagged (`"Unit"`, `{"Variant": value}`), `None` is nil, tuples are arrays, `serde_bytes` fields are `bin`.
+//!
+//! ## Status maps
+//!
+//! The `status` key of a `status` reply is nil, or a map (`worker_core::WorkerStatus`):
+//!
+//! | key | type | meaning |
+//! |---|---|---|
+//! | `text` | string | what the worker says, for people; may be empty |
+//! | `counters` | array of counter maps | in the worker's order |
+//!
+//! Each counter map (`worker_core::Counter`, a Monitoring Plugins performance datum):
+//!
+//! | key | type | meaning |
+//! |---|---|---|
+//! | `name` | string | required |
+//! | `value` | float or nil | nil: cannot be determined now (a monitoring system shows `U`) |
+//! | `unit` | string or nil | `B`, `s`, `%`, `c` (a continuous counter), ... |
+//! | `min`, `max` | float or nil | the range of the value |
+//! | `warning`, `critical` | string or nil | thresholds in the Monitoring Plugins range syntax (`10`, `~:10`, `5:`, `@5:10`) |
+//!
+//! The Rust server writes every key, nil where it has nothing, and numbers as 64-bit floats; the Rust client also reads integers where a float is expected, and takes a missing optional key as nil, so a server in another language may leave them out (a test holds this to a hand-written map).
+//!
 //! # Versions
 //!
 //! The hello's `version` is the version of this admin protocol, `1`, and a client refuses a server of another version.

@@ -443,4 +443,42 @@ mod tests {
         assert_eq!(code, ErrorCode::Other("rate_limited".into()));
         assert_eq!(code.to_string(), "rate_limited");
     }
+    /// A status reply as a server in another language may write it (the guide's "Status
+    /// maps"): an integer where a float is expected, a counter's optional keys left out.
+    #[test]
+    fn a_status_written_by_hand_with_integers_and_missing_keys_decodes() {
+        let mut bytes = vec![0x83];
+        let text = |bytes: &mut Vec<u8>, s: &str| {
+            bytes.push(0xa0 | s.len() as u8);
+            bytes.extend_from_slice(s.as_bytes());
+        };
+        text(&mut bytes, "type");
+        text(&mut bytes, "status");
+        text(&mut bytes, "privileged");
+        bytes.push(0xc2);
+        text(&mut bytes, "status");
+        bytes.push(0x82);
+        text(&mut bytes, "text");
+        text(&mut bytes, "ok");
+        text(&mut bytes, "counters");
+        bytes.extend([0x91, 0x83]);
+        text(&mut bytes, "name");
+        text(&mut bytes, "jobs");
+        text(&mut bytes, "value");
+        bytes.push(0x07);
+        text(&mut bytes, "warning");
+        text(&mut bytes, "~:6");
+        let Inbound::Message(ServerMessage::Status {
+            privileged: false,
+            status: Some(status),
+        }) = decode::<ServerMessage>(&bytes, ServerMessage::TYPES)
+        else {
+            panic!("not a status reply");
+        };
+        assert_eq!(status.text(), "ok");
+        let jobs = status.counter("jobs").expect("the counter");
+        assert_eq!(jobs.value(), Some(7.0));
+        assert_eq!(jobs.unit(), None);
+        assert_eq!(jobs.warning().map(|t| t.to_string()).as_deref(), Some("~:6"));
+    }
 }

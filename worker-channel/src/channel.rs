@@ -116,6 +116,11 @@ impl<R: Read, W: Write> Channel<R, W> {
         self.connection.transport().reader()
     }
 
+    /// The reader, mutably, for callers that set up how its next read behaves.
+    pub fn reader_mut(&mut self) -> &mut R {
+        self.connection.transport_mut().reader_mut()
+    }
+
     /// The writer.
     pub fn writer(&self) -> &W {
         self.connection.transport().writer()

@@ -714,6 +714,11 @@ impl<R, W> Duplex<R, W> {
         &self.reader
     }
 
+    /// The reading half, mutably.
+    pub fn reader_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
+
     /// The writing half.
     pub fn writer(&self) -> &W {
         &self.writer

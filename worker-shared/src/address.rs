@@ -134,29 +134,65 @@ impl Write for Stream {
 
 /// One stream shared by a channel's reading and writing sides, without a second descriptor:
 /// both halves read and write through the same socket.
-#[derive(Debug, Clone)]
-pub(crate) struct Half(pub(crate) std::sync::Arc<Stream>);
+///
+/// The socket itself blocks, and every call on it says whether it may wait: reads and writes
+/// pass `MSG_DONTWAIT` (they take what the socket has or has room for, and say `WouldBlock`
+/// otherwise), except the one read [`wait_in_next_read`](Half::wait_in_next_read) asks for,
+/// which waits in the kernel for the first bytes, as a raw blocking `recv` does: a receive
+/// without a deadline costs no `poll` before its read. Writes never raise SIGPIPE.
+#[derive(Debug)]
+pub(crate) struct Half {
+    pub(crate) stream: std::sync::Arc<Stream>,
+    wait_once: bool,
+}
+
+impl Half {
+    pub(crate) fn new(stream: std::sync::Arc<Stream>) -> Self {
+        Half {
+            stream,
+            wait_once: false,
+        }
+    }
+
+    /// The next read waits for bytes (or the end of the stream) instead of saying
+    /// `WouldBlock`; the reads after it do not wait again.
+    pub(crate) fn wait_in_next_read(&mut self, wait: bool) {
+        self.wait_once = wait;
+    }
+}
+
+impl Clone for Half {
+    fn clone(&self) -> Self {
+        Half::new(std::sync::Arc::clone(&self.stream))
+    }
+}
 
 impl std::ops::Deref for Half {
     type Target = Stream;
 
     fn deref(&self) -> &Stream {
-        &self.0
+        &self.stream
     }
 }
 
 impl Read for Half {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &*self.0 {
-            Stream::Unix(s) => (&*s).read(buf),
-            Stream::Tcp(s) => (&*s).read(buf),
-        }
+        use rustix::net::RecvFlags;
+        let flags = if std::mem::take(&mut self.wait_once) {
+            RecvFlags::empty()
+        } else {
+            RecvFlags::DONTWAIT
+        };
+        let (n, _) = rustix::net::recv(self.stream.as_fd(), buf, flags)?;
+        Ok(n)
     }
 }
 
 impl Write for Half {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_nosignal(buf)
+        use rustix::net::SendFlags;
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        Ok(rustix::net::send(self.stream.as_fd(), buf, flags)?)
     }
 
     fn flush(&mut self) -> io::Result<()> {

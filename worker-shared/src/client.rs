@@ -697,13 +697,14 @@ pub(crate) struct Link {
 
 impl Link {
     pub(crate) fn new(address: String, stream: Stream) -> Result<Self, Error> {
-        stream.set_nonblocking(true).map_err(|source| Error::Io {
+        // Blocking: every call but a receive's wait says `MSG_DONTWAIT` (see `Half`).
+        stream.set_nonblocking(false).map_err(|source| Error::Io {
             address: address.clone(),
             pid: None,
             source,
         })?;
         // One descriptor for both directions: no dup on the connect path.
-        let stream = Half(std::sync::Arc::new(stream));
+        let stream = Half::new(std::sync::Arc::new(stream));
         Ok(Link {
             address,
             // Control frames are always MessagePack; the data codec comes with the hello.
@@ -812,6 +813,15 @@ impl Link {
                         .then_some(()),
                 )
             });
+            if deadline.is_none() {
+                // No deadline: the first read waits in the kernel itself (a blocking `recv`,
+                // as the raw socket's), then the reads after it take what else arrived.
+                self.channel.reader_mut().wait_in_next_read(true);
+                let read = self.read_more();
+                self.channel.reader_mut().wait_in_next_read(false);
+                read?;
+                continue;
+            }
             if !self.wait(deadline, true, false)?.readable {
                 return Ok(false);
             }

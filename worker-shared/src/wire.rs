@@ -479,6 +479,9 @@ mod tests {
         let jobs = status.counter("jobs").expect("the counter");
         assert_eq!(jobs.value(), Some(7.0));
         assert_eq!(jobs.unit(), None);
-        assert_eq!(jobs.warning().map(|t| t.to_string()).as_deref(), Some("~:6"));
+        assert_eq!(
+            jobs.warning().map(|t| t.to_string()).as_deref(),
+            Some("~:6")
+        );
     }
 }

@@ -497,6 +497,13 @@ macro_rules! __before_main {
 /// Whether this build can fork workers from a zygote: Linux with glibc (whose fork the zygote
 /// reproduces, see [`ForkContext`]), on an architecture whose `clone(2)` takes the child's
 /// thread-id address as its fourth or fifth argument (not s390's or microblaze's order).
+///
+/// Not musl: it tells the kernel to write a thread's id into a lock word of its own
+/// (`set_tid_address(&__thread_list_lock)`), not into its thread record, and its `fork` sets the
+/// record's id by hand in the child. A raw clone cannot reach that record (its layout is
+/// private), and a worker left with its zygote's id would send `raise`'s and `abort`'s signals
+/// to the zygote. ([`ForkContext::new`] refuses it at run time too: the word the kernel reports
+/// does not hold the thread's id.)
 pub(crate) const ZYGOTE_SUPPORTED: bool = cfg!(all(
     target_os = "linux",
     target_env = "gnu",

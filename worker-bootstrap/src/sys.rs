@@ -281,6 +281,21 @@ pub(crate) fn getpid() -> u32 {
     std::process::id()
 }
 
+/// A path to the running image of this process (`/proc/self/exe`), which stays executable after
+/// the file on disk was deleted or replaced (a deploy that upgrades the binary in place); `None`
+/// without procfs.
+pub(crate) fn running_image() -> Option<std::path::PathBuf> {
+    const SELF_EXE: &str = "/proc/self/exe";
+    std::path::Path::new(SELF_EXE)
+        .exists()
+        .then(|| SELF_EXE.into())
+}
+
+/// How many threads this process has (`/proc/self/task`).
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
 /// In a worker: asks for SIGKILL when the parent dies, then checks that the parent is still the
 /// process that started us, closing the race where it died before the request.
 /// Returns whether the parent is still there.

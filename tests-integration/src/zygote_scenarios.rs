@@ -68,13 +68,18 @@ fn ids(worker: &mut DedicatedWorker) -> anyhow::Result<Ids> {
     Ok(worker.receive_message()?)
 }
 
-/// The one child of this process that is not among `workers`: the zygote.
-fn zygote(workers: &[u32]) -> anyhow::Result<u32> {
-    let others: Vec<u32> = children()
+/// The living children of this process that are not among `workers`.
+fn others_than(workers: &[u32]) -> Vec<u32> {
+    children()
         .into_iter()
         .filter(|(pid, state)| !workers.contains(pid) && *state != 'Z')
         .map(|(pid, _)| pid)
-        .collect();
+        .collect()
+}
+
+/// The one child of this process that is not among `workers`: the zygote.
+fn zygote(workers: &[u32]) -> anyhow::Result<u32> {
+    let others = others_than(workers);
     match others.as_slice() {
         [zygote] => Ok(*zygote),
         _ => anyhow::bail!("expected one zygote among the children, found {others:?}"),
@@ -104,12 +109,17 @@ fn hold(evented: bool) -> anyhow::Result<()> {
         println!("libc_tid_is_own={}", ids.libc_tid_is_own);
         worker
     };
-    let zygote = zygote(&[worker.pid()])?;
     println!("pid={}", worker.pid());
     println!("master={}", std::process::id());
     println!("master_pgid={}", crate::sys::pgid());
-    println!("zygote={zygote}");
-    println!("zygote_threads={}", threads_of(zygote)?);
+    // The zygote, where there is one (Linux with glibc); elsewhere the worker was executed, and
+    // the master has no other child.
+    let others = others_than(&[worker.pid()]);
+    println!("other_children={others:?}");
+    if let [zygote] = others[..] {
+        println!("zygote={zygote}");
+        println!("zygote_threads={}", threads_of(zygote)?);
+    }
     println!("ready");
     std::io::stdout().flush()?;
     let mut line = String::new();
@@ -346,7 +356,7 @@ fn limit_with_free(free: u64) -> anyhow::Result<u64> {
 
 /// Spawns under descriptor limits from the highest descriptor up: `k<n>=ok` or
 /// `k<n>=emfile` (an `Error::Spawn` saying EMFILE) or the error, for each; with `zygote`, the
-/// zygote's pid after each (`zygote<n>=`) and before (`zygote=`); then what is left behind.
+/// zygotes after each (`zygote<n>=`, a list) and before (`zygote=`); then what is left behind.
 fn fd_limit(zygote: bool) -> anyhow::Result<()> {
     let mode = if zygote {
         SpawnMode::Zygote
@@ -359,7 +369,8 @@ fn fd_limit(zygote: bool) -> anyhow::Result<()> {
     let mut first = DedicatedWorker::spawn::<Probe>(&profile)?;
     ids(&mut first)?;
     if zygote {
-        println!("zygote={}", self::zygote(&[first.pid()])?);
+        // Empty where workers are executed whatever the mode (see `SpawnMode::Zygote`).
+        println!("zygote={:?}", zygotes());
     }
     first.close()?;
     let mut pids = Vec::new();

@@ -56,6 +56,31 @@ const SELECTION: [&str; 6] = [
     "--color=never",
 ];
 
+/// `--target <triple>` when these tests were built with one (the CI's musl run, say), else
+/// nothing: the nested cargo builds and runs the demo for the same target, whose build the outer
+/// command made (without it, a run for another target would repeat the host's).
+///
+/// Read from where cargo put this test binary: `<target dir>/<triple>/<profile>/deps/` with
+/// `--target`, `<target dir>/<profile>/deps/` without.
+fn outer_target() -> Vec<String> {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let target_dir = tmp.parent().unwrap().canonicalize().unwrap();
+    let exe = std::env::current_exe().unwrap().canonicalize().unwrap();
+    let inside: Vec<_> = exe
+        .strip_prefix(&target_dir)
+        .unwrap_or_else(|_| panic!("{exe:?} is not under {target_dir:?}"))
+        .iter()
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect();
+    match inside.as_slice() {
+        [triple, _profile, deps, _binary] if deps == "deps" => {
+            vec!["--target".to_owned(), triple.clone()]
+        }
+        [_profile, deps, _binary] if deps == "deps" => Vec::new(),
+        _ => panic!("{exe:?}: not where cargo puts test binaries"),
+    }
+}
+
 /// The cargo that runs these tests (`$CARGO`), in the workspace, so that it finds the same
 /// target directory (cargo does not hold its build lock while tests run).
 fn cargo() -> Command {
@@ -161,6 +186,7 @@ fn demo_test_binary() -> PathBuf {
     build
         .arg("test")
         .args(SELECTION)
+        .args(outer_target())
         .args(["--no-run", "--message-format=json"]);
     let built = run(build, Duration::from_secs(600));
     assert!(built.status.success(), "{}", built.stderr);
@@ -179,11 +205,11 @@ fn demo_test_binary() -> PathBuf {
 #[test]
 fn the_demo_crates_tests_start_workers_under_nextest() {
     let mut nextest = nextest_cargo();
-    nextest.args(["nextest", "run"]).args(SELECTION).args([
-        "-E",
-        "package(tests-support-demo)",
-        "--no-fail-fast",
-    ]);
+    nextest
+        .args(["nextest", "run"])
+        .args(SELECTION)
+        .args(outer_target())
+        .args(["-E", "package(tests-support-demo)", "--no-fail-fast"]);
     let ran = run(nextest, Duration::from_secs(600));
     eprintln!("cargo nextest run took {:?}", ran.took);
     assert!(

@@ -115,10 +115,18 @@ pub const DEFAULT_ZYGOTE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 ///   the zygote refuses to fork with more than one thread, and spawns fail with
 ///   [`Error::Zygote`](crate::Error::Zygote).
 /// - macOS and other systems: forking without `exec` is unsafe there once system frameworks are
-///   loaded, and this crate uses Linux's `clone`. Outside Linux with glibc on the common
-///   architectures, the setting is ignored and workers are executed afresh; so they are on a
-///   kernel that refuses the zygote's `clone` (a seccomp filter, say), which is logged once at
-///   `info`.
+///   loaded, and this crate uses Linux's `clone`.
+///
+/// # Where workers are executed instead
+///
+/// Outside Linux with glibc on the common architectures, the setting is ignored: every worker
+/// is executed afresh, exactly as with [`SpawnMode::Exec`] (the same results, the same errors,
+/// the same guarantees), and no zygote is started. This includes Linux with musl
+/// (`*-linux-musl` targets): musl's own `fork` sets the new process's record of its thread id
+/// (which `raise` and `abort` use to signal the calling thread) by hand, a record the zygote
+/// cannot reach, and a worker keeping its zygote's would signal the zygote. So are workers
+/// executed on a kernel that refuses the zygote's `clone` (a seccomp filter, say), which is
+/// logged once at `info`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]

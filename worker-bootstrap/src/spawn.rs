@@ -25,10 +25,6 @@ use crate::{
     zygote,
 };
 
-/// The running image of this process, which stays executable after the file on disk was
-/// deleted or replaced (a deploy that upgrades the binary in place).
-const SELF_EXE: &str = "/proc/self/exe";
-
 /// A worker process just started, with its channel.
 #[derive(Debug)]
 pub(crate) struct Spawned {
@@ -309,9 +305,9 @@ fn program_for(
         return Ok((program.to_path_buf(), None));
     }
     let argv0 = std::env::args_os().next();
-    if Path::new(SELF_EXE).exists() {
+    if let Some(running) = sys::running_image() {
         let argv0 = argv0.or_else(|| std::env::current_exe().ok().map(Into::into));
-        return Ok((PathBuf::from(SELF_EXE), argv0));
+        return Ok((running, argv0));
     }
     let program = std::env::current_exe().map_err(|source| Error::Spawn {
         program: PathBuf::from("<current executable>"),

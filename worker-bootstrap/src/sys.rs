@@ -314,6 +314,21 @@ pub(crate) fn getpid() -> u32 {
     std::process::id()
 }
 
+/// A path to the running image of this process (`/proc/self/exe`), which stays executable after
+/// the file on disk was deleted or replaced (a deploy that upgrades the binary in place); `None`
+/// without procfs.
+pub(crate) fn running_image() -> Option<std::path::PathBuf> {
+    const SELF_EXE: &str = "/proc/self/exe";
+    std::path::Path::new(SELF_EXE)
+        .exists()
+        .then(|| SELF_EXE.into())
+}
+
+/// How many threads this process has (`/proc/self/task`).
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
 /// In a worker: asks for SIGKILL when the parent dies, then checks that the parent is still the
 /// process that started us, closing the race where it died before the request.
 /// Returns whether the parent is still there.
@@ -530,6 +545,13 @@ macro_rules! __before_main {
 /// Whether this build can fork workers from a zygote: Linux with glibc (whose fork the zygote
 /// reproduces, see [`ForkContext`]), on an architecture whose `clone(2)` takes the child's
 /// thread-id address as its fourth or fifth argument (not s390's or microblaze's order).
+///
+/// Not musl: it tells the kernel to write a thread's id into a lock word of its own
+/// (`set_tid_address(&__thread_list_lock)`), not into its thread record, and its `fork` sets the
+/// record's id by hand in the child. A raw clone cannot reach that record (its layout is
+/// private), and a worker left with its zygote's id would send `raise`'s and `abort`'s signals
+/// to the zygote. ([`ForkContext::new`] refuses it at run time too: the word the kernel reports
+/// does not hold the thread's id.)
 pub(crate) const ZYGOTE_SUPPORTED: bool = cfg!(all(
     target_os = "linux",
     target_env = "gnu",

@@ -129,7 +129,7 @@ fn refused(reason: String) -> Reply {
 fn readiness() -> Result<ForkContext, Reply> {
     // A fork copies only the calling thread: another one's locks would stay held for good in
     // every worker. The registry's contract (run_if_worker first in main) guarantees one thread.
-    match std::fs::read_dir("/proc/self/task").map(Iterator::count) {
+    match sys::thread_count() {
         Ok(1) => {}
         Ok(n) => {
             return Err(refused(format!(
@@ -139,7 +139,7 @@ fn readiness() -> Result<ForkContext, Reply> {
         }
         Err(e) => {
             return Err(Reply::Refused {
-                reason: format!("cannot count the zygote's threads in /proc/self/task: {e}"),
+                reason: format!("cannot count the zygote's threads: {e}"),
                 errno: None,
                 unsupported: true,
             });

@@ -4,15 +4,12 @@
 use std::{
     fs::{self, DirBuilder, File, OpenOptions},
     io,
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt},
-    },
+    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use worker_bootstrap::BootstrapProfile;
+use worker_bootstrap::{BootstrapProfile, ProcessWatch};
 use worker_core::{deadline_after, time_left};
 use worker_killswitch::{Address, KillSwitch, KillSwitchLock};
 
@@ -203,13 +200,17 @@ pub fn stop(address: &str, cookie: &AdminCookie, timeout: Duration) -> Result<u3
     let mut worker = SharedWorker::connect_timeout(address, timeout)?;
     let pid = worker.pid();
     // Taken while the connection shows the process alive, so its pid cannot have been reused.
-    let exit = worker.peer_is_announced_pid().then(|| ExitWatch::new(pid));
+    // A process gone already (`open` fails) is not waited for.
+    let exit = worker
+        .peer_is_announced_pid()
+        .then(|| ProcessWatch::open(pid).ok())
+        .flatten();
     worker.set_control_timeout(time_left(deadline).unwrap_or(Duration::MAX));
     worker.stop(cookie)?;
     let address = worker.address().to_owned();
     drop(worker);
     if let Some(exit) = exit
-        && !exit.wait(deadline)
+        && !exit.wait_until(deadline).unwrap_or(false)
     {
         return Err(Error::Timeout {
             address,
@@ -569,32 +570,5 @@ fn wait_for<T, E>(
             left => std::thread::sleep(left.map_or(pause, |l| l.min(pause))),
         }
         pause = (pause * 2).min(Duration::from_millis(10));
-    }
-}
-
-/// Waits for a process to exit.
-struct ExitWatch {
-    pid: u32,
-    pidfd: Option<OwnedFd>,
-}
-
-impl ExitWatch {
-    fn new(pid: u32) -> Self {
-        ExitWatch {
-            pid,
-            pidfd: sys::pidfd_open(pid).ok(),
-        }
-    }
-
-    /// Whether the process exited by `deadline`.
-    fn wait(&self, deadline: Option<Instant>) -> bool {
-        if let Some(pidfd) = &self.pidfd {
-            return sys::wait_readable(pidfd.as_fd(), deadline).unwrap_or(false);
-        }
-        // Kernels without pidfds: ask, with a back-off.
-        let exited = wait_for(deadline, || {
-            Ok::<_, ()>((!sys::process_exists(self.pid)).then_some(()))
-        });
-        exited == Ok(Some(()))
     }
 }

@@ -11,7 +11,6 @@ mod common;
 mod config;
 mod openmetrics;
 mod owner;
-mod sys;
 
 use std::{
     collections::BTreeMap,
@@ -28,16 +27,14 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use exsyst_worker::{
     BootstrapProfile, KillSwitch,
+    bootstrap::{ProcessWatch as Process, SIGNAL_NAMES, signal_number},
     killswitch::Address,
     shared::{AdminCookie, Error, SharedServerConfig, SharedWorker},
     worker::WorkerStatus,
 };
 use serde::Serialize;
 
-use crate::{
-    config::{CONFIG_ENV, Config, Target, is_local},
-    sys::Process,
-};
+use crate::config::{CONFIG_ENV, Config, Target, is_local};
 
 const ABOUT: &str = "\
 Operates shared workers: query, stop, disable, enable and list them.
@@ -246,8 +243,8 @@ struct StopArgs {
     #[arg(long, value_name = "PATH")]
     kill_switch: Option<PathBuf>,
     /// Signal a local worker (TERM, INT, KILL, ...) instead of asking it with the admin cookie
-    #[arg(long, value_name = "SIG", value_parser = sys::signal_number)]
-    signal: Option<libc::c_int>,
+    #[arg(long, value_name = "SIG", value_parser = signal)]
+    signal: Option<i32>,
     /// How long to wait for a worker to be gone
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     wait: Duration,
@@ -274,6 +271,17 @@ struct Which {
     /// Workers, by address or name
     #[arg(value_name = "WORKER")]
     workers: Vec<String>,
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, any case) or number.
+fn signal(text: &str) -> Result<i32, String> {
+    signal_number(text).ok_or_else(|| {
+        let names: Vec<&str> = SIGNAL_NAMES.iter().map(|(name, _)| *name).collect();
+        format!(
+            "unknown signal {text:?} (expected {} or a number)",
+            names.join(", ")
+        )
+    })
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -601,7 +609,7 @@ fn worker_process(target: &Target, pid: u32) -> Result<Process, String> {
     }
     let address = Address::parse(&target.address).map_err(|e| e.to_string())?;
     // Watched before the look at its sockets, so that what was looked at is what is watched.
-    let process = Process::watch(pid).map_err(|e| format!("pid {pid} from its hello: {e}"))?;
+    let process = Process::open(pid).map_err(|e| format!("pid {pid} from its hello: {e}"))?;
     match owner::listens_at(pid, &address) {
         Ok(true) => Ok(process),
         Ok(false) => Err(format!(
@@ -625,7 +633,7 @@ fn wait_gone(
     let by = common::deadline(wait);
     let gone = match &process {
         Ok(process) => process
-            .wait_gone(by)
+            .wait_until(Some(by))
             .with_context(|| format!("{target}: cannot wait for pid {pid}"))?,
         Err(_) => connection_closed(worker, by)?,
     };

@@ -196,30 +196,116 @@ pub fn connect_or_start_timeout(
 /// - [`Error::Timeout`] with operation `exit` when the process was still there at the end of
 ///   `timeout`.
 pub fn stop(address: &str, cookie: &AdminCookie, timeout: Duration) -> Result<u32, Error> {
+    stop_worker(address, StopBy::Cookie(cookie), timeout, None)
+}
+
+/// How [`stop_and_wait`] asks a worker to stop.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum StopBy<'a> {
+    /// The admin plane's stop, authenticated with the admin cookie: any worker, local or remote.
+    Cookie(&'a AdminCookie),
+    /// A signal (a number: `libc::SIGTERM`, or one [`worker_bootstrap::signal_number`] read) to
+    /// the worker's process, without the cookie: only for a worker whose pid is confirmed to be
+    /// the process at the other end of the connection (see [`stop`]), sent through a pidfd taken
+    /// while the connection showed it alive.
+    Signal(i32),
+}
+
+/// Stops the shared worker at `address` as `by` says, and waits until it is gone: the stop
+/// (connecting, and the acknowledgement of a stop by cookie) within `timeout`, then the end
+/// within `wait` more. What the operators' `worker-ctl stop` does.
+///
+/// A worker whose process is confirmed (see [`stop`]) is gone when its process has exited;
+/// another one (remote, in another pid namespace, another user's over TCP) when it has closed
+/// the connection at the end of its stop.
+///
+/// # Errors
+///
+/// - those of [`SharedWorker::connect`] ([`Error::is_not_running`] tells a worker that is not
+///   there) and, for [`StopBy::Cookie`], of [`SharedWorker::stop`];
+/// - for [`StopBy::Signal`], [`Error::Unconfirmed`] when the worker's pid is not confirmed
+///   (nothing was sent), and [`Error::Io`] when the kernel refused the signal;
+/// - [`Error::Timeout`] with operation `exit` when the worker was still there at the end of
+///   `wait`.
+pub fn stop_and_wait(
+    address: &str,
+    by: StopBy<'_>,
+    timeout: Duration,
+    wait: Duration,
+) -> Result<u32, Error> {
+    stop_worker(address, by, timeout, Some(wait))
+}
+
+/// [`stop`] and [`stop_and_wait`]: the end is waited for within `timeout` in all, or, with
+/// `wait`, within `wait` after the stop, for an unconfirmed worker too (until it closes the
+/// connection).
+fn stop_worker(
+    address: &str,
+    by: StopBy<'_>,
+    timeout: Duration,
+    wait: Option<Duration>,
+) -> Result<u32, Error> {
     let deadline = deadline_after(timeout);
     let mut worker = SharedWorker::connect_timeout(address, timeout)?;
     let pid = worker.pid();
-    // Taken while the connection shows the process alive, so its pid cannot have been reused.
-    // A process gone already (`open` fails) is not waited for.
+    // Taken while the connection shows the process alive, so its pid cannot have been reused;
+    // a process gone already (`open` fails) is not waited for.
     let exit = worker
         .peer_is_announced_pid()
         .then(|| ProcessWatch::open(pid).ok())
         .flatten();
-    worker.set_control_timeout(time_left(deadline).unwrap_or(Duration::MAX));
-    worker.stop(cookie)?;
     let address = worker.address().to_owned();
-    drop(worker);
-    if let Some(exit) = exit
-        && !exit.wait_until(deadline).unwrap_or(false)
-    {
+    match by {
+        StopBy::Cookie(cookie) => {
+            worker.set_control_timeout(time_left(deadline).unwrap_or(Duration::MAX));
+            worker.stop(cookie)?;
+        }
+        StopBy::Signal(signal) => {
+            let Some(exit) = &exit else {
+                return Err(Error::Unconfirmed { address, pid });
+            };
+            exit.signal(signal).map_err(|source| Error::Io {
+                address: address.clone(),
+                pid: Some(pid),
+                source,
+            })?;
+        }
+    }
+    let (deadline, waited) = match wait {
+        Some(wait) => (deadline_after(wait), wait),
+        None => (deadline, timeout),
+    };
+    let gone = match (&exit, wait) {
+        (Some(exit), _) => exit.wait_until(deadline).unwrap_or(false),
+        (None, Some(_)) => connection_closed(&mut worker, deadline)?,
+        (None, None) => true,
+    };
+    if !gone {
         return Err(Error::Timeout {
             address,
             pid: Some(pid),
             operation: "exit",
-            waited: timeout,
+            waited,
         });
     }
     Ok(pid)
+}
+
+/// Waits until the worker closes the connection (at the end of its stop) or `deadline`
+/// passes; returns whether it closed it.
+fn connection_closed(worker: &mut SharedWorker, deadline: Option<Instant>) -> Result<bool, Error> {
+    loop {
+        let left = time_left(deadline).unwrap_or(Duration::MAX);
+        match worker.receive_message_timeout::<serde::de::IgnoredAny>(left) {
+            Ok(_) => {}
+            Err(Error::Closed { .. } | Error::Stopping { .. } | Error::Io { .. }) => {
+                return Ok(true);
+            }
+            Err(Error::Timeout { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The directory of the start locks of TCP workers: `$XDG_RUNTIME_DIR/exsyst-worker` when

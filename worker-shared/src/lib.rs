@@ -163,6 +163,7 @@ pub use config::{ClientAuth, PanicPolicy, PeerUids, SharedServerConfig};
 pub use cookie::AdminCookie;
 pub use daemon::{SharedRegistryExt, StartReport, daemon_extensions, wait_until_listening};
 pub use error::Error;
+pub use local::is_local;
 pub use peer::{ParsePeerError, Peer};
 pub use server::{RunningServer, SharedServer, SharedWorkerImpl};
 pub use start::{

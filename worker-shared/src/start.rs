@@ -381,7 +381,7 @@ fn ensure_running(
                 operation: "hello", ..
             }
             | Error::Closed { pid: None, .. }),
-        ) if !local::is_local(&parsed)? => {
+        ) if !local::is_local_address(&parsed)? => {
             return Err(Error::NotLocal {
                 address: canonical,
                 source: Box::new(e),
@@ -389,7 +389,7 @@ fn ensure_running(
         }
         Err(e) if e.is_not_running() => {}
         // Going away: its successor is started (or found) below, under the lock.
-        Err(Error::Stopping { .. }) if local::is_local(&parsed)? => {}
+        Err(Error::Stopping { .. }) if local::is_local_address(&parsed)? => {}
         Err(e) => return Err(e),
     }
     let switch = profile.kill_switch_path().map(KillSwitch::new);

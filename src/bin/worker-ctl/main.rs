@@ -32,7 +32,7 @@ use exsyst_worker::{
 };
 use serde::Serialize;
 
-use crate::config::{CONFIG_ENV, Config, Target, is_local};
+use crate::config::{CONFIG_ENV, Config, Target};
 
 const ABOUT: &str = "\
 Operates shared workers: query, stop, disable, enable and list them.
@@ -269,6 +269,12 @@ struct Which {
     /// Workers, by address or name
     #[arg(value_name = "WORKER")]
     workers: Vec<String>,
+}
+
+/// Whether the worker at `address` is on this machine (the library's answer); one whose name
+/// does not resolve is not.
+fn is_local(address: &str) -> bool {
+    matches!(exsyst_worker::shared::is_local(address), Ok(true))
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, any case) or number.

@@ -2,7 +2,7 @@
 //! (see the crate documentation, "Starting on demand").
 
 use std::{
-    fs::{self, DirBuilder, File, OpenOptions},
+    fs::{self, DirBuilder, OpenOptions},
     io,
     os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
@@ -11,7 +11,7 @@ use std::{
 
 use worker_bootstrap::{BootstrapProfile, ProcessWatch};
 use worker_core::{deadline_after, time_left};
-use worker_killswitch::{Address, KillSwitch, KillSwitchLock};
+use worker_killswitch::{Address, KillSwitch, KillSwitchLock, LockFile};
 
 use crate::{
     AdminCookie, DEFAULT_CONTROL_TIMEOUT, Error, SharedServerConfig, SharedWorker, StartReport,
@@ -570,7 +570,7 @@ impl SocketFile {
 /// when its holder dies).
 #[derive(Debug)]
 struct StartLock {
-    _file: File,
+    _file: LockFile,
 }
 
 impl StartLock {
@@ -586,18 +586,19 @@ impl StartLock {
             path: path.clone(),
             source,
         };
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            // Nor blocking on a FIFO put there: it is refused below.
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path);
+        let opened = LockFile::open(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+            &path,
+        );
         let file = match opened {
             Ok(file) => file,
-            // ELOOP: the last component is a link; EACCES: another user's file.
+            // ELOOP: the last component is a link; EACCES: another user's file; a FIFO or
+            // another file that is not a regular one.
             Err(e) => {
                 return Err(match fs::symlink_metadata(&path) {
                     Ok(meta) => {
@@ -609,13 +610,10 @@ impl StartLock {
                 });
             }
         };
-        let meta = file.metadata().map_err(fail)?;
+        let meta = file.file().metadata().map_err(fail)?;
         listener::check_own_file(&path, &meta, meta.is_file(), "not a regular file")?;
-        let locked = wait_for(deadline, || match fs2::FileExt::try_lock_exclusive(&file) {
-            Ok(()) => Ok(Some(())),
-            Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-            Err(e) => Err(e),
+        let locked = wait_for(deadline, || {
+            file.try_lock_exclusive().map(|taken| taken.then_some(()))
         })
         .map_err(fail)?;
         Ok(locked.map(|()| StartLock { _file: file }))

@@ -3,8 +3,8 @@
 //! Exits 0 on success, 1 on a failure, 2 on a usage error; errors go to standard error, one
 //! line each, naming the worker's address. See `--help`.
 
-// `unsafe` only in `sys`, the operating system layer.
-#![deny(unsafe_code)]
+// The operating system is the library's to call.
+#![forbid(unsafe_code)]
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -300,22 +300,9 @@ pub fn fork_and_run(child: impl FnOnce() -> i32) -> io::Result<i32> {
 /// Waits up to `timeout` for child `pid` to end, through a pidfd, and reaps it: its exit code
 /// (a negative signal number when killed); `None` when it still ran (it is killed and reaped).
 pub fn wait_child_within(pid: i32, timeout: Duration) -> io::Result<Option<i32>> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just created this descriptor, and it is ours.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut poll = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: polls one live pollfd.
-    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
-    let ended = ready > 0;
+    let pid_u32 = u32::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not a process id"))?;
+    let ended = exsyst_worker::bootstrap::ProcessWatch::open(pid_u32)?.wait(timeout)?;
     if !ended {
         kill(pid, libc::SIGKILL)?;
     }

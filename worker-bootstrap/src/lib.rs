@@ -106,6 +106,7 @@ mod spawner;
 mod stderr;
 mod sys;
 mod test_support;
+mod watch;
 mod zygote;
 
 /// The `log` target of this crate's diagnostics.
@@ -120,6 +121,7 @@ pub use profile::{
     BootstrapProfile, DEFAULT_ZYGOTE_IDLE_TIMEOUT, DEFAULT_ZYGOTE_TIMEOUT, SpawnMode, StderrMode,
 };
 pub use registry::{EXIT_FAILURE, Registry, WorkerContext, registry};
+pub use watch::{ProcessWatch, SIGNAL_NAMES, signal_number};
 pub use zygote::MAX_ZYGOTES;
 
 /// What [`enable_test_support!`] expands to refers to; not part of the API.

@@ -131,22 +131,8 @@ impl Process {
         if self.fate != Fate::Unreaped {
             return Ok(true);
         }
-        if let Some(fd) = &self.pidfd {
-            return Ok(sys::poll(&[(fd.as_fd(), true, false)], deadline)?.is_some());
-        }
-        // Kernels without pidfd: ask, then back off.
-        let mut pause = Duration::from_micros(50);
-        loop {
-            if self.has_exited()? {
-                return Ok(true);
-            }
-            let left = worker_core::time_left(deadline).unwrap_or(pause);
-            if left.is_zero() {
-                return Ok(false);
-            }
-            std::thread::sleep(pause.min(left));
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
+        // Kernels without pidfd: asked through `waitid`, which also sees a zombie.
+        crate::watch::wait_exit(self.pidfd(), deadline, || self.has_exited())
     }
 
     /// Whether a blocking wait must also wake up now and then to check for exit (no pidfd).

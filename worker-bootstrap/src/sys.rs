@@ -184,7 +184,8 @@ pub(crate) fn reopen_pipe(fd: BorrowedFd<'_>, write: bool) -> io::Result<OwnedFd
     Ok(pipe.into())
 }
 
-/// A pidfd for child `pid` (Linux 5.3 and later), close-on-exec.
+/// A pidfd for process `pid` (Linux 5.3 and later), close-on-exec: a child, or any process to
+/// watch (see [`crate::ProcessWatch`]).
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -306,6 +307,16 @@ pub(crate) fn kill_pid(pid: u32, signal: libc::c_int) -> io::Result<()> {
     match syscall!(kill(pid as libc::pid_t, signal)) {
         Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// Whether a process with id `pid` exists (`kill(pid, 0)`; one of another user counts), for
+/// kernels without pidfds. A zombie counts too, until its parent reaps it.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
+    match syscall!(kill(pid as libc::pid_t, 0)) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
     }
 }
 

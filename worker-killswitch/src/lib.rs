@@ -136,9 +136,11 @@
 
 mod address;
 mod error;
+mod lock;
 mod state;
 mod switch;
 
 pub use address::{Address, canonical_address};
 pub use error::Error;
+pub use lock::LockFile;
 pub use switch::{KillSwitch, KillSwitchLock, KillSwitchState};

@@ -7,7 +7,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use crate::{Address, Error, canonical_address, state::State};
+use crate::{Address, Error, LockFile, canonical_address, state::State};
 
 /// The mode of a kill switch file created from nothing: anyone may read it, only its owner
 /// may change it.
@@ -430,12 +430,12 @@ impl KillSwitch {
             })
     }
 
-    fn lock_shared(&self) -> Result<Option<File>, Error> {
+    fn lock_shared(&self) -> Result<Option<LockFile>, Error> {
         let lock_path = self.lock_path()?;
-        let file = match open_lock_file(OpenOptions::new().read(true), &lock_path) {
+        let file = match LockFile::open(OpenOptions::new().read(true), &lock_path) {
             Ok(file) => Some(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match open_lock_file(
+                match LockFile::open(
                     OpenOptions::new()
                         .write(true)
                         .create(true)
@@ -466,9 +466,7 @@ impl KillSwitch {
             }
         };
         if let Some(file) = &file {
-            // Called through the trait: std's inherent `File::lock_shared` (Rust 1.89) would
-            // otherwise shadow it, above this workspace's minimum Rust version.
-            retry_interrupted(|| fs2::FileExt::lock_shared(file)).map_err(|source| Error::Io {
+            file.lock_shared().map_err(|source| Error::Io {
                 path: lock_path,
                 source,
             })?;
@@ -485,7 +483,7 @@ impl KillSwitch {
             path: dir.to_owned(),
             source,
         })?;
-        let file = open_lock_file(
+        let file = LockFile::open(
             OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -497,7 +495,7 @@ impl KillSwitch {
         .or_else(|e| match e.kind() {
             // flock does not need write access: a lock file owned by another user will do.
             io::ErrorKind::PermissionDenied => {
-                open_lock_file(OpenOptions::new().read(true), &lock_path)
+                LockFile::open(OpenOptions::new().read(true), &lock_path)
             }
             _ => Err(e),
         })
@@ -506,13 +504,13 @@ impl KillSwitch {
             source,
         })?;
         let locked = if wait {
-            retry_interrupted(|| fs2::FileExt::lock_exclusive(&file))
+            file.lock_exclusive().map(|()| true)
         } else {
-            fs2::FileExt::try_lock_exclusive(&file)
+            file.try_lock_exclusive()
         };
         match locked {
-            Ok(()) => {}
-            Err(e) if !wait && e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
             Err(source) => {
                 return Err(Error::Io {
                     path: lock_path,
@@ -633,7 +631,7 @@ impl KillSwitch {
 pub struct KillSwitchLock {
     switch: KillSwitch,
     /// Holds the `flock`; closing it releases the lock.
-    _file: File,
+    _file: LockFile,
 }
 
 impl KillSwitchLock {
@@ -712,15 +710,6 @@ fn check_start(state: &State, address: &Address) -> Result<(), Error> {
 
 /// Retries a blocking lock that a signal handler interrupted (one installed without
 /// `SA_RESTART`): the caller asked to wait for the lock, not for the next signal.
-fn retry_interrupted(mut lock: impl FnMut() -> io::Result<()>) -> io::Result<()> {
-    loop {
-        match lock() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            result => return result,
-        }
-    }
-}
-
 /// The file name of the switch whose temporary file `name` is, if it is one.
 ///
 /// A temporary file is named `.<switch>.tmp.<pid>.<counter>`, with `<pid>` and `<counter>` in
@@ -739,23 +728,6 @@ fn temp_file_owner(name: &[u8]) -> Option<&[u8]> {
     let rest = digits_after_last_dot(rest)?;
     let owner = rest.strip_suffix(b".tmp")?.strip_prefix(b".")?;
     (!owner.is_empty()).then_some(owner)
-}
-
-/// Opens the lock file as `options` say, never through a link at its name (in a directory
-/// others may write to, another user's link would make this one create, or lock, a file of
-/// their choosing), nor blocking on what is not a regular file (a FIFO), and only when it is a
-/// regular file.
-fn open_lock_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
-    let file = options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the lock file is not a regular file",
-        ));
-    }
-    Ok(file)
 }
 
 fn can_read_unlocked(e: &io::Error) -> bool {

@@ -297,6 +297,16 @@ pub enum Error {
         /// [`Error::Timeout`] or [`Error::Closed`] before a hello.
         source: Box<Error>,
     },
+    /// A stop by signal ([`StopBy::Signal`](crate::StopBy::Signal)) was refused: the pid the
+    /// worker's hello named is not confirmed to be the process at the other end of the
+    /// connection, as this machine names it (a remote worker, one in another pid namespace, one
+    /// of another user over TCP), so no signal was sent.
+    Unconfirmed {
+        /// The worker's address.
+        address: String,
+        /// The pid its hello named.
+        pid: u32,
+    },
     /// The kill switch disables the worker, so it was not started (nothing was spawned). A
     /// running worker is not stopped by disabling it.
     Disabled {
@@ -518,6 +528,11 @@ impl fmt::Display for Error {
             Error::Start { address, .. } => {
                 write!(f, "cannot start shared worker at {address}")
             }
+            Error::Unconfirmed { address, pid } => write!(
+                f,
+                "shared worker at {address} (pid {pid}) is not signalled: that pid is not \
+                 confirmed to be its process on this machine"
+            ),
             Error::NotLocal { address, .. } => write!(
                 f,
                 "cannot reach shared worker at {address}, which is not on this machine: a \

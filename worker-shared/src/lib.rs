@@ -163,10 +163,11 @@ pub use config::{ClientAuth, PanicPolicy, PeerUids, SharedServerConfig};
 pub use cookie::AdminCookie;
 pub use daemon::{SharedRegistryExt, StartReport, daemon_extensions, wait_until_listening};
 pub use error::Error;
+pub use local::is_local;
 pub use peer::{ParsePeerError, Peer};
 pub use server::{RunningServer, SharedServer, SharedWorkerImpl};
 pub use start::{
-    DEFAULT_START_TIMEOUT, DEFAULT_STOP_TIMEOUT, connect_or_start, connect_or_start_timeout,
-    runtime_dir, start, start_timeout, stop,
+    DEFAULT_START_TIMEOUT, DEFAULT_STOP_TIMEOUT, StopBy, connect_or_start,
+    connect_or_start_timeout, runtime_dir, start, start_timeout, stop, stop_and_wait,
 };
 pub use stop::{StopHandle, stop_current};

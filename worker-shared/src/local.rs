@@ -10,13 +10,33 @@ use worker_killswitch::Address;
 
 use crate::{Error, PeerUids, address::Stream, sys};
 
-/// Whether `address` is this machine's, so that a daemon may be started there: a Unix socket,
-/// or TCP on a host whose every address is a loopback, unspecified or local one.
+/// Whether the worker at `address` is on this machine, so that a daemon may be started there
+/// and its pid means something here: a Unix socket, or TCP on a host whose every address is a
+/// loopback, unspecified or local one (an IPv4-mapped IPv6 address counts as its IPv4 one).
+/// The one answer the library and the operators' programs share.
 ///
-/// A host name is resolved (by the system's resolver; a failure is [`Error::Connect`]); an
-/// address is local when a socket can be bound to it, which asks the kernel rather than a list
-/// of interfaces.
-pub(crate) fn is_local(address: &Address) -> Result<bool, Error> {
+/// A host name is resolved by the system's resolver (`localhost`, this machine's name and any
+/// name that resolves to its addresses are local); an address is local when a socket can be
+/// bound to it, which asks the kernel rather than a list of interfaces.
+///
+/// ```
+/// assert!(worker_shared::is_local("unix:///run/app/w.sock")?);
+/// assert!(worker_shared::is_local("tcp://127.0.0.1:7000")?);
+/// // TEST-NET-3 (RFC 5737): never assigned to anyone.
+/// assert!(!worker_shared::is_local("tcp://203.0.113.7:7000")?);
+/// # Ok::<(), worker_shared::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::InvalidAddress`] for an address that does not parse, [`Error::Connect`] when the
+/// host name does not resolve.
+pub fn is_local(address: &str) -> Result<bool, Error> {
+    is_local_address(&crate::address::parse(address)?)
+}
+
+/// [`is_local`] for a parsed address.
+pub(crate) fn is_local_address(address: &Address) -> Result<bool, Error> {
     if address.unix_path().is_some() {
         return Ok(true);
     }
@@ -31,6 +51,7 @@ pub(crate) fn is_local(address: &Address) -> Result<bool, Error> {
 }
 
 fn is_local_ip(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
     ip.is_loopback() || ip.is_unspecified() || UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
@@ -155,13 +176,39 @@ mod tests {
 
     #[test]
     fn loopback_and_unix_addresses_are_local_and_others_are_not() {
-        let local = |a: &str| is_local(&Address::parse(a).unwrap()).unwrap();
-        assert!(local("unix:///run/x.sock"));
-        assert!(local("tcp://127.0.0.1:9"));
-        assert!(local("tcp://[::1]:9"));
-        assert!(local("tcp://0.0.0.0:9"));
-        // TEST-NET-3 (RFC 5737): never assigned to anyone.
-        assert!(!local("tcp://203.0.113.7:9"));
+        let cases = [
+            ("unix:///run/x.sock", true),
+            ("tcp://127.0.0.1:9", true),
+            ("tcp://127.1.2.3:9", true),
+            ("tcp://[::1]:9", true),
+            ("tcp://[::ffff:127.0.0.1]:9", true),
+            ("tcp://0.0.0.0:9", true),
+            ("tcp://[::]:9", true),
+            ("tcp://localhost:9", true),
+            // TEST-NET-3 (RFC 5737): never assigned to anyone.
+            ("tcp://203.0.113.7:9", false),
+            ("tcp://[::ffff:203.0.113.7]:9", false),
+            ("tcp://[2001:db8::1]:9", false),
+        ];
+        for (address, expected) in cases {
+            assert_eq!(is_local(address).unwrap(), expected, "{address}");
+        }
+        // This machine's own name, when the resolver knows it.
+        if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            && let Ok(local) = is_local(&format!("tcp://{}:9", name.trim()))
+        {
+            assert!(local, "{name}");
+        }
+        // A name that does not resolve (`.invalid`, RFC 2606) and an address that does not
+        // parse: errors, not answers.
+        assert!(matches!(
+            is_local("tcp://worker.invalid:9"),
+            Err(Error::Connect { .. })
+        ));
+        assert!(matches!(
+            is_local("udp://127.0.0.1:9"),
+            Err(Error::InvalidAddress { .. })
+        ));
     }
 
     #[test]

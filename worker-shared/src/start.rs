@@ -2,19 +2,16 @@
 //! (see the crate documentation, "Starting on demand").
 
 use std::{
-    fs::{self, DirBuilder, File, OpenOptions},
+    fs::{self, DirBuilder, OpenOptions},
     io,
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt},
-    },
+    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use worker_bootstrap::BootstrapProfile;
+use worker_bootstrap::{BootstrapProfile, ProcessWatch};
 use worker_core::{deadline_after, time_left};
-use worker_killswitch::{Address, KillSwitch, KillSwitchLock};
+use worker_killswitch::{Address, KillSwitch, KillSwitchLock, LockFile};
 
 use crate::{
     AdminCookie, DEFAULT_CONTROL_TIMEOUT, Error, SharedServerConfig, SharedWorker, StartReport,
@@ -199,26 +196,116 @@ pub fn connect_or_start_timeout(
 /// - [`Error::Timeout`] with operation `exit` when the process was still there at the end of
 ///   `timeout`.
 pub fn stop(address: &str, cookie: &AdminCookie, timeout: Duration) -> Result<u32, Error> {
+    stop_worker(address, StopBy::Cookie(cookie), timeout, None)
+}
+
+/// How [`stop_and_wait`] asks a worker to stop.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum StopBy<'a> {
+    /// The admin plane's stop, authenticated with the admin cookie: any worker, local or remote.
+    Cookie(&'a AdminCookie),
+    /// A signal (a number: `libc::SIGTERM`, or one [`worker_bootstrap::signal_number`] read) to
+    /// the worker's process, without the cookie: only for a worker whose pid is confirmed to be
+    /// the process at the other end of the connection (see [`stop`]), sent through a pidfd taken
+    /// while the connection showed it alive.
+    Signal(i32),
+}
+
+/// Stops the shared worker at `address` as `by` says, and waits until it is gone: the stop
+/// (connecting, and the acknowledgement of a stop by cookie) within `timeout`, then the end
+/// within `wait` more. What the operators' `worker-ctl stop` does.
+///
+/// A worker whose process is confirmed (see [`stop`]) is gone when its process has exited;
+/// another one (remote, in another pid namespace, another user's over TCP) when it has closed
+/// the connection at the end of its stop.
+///
+/// # Errors
+///
+/// - those of [`SharedWorker::connect`] ([`Error::is_not_running`] tells a worker that is not
+///   there) and, for [`StopBy::Cookie`], of [`SharedWorker::stop`];
+/// - for [`StopBy::Signal`], [`Error::Unconfirmed`] when the worker's pid is not confirmed
+///   (nothing was sent), and [`Error::Io`] when the kernel refused the signal;
+/// - [`Error::Timeout`] with operation `exit` when the worker was still there at the end of
+///   `wait`.
+pub fn stop_and_wait(
+    address: &str,
+    by: StopBy<'_>,
+    timeout: Duration,
+    wait: Duration,
+) -> Result<u32, Error> {
+    stop_worker(address, by, timeout, Some(wait))
+}
+
+/// [`stop`] and [`stop_and_wait`]: the end is waited for within `timeout` in all, or, with
+/// `wait`, within `wait` after the stop, for an unconfirmed worker too (until it closes the
+/// connection).
+fn stop_worker(
+    address: &str,
+    by: StopBy<'_>,
+    timeout: Duration,
+    wait: Option<Duration>,
+) -> Result<u32, Error> {
     let deadline = deadline_after(timeout);
     let mut worker = SharedWorker::connect_timeout(address, timeout)?;
     let pid = worker.pid();
-    // Taken while the connection shows the process alive, so its pid cannot have been reused.
-    let exit = worker.peer_is_announced_pid().then(|| ExitWatch::new(pid));
-    worker.set_control_timeout(time_left(deadline).unwrap_or(Duration::MAX));
-    worker.stop(cookie)?;
+    // Taken while the connection shows the process alive, so its pid cannot have been reused;
+    // a process gone already (`open` fails) is not waited for.
+    let exit = worker
+        .peer_is_announced_pid()
+        .then(|| ProcessWatch::open(pid).ok())
+        .flatten();
     let address = worker.address().to_owned();
-    drop(worker);
-    if let Some(exit) = exit
-        && !exit.wait(deadline)
-    {
+    match by {
+        StopBy::Cookie(cookie) => {
+            worker.set_control_timeout(time_left(deadline).unwrap_or(Duration::MAX));
+            worker.stop(cookie)?;
+        }
+        StopBy::Signal(signal) => {
+            let Some(exit) = &exit else {
+                return Err(Error::Unconfirmed { address, pid });
+            };
+            exit.signal(signal).map_err(|source| Error::Io {
+                address: address.clone(),
+                pid: Some(pid),
+                source,
+            })?;
+        }
+    }
+    let (deadline, waited) = match wait {
+        Some(wait) => (deadline_after(wait), wait),
+        None => (deadline, timeout),
+    };
+    let gone = match (&exit, wait) {
+        (Some(exit), _) => exit.wait_until(deadline).unwrap_or(false),
+        (None, Some(_)) => connection_closed(&mut worker, deadline)?,
+        (None, None) => true,
+    };
+    if !gone {
         return Err(Error::Timeout {
             address,
             pid: Some(pid),
             operation: "exit",
-            waited: timeout,
+            waited,
         });
     }
     Ok(pid)
+}
+
+/// Waits until the worker closes the connection (at the end of its stop) or `deadline`
+/// passes; returns whether it closed it.
+fn connection_closed(worker: &mut SharedWorker, deadline: Option<Instant>) -> Result<bool, Error> {
+    loop {
+        let left = time_left(deadline).unwrap_or(Duration::MAX);
+        match worker.receive_message_timeout::<serde::de::IgnoredAny>(left) {
+            Ok(_) => {}
+            Err(Error::Closed { .. } | Error::Stopping { .. } | Error::Io { .. }) => {
+                return Ok(true);
+            }
+            Err(Error::Timeout { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The directory of the start locks of TCP workers: `$XDG_RUNTIME_DIR/exsyst-worker` when
@@ -294,7 +381,7 @@ fn ensure_running(
                 operation: "hello", ..
             }
             | Error::Closed { pid: None, .. }),
-        ) if !local::is_local(&parsed)? => {
+        ) if !local::is_local_address(&parsed)? => {
             return Err(Error::NotLocal {
                 address: canonical,
                 source: Box::new(e),
@@ -302,7 +389,7 @@ fn ensure_running(
         }
         Err(e) if e.is_not_running() => {}
         // Going away: its successor is started (or found) below, under the lock.
-        Err(Error::Stopping { .. }) if local::is_local(&parsed)? => {}
+        Err(Error::Stopping { .. }) if local::is_local_address(&parsed)? => {}
         Err(e) => return Err(e),
     }
     let switch = profile.kill_switch_path().map(KillSwitch::new);
@@ -483,7 +570,7 @@ impl SocketFile {
 /// when its holder dies).
 #[derive(Debug)]
 struct StartLock {
-    _file: File,
+    _file: LockFile,
 }
 
 impl StartLock {
@@ -499,18 +586,19 @@ impl StartLock {
             path: path.clone(),
             source,
         };
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            // Nor blocking on a FIFO put there: it is refused below.
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path);
+        let opened = LockFile::open(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+            &path,
+        );
         let file = match opened {
             Ok(file) => file,
-            // ELOOP: the last component is a link; EACCES: another user's file.
+            // ELOOP: the last component is a link; EACCES: another user's file; a FIFO or
+            // another file that is not a regular one.
             Err(e) => {
                 return Err(match fs::symlink_metadata(&path) {
                     Ok(meta) => {
@@ -522,13 +610,10 @@ impl StartLock {
                 });
             }
         };
-        let meta = file.metadata().map_err(fail)?;
+        let meta = file.file().metadata().map_err(fail)?;
         listener::check_own_file(&path, &meta, meta.is_file(), "not a regular file")?;
-        let locked = wait_for(deadline, || match fs2::FileExt::try_lock_exclusive(&file) {
-            Ok(()) => Ok(Some(())),
-            Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-            Err(e) => Err(e),
+        let locked = wait_for(deadline, || {
+            file.try_lock_exclusive().map(|taken| taken.then_some(()))
         })
         .map_err(fail)?;
         Ok(locked.map(|()| StartLock { _file: file }))
@@ -569,32 +654,5 @@ fn wait_for<T, E>(
             left => std::thread::sleep(left.map_or(pause, |l| l.min(pause))),
         }
         pause = (pause * 2).min(Duration::from_millis(10));
-    }
-}
-
-/// Waits for a process to exit.
-struct ExitWatch {
-    pid: u32,
-    pidfd: Option<OwnedFd>,
-}
-
-impl ExitWatch {
-    fn new(pid: u32) -> Self {
-        ExitWatch {
-            pid,
-            pidfd: sys::pidfd_open(pid).ok(),
-        }
-    }
-
-    /// Whether the process exited by `deadline`.
-    fn wait(&self, deadline: Option<Instant>) -> bool {
-        if let Some(pidfd) = &self.pidfd {
-            return sys::wait_readable(pidfd.as_fd(), deadline).unwrap_or(false);
-        }
-        // Kernels without pidfds: ask, with a back-off.
-        let exited = wait_for(deadline, || {
-            Ok::<_, ()>((!sys::process_exists(self.pid)).then_some(()))
-        });
-        exited == Ok(Some(()))
     }
 }

@@ -339,34 +339,3 @@ impl Drop for StopSignals {
         STOP_FD.store(-1, Ordering::SeqCst);
     }
 }
-
-/// A pidfd for process `pid` (Linux 5.3 and later), close-on-exec: any process of ours to
-/// watch, not only a child.
-pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just created this descriptor (close-on-exec by default), and it is ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Waits until `fd` is readable (for a pidfd: its process has exited) or `deadline` passes;
-/// returns whether it became readable. Interrupted waits are resumed.
-pub(crate) fn wait_readable(
-    fd: BorrowedFd<'_>,
-    deadline: Option<std::time::Instant>,
-) -> io::Result<bool> {
-    Ok(worker_core::sys::poll(&[(fd, true, false)], deadline)?.is_some())
-}
-
-/// Whether a process with id `pid` exists (`kill(pid, 0)`; one of another user counts), for
-/// kernels without pidfds. A zombie counts too, until its parent reaps it.
-pub(crate) fn process_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
-    match syscall!(kill(pid as libc::pid_t, 0)) {
-        Ok(_) => true,
-        Err(e) => e.raw_os_error() == Some(libc::EPERM),
-    }
-}

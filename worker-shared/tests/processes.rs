@@ -225,3 +225,126 @@ fn a_daemon_started_without_its_settings_says_so() {
         other => panic!("expected the daemon's own words, got {other:?}"),
     }
 }
+
+/// How a case of [`stop_and_wait_stops_a_local_worker_or_says_why_not`] reaches its worker.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// Its own Unix socket: the peer is confirmed by `SO_PEERCRED`.
+    Direct,
+    /// A TCP relay in this process, as a forwarded port: the peer is the relay, not the pid
+    /// the hello names.
+    Relayed,
+}
+
+/// What a case expects of `stop_and_wait`.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Stopped, and the process is gone.
+    Stopped,
+    /// `Error::Unconfirmed`, and the worker still serves.
+    Unconfirmed,
+    /// `Error::Timeout` (operation `exit`), and the worker is still there.
+    StillThere,
+}
+
+#[test]
+fn stop_and_wait_stops_a_local_worker_or_says_why_not() {
+    use std::time::Duration;
+
+    use worker_shared::{StopBy, stop_and_wait};
+    let cookie = cookie();
+    let cases: &[(Route, StopBy<'_>, Duration, Expect)] = &[
+        (
+            Route::Direct,
+            StopBy::Cookie(&cookie),
+            Duration::MAX,
+            Expect::Stopped,
+        ),
+        (
+            Route::Direct,
+            StopBy::Signal(libc::SIGTERM),
+            Duration::MAX,
+            Expect::Stopped,
+        ),
+        // Waited for until it closes the connection, its process not being confirmed.
+        (
+            Route::Relayed,
+            StopBy::Cookie(&cookie),
+            Duration::MAX,
+            Expect::Stopped,
+        ),
+        (
+            Route::Relayed,
+            StopBy::Signal(libc::SIGTERM),
+            Duration::MAX,
+            Expect::Unconfirmed,
+        ),
+        // Stopped (SIGSTOP) but not gone, and not waited for.
+        (
+            Route::Direct,
+            StopBy::Signal(libc::SIGSTOP),
+            Duration::ZERO,
+            Expect::StillThere,
+        ),
+    ];
+    for &(route, by, wait, expect) in cases {
+        let case = format!("{route:?} {by:?} {wait:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.sock");
+        let address = format!("unix://{}", path.display());
+        let (starter, pid) = start_daemon(&address);
+        let relay = crate::support::Relay::start(crate::support::Endpoint::Unix(path.clone()));
+        let target = match route {
+            Route::Direct => address.clone(),
+            Route::Relayed => relay.address.clone(),
+        };
+        let result = stop_and_wait(&target, by, timeout(30.0), wait);
+        match expect {
+            Expect::Stopped => {
+                assert_eq!(result.unwrap(), pid, "{case}");
+                // Gone: nothing listens there any more (its exit status is the starter's).
+                assert!(
+                    SharedWorker::connect(&address)
+                        .unwrap_err()
+                        .is_not_running(),
+                    "{case}"
+                );
+                assert!(starter.close().unwrap().success(), "{case}");
+                continue;
+            }
+            Expect::Unconfirmed => match result {
+                Err(Error::Unconfirmed { pid: p, .. }) if p == pid => {}
+                other => panic!("{case}: {other:?}"),
+            },
+            Expect::StillThere => match result {
+                Err(Error::Timeout {
+                    pid: Some(p),
+                    operation: "exit",
+                    ..
+                }) if p == pid => {}
+                other => panic!("{case}: {other:?}"),
+            },
+        }
+        // Still there: stopped for good by the cookie, after a SIGCONT for a stopped one.
+        crate::signals::kill(pid, libc::SIGCONT);
+        assert_eq!(
+            stop_and_wait(
+                &address,
+                StopBy::Cookie(&cookie),
+                timeout(30.0),
+                timeout(30.0)
+            )
+            .unwrap(),
+            pid,
+            "{case}"
+        );
+        assert!(starter.close().unwrap().success(), "{case}");
+    }
+    // Nothing there: not running, whichever way it would be stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("unix://{}", dir.path().join("none.sock").display());
+    for by in [StopBy::Cookie(&cookie), StopBy::Signal(libc::SIGTERM)] {
+        let e = stop_and_wait(&nowhere, by, Duration::ZERO, Duration::ZERO).unwrap_err();
+        assert!(e.is_not_running(), "{by:?}: {e:?}");
+    }
+}

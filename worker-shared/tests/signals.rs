@@ -20,7 +20,7 @@ fn served(address: &str, pid: u32) -> String {
 }
 
 /// Sends `signal` to `pid`.
-fn kill(pid: u32, signal: libc::c_int) {
+pub(crate) fn kill(pid: u32, signal: libc::c_int) {
     // SAFETY: kill only sends a signal, to a child of this test that is not reaped yet.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
 }

@@ -3,7 +3,6 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{IpAddr, UdpSocket},
     path::{Path, PathBuf},
 };
 
@@ -217,33 +216,6 @@ impl Config {
     }
 }
 
-/// Whether the worker at `address` runs on this machine, so that its pid means something here:
-/// a Unix socket; a loopback, unspecified or own address of this machine (one a socket can
-/// bind); `localhost` and this machine's name. Any other host name counts as remote (it is not
-/// resolved).
-pub(crate) fn is_local(address: &str) -> bool {
-    let Ok(address) = Address::parse(address) else {
-        return false;
-    };
-    if address.unix_path().is_some() {
-        return true;
-    }
-    let Some(host) = address.tcp_host() else {
-        return false;
-    };
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        return ip.is_loopback() || ip.is_unspecified() || UdpSocket::bind((ip, 0)).is_ok();
-    }
-    host == "localhost"
-        || host.ends_with(".localhost")
-        || std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .is_ok_and(|name| name.trim().eq_ignore_ascii_case(host))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,16 +302,5 @@ kill_switch = "mailer-ks.json"
             format!("{:#}", bad.unwrap_err())
                 .starts_with("invalid config /c.toml: worker \"a\": invalid shared worker address")
         );
-    }
-
-    #[test]
-    fn local_means_this_machine() {
-        assert!(is_local("unix:///run/w.sock"));
-        assert!(is_local("tcp://127.0.0.1:1"));
-        assert!(is_local("tcp://[::1]:1"));
-        assert!(is_local("tcp://[::ffff:127.0.0.1]:1"));
-        assert!(is_local("tcp://localhost:1"));
-        assert!(!is_local("tcp://203.0.113.7:1"));
-        assert!(!is_local("tcp://worker.example:1"));
     }
 }

@@ -3,15 +3,13 @@
 //! Exits 0 on success, 1 on a failure, 2 on a usage error; errors go to standard error, one
 //! line each, naming the worker's address. See `--help`.
 
-// `unsafe` only in `sys`, the operating system layer.
-#![deny(unsafe_code)]
+// The operating system is the library's to call.
+#![forbid(unsafe_code)]
 
 #[path = "../common/mod.rs"]
 mod common;
 mod config;
 mod openmetrics;
-mod owner;
-mod sys;
 
 use std::{
     collections::BTreeMap,
@@ -21,23 +19,20 @@ use std::{
     process::ExitCode,
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use exsyst_worker::{
     BootstrapProfile, KillSwitch,
-    killswitch::Address,
-    shared::{AdminCookie, Error, SharedServerConfig, SharedWorker},
+    bootstrap::{SIGNAL_NAMES, signal_number},
+    shared::{AdminCookie, Error, SharedServerConfig, StopBy, stop_and_wait},
     worker::WorkerStatus,
 };
 use serde::Serialize;
 
-use crate::{
-    config::{CONFIG_ENV, Config, Target, is_local},
-    sys::Process,
-};
+use crate::config::{CONFIG_ENV, Config, Target};
 
 const ABOUT: &str = "\
 Operates shared workers: query, stop, disable, enable and list them.
@@ -246,8 +241,8 @@ struct StopArgs {
     #[arg(long, value_name = "PATH")]
     kill_switch: Option<PathBuf>,
     /// Signal a local worker (TERM, INT, KILL, ...) instead of asking it with the admin cookie
-    #[arg(long, value_name = "SIG", value_parser = sys::signal_number)]
-    signal: Option<libc::c_int>,
+    #[arg(long, value_name = "SIG", value_parser = signal)]
+    signal: Option<i32>,
     /// How long to wait for a worker to be gone
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     wait: Duration,
@@ -274,6 +269,23 @@ struct Which {
     /// Workers, by address or name
     #[arg(value_name = "WORKER")]
     workers: Vec<String>,
+}
+
+/// Whether the worker at `address` is on this machine (the library's answer); one whose name
+/// does not resolve is not.
+fn is_local(address: &str) -> bool {
+    matches!(exsyst_worker::shared::is_local(address), Ok(true))
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, any case) or number.
+fn signal(text: &str) -> Result<i32, String> {
+    signal_number(text).ok_or_else(|| {
+        let names: Vec<&str> = SIGNAL_NAMES.iter().map(|(name, _)| *name).collect();
+        format!(
+            "unknown signal {text:?} (expected {} or a number)",
+            names.join(", ")
+        )
+    })
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -557,100 +569,31 @@ fn stop(
             .with_context(|| format!("{target}: cannot disable it"))?;
         println!("{target}: disabled in {}", file.display());
     }
-    let deadline = common::deadline(timeout);
-    let mut worker = match common::connect(&target.address, deadline) {
-        Ok(worker) => worker,
-        Err(Error::Connect { source, .. })
-            if matches!(
-                source.kind(),
-                IoErrorKind::ConnectionRefused | IoErrorKind::NotFound
-            ) =>
-        {
-            println!("{target}: not running");
-            return Ok(());
+    let by = match (how.signal, &cookie) {
+        (Some(signal), _) => StopBy::Signal(signal),
+        (None, Some(cookie)) => StopBy::Cookie(cookie),
+        (None, None) => unreachable!("a cookie was required above"),
+    };
+    match stop_and_wait(&target.address, by, timeout, how.wait) {
+        Ok(pid) => println!("{target}: stopped (pid {pid})"),
+        Err(e) if e.is_not_running() => println!("{target}: not running"),
+        Err(Error::Timeout {
+            pid: Some(pid),
+            operation: "exit",
+            ..
+        }) => bail!(
+            "{target}: still running {}s after it was asked to stop (pid {pid})",
+            how.wait.as_secs_f64()
+        ),
+        Err(e @ Error::Unconfirmed { .. }) => {
+            bail!(
+                "{target}: --signal needs a local worker: {}",
+                common::one_line(&e)
+            )
         }
         Err(e) => return Err(e.into()),
-    };
-    let pid = worker.pid();
-    // Watched from before the stop, so that the pid cannot be reused in between; a worker
-    // whose process cannot be seen here is waited for as a remote one.
-    let process = worker_process(target, pid);
-    match (how.signal, &cookie) {
-        (Some(signal), _) => {
-            let process = process
-                .map_err(|why| anyhow::anyhow!("{target}: --signal needs a local worker: {why}"))?;
-            process
-                .signal(signal)
-                .with_context(|| format!("{target}: cannot signal pid {pid}"))?;
-            return wait_gone(target, pid, Ok(process), &mut worker, how.wait);
-        }
-        (None, Some(cookie)) => {
-            worker.set_control_timeout(common::left(deadline));
-            worker.stop(cookie)?;
-        }
-        (None, None) => unreachable!("a cookie was required above"),
     }
-    wait_gone(target, pid, process, &mut worker, how.wait)
-}
-
-/// The worker's process, watched, when `pid` (from its hello) is a process of this machine
-/// that holds the worker's listening socket; otherwise why not.
-fn worker_process(target: &Target, pid: u32) -> Result<Process, String> {
-    if !is_local(&target.address) {
-        return Err("this one is remote".to_owned());
-    }
-    let address = Address::parse(&target.address).map_err(|e| e.to_string())?;
-    // Watched before the look at its sockets, so that what was looked at is what is watched.
-    let process = Process::watch(pid).map_err(|e| format!("pid {pid} from its hello: {e}"))?;
-    match owner::listens_at(pid, &address) {
-        Ok(true) => Ok(process),
-        Ok(false) => Err(format!(
-            "pid {pid} from its hello does not hold its socket here (another pid namespace?)"
-        )),
-        Err(e) => Err(format!(
-            "cannot tell whether pid {pid} from its hello holds its socket: {e}"
-        )),
-    }
-}
-
-/// Waits until the worker is gone: its process ended, or, when it cannot be watched here, it
-/// closed the connection at the end of its stop.
-fn wait_gone(
-    target: &Target,
-    pid: u32,
-    process: Result<Process, String>,
-    worker: &mut SharedWorker,
-    wait: Duration,
-) -> anyhow::Result<()> {
-    let by = common::deadline(wait);
-    let gone = match &process {
-        Ok(process) => process
-            .wait_gone(by)
-            .with_context(|| format!("{target}: cannot wait for pid {pid}"))?,
-        Err(_) => connection_closed(worker, by)?,
-    };
-    if !gone {
-        bail!(
-            "{target}: still running {}s after it was asked to stop (pid {pid})",
-            wait.as_secs_f64()
-        );
-    }
-    println!("{target}: stopped (pid {pid})");
     Ok(())
-}
-
-/// Waits until the worker closes the connection (at the end of its stop), or `by`.
-fn connection_closed(worker: &mut SharedWorker, by: Instant) -> anyhow::Result<bool> {
-    loop {
-        match worker.receive_message_timeout::<serde::de::IgnoredAny>(common::left(by)) {
-            Ok(_) => {}
-            Err(Error::Closed { .. } | Error::Stopping { .. } | Error::Io { .. }) => {
-                return Ok(true);
-            }
-            Err(Error::Timeout { .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 fn killswitch(config: &Config, file: Option<PathBuf>, action: Action) -> anyhow::Result<bool> {

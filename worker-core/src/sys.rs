@@ -4,13 +4,10 @@
 #![allow(unsafe_code)]
 
 use std::{
-    fs::File,
     io,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     time::Instant,
 };
-
-use crate::ChannelOutput;
 
 #[doc(hidden)]
 pub use libc as __libc;
@@ -34,19 +31,12 @@ macro_rules! syscall {
 }
 
 /// Moves the channel to the master off the standard descriptors and returns its two ends
-/// (reading, writing).
+/// (reading, writing), both close-on-exec; [`take_stdio_channel`](crate::take_stdio_channel)
+/// is its public face.
 ///
-/// Afterwards descriptor 0 reads `/dev/null`, descriptor 1 writes where descriptor 2 does
-/// (so a stray `println!` in worker code lands on standard error instead of corrupting the
-/// channel), and every other descriptor the process inherited is closed: the worker holds
-/// exactly 0, 1, 2 and its channel, both ends close-on-exec.
-///
-/// The channel may be two pipes (as this crate's masters give it) or one socket on both
-/// descriptors; writes to a socket never raise SIGPIPE, and the writing end stays open until the
-/// process exits (see [`ChannelOutput`]).
-///
-/// Call it once, at the start of a worker process, before any other thread exists.
-pub fn take_stdio_channel() -> io::Result<(File, ChannelOutput)> {
+/// Afterwards descriptor 0 reads `/dev/null`, descriptor 1 writes where descriptor 2 does, and
+/// every other descriptor the process inherited is closed.
+pub(crate) fn take_stdio_fds() -> io::Result<(OwnedFd, OwnedFd)> {
     close_inherited_fds()?;
     // SAFETY (all fcntl/dup2/open calls below): plain descriptor calls on descriptors this process
     // owns; errors come back as -1 and are turned into io::Error.
@@ -61,10 +51,7 @@ pub fn take_stdio_channel() -> io::Result<(File, ChannelOutput)> {
     let null = unsafe { OwnedFd::from_raw_fd(null) };
     redirect(&null, 0)?;
     syscall!(dup2(2, 1))?;
-    Ok((
-        File::from(input),
-        ChannelOutput::new(output).open_until_exit(),
-    ))
+    Ok((input, output))
 }
 
 fn redirect(from: &OwnedFd, to: RawFd) -> io::Result<()> {

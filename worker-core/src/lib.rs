@@ -44,10 +44,10 @@
 //! a shared host also keeps each connection's failures (garbage, a full queue) to itself.
 
 mod deadline;
+pub mod os;
 mod raw;
 mod status;
-#[doc(hidden)]
-pub mod sys;
+mod sys;
 mod worker;
 
 pub use deadline::{deadline_after, deadline_from, time_left};
@@ -57,6 +57,10 @@ pub use mio;
 pub use raw::{ChannelOutput, RawWorker, WorkerChannel, set_spin, take_stdio_channel};
 pub use status::{Counter, Threshold, ThresholdError, WorkerStatus};
 pub use worker::{BoxError, Worker, error_chain};
+
+/// The `libc` that the `syscall!` macro names; not part of the public API.
+#[doc(hidden)]
+pub use libc as __libc;
 
 // The evented side (event loop, non-blocking channel, EventedWorker and its runtime).
 mod error;

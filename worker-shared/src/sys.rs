@@ -358,7 +358,7 @@ pub(crate) fn wait_readable(
     fd: BorrowedFd<'_>,
     deadline: Option<std::time::Instant>,
 ) -> io::Result<bool> {
-    Ok(worker_core::sys::poll(&[(fd, true, false)], deadline)?.is_some())
+    Ok(worker_core::os::poll(&[(fd, true, false)], deadline)?.is_some())
 }
 
 /// Whether a process with id `pid` exists (`kill(pid, 0)`; one of another user counts), for

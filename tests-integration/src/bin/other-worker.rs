@@ -2,7 +2,6 @@
 
 // No `sys` module here: the OS is reached through the crates' safe APIs.
 #![forbid(unsafe_code)]
-
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

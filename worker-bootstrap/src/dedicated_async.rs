@@ -151,7 +151,7 @@ impl AsyncDedicatedWorker {
         worker.set_background_drop(true);
         let pid = worker.pid();
         let io = |source| Error::Io { pid, source };
-        let watch = |fd, interest| worker_core::sys::register_async(fd, interest).map_err(io);
+        let watch = |fd, interest| worker_core::os::register_async(fd, interest).map_err(io);
         let (output, input, pidfd) = worker.wait_fds();
         let output = watch(output, Interest::READABLE)?;
         let input = input.map(|fd| watch(fd, Interest::WRITABLE)).transpose()?;

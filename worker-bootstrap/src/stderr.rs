@@ -385,7 +385,7 @@ impl std::fmt::Debug for StderrTail {
 impl StderrTail {
     /// Starts draining `stderr`, sending it to `sink` as well.
     pub(crate) fn start(stderr: OwnedFd, sink: Sink, pid: u32) -> std::io::Result<Self> {
-        worker_core::sys::set_nonblocking(stderr.as_fd(), true)?;
+        worker_core::os::set_nonblocking(stderr.as_fd(), true)?;
         let (forward, lines) = match sink {
             Sink::None => (None, None),
             Sink::Stderr => (Some(forwarder()?), None),

@@ -13,19 +13,19 @@ use std::{
     time::Duration,
 };
 
-use worker_core::{sys, syscall};
+use worker_core::{os, syscall};
 
-pub(crate) use worker_core::sys::{MAX_POLL_FDS, poll};
+pub(crate) use worker_core::os::{MAX_POLL_FDS, poll};
 
 /// Whether `fd` is readable right now (for a pidfd: whether its process has exited).
 pub(crate) fn is_readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(sys::poll_now(fd)? & libc::POLLIN != 0)
+    Ok(os::poll_now(fd)? & libc::POLLIN != 0)
 }
 
 /// Whether the other end of pipe `fd` is gone: no process holds its writing end any more.
 /// What is left to read does not matter.
 pub(crate) fn is_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(sys::poll_now(fd)? & (libc::POLLHUP | libc::POLLERR) != 0)
+    Ok(os::poll_now(fd)? & (libc::POLLHUP | libc::POLLERR) != 0)
 }
 
 /// A pipe, both ends close-on-exec: (reading end, writing end).
@@ -68,8 +68,8 @@ impl Pipes {
     pub(crate) fn new() -> io::Result<(Pipes, ChildEnds)> {
         let (stdin, input) = pipe()?;
         let (output, stdout) = pipe()?;
-        sys::set_nonblocking(input.as_fd(), true)?;
-        sys::set_nonblocking(output.as_fd(), true)?;
+        os::set_nonblocking(input.as_fd(), true)?;
+        os::set_nonblocking(output.as_fd(), true)?;
         let pipes = Pipes {
             output,
             block_next: None,
@@ -167,7 +167,7 @@ impl io::Read for Pipes {
 pub(crate) fn open_blocking(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // Opened non-blocking, which never waits for a writer, then made blocking.
     let blocking = reopen_pipe(fd, false)?;
-    sys::set_nonblocking(blocking.as_fd(), false)?;
+    os::set_nonblocking(blocking.as_fd(), false)?;
     Ok(blocking)
 }
 

@@ -116,7 +116,7 @@ pub(crate) fn wait_exit(
     mut exited: impl FnMut() -> io::Result<bool>,
 ) -> io::Result<bool> {
     if let Some(fd) = pidfd {
-        return Ok(worker_core::sys::poll(&[(fd, true, false)], deadline)?.is_some());
+        return Ok(worker_core::os::poll(&[(fd, true, false)], deadline)?.is_some());
     }
     let mut pause = Duration::from_micros(100);
     loop {

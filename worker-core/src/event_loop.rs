@@ -12,8 +12,8 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Interest, Registry, Token, event::Source};
 
 use crate::{
-    BoxError, Error, Poller, PollerWaker, Spin, WAKE_TOKEN, deadline_after, deadline_from,
-    poller::DEFAULT_EVENTS_CAPACITY, time_left,
+    BoxError, Error, Poller, PollerWaker, Readiness, Spin, WAKE_TOKEN, deadline_after,
+    deadline_from, poller::DEFAULT_EVENTS_CAPACITY, time_left,
 };
 
 /// Identifies a source registered on an [`EventLoop`].
@@ -42,37 +42,6 @@ impl SourceId {
 /// Identifies a timer of an [`EventLoop`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId(u64);
-
-/// What a source is ready for, as one event reported it.
-///
-/// Readiness is edge-triggered: a handler must consume what it can (read or write until the
-/// operation would block) or remember that it did not, because the same readiness is not
-/// reported again until it changes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Readiness {
-    /// Data can be read, or a read would report end of stream.
-    pub readable: bool,
-    /// Data can be written.
-    pub writable: bool,
-    /// The peer closed its writing side: reads will reach end of stream.
-    pub read_closed: bool,
-    /// The peer closed its reading side: writes will fail.
-    pub write_closed: bool,
-    /// The source reported an error condition.
-    pub error: bool,
-}
-
-impl Readiness {
-    pub(crate) fn from_event(event: &mio::event::Event) -> Self {
-        Readiness {
-            readable: event.is_readable(),
-            writable: event.is_writable(),
-            read_closed: event.is_read_closed(),
-            write_closed: event.is_write_closed(),
-            error: event.is_error(),
-        }
-    }
-}
 
 /// What a timer or posted closure runs: the user state and the loop, mutably.
 type TimerHandler<S> = Box<dyn FnMut(&mut S, &mut EventLoop<S>) -> Result<(), BoxError>>;

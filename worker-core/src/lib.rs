@@ -44,20 +44,23 @@
 //! a shared host also keeps each connection's failures (garbage, a full queue) to itself.
 
 mod deadline;
+pub mod os;
 mod raw;
 mod status;
-#[doc(hidden)]
-pub mod sys;
+mod sys;
 mod worker;
 
 pub use deadline::{deadline_after, deadline_from, time_left};
 /// The event library the evented side is built on, re-exported so that users name the same
 /// version as this crate ([`mio::Interest`], [`mio::event::Source`], ...).
 pub use mio;
-pub use raw::{ChannelOutput, RawWorker, WorkerChannel, set_spin};
+pub use raw::{ChannelOutput, RawWorker, WorkerChannel, set_spin, take_stdio_channel};
 pub use status::{Counter, Threshold, ThresholdError, WorkerStatus};
-pub use sys::take_stdio_channel;
 pub use worker::{BoxError, Worker, error_chain};
+
+/// The `libc` that the `syscall!` macro names; not part of the public API.
+#[doc(hidden)]
+pub use libc as __libc;
 
 // The evented side (event loop, non-blocking channel, EventedWorker and its runtime).
 mod error;
@@ -67,13 +70,13 @@ mod nb_channel;
 mod poller;
 
 pub use error::{Error, catch_panic};
-pub use event_loop::{EventLoop, LoopHandle, LoopPanicHandler, Readiness, SourceId, TimerId};
+pub use event_loop::{EventLoop, LoopHandle, LoopPanicHandler, SourceId, TimerId};
 pub use evented::{
     Connection, ConnectionId, Connections, ControlHandler, DataGuard, DisconnectHandler,
     EventedWorker, PanicHandler, WorkerHost, WorkerLoop, run_evented,
 };
 pub use nb_channel::{DEFAULT_STALL_TIMEOUT, NbChannel};
-pub use poller::{Poller, PollerWaker, WAKE_TOKEN};
+pub use poller::{Poller, PollerWaker, Readiness, WAKE_TOKEN};
 /// The latency mode of every blocking receive and wait (from `worker-channel`).
 #[doc(no_inline)]
 pub use worker_channel::Spin;

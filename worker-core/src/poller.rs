@@ -13,13 +13,44 @@ use std::{
 use mio::{Events, Interest, Poll, Registry, Token, Waker, event::Source};
 use worker_channel::Spin;
 
-use crate::{Error, Readiness, deadline_after, time_left};
+use crate::{Error, deadline_after, time_left};
 
 /// The token of a [`Poller`]'s waker; register sources under any other token.
 pub const WAKE_TOKEN: Token = Token(usize::MAX);
 
 /// Default capacity of the readiness buffer handed to `epoll_wait`.
 pub(crate) const DEFAULT_EVENTS_CAPACITY: usize = 256;
+
+/// What a source is ready for, as one event reported it.
+///
+/// Readiness is edge-triggered: a handler must consume what it can (read or write until the
+/// operation would block) or remember that it did not, because the same readiness is not
+/// reported again until it changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Data can be read, or a read would report end of stream.
+    pub readable: bool,
+    /// Data can be written.
+    pub writable: bool,
+    /// The peer closed its writing side: reads will reach end of stream.
+    pub read_closed: bool,
+    /// The peer closed its reading side: writes will fail.
+    pub write_closed: bool,
+    /// The source reported an error condition.
+    pub error: bool,
+}
+
+impl Readiness {
+    pub(crate) fn from_event(event: &mio::event::Event) -> Self {
+        Readiness {
+            readable: event.is_readable(),
+            writable: event.is_writable(),
+            read_closed: event.is_read_closed(),
+            write_closed: event.is_write_closed(),
+            error: event.is_error(),
+        }
+    }
+}
 
 /// Edge-triggered readiness of many sources, with a waker other threads can use.
 ///

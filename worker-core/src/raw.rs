@@ -13,6 +13,27 @@ use crate::{BoxError, Worker, sys};
 /// output, moved off descriptors 0 and 1.
 pub type WorkerChannel = Channel<File, ChannelOutput>;
 
+/// Moves the channel to the master off the standard descriptors and returns its two ends
+/// (reading, writing).
+///
+/// Afterwards descriptor 0 reads `/dev/null`, descriptor 1 writes where descriptor 2 does
+/// (so a stray `println!` in worker code lands on standard error instead of corrupting the
+/// channel), and every other descriptor the process inherited is closed: the worker holds
+/// exactly 0, 1, 2 and its channel, both ends close-on-exec.
+///
+/// The channel may be two pipes (as this crate's masters give it) or one socket on both
+/// descriptors; writes to a socket never raise SIGPIPE, and the writing end stays open until the
+/// process exits (see [`ChannelOutput`]).
+///
+/// Call it once, at the start of a worker process, before any other thread exists.
+pub fn take_stdio_channel() -> io::Result<(File, ChannelOutput)> {
+    let (input, output) = sys::take_stdio_fds()?;
+    Ok((
+        File::from(input),
+        ChannelOutput::new(output).open_until_exit(),
+    ))
+}
+
 /// Sets the latency mode of a worker's blocking receives (see [`Spin`]): while nothing is
 /// buffered, [`next_message`](worker_channel::Channel::next_message) and the other receives
 /// look at the channel's input without blocking (`poll(2)` with no timeout), again and again

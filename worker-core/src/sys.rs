@@ -4,27 +4,21 @@
 #![allow(unsafe_code)]
 
 use std::{
-    fs::File,
     io,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     time::Instant,
 };
 
-use crate::ChannelOutput;
-
-#[doc(hidden)]
-pub use libc as __libc;
-
 /// Runs a libc call that returns -1 on failure, giving `io::Result` of its value.
 ///
-/// The one copy for the whole workspace (worker-bootstrap and worker-shared use it too);
-/// an implementation detail, not part of the public API.
+/// The one copy for the whole workspace (worker-bootstrap and worker-shared use it too, in
+/// their own `sys` modules); an implementation detail, not part of the public API.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
         // SAFETY: the caller of the macro states why the call is sound.
-        let res = unsafe { $crate::sys::__libc::$fn($($arg, )*) };
+        let res = unsafe { $crate::__libc::$fn($($arg, )*) };
         if res == -1 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -34,19 +28,12 @@ macro_rules! syscall {
 }
 
 /// Moves the channel to the master off the standard descriptors and returns its two ends
-/// (reading, writing).
+/// (reading, writing), both close-on-exec; [`take_stdio_channel`](crate::take_stdio_channel)
+/// is its public face.
 ///
-/// Afterwards descriptor 0 reads `/dev/null`, descriptor 1 writes where descriptor 2 does
-/// (so a stray `println!` in worker code lands on standard error instead of corrupting the
-/// channel), and every other descriptor the process inherited is closed: the worker holds
-/// exactly 0, 1, 2 and its channel, both ends close-on-exec.
-///
-/// The channel may be two pipes (as this crate's masters give it) or one socket on both
-/// descriptors; writes to a socket never raise SIGPIPE, and the writing end stays open until the
-/// process exits (see [`ChannelOutput`]).
-///
-/// Call it once, at the start of a worker process, before any other thread exists.
-pub fn take_stdio_channel() -> io::Result<(File, ChannelOutput)> {
+/// Afterwards descriptor 0 reads `/dev/null`, descriptor 1 writes where descriptor 2 does, and
+/// every other descriptor the process inherited is closed.
+pub(crate) fn take_stdio_fds() -> io::Result<(OwnedFd, OwnedFd)> {
     close_inherited_fds()?;
     // SAFETY (all fcntl/dup2/open calls below): plain descriptor calls on descriptors this process
     // owns; errors come back as -1 and are turned into io::Error.
@@ -61,10 +48,7 @@ pub fn take_stdio_channel() -> io::Result<(File, ChannelOutput)> {
     let null = unsafe { OwnedFd::from_raw_fd(null) };
     redirect(&null, 0)?;
     syscall!(dup2(2, 1))?;
-    Ok((
-        File::from(input),
-        ChannelOutput::new(output).open_until_exit(),
-    ))
+    Ok((input, output))
 }
 
 fn redirect(from: &OwnedFd, to: RawFd) -> io::Result<()> {
@@ -74,8 +58,6 @@ fn redirect(from: &OwnedFd, to: RawFd) -> io::Result<()> {
 
 /// Puts a descriptor in non-blocking mode, or back in blocking mode.
 ///
-/// Shared with worker-bootstrap, like [`syscall!`]; not part of the public API.
-#[doc(hidden)]
 pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller borrows; flags only.
     let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
@@ -89,11 +71,9 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> 
     Ok(())
 }
 
-#[doc(hidden)]
 /// The most descriptors [`poll`] waits on at once: a worker's output, input and pidfd.
 pub const MAX_POLL_FDS: usize = 3;
 
-#[doc(hidden)]
 /// What [`poll`] found on one descriptor.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Ready {
@@ -112,14 +92,11 @@ impl Ready {
     }
 }
 
-#[doc(hidden)]
 /// Waits until one of `fds` is ready for what is asked (`(fd, want_read, want_write)`), or until
 /// `deadline`. Returns `Ok(None)` on timeout. Interrupted waits are resumed.
 ///
 /// At most [`MAX_POLL_FDS`] descriptors: the arrays live on the stack, as this runs once per
 /// blocking receive.
-///
-/// Shared with worker-bootstrap and worker-shared, like [`syscall!`]; not part of the public API.
 pub fn poll(
     fds: &[(BorrowedFd<'_>, bool, bool)],
     deadline: Option<Instant>,
@@ -176,8 +153,7 @@ pub fn poll(
 
 /// What `poll(2)` says of `fd` (asked for input) right now, without waiting.
 ///
-/// Shared with worker-bootstrap, like [`syscall!`]; not part of the public API.
-#[doc(hidden)]
+/// The result is `poll(2)`'s `revents` bits (`libc::POLLIN`, `libc::POLLHUP`, ...).
 pub fn poll_now(fd: BorrowedFd<'_>) -> io::Result<libc::c_short> {
     let mut pollfd = libc::pollfd {
         fd: fd.as_raw_fd(),
@@ -195,9 +171,6 @@ pub fn poll_now(fd: BorrowedFd<'_>) -> io::Result<libc::c_short> {
 }
 
 /// Whether a read of `fd` would not block now: bytes, the end of stream, or an error to report.
-///
-/// Shared with worker-shared, like [`syscall!`]; not part of the public API.
-#[doc(hidden)]
 pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(poll_now(fd)? & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
 }
@@ -214,14 +187,12 @@ pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> bool {
 /// Registers `fd` with the current tokio runtime's reactor, through a duplicate that the
 /// returned [`AsyncFd`](tokio::io::unix::AsyncFd) owns (close-on-exec), so the registration
 /// stays valid whatever becomes of `fd`: the one registration of the async faces of
-/// worker-bootstrap and worker-shared (feature `tokio`). An implementation detail, not part of
-/// the public API.
+/// worker-bootstrap and worker-shared (feature `tokio`).
 ///
 /// # Panics
 ///
 /// Outside a tokio runtime, or in one built without IO, as every tokio registration does.
 #[cfg(feature = "tokio")]
-#[doc(hidden)]
 pub fn register_async(
     fd: BorrowedFd<'_>,
     interest: tokio::io::Interest,
@@ -234,10 +205,6 @@ pub fn register_async(
 }
 
 /// Writes to a socket without ever raising SIGPIPE: a peer that went away is `EPIPE`.
-///
-/// An implementation detail (worker-shared writes its sockets through it), not part of the
-/// public API.
-#[doc(hidden)]
 pub fn send_nosignal(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is a live slice of `buf.len()` bytes; send only reads it.
@@ -257,9 +224,8 @@ pub fn send_nosignal(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 /// Closes every descriptor above 2, which the worker inherited by accident (a parent that did
 /// not set close-on-exec).
 ///
-/// Shared with worker-bootstrap (its zygote closes them too, before it forks any worker), like
-/// [`syscall!`]; not part of the public API.
-#[doc(hidden)]
+/// [`take_stdio_channel`](crate::take_stdio_channel) calls it; a zygote calls it too, before it
+/// forks any worker.
 pub fn close_inherited_fds() -> io::Result<()> {
     // SAFETY: close_range only closes descriptors; nothing in this process refers to the ones
     // above 2 yet, as this runs before any worker code (or, in a zygote, before it serves).

@@ -98,7 +98,7 @@ impl Stream {
     /// with SIGPIPE's disposition.
     fn write_nosignal(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Unix(s) => worker_core::sys::send_nosignal(s.as_fd(), buf),
+            Stream::Unix(s) => worker_core::os::send_nosignal(s.as_fd(), buf),
             Stream::Tcp(s) => (&*s).write(buf),
         }
     }

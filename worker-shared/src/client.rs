@@ -678,7 +678,7 @@ impl SharedWorker {
 /// told it).
 ///
 /// The socket never blocks: the blocking client waits for readiness with the project's one
-/// deadline poll (`worker_core::sys::poll`), the async client with tokio's reactor, and both
+/// deadline poll (`worker_core::os::poll`), the async client with tokio's reactor, and both
 /// read and write through the same steps. No call leaves a timeout on the socket for the next.
 #[derive(Debug)]
 pub(crate) struct Link {
@@ -808,7 +808,7 @@ impl Link {
             let socket = self.channel.reader().as_fd();
             let _ = self.spin.run(deadline, || {
                 Ok::<_, ()>(
-                    worker_core::sys::readable_now(socket)
+                    worker_core::os::readable_now(socket)
                         .unwrap_or(true)
                         .then_some(()),
                 )
@@ -834,7 +834,7 @@ impl Link {
     /// the read or the write says what is wrong.
     fn wait(&self, deadline: Option<Instant>, read: bool, write: bool) -> Result<Ready, Error> {
         let socket = self.channel.reader().as_fd();
-        let ready = worker_core::sys::poll(&[(socket, read, write)], deadline)
+        let ready = worker_core::os::poll(&[(socket, read, write)], deadline)
             .map_err(|e| self.io_error(e))?;
         Ok(match ready {
             None => Ready::default(),

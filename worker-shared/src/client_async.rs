@@ -549,7 +549,7 @@ async fn open(
 /// Registers the link's socket with the current runtime's reactor.
 fn register(link: &Link) -> Result<AsyncFd<OwnedFd>, Error> {
     let stream: &Stream = link.channel.reader();
-    worker_core::sys::register_async(stream.as_fd(), Interest::READABLE | Interest::WRITABLE)
+    worker_core::os::register_async(stream.as_fd(), Interest::READABLE | Interest::WRITABLE)
         .map_err(|e| link.io_error(e))
 }
 

@@ -785,7 +785,7 @@ impl State {
             || self
                 .stop_probe
                 .as_ref()
-                .is_some_and(|probe| worker_core::sys::readable_now(probe.as_fd()).unwrap_or(false))
+                .is_some_and(|probe| worker_core::os::readable_now(probe.as_fd()).unwrap_or(false))
     }
 
     fn record(&mut self, error: Error) {

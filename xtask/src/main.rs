@@ -14,6 +14,8 @@
 //! - `cargo xtask msrv`: the whole workspace compiled with the toolchain of the declared
 //!   `rust-version` (installed with rustup if missing).
 
+// No `sys` module here: the OS is reached through the crates' safe APIs.
+#![forbid(unsafe_code)]
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

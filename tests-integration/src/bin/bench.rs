@@ -4,6 +4,8 @@
 //! Usage: `bench [--rounds N] [--suffix TEXT] [FILTER]`. Started as a worker (by itself), it runs
 //! the test implementations and the baseline peers instead.
 
+// No `sys` module here: the OS is reached through the crates' safe APIs.
+#![forbid(unsafe_code)]
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

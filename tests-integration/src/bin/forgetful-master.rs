@@ -2,6 +2,8 @@
 //! and tries to start a worker of its own, which the spawn path must refuse (instead of starting
 //! workers that start workers without end).
 
+// No `sys` module here: the OS is reached through the crates' safe APIs.
+#![forbid(unsafe_code)]
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

@@ -5,6 +5,8 @@
 //! `FrameDecoder` and `Codec::decode` into typed and untyped targets, and fails on any panic.
 //! The seed is printed so a failure can be replayed with `--seed`.
 
+// No `sys` module here: the OS is reached through the crates' safe APIs.
+#![forbid(unsafe_code)]
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

@@ -1,5 +1,7 @@
 //! A separate worker executable: registers only `echo`, as a program other than the master.
 
+// No `sys` module here: the OS is reached through the crates' safe APIs.
+#![forbid(unsafe_code)]
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

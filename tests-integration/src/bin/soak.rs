@@ -15,6 +15,8 @@
 //! resident memory grew by more than a quarter (plus 16 MiB of slack) from the first quiet
 //! sample to the last.
 
+// No `sys` module here: the OS is reached through the crates' safe APIs.
+#![forbid(unsafe_code)]
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

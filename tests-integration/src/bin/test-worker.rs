@@ -1,5 +1,7 @@
 //! Runs the test implementations as a worker, or a master scenario (`master <scenario>`).
 
+// No `sys` module here: the OS is reached through the crates' safe APIs.
+#![forbid(unsafe_code)]
 // Test harnesses and chores start their helper processes directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

@@ -21,7 +21,7 @@ pub(crate) fn serve(master: u32) -> Result<String, BoxError> {
     let socket = sys::stdin();
     // What the master's descriptors without close-on-exec left here would otherwise stay open
     // (a file lock held, a pipe's end never closed) for as long as the zygote lives.
-    worker_core::sys::close_inherited_fds()
+    worker_core::os::close_inherited_fds()
         .map_err(|e| format!("the zygote cannot close inherited descriptors: {e}"))?;
     let mut buf = vec![0u8; MAX_REQUEST];
     let slot = setup(socket, &mut buf)?;

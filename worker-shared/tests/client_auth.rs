@@ -149,8 +149,10 @@ fn a_peer_that_does_not_authenticate_within_the_handshake_deadline_is_closed() {
     for place in PLACES {
         let served = serve(place, cookies().with_handshake_timeout(Some(deadline))).unwrap();
         // It talks (a wrong cookie keeps its connection open), but never authenticates.
-        let mut stranger = SharedWorker::connect(&served.address).unwrap();
+        // Before the connect: the server's deadline runs from its accept, which comes before
+        // the hello reaches this side.
         let connected = std::time::Instant::now();
+        let mut stranger = SharedWorker::connect(&served.address).unwrap();
         match stranger.stop(&AdminCookie::new("a guess").unwrap()) {
             Err(Error::Unauthorized { .. }) => {}
             other => panic!("{place:?}: expected Unauthorized, got {other:?}"),

@@ -8,6 +8,7 @@
 
 pub mod async_scenarios;
 pub mod hardening_scenarios;
+pub mod rng;
 pub mod scenarios;
 pub mod shared_scenarios;
 pub mod sys;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use exsyst_worker::channel::{Codec, FrameDecoder, FrameKind, encode_frame, serde_bytes::ByteBuf};
 use serde::{Deserialize, Serialize};
+use tests_integration::rng::Rng;
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 enum Message {
@@ -24,33 +25,18 @@ enum Message {
     Unit,
 }
 
-/// xorshift64*: enough randomness for mutation, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn valid_stream(rng: &mut Rng, codec: Codec) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..rng.below(8) {
         let message = match rng.below(5) {
             0 => Message::Text("x".repeat(rng.below(300))),
-            1 => Message::Numbers((0..rng.below(50)).map(|_| rng.next() as i64).collect()),
+            1 => Message::Numbers((0..rng.below(50)).map(|_| rng.bits() as i64).collect()),
             2 => Message::Nested(
                 (0..rng.below(5))
-                    .map(|i| (i.to_string(), vec![Some(rng.next() as f64), None]))
+                    .map(|i| (i.to_string(), vec![Some(rng.bits() as f64), None]))
                     .collect(),
             ),
-            3 => Message::Bytes(ByteBuf::from(vec![rng.next() as u8; rng.below(2000)])),
+            3 => Message::Bytes(ByteBuf::from(vec![rng.bits() as u8; rng.below(2000)])),
             _ => Message::Unit,
         };
         let kind = if rng.below(10) == 0 {
@@ -76,9 +62,9 @@ fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
             }
             2 => {
                 let i = rng.below(bytes.len() + 1);
-                bytes.insert(i, rng.next() as u8);
+                bytes.insert(i, rng.bits() as u8);
             }
-            _ => bytes.extend((0..rng.below(16)).map(|_| rng.next() as u8)),
+            _ => bytes.extend((0..rng.below(16)).map(|_| rng.bits() as u8)),
         }
     }
 }
@@ -125,7 +111,7 @@ fn main() {
         }
     }
     println!("fuzz-decoder: seed {seed}, {iterations} iterations");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for i in 0..iterations {
         let codec = if i % 2 == 0 {
             Codec::MessagePack
@@ -133,7 +119,7 @@ fn main() {
             Codec::Json
         };
         let mut bytes = if rng.below(4) == 0 {
-            (0..rng.below(512)).map(|_| rng.next() as u8).collect()
+            (0..rng.below(512)).map(|_| rng.bits() as u8).collect()
         } else {
             valid_stream(&mut rng, codec)
         };

@@ -38,7 +38,7 @@ use exsyst_worker::{
     AdminCookie, BootstrapProfile, SharedServerConfig, SharedWorker, Worker,
     channel::serde_bytes::ByteBuf,
 };
-use tests_integration::workers::shared::SharedEcho;
+use tests_integration::{rng::Rng, workers::shared::SharedEcho};
 
 /// Set in the environment of a client process that is to be killed mid-frame: its address.
 const HALF_FRAME_ENV: &str = "EXSYST_SOAK_HALF_FRAME";
@@ -186,7 +186,7 @@ fn soak(length: Duration, clients: usize, seed: u64, tcp: bool) -> anyhow::Resul
 
 /// One client thread: connections one after the other until the round ends.
 fn client(address: &str, seed: u64, round_end: Instant, stop: &AtomicBool, totals: &Totals) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     while Instant::now() < round_end && !stop.load(Relaxed) {
         totals.connections.fetch_add(1, Relaxed);
         if rng.below(100) == 0 {
@@ -219,11 +219,11 @@ fn connection(
             break;
         }
         let len = random_len(rng);
-        let fill = rng.next() as u8;
+        let fill = rng.bits() as u8;
         let message = ByteBuf::from(pattern(len, fill));
         worker.send_message(&message)?;
         let reply: ByteBuf = if rng.below(5) == 0 {
-            let wait = Duration::from_micros(rng.below(2000));
+            let wait = Duration::from_micros(rng.below(2000) as u64);
             match worker.receive_message_timeout::<ByteBuf>(wait) {
                 Ok(reply) => reply,
                 Err(exsyst_worker::shared::Error::Timeout { .. }) => {
@@ -251,9 +251,9 @@ fn connection(
 /// Mostly small messages, some large, a few up to [`MAX_LEN`].
 fn random_len(rng: &mut Rng) -> usize {
     match rng.below(100) {
-        0..70 => rng.below(64 * 1024) as usize,
-        70..95 => rng.below(1024 * 1024) as usize,
-        _ => rng.below(MAX_LEN as u64 + 1) as usize,
+        0..70 => rng.below(64 * 1024),
+        70..95 => rng.below(1024 * 1024),
+        _ => rng.below(MAX_LEN + 1),
     }
 }
 
@@ -334,20 +334,4 @@ fn sample(pid: u32) -> anyhow::Result<(u64, usize)> {
         .context("VmRSS")?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
     Ok((rss, fds))
-}
-
-/// xorshift64*: reproducible from the printed seed, good enough to pick sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
